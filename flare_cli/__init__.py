@@ -1,0 +1,1 @@
+"""The ``flare`` console script: dispatches to each package's ``main(argv)``."""

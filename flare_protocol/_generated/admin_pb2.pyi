@@ -1,0 +1,136 @@
+from flare_protocol._generated import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class HelloReply(_message.Message):
+    __slots__ = ("name", "org", "role", "project", "server_version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    org: str
+    role: str
+    project: str
+    server_version: str
+    def __init__(self, name: _Optional[str] = ..., org: _Optional[str] = ..., role: _Optional[str] = ..., project: _Optional[str] = ..., server_version: _Optional[str] = ...) -> None: ...
+
+class SiteInfo(_message.Message):
+    __slots__ = ("name", "org", "connected_since", "last_heartbeat", "running_jobs", "address")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ORG_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    org: str
+    connected_since: float
+    last_heartbeat: float
+    running_jobs: _containers.RepeatedScalarFieldContainer[str]
+    address: str
+    def __init__(self, name: _Optional[str] = ..., org: _Optional[str] = ..., connected_since: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., running_jobs: _Optional[_Iterable[str]] = ..., address: _Optional[str] = ...) -> None: ...
+
+class SitesReply(_message.Message):
+    __slots__ = ("sites",)
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    def __init__(self, sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ...) -> None: ...
+
+class JobSummary(_message.Message):
+    __slots__ = ("job_id", "name", "status", "submit_time", "duration", "submitter_name", "submitter_org")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    SUBMIT_TIME_FIELD_NUMBER: _ClassVar[int]
+    DURATION_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBMITTER_ORG_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    name: str
+    status: str
+    submit_time: float
+    duration: float
+    submitter_name: str
+    submitter_org: str
+    def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., submit_time: _Optional[float] = ..., duration: _Optional[float] = ..., submitter_name: _Optional[str] = ..., submitter_org: _Optional[str] = ...) -> None: ...
+
+class SystemInfoReply(_message.Message):
+    __slots__ = ("server_name", "project", "start_time", "sites", "running_jobs", "server_version")
+    SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
+    PROJECT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    server_name: str
+    project: str
+    start_time: float
+    sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
+    running_jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
+    server_version: str
+    def __init__(self, server_name: _Optional[str] = ..., project: _Optional[str] = ..., start_time: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
+
+class JobRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class CloneJobRequest(_message.Message):
+    __slots__ = ("job_id", "initial_model_job_id")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_MODEL_JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    initial_model_job_id: str
+    def __init__(self, job_id: _Optional[str] = ..., initial_model_job_id: _Optional[str] = ...) -> None: ...
+
+class JobReply(_message.Message):
+    __slots__ = ("job_id", "meta_json")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    meta_json: str
+    def __init__(self, job_id: _Optional[str] = ..., meta_json: _Optional[str] = ...) -> None: ...
+
+class ListJobsRequest(_message.Message):
+    __slots__ = ("detailed", "limit", "id_prefix", "name_prefix", "reverse")
+    DETAILED_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    NAME_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    REVERSE_FIELD_NUMBER: _ClassVar[int]
+    detailed: bool
+    limit: int
+    id_prefix: str
+    name_prefix: str
+    reverse: bool
+    def __init__(self, detailed: _Optional[bool] = ..., limit: _Optional[int] = ..., id_prefix: _Optional[str] = ..., name_prefix: _Optional[str] = ..., reverse: _Optional[bool] = ...) -> None: ...
+
+class ListJobsReply(_message.Message):
+    __slots__ = ("jobs", "meta_json")
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
+    meta_json: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., meta_json: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CommandRequest(_message.Message):
+    __slots__ = ("command", "args_json")
+    COMMAND_FIELD_NUMBER: _ClassVar[int]
+    ARGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    command: str
+    args_json: str
+    def __init__(self, command: _Optional[str] = ..., args_json: _Optional[str] = ...) -> None: ...
+
+class CommandReply(_message.Message):
+    __slots__ = ("result_json",)
+    RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
+    result_json: str
+    def __init__(self, result_json: _Optional[str] = ...) -> None: ...

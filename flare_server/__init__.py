@@ -1,0 +1,1 @@
+"""flare_server package."""

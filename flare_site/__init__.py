@@ -1,0 +1,1 @@
+"""flare_site package."""

@@ -1,0 +1,53 @@
+"""Shared fixtures: a project provisioned once per test session by our own provisioning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+TEST_PROJECT_YML = """\
+api_version: 3
+name: testproj
+description: project used by the test suite
+participants:
+  - name: localhost
+    type: server
+    org: nvidia
+    fed_learn_port: 8102
+    admin_port: 8103
+    host_names: [127.0.0.1]
+  - name: site-1
+    type: client
+    org: org_a
+  - name: site-2
+    type: client
+    org: org_b
+  - name: admin@org_a.com
+    type: admin
+    org: org_a
+    role: project_admin
+  - name: lead@org_a.com
+    type: admin
+    org: org_a
+    role: lead
+  - name: lead@org_b.com
+    type: admin
+    org: org_b
+    role: lead
+  - name: orgadmin@org_a.com
+    type: admin
+    org: org_a
+    role: org_admin
+  - name: member@org_b.com
+    type: admin
+    org: org_b
+    role: member
+"""
+
+
+@pytest.fixture(scope="session")
+def project_yml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("project") / "project.yml"
+    path.write_text(TEST_PROJECT_YML)
+    return path
