@@ -1,12 +1,364 @@
-"""Validation of a job's app configs (server workflow and client executor).
+"""A job app's configs: the server workflow and the site executor.
 
-Seam: the job-format check calls :func:`validate_app` for every app of a job; the full
-schema (FedAvg/FedOpt workflow, script/command executors) is filled in by the jobs issue.
+An app folder holds ``config/config_fed_server.json`` (when deployed to the server) and
+``config/config_fed_client.json`` (when deployed to sites), plus user code under ``custom/``.
+Both files are checked against the JSON Schemas in ``flare_protocol/schemas/`` (published in
+docs/jobs.md), then by rules a schema cannot express (files that must exist, placeholders
+each entry point needs). Every failure is one :class:`InvalidJobDefinition` line naming the
+app, the file and the field. Parsing returns frozen dataclasses that the server workflow and
+the site executors consume, so neither re-reads raw JSON.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from typing import Any, Literal
+
+from flare_protocol.errors import InvalidJobDefinition, InvalidModel
+
+__all__ = [
+    "CLIENT_CONFIG",
+    "SERVER_CONFIG",
+    "CommandExecutorConfig",
+    "ClientConfig",
+    "FedOptConfig",
+    "ScriptExecutorConfig",
+    "ServerConfig",
+    "check_relpath",
+    "client_config_schema",
+    "parse_client_config",
+    "parse_server_config",
+    "server_config_schema",
+    "substitute_argv",
+    "validate_app",
+]
+
+SERVER_CONFIG = "config/config_fed_server.json"
+CLIENT_CONFIG = "config/config_fed_client.json"
+DEFAULT_ROUND_TIMEOUT = 600.0
+DEFAULT_LAUNCH_TIMEOUT = 60.0
+
+#: Placeholders each command entry point may use, and those it must use.
+COMMAND_PLACEHOLDERS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "startup": (frozenset({"python", "app_dir"}), frozenset()),
+    "train": (
+        frozenset({"python", "app_dir", "model_in", "model_out", "metadata_out"}),
+        frozenset({"model_out", "metadata_out"}),
+    ),
+    "validate": (
+        frozenset({"python", "app_dir", "model_in", "metrics_out"}),
+        frozenset({"metrics_out"}),
+    ),
+}
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class FedOptConfig:
+    """Server optimiser of the FedOpt workflow (Reddi et al., "Adaptive Federated Optimization")."""
+
+    serveropt: Literal["adam", "yogi", "adagrad"] = "adam"
+    learning_rate: float = 1e-3
+    beta1: float = 0.9
+    beta2: float = 0.99
+    tau: float = 1e-4
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """``config_fed_server.json``: which workflow, how many rounds, how tolerant."""
+
+    workflow: Literal["fedavg", "fedopt"]
+    num_rounds: int
+    #: None: every site the job starts with must answer each round.
+    min_responses: int | None = None
+    round_timeout: float = DEFAULT_ROUND_TIMEOUT
+    #: Path of an ``.npz`` inside the app folder, or None (round 1 sends an empty model).
+    initial_model: str | None = None
+    validate_every_round: bool = False
+    #: Set (with defaults filled in) exactly when ``workflow == "fedopt"``.
+    fedopt: FedOptConfig | None = None
+
+
+@dataclass(frozen=True)
+class ScriptExecutorConfig:
+    """A long-lived Python script that talks to the site through the Client API."""
+
+    script: str
+    args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    launch_timeout: float = DEFAULT_LAUNCH_TIMEOUT
+    executor: Literal["script"] = "script"
+
+
+@dataclass(frozen=True)
+class CommandExecutorConfig:
+    """Scaleout-style entry points, each an argv list run as its own process."""
+
+    train: tuple[str, ...]
+    startup: tuple[str, ...] | None = None
+    validate: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    executor: Literal["command"] = "command"
+
+
+ClientConfig = ScriptExecutorConfig | CommandExecutorConfig
+
+
+# -- schemas ---------------------------------------------------------------------------
+
+
+def _load_schema(name: str) -> dict[str, Any]:
+    text = resources.files("flare_protocol").joinpath("schemas", name).read_text("utf-8")
+    schema: dict[str, Any] = json.loads(text)
+    return schema
+
+
+@cache
+def _validator(name: str) -> Any:
+    from jsonschema import Draft202012Validator
+
+    schema = _load_schema(name)
+    Draft202012Validator.check_schema(schema)
+    return Draft202012Validator(schema)
+
+
+def server_config_schema() -> dict[str, Any]:
+    """The JSON Schema of ``config_fed_server.json`` (a fresh copy)."""
+    return _load_schema("server_config.schema.json")
+
+
+def client_config_schema() -> dict[str, Any]:
+    """The JSON Schema of ``config_fed_client.json`` (a fresh copy)."""
+    return _load_schema("client_config.schema.json")
+
+
+def _field_path(path: Sequence[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+def _describe(error: Any) -> str:
+    """One human line for a jsonschema ValidationError."""
+    kind = error.validator
+    value = error.instance
+    shown = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in (value or {})]
+        return f"missing required field {missing[0]!r}" if missing else error.message
+    if kind == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(k for k in value if k not in error.schema.get("properties", {}))
+        return (
+            f"unknown field {extra[0]!r} (allowed: {', '.join(allowed)})"
+            if extra
+            else error.message
+        )
+    if "propertyNames" in error.relative_schema_path:
+        return f"name {shown} is not allowed (letters, digits, _; FLARE_ names are reserved)"
+    if kind == "type":
+        hint = " (an argv list, never a shell string)" if error.validator_value == "array" else ""
+        return f"must be of type {error.validator_value}, got {shown}{hint}"
+    if kind == "enum":
+        return f"must be one of {', '.join(map(str, error.validator_value))}, got {shown}"
+    if kind == "const":
+        return f"must be {json.dumps(error.validator_value)}, got {shown}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}
+        return f"must be {op[kind]} {error.validator_value}, got {shown}"
+    if kind == "pattern":
+        return (
+            f"{shown} is not a safe relative path or name (no '..', absolute paths or backslashes)"
+        )
+    if kind in ("minItems", "minLength"):
+        return "must not be empty"
+    if kind in ("maxItems", "maxLength", "maxProperties"):
+        return f"is too long (at most {error.validator_value})"
+    return str(error.message)
+
+
+def _schema_check(schema_name: str, data: object, source: str) -> None:
+    from jsonschema.exceptions import best_match
+
+    validator = _validator(schema_name)
+    error = best_match(validator.iter_errors(data))
+    if error is None:
+        return
+    where = _field_path(list(error.absolute_path))
+    # "missing field" and "unknown field" already name the field in the text.
+    if error.validator in ("required", "additionalProperties") or not where:
+        prefix = f"{source}: field '{where}' " if where else f"{source}: "
+        raise InvalidJobDefinition(f"{prefix}{_describe(error)}", path=source, field=where or None)
+    raise InvalidJobDefinition(
+        f"{source}: field '{where}' {_describe(error)}", path=source, field=where
+    )
+
+
+def _decode(data: bytes | str | object, source: str) -> object:
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJobDefinition(f"{source}: not UTF-8 text ({exc})", path=source) from exc
+    if isinstance(data, str):
+        try:
+            return json.loads(data)
+        except json.JSONDecodeError as exc:
+            raise InvalidJobDefinition(
+                f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
+                path=source,
+            ) from exc
+    return data
+
+
+# -- paths and placeholders ------------------------------------------------------------
+
+
+def check_relpath(value: str, *, source: str, field_name: str) -> str:
+    """Refuse a path that could leave the app folder; return it unchanged.
+
+    Raises:
+        InvalidJobDefinition: absolute, ``..``/``.`` parts, backslashes, empty parts, control chars.
+    """
+    parts = value.split("/")
+    bad = (
+        not value
+        or value.startswith("/")
+        or "\\" in value
+        or any(ord(c) < 32 for c in value)
+        or any(p in ("", ".", "..") for p in parts)
+    )
+    if bad:
+        raise InvalidJobDefinition(
+            f"{source}: field '{field_name}' must be a relative path inside the app folder "
+            f"(forward slashes, no '..'), got {value!r}",
+            path=source,
+            field=field_name,
+        )
+    return value
+
+
+def substitute_argv(argv: Sequence[str], values: Mapping[str, str]) -> list[str]:
+    """Replace ``{name}`` placeholders in each argument; unknown names raise KeyError."""
+    return [_PLACEHOLDER.sub(lambda m: values[m.group(1)], arg) for arg in argv]
+
+
+def _check_argv(entry: str, argv: Sequence[str], source: str) -> None:
+    allowed, required = COMMAND_PLACEHOLDERS[entry]
+    used: set[str] = set()
+    for index, arg in enumerate(argv):
+        for name in _PLACEHOLDER.findall(arg):
+            if name not in allowed:
+                raise InvalidJobDefinition(
+                    f"{source}: field '{entry}[{index}]' uses placeholder {{{name}}}, "
+                    f"allowed in '{entry}': {', '.join('{' + n + '}' for n in sorted(allowed))}",
+                    path=source,
+                    field=f"{entry}[{index}]",
+                )
+            used.add(name)
+    for name in sorted(required - used):
+        raise InvalidJobDefinition(
+            f"{source}: field '{entry}' must pass {{{name}}} to the program "
+            f"(where the site expects its output)",
+            path=source,
+            field=entry,
+        )
+    program = argv[0]
+    if "/" in program and not program.startswith("{"):
+        check_relpath(program, source=source, field_name=f"{entry}[0]")
+
+
+def command_app_files(config: CommandExecutorConfig) -> list[tuple[str, str]]:
+    """(field, relpath) of app files the commands name: a relative program, or the script
+    after ``{python}``. They must exist in the app."""
+    files: list[tuple[str, str]] = []
+    for entry in ("startup", "train", "validate"):
+        argv = getattr(config, entry)
+        if not argv:
+            continue
+        if "/" in argv[0] and "{" not in argv[0]:
+            files.append((f"{entry}[0]", argv[0]))
+        elif argv[0] == "{python}" and len(argv) > 1 and not argv[1].startswith("-"):
+            if "{" not in argv[1]:
+                files.append((f"{entry}[1]", argv[1]))
+    return files
+
+
+# -- parsing ---------------------------------------------------------------------------
+
+
+def parse_server_config(data: bytes | str | object, *, source: str = SERVER_CONFIG) -> ServerConfig:
+    """Check and parse ``config_fed_server.json`` (bytes, text or an already-decoded object).
+
+    Raises:
+        InvalidJobDefinition: naming the file and field.
+    """
+    obj = _decode(data, source)
+    _schema_check("server_config.schema.json", obj, source)
+    assert isinstance(obj, dict)
+    workflow = obj["workflow"]
+    if "fedopt" in obj and workflow != "fedopt":
+        raise InvalidJobDefinition(
+            f"{source}: field 'fedopt' is only allowed with workflow 'fedopt', "
+            f"got workflow {workflow!r}",
+            path=source,
+            field="fedopt",
+        )
+    initial = obj.get("initial_model")
+    if initial is not None:
+        check_relpath(initial, source=source, field_name="initial_model")
+    fedopt = FedOptConfig(**obj.get("fedopt", {})) if workflow == "fedopt" else None
+    return ServerConfig(
+        workflow=workflow,
+        num_rounds=int(obj["num_rounds"]),
+        min_responses=obj.get("min_responses"),
+        round_timeout=float(obj.get("round_timeout", DEFAULT_ROUND_TIMEOUT)),
+        initial_model=initial,
+        validate_every_round=bool(obj.get("validate_every_round", False)),
+        fedopt=fedopt,
+    )
+
+
+def parse_client_config(data: bytes | str | object, *, source: str = CLIENT_CONFIG) -> ClientConfig:
+    """Check and parse ``config_fed_client.json``.
+
+    Raises:
+        InvalidJobDefinition: naming the file and field.
+    """
+    obj = _decode(data, source)
+    _schema_check("client_config.schema.json", obj, source)
+    assert isinstance(obj, dict)
+    env = dict(obj.get("env", {}))
+    if obj["executor"] == "script":
+        script = check_relpath(obj["script"], source=source, field_name="script")
+        if not script.endswith(".py"):
+            raise InvalidJobDefinition(
+                f"{source}: field 'script' must name a .py file, got {script!r}",
+                path=source,
+                field="script",
+            )
+        return ScriptExecutorConfig(
+            script=script,
+            args=tuple(obj.get("args", ())),
+            env=env,
+            launch_timeout=float(obj.get("launch_timeout", DEFAULT_LAUNCH_TIMEOUT)),
+        )
+    for entry in ("startup", "train", "validate"):
+        if entry in obj:
+            _check_argv(entry, obj[entry], source)
+    return CommandExecutorConfig(
+        train=tuple(obj["train"]),
+        startup=tuple(obj["startup"]) if "startup" in obj else None,
+        validate=tuple(obj["validate"]) if "validate" in obj else None,
+        env=env,
+    )
 
 
 def validate_app(
@@ -18,7 +370,61 @@ def validate_app(
 ) -> None:
     """Check one app's config files; ``read(relpath)`` returns a file's bytes or None.
 
+    ``relpath`` is relative to the app folder (``config/config_fed_server.json``). An app
+    deployed to the server needs a server config (and its initial model, if named, must be
+    a safe ``.npz``); an app deployed to sites needs a client config whose script or
+    command files exist in the app.
+
     Raises:
         InvalidJobDefinition: naming the file and field at fault.
     """
-    return None
+    if deployed_to_server:
+        source = f"{app_name}/{SERVER_CONFIG}"
+        raw = read(SERVER_CONFIG)
+        if raw is None:
+            raise InvalidJobDefinition(
+                f"{source}: missing; an app deployed to the server needs its workflow config",
+                path=source,
+            )
+        config = parse_server_config(raw, source=source)
+        if config.initial_model is not None:
+            model_bytes = read(config.initial_model)
+            if model_bytes is None:
+                raise InvalidJobDefinition(
+                    f"{source}: field 'initial_model' names {config.initial_model!r}, "
+                    f"which is not in app {app_name!r}",
+                    path=source,
+                    field="initial_model",
+                )
+            from flare_protocol.models import load_params
+
+            try:
+                load_params(model_bytes)
+            except InvalidModel as exc:
+                raise InvalidJobDefinition(
+                    f"{app_name}/{config.initial_model}: not a usable initial model: {exc}",
+                    path=f"{app_name}/{config.initial_model}",
+                ) from exc
+    if deployed_to_sites:
+        source = f"{app_name}/{CLIENT_CONFIG}"
+        raw = read(CLIENT_CONFIG)
+        if raw is None:
+            raise InvalidJobDefinition(
+                f"{source}: missing; an app deployed to sites needs its executor config",
+                path=source,
+            )
+        client = parse_client_config(raw, source=source)
+        needed = (
+            [("script", client.script)]
+            if isinstance(client, ScriptExecutorConfig)
+            else command_app_files(client)
+        )
+        for field_name, relpath in needed:
+            check_relpath(relpath, source=source, field_name=field_name)
+            if read(relpath) is None:
+                raise InvalidJobDefinition(
+                    f"{source}: field '{field_name}' names {relpath!r}, "
+                    f"which is not in app {app_name!r}",
+                    path=source,
+                    field=field_name,
+                )

@@ -17,6 +17,8 @@ scripts catch what they caught before::
     │   └── CertificateNotYetValid  the certificate's validity has not started
     ├── IdentityRejected            a peer certificate is not acceptable (server side)
     ├── InvalidTransition           an illegal job status change (a bug if it escapes)
+    ├── InvalidModel                a model is not a safe .npz of numeric arrays (also a ValueError)
+    ├── ExecutionError              user code on a site failed: crash, bad output, no result
     └── APIError                    raised by the admin Session
         ├── NoConnection            the server cannot be reached (also a ConnectionError)
         ├── SessionClosed           the Session was closed
@@ -105,6 +107,14 @@ class IdentityRejected(FlareError):
 
 class InvalidTransition(FlareError):
     """A job status change that the lifecycle table forbids."""
+
+
+class InvalidModel(FlareError, ValueError):
+    """Model parameters are malformed: pickled/object arrays, bad names, too large, non-finite."""
+
+
+class ExecutionError(FlareError):
+    """A job's user code failed on a site; carries ``returncode`` and ``stderr_tail``."""
 
 
 class APIError(FlareError):

@@ -1,0 +1,151 @@
+"""Pure aggregation: FedAvg of FULL and DIFF updates, weighted by ``num_examples``.
+
+Every sum is accumulated in float64 (complex128 for complex arrays) whatever the arrays'
+dtype, then cast back to the global model's dtype (integer and bool arrays are rounded to
+the nearest value first), so float16/float32 models lose no precision to the order in
+which sites answered. A DIFF update is first turned into full weights (``global + diff``),
+so one round may mix FULL and DIFF senders; the result is then
+``sum_i n_i * full_i / sum_i n_i``. Updates are checked against the global model first:
+same array names, same shapes, and DIFF only when a global model exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from flare_protocol.errors import InvalidModel
+from flare_protocol.models import Params, ParamsType
+
+__all__ = [
+    "ModelUpdate",
+    "accumulator_dtype",
+    "cast_like",
+    "check_update",
+    "fedavg",
+    "weighted_mean",
+]
+
+
+@dataclass(frozen=True)
+class ModelUpdate:
+    """What one site sent for one round."""
+
+    params: Params
+    params_type: ParamsType
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params_type", ParamsType(self.params_type))
+
+
+def accumulator_dtype(dtype: np.dtype) -> np.dtype:
+    """float64, or complex128 for complex arrays."""
+    return np.dtype(np.complex128) if dtype.kind == "c" else np.dtype(np.float64)
+
+
+def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Cast an accumulator back to a model dtype, rounding for integer and bool arrays."""
+    if dtype.kind in "biu":
+        return np.rint(values.real).astype(dtype)
+    return values.astype(dtype)
+
+
+def check_update(global_model: Params, update: ModelUpdate, site: str) -> None:
+    """Refuse an update that cannot be aggregated with ``global_model``.
+
+    Raises:
+        InvalidModel: naming the site and the array at fault.
+    """
+    if update.num_examples < 0:
+        raise InvalidModel(f"{site}: num_examples must be >= 0, got {update.num_examples}")
+    if not global_model:
+        if update.params_type is ParamsType.DIFF:
+            raise InvalidModel(
+                f"{site} sent a DIFF update but there is no global model yet "
+                "(send FULL weights in the first round, or give the job an initial_model)"
+            )
+        return
+    expected, got = set(global_model), set(update.params)
+    if expected != got:
+        missing, extra = sorted(expected - got), sorted(got - expected)
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing arrays {missing}" if missing else "",
+                f"unknown arrays {extra}" if extra else "",
+            )
+            if part
+        )
+        raise InvalidModel(f"{site} sent an update that does not match the global model: {detail}")
+    for name, array in update.params.items():
+        if array.shape != global_model[name].shape:
+            raise InvalidModel(
+                f"{site} sent array {name!r} with shape {array.shape}, "
+                f"the global model has {global_model[name].shape}"
+            )
+
+
+def weighted_mean(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """``sum_i w_i a_i / sum_i w_i`` in float64 (or complex128); the caller casts back."""
+    total = float(sum(weights))
+    if total <= 0:
+        raise InvalidModel("cannot aggregate: the updates' num_examples add up to 0")
+    acc = np.zeros(arrays[0].shape, dtype=accumulator_dtype(arrays[0].dtype))
+    for array, weight in zip(arrays, weights, strict=True):
+        acc += np.asarray(array, dtype=acc.dtype) * (weight / total)
+    return acc
+
+
+def _full_arrays(global_model: Params, update: ModelUpdate, name: str) -> np.ndarray:
+    array = update.params[name]
+    if update.params_type is ParamsType.DIFF:
+        base = global_model[name]
+        acc = accumulator_dtype(base.dtype)
+        return np.asarray(base, dtype=acc) + np.asarray(array, dtype=acc)
+    return array
+
+
+def mean_full_model(
+    global_model: Params, updates: Mapping[str, ModelUpdate]
+) -> dict[str, np.ndarray]:
+    """The num_examples-weighted mean of the updates as full weights, still float64."""
+    if not updates:
+        raise InvalidModel("cannot aggregate: no updates")
+    for site, update in updates.items():
+        check_update(global_model, update, site)
+    reference = global_model or next(iter(updates.values())).params
+    names = list(reference)
+    if not global_model:
+        for site, update in updates.items():
+            if set(update.params) != set(names):
+                raise InvalidModel(
+                    f"{site} sent arrays {sorted(update.params)}, other sites sent {sorted(names)}"
+                )
+            for name in names:
+                if update.params[name].shape != reference[name].shape:
+                    raise InvalidModel(
+                        f"{site} sent array {name!r} with shape {update.params[name].shape}, "
+                        f"other sites sent {reference[name].shape}"
+                    )
+    weights = [float(u.num_examples) for u in updates.values()]
+    return {
+        name: weighted_mean(
+            [_full_arrays(global_model, u, name) for u in updates.values()], weights
+        )
+        for name in names
+    }
+
+
+def fedavg(global_model: Params, updates: Mapping[str, ModelUpdate]) -> Params:
+    """Federated averaging of one round's updates (``site -> update``).
+
+    Returns the new global model with the global model's dtypes (or the first update's,
+    when there is no global model yet).
+    """
+    reference = global_model or next(iter(updates.values())).params
+    means = mean_full_model(global_model, updates)
+    return {name: cast_like(value, reference[name].dtype) for name, value in means.items()}
