@@ -51,3 +51,14 @@ def project_yml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("project") / "project.yml"
     path.write_text(TEST_PROJECT_YML)
     return path
+
+
+@pytest.fixture(scope="session")
+def provisioned(project_yml: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The test project provisioned once by our own provisioning (a ProvisionResult).
+
+    Read-only for tests: copy a kit (tests/kit_factory.py) before changing anything.
+    """
+    from provisioning import provision
+
+    return provision(project_yml, tmp_path_factory.mktemp("workspace"))

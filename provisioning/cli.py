@@ -1,0 +1,81 @@
+"""``flare provision``: create or extend a project from its project.yml."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from flare_protocol.errors import FlareError
+from provisioning.certs import DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, KEY_TYPES
+from provisioning.provision import provision
+
+DEFAULT_WORKSPACE = "startup_kits"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="flare provision",
+        description="Create the project's root CA (first run), issue certificates and write "
+        "signed startup kits into <workspace>/<project>/prod_NN/.",
+    )
+    ap.add_argument("-p", "--project-file", default="project.yml", type=Path,
+                    help="the project file (NVIDIA FLARE's format; default: project.yml)")
+    ap.add_argument("-w", "--workspace", default=DEFAULT_WORKSPACE, type=Path,
+                    help=f"where <project>/state and prod_NN go (default: {DEFAULT_WORKSPACE}/)")
+    ap.add_argument("--key-type", choices=KEY_TYPES, default="ec-p256",
+                    help="key type of the CA (first run) and of new keys (default: ec-p256)")
+    ap.add_argument("--ca-days", type=int, default=DEFAULT_CA_DAYS,
+                    help=f"root CA validity in days, first run only (default: {DEFAULT_CA_DAYS})")
+    ap.add_argument("--cert-days", type=int, default=DEFAULT_CERT_DAYS,
+                    help=f"validity of new certificates in days (default: {DEFAULT_CERT_DAYS})")
+    ap.add_argument("--ca-passphrase-env", metavar="VAR",
+                    help="encrypt the CA key and the stored participant keys with the "
+                    "passphrase in environment variable VAR (never on the command line)")
+    ap.add_argument("--revoke", action="append", default=[], metavar="NAME",
+                    help="revoke NAME's certificate and issue it a new key and kit "
+                    "(repeatable); removing a participant from project.yml also revokes it")
+    ap.add_argument("-q", "--quiet", action="store_true", help="print only the fingerprint")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``flare provision``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    passphrase: bytes | None = None
+    if args.ca_passphrase_env:
+        value = os.environ.get(args.ca_passphrase_env)
+        if not value:
+            print(f"error: environment variable {args.ca_passphrase_env} is not set or empty "
+                  "(it must hold the CA passphrase)", file=sys.stderr)
+            return 2
+        passphrase = value.encode()
+    try:
+        result = provision(
+            args.project_file, args.workspace, key_type=args.key_type, ca_days=args.ca_days,
+            cert_days=args.cert_days, ca_passphrase=passphrase, revoke=args.revoke,
+        )
+    except FlareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written under a final name", file=sys.stderr)
+        return 130
+    if args.quiet:
+        print(result.ca_fingerprint)
+        return 0
+    for notice in result.notices:
+        print(f"notice: {notice}")
+    print(f"project {result.project}: wrote {len(result.kits)} kits to {result.prod_dir}")
+    print(f"  issued {len(result.issued)}, reused {len(result.reused)}, "
+          f"revoked {len(result.revoked)}"
+          + (f" ({', '.join(result.revoked)})" if result.revoked else ""))
+    print(f"root CA SHA-256 fingerprint: {result.ca_fingerprint}")
+    print("  send it to every participant by another channel; they check their kit with")
+    print("  flare kit verify KIT_DIR --ca-fingerprint <fingerprint>")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,220 @@
+"""The content of one participant's startup kit, and writing it signed.
+
+What goes where follows :mod:`flare_protocol.kit`: ``startup/`` is signed (see
+:mod:`flare_protocol.signature`), ``local/`` holds what the participant may edit, and
+``transfer/`` is empty.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flare_protocol.identity import ParticipantType, Role
+from flare_protocol.kit import (
+    CERT_FILE,
+    CONFIG_FILE,
+    CONFIG_FORMAT,
+    KEY_FILE,
+    KIT_README,
+    LAUNCHER,
+    LOCAL,
+    REVOKED,
+    ROOT_CA,
+    SETTINGS,
+    SIGNATURE,
+    STARTUP,
+    TRANSFER,
+)
+from flare_protocol.signature import sign_files
+from provisioning._fs import FileBatch
+from provisioning.project import Participant, Project
+
+__all__ = ["AUTHORIZATION_DEFAULT", "default_authorization_policy", "kit_files", "write_kit"]
+
+AUTHORIZATION_DEFAULT = "authorization.json.default"
+RESOURCES = "resources.json"
+
+_ALL = "any"
+_NONE = "none"
+_OWN = "own"  # jobs this admin submitted
+_ORG = "org"  # jobs submitted by, or sites of, this admin's org
+
+
+def default_authorization_policy() -> dict[str, Any]:
+    """NVIDIA FLARE's default policy as a role x right table of scopes."""
+    rights = ["submit_job", "clone_job", "manage_job", "download_job", "view", "operate",
+              "shell_commands"]
+    table = {
+        Role.PROJECT_ADMIN.value: dict.fromkeys(rights, _ALL),
+        Role.ORG_ADMIN.value: {
+            "submit_job": _NONE, "clone_job": _NONE, "manage_job": _ORG, "download_job": _ORG,
+            "view": _ALL, "operate": _ORG, "shell_commands": _ORG,
+        },
+        Role.LEAD.value: {
+            "submit_job": _ALL, "clone_job": _OWN, "manage_job": _OWN, "download_job": _OWN,
+            "view": _ALL, "operate": _ORG, "shell_commands": _NONE,
+        },
+        Role.MEMBER.value: {**dict.fromkeys(rights, _NONE), "view": _ALL},
+    }
+    return {
+        "format": 1,
+        "note": (
+            "Default policy written by flare provision. The server reads authorization.json in "
+            "this folder when it exists; copy this file to authorization.json to change the "
+            "policy. Scopes: any, own (jobs you submitted), org (jobs or sites of your org), "
+            "none. manage_job = abort, delete; view = list, meta, stats, errors, system info; "
+            "operate = restart, shutdown, set_timeout; shell_commands = ls, cat, head, tail, "
+            "grep, pwd."
+        ),
+        "rights": rights,
+        "roles": table,
+    }
+
+
+def _json(data: Any) -> bytes:
+    return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _config(project: Project, p: Participant) -> bytes:
+    server = project.server
+    return _json({
+        "format": CONFIG_FORMAT,
+        "project": project.name,
+        "participant": {
+            "name": p.name,
+            "org": p.org,
+            "type": p.type.value,
+            "role": p.role.value if p.role else None,
+        },
+        "server": {
+            "name": server.name,
+            "fed_learn_port": server.fed_learn_port,
+            "admin_port": server.admin_port,
+            "host_names": list(server.host_names),
+        },
+    })
+
+
+_LAUNCH = {
+    ParticipantType.SERVER: "flare server start",
+    ParticipantType.SITE: "flare site start",
+    ParticipantType.ADMIN: "flare admin",
+}
+
+
+def _launcher(p: Participant, project: Project) -> bytes:
+    what = {"server": "the server", "site": f"site {p.name}", "admin": "the admin shell"}
+    return (
+        "#!/bin/sh\n"
+        f"# Starts {what[p.type.value]} of project {project.name} from this kit.\n"
+        "# The kit's signature and key permissions are checked before anything starts.\n"
+        'DIR="$(cd "$(dirname "$0")" && pwd)"\n'
+        f'exec {_LAUNCH[p.type]} "$DIR/.." "$@"\n'
+    ).encode()
+
+
+def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
+    cert, key = CERT_FILE[p.type], KEY_FILE[p.type]
+    launcher = LAUNCHER[p.type]
+    role = f", role {p.role.value}" if p.role else ""
+    lines = [
+        f"# Startup kit: {p.name} ({p.type.value}{role}, org {p.org})",
+        "",
+        f"Project `{project.name}`. Server `{project.server.name}`, "
+        f"site port {project.server.fed_learn_port}, admin port {project.server.admin_port}.",
+        "",
+        "## Check it first",
+        "",
+        "Compare the root CA fingerprint with the one your project administrator sent you",
+        "by another channel (mail, phone, chat), then verify the kit:",
+        "",
+        "    flare kit verify . --ca-fingerprint <fingerprint you were sent>",
+        "",
+        f"This kit was issued under root CA `{fingerprint}`.",
+        "",
+        "## What is here",
+        "",
+        "- `startup/` (signed; do not edit: any change makes the kit refuse to start):",
+        f"  `{ROOT_CA}` (the project's root CA), `{cert}` (your certificate), `{key}` (your",
+        f"  private key, mode 0600: keep it secret), `{CONFIG_FILE[p.type]}` (project and server),",
+    ]
+    if p.type is ParticipantType.SERVER:
+        lines.append(f"  `{REVOKED}` (serial numbers of revoked certificates),")
+    lines += [
+        f"  `{launcher}`, this README and `{SIGNATURE}` (the CA's signature over all of them).",
+        f"- `{LOCAL}/` (not signed; yours to edit): `{SETTINGS}`"
+        + (
+            f", `{AUTHORIZATION_DEFAULT}` (default policy; copy to `authorization.json` "
+            "to change it)" if p.type is ParticipantType.SERVER else ""
+        )
+        + (f", `{RESOURCES}`" if p.type is ParticipantType.SITE else "")
+        + ".",
+        f"- `{TRANSFER}/`: downloads land here.",
+        "",
+        "## Start",
+        "",
+        f"    startup/{launcher}",
+        "",
+    ]
+    return "\n".join(lines).encode()
+
+
+def _settings(p: Participant) -> dict[str, Any]:
+    if p.type is ParticipantType.SERVER:
+        return {"log_level": "INFO", "heartbeat_timeout_s": 30.0}
+    if p.type is ParticipantType.SITE:
+        return {"log_level": "INFO", "heartbeat_interval_s": 5.0, "connect_timeout_s": 10.0}
+    return {"log_level": "INFO", "timeout_s": 10.0}
+
+
+def kit_files(
+    project: Project,
+    p: Participant,
+    *,
+    ca_pem: bytes,
+    cert_pem: bytes,
+    key_pem: bytes,
+    fingerprint: str,
+    revoked_serials: list[str],
+) -> tuple[dict[str, bytes], dict[str, bytes]]:
+    """The (unsigned) ``startup/`` and ``local/`` files of one kit, by name."""
+    startup = {
+        ROOT_CA: ca_pem,
+        CERT_FILE[p.type]: cert_pem,
+        KEY_FILE[p.type]: key_pem,
+        CONFIG_FILE[p.type]: _config(project, p),
+        LAUNCHER[p.type]: _launcher(p, project),
+        KIT_README: _readme(p, project, fingerprint),
+    }
+    local = {SETTINGS: _json(_settings(p))}
+    if p.type is ParticipantType.SERVER:
+        startup[REVOKED] = _json({"serials": revoked_serials})
+        local[AUTHORIZATION_DEFAULT] = _json(default_authorization_policy())
+    elif p.type is ParticipantType.SITE:
+        local[RESOURCES] = _json({"max_concurrent_jobs": 1})
+    return startup, local
+
+
+def write_kit(
+    batch: FileBatch,
+    kit_dir: Path,
+    p: Participant,
+    startup: dict[str, bytes],
+    local: dict[str, bytes],
+    ca_key: Any,
+) -> None:
+    """Create ``kit_dir`` with its three folders; sign ``startup/`` with ``ca_key``."""
+    key_name = KEY_FILE[p.type]
+    launcher = LAUNCHER[p.type]
+    batch.mkdir(kit_dir)
+    batch.mkdir(kit_dir / STARTUP)
+    batch.mkdir(kit_dir / LOCAL)
+    batch.mkdir(kit_dir / TRANSFER)
+    for name, data in startup.items():
+        mode = 0o600 if name == key_name else 0o755 if name == launcher else 0o644
+        batch.write(kit_dir / STARTUP / name, data, mode)
+    batch.write(kit_dir / STARTUP / SIGNATURE, sign_files(startup, ca_key), 0o644)
+    for name, data in local.items():
+        batch.write(kit_dir / LOCAL / name, data, 0o644)
