@@ -1,0 +1,879 @@
+"""The server's durable job store: SQLite (WAL, synchronous=FULL) plus one folder per job.
+
+Theory of operation. Layout under ``root`` (the server workspace's ``jobs/``)::
+
+    jobs.db (+ -wal, -shm)   one row per job: summary columns + the full meta as JSON
+    .lock                    flock held while a JobStore is open (one server per workspace)
+    tmp/                     uploads in progress and staging folders; emptied on open()
+    <job_id>/job.zip         the validated archive, immutable once acknowledged
+    <job_id>/result/         the job's results (written by the server's job runner)
+
+Acknowledged means durable, and a job is never visible half-made: an upload is written to
+``tmp/``, fsynced and validated; it is moved into ``tmp/stage-<id>/job.zip``, the staging
+folder is fsynced and renamed to ``<job_id>/``, ``root`` is fsynced, and only then is the
+row inserted (a committed SQLite transaction with synchronous=FULL). A ``<job_id>/`` folder
+without a row is therefore garbage from a crash and is removed on open; a row whose archive
+is missing or has the wrong size is reported and ended ``FINISHED:ABNORMAL`` (it is never
+served). Status changes go through :func:`~flare_server.jobs.lifecycle.check_transition`, are
+committed before the call returns, and only then announced to subscribers. Deleting removes
+the row first (commit), then the folder. On open, jobs that were DISPATCHED or RUNNING end
+``FINISHED:ABNORMAL`` ("server restarted while the job was RUNNING"); SUBMITTED jobs stay queued.
+
+Thread-safety: one connection guarded by one re-entrant lock; subscriber callbacks run under
+that lock, in commit order, so they must be quick (e.g. ``loop.call_soon_threadsafe``).
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from flare_protocol.errors import (
+    FlareError,
+    InvalidArgumentError,
+    InvalidJobDefinition,
+    JobNotDone,
+    JobNotFound,
+)
+from flare_protocol.job_format import SERVER_OWNED_KEYS
+from flare_server.jobs._fsutil import fsync_dir
+from flare_server.jobs.archive import ArchiveLimits, validate_job_archive
+from flare_server.jobs.lifecycle import JobStatus, check_transition, is_finished, parse_status
+
+__all__ = [
+    "JobMeta",
+    "JobStore",
+    "JobSummary",
+    "RecoveryReport",
+    "Submitter",
+    "Upload",
+    "parse_job_id",
+]
+
+log = logging.getLogger(__name__)
+
+DB_FILE = "jobs.db"
+ARCHIVE_FILE = "job.zip"
+RESULT_DIR = "result"
+TMP_DIR = "tmp"
+LOCK_FILE = ".lock"
+_CHUNK = 1024 * 1024
+_DEFAULT_LIMITS = ArchiveLimits()
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_PREFIX_RE = re.compile(r"^[0-9a-fA-F-]{0,36}$")
+#: Fields :meth:`JobStore.update` may not touch (status has its own method).
+_NOT_UPDATABLE = frozenset(
+    {
+        "job_id",
+        "status",
+        "status_history",
+        "submitter_name",
+        "submitter_org",
+        "submitter_role",
+        "submit_time",
+        "submit_time_iso",
+        "cloned_from",
+        "archive_size",
+        "archive_sha256",
+    }
+)
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq            INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id         TEXT NOT NULL UNIQUE,
+    name           TEXT NOT NULL,
+    status         TEXT NOT NULL,
+    submit_time    REAL NOT NULL,
+    duration       REAL,
+    submitter_name TEXT NOT NULL,
+    submitter_org  TEXT NOT NULL,
+    archive_size   INTEGER NOT NULL,
+    meta           TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_submit_time ON jobs (submit_time, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+"""
+
+
+def parse_job_id(job_id: object) -> str:
+    """The canonical (lower-case, hyphenated) form of a job id.
+
+    Raises:
+        InvalidArgumentError: ``job_id`` is not a UUID (it is never used as a path first).
+    """
+    if isinstance(job_id, str) and len(job_id) <= 36 and _UUID_RE.match(job_id.lower()):
+        return job_id.lower()
+    shown = repr(job_id) if len(repr(job_id)) <= 80 else repr(job_id)[:77] + "..."
+    raise InvalidArgumentError(
+        f"job id {shown} is malformed: job ids are UUIDs like 3f2c1b9e-...; "
+        "use list_jobs to see them",
+        job_id=job_id,
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
+
+
+@dataclass(frozen=True)
+class Submitter:
+    """Who submitted a job, from their verified certificate."""
+
+    name: str
+    org: str
+    role: str
+
+
+class JobMeta(Mapping[str, Any]):
+    """A read-only view of one job's FLARE-style meta dict.
+
+    Keys: job_id, name, status, submitter_name/org/role, deploy_map, resource_spec,
+    min_clients, mandatory_clients, submit_time (unix), submit_time_iso, start_time,
+    end_time, duration (seconds or None), cloned_from, status_history
+    (``[{status, time, reason}]``), schedule_history, archive_size, archive_sha256, plus any
+    unknown meta.json keys and fields set by :meth:`JobStore.update`.
+    ``deleted`` is True only in the notification sent when the job was deleted.
+    """
+
+    __slots__ = ("_data", "deleted")
+
+    def __init__(self, data: Mapping[str, Any], *, deleted: bool = False) -> None:
+        self._data = dict(data)
+        self.deleted = deleted
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __repr__(self) -> str:
+        return f"JobMeta(job_id={self.job_id!r}, name={self.name!r}, status={self.status.value!r})"
+
+    @property
+    def job_id(self) -> str:
+        return str(self._data["job_id"])
+
+    @property
+    def name(self) -> str:
+        return str(self._data["name"])
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self._data["status"])
+
+    @property
+    def submit_time(self) -> float:
+        return float(self._data["submit_time"])
+
+    @property
+    def submitter(self) -> Submitter:
+        d = self._data
+        return Submitter(d["submitter_name"], d["submitter_org"], d["submitter_role"])
+
+    @property
+    def cloned_from(self) -> str | None:
+        value = self._data.get("cloned_from")
+        return None if value is None else str(value)
+
+    @property
+    def status_history(self) -> list[dict[str, Any]]:
+        return copy.deepcopy(self._data.get("status_history", []))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A deep copy of the meta dict (safe to modify)."""
+        return copy.deepcopy(self._data)
+
+    def to_json(self) -> str:
+        """The meta dict as JSON."""
+        return json.dumps(self._data, sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    """One row of :meth:`JobStore.list`."""
+
+    job_id: str
+    name: str
+    status: JobStatus
+    submit_time: float
+    duration: float | None
+    submitter_name: str
+    submitter_org: str
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = self.status.value
+        return out
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What :meth:`JobStore.open` found and repaired."""
+
+    #: Names removed from ``tmp/`` (unfinished uploads and staging folders).
+    temp_files_removed: tuple[str, ...] = ()
+    #: Job folders without a committed row (a crash before the commit), removed.
+    orphan_dirs_removed: tuple[str, ...] = ()
+    #: ``(job_id, status it had)`` for jobs ended FINISHED:ABNORMAL because the server restarted.
+    jobs_ended: tuple[tuple[str, str], ...] = ()
+    #: Jobs whose archive is missing or truncated (ended ABNORMAL unless already finished).
+    jobs_missing_files: tuple[str, ...] = ()
+    #: SUBMITTED jobs that stay queued.
+    jobs_queued: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """True when nothing had to be removed or ended."""
+        return not (
+            self.temp_files_removed
+            or self.orphan_dirs_removed
+            or self.jobs_ended
+            or self.jobs_missing_files
+        )
+
+
+class Upload:
+    """A job archive being received; obtained from :meth:`JobStore.begin_upload`.
+
+    ``write()`` chunks as they arrive; ``commit()`` validates and stores the job (or raises and
+    discards everything); ``abort()`` discards. As a context manager it aborts unless committed.
+    """
+
+    def __init__(self, store: JobStore, path: Path) -> None:
+        self._store = store
+        self._path = path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self._file = open(fd, "wb", buffering=_CHUNK)  # noqa: SIM115 - closed by commit/abort
+        self._hash = hashlib.sha256()
+        self._size = 0
+        self._done = False
+
+    @property
+    def size(self) -> int:
+        """Bytes written so far."""
+        return self._size
+
+    @property
+    def sha256(self) -> str:
+        """Hex SHA-256 of the bytes written so far."""
+        return self._hash.hexdigest()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append a chunk.
+
+        Raises:
+            InvalidJobDefinition: the upload exceeds ``max_upload_bytes`` (it is discarded).
+        """
+        if self._done:
+            raise InvalidArgumentError("this upload was already committed or aborted")
+        cap = self._store.limits.max_upload_bytes
+        if self._size + len(data) > cap:
+            self.abort()
+            raise InvalidJobDefinition(
+                f"upload is larger than the {cap} bytes allowed for a job archive"
+            )
+        self._file.write(data)
+        self._hash.update(data)
+        self._size += len(data)
+
+    def commit(
+        self,
+        submitter: Submitter,
+        *,
+        cloned_from: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> JobMeta:
+        """Validate the archive and store the job durably; returns its meta (SUBMITTED).
+
+        ``params``/``extra``: additional meta fields (server-owned keys are refused).
+        Raises:
+            InvalidJobDefinition: the archive or its meta.json is invalid (nothing is kept).
+        """
+        if self._done:
+            raise InvalidArgumentError("this upload was already committed or aborted")
+        self._done = True
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            fields = {**(params or {}), **(extra or {})}
+            return self._store._commit_upload(
+                self._path, self._size, self.sha256, submitter, cloned_from, fields
+            )
+        finally:
+            if not self._file.closed:
+                self._file.close()
+            if self._path.exists():
+                self._path.unlink()
+
+    def abort(self) -> None:
+        """Discard the upload (idempotent)."""
+        self._done = True
+        if not self._file.closed:
+            self._file.close()
+        try:
+            self._path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def __enter__(self) -> Upload:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._done:
+            self.abort()
+
+
+class JobStore:
+    """The durable job store (see the module docstring for the guarantees)."""
+
+    def __init__(self, root: Path, limits: ArchiveLimits, lock_fd: int) -> None:
+        """Use :meth:`open`."""
+        self.root = root
+        self.limits = limits
+        self._lock_fd = lock_fd
+        self._tmp = root / TMP_DIR
+        self._lock = threading.RLock()
+        self._subscribers: tuple[Callable[[JobMeta], None], ...] = ()
+        self._conn: sqlite3.Connection | None = sqlite3.connect(
+            root / DB_FILE, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA foreign_keys=ON")
+        self._conn.executescript(_SCHEMA)
+        self.recovery = RecoveryReport()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, root: Path, *, limits: ArchiveLimits = _DEFAULT_LIMITS) -> JobStore:
+        """Open (creating if needed) the store at ``root`` and run crash recovery.
+
+        Raises:
+            FlareError: another process holds the store open, or the database is unusable.
+        """
+        root = Path(root)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / TMP_DIR).mkdir(mode=0o700, exist_ok=True)
+        lock_fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(lock_fd)
+            raise FlareError(
+                f"job store {root} is in use by another process; stop the other server first",
+                path=str(root),
+            ) from None
+        try:
+            store = cls(root, limits, lock_fd)
+            store.recovery = store._recover()
+        except sqlite3.DatabaseError as exc:
+            os.close(lock_fd)
+            raise FlareError(f"job database {root / DB_FILE} is unusable: {exc}") from exc
+        except BaseException:
+            os.close(lock_fd)
+            raise
+        return store
+
+    def close(self) -> None:
+        """Close the database and release the store (idempotent)."""
+        with self._lock:
+            if self._conn is None:
+                return
+            self._conn.close()
+            self._conn = None
+            os.close(self._lock_fd)
+
+    def __enter__(self) -> JobStore:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise FlareError("the job store is closed")
+        return self._conn
+
+    # -- recovery ----------------------------------------------------------------------------
+
+    def _recover(self) -> RecoveryReport:
+        removed_tmp = []
+        for entry in sorted(self._tmp.iterdir()):
+            removed_tmp.append(entry.name)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        if removed_tmp:
+            fsync_dir(self._tmp)
+        with self._lock:
+            rows = self._db.execute("SELECT job_id, status, archive_size FROM jobs").fetchall()
+            known = {row[0] for row in rows}
+            orphans = []
+            for entry in sorted(self.root.iterdir()):
+                if _UUID_RE.match(entry.name) and entry.name not in known:
+                    orphans.append(entry.name)
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry)
+                    else:
+                        entry.unlink()
+            if orphans:
+                fsync_dir(self.root)
+            ended: list[tuple[str, str]] = []
+            missing: list[str] = []
+            queued: list[str] = []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for job_id, status, archive_size in rows:
+                    archive = self.root / job_id / ARCHIVE_FILE
+                    try:
+                        intact = archive.stat().st_size == archive_size
+                    except OSError:
+                        intact = False
+                    if not intact:
+                        missing.append(job_id)
+                        if not is_finished(status):
+                            reason = f"job files missing or incomplete ({archive} on restart)"
+                            self._write_status(
+                                job_id, JobStatus.FINISHED_ABNORMAL, reason, force=True
+                            )
+                            ended.append((job_id, status))
+                    elif status in (JobStatus.DISPATCHED.value, JobStatus.RUNNING.value):
+                        reason = f"server restarted while the job was {status}"
+                        self._write_status(job_id, JobStatus.FINISHED_ABNORMAL, reason, force=True)
+                        ended.append((job_id, status))
+                    elif status == JobStatus.SUBMITTED.value:
+                        queued.append(job_id)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        for job_id in missing:
+            log.error("job %s: archive missing or truncated; it is not served", job_id)
+        return RecoveryReport(
+            temp_files_removed=tuple(removed_tmp),
+            orphan_dirs_removed=tuple(orphans),
+            jobs_ended=tuple(ended),
+            jobs_missing_files=tuple(missing),
+            jobs_queued=tuple(queued),
+        )
+
+    # -- creating jobs -----------------------------------------------------------------------
+
+    def begin_upload(self) -> Upload:
+        """Start receiving a job archive (written under ``tmp/``, removed on abort or crash)."""
+        self._db  # noqa: B018 - raises if closed
+        return Upload(self, self._tmp / f"upload-{secrets.token_hex(8)}.zip")
+
+    def create_job_from_archive(
+        self,
+        zip_path: Path,
+        submitter: Submitter,
+        *,
+        cloned_from: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> JobMeta:
+        """Copy an archive from disk into the store as a new SUBMITTED job (see :class:`Upload`)."""
+        zip_path = Path(zip_path)
+        try:
+            size = zip_path.stat().st_size
+            if size > self.limits.max_upload_bytes:
+                raise InvalidJobDefinition(
+                    f"archive is {size} bytes; at most {self.limits.max_upload_bytes} are allowed"
+                )
+            src = open(zip_path, "rb")  # noqa: SIM115
+        except OSError as exc:
+            raise InvalidArgumentError(f"cannot read job archive {zip_path}: {exc}") from None
+        with src, self.begin_upload() as upload:
+            while chunk := src.read(_CHUNK):
+                upload.write(chunk)
+            return upload.commit(submitter, cloned_from=cloned_from, extra=extra)
+
+    def clone_job(
+        self, job_id: str, submitter: Submitter, *, extra: Mapping[str, Any] | None = None
+    ) -> JobMeta:
+        """A new SUBMITTED job with the same archive and job definition, owned by ``submitter``."""
+        source = self.get(job_id)
+        src_archive = self.root / source.job_id / ARCHIVE_FILE
+        definition = {k: v for k, v in source.items() if k not in SERVER_OWNED_KEYS}
+        new_id = str(uuid.uuid4())
+        stage = self._tmp / f"stage-{new_id}"
+        stage.mkdir(mode=0o700)
+        try:
+            staged = stage / ARCHIVE_FILE
+            try:
+                os.link(src_archive, staged)  # archives are immutable: sharing the inode is safe
+            except OSError:
+                shutil.copyfile(src_archive, staged)
+                with open(staged, "rb+") as f:
+                    os.fsync(f.fileno())
+            if staged.stat().st_size != source["archive_size"]:
+                raise FlareError(f"job {source.job_id}: archive is incomplete; cannot clone it")
+            return self._publish(
+                new_id,
+                stage,
+                definition,
+                submitter,
+                source.job_id,
+                {**_check_extra(extra)},
+                source["archive_size"],
+                source["archive_sha256"],
+            )
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def _commit_upload(
+        self,
+        path: Path,
+        size: int,
+        sha256: str,
+        submitter: Submitter,
+        cloned_from: str | None,
+        fields: Mapping[str, Any],
+    ) -> JobMeta:
+        fields = _check_extra(fields)
+        if cloned_from is not None:
+            cloned_from = parse_job_id(cloned_from)
+        definition = validate_job_archive(path, self.limits)
+        job_id = str(uuid.uuid4())
+        stage = self._tmp / f"stage-{job_id}"
+        stage.mkdir(mode=0o700)
+        try:
+            os.rename(path, stage / ARCHIVE_FILE)
+            return self._publish(
+                job_id, stage, definition.meta, submitter, cloned_from, fields, size, sha256
+            )
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+
+    def _publish(
+        self,
+        job_id: str,
+        stage: Path,
+        definition: Mapping[str, Any],
+        submitter: Submitter,
+        cloned_from: str | None,
+        fields: Mapping[str, Any],
+        size: int,
+        sha256: str,
+    ) -> JobMeta:
+        now = time.time()
+        meta: dict[str, Any] = {k: v for k, v in definition.items() if k not in SERVER_OWNED_KEYS}
+        meta.update(fields)
+        meta.update(
+            job_id=job_id,
+            status=JobStatus.SUBMITTED.value,
+            submitter_name=submitter.name,
+            submitter_org=submitter.org,
+            submitter_role=submitter.role,
+            submit_time=now,
+            submit_time_iso=_iso(now),
+            start_time=None,
+            end_time=None,
+            duration=None,
+            cloned_from=cloned_from,
+            status_history=[{"status": JobStatus.SUBMITTED.value, "time": now, "reason": None}],
+            schedule_history=[],
+            archive_size=size,
+            archive_sha256=sha256,
+        )
+        (stage / RESULT_DIR).mkdir(mode=0o700)
+        fsync_dir(stage)
+        final = self.root / job_id
+        os.rename(stage, final)
+        fsync_dir(self._tmp)
+        fsync_dir(self.root)
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT INTO jobs (job_id, name, status, submit_time, duration, submitter_name,"
+                    " submitter_org, archive_size, meta) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        job_id,
+                        str(meta["name"]),
+                        meta["status"],
+                        now,
+                        None,
+                        submitter.name,
+                        submitter.org,
+                        size,
+                        json.dumps(meta),
+                    ),
+                )
+                result = JobMeta(meta)
+                self._notify(result)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        return result
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> JobMeta:
+        """The job's meta.
+
+        Raises:
+            InvalidArgumentError: ``job_id`` is not a UUID.
+            JobNotFound: no job has this id.
+        """
+        job_id = parse_job_id(job_id)
+        with self._lock:
+            row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
+        return JobMeta(json.loads(row[0]))
+
+    def list(
+        self,
+        *,
+        id_prefix: str | None = None,
+        name_prefix: str | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        statuses: Iterable[JobStatus | str] | None = None,
+    ) -> list[JobSummary]:
+        """Jobs ordered by submit time (newest first if ``reverse``); ``limit`` cuts that order.
+
+        Raises:
+            InvalidArgumentError: a malformed prefix, limit or status.
+        """
+        where: list[str] = []
+        args: list[Any] = []
+        if id_prefix:
+            if not _PREFIX_RE.match(id_prefix):
+                raise InvalidArgumentError(
+                    f"job id prefix {id_prefix!r} is malformed: use hex digits and '-'",
+                    id_prefix=id_prefix,
+                )
+            where.append("substr(job_id, 1, ?) = ?")
+            args += [len(id_prefix), id_prefix.lower()]
+        if name_prefix:
+            where.append("substr(name, 1, ?) = ?")
+            args += [len(name_prefix), name_prefix]
+        if statuses is not None:
+            wanted = [parse_status(s).value for s in statuses]
+            where.append(f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0")
+            args += wanted
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or limit < 0
+        ):
+            raise InvalidArgumentError(f"limit must be an integer >= 0, got {limit!r}", limit=limit)
+        order = "DESC" if reverse else "ASC"
+        sql = (
+            "SELECT job_id, name, status, submit_time, duration, submitter_name, submitter_org"
+            f" FROM jobs {'WHERE ' + ' AND '.join(where) if where else ''}"
+            f" ORDER BY submit_time {order}, seq {order}"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        status_of = JobStatus
+        return [JobSummary(r[0], r[1], status_of(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+
+    def _job_path(self, job_id: str) -> Path:
+        job = self.get(job_id)  # validates the id and checks the row first
+        path = self.root / job.job_id
+        if path.parent != self.root:  # cannot happen for a canonical UUID; belt and braces
+            raise InvalidArgumentError(f"job id {job_id!r} is malformed", job_id=job_id)
+        return path
+
+    def job_dir(self, job_id: str) -> Path:
+        """The job's folder inside the store root."""
+        return self._job_path(job_id)
+
+    def job_archive(self, job_id: str) -> Path:
+        """The job's validated archive (read-only: never modify it)."""
+        return self._job_path(job_id) / ARCHIVE_FILE
+
+    def result_dir(self, job_id: str) -> Path:
+        """The folder for the job's results (created with the job)."""
+        path = self._job_path(job_id) / RESULT_DIR
+        path.mkdir(mode=0o700, exist_ok=True)
+        return path
+
+    # -- changing jobs -----------------------------------------------------------------------
+
+    def set_status(
+        self, job_id: str, status: JobStatus | str, *, reason: str | None = None
+    ) -> JobMeta:
+        """Move the job to ``status``; durable before it returns, then announced.
+
+        Raises:
+            InvalidArgumentError / JobNotFound: as :meth:`get`.
+            InvalidTransition: the lifecycle table forbids the move.
+        """
+        job_id = parse_job_id(job_id)
+        new = parse_status(status)
+        with self._lock:
+            meta = self._write_status(job_id, new, reason, force=False)
+            self._notify(meta)
+        return meta
+
+    def _write_status(
+        self, job_id: str, new: JobStatus, reason: str | None, *, force: bool
+    ) -> JobMeta:
+        row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
+        meta = json.loads(row[0])
+        if not force:
+            check_transition(meta["status"], new)
+        now = time.time()
+        meta["status"] = new.value
+        meta.setdefault("status_history", []).append(
+            {"status": new.value, "time": now, "reason": reason}
+        )
+        if new is JobStatus.RUNNING and meta.get("start_time") is None:
+            meta["start_time"] = now
+        if is_finished(new):
+            meta["end_time"] = now
+            start = meta.get("start_time")
+            meta["duration"] = None if start is None else max(0.0, now - float(start))
+        self._save(job_id, meta)
+        return JobMeta(meta)
+
+    def update(self, job_id: str, **fields: Any) -> JobMeta:
+        """Set extra meta fields (e.g. a waiting reason, ``start_time``); never the status.
+
+        Raises:
+            InvalidArgumentError: a server-owned field, or a value that is not JSON.
+            JobNotFound: as :meth:`get`.
+        """
+        job_id = parse_job_id(job_id)
+        refused = sorted(set(fields) & _NOT_UPDATABLE)
+        if refused:
+            raise InvalidArgumentError(
+                f"cannot update field(s) {', '.join(refused)} of job {job_id}"
+                + (": use set_status" if "status" in refused else ""),
+                job_id=job_id,
+            )
+        if "name" in fields and not isinstance(fields["name"], str):
+            raise InvalidArgumentError("field 'name' must be a string", job_id=job_id)
+        _check_json(fields)
+        with self._lock:
+            row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
+            meta = json.loads(row[0])
+            meta.update(copy.deepcopy(fields))
+            self._save(job_id, meta)
+            result = JobMeta(meta)
+            self._notify(result)
+        return result
+
+    def _save(self, job_id: str, meta: dict[str, Any]) -> None:
+        duration = meta.get("duration")
+        self._db.execute(
+            "UPDATE jobs SET name = ?, status = ?, duration = ?, meta = ? WHERE job_id = ?",
+            (
+                str(meta["name"]),
+                meta["status"],
+                float(duration) if isinstance(duration, (int, float)) else None,
+                json.dumps(meta),
+                job_id,
+            ),
+        )
+
+    def delete(self, job_id: str) -> None:
+        """Delete a job that is SUBMITTED or finished (its row, archive and results).
+
+        Raises:
+            JobNotDone: the job is DISPATCHED or RUNNING (abort it first).
+            InvalidArgumentError / JobNotFound: as :meth:`get`.
+        """
+        job_id = parse_job_id(job_id)
+        with self._lock:
+            meta = self.get(job_id)
+            if meta.status in (JobStatus.DISPATCHED, JobStatus.RUNNING):
+                raise JobNotDone(
+                    f"cannot delete job {job_id}: it is {meta.status.value}; abort it first",
+                    job_id=job_id,
+                    status=meta.status.value,
+                )
+            self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            folder = self.root / job_id
+            trash = self._tmp / f"deleted-{job_id}"
+            if folder.exists():
+                os.rename(folder, trash)
+                fsync_dir(self.root)
+                shutil.rmtree(trash, ignore_errors=True)
+            self._notify(JobMeta(meta, deleted=True))
+
+    # -- notifications -----------------------------------------------------------------------
+
+    def subscribe(self, callback: Callable[[JobMeta], None]) -> Callable[[], None]:
+        """Call ``callback(meta)`` after every committed change; returns the unsubscribe function.
+
+        Callbacks run in the writer's thread, in commit order, under the store lock: keep them
+        quick. An exception in a callback is logged, never raised to the writer.
+        """
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(cb for cb in self._subscribers if cb is not callback)
+
+        return unsubscribe
+
+    def _notify(self, meta: JobMeta) -> None:
+        for callback in self._subscribers:
+            try:
+                callback(meta)
+            except Exception:
+                log.exception("job store subscriber %r failed", callback)
+
+
+def _check_json(fields: Mapping[str, Any]) -> None:
+    try:
+        json.dumps(dict(fields), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"job meta fields must be JSON values: {exc}") from None
+
+
+def _check_extra(fields: Mapping[str, Any] | None) -> dict[str, Any]:
+    fields = dict(fields or {})
+    refused = sorted(set(fields) & SERVER_OWNED_KEYS)
+    if refused:
+        raise InvalidArgumentError(f"cannot set server-owned field(s) {', '.join(refused)}")
+    _check_json(fields)
+    return fields
