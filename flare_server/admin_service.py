@@ -1,0 +1,451 @@
+"""The Admin service (admin.proto): the admin Session's RPCs, served to admin certificates.
+
+Every handler authenticates through :mod:`flare_server.calls`, checks the caller's right
+with :class:`flare_server.authz.Policy` (ownership on every job operation), and leaves
+blocking store work (SQLite, fsync, zip) to worker threads so the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import threading
+import zipfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flare_protocol import errors
+from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+from flare_protocol.credentials import CHUNK_SIZE
+from flare_server.authz import Resource, Right
+from flare_server.calls import Call, streaming, unary
+from flare_server.jobs import JobStatus, Submitter
+
+if TYPE_CHECKING:
+    from flare_server.app import Server
+
+log = logging.getLogger("flare_server.admin")
+
+_ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
+_WATCH_END = object()
+
+
+def server_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("flare-admin")
+    except Exception:
+        return "unknown"
+
+
+def _meta_json(meta: dict[str, Any]) -> str:
+    return json.dumps(meta, separators=(",", ":"), default=str)
+
+
+def _job_reply(meta: dict[str, Any]) -> admin_pb2.JobReply:
+    return admin_pb2.JobReply(job_id=str(meta["job_id"]), meta_json=_meta_json(meta))
+
+
+def _is_finished(status: str) -> bool:
+    return status.startswith("FINISHED")
+
+
+def job_resource(meta: dict[str, Any]) -> Resource:
+    return Resource.job(
+        str(meta.get("job_id")), str(meta.get("submitter_name")), str(meta.get("submitter_org"))
+    )
+
+
+def submitter_of(call: Call) -> Submitter:
+    role = call.identity.role.value if call.identity.role else ""
+    return Submitter(name=call.identity.name, org=call.identity.org, role=role)
+
+
+class AdminService(admin_pb2_grpc.AdminServicer):
+    """Implements every Admin RPC on top of the server's store, registry and policy."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.checker = server.admin_checker
+        self.audit = server.audit
+        self.streams = server.streams
+
+    # -- helpers -----------------------------------------------------------------------
+    async def _job(self, call: Call, job_id: str) -> dict[str, Any]:
+        call.job_id = job_id or None
+        if not job_id:
+            raise errors.InvalidArgumentError("a job id is required", job_id=job_id)
+        meta = await asyncio.to_thread(self.server.store.get, job_id)
+        return meta.to_dict()
+
+    def _require(self, call: Call, right: Right, meta: dict[str, Any] | None, action: str) -> None:
+        resource = job_resource(meta) if meta is not None else Resource("none")
+        self.server.policy.require(
+            call.identity,
+            right,
+            resource,
+            action=action,
+            job_id=str(meta["job_id"]) if meta else None,
+        )
+
+    # -- RPCs --------------------------------------------------------------------------
+    @unary("hello")
+    async def Hello(
+        self, call: Call, request: common_pb2.Empty, context: Any
+    ) -> admin_pb2.HelloReply:
+        call.audited = False  # the Session's connection probe: not a command
+        ident = call.identity
+        return admin_pb2.HelloReply(
+            name=ident.name,
+            org=ident.org,
+            role=ident.role.value if ident.role else "",
+            project=self.server.kit.project,
+            server_version=server_version(),
+        )
+
+    @unary("get_system_info")
+    async def GetSystemInfo(
+        self, call: Call, request: common_pb2.Empty, context: Any
+    ) -> admin_pb2.SystemInfoReply:
+        self._require(call, Right.VIEW, None, "view the system info")
+        running = await asyncio.to_thread(
+            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+        )
+        return admin_pb2.SystemInfoReply(
+            server_name=self.server.kit.name,
+            project=self.server.kit.project,
+            start_time=self.server.start_time,
+            sites=self.server.site_infos(),
+            running_jobs=[summary_pb(s) for s in running],
+            server_version=server_version(),
+        )
+
+    @unary("submit_job")
+    async def SubmitJob(
+        self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
+    ) -> admin_pb2.JobReply:
+        self._require(call, Right.SUBMIT_JOB, None, "submit jobs")
+        meta = await self.server.receive_job(call, request_iterator)
+        return _job_reply(meta)
+
+    @unary("clone_job")
+    async def CloneJob(
+        self, call: Call, request: admin_pb2.CloneJobRequest, context: Any
+    ) -> admin_pb2.JobReply:
+        call.args = {"job_id": request.job_id}
+        source = await self._job(call, request.job_id)
+        self._require(call, Right.CLONE_JOB, source, "clone")
+        extra: dict[str, Any] = {}
+        if request.initial_model_job_id:
+            call.args["initial_model_job_id"] = request.initial_model_job_id
+            model_job = await self._job(call, request.initial_model_job_id)
+            self._require(call, Right.DOWNLOAD_JOB, model_job, "reuse the model of")
+            extra["initial_model_job_id"] = request.initial_model_job_id
+            call.job_id = request.job_id
+        meta = await asyncio.to_thread(
+            self.server.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
+        )
+        cloned = meta.to_dict()
+        call.args["new_job_id"] = cloned["job_id"]
+        self.server.scheduler.poke()
+        return _job_reply(cloned)
+
+    @unary("list_jobs")
+    async def ListJobs(
+        self, call: Call, request: admin_pb2.ListJobsRequest, context: Any
+    ) -> admin_pb2.ListJobsReply:
+        call.args = {
+            k: v
+            for k, v in (
+                ("detailed", request.detailed),
+                ("limit", request.limit),
+                ("id_prefix", request.id_prefix),
+                ("name_prefix", request.name_prefix),
+                ("reverse", request.reverse),
+            )
+            if v
+        }
+        self._require(call, Right.VIEW, None, "list jobs")
+        if request.limit < 0:
+            raise errors.InvalidArgumentError(f"limit must be >= 0, got {request.limit}")
+        store = self.server.store
+
+        def work() -> tuple[list[Any], list[str]]:
+            rows = store.list(
+                id_prefix=request.id_prefix or None,
+                name_prefix=request.name_prefix or None,
+                limit=request.limit or None,
+                reverse=request.reverse,
+            )
+            metas = (
+                [_meta_json(store.get(r.job_id).to_dict()) for r in rows]
+                if request.detailed
+                else []
+            )
+            return rows, metas
+
+        rows, metas = await asyncio.to_thread(work)
+        return admin_pb2.ListJobsReply(jobs=[summary_pb(r) for r in rows], meta_json=metas)
+
+    @unary("get_job_meta")
+    async def GetJobMeta(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> admin_pb2.JobReply:
+        meta = await self._job(call, request.job_id)
+        self._require(call, Right.VIEW, meta, "view")
+        return _job_reply(meta)
+
+    @streaming("monitor_job")
+    async def WatchJob(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> AsyncIterator[admin_pb2.JobReply]:
+        job_id = request.job_id
+        call.job_id = job_id or None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def on_change(meta: Any) -> None:  # runs on whichever thread wrote the store
+            if getattr(meta, "job_id", None) == job_id:
+                loop.call_soon_threadsafe(queue.put_nowait, meta)
+
+        unsubscribe = self.server.store.subscribe(on_change)
+        self.server.watchers.add(queue)
+        try:
+            meta = await self._job(call, job_id)
+            self._require(call, Right.VIEW, meta, "watch")
+            last = _meta_json(meta)
+            yield admin_pb2.JobReply(job_id=job_id, meta_json=last)
+            status = str(meta.get("status", ""))
+            while not _is_finished(status):
+                item = await queue.get()
+                if item is _WATCH_END:
+                    return
+                while not queue.empty():  # coalesce a burst of changes into the newest
+                    nxt = queue.get_nowait()
+                    if nxt is _WATCH_END:
+                        return
+                    item = nxt
+                if getattr(item, "deleted", False):
+                    raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
+                current = item.to_dict()
+                text = _meta_json(current)
+                if text != last:
+                    last = text
+                    yield admin_pb2.JobReply(job_id=job_id, meta_json=text)
+                status = str(current.get("status", ""))
+        finally:
+            unsubscribe()
+            self.server.watchers.discard(queue)
+
+    @unary("abort_job")
+    async def AbortJob(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> admin_pb2.JobReply:
+        meta = await self._job(call, request.job_id)
+        self._require(call, Right.MANAGE_JOB, meta, "abort")
+        status = str(meta.get("status"))
+        if _is_finished(status):
+            raise errors.JobNotRunning(
+                f"cannot abort job {request.job_id}: it already {status}",
+                job_id=request.job_id,
+                status=status,
+            )
+        try:
+            updated = await asyncio.to_thread(
+                self.server.store.set_status,
+                request.job_id,
+                JobStatus.FINISHED_ABORTED,
+                reason=f"aborted by {call.identity.name}",
+            )
+        except errors.InvalidTransition:
+            current = (await self._job(call, request.job_id)).get("status")
+            raise errors.JobNotRunning(
+                f"cannot abort job {request.job_id}: it already {current}",
+                job_id=request.job_id,
+                status=str(current),
+            ) from None
+        self.server.notify_sites_abort(meta)
+        return _job_reply(updated.to_dict())
+
+    @unary("delete_job")
+    async def DeleteJob(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> common_pb2.Empty:
+        meta = await self._job(call, request.job_id)
+        self._require(call, Right.MANAGE_JOB, meta, "delete")
+        await asyncio.to_thread(self.server.store.delete, request.job_id)
+        return common_pb2.Empty()
+
+    @streaming("download_job_result")
+    async def DownloadJobResult(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> AsyncIterator[common_pb2.TransferChunk]:
+        meta = await self._job(call, request.job_id)
+        self._require(call, Right.DOWNLOAD_JOB, meta, "download the result of")
+        status = str(meta.get("status"))
+        if not _is_finished(status):
+            raise errors.JobNotDone(
+                f"job {request.job_id} has no result yet: it is {status}; "
+                "wait for it to finish (wait_for_job or monitor_job)",
+                job_id=request.job_id,
+                status=status,
+            )
+        result_dir = self.server.store.result_dir(request.job_id)
+        yield common_pb2.TransferChunk(
+            header=common_pb2.TransferHeader(
+                name=f"{request.job_id}.zip",
+                size=-1,
+                sha256="",
+                content_type="application/zip",
+                params={"job_id": request.job_id},
+            )
+        )
+        async for chunk in zip_stream(Path(result_dir)):
+            yield common_pb2.TransferChunk(data=chunk)
+
+    @unary("get_connected_client_list")
+    async def GetConnectedSites(
+        self, call: Call, request: common_pb2.Empty, context: Any
+    ) -> admin_pb2.SitesReply:
+        self._require(call, Right.VIEW, None, "list connected sites")
+        return admin_pb2.SitesReply(sites=self.server.site_infos())
+
+    @unary("command")
+    async def Command(
+        self, call: Call, request: admin_pb2.CommandRequest, context: Any
+    ) -> admin_pb2.CommandReply:
+        result = await self.server.commands.run(call, request.command, request.args_json)
+        return admin_pb2.CommandReply(result_json=json.dumps(result, default=str))
+
+
+def summary_pb(s: Any) -> admin_pb2.JobSummary:
+    """A store JobSummary as its wire message."""
+    return admin_pb2.JobSummary(
+        job_id=s.job_id,
+        name=s.name,
+        status=str(getattr(s.status, "value", s.status)),
+        submit_time=float(s.submit_time or 0.0),
+        duration=float(s.duration or 0.0),
+        submitter_name=s.submitter_name or "",
+        submitter_org=s.submitter_org or "",
+    )
+
+
+def site_info_pb(snapshot: Any) -> admin_pb2.SiteInfo:
+    return admin_pb2.SiteInfo(
+        name=snapshot.name,
+        org=snapshot.org,
+        connected_since=snapshot.connected_since,
+        last_heartbeat=snapshot.last_heartbeat,
+        running_jobs=list(snapshot.running_jobs),
+        address=snapshot.address,
+    )
+
+
+# -- streaming a folder as a zip, with bounded memory ------------------------------------
+
+
+class _Stopped(Exception):
+    pass
+
+
+class _QueueWriter:
+    """A write-only, non-seekable file that hands full chunks to the event loop."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], stop: threading.Event
+    ) -> None:
+        self.loop = loop
+        self.queue = queue
+        self.stop = stop
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        while len(self.buf) >= CHUNK_SIZE:
+            self._put(bytes(self.buf[:CHUNK_SIZE]))
+            del self.buf[:CHUNK_SIZE]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close_out(self) -> None:
+        if self.buf:
+            self._put(bytes(self.buf))
+            self.buf.clear()
+
+    def _put(self, chunk: Any) -> None:
+        if self.stop.is_set():
+            raise _Stopped
+        asyncio.run_coroutine_threadsafe(self.queue.put(chunk), self.loop).result()
+        if self.stop.is_set():
+            raise _Stopped
+
+
+def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """Regular files under ``root`` (symlinks and special files are skipped, never followed)."""
+    if not root.is_dir() or root.is_symlink():
+        return
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        here = Path(dirpath)
+        for name in sorted(filenames):
+            path = here / name
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                yield path, path.relative_to(root).as_posix()
+
+
+def _write_zip(root: Path, out: _QueueWriter) -> None:
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+        for path, arcname in _regular_files(root):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                info = zipfile.ZipInfo.from_file(path, arcname)
+                info.file_size = size
+                with zf.open(info, "w", force_zip64=size > 0x7FFF0000) as dst:
+                    while block := src.read(CHUNK_SIZE):
+                        dst.write(block)
+    out.close_out()
+
+
+async def zip_stream(root: Path) -> AsyncIterator[bytes]:
+    """The folder ``root`` as a zip, in chunks of CHUNK_SIZE; at most 4 chunks in memory."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
+    stop = threading.Event()
+    done = object()
+    failure: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            _write_zip(root, _QueueWriter(loop, queue, stop))
+        except _Stopped:
+            return
+        except BaseException as exc:  # reported to the consumer
+            failure.append(exc)
+        if not stop.is_set():
+            asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
+
+    producer = loop.run_in_executor(None, produce)
+    try:
+        while True:
+            item = await queue.get()
+            if item is done:
+                break
+            yield item
+        if failure:
+            raise failure[0]
+    finally:
+        stop.set()
+        while not producer.done():
+            while not queue.empty():
+                queue.get_nowait()
+            await asyncio.sleep(0.001)

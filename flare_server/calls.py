@@ -1,0 +1,184 @@
+"""The envelope of every RPC: authenticate the peer, run the handler, audit, map errors.
+
+Handlers are written as ``async def handler(self, call, request, context)`` (or async
+generators for server streams) and wrapped by :func:`unary` or :func:`streaming`. The
+wrapper checks the peer certificate against the endpoint's participant type before the
+handler sees anything, records one audit line per admin call (``ok``, ``denied`` or the
+error type) and turns every exception into a status code plus ``ErrorDetail`` trailer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import grpc
+
+from flare_protocol import errors
+from flare_protocol.identity import Identity
+from flare_server.audit import AuditLog
+from flare_server.errors import abort_with, to_api_error
+from flare_server.identity_check import IdentityChecker
+
+log = logging.getLogger("flare_server.calls")
+
+Req = TypeVar("Req")
+Rep = TypeVar("Rep")
+
+
+@dataclass
+class Call:
+    """One authenticated call: who, from where, and what the audit line should say."""
+
+    identity: Identity
+    peer: str
+    command: str
+    args: dict[str, Any] = field(default_factory=dict)
+    job_id: str | None = None
+    audited: bool = True
+
+
+class Endpoint(Protocol):
+    """What a service exposes to the wrappers."""
+
+    checker: IdentityChecker
+    audit: AuditLog | None
+    streams: StreamTracker
+
+
+class StreamTracker:
+    """Open long-lived calls by certificate serial, so a revocation can drop them."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, set[asyncio.Task[Any]]] = {}
+
+    def add(self, serial: int) -> asyncio.Task[Any] | None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.setdefault(serial, set()).add(task)
+        return task
+
+    def remove(self, serial: int, task: asyncio.Task[Any] | None) -> None:
+        tasks = self._tasks.get(serial)
+        if tasks is not None and task is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self._tasks[serial]
+
+    def cancel(self, serials: frozenset[int]) -> int:
+        """Cancel every open stream of these serials; the number cancelled."""
+        n = 0
+        for serial in serials & set(self._tasks):
+            for task in list(self._tasks.get(serial, ())):
+                task.cancel()
+                n += 1
+        return n
+
+    def cancel_all(self) -> None:
+        for tasks in list(self._tasks.values()):
+            for task in list(tasks):
+                task.cancel()
+
+
+async def authenticate(endpoint: Endpoint, context: grpc.aio.ServicerContext, command: str) -> Call:
+    """The caller's identity from its verified certificate, or abort UNAUTHENTICATED."""
+    peer = context.peer()
+    try:
+        identity = endpoint.checker.check_auth_context(context.auth_context())
+    except errors.IdentityRejected as exc:
+        log.warning(
+            "rejected %s from %s on the %s endpoint: %s",
+            command,
+            peer,
+            endpoint.checker.expected_type.value,
+            exc.message,
+        )
+        await abort_with(context, exc)
+    return Call(identity=identity, peer=peer, command=command)
+
+
+def _result_name(exc: BaseException) -> str:
+    if isinstance(exc, errors.AuthorizationError):
+        return "denied"
+    if isinstance(exc, errors.FlareError):
+        return type(to_api_error(exc)).__name__
+    return "InternalError"
+
+
+def _audit(endpoint: Endpoint, call: Call, result: str) -> None:
+    if endpoint.audit is not None and call.audited:
+        endpoint.audit.record(
+            peer=call.peer,
+            identity=call.identity,
+            command=call.command,
+            args=call.args,
+            result=result,
+            job_id=call.job_id,
+        )
+
+
+def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..., Awaitable[Rep]]]:
+    """Wrap a handler returning one reply (unary or client-streaming request)."""
+
+    def deco(fn: Callable[..., Awaitable[Rep]]) -> Callable[..., Awaitable[Rep]]:
+        @functools.wraps(fn)
+        async def wrapper(self: Endpoint, request: Any, context: grpc.aio.ServicerContext) -> Rep:
+            call = await authenticate(self, context, command)
+            try:
+                reply = await fn(self, call, request, context)
+            except asyncio.CancelledError:
+                _audit(self, call, "cancelled")
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                _audit(self, call, _result_name(exc))
+                if isinstance(exc, errors.AuthorizationError):
+                    log.warning("denied %s to %s: %s", command, call.identity.name, exc.message)
+                await abort_with(context, exc, where=command)
+            _audit(self, call, "ok")
+            return reply
+
+        return wrapper
+
+    return deco
+
+
+def streaming(
+    command: str, *, track: bool = True
+) -> Callable[[Callable[..., AsyncIterator[Rep]]], Callable[..., AsyncIterator[Rep]]]:
+    """Wrap an async-generator handler (server stream or bidi)."""
+
+    def deco(fn: Callable[..., AsyncIterator[Rep]]) -> Callable[..., AsyncIterator[Rep]]:
+        @functools.wraps(fn)
+        async def wrapper(
+            self: Endpoint, request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Rep]:
+            call = await authenticate(self, context, command)
+            task = self.streams.add(call.identity.serial) if track else None
+            try:
+                async for item in fn(self, call, request, context):
+                    yield item
+            except asyncio.CancelledError:
+                _audit(self, call, "cancelled")
+                raise
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                _audit(self, call, _result_name(exc))
+                if isinstance(exc, errors.AuthorizationError):
+                    log.warning("denied %s to %s: %s", command, call.identity.name, exc.message)
+                await abort_with(context, exc, where=command)
+            else:
+                _audit(self, call, "ok")
+            finally:
+                if track:
+                    self.streams.remove(call.identity.serial, task)
+
+        return wrapper
+
+    return deco

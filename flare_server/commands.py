@@ -1,0 +1,441 @@
+"""The named commands of the Admin ``Command`` RPC: ``command`` + JSON args -> JSON result.
+
+Every command checks its right (see :mod:`flare_server.authz`) on the resource it touches.
+Arguments (a JSON object) and results by command:
+
+======================  ================  ==========================================
+command                 right             args -> result
+======================  ================  ==========================================
+show_stats              view              ``{job_id?, targets?}`` ->
+                                          ``{"server": {...}, "<site>": {...}}``
+show_errors             view              ``{job_id?, targets?}`` -> ``{"server": [...]}``
+reset_errors            manage_job (job)  ``{job_id}`` -> ``{"reset": true}``
+get_client_job_status   view              ``{targets?}`` ->
+                                          ``{"sites": [{name, running_jobs}]}``
+ls                      shell_commands    ``{target, path=".", long=false}`` ->
+                                          ``{"entries": [{name, type, size, mtime}], "text"}``
+cat                     shell_commands    ``{target, path}`` -> ``{"text", "truncated"}``
+head / tail             shell_commands    ``{target, path, lines=10}`` ->
+                                          ``{"text", "truncated"}``
+grep                    shell_commands    ``{target, path, pattern, ignore_case=false,
+                                          regex=false}`` -> ``{"text", "truncated"}``
+pwd                     shell_commands    ``{target}`` -> ``{"text": workspace path}``
+shutdown / restart      operate           ``{target_type: server|client|all, targets?,
+                                          force=false}`` -> ``{"server": "stopping"}``
+shutdown_system         operate (server)  ``{}`` -> ``{"server": "stopping", "sites"}``
+======================  ================  ==========================================
+
+``target`` is ``"server"`` or a site name. On the server, file commands are confined to the
+server workspace: paths are relative, never ``..``, absolute or with backslashes, resolved
+(symlinks included) and checked to stay inside; private keys are never shown. Commands
+aimed at a site are forwarded over its Channel as ``site.command`` and answered by
+``site.reply``; a site that is not connected is an ``InvalidTarget``, one that does not
+answer in time a ``NoReply``. Anything else is an ``InvalidArgumentError`` naming the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from flare_protocol import errors
+from flare_server.authz import Resource, Right
+from flare_server.calls import Call
+from flare_server.jobs import JobStatus
+
+if TYPE_CHECKING:
+    from flare_server.app import Server
+
+#: Largest text a file command returns (the reply must stay well under 4 MiB).
+MAX_TEXT_BYTES = 1024 * 1024
+MAX_LINES = 10_000
+MAX_ARGS_BYTES = 64 * 1024
+
+Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
+
+
+def _str_arg(args: dict[str, Any], key: str, default: str | None = None) -> str:
+    value = args.get(key, default)
+    if not isinstance(value, str):
+        raise errors.InvalidArgumentError(f"argument '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> int:
+    value = args.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise errors.InvalidArgumentError(
+            f"argument '{key}' must be an integer {lo}..{hi}, got {value!r}"
+        )
+    return value
+
+
+def _targets(args: dict[str, Any]) -> list[str] | None:
+    targets = args.get("targets")
+    if targets is None:
+        return None
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        raise errors.InvalidArgumentError("argument 'targets' must be a list of site names")
+    return targets
+
+
+def confine(root: Path, rel: str) -> Path:
+    """``rel`` resolved inside ``root``; InvalidArgumentError for anything that leaves it."""
+    if rel in ("", "."):
+        return root
+    if "\x00" in rel or any(ord(c) < 32 for c in rel):
+        raise errors.InvalidArgumentError("path contains control characters", path=rel)
+    if "\\" in rel:
+        raise errors.InvalidArgumentError(f"path {rel!r} contains a backslash", path=rel)
+    pure = PurePosixPath(rel)
+    if pure.is_absolute() or re.match(r"^[A-Za-z]:", rel):
+        raise errors.InvalidArgumentError(
+            f"path {rel!r} is absolute; give a path relative to the workspace", path=rel
+        )
+    if ".." in pure.parts:
+        raise errors.InvalidArgumentError(f"path {rel!r} leaves the workspace ('..')", path=rel)
+    candidate = root / pure
+    try:
+        resolved = candidate.resolve(strict=True)
+    except FileNotFoundError:
+        raise errors.InvalidArgumentError(f"no such file or folder: {rel}", path=rel) from None
+    except (OSError, RuntimeError) as exc:
+        raise errors.InvalidArgumentError(f"cannot resolve {rel!r}: {exc}", path=rel) from None
+    if not resolved.is_relative_to(root):
+        raise errors.InvalidArgumentError(
+            f"path {rel!r} resolves outside the workspace (a symlink out)", path=rel
+        )
+    if resolved.suffix == ".key":
+        raise errors.InvalidArgumentError(f"{rel!r} is a private key; it is never shown", path=rel)
+    return resolved
+
+
+def _regular(path: Path, rel: str) -> Path:
+    if not path.is_file():
+        raise errors.InvalidArgumentError(f"{rel!r} is not a regular file", path=rel)
+    return path
+
+
+def _read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> tuple[str, bool]:
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    return data[:limit].decode("utf-8", errors="replace"), len(data) > limit
+
+
+def _head(path: Path, n: int) -> tuple[str, bool]:
+    out: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if len(out) >= n or size + len(line) > MAX_TEXT_BYTES:
+                return "".join(out), len(out) < n
+            out.append(line)
+            size += len(line)
+    return "".join(out), False
+
+
+def _tail(path: Path, n: int) -> tuple[str, bool]:
+    with open(path, "rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        end = fh.tell()
+        start = max(0, end - 4 * MAX_TEXT_BYTES)
+        fh.seek(start)
+        data = fh.read()
+    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+    if start > 0 and lines:
+        lines = lines[1:]  # the first one is probably cut
+    picked = lines[-n:]
+    text = "".join(picked)
+    truncated = len(text) > MAX_TEXT_BYTES
+    return text[-MAX_TEXT_BYTES:], truncated
+
+
+def _grep(path: Path, pattern: str, ignore_case: bool, regex: bool) -> tuple[str, bool]:
+    flags = re.IGNORECASE if ignore_case else 0
+    try:
+        compiled = re.compile(pattern if regex else re.escape(pattern), flags)
+    except re.error as exc:
+        raise errors.InvalidArgumentError(f"bad pattern {pattern!r}: {exc}") from None
+    out: list[str] = []
+    size = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, 1):
+            if compiled.search(line):
+                entry = f"{number}:{line}"
+                if len(out) >= MAX_LINES or size + len(entry) > MAX_TEXT_BYTES:
+                    return "".join(out), True
+                out.append(entry)
+                size += len(entry)
+    return "".join(out), False
+
+
+def _ls(path: Path, root: Path, long: bool) -> dict[str, Any]:
+    entries = []
+    children = sorted(path.iterdir()) if path.is_dir() else [path]
+    for child in children[:MAX_LINES]:
+        st = os.lstat(child)
+        kind = (
+            "dir"
+            if stat.S_ISDIR(st.st_mode)
+            else "link"
+            if stat.S_ISLNK(st.st_mode)
+            else "file"
+            if stat.S_ISREG(st.st_mode)
+            else "other"
+        )
+        entries.append({"name": child.name, "type": kind, "size": st.st_size, "mtime": st.st_mtime})
+    if long:
+        text = "".join(
+            f"{e['type']:<5} {e['size']:>12} "
+            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(e['mtime']))} {e['name']}\n"
+            for e in entries
+        )
+    else:
+        text = "".join(f"{e['name']}{'/' if e['type'] == 'dir' else ''}\n" for e in entries)
+    return {"entries": entries, "text": text}
+
+
+class Commands:
+    """Dispatches the Command RPC to one handler per name."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self._table: dict[str, Handler] = {
+            "show_stats": self.show_stats,
+            "show_errors": self.show_errors,
+            "reset_errors": self.reset_errors,
+            "get_client_job_status": self.get_client_job_status,
+            "ls": self._file_command("ls"),
+            "cat": self._file_command("cat"),
+            "head": self._file_command("head"),
+            "tail": self._file_command("tail"),
+            "grep": self._file_command("grep"),
+            "pwd": self._file_command("pwd"),
+            "shutdown": self._control("shutdown"),
+            "restart": self._control("restart"),
+            "shutdown_system": self.shutdown_system,
+        }
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._table)
+
+    async def run(self, call: Call, name: str, args_json: str) -> Any:
+        call.command = name or "command"
+        if len(args_json) > MAX_ARGS_BYTES:
+            raise errors.InvalidArgumentError(
+                f"arguments of {name!r} exceed {MAX_ARGS_BYTES} bytes"
+            )
+        try:
+            args = json.loads(args_json) if args_json else {}
+        except json.JSONDecodeError as exc:
+            raise errors.InvalidArgumentError(
+                f"arguments of {name!r} are not JSON: {exc}"
+            ) from None
+        if not isinstance(args, dict):
+            raise errors.InvalidArgumentError(f"arguments of {name!r} must be a JSON object")
+        call.args = {k: v for k, v in args.items() if k != "content"}
+        if isinstance(args.get("job_id"), str):
+            call.job_id = args["job_id"]
+        handler = self._table.get(name)
+        if handler is None:
+            raise errors.InvalidArgumentError(
+                f"unknown command {name!r}; known: {', '.join(self.names)}", command=name
+            )
+        return await handler(call, args)
+
+    # -- helpers -----------------------------------------------------------------------
+    async def _job_meta(self, job_id: str) -> dict[str, Any]:
+        meta = await asyncio.to_thread(self.server.store.get, job_id)
+        return meta.to_dict()
+
+    def _site_resource(self, name: str) -> Resource:
+        site = self.server.registry.get(name)
+        if site is None:
+            raise errors.InvalidTarget(f"site {name!r} is not connected", site=name)
+        return Resource.site(name, site.org)
+
+    def _connected(self, name: str) -> None:
+        if name not in self.server.registry:
+            raise errors.InvalidTarget(f"site {name!r} is not connected", site=name)
+
+    async def _forward(self, site: str, command: str, args: dict[str, Any]) -> Any:
+        self._connected(site)
+        reply = await self.server.registry.request(
+            site,
+            "site.command",
+            {"command": command, "args": args},
+            timeout=self.server.settings.site_command_timeout,
+        )
+        error = reply.get("error")
+        if isinstance(error, dict) and error:
+            cls = errors.WIRE_ERRORS.get(str(error.get("type")), errors.InternalError)
+            raise cls(f"site {site}: {error.get('message', 'failed')}", site=site)
+        return reply.get("result")
+
+    # -- view --------------------------------------------------------------------------
+    async def show_stats(self, call: Call, args: dict[str, Any]) -> Any:
+        policy = self.server.policy
+        job_id = args.get("job_id")
+        if job_id is not None:
+            meta = await self._job_meta(_str_arg(args, "job_id"))
+            policy.require(
+                call.identity, Right.VIEW, _job(meta), action="view the stats of", job_id=job_id
+            )
+            stats: dict[str, Any] = {
+                "server": {
+                    k: meta.get(k)
+                    for k in ("status", "submit_time", "start_time", "duration", "schedule_reason")
+                    if k in meta
+                }
+            }
+        else:
+            policy.require(call.identity, Right.VIEW, action="view the stats")
+            counts: dict[str, int] = {}
+            rows = await asyncio.to_thread(self.server.store.list)
+            for row in rows:
+                key = str(getattr(row.status, "value", row.status))
+                counts[key] = counts.get(key, 0) + 1
+            stats = {
+                "server": {
+                    "uptime": time.time() - self.server.start_time,
+                    "jobs": counts,
+                    "connected_sites": len(self.server.registry),
+                }
+            }
+        for site in _targets(args) or []:
+            stats[site] = await self._forward(site, "show_stats", {"job_id": job_id})
+        return stats
+
+    async def show_errors(self, call: Call, args: dict[str, Any]) -> Any:
+        job_id = _str_arg(args, "job_id", "") if args.get("job_id") is not None else ""
+        if job_id:
+            meta = await self._job_meta(job_id)
+            self.server.policy.require(
+                call.identity, Right.VIEW, _job(meta), action="view the errors of", job_id=job_id
+            )
+            result: dict[str, Any] = {"server": list(meta.get("errors") or [])}
+        else:
+            self.server.policy.require(call.identity, Right.VIEW, action="view errors")
+            result = {"server": list(self.server.errors)}
+        for site in _targets(args) or []:
+            result[site] = await self._forward(site, "show_errors", {"job_id": job_id})
+        return result
+
+    async def reset_errors(self, call: Call, args: dict[str, Any]) -> Any:
+        job_id = _str_arg(args, "job_id")
+        meta = await self._job_meta(job_id)
+        self.server.policy.require(
+            call.identity, Right.MANAGE_JOB, _job(meta), action="reset the errors of", job_id=job_id
+        )
+        if meta.get("errors"):
+            await asyncio.to_thread(self.server.store.update, job_id, errors=[])
+        return {"reset": True}
+
+    async def get_client_job_status(self, call: Call, args: dict[str, Any]) -> Any:
+        self.server.policy.require(call.identity, Right.VIEW, action="view site job status")
+        wanted = _targets(args)
+        sites = self.server.registry.snapshots()
+        if wanted is not None:
+            unknown = [t for t in wanted if t not in {s.name for s in sites}]
+            if unknown:
+                raise errors.InvalidTarget(f"not connected: {', '.join(unknown)}", site=unknown[0])
+            sites = [s for s in sites if s.name in wanted]
+        return {"sites": [{"name": s.name, "running_jobs": list(s.running_jobs)} for s in sites]}
+
+    # -- shell commands ----------------------------------------------------------------
+    def _file_command(self, name: str) -> Handler:
+        async def handler(call: Call, args: dict[str, Any]) -> Any:
+            target = _str_arg(args, "target", "server")
+            resource = Resource.server() if target == "server" else self._site_resource(target)
+            self.server.policy.require(
+                call.identity, Right.SHELL_COMMANDS, resource, action=f"run {name} on"
+            )
+            if target != "server":
+                return await self._forward(target, name, args)
+            return await asyncio.to_thread(self._server_file_command, name, args)
+
+        return handler
+
+    def _server_file_command(self, name: str, args: dict[str, Any]) -> Any:
+        root = self.server.workspace.resolve()
+        if name == "pwd":
+            return {"text": str(root)}
+        rel = _str_arg(args, "path", "." if name == "ls" else None)
+        path = confine(root, rel)
+        if name == "ls":
+            return _ls(path, root, bool(args.get("long", False)))
+        _regular(path, rel)
+        if name == "cat":
+            text, truncated = _read_text(path)
+        elif name == "head":
+            text, truncated = _head(path, _int_arg(args, "lines", 10, 1, MAX_LINES))
+        elif name == "tail":
+            text, truncated = _tail(path, _int_arg(args, "lines", 10, 1, MAX_LINES))
+        else:
+            pattern = _str_arg(args, "pattern")
+            if not pattern or len(pattern) > 256:
+                raise errors.InvalidArgumentError("argument 'pattern' must have 1..256 characters")
+            text, truncated = _grep(
+                path, pattern, bool(args.get("ignore_case", False)), bool(args.get("regex", False))
+            )
+        return {"text": text, "truncated": truncated}
+
+    # -- operate -----------------------------------------------------------------------
+    def _control(self, name: str) -> Handler:
+        async def handler(call: Call, args: dict[str, Any]) -> Any:
+            target_type = _str_arg(args, "target_type", "server")
+            if target_type not in ("server", "client", "all"):
+                raise errors.InvalidTarget(
+                    f"target_type must be server, client or all, got {target_type!r}"
+                )
+            result: dict[str, Any] = {}
+            if target_type in ("client", "all"):
+                sites = _targets(args)
+                if sites is None:
+                    sites = self.server.registry.names()
+                for site in sites:
+                    self.server.policy.require(
+                        call.identity, Right.OPERATE, self._site_resource(site), action=f"{name}"
+                    )
+                for site in sites:
+                    result[site] = await self._forward(site, name, {})
+            if target_type in ("server", "all"):
+                self.server.policy.require(
+                    call.identity, Right.OPERATE, Resource.server(), action=f"{name}"
+                )
+                running = await asyncio.to_thread(
+                    self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+                )
+                if running and not args.get("force", False):
+                    raise errors.ClientsStillRunning(
+                        f"cannot {name} the server: {len(running)} job(s) still dispatched or "
+                        "running; abort them first or pass force=true"
+                    )
+                self.server.request_stop(restart=(name == "restart"), by=call.identity.name)
+                result["server"] = "restarting" if name == "restart" else "stopping"
+            return result
+
+        return handler
+
+    async def shutdown_system(self, call: Call, args: dict[str, Any]) -> Any:
+        self.server.policy.require(
+            call.identity, Right.OPERATE, Resource.server(), action="shut down the system"
+        )
+        for site in self.server.registry.names():
+            self.server.registry.send_command(site, "shutdown")
+        self.server.request_stop(restart=False, by=call.identity.name)
+        return {"server": "stopping", "sites": self.server.registry.names()}
+
+
+def _job(meta: dict[str, Any]) -> Resource:
+    return Resource.job(
+        str(meta.get("job_id")), str(meta.get("submitter_name")), str(meta.get("submitter_org"))
+    )

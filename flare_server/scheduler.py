@@ -1,0 +1,159 @@
+"""Scheduling plumbing: a submitted job waits until the sites it needs are connected.
+
+Theory of operation. A job is *runnable* when every site its ``deploy_map`` names (and
+every ``mandatory_clients`` site) is connected and at least ``min_clients`` sites are
+connected. Until then it stays SUBMITTED and its meta carries ``schedule_reason``, e.g.
+``waiting for sites: site-2 (deploy_map) / 1 of 2 min_clients connected``. The waiting
+jobs are re-evaluated whenever a job is submitted and whenever a site connects or
+disconnects; evaluations are coalesced (one runs at a time, a request during a run
+triggers one more run). A runnable job is handed to a :class:`JobLauncher`, the seam that
+the next issue fills with real execution; the default launcher only marks the job
+DISPATCHED and records that execution is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from flare_server.jobs import JobStatus, JobStore
+from flare_server.sites import SiteRegistry
+
+log = logging.getLogger("flare_server.scheduler")
+
+ALL_SITES = "@ALL"
+SERVER_TARGET = "server"
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The sites a runnable job goes to (``None`` while it must wait, with the reason)."""
+
+    sites: tuple[str, ...] | None
+    reason: str
+
+
+class JobLauncher(Protocol):
+    """Starts a runnable job on its sites. The next issue provides the real one."""
+
+    async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
+        """Take over a SUBMITTED job; must move it out of SUBMITTED (or raise)."""
+        ...
+
+
+class DispatchOnlyLauncher:
+    """Marks the job DISPATCHED; execution on sites lands in the next issue."""
+
+    def __init__(self, store: JobStore) -> None:
+        self.store = store
+
+    async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
+        await asyncio.to_thread(
+            self.store.set_status,
+            job_id,
+            JobStatus.DISPATCHED,
+            reason=f"dispatched to {', '.join(sites) or 'the server'}; "
+            "execution on sites is not implemented yet",
+        )
+        await asyncio.to_thread(
+            self.store.update, job_id, schedule_reason="", deployed_sites=list(sites)
+        )
+
+
+def place(meta: Mapping[str, Any], connected: Collection[str]) -> Placement:
+    """Where a job can run given the connected sites, or why it must wait."""
+    deploy_map = meta.get("deploy_map") or {}
+    named: list[str] = []
+    wants_all = False
+    for targets in deploy_map.values():
+        for target in targets or ():
+            if target == ALL_SITES:
+                wants_all = True
+            elif target != SERVER_TARGET and target not in named:
+                named.append(target)
+    mandatory = [s for s in (meta.get("mandatory_clients") or ()) if s not in named]
+    min_clients = int(meta.get("min_clients") or 1)
+
+    missing = [f"{s} (deploy_map)" for s in named if s not in connected]
+    missing += [f"{s} (mandatory_clients)" for s in mandatory if s not in connected]
+    if wants_all:
+        sites = sorted(connected)
+    else:
+        sites = [s for s in named if s in connected] + [s for s in mandatory if s in connected]
+    if wants_all or not named:
+        available = len(connected)
+    else:
+        available = len([s for s in set(named) | set(mandatory) if s in connected])
+    short = available < min_clients
+    if not missing and not short:
+        return Placement(tuple(sites), "")
+    parts = []
+    if missing:
+        parts.append("waiting for sites: " + ", ".join(missing))
+    if short or missing:
+        parts.append(f"{available} of {min_clients} min_clients connected")
+    return Placement(None, " / ".join(parts))
+
+
+class Scheduler:
+    """Re-evaluates waiting jobs on submit and on site connect/disconnect."""
+
+    def __init__(self, store: JobStore, registry: SiteRegistry, launcher: JobLauncher) -> None:
+        self.store = store
+        self.registry = registry
+        self.launcher = launcher
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        registry.subscribe(lambda _event, _name: self.poke())
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            self.poke()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def poke(self) -> None:
+        """Ask for a re-evaluation (coalesced; cheap to call often)."""
+        self._wake.set()
+
+    async def evaluate(self) -> None:
+        """One pass over every SUBMITTED job."""
+        waiting = await asyncio.to_thread(self.store.list, statuses=[JobStatus.SUBMITTED])
+        connected = set(self.registry.names())
+        for summary in waiting:
+            job_id = summary.job_id
+            try:
+                meta = (await asyncio.to_thread(self.store.get, job_id)).to_dict()
+                if meta.get("status") != JobStatus.SUBMITTED.value:
+                    continue
+                placement = place(meta, connected)
+                if placement.sites is None:
+                    if meta.get("schedule_reason") != placement.reason:
+                        await asyncio.to_thread(
+                            self.store.update, job_id, schedule_reason=placement.reason
+                        )
+                    continue
+                log.info("job %s runnable on %s", job_id, ", ".join(placement.sites))
+                await self.launcher.launch(job_id, meta, placement.sites)
+            except Exception:
+                log.exception("scheduling job %s failed", job_id)
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self.evaluate()
+            except Exception:
+                log.exception("scheduler pass failed")

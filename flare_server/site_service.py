@@ -1,0 +1,133 @@
+"""The Site service (site.proto): registration and the long-lived Channel, for site certificates.
+
+A site calls ``Register`` (identity = its certificate), then opens one ``Channel`` whose
+first message is a heartbeat carrying the session id. From then on heartbeats update the
+registry and are acknowledged; envelopes answering a forwarded request resolve it; any
+other topic is logged (the next issue handles job traffic). Messages queued for the site
+(:meth:`SiteRegistry.send`) are written to the Channel as they arrive. The stream ends
+when the site closes it, when its session is replaced or times out, or when the server
+stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from flare_protocol import errors
+from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
+from flare_server.calls import Call, streaming, unary
+from flare_server.sites import CLOSE
+
+if TYPE_CHECKING:
+    from flare_server.app import Server
+
+log = logging.getLogger("flare_server.site_service")
+
+#: Topics a site may send; anything else is logged and dropped (never dispatched by name).
+SITE_TOPICS = frozenset({"job.status", "task.result", "metrics", "job.log", "site.reply"})
+
+_ACK = site_pb2.ServerMessage(heartbeat_ack=common_pb2.Empty())
+
+
+class SiteService(site_pb2_grpc.SiteServicer):
+    """Register and Channel; Download/Upload answer UNIMPLEMENTED until the next issue."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.registry = server.registry
+        self.checker = server.site_checker
+        self.audit = None  # site traffic goes to the server log, not the admin audit log
+        self.streams = server.streams
+
+    @unary("register")
+    async def Register(
+        self, call: Call, request: site_pb2.RegisterRequest, context: Any
+    ) -> site_pb2.RegisterReply:
+        site = self.registry.register(
+            call.identity,
+            call.peer,
+            tuple(request.running_jobs),
+            dict(request.resources),
+        )
+        return site_pb2.RegisterReply(
+            session_id=site.session_id,
+            heartbeat_interval=self.registry.heartbeat_interval,
+            heartbeat_timeout=self.registry.heartbeat_timeout,
+            project=self.server.kit.project,
+        )
+
+    @streaming("channel")
+    async def Channel(
+        self, call: Call, request_iterator: AsyncIterator[site_pb2.SiteMessage], context: Any
+    ) -> AsyncIterator[site_pb2.ServerMessage]:
+        name = call.identity.name
+        try:
+            first = await request_iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "heartbeat":
+            raise errors.InvalidArgumentError(
+                "the first Channel message must be a heartbeat carrying the session id"
+            )
+        site = self.registry.heartbeat(
+            name, first.heartbeat.session_id, tuple(first.heartbeat.running_jobs)
+        )
+        session_id = site.session_id
+        yield _ACK
+
+        async def read() -> None:
+            try:
+                async for msg in request_iterator:
+                    kind = msg.WhichOneof("kind")
+                    if kind == "heartbeat":
+                        try:
+                            current = self.registry.heartbeat(
+                                name, msg.heartbeat.session_id, tuple(msg.heartbeat.running_jobs)
+                            )
+                        except errors.SessionExpired:
+                            site.outbound.put_nowait(CLOSE)
+                            return
+                        current.outbound.put_nowait(_ACK)
+                    elif kind == "message":
+                        self._incoming(name, msg.message)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the stream broke: the site will reconnect
+                log.info("channel of site %s ended: %s", name, exc)
+            self.registry.disconnect(name, reason="channel closed", session_id=session_id)
+            site.outbound.put_nowait(CLOSE)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while True:
+                item = await site.outbound.get()
+                if item is CLOSE:
+                    break
+                yield item
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            self.registry.disconnect(name, reason="channel ended", session_id=session_id)
+
+    def _incoming(self, name: str, envelope: site_pb2.Envelope) -> None:
+        if envelope.topic not in SITE_TOPICS:
+            log.warning("site %s sent unknown topic %r; dropped", name, envelope.topic[:64])
+            return
+        if envelope.reply_to and self.registry.deliver_reply(name, envelope):
+            return
+        self.server.on_site_message(name, envelope)
+
+    @unary("download")
+    async def Download(self, call: Call, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob download lands with job execution")
+
+    @unary("upload")
+    async def Upload(self, call: Call, request: Any, context: Any) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob upload lands with job execution")
