@@ -1,0 +1,98 @@
+"""What both Session flavours do before and right after dialling the server."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from flare_admin._ops import timeout_value
+from flare_admin.results import SessionInfo
+from flare_protocol import credentials
+from flare_protocol.errors import AuthenticationError, InvalidArgumentError, KitError
+from flare_protocol.identity import ParticipantType
+from flare_protocol.kit import Kit, load_kit
+from flare_protocol.preflight import check_kit
+
+logger = logging.getLogger("flare_admin")
+
+
+@dataclass(frozen=True)
+class Target:
+    """A checked kit and everything needed to open a channel with it."""
+
+    kit: Kit
+    username: str
+    address: str
+    timeout: float
+    credentials: grpc.ChannelCredentials
+    options: list[tuple[str, object]]
+
+
+def prepare(
+    username: str,
+    startup_kit_location: str | os.PathLike[str],
+    timeout: float,
+    server_address: str | None,
+    debug: bool,
+) -> Target:
+    """Load and pre-flight the kit; no network call.
+
+    Raises:
+        InvalidArgumentError: a malformed argument.
+        KitError (and subclasses), UsernameMismatch: the kit cannot be used.
+    """
+    if not isinstance(username, str) or not username:
+        raise InvalidArgumentError(f"username must be a non-empty string, got {username!r}")
+    timeout = timeout_value(timeout)
+    if timeout == 0:
+        raise InvalidArgumentError("timeout must be > 0 seconds")
+    if server_address is not None and (
+        not isinstance(server_address, str) or ":" not in server_address
+    ):
+        raise InvalidArgumentError(f"server_address must be 'host:port', got {server_address!r}")
+    if debug:
+        _enable_debug_logging()
+    try:
+        location = Path(startup_kit_location)
+    except TypeError as exc:
+        raise InvalidArgumentError(
+            f"startup_kit_location must be a path, got {startup_kit_location!r}"
+        ) from exc
+    kit = load_kit(location, ParticipantType.ADMIN)
+    check_kit(kit, username=username)
+    address = server_address or kit.server_address(kit.server.admin_port)
+    try:
+        creds = credentials.channel_credentials(kit)
+    except OSError as exc:
+        raise KitError(f"cannot read kit file {exc.filename}: {exc.strerror}") from exc
+    return Target(
+        kit=kit,
+        username=username,
+        address=address,
+        timeout=timeout,
+        credentials=creds,
+        options=credentials.channel_options(kit, address),
+    )
+
+
+def confirm_identity(target: Target, info: SessionInfo) -> None:
+    """The server must see us as the kit's participant (guards against a confused proxy)."""
+    if info.name != target.username:
+        raise AuthenticationError(
+            f"the server at {target.address} identified this session as {info.name!r}, "
+            f"not {target.username!r}; the kit and the server disagree",
+            username=target.username,
+            server_name=info.name,
+        )
+
+
+def _enable_debug_logging() -> None:
+    logger.setLevel(logging.DEBUG)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
+        logger.addHandler(handler)

@@ -1,0 +1,432 @@
+"""One description per Session method, shared by the sync and async transports.
+
+Each function checks its arguments (raising ``InvalidArgumentError`` before any call),
+builds the request and says how to read the reply, as an :class:`Unary`. ``Session``
+runs it with a blocking stub and ``AsyncSession`` with an awaitable one; neither
+repeats the argument checks, request building or reply parsing. Protobuf types stay
+inside this module and the transports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flare_admin.results import (
+    JobMeta,
+    JobSummary,
+    ServerInfo,
+    SessionInfo,
+    SiteInfo,
+    SystemInfo,
+    TargetType,
+    iso_time,
+)
+from flare_protocol._generated import admin_pb2, common_pb2
+from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidTarget
+
+_JOB_ID = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+_ID_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+_SITE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
+_EMPTY = common_pb2.Empty()
+
+
+@dataclass(frozen=True)
+class Unary:
+    """A unary call: the stub method's name, its request and how to read its reply."""
+
+    rpc: str
+    request: Any
+    parse: Callable[[Any], Any]
+    action: str
+    job_id: str | None = None
+
+
+# -- argument checks ---------------------------------------------------------------------
+
+
+def job_id(value: object) -> str:
+    """A well-formed job id (a UUID, as the server generates them), lower-cased."""
+    if not isinstance(value, str) or not _JOB_ID.match(value):
+        raise InvalidArgumentError(
+            f"job id {value!r} is malformed: job ids are UUIDs like "
+            "'3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11' (see list_jobs())",
+            job_id=value if isinstance(value, str) else repr(value),
+        )
+    return value.lower()
+
+
+def _target(value: object) -> str:
+    if not isinstance(value, str) or not (value == "server" or _SITE_NAME.match(value)):
+        raise InvalidTarget(
+            f"target {value!r} is neither 'server' nor a site name", target=repr(value)
+        )
+    return value
+
+
+def _target_type(value: object) -> str:
+    try:
+        return TargetType(value).value
+    except ValueError:
+        raise InvalidTarget(
+            f"target type {value!r} is not one of 'server', 'client', 'all'", target=repr(value)
+        ) from None
+
+
+def _names(value: Iterable[str] | None, what: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    names = list(value)
+    for name in names:
+        if not isinstance(name, str) or not _SITE_NAME.match(name):
+            raise InvalidTarget(f"{what} {name!r} is not a valid site name", target=repr(name))
+    return names
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string, got {value!r}")
+    return value
+
+
+def timeout_value(value: object, what: str = "timeout") -> float:
+    """A non-negative number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise InvalidArgumentError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+# -- reply parsing -----------------------------------------------------------------------
+
+
+def _json_object(text: str, what: str) -> Any:
+    try:
+        return json.loads(text) if text else {}
+    except (ValueError, RecursionError) as exc:
+        raise InternalError(f"the server sent malformed JSON for {what}: {exc}") from exc
+
+
+def parse_meta(reply: Any) -> JobMeta:
+    """A ``JobReply`` as :class:`JobMeta`."""
+    data = _json_object(reply.meta_json, "a job meta")
+    if not isinstance(data, dict):
+        raise InternalError("the server sent a job meta that is not a JSON object")
+    data.setdefault("job_id", reply.job_id)
+    return JobMeta.from_dict(data)
+
+
+def _site(pb: Any) -> SiteInfo:
+    return SiteInfo(
+        name=pb.name,
+        org=pb.org,
+        last_connect_time=pb.last_heartbeat,
+        connected_since=pb.connected_since,
+        running_jobs=tuple(pb.running_jobs),
+        address=pb.address,
+    )
+
+
+def _summary(pb: Any) -> JobSummary:
+    return JobSummary(
+        pb.job_id,
+        pb.name,
+        pb.status,
+        iso_time(pb.submit_time),
+        pb.duration,
+        pb.submitter_name,
+        pb.submitter_org,
+    )
+
+
+def _hello(reply: Any) -> SessionInfo:
+    return SessionInfo(
+        name=reply.name,
+        org=reply.org,
+        role=reply.role,
+        project=reply.project,
+        server_version=reply.server_version,
+    )
+
+
+def _system_info(reply: Any) -> SystemInfo:
+    return SystemInfo(
+        server_info=ServerInfo(
+            name=reply.server_name,
+            project=reply.project,
+            status="started",
+            start_time=reply.start_time,
+            version=reply.server_version,
+        ),
+        client_info=tuple(_site(s) for s in reply.sites),
+        job_info=tuple(_summary(j) for j in reply.running_jobs),
+    )
+
+
+def _list_jobs(detailed: bool) -> Callable[[Any], list[Any]]:
+    def parse(reply: Any) -> list[Any]:
+        if detailed and reply.meta_json:
+            out = []
+            for row, text in zip(reply.jobs, reply.meta_json, strict=False):
+                data = _json_object(text, "a job meta")
+                if not isinstance(data, dict):
+                    raise InternalError("the server sent a job meta that is not a JSON object")
+                data.setdefault("job_id", row.job_id)
+                out.append(JobMeta.from_dict(data))
+            return out
+        return [_summary(j) for j in reply.jobs]
+
+    return parse
+
+
+def _none(reply: Any) -> None:
+    return None
+
+
+def _job_id_of(reply: Any) -> str:
+    return str(reply.job_id)
+
+
+def _command_result(reply: Any) -> Any:
+    return _json_object(reply.result_json, "a command result")
+
+
+def _text_result(reply: Any) -> str:
+    """File commands answer ``{"text": "...", "truncated": bool}`` (or a bare JSON string)."""
+    result = _command_result(reply)
+    if isinstance(result, Mapping) and "text" in result:
+        return str(result["text"])
+    if isinstance(result, str):
+        return result
+    return json.dumps(result)
+
+
+# -- the operations ----------------------------------------------------------------------
+
+
+def hello() -> Unary:
+    return Unary("Hello", _EMPTY, _hello, "open session")
+
+
+def get_system_info() -> Unary:
+    return Unary("GetSystemInfo", _EMPTY, _system_info, "get_system_info")
+
+
+def list_jobs(
+    detailed: bool = False,
+    limit: int | None = None,
+    id_prefix: str | None = None,
+    name_prefix: str | None = None,
+    reverse: bool = False,
+) -> Unary:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise InvalidArgumentError(f"limit must be an integer >= 0 or None, got {limit!r}")
+    if id_prefix is not None and (
+        not isinstance(id_prefix, str) or not _ID_PREFIX.match(id_prefix)
+    ):
+        raise InvalidArgumentError(
+            f"id_prefix {id_prefix!r} is not the start of a job id (hex digits and '-')"
+        )
+    name_prefix = _opt_str(name_prefix, "name_prefix")
+    request = admin_pb2.ListJobsRequest(
+        detailed=bool(detailed),
+        limit=limit or 0,
+        id_prefix=(id_prefix or "").lower(),
+        name_prefix=name_prefix or "",
+        reverse=bool(reverse),
+    )
+    return Unary("ListJobs", request, _list_jobs(bool(detailed)), "list_jobs")
+
+
+def get_job_meta(jid: str) -> Unary:
+    jid = job_id(jid)
+    return Unary("GetJobMeta", admin_pb2.JobRequest(job_id=jid), parse_meta, "get_job_meta", jid)
+
+
+def clone_job(jid: str) -> Unary:
+    jid = job_id(jid)
+    request = admin_pb2.CloneJobRequest(job_id=jid)
+    return Unary("CloneJob", request, _job_id_of, "clone_job", jid)
+
+
+def abort_job(jid: str) -> Unary:
+    jid = job_id(jid)
+    return Unary("AbortJob", admin_pb2.JobRequest(job_id=jid), _none, "abort_job", jid)
+
+
+def delete_job(jid: str) -> Unary:
+    jid = job_id(jid)
+    return Unary("DeleteJob", admin_pb2.JobRequest(job_id=jid), _none, "delete_job", jid)
+
+
+def get_connected_client_list() -> Unary:
+    def parse(reply: Any) -> list[SiteInfo]:
+        return [_site(s) for s in reply.sites]
+
+    return Unary("GetConnectedSites", _EMPTY, parse, "get_connected_client_list")
+
+
+def command(
+    name: str,
+    args: Mapping[str, Any],
+    parse: Callable[[Any], Any] = _command_result,
+    job: str | None = None,
+) -> Unary:
+    """A named server command (``Command`` RPC); ``None`` arguments are left out."""
+    payload = {k: v for k, v in args.items() if v is not None}
+    request = admin_pb2.CommandRequest(command=name, args_json=json.dumps(payload))
+    return Unary("Command", request, parse, name, job)
+
+
+#: Log file of each target, relative to its workspace (sites: the next issue's layout).
+LOG_FILES = {"server": "logs/server.log"}
+SITE_LOG_FILE = "logs/site.log"
+
+
+def _options(
+    options: object, allowed: dict[str, str], numeric: str | None = None
+) -> dict[str, Any]:
+    """FLARE-style option text (``"-l"``, ``"-n 20"``, ``"-20"``, ``"-i"``) as command args."""
+    text = _opt_str(options, "options")
+    if not text:
+        return {}
+    try:
+        words = shlex.split(text)
+    except ValueError as exc:
+        raise InvalidArgumentError(f"options {text!r} cannot be parsed: {exc}") from None
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if numeric and word == "-n" and i + 1 < len(words) and words[i + 1].isdigit():
+            out[numeric] = int(words[i + 1])
+            i += 2
+            continue
+        if numeric and re.fullmatch(r"-(?:n)?\d+", word):
+            out[numeric] = int(word.lstrip("-n"))
+        elif word in allowed:
+            out[allowed[word]] = True
+        else:
+            known = sorted(allowed) + (["-n N"] if numeric else [])
+            raise InvalidArgumentError(
+                f"option {word!r} is not supported here; supported: {', '.join(known) or 'none'}"
+            )
+        i += 1
+    return out
+
+
+def get_job_logs(jid: str, target: str = "server") -> Unary:
+    jid = job_id(jid)
+    return command("get_job_logs", {"job_id": jid, "target": _target(target)}, _text_result, jid)
+
+
+def _sites_result(reply: Any) -> list[dict[str, Any]]:
+    result = _command_result(reply)
+    sites = result.get("sites") if isinstance(result, Mapping) else result
+    return list(sites or [])
+
+
+def get_client_job_status(client_names: Iterable[str] | None = None) -> Unary:
+    targets = _names(client_names, "client name")
+    return command("get_client_job_status", {"targets": targets}, _sites_result)
+
+
+def _job_command(
+    name: str,
+    jid: str,
+    target_type: str,
+    targets: Iterable[str] | None,
+    parse: Callable[[Any], Any],
+) -> Unary:
+    jid = job_id(jid)
+    args = {
+        "job_id": jid,
+        "target_type": _target_type(target_type),
+        "targets": _names(targets, "target"),
+    }
+    return command(name, args, parse, jid)
+
+
+def show_stats(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
+    return _job_command("show_stats", jid, target_type, targets, _command_result)
+
+
+def show_errors(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
+    return _job_command("show_errors", jid, target_type, targets, _command_result)
+
+
+def reset_errors(jid: str, target_type: str = "all", targets: Iterable[str] | None = None) -> Unary:
+    return _job_command("reset_errors", jid, target_type, targets, _none)
+
+
+def _file_arg(value: object, what: str) -> str:
+    text = _opt_str(value, what)
+    if not text:
+        raise InvalidArgumentError(f"{what} is required: a path relative to the target's workspace")
+    return text
+
+
+def ls_target(target: str, options: str | None = None, path: str | None = None) -> Unary:
+    args = {"target": _target(target), "path": _opt_str(path, "path") or "."}
+    args.update(_options(options, {"-l": "long", "-a": "all"}))
+    return command("ls", args, _text_result)
+
+
+def cat_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
+    args = {"target": _target(target), "path": _file_arg(file, "file"), **_options(options, {})}
+    return command("cat", args, _text_result)
+
+
+def head_target(
+    target: str, options: str | None = None, file: str | None = None, *, name: str = "head"
+) -> Unary:
+    args = {"target": _target(target), "path": _file_arg(file, "file")}
+    args.update(_options(options, {}, numeric="lines"))
+    return command(name, args, _text_result)
+
+
+def tail_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
+    return head_target(target, options, file, name="tail")
+
+
+def log_file(target: str) -> str:
+    return LOG_FILES.get(_target(target), SITE_LOG_FILE)
+
+
+def head_target_log(target: str, options: str | None = None) -> Unary:
+    return head_target(target, options, log_file(target))
+
+
+def tail_target_log(target: str, options: str | None = None) -> Unary:
+    return tail_target(target, options, log_file(target))
+
+
+def grep_target(
+    target: str, options: str | None = None, pattern: str | None = None, file: str | None = None
+) -> Unary:
+    if not isinstance(pattern, str) or not pattern:
+        raise InvalidArgumentError(f"pattern must be a non-empty string, got {pattern!r}")
+    args = {"target": _target(target), "path": _file_arg(file, "file"), "pattern": pattern}
+    args.update(_options(options, {"-i": "ignore_case", "-E": "regex", "-n": "line_numbers"}))
+    args.pop("line_numbers", None)  # lines are always numbered
+    return command("grep", args, _text_result)
+
+
+def get_working_directory(target: str) -> Unary:
+    return command("pwd", {"target": _target(target)}, _text_result)
+
+
+def system_command(name: str, target_type: str | None, client_names: Iterable[str] | None) -> Unary:
+    args: dict[str, Any] = {"targets": _names(client_names, "client name")}
+    if target_type is not None:
+        args["target_type"] = _target_type(target_type)
+    return command(name, args)

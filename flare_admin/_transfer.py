@@ -1,0 +1,466 @@
+"""Moving jobs and results as chunked zip streams with bounded memory.
+
+Upload. :class:`JobUpload` checks a job folder locally (``meta.json`` present and a JSON
+object; no symlinks, devices or names the server would refuse) and then produces the
+zip *while it is sent*: :mod:`zipfile` writes into a non-seekable sink (so it uses data
+descriptors and never seeks back), and after every 1 MiB read from a source file the
+sink is drained into chunks. Nothing is spooled to disk and at most about two chunks
+are held in memory. Small files are deflated; large ones (model weights, which do not
+compress) are stored, so big uploads run at memory speed. An existing ``.zip`` is
+streamed as it is.
+
+Download. :class:`ResultDownload` writes the received chunks to a temporary file next
+to the destination, checks size and SHA-256 against the stream's header, then
+validates every archive entry *before* extracting anything (no ``..``, absolute paths,
+drive letters, backslashes, control characters, links or devices; caps on entry
+count and total size) and extracts into a temporary folder that is renamed into place,
+so ``<destination>/<job_id>/`` is either the whole result or absent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import tempfile
+import time
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+
+ProgressCallback = Callable[[int, int], object]
+
+#: Files at most this big are deflated; larger ones are stored (weights do not compress).
+DEFLATE_MAX_BYTES = 4 * 1024 * 1024
+_COMPRESSED_SUFFIXES = frozenset(
+    {".zip", ".gz", ".npz", ".pt", ".pth", ".h5", ".onnx", ".png", ".jpg", ".jpeg", ".bz2", ".xz"}
+)
+_MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+
+
+def _bad_name(name: str) -> str | None:
+    """Why an archive member name is refused, or None when it is acceptable."""
+    if not name:
+        return "an empty name"
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
+        return "a control character"
+    if "\\" in name:
+        return "a backslash"
+    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
+        return "an absolute path"
+    if any(p in ("..", ".", "") for p in name.rstrip("/").split("/")):
+        return "a '..', '.' or empty component"
+    return None
+
+
+@dataclass(frozen=True)
+class _SourceFile:
+    arcname: str
+    path: Path
+    size: int
+    mtime: float
+    executable: bool
+
+
+class _Sink(io.RawIOBase):
+    """A write-only, non-seekable buffer that :mod:`zipfile` streams into."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.buffer += data
+        return len(data)
+
+    def take(self, at_least: int) -> Iterator[bytes]:
+        """Whole chunks of ``at_least`` bytes (everything when ``at_least`` is 0)."""
+        buf = self.buffer
+        if at_least == 0:
+            if buf:
+                yield bytes(buf)
+                buf.clear()
+            return
+        while len(buf) >= at_least:
+            yield bytes(buf[:at_least])
+            del buf[:at_least]
+
+
+class JobUpload:
+    """A job folder or zip, checked locally and streamed as zip chunks."""
+
+    def __init__(self, path: Path, files: list[_SourceFile] | None, total: int) -> None:
+        self.path = path
+        self._files = files
+        #: bytes the progress callback counts up to (source bytes of a folder, zip size)
+        self.total = total
+
+    @property
+    def is_zip(self) -> bool:
+        return self._files is None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @classmethod
+    def from_path(cls, job_definition_path: str | os.PathLike[str]) -> JobUpload:
+        """Check a job folder (or ``.zip``) before anything is sent.
+
+        Raises:
+            InvalidJobDefinition: naming the path and what is wrong with it.
+        """
+        try:
+            path = Path(job_definition_path).expanduser()
+        except TypeError as exc:
+            raise InvalidJobDefinition(
+                f"job_definition_path must be a path, got {job_definition_path!r}"
+            ) from exc
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            raise InvalidJobDefinition(
+                f"job definition {path} does not exist", path=str(path)
+            ) from None
+        except OSError as exc:
+            raise InvalidJobDefinition(
+                f"cannot read job definition {path}: {exc.strerror}", path=str(path)
+            ) from exc
+        if stat.S_ISREG(st.st_mode):
+            if not zipfile.is_zipfile(path):
+                raise InvalidJobDefinition(
+                    f"{path} is a file but not a zip archive; pass a job folder or its .zip",
+                    path=str(path),
+                )
+            return cls(path, None, st.st_size)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidJobDefinition(f"{path} is neither a folder nor a zip", path=str(path))
+        return cls._from_folder(path.resolve())
+
+    @classmethod
+    def _from_folder(cls, root: Path) -> JobUpload:
+        meta = root / "meta.json"
+        try:
+            meta_doc = json.loads(meta.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidJobDefinition(
+                f"job folder {root} has no meta.json; a job folder holds meta.json and its apps",
+                path=str(meta),
+            ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise InvalidJobDefinition(f"{meta} is not valid JSON: {exc}", path=str(meta)) from exc
+        if not isinstance(meta_doc, dict):
+            raise InvalidJobDefinition(f"{meta} must hold a JSON object", path=str(meta))
+        top = root.name
+        files: list[_SourceFile] = []
+        total = 0
+        try:
+            for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+                here = Path(dirpath)
+                dirnames.sort()
+                for name in dirnames + sorted(filenames):
+                    full = here / name
+                    rel = full.relative_to(root).as_posix()
+                    reason = _bad_name(rel)
+                    if reason:
+                        raise InvalidJobDefinition(
+                            f"{full}: the name has {reason}; the server would refuse it",
+                            path=str(full),
+                        )
+                    st = full.lstat()
+                    if stat.S_ISLNK(st.st_mode):
+                        raise InvalidJobDefinition(
+                            f"{full} is a symbolic link; job folders may hold only regular "
+                            "files and folders (copy the target in instead)",
+                            path=str(full),
+                        )
+                    if stat.S_ISDIR(st.st_mode):
+                        continue
+                    if not stat.S_ISREG(st.st_mode):
+                        raise InvalidJobDefinition(f"{full} is not a regular file", path=str(full))
+                    files.append(
+                        _SourceFile(
+                            arcname=f"{top}/{rel}",
+                            path=full,
+                            size=st.st_size,
+                            mtime=st.st_mtime,
+                            executable=bool(st.st_mode & 0o111),
+                        )
+                    )
+                    total += st.st_size
+        except OSError as exc:
+            raise InvalidJobDefinition(
+                f"cannot read job folder {root}: {exc}", path=str(root)
+            ) from exc
+        return cls(root, files, total)
+
+    def chunks(self, progress: ProgressCallback | None = None) -> Iterator[bytes]:
+        """The zip's bytes in chunks of :data:`CHUNK_SIZE` (the last may be shorter).
+
+        Raises:
+            InvalidJobDefinition: a file vanished or became unreadable while sending.
+        """
+        if progress is not None:
+            progress(0, self.total)
+        try:
+            if self._files is None:
+                yield from self._zip_chunks(progress)
+            else:
+                yield from self._folder_chunks(self._files, progress)
+        except OSError as exc:
+            raise InvalidJobDefinition(
+                f"reading {getattr(exc, 'filename', None) or self.path} failed while "
+                f"uploading: {exc.strerror or exc}",
+                path=str(getattr(exc, "filename", None) or self.path),
+            ) from exc
+
+    def _zip_chunks(self, progress: ProgressCallback | None) -> Iterator[bytes]:
+        sent = 0
+        with open(self.path, "rb") as fh:
+            while True:
+                block = fh.read(CHUNK_SIZE)
+                if not block:
+                    break
+                sent += len(block)
+                yield block
+                if progress is not None:
+                    progress(sent, self.total)
+
+    def _folder_chunks(
+        self, files: list[_SourceFile], progress: ProgressCallback | None
+    ) -> Iterator[bytes]:
+        sink = _Sink()
+        done = 0
+        with zipfile.ZipFile(sink, "w", allowZip64=True) as zf:
+            for src in files:
+                info = zipfile.ZipInfo(src.arcname, date_time=_zip_time(src.mtime))
+                info.file_size = src.size
+                info.external_attr = ((0o755 if src.executable else 0o644) | stat.S_IFREG) << 16
+                small = src.size <= DEFLATE_MAX_BYTES
+                compressible = src.path.suffix.lower() not in _COMPRESSED_SUFFIXES
+                info.compress_type = (
+                    zipfile.ZIP_DEFLATED if small and compressible else zipfile.ZIP_STORED
+                )
+                with open(src.path, "rb") as fh, zf.open(info, "w") as dest:
+                    while True:
+                        block = fh.read(CHUNK_SIZE)
+                        if not block:
+                            break
+                        dest.write(block)
+                        done += len(block)
+                        yield from sink.take(CHUNK_SIZE)
+                        if progress is not None:
+                            progress(done, self.total)
+        yield from sink.take(CHUNK_SIZE)
+        yield from sink.take(0)
+
+
+def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
+    t = time.gmtime(mtime)[:6]
+    return max(t, _MIN_ZIP_TIME)  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class ExtractLimits:
+    """Caps a downloaded result archive must stay within."""
+
+    max_entries: int = 100_000
+    """Most members an archive may hold."""
+    max_uncompressed_bytes: int = 64 * 1024**3
+    """Most bytes the archive may inflate to."""
+
+
+def check_destination(destination: str | os.PathLike[str] | None, default: Path) -> Path:
+    """The folder a result goes into; it must exist.
+
+    Raises:
+        InvalidArgumentError: the folder does not exist or is not a folder.
+    """
+    folder = default if destination is None else Path(destination).expanduser()
+    if destination is None:
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot create the kit's transfer folder {folder}: {exc.strerror}",
+                path=str(folder),
+            ) from exc
+    if not folder.is_dir():
+        raise InvalidArgumentError(
+            f"destination {folder} is not an existing folder; create it first",
+            path=str(folder),
+        )
+    return folder
+
+
+class ResultDownload:
+    """Receives a result stream into ``<folder>/<job_id>/`` atomically."""
+
+    def __init__(self, folder: Path, job_id: str, limits: ExtractLimits = ExtractLimits()) -> None:
+        self.folder = folder
+        self.job_id = job_id
+        self.limits = limits
+        self.final = folder / job_id
+        self.expected_size = -1
+        self.expected_sha256 = ""
+        self.received = 0
+        self._hash = hashlib.sha256()
+        try:
+            fd, name = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".zip.part", dir=folder)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot write into {folder}: {exc.strerror}", path=str(folder)
+            ) from exc
+        self._part = Path(name)
+        self._fh: io.BufferedWriter | None = os.fdopen(fd, "wb")
+
+    def header(self, size: int, sha256: str) -> None:
+        self.expected_size = size
+        self.expected_sha256 = sha256.lower()
+
+    def write(self, data: bytes) -> None:
+        if self._fh is None:
+            raise InternalError("the download was already finished or discarded")
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot write the result of job {self.job_id} into {self.folder}: "
+                f"{exc.strerror or exc}",
+                path=str(self.folder),
+                job_id=self.job_id,
+            ) from exc
+        self._hash.update(data)
+        self.received += len(data)
+
+    def discard(self) -> None:
+        """Remove the partial download (after a failure)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._part.unlink(missing_ok=True)
+
+    def finish(self) -> str:
+        """Check the received bytes and extract them; return the result folder.
+
+        Raises:
+            InternalError: the stream was truncated, its digest differs, or the archive
+                holds an entry that may not be extracted (the server never sends one).
+        """
+        try:
+            if self._fh is not None:
+                self._fh.close()
+                self._fh = None
+            if self.expected_size >= 0 and self.received != self.expected_size:
+                raise InternalError(
+                    f"result of job {self.job_id} was cut short: received {self.received} of "
+                    f"{self.expected_size} bytes; download it again",
+                    job_id=self.job_id,
+                )
+            digest = self._hash.hexdigest()
+            if self.expected_sha256 and digest != self.expected_sha256:
+                raise InternalError(
+                    f"result of job {self.job_id} is corrupt: SHA-256 {digest} differs from "
+                    f"the server's {self.expected_sha256}; download it again",
+                    job_id=self.job_id,
+                )
+            try:
+                return str(self._extract())
+            except OSError as exc:
+                raise InvalidArgumentError(
+                    f"cannot extract the result of job {self.job_id} into {self.folder}: "
+                    f"{exc.strerror or exc}",
+                    path=str(self.folder),
+                    job_id=self.job_id,
+                ) from exc
+        finally:
+            self.discard()
+
+    def _extract(self) -> Path:
+        staging = Path(tempfile.mkdtemp(prefix=f".{self.job_id}.", dir=self.folder))
+        try:
+            try:
+                with zipfile.ZipFile(self._part) as zf:
+                    members = self._checked_members(zf)
+                    for info in members:
+                        self._extract_member(zf, info, staging)
+            except (
+                zipfile.BadZipFile,
+                zlib.error,
+                EOFError,
+                NotImplementedError,
+                RuntimeError,
+            ) as exc:
+                raise InternalError(
+                    f"result of job {self.job_id} is not a valid zip archive: {exc}",
+                    job_id=self.job_id,
+                ) from exc
+            if self.final.exists() or self.final.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{self.job_id}.old.", dir=self.folder))
+                os.replace(self.final, old / "previous")
+                shutil.rmtree(old, ignore_errors=True)
+            os.replace(staging, self.final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.final
+
+    def _checked_members(self, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
+        members = zf.infolist()
+        if len(members) > self.limits.max_entries:
+            raise self._refuse(f"it has {len(members)} entries (cap {self.limits.max_entries})")
+        seen: set[str] = set()
+        total = 0
+        for info in members:
+            reason = _bad_name(info.filename)
+            if reason:
+                raise self._refuse(f"entry {info.filename!r} has {reason}")
+            mode = info.external_attr >> 16
+            kind = stat.S_IFMT(mode)
+            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
+                raise self._refuse(f"entry {info.filename!r} is not a regular file or folder")
+            key = info.filename.rstrip("/")
+            if key in seen:
+                raise self._refuse(f"entry {info.filename!r} appears twice")
+            seen.add(key)
+            total += info.file_size
+            if total > self.limits.max_uncompressed_bytes:
+                raise self._refuse(
+                    f"it inflates to more than {self.limits.max_uncompressed_bytes} bytes"
+                )
+        return members
+
+    def _refuse(self, why: str) -> InternalError:
+        return InternalError(
+            f"refusing to extract the result of job {self.job_id}: {why}", job_id=self.job_id
+        )
+
+    def _extract_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, staging: Path) -> None:
+        target = staging.joinpath(*info.filename.rstrip("/").split("/"))
+        if info.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+            return
+        target.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        fd = os.open(target, flags, 0o644)
+        budget = info.file_size
+        with zf.open(info) as src, os.fdopen(fd, "wb") as dst:
+            while True:
+                block = src.read(CHUNK_SIZE)
+                if not block:
+                    break
+                budget -= len(block)
+                if budget < 0:  # inflates past its declared size: a bomb
+                    raise self._refuse(f"entry {info.filename!r} inflates past its declared size")
+                dst.write(block)

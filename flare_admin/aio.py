@@ -1,0 +1,444 @@
+"""The asyncio admin Session: the same methods as :class:`flare_admin.Session`, as coroutines.
+
+Argument checks, requests and reply parsing come from :mod:`flare_admin._ops`, shared
+with the blocking Session; only the transport (``grpc.aio``) differs. Blocking file work
+(zipping an upload, extracting a result) runs in worker threads so the event loop
+stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+import time
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from flare_admin import _ops
+from flare_admin._connect import Target, confirm_identity, logger, prepare
+from flare_admin._errors import map_rpc_error
+from flare_admin._transfer import JobUpload, ProgressCallback, ResultDownload, check_destination
+from flare_admin.results import (
+    JobMeta,
+    JobSummary,
+    MonitorReturnCode,
+    SessionInfo,
+    SiteInfo,
+    SystemInfo,
+)
+from flare_admin.session import (
+    MonitorCallback,
+    MonitorStep,
+    SessionState,
+    not_a_header,
+    submit_header,
+)
+from flare_protocol import errors
+from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+
+__all__ = ["AsyncSession", "new_secure_async_session"]
+
+_END = object()
+
+
+class _AsyncMonitorStep(MonitorStep):
+    async def decide_async(
+        self, session: Any, job_id: str, meta: JobMeta
+    ) -> MonitorReturnCode | None:
+        self.last = meta
+        if self.cb is not None:
+            keep = self.cb(session, job_id, meta, *self.args, **self.kwargs)
+            if inspect.isawaitable(keep):
+                keep = await keep
+            if not keep:
+                return MonitorReturnCode.ENDED_BY_CB
+        if meta.finished:
+            return MonitorReturnCode.JOB_FINISHED
+        return None
+
+
+class AsyncSession:
+    """An open asyncio admin session; create it with ``await AsyncSession.open(...)``.
+
+    ``async with await AsyncSession.open(...) as s:`` closes it on exit; after
+    :meth:`close` every method raises :class:`SessionClosed`.
+    """
+
+    def __init__(self, target: Target, channel: grpc.aio.Channel, info: SessionInfo, debug: bool):
+        self._target = target
+        self._channel = channel
+        self._stub = admin_pb2_grpc.AdminStub(channel)
+        self._info = info
+        self._debug = debug
+        self._timeout = target.timeout
+        self._state = SessionState.OPEN
+
+    @classmethod
+    async def open(
+        cls,
+        username: str,
+        startup_kit_location: str | os.PathLike[str],
+        debug: bool = False,
+        timeout: float = 10.0,
+        *,
+        server_address: str | None = None,
+    ) -> AsyncSession:
+        """Check the kit, connect and return an open session (see ``new_secure_session``)."""
+        target = prepare(username, startup_kit_location, timeout, server_address, debug)
+        channel = grpc.aio.secure_channel(target.address, target.credentials, target.options)
+        op = _ops.hello()
+        try:
+            reply = await admin_pb2_grpc.AdminStub(channel).Hello(
+                op.request, timeout=target.timeout
+            )
+            info = op.parse(reply)
+            confirm_identity(target, info)
+        except grpc.RpcError as exc:
+            await channel.close()
+            raise map_rpc_error(
+                exc, address=target.address, action=op.action, opening=True
+            ) from exc
+        except BaseException:
+            await channel.close()
+            raise
+        return cls(target, channel, info, debug)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def info(self) -> SessionInfo:
+        return self._info
+
+    @property
+    def address(self) -> str:
+        return self._target.address
+
+    @property
+    def startup_kit_location(self) -> str:
+        return str(self._target.kit.root)
+
+    async def close(self) -> None:
+        """Close the session and its connection (idempotent)."""
+        if self._state is SessionState.CLOSED:
+            return
+        self._state = SessionState.CLOSED
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncSession:
+        self._check_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncSession {self._target.username} @ {self._target.address} {self._state.value}>"
+        )
+
+    def _check_open(self) -> None:
+        if self._state is SessionState.CLOSED:
+            raise errors.SessionClosed(
+                f"this session of {self._target.username} was closed; open a new one with "
+                "AsyncSession.open()"
+            )
+
+    def _map(
+        self, exc: grpc.RpcError, action: str, job_id: str | None = None, **kw: Any
+    ) -> Exception:
+        if self._state is SessionState.CLOSED:
+            return errors.SessionClosed(f"{action}: the session was closed during the call")
+        return map_rpc_error(exc, address=self._target.address, action=action, job_id=job_id, **kw)
+
+    async def _unary(self, op: _ops.Unary) -> Any:
+        self._check_open()
+        start = time.perf_counter()
+        try:
+            reply = await getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._map(exc, op.action, op.job_id) from exc
+        finally:
+            if self._debug:
+                logger.debug("%s took %.2f ms", op.action, (time.perf_counter() - start) * 1e3)
+        return op.parse(reply)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    async def submit_job(
+        self,
+        job_definition_path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Upload a job folder or ``.zip``; return its id (see ``Session.submit_job``).
+
+        ``progress`` is called from a worker thread.
+        """
+        self._check_open()
+        upload = JobUpload.from_path(job_definition_path)
+        failure: list[BaseException] = []
+        holder: list[Any] = []
+        chunks = upload.chunks(progress)
+
+        async def requests() -> AsyncIterator[common_pb2.TransferChunk]:
+            yield submit_header(upload)
+            try:
+                while True:
+                    chunk = await asyncio.to_thread(next, chunks, _END)
+                    if chunk is _END:
+                        return
+                    yield common_pb2.TransferChunk(data=chunk)  # type: ignore[arg-type]
+            except BaseException as exc:  # cancel: a truncated upload must never commit
+                failure.append(exc)
+                holder[0].cancel()
+
+        call = self._stub.SubmitJob(requests())
+        holder.append(call)
+        try:
+            reply = await call
+        except asyncio.CancelledError:
+            if failure:
+                raise failure[0] from None
+            call.cancel()
+            raise
+        except grpc.RpcError as exc:
+            if failure:
+                raise failure[0] from None
+            raise self._map(exc, "submit_job", submitting=True) from exc
+        if failure:
+            raise failure[0]
+        return str(reply.job_id)
+
+    async def list_jobs(
+        self,
+        detailed: bool = False,
+        limit: int | None = None,
+        id_prefix: str | None = None,
+        name_prefix: str | None = None,
+        reverse: bool = False,
+    ) -> list[JobSummary] | list[JobMeta]:
+        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``."""
+        return await self._unary(_ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse))
+
+    async def get_job_meta(self, job_id: str) -> JobMeta:
+        """A job's full meta."""
+        return await self._unary(_ops.get_job_meta(job_id))
+
+    async def clone_job(self, job_id: str) -> str:
+        """Submit a copy of a job; return the new id."""
+        return await self._unary(_ops.clone_job(job_id))
+
+    async def abort_job(self, job_id: str) -> None:
+        """Abort a job that has not finished."""
+        await self._unary(_ops.abort_job(job_id))
+
+    async def delete_job(self, job_id: str) -> None:
+        """Delete a job and its files."""
+        await self._unary(_ops.delete_job(job_id))
+
+    async def monitor_job(
+        self,
+        job_id: str,
+        timeout: float = 0.0,
+        poll_interval: float = 2.0,
+        cb: MonitorCallback | None = None,
+        *cb_args: Any,
+        **cb_kwargs: Any,
+    ) -> MonitorReturnCode:
+        """Follow a job's pushed changes; ``cb`` may be a function or a coroutine function."""
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        limit = _ops.timeout_value(timeout)
+        _ops.timeout_value(poll_interval, "poll_interval")
+        step = _AsyncMonitorStep(cb, cb_args, cb_kwargs)
+        call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
+        try:
+            async for reply in call:
+                code = await step.decide_async(self, jid, _ops.parse_meta(reply))
+                if code is not None:
+                    return code
+        except grpc.RpcError as exc:
+            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                return MonitorReturnCode.TIMEOUT
+            raise self._map(exc, "monitor_job", jid) from exc
+        finally:
+            call.cancel()
+        raise step.stream_ended(self.address, jid)
+
+    async def wait_for_job(
+        self, job_id: str, timeout: float = 0.0, poll_interval: float = 2.0
+    ) -> JobMeta:
+        """Wait until the job finishes; return its final meta (JobTimeout after ``timeout``)."""
+        seen: list[JobMeta] = []
+
+        def keep(_s: Any, _j: str, meta: JobMeta) -> bool:
+            seen.append(meta)
+            return True
+
+        code = await self.monitor_job(job_id, timeout, poll_interval, keep)
+        if code is MonitorReturnCode.TIMEOUT:
+            last = seen[-1].status if seen else "unknown"
+            raise errors.JobTimeout(
+                f"job {job_id} did not finish within {timeout} s (status {last})",
+                job_id=job_id,
+                status=last,
+            )
+        return seen[-1]
+
+    async def download_job_result(
+        self, job_id: str, destination: str | os.PathLike[str] | None = None
+    ) -> str:
+        """Download a finished job's result into ``<destination>/<job_id>/``; return the path."""
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        folder = check_destination(destination, self._target.kit.transfer)
+        sink = ResultDownload(folder, jid)
+        call = self._stub.DownloadJobResult(admin_pb2.JobRequest(job_id=jid))
+        try:
+            first = True
+            async for chunk in call:
+                if first:
+                    if chunk.WhichOneof("item") != "header":
+                        raise not_a_header(jid)
+                    sink.header(chunk.header.size, chunk.header.sha256)
+                    first = False
+                else:
+                    sink.write(chunk.data)
+        except grpc.RpcError as exc:
+            sink.discard()
+            raise self._map(exc, "download_job_result", jid) from exc
+        except BaseException:
+            sink.discard()
+            call.cancel()
+            raise
+        return await asyncio.to_thread(sink.finish)
+
+    async def get_job_logs(self, job_id: str, target: str = "server") -> str:
+        """The job's log on ``target``."""
+        return await self._unary(_ops.get_job_logs(job_id, target))
+
+    # -- system -------------------------------------------------------------------------------
+
+    async def get_system_info(self) -> SystemInfo:
+        """The server, its connected sites and running jobs."""
+        return await self._unary(_ops.get_system_info())
+
+    async def get_connected_client_list(self) -> list[SiteInfo]:
+        """The sites connected now."""
+        return await self._unary(_ops.get_connected_client_list())
+
+    async def get_client_job_status(
+        self, client_names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Which jobs each site is running."""
+        return await self._unary(_ops.get_client_job_status(client_names))
+
+    async def show_stats(
+        self, job_id: str, target_type: str, targets: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """A job's statistics."""
+        return await self._unary(_ops.show_stats(job_id, target_type, targets))
+
+    async def show_errors(
+        self, job_id: str, target_type: str, targets: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """A job's recorded errors."""
+        return await self._unary(_ops.show_errors(job_id, target_type, targets))
+
+    async def reset_errors(
+        self, job_id: str, target_type: str = "all", targets: Iterable[str] | None = None
+    ) -> None:
+        """Forget a job's recorded errors."""
+        await self._unary(_ops.reset_errors(job_id, target_type, targets))
+
+    async def shutdown(
+        self, target_type: str, client_names: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Stop the server, sites or all."""
+        return await self._unary(_ops.system_command("shutdown", target_type, client_names))
+
+    async def restart(
+        self, target_type: str, client_names: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Restart the server, sites or all."""
+        return await self._unary(_ops.system_command("restart", target_type, client_names))
+
+    async def shutdown_system(self) -> dict[str, Any]:
+        """Stop every site and then the server."""
+        return await self._unary(_ops.system_command("shutdown_system", None, None))
+
+    def set_timeout(self, value: float) -> None:
+        """Use ``value`` seconds as the deadline of this session's calls."""
+        value = _ops.timeout_value(value, "value")
+        if value == 0:
+            raise errors.InvalidArgumentError("the timeout must be > 0 seconds")
+        self._check_open()
+        self._timeout = value
+
+    def unset_timeout(self) -> None:
+        """Go back to the timeout the session was opened with."""
+        self._check_open()
+        self._timeout = self._target.timeout
+
+    # -- files on a target -------------------------------------------------------------------
+
+    async def get_working_directory(self, target: str) -> str:
+        return await self._unary(_ops.get_working_directory(target))
+
+    async def ls_target(
+        self, target: str, options: str | None = None, path: str | None = None
+    ) -> str:
+        return await self._unary(_ops.ls_target(target, options=options, path=path))
+
+    async def cat_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> str:
+        return await self._unary(_ops.cat_target(target, options=options, file=file))
+
+    async def head_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> str:
+        return await self._unary(_ops.head_target(target, options=options, file=file))
+
+    async def head_target_log(self, target: str, options: str | None = None) -> str:
+        return await self._unary(_ops.head_target_log(target, options=options))
+
+    async def tail_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> str:
+        return await self._unary(_ops.tail_target(target, options=options, file=file))
+
+    async def tail_target_log(self, target: str, options: str | None = None) -> str:
+        return await self._unary(_ops.tail_target_log(target, options=options))
+
+    async def grep_target(
+        self,
+        target: str,
+        options: str | None = None,
+        pattern: str | None = None,
+        file: str | None = None,
+    ) -> str:
+        op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
+        return await self._unary(op)
+
+
+async def new_secure_async_session(
+    username: str,
+    startup_kit_location: str | os.PathLike[str],
+    debug: bool = False,
+    timeout: float = 10.0,
+    *,
+    server_address: str | None = None,
+) -> AsyncSession:
+    """``await``-able twin of :func:`flare_admin.new_secure_session`."""
+    return await AsyncSession.open(
+        username, startup_kit_location, debug, timeout, server_address=server_address
+    )

@@ -1,0 +1,512 @@
+"""The blocking admin Session: NVIDIA FLARE's FLARE API over mutual-TLS gRPC.
+
+Every method checks its arguments, then runs one operation from :mod:`flare_admin._ops`
+(shared with :class:`flare_admin.AsyncSession`) and maps any gRPC failure through
+:func:`flare_admin._errors.map_rpc_error`, so only flare exceptions leave it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import enum
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import grpc
+
+from flare_admin import _ops
+from flare_admin._connect import Target, confirm_identity, logger, prepare
+from flare_admin._errors import map_rpc_error
+from flare_admin._transfer import JobUpload, ProgressCallback, ResultDownload, check_destination
+from flare_admin.results import (
+    JobMeta,
+    JobSummary,
+    MonitorReturnCode,
+    SessionInfo,
+    SiteInfo,
+    SystemInfo,
+)
+from flare_protocol import errors
+from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+
+__all__ = ["Session", "SessionState", "new_secure_session"]
+
+MonitorCallback = Callable[..., bool]
+
+
+class SessionState(enum.Enum):
+    """A Session is OPEN from creation until :meth:`Session.close`, then CLOSED for good."""
+
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_live_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_forgotten_sessions() -> None:
+    # A script that never calls close() must still exit at once: close channels for it.
+    for session in list(_live_sessions):
+        try:
+            session.close()
+        except Exception:
+            pass
+
+
+class MonitorStep:
+    """The monitor's decision for each meta pushed by the server (shared sync/async)."""
+
+    def __init__(self, cb: MonitorCallback | None, args: tuple[Any, ...], kwargs: dict[str, Any]):
+        self.cb, self.args, self.kwargs = cb, args, kwargs
+        self.last: JobMeta | None = None
+
+    def decide(self, session: Any, job_id: str, meta: JobMeta) -> MonitorReturnCode | None:
+        self.last = meta
+        if self.cb is not None and not self.cb(session, job_id, meta, *self.args, **self.kwargs):
+            return MonitorReturnCode.ENDED_BY_CB
+        if meta.finished:
+            return MonitorReturnCode.JOB_FINISHED
+        return None
+
+    @staticmethod
+    def stream_ended(address: str, job_id: str) -> errors.NoConnection:
+        return errors.NoConnection(
+            f"the server at {address} ended the watch of job {job_id} before it finished "
+            "(is it shutting down?); call monitor_job again once it is back",
+            address=address,
+            job_id=job_id,
+        )
+
+
+def submit_header(upload: JobUpload) -> common_pb2.TransferChunk:
+    return common_pb2.TransferChunk(
+        header=common_pb2.TransferHeader(
+            name=upload.name,
+            size=upload.total if upload.is_zip else -1,
+            content_type="application/zip",
+        )
+    )
+
+
+def not_a_header(job_id: str) -> errors.InternalError:
+    return errors.InternalError(
+        f"the server's result stream for job {job_id} did not start with a header",
+        job_id=job_id,
+    )
+
+
+class Session:
+    """An open admin session. Create it with :func:`new_secure_session`.
+
+    Use it as a context manager (``with new_secure_session(...) as s:``) or call
+    :meth:`close`; after closing, every method raises :class:`SessionClosed`.
+    """
+
+    def __init__(self, target: Target, channel: grpc.Channel, info: SessionInfo, debug: bool):
+        self._target = target
+        self._channel = channel
+        self._stub = admin_pb2_grpc.AdminStub(channel)
+        self._info = info
+        self._debug = debug
+        self._timeout = target.timeout
+        self._state = SessionState.OPEN
+        self._lock = threading.Lock()
+        _live_sessions.add(self)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        """OPEN or CLOSED."""
+        return self._state
+
+    @property
+    def info(self) -> SessionInfo:
+        """Who the server says we are: name, org, role, project, server version."""
+        return self._info
+
+    @property
+    def address(self) -> str:
+        """The server address this session dialled."""
+        return self._target.address
+
+    @property
+    def startup_kit_location(self) -> str:
+        """The admin kit this session was opened with."""
+        return str(self._target.kit.root)
+
+    def close(self) -> None:
+        """Close the session and its connection (idempotent)."""
+        with self._lock:
+            if self._state is SessionState.CLOSED:
+                return
+            self._state = SessionState.CLOSED
+        self._channel.close()
+        _live_sessions.discard(self)
+
+    def __enter__(self) -> Session:
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Session {self._target.username} @ {self._target.address} {self._state.value}>"
+
+    def _check_open(self) -> None:
+        if self._state is SessionState.CLOSED:
+            raise errors.SessionClosed(
+                f"this session of {self._target.username} was closed; open a new one with "
+                "new_secure_session()"
+            )
+
+    def _map(
+        self, exc: grpc.RpcError, action: str, job_id: str | None = None, **kw: Any
+    ) -> Exception:
+        if self._state is SessionState.CLOSED:
+            return errors.SessionClosed(f"{action}: the session was closed during the call")
+        return map_rpc_error(exc, address=self._target.address, action=action, job_id=job_id, **kw)
+
+    def _unary(self, op: _ops.Unary) -> Any:
+        self._check_open()
+        start = time.perf_counter()
+        try:
+            reply = getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
+        except grpc.RpcError as exc:
+            raise self._map(exc, op.action, op.job_id) from exc
+        finally:
+            if self._debug:
+                logger.debug("%s took %.2f ms", op.action, (time.perf_counter() - start) * 1e3)
+        return op.parse(reply)
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def submit_job(
+        self,
+        job_definition_path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+    ) -> str:
+        """Upload a job folder (zipped while streaming) or a ``.zip``; return its job id.
+
+        ``progress(bytes_sent, total)`` is called as the upload advances (from gRPC's
+        sending thread). The id is returned only once the job is durable on the server.
+
+        Raises:
+            InvalidJobDefinition: the folder, archive or meta.json is invalid (locally or
+                per the server), naming the path, entry or field.
+            AuthorizationError: our role may not submit jobs.
+        """
+        self._check_open()
+        upload = JobUpload.from_path(job_definition_path)
+        failure: list[BaseException] = []
+        holder: list[Any] = []
+        started = threading.Event()
+
+        def requests() -> Iterator[common_pb2.TransferChunk]:
+            yield submit_header(upload)
+            try:
+                for chunk in upload.chunks(progress):
+                    yield common_pb2.TransferChunk(data=chunk)
+            except BaseException as exc:  # cancel: a truncated upload must never commit
+                failure.append(exc)
+                started.wait(5.0)
+                if holder:
+                    holder[0].cancel()
+
+        future = self._stub.SubmitJob.future(requests())
+        holder.append(future)
+        started.set()
+        try:
+            reply = future.result()
+        except BaseException as exc:
+            if not isinstance(exc, (grpc.RpcError, grpc.FutureCancelledError)):
+                future.cancel()  # e.g. KeyboardInterrupt: stop the upload too
+                raise
+            if failure:
+                raise failure[0] from None
+            if isinstance(exc, grpc.RpcError):
+                raise self._map(exc, "submit_job", submitting=True) from exc
+            raise errors.SessionClosed("submit_job: the upload was cancelled") from None
+        if failure:
+            raise failure[0]
+        return str(reply.job_id)
+
+    def list_jobs(
+        self,
+        detailed: bool = False,
+        limit: int | None = None,
+        id_prefix: str | None = None,
+        name_prefix: str | None = None,
+        reverse: bool = False,
+    ) -> list[JobSummary] | list[JobMeta]:
+        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``."""
+        return self._unary(_ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse))
+
+    def get_job_meta(self, job_id: str) -> JobMeta:
+        """A job's full meta (``meta.status`` or ``meta["status"]``)."""
+        return self._unary(_ops.get_job_meta(job_id))
+
+    def clone_job(self, job_id: str) -> str:
+        """Submit a copy of a job; return the new job's id."""
+        return self._unary(_ops.clone_job(job_id))
+
+    def abort_job(self, job_id: str) -> None:
+        """Abort a submitted, dispatched or running job (JobNotRunning once it finished)."""
+        self._unary(_ops.abort_job(job_id))
+
+    def delete_job(self, job_id: str) -> None:
+        """Delete a job and its files from the server."""
+        self._unary(_ops.delete_job(job_id))
+
+    def monitor_job(
+        self,
+        job_id: str,
+        timeout: float = 0.0,
+        poll_interval: float = 2.0,
+        cb: MonitorCallback | None = None,
+        *cb_args: Any,
+        **cb_kwargs: Any,
+    ) -> MonitorReturnCode:
+        """Follow a job as the server pushes its changes (no polling).
+
+        ``cb(session, job_id, job_meta, *cb_args, **cb_kwargs)`` is called with the
+        current meta at once and again on every change; returning False ends the monitor
+        with ``ENDED_BY_CB``. ``timeout`` (seconds, 0 = none) gives ``TIMEOUT``; a
+        finished job gives ``JOB_FINISHED``. ``poll_interval`` is accepted for
+        compatibility and unused. Exceptions raised by ``cb`` propagate unchanged.
+        """
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        limit = _ops.timeout_value(timeout)
+        _ops.timeout_value(poll_interval, "poll_interval")
+        step = MonitorStep(cb, cb_args, cb_kwargs)
+        call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
+        try:
+            for reply in call:
+                code = step.decide(self, jid, _ops.parse_meta(reply))
+                if code is not None:
+                    return code
+        except grpc.RpcError as exc:
+            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                return MonitorReturnCode.TIMEOUT
+            raise self._map(exc, "monitor_job", jid) from exc
+        finally:
+            call.cancel()
+        raise step.stream_ended(self.address, jid)
+
+    def wait_for_job(
+        self, job_id: str, timeout: float = 0.0, poll_interval: float = 2.0
+    ) -> JobMeta:
+        """Block until the job finishes; return its final meta.
+
+        Raises:
+            JobTimeout: it did not finish within ``timeout`` seconds (0 = wait forever).
+        """
+        step_meta: list[JobMeta] = []
+
+        def keep(_s: Any, _j: str, meta: JobMeta) -> bool:
+            step_meta.append(meta)
+            return True
+
+        code = self.monitor_job(job_id, timeout, poll_interval, keep)
+        if code is MonitorReturnCode.TIMEOUT:
+            last = step_meta[-1].status if step_meta else "unknown"
+            raise errors.JobTimeout(
+                f"job {job_id} did not finish within {timeout} s (status {last})",
+                job_id=job_id,
+                status=last,
+            )
+        return step_meta[-1]
+
+    def download_job_result(
+        self, job_id: str, destination: str | os.PathLike[str] | None = None
+    ) -> str:
+        """Download a finished job's result into ``<destination>/<job_id>/``; return that path.
+
+        ``destination`` defaults to the kit's ``transfer/`` folder. The result streams to
+        disk (bounded memory), is checked (size, SHA-256, every archive entry) and only
+        then extracted, replacing an earlier download of the same job.
+
+        Raises:
+            JobNotDone: the job has not finished.
+            InvalidArgumentError: ``destination`` is not an existing folder.
+        """
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        folder = check_destination(destination, self._target.kit.transfer)
+        sink = ResultDownload(folder, jid)
+        call = self._stub.DownloadJobResult(admin_pb2.JobRequest(job_id=jid))
+        try:
+            first = True
+            for chunk in call:
+                if first:
+                    if chunk.WhichOneof("item") != "header":
+                        raise not_a_header(jid)
+                    sink.header(chunk.header.size, chunk.header.sha256)
+                    first = False
+                else:
+                    sink.write(chunk.data)
+        except grpc.RpcError as exc:
+            sink.discard()
+            raise self._map(exc, "download_job_result", jid) from exc
+        except BaseException:
+            sink.discard()
+            call.cancel()
+            raise
+        return sink.finish()
+
+    def get_job_logs(self, job_id: str, target: str = "server") -> str:
+        """The job's log on ``target`` (``"server"`` or a site name)."""
+        return self._unary(_ops.get_job_logs(job_id, target))
+
+    # -- system -------------------------------------------------------------------------------
+
+    def get_system_info(self) -> SystemInfo:
+        """The server, its connected sites and running jobs."""
+        return self._unary(_ops.get_system_info())
+
+    def get_connected_client_list(self) -> list[SiteInfo]:
+        """The sites connected now."""
+        return self._unary(_ops.get_connected_client_list())
+
+    def get_client_job_status(
+        self, client_names: Iterable[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Which jobs each site (or the named ones) is running."""
+        return self._unary(_ops.get_client_job_status(client_names))
+
+    def show_stats(
+        self, job_id: str, target_type: str, targets: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """A running job's statistics on the server and/or sites."""
+        return self._unary(_ops.show_stats(job_id, target_type, targets))
+
+    def show_errors(
+        self, job_id: str, target_type: str, targets: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Errors a job reported on the server and/or sites."""
+        return self._unary(_ops.show_errors(job_id, target_type, targets))
+
+    def reset_errors(
+        self, job_id: str, target_type: str = "all", targets: Iterable[str] | None = None
+    ) -> None:
+        """Forget a job's recorded errors."""
+        self._unary(_ops.reset_errors(job_id, target_type, targets))
+
+    def shutdown(
+        self, target_type: str, client_names: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``."""
+        return self._unary(_ops.system_command("shutdown", target_type, client_names))
+
+    def restart(
+        self, target_type: str, client_names: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """Restart the server, sites or all."""
+        return self._unary(_ops.system_command("restart", target_type, client_names))
+
+    def shutdown_system(self) -> dict[str, Any]:
+        """Stop every site and then the server."""
+        return self._unary(_ops.system_command("shutdown_system", None, None))
+
+    def set_timeout(self, value: float) -> None:
+        """Use ``value`` seconds as the deadline of this session's calls."""
+        value = _ops.timeout_value(value, "value")
+        if value == 0:
+            raise errors.InvalidArgumentError("the timeout must be > 0 seconds")
+        self._check_open()
+        self._timeout = value
+
+    def unset_timeout(self) -> None:
+        """Go back to the timeout the session was opened with."""
+        self._check_open()
+        self._timeout = self._target.timeout
+
+    # -- files on a target -------------------------------------------------------------------
+
+    def get_working_directory(self, target: str) -> str:
+        """The working directory of ``target`` (``"server"`` or a site name)."""
+        return self._unary(_ops.get_working_directory(target))
+
+    def ls_target(self, target: str, options: str | None = None, path: str | None = None) -> str:
+        """``ls`` in the target's workspace."""
+        return self._unary(_ops.ls_target(target, options=options, path=path))
+
+    def cat_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
+        """``cat`` a file in the target's workspace."""
+        return self._unary(_ops.cat_target(target, options=options, file=file))
+
+    def head_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
+        """The first lines of a file in the target's workspace."""
+        return self._unary(_ops.head_target(target, options=options, file=file))
+
+    def head_target_log(self, target: str, options: str | None = None) -> str:
+        """The first lines of the target's log."""
+        return self._unary(_ops.head_target_log(target, options=options))
+
+    def tail_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
+        """The last lines of a file in the target's workspace."""
+        return self._unary(_ops.tail_target(target, options=options, file=file))
+
+    def tail_target_log(self, target: str, options: str | None = None) -> str:
+        """The last lines of the target's log."""
+        return self._unary(_ops.tail_target_log(target, options=options))
+
+    def grep_target(
+        self,
+        target: str,
+        options: str | None = None,
+        pattern: str | None = None,
+        file: str | None = None,
+    ) -> str:
+        """Lines matching ``pattern`` in a file of the target's workspace."""
+        op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
+        return self._unary(op)
+
+
+def new_secure_session(
+    username: str,
+    startup_kit_location: str | os.PathLike[str],
+    debug: bool = False,
+    timeout: float = 10.0,
+    *,
+    server_address: str | None = None,
+) -> Session:
+    """Check the admin kit, connect with mutual TLS and return an open :class:`Session`.
+
+    Args:
+        username: the admin's name; must equal the kit certificate's CN.
+        startup_kit_location: the admin's kit folder (``prod_NN/<admin>/``).
+        debug: log every call and its duration on the ``flare_admin`` logger.
+        timeout: seconds to connect and the default deadline of every call.
+        server_address: ``host:port`` to dial instead of the kit's (NAT, tests); TLS
+            still verifies the kit's server name.
+
+    Raises:
+        KitError and subclasses, UsernameMismatch: the kit cannot be used (no network call).
+        NoConnection: the server is unreachable within ``timeout`` (naming the address).
+        AuthenticationError: the server refused our certificate.
+    """
+    target = prepare(username, startup_kit_location, timeout, server_address, debug)
+    channel = grpc.secure_channel(target.address, target.credentials, target.options)
+    op = _ops.hello()
+    try:
+        reply = admin_pb2_grpc.AdminStub(channel).Hello(op.request, timeout=target.timeout)
+        info = op.parse(reply)
+        confirm_identity(target, info)
+    except grpc.RpcError as exc:
+        channel.close()
+        raise map_rpc_error(exc, address=target.address, action=op.action, opening=True) from exc
+    except BaseException:
+        channel.close()
+        raise
+    if debug:
+        logger.debug("session of %s open at %s", username, target.address)
+    return Session(target, channel, info, debug)
