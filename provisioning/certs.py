@@ -183,6 +183,8 @@ def issue_leaf(
         name: CN (participant name); org: O.
         participant_type, role: bound with :func:`identity_extensions`.
         host_names: server only: SANs beyond ``name`` (IP addresses become IP SANs).
+            Sites get ``urn:flare:site:<name>`` as a URI SAN, admins their email as an
+            RFC 822 SAN.
         days: validity length from ``now`` (backdated a few minutes for clock skew).
         not_before, not_after: explicit validity (tests: expired, not yet valid).
         is_ca: tests only: a CA:TRUE leaf.
@@ -190,7 +192,10 @@ def issue_leaf(
         serial: the serial number; a random 159-bit one by default.
     """
     start = not_before if not_before is not None else _utc(now) - _BACKDATE
-    end = not_after if not_after is not None else start + timedelta(days=days)
+    if not_after is not None:
+        end = not_after
+    else:  # never outlive the issuer
+        end = min(start + timedelta(days=days), ca.cert.not_valid_after_utc)
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
         ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
@@ -223,11 +228,16 @@ def issue_leaf(
     usages = default_eku(participant_type) if isinstance(eku, _Default) else eku
     if usages is not None:
         builder = builder.add_extension(x509.ExtendedKeyUsage(list(usages)), critical=False)
+    # Every leaf names its holder in a SAN too (RFC 5280 verifiers require one): the
+    # server every address clients dial, an admin its email address, a site a URN (not a
+    # DNS name: a site is never dialled, so its certificate must not name a host).
     if participant_type is ParticipantType.SERVER:
-        sans = [name, *(h for h in host_names if h != name)]
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([_san(h) for h in sans]), critical=False
-        )
+        sans = [_san(h) for h in [name, *(h for h in host_names if h != name)]]
+    elif participant_type is ParticipantType.ADMIN:
+        sans = [x509.RFC822Name(name)]
+    else:
+        sans = [x509.UniformResourceIdentifier(f"urn:flare:site:{name}")]
+    builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     for ext in identity_extensions(participant_type, role):
         builder = builder.add_extension(ext, critical=False)
     return builder.sign(ca.key, _hash_for(ca.key))
