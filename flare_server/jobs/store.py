@@ -771,7 +771,7 @@ class JobStore:
         self._save(job_id, meta)
         return JobMeta(meta)
 
-    def update(self, job_id: str, **fields: Any) -> JobMeta:
+    def update(self, job_id: str, /, **fields: Any) -> JobMeta:
         """Set extra meta fields (e.g. a waiting reason, ``start_time``); never the status.
 
         Raises:

@@ -28,7 +28,10 @@ def zip_with(path: Path, *extra: tuple[zipfile.ZipInfo | str, bytes]) -> Path:
     return path
 
 
-def rejected(path: Path, limits: ArchiveLimits = ArchiveLimits()) -> InvalidJobDefinition:
+DEFAULT_LIMITS = ArchiveLimits()
+
+
+def rejected(path: Path, limits: ArchiveLimits = DEFAULT_LIMITS) -> InvalidJobDefinition:
     with pytest.raises(InvalidJobDefinition) as info:
         validate_job_archive(path, limits)
     return info.value
