@@ -1,0 +1,50 @@
+"""The Client API for training scripts: ``import flare_site.client as flare``.
+
+::
+
+    import flare_site.client as flare
+
+    flare.init()
+    while flare.is_running():
+        model = flare.receive()
+        weights = train(model.params)
+        flare.log_metric("loss", loss, step)
+        flare.send(flare.FLModel(params=weights, params_type="FULL",
+                                 metrics={"accuracy": acc}, meta={"num_examples": n}))
+
+The script runs in a subprocess of the site; it talks to the site over a local socket
+(JSON frames, models as ``.npz`` files, never pickle).
+"""
+
+from __future__ import annotations
+
+from flare_site.client._api import (
+    get_job_id,
+    get_site_name,
+    init,
+    is_evaluate,
+    is_running,
+    is_train,
+    log_metric,
+    receive,
+    send,
+    shutdown,
+)
+from flare_site.client._model import FLModel, ParamsType
+from flare_site.client.tracking import SummaryWriter
+
+__all__ = [
+    "FLModel",
+    "ParamsType",
+    "SummaryWriter",
+    "get_job_id",
+    "get_site_name",
+    "init",
+    "is_evaluate",
+    "is_running",
+    "is_train",
+    "log_metric",
+    "receive",
+    "send",
+    "shutdown",
+]

@@ -1,0 +1,241 @@
+"""The Client API a training script uses: ``import flare_site.client as flare``.
+
+The functions keep one module-level connection to the site that launched the script
+(found through environment variables, see ``_ipc``). ``is_running()`` asks the site for
+the next task and keeps it for ``receive()``; it returns False once the site says the
+job is over, and the script should then return.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from flare_protocol.errors import FlareError, InvalidModel
+from flare_protocol.models import ParamsType, load_params, save_params
+from flare_site.client import _ipc
+from flare_site.client._model import FLModel
+
+__all__ = [
+    "get_job_id",
+    "get_site_name",
+    "init",
+    "is_evaluate",
+    "is_running",
+    "is_train",
+    "log_metric",
+    "receive",
+    "send",
+    "shutdown",
+]
+
+
+class _Client:
+    def __init__(self) -> None:
+        path = os.environ.get(_ipc.ENV_SOCKET)
+        token = os.environ.get(_ipc.ENV_TOKEN)
+        if not path or not token:
+            raise FlareError(
+                "this script was not started by a flare site: submit it in a job, or try it "
+                "locally with 'flare job run train --path APP --input MODEL.npz --output OUT.npz'"
+            )
+        self.mode = os.environ.get(_ipc.ENV_MODE, "script")
+        self.site = os.environ.get(_ipc.ENV_SITE, "")
+        self.job_id = os.environ.get(_ipc.ENV_JOB, "")
+        self._lock = threading.Lock()
+        self._channel = _ipc.BlockingChannel(path)
+        self._channel.send({"op": "hello", "token": token, "pid": os.getpid()})
+        reply = self._channel.recv()
+        if reply.get("op") != "welcome":
+            raise FlareError(f"the flare site refused this script: {reply.get('message', reply)}")
+        self.task: dict[str, Any] | None = None  # fetched by is_running(), not yet received
+        self.current: dict[str, Any] | None = None  # received, not yet answered
+        self.last_kind: str | None = None
+        self.stopped = False
+
+    def request(self, message: dict[str, Any]) -> dict[str, Any]:
+        with self._lock:
+            self._channel.send(message)
+            return self._channel.recv()
+
+    def post(self, message: dict[str, Any]) -> None:
+        with self._lock:
+            self._channel.send(message)
+
+    def fetch(self) -> None:
+        if self.task is None and not self.stopped:
+            if self.mode != "script":
+                raise FlareError("receive() is only available to the script executor")
+            reply = self.request({"op": "next"})
+            if reply["op"] == "task":
+                self.task = reply
+            else:
+                self.stopped = True
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+_client: _Client | None = None
+
+
+def _get() -> _Client:
+    if _client is None:
+        raise FlareError("call flare.init() first")
+    return _client
+
+
+def init() -> None:
+    """Connect to the site that launched this script (idempotent).
+
+    Raises:
+        FlareError: the script was not launched by a flare site.
+    """
+    global _client
+    if _client is None:
+        _client = _Client()
+
+
+def is_running() -> bool:
+    """True while the job has work for this script (waits for the next task)."""
+    client = _get()
+    if client.current is not None:
+        return True
+    client.fetch()
+    return not client.stopped
+
+
+def receive() -> FLModel | None:
+    """The next task's global model, or None when the job is over.
+
+    ``meta`` holds ``task`` ("train" or "validate") and ``task_id``. In round 1 of a job
+    without an initial model, ``params`` is empty: send FULL weights.
+    """
+    client = _get()
+    if client.current is not None:
+        raise FlareError("receive() called twice: send() the result of the current task first")
+    client.fetch()
+    if client.stopped or client.task is None:
+        return None
+    task, client.task = client.task, None
+    client.current = task
+    client.last_kind = task["kind"]
+    params = load_params(task["model_path"]) if task.get("model_path") else {}
+    return FLModel(
+        params=params,
+        params_type=ParamsType.FULL,
+        current_round=task["round"],
+        total_rounds=task["total_rounds"],
+        meta={"task": task["kind"], "task_id": task["task_id"], "job_id": client.job_id},
+    )
+
+
+def _clean_metrics(metrics: dict[str, Any] | None) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in (metrics or {}).items():
+        if (
+            not isinstance(key, str)
+            or isinstance(value, bool)
+            or not isinstance(value, (int, float))
+        ):
+            raise FlareError(f"metric {key!r} must be a number under a string key, got {value!r}")
+        if not math.isfinite(value):
+            raise FlareError(f"metric {key!r} is {value}: only finite numbers can be reported")
+        out[key] = float(value)
+    return out
+
+
+def send(model: FLModel) -> None:
+    """Answer the current task: a training update, or validation ``metrics``.
+
+    Raises:
+        FlareError: no task was received, ``num_examples`` is missing, or the site refused it.
+        InvalidModel: ``params`` are not a dict of numeric numpy arrays.
+    """
+    client = _get()
+    task = client.current
+    if task is None:
+        raise FlareError("send() called without a task: call flare.receive() first")
+    metrics = _clean_metrics(model.metrics)
+    message: dict[str, Any] = {"op": "result", "task_id": task["task_id"], "metrics": metrics}
+    if task["kind"] == "train":
+        num = model.meta.get("num_examples")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 0:
+            raise FlareError(
+                "a training result needs meta={'num_examples': n} with n an integer >= 0 "
+                f"(the FedAvg weight), got {num!r}"
+            )
+        try:
+            params_type = ParamsType(
+                model.params_type.value
+                if isinstance(model.params_type, ParamsType)
+                else str(model.params_type).upper()
+            )
+        except ValueError as exc:
+            raise InvalidModel(
+                f"params_type must be FULL or DIFF, got {model.params_type!r}"
+            ) from exc
+        save_params(model.params, Path(task["output_path"]))
+        message.update(params_type=params_type.value, meta=_json_meta(model.meta))
+    reply = client.request(message)
+    if reply["op"] != "ok":
+        raise FlareError(f"the site refused the result: {reply.get('message', reply)}")
+    client.current = None
+
+
+def _json_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in meta.items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[str(key)] = value
+    return out
+
+
+def log_metric(key: str, value: float, step: int | None = None) -> None:
+    """Stream one scalar to the server's metrics log (tagged with the current round)."""
+    client = _get()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FlareError(f"metric {key!r} must be a finite number, got {value!r}")
+    task = client.current or client.task
+    client.post(
+        {
+            "op": "metric",
+            "key": str(key),
+            "value": float(value),
+            "step": None if step is None else int(step),
+            "round": task["round"] if task else None,
+            "time": time.time(),
+        }
+    )
+
+
+def is_train() -> bool:
+    """True when the last received task asks for training."""
+    return _get().last_kind == "train"
+
+
+def is_evaluate() -> bool:
+    """True when the last received task asks to validate the global model."""
+    return _get().last_kind == "validate"
+
+
+def get_site_name() -> str:
+    """The name of the site running this script."""
+    return _get().site
+
+
+def get_job_id() -> str:
+    """The id of the job this script runs in."""
+    return _get().job_id
+
+
+def shutdown() -> None:
+    """Close the connection to the site (optional: exiting closes it too)."""
+    global _client
+    if _client is not None:
+        _client.close()
+        _client = None

@@ -1,0 +1,327 @@
+"""What the site runtime sees of an executor: tasks in, outcomes and metrics out.
+
+The seam is asyncio (the site runtime is asyncio over grpc.aio). The runtime builds an
+:class:`ExecutorHost` per job with :func:`flare_site.executors.create_executor`, then::
+
+    await host.start()                         # launch the script / run `startup`
+    outcome = await host.run_task(task)        # per task: TrainOutcome | ValidateOutcome
+    await host.stop()                          # job over: let user code exit, then reap
+    await host.abort()                         # any time: kill the process group now
+
+Metrics stream through ``on_metric`` while a task runs; user code's output lines go to
+``on_output`` (the site's job log). Failures of user code raise
+:class:`~flare_protocol.errors.ExecutionError` carrying ``returncode`` and ``stderr_tail``.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import json
+import math
+import os
+import secrets
+import shutil
+import sys
+import tempfile
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flare_protocol.errors import ExecutionError, InvalidModel
+from flare_protocol.models import MAX_MODEL_BYTES, ParamsType, load_params
+from flare_site.client import _ipc
+from flare_site.executors.process import OutputSink, safe_base_env
+
+__all__ = [
+    "ExecutorHost",
+    "IpcServer",
+    "JobContext",
+    "MetricEvent",
+    "MetricSink",
+    "TaskSpec",
+    "TrainOutcome",
+    "ValidateOutcome",
+]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """Where and as whom a job's user code runs on a site."""
+
+    job_id: str
+    site_name: str
+    #: The extracted app folder: user code's working directory.
+    app_dir: Path
+    #: The job's workspace on the site; models are exchanged under ``models/``.
+    workspace: Path
+    #: The interpreter for scripts and ``{python}``: the site's own by default.
+    python: str = sys.executable
+    #: Inherited environment; None: a small allowlist of the site's (PATH, HOME, LANG, ...).
+    base_env: Mapping[str, str] | None = None
+    #: Largest model user code may hand back.
+    max_model_bytes: int = MAX_MODEL_BYTES
+
+    @property
+    def models_dir(self) -> Path:
+        return self.workspace / "models"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """One task for the executor. ``model_path`` is the global model's ``.npz``."""
+
+    task_id: str
+    kind: str  # "train" | "validate"
+    round: int
+    total_rounds: int
+    model_path: Path | None
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    """A training result: the update file and its weight."""
+
+    task_id: str
+    params_path: Path
+    params_type: ParamsType
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ValidateOutcome:
+    """A validation result."""
+
+    task_id: str
+    metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class MetricEvent:
+    """A metric streamed by user code (``flare.log_metric`` or the SummaryWriter)."""
+
+    key: str
+    value: float
+    step: int | None
+    round: int | None
+    time: float
+
+
+MetricSink = Callable[[MetricEvent], None]
+
+
+def user_env(
+    ctx: JobContext, extra: Mapping[str, str], ipc: IpcServer, mode: str
+) -> dict[str, str]:
+    """User code's complete environment: allowlisted, the job's own, then FLARE_* last."""
+    env = safe_base_env(ctx.base_env)
+    env.update(extra)
+    custom = ctx.app_dir / "custom"
+    env.update(
+        {
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": str(custom),
+            _ipc.ENV_SOCKET: ipc.path,
+            _ipc.ENV_TOKEN: ipc.token,
+            _ipc.ENV_MODE: mode,
+            _ipc.ENV_SITE: ctx.site_name,
+            _ipc.ENV_JOB: ctx.job_id,
+            _ipc.ENV_WORKSPACE: str(ctx.workspace),
+            _ipc.ENV_APP_DIR: str(ctx.app_dir),
+        }
+    )
+    return env
+
+
+def clean_metrics(raw: object, where: str) -> dict[str, float]:
+    """A flat ``{name: finite number}`` dict, or ExecutionError naming ``where``."""
+    if not isinstance(raw, dict):
+        raise ExecutionError(f"{where}: metrics must be a JSON object of numbers")
+    out: dict[str, float] = {}
+    for key, value in raw.items():
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not math.isfinite(value)
+        ):
+            raise ExecutionError(f"{where}: metric {key!r} must be a finite number, got {value!r}")
+        out[str(key)] = float(value)
+    return out
+
+
+def check_update_file(path: Path, ctx: JobContext, where: str) -> None:
+    """The update user code wrote must exist and be a safe, finite ``.npz``."""
+    if not path.is_file():
+        raise ExecutionError(f"{where}: no model was written to {path.name}")
+    try:
+        load_params(path, max_bytes=ctx.max_model_bytes)
+    except InvalidModel as exc:
+        raise ExecutionError(f"{where}: the model written is unusable: {exc}") from exc
+
+
+# Handlers the IPC server calls: (message) -> reply or None.
+FrameHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
+
+
+class IpcServer:
+    """The site's end of the channel: a Unix socket in a private temporary folder.
+
+    Connections must say ``hello`` with the token first. Each later frame goes to
+    ``handler`` and its reply (if any) is written back. Handlers run as tasks, so a
+    ``next`` that waits for work does not block metrics arriving meanwhile.
+    """
+
+    def __init__(self, handler: FrameHandler) -> None:
+        self._handler = handler
+        self._dir = tempfile.mkdtemp(prefix="flare-ipc-")  # 0700, and short enough for AF_UNIX
+        self.path = os.path.join(self._dir, "s")
+        self.token = secrets.token_hex(16)
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+        self.connected = asyncio.Event()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_unix_server(self._serve, path=self.path)
+        os.chmod(self.path, 0o600)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        current = asyncio.current_task()
+        if current is not None:
+            self._connections.add(current)
+        lock = asyncio.Lock()
+        handlers: set[asyncio.Task[None]] = set()
+
+        async def reply(message: dict[str, Any]) -> None:
+            async with lock:
+                writer.write(_ipc.encode_frame(message))
+                await writer.drain()
+
+        async def handle(message: dict[str, Any]) -> None:
+            answer = await self._handler(message)
+            if answer is not None:
+                await reply(answer)
+
+        try:
+            hello = await self._read(reader)
+            if hello.get("op") != "hello" or not secrets.compare_digest(
+                str(hello.get("token", "")), self.token
+            ):
+                await reply({"op": "error", "message": "bad hello or token"})
+                return
+            await reply({"op": "welcome"})
+            self.connected.set()
+            while True:
+                message = await self._read(reader)
+                task = asyncio.ensure_future(handle(message))
+                handlers.add(task)
+                task.add_done_callback(handlers.discard)
+        except (asyncio.IncompleteReadError, ConnectionError, _ipc.FrameError):
+            return
+        finally:
+            for task in handlers:
+                task.cancel()
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+            if current is not None:
+                self._connections.discard(current)
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
+        header = await reader.readexactly(4)
+        return _ipc.decode_body(await reader.readexactly(_ipc.frame_length(header)))
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+        for task in list(self._connections):
+            task.cancel()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def metric_from_frame(message: dict[str, Any]) -> MetricEvent | None:
+    """A MetricEvent from a ``metric`` frame, or None when it is malformed."""
+    try:
+        value = float(message["value"])
+        step = message.get("step")
+        rnd = message.get("round")
+        return MetricEvent(
+            key=str(message["key"])[:256],
+            value=value,
+            step=None if step is None else int(step),
+            round=None if rnd is None else int(rnd),
+            time=float(message.get("time", 0.0)),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+class ExecutorHost(abc.ABC):
+    """Runs one job's user code on a site; see the module docstring."""
+
+    def __init__(
+        self,
+        ctx: JobContext,
+        *,
+        on_metric: MetricSink | None = None,
+        on_output: OutputSink | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.on_metric = on_metric
+        self.on_output = on_output
+        ctx.models_dir.mkdir(parents=True, exist_ok=True)
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Prepare to run tasks (launch the script, or run ``startup``).
+
+        Raises:
+            ExecutionError: user code failed to start.
+        """
+
+    @abc.abstractmethod
+    async def run_task(self, task: TaskSpec) -> TrainOutcome | ValidateOutcome:
+        """Run one task to its outcome.
+
+        Raises:
+            ExecutionError: user code crashed or produced an unusable result.
+        """
+
+    @abc.abstractmethod
+    async def stop(self, grace: float = 10.0) -> None:
+        """The job is over: let user code finish within ``grace`` seconds, then kill it."""
+
+    @abc.abstractmethod
+    async def abort(self) -> None:
+        """Kill user code's process group now (SIGTERM, then SIGKILL after 2 s)."""
+
+    @property
+    @abc.abstractmethod
+    def pids(self) -> list[int]:
+        """Process group ids of user code started so far (for checks and diagnostics)."""
+
+    def _emit_metric(self, message: dict[str, Any]) -> None:
+        event = metric_from_frame(message)
+        if event is not None and self.on_metric is not None:
+            with contextlib.suppress(Exception):
+                self.on_metric(event)
+
+    def output_path(self, task: TaskSpec, suffix: str) -> Path:
+        return self.ctx.models_dir / f"{task.task_id}{suffix}"
+
+    @staticmethod
+    def read_json(path: Path, where: str) -> object:
+        if not path.is_file():
+            raise ExecutionError(f"{where}: {path.name} was not written")
+        if path.stat().st_size > _ipc.MAX_FRAME:
+            raise ExecutionError(f"{where}: {path.name} is larger than {_ipc.MAX_FRAME} bytes")
+        try:
+            return json.loads(path.read_text("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ExecutionError(f"{where}: {path.name} is not valid JSON: {exc}") from exc
