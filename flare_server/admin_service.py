@@ -32,6 +32,7 @@ log = logging.getLogger("flare_server.admin")
 
 _ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
 _WATCH_END = object()
+_REVOKED = object()
 
 
 def server_version() -> str:
@@ -215,6 +216,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
         unsubscribe = self.server.store.subscribe(on_change)
         self.server.watchers.add(queue)
+        untrack = self.streams.add(call.identity.serial, lambda: queue.put_nowait(_REVOKED))
         try:
             meta = await self._job(call, job_id)
             self._require(call, Right.VIEW, meta, "watch")
@@ -223,13 +225,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             status = str(meta.get("status", ""))
             while not _is_finished(status):
                 item = await queue.get()
+                while not queue.empty() and item is not _WATCH_END and item is not _REVOKED:
+                    item = queue.get_nowait()  # coalesce a burst of changes into the newest
                 if item is _WATCH_END:
                     return
-                while not queue.empty():  # coalesce a burst of changes into the newest
-                    nxt = queue.get_nowait()
-                    if nxt is _WATCH_END:
-                        return
-                    item = nxt
+                if item is _REVOKED:
+                    raise errors.AuthenticationError(
+                        f"the certificate of {call.identity.name} was revoked"
+                    )
                 if getattr(item, "deleted", False):
                     raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
                 current = item.to_dict()
@@ -240,6 +243,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 status = str(current.get("status", ""))
         finally:
             unsubscribe()
+            untrack()
             self.server.watchers.discard(queue)
 
     @unary("abort_job")

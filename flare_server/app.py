@@ -276,7 +276,7 @@ class Server:
         self.admin_checker.set_revoked(serials)
         self.site_checker.set_revoked(serials)
         dropped = len(self.registry.drop_serials(serials))
-        dropped += self.streams.cancel(serials)
+        dropped += self.streams.revoke(serials)
         if dropped:
             log.warning("revocation dropped %d open stream(s)", dropped)
         return dropped

@@ -51,37 +51,39 @@ class Endpoint(Protocol):
 
 
 class StreamTracker:
-    """Open long-lived calls by certificate serial, so a revocation can drop them."""
+    """Open long-lived calls by certificate serial, so that a revocation can end them.
+
+    A stream registers a callback that makes it end (e.g. by putting a sentinel on the
+    queue it waits on); :meth:`revoke` calls the callbacks of the revoked serials.
+    """
 
     def __init__(self) -> None:
-        self._tasks: dict[int, set[asyncio.Task[Any]]] = {}
+        self._streams: dict[int, dict[int, Callable[[], None]]] = {}
+        self._next = 0
 
-    def add(self, serial: int) -> asyncio.Task[Any] | None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._tasks.setdefault(serial, set()).add(task)
-        return task
+    def add(self, serial: int, on_revoke: Callable[[], None]) -> Callable[[], None]:
+        """Register a stream; returns the function that unregisters it."""
+        self._next += 1
+        token = self._next
+        self._streams.setdefault(serial, {})[token] = on_revoke
 
-    def remove(self, serial: int, task: asyncio.Task[Any] | None) -> None:
-        tasks = self._tasks.get(serial)
-        if tasks is not None and task is not None:
-            tasks.discard(task)
-            if not tasks:
-                del self._tasks[serial]
+        def remove() -> None:
+            streams = self._streams.get(serial)
+            if streams is not None:
+                streams.pop(token, None)
+                if not streams:
+                    del self._streams[serial]
 
-    def cancel(self, serials: frozenset[int]) -> int:
-        """Cancel every open stream of these serials; the number cancelled."""
+        return remove
+
+    def revoke(self, serials: frozenset[int]) -> int:
+        """End every open stream of these serials; the number ended."""
         n = 0
-        for serial in serials & set(self._tasks):
-            for task in list(self._tasks.get(serial, ())):
-                task.cancel()
+        for serial in serials & set(self._streams):
+            for on_revoke in list(self._streams.get(serial, {}).values()):
+                on_revoke()
                 n += 1
         return n
-
-    def cancel_all(self) -> None:
-        for tasks in list(self._tasks.values()):
-            for task in list(tasks):
-                task.cancel()
 
 
 async def authenticate(endpoint: Endpoint, context: grpc.aio.ServicerContext, command: str) -> Call:
@@ -149,7 +151,7 @@ def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..
 
 
 def streaming(
-    command: str, *, track: bool = True
+    command: str,
 ) -> Callable[[Callable[..., AsyncIterator[Rep]]], Callable[..., AsyncIterator[Rep]]]:
     """Wrap an async-generator handler (server stream or bidi)."""
 
@@ -159,7 +161,6 @@ def streaming(
             self: Endpoint, request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Rep]:
             call = await authenticate(self, context, command)
-            task = self.streams.add(call.identity.serial) if track else None
             try:
                 async for item in fn(self, call, request, context):
                     yield item
@@ -175,9 +176,6 @@ def streaming(
                 await abort_with(context, exc, where=command)
             else:
                 _audit(self, call, "ok")
-            finally:
-                if track:
-                    self.streams.remove(call.identity.serial, task)
 
         return wrapper
 
