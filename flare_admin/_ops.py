@@ -325,8 +325,10 @@ def _options(
 
 
 def get_job_logs(jid: str, target: str = "server") -> Unary:
+    """The lines of ``target``'s log that mention the job (numbered, as ``grep -n``)."""
     jid = job_id(jid)
-    return command("get_job_logs", {"job_id": jid, "target": _target(target)}, _text_result, jid)
+    args = {"target": _target(target), "path": log_file(target), "pattern": jid}
+    return command("grep", args, _text_result, jid)
 
 
 def _sites_result(reply: Any) -> list[dict[str, Any]]:

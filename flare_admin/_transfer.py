@@ -155,7 +155,7 @@ class JobUpload:
             meta_doc = json.loads(meta.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise InvalidJobDefinition(
-                f"job folder {root} has no meta.json; a job folder holds meta.json and its apps",
+                f"{meta} is missing: a job folder holds meta.json and its app folders",
                 path=str(meta),
             ) from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -363,7 +363,7 @@ class Session:
         return sink.finish()
 
     def get_job_logs(self, job_id: str, target: str = "server") -> str:
-        """The job's log on ``target`` (``"server"`` or a site name)."""
+        """The lines of ``target``'s log (``"server"`` or a site name) that mention the job."""
         return self._unary(_ops.get_job_logs(job_id, target))
 
     # -- system -------------------------------------------------------------------------------

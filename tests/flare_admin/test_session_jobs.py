@@ -1,0 +1,377 @@
+"""Session job methods against a real server over mutual TLS, with kits from provisioning."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import uuid
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flare_admin import (
+    AuthorizationError,
+    InvalidArgumentError,
+    InvalidJobDefinition,
+    JobMeta,
+    JobNotDone,
+    JobNotFound,
+    JobNotRunning,
+    JobSummary,
+    JobTimeout,
+    MonitorReturnCode,
+)
+from flare_server.jobs import JobStatus
+from tests.flare_admin.conftest import ADMIN, advance, finish_with_result, make_job
+
+UNKNOWN = str(uuid.uuid4())
+
+
+# -- submit ------------------------------------------------------------------------------
+
+
+def test_submit_job_uploads_a_folder_and_returns_a_server_uuid(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    assert str(uuid.UUID(job_id)) == job_id
+    meta = session.get_job_meta(job_id)
+    assert meta.status == "SUBMITTED" and meta["status"] == "SUBMITTED"
+    assert meta.name == "hello" and meta.submitter_name == ADMIN
+
+
+def test_submit_job_reports_progress_up_to_the_total(session, job_folder):
+    seen: list[tuple[int, int]] = []
+    session.submit_job(job_folder, progress=lambda sent, total: seen.append((sent, total)))
+    total = sum(p.stat().st_size for p in job_folder.rglob("*") if p.is_file())
+    assert seen[0] == (0, total) and seen[-1] == (total, total)
+    assert [s for s, _ in seen] == sorted(s for s, _ in seen)
+
+
+def test_submit_job_streams_an_existing_zip_as_is(session, job_folder, tmp_path):
+    archive = tmp_path / "hello.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(job_folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, f"hello/{path.relative_to(job_folder).as_posix()}")
+    job_id = session.submit_job(str(archive))
+    assert session.get_job_meta(job_id).name == "hello"
+
+
+@pytest.mark.parametrize(
+    "problem",
+    ["missing", "no_meta", "bad_json", "meta_not_object", "not_a_zip", "symlink"],
+)
+def test_a_bad_local_job_is_refused_before_upload_naming_the_path(session, tmp_path, problem):
+    job = make_job(tmp_path / "job")
+    offending = job
+    if problem == "missing":
+        offending = tmp_path / "nope"
+        job = offending
+    elif problem == "no_meta":
+        offending = job / "meta.json"
+        offending.unlink()
+    elif problem == "bad_json":
+        offending = job / "meta.json"
+        offending.write_text("{name: ")
+    elif problem == "meta_not_object":
+        offending = job / "meta.json"
+        offending.write_text("[1, 2]")
+    elif problem == "not_a_zip":
+        offending = job = tmp_path / "job.zip"
+        offending.write_text("not a zip")
+    elif problem == "symlink":
+        offending = job / "app" / "custom" / "link.py"
+        offending.symlink_to("/etc/passwd")
+    with pytest.raises(InvalidJobDefinition) as info:
+        session.submit_job(job)
+    assert str(offending) in str(info.value) and info.value.path == str(offending)
+    assert session.list_jobs() == []
+
+
+def test_a_malformed_meta_is_refused_by_the_server_naming_the_field(session, tmp_path):
+    job = make_job(tmp_path / "job", min_clients="two")
+    with pytest.raises(InvalidJobDefinition, match="min_clients"):
+        session.submit_job(job)
+    assert session.list_jobs() == []
+
+
+def _zip_bytes(entries: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in entries.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_a_traversal_archive_is_refused_naming_the_entry(session, tmp_path):
+    meta = json.dumps({"name": "evil", "deploy_map": {"app": ["@ALL"]}}).encode()
+    archive = tmp_path / "evil.zip"
+    archive.write_bytes(_zip_bytes({"evil/meta.json": meta, "evil/../../escape.txt": b"x"}))
+    with pytest.raises(InvalidJobDefinition, match=r"\.\."):
+        session.submit_job(archive)
+    assert session.list_jobs() == []
+
+
+def test_a_zip_bomb_is_refused(provisioned, tmp_path, kits):
+    from flare_admin import new_secure_session
+    from tests.server_harness import ServerThread
+
+    meta = json.dumps({"name": "bomb", "deploy_map": {"app": ["@ALL"]}}).encode()
+    archive = tmp_path / "bomb.zip"
+    archive.write_bytes(_zip_bytes({"bomb/meta.json": meta, "bomb/app/zeros.bin": bytes(64 << 20)}))
+    assert archive.stat().st_size < 1 << 20
+    with ServerThread(
+        Path(provisioned.kits["localhost"]), tmp_path / "ws", max_uncompressed_bytes=8 << 20
+    ) as srv:
+        with new_secure_session(ADMIN, kits[ADMIN], server_address=srv.admin_address) as s:
+            with pytest.raises(InvalidJobDefinition):
+                s.submit_job(archive)
+            assert s.list_jobs() == []
+
+
+# -- list and meta -----------------------------------------------------------------------
+
+
+def test_list_jobs_rows_have_flares_keys(session, tmp_path):
+    ids = [session.submit_job(make_job(tmp_path / f"j{i}", name=f"job{i}")) for i in range(3)]
+    rows = session.list_jobs()
+    assert [r.job_id for r in rows] == ids
+    row = rows[0]
+    assert isinstance(row, JobSummary)
+    assert {"job_id", "job_name", "status", "submit_time", "duration"} <= set(row)
+    assert row["job_name"] == "job0" and row["status"] == "SUBMITTED"
+    assert row["submit_time"].startswith(time.strftime("%Y-", time.gmtime()))
+    json.dumps([r.to_dict() for r in rows])
+
+
+def test_list_jobs_filters_limits_and_reverses(session, tmp_path):
+    ids = [session.submit_job(make_job(tmp_path / f"j{i}", name=f"n{i % 2}-{i}")) for i in range(4)]
+    assert [r.job_id for r in session.list_jobs(reverse=True)] == ids[::-1]
+    assert len(session.list_jobs(limit=2)) == 2
+    assert {r.job_name for r in session.list_jobs(name_prefix="n1")} == {"n1-1", "n1-3"}
+    assert [r.job_id for r in session.list_jobs(id_prefix=ids[2][:8])] == [ids[2]]
+
+
+def test_list_jobs_detailed_gives_full_metas(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    (meta,) = session.list_jobs(detailed=True)
+    assert isinstance(meta, JobMeta) and meta.job_id == job_id
+    assert meta["deploy_map"] == {"app": ["@ALL"]} and meta.min_clients == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"limit": -1}, {"limit": "3"}, {"id_prefix": "../x"}, {"name_prefix": 5}]
+)
+def test_list_jobs_refuses_malformed_arguments(session, kwargs):
+    with pytest.raises(InvalidArgumentError):
+        session.list_jobs(**kwargs)
+
+
+def test_job_meta_reads_like_flares_dict_and_like_an_object(session, job_folder):
+    meta = session.get_job_meta(session.submit_job(job_folder))
+    assert meta["job_id"] == meta.job_id and meta.get("name") == "hello"
+    assert "status_history" in meta  # keys the typed view does not name are kept
+    assert json.loads(json.dumps(meta.to_dict()))["status"] == "SUBMITTED"
+    assert dict(meta)["submitter_role"] == "project_admin"
+
+
+@pytest.mark.parametrize(
+    "method", ["get_job_meta", "abort_job", "delete_job", "clone_job", "download_job_result"]
+)
+def test_an_unknown_job_id_is_job_not_found(session, method):
+    with pytest.raises(JobNotFound) as info:
+        getattr(session, method)(UNKNOWN)
+    assert info.value.job_id == UNKNOWN
+
+
+@pytest.mark.parametrize("bad", ["../../etc/passwd", "123", "", None, UNKNOWN + "x", 42])
+@pytest.mark.parametrize(
+    "method",
+    ["get_job_meta", "abort_job", "delete_job", "clone_job", "download_job_result", "monitor_job"],
+)
+def test_a_malformed_job_id_is_refused_before_any_call(session, server, method, bad):
+    audit = Path(server.server.workspace) / "logs" / "audit.log"
+    before = audit.read_text() if audit.exists() else ""
+    with pytest.raises(InvalidArgumentError):
+        getattr(session, method)(bad)
+    assert (audit.read_text() if audit.exists() else "") == before
+
+
+# -- clone, abort, delete ----------------------------------------------------------------
+
+
+def test_clone_job_returns_a_new_job_cloned_from_the_first(session, job_folder):
+    first = session.submit_job(job_folder)
+    second = session.clone_job(first)
+    assert second != first
+    assert session.get_job_meta(second).cloned_from == first
+
+
+def test_abort_job_ends_it_aborted_and_a_second_abort_is_job_not_running(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    assert session.abort_job(job_id) is None
+    assert session.get_job_meta(job_id).status == "FINISHED:ABORTED"
+    with pytest.raises(JobNotRunning) as info:
+        session.abort_job(job_id)
+    assert info.value.job_id == job_id and info.value.status == "FINISHED:ABORTED"
+
+
+def test_delete_job_removes_it(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    session.abort_job(job_id)
+    session.delete_job(job_id)
+    with pytest.raises(JobNotFound):
+        session.get_job_meta(job_id)
+
+
+# -- authorization -----------------------------------------------------------------------
+
+
+def test_a_member_cannot_abort_anothers_job(open_session, session, job_folder):
+    job_id = session.submit_job(job_folder)
+    member = open_session("member@org_b.com")
+    with pytest.raises(AuthorizationError) as info:
+        member.abort_job(job_id)
+    assert info.value.job_id == job_id
+    assert session.get_job_meta(job_id).status == "SUBMITTED"
+
+
+def test_a_member_cannot_submit(open_session, job_folder):
+    with pytest.raises(AuthorizationError):
+        open_session("member@org_b.com").submit_job(job_folder)
+
+
+def test_a_lead_cannot_delete_another_orgs_job(open_session, job_folder):
+    job_id = open_session("lead@org_a.com").submit_job(job_folder)
+    with pytest.raises(AuthorizationError) as info:
+        open_session("lead@org_b.com").delete_job(job_id)
+    assert info.value.job_id == job_id
+
+
+def test_a_member_may_view(open_session, session, job_folder):
+    job_id = session.submit_job(job_folder)
+    member = open_session("member@org_b.com")
+    assert member.get_job_meta(job_id).job_id == job_id
+    assert [r.job_id for r in member.list_jobs()] == [job_id]
+
+
+# -- monitor -----------------------------------------------------------------------------
+
+
+def test_monitor_job_calls_back_at_once_and_on_every_pushed_change(session, server, job_folder):
+    job_id = session.submit_job(job_folder)
+    seen: list[tuple[str, float]] = []
+    changed_at: dict[str, float] = {}
+
+    def drive() -> None:
+        for status in (JobStatus.DISPATCHED, JobStatus.RUNNING, JobStatus.FINISHED_COMPLETED):
+            time.sleep(0.1)
+            changed_at[status.value] = time.perf_counter()
+            advance(server, job_id, status)
+
+    def cb(s, jid, meta, tag, *, sink):
+        assert s is session and jid == job_id and tag == "t"
+        sink.append((meta.status, time.perf_counter()))
+        return True
+
+    thread = threading.Thread(target=drive)
+    thread.start()
+    code = session.monitor_job(job_id, 0.0, 2.0, cb, "t", sink=seen)
+    thread.join()
+    assert code is MonitorReturnCode.JOB_FINISHED and code == 0
+    assert [s for s, _ in seen] == ["SUBMITTED", "DISPATCHED", "RUNNING", "FINISHED:COMPLETED"]
+    for status, at in seen[1:]:
+        assert at - changed_at[status] < 0.5  # pushed, not polled every 2 s
+
+
+def test_monitor_job_ends_when_the_callback_returns_false(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    calls = []
+    code = session.monitor_job(job_id, cb=lambda s, j, m: calls.append(m) and False)
+    assert code is MonitorReturnCode.ENDED_BY_CB and len(calls) == 1
+
+
+def test_monitor_job_times_out(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    start = time.monotonic()
+    assert session.monitor_job(job_id, timeout=0.3) is MonitorReturnCode.TIMEOUT
+    assert 0.25 < time.monotonic() - start < 2.0
+
+
+def test_monitor_of_a_finished_job_returns_at_once(session, server, job_folder):
+    job_id = session.submit_job(job_folder)
+    session.abort_job(job_id)
+    assert session.monitor_job(job_id) is MonitorReturnCode.JOB_FINISHED
+
+
+def test_a_callback_exception_propagates_unchanged(session, job_folder):
+    job_id = session.submit_job(job_folder)
+
+    def cb(*_a):
+        raise KeyError("mine")
+
+    with pytest.raises(KeyError, match="mine"):
+        session.monitor_job(job_id, cb=cb)
+
+
+def test_wait_for_job_returns_the_final_meta(session, server, job_folder):
+    job_id = session.submit_job(job_folder)
+    threading.Timer(0.1, lambda: session_abort(server, job_id)).start()
+    meta = session.wait_for_job(job_id, timeout=5)
+    assert meta.status == "FINISHED:ABORTED"
+
+
+def session_abort(server, job_id):
+    advance(server, job_id, JobStatus.FINISHED_ABORTED)
+
+
+def test_wait_for_job_raises_job_timeout(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    with pytest.raises(JobTimeout) as info:
+        session.wait_for_job(job_id, timeout=0.2)
+    assert info.value.job_id == job_id and info.value.status == "SUBMITTED"
+
+
+# -- download ----------------------------------------------------------------------------
+
+
+def test_download_of_an_unfinished_job_is_job_not_done(session, job_folder, admin_kit):
+    job_id = session.submit_job(job_folder)
+    with pytest.raises(JobNotDone) as info:
+        session.download_job_result(job_id)
+    assert info.value.job_id == job_id and info.value.status == "SUBMITTED"
+    assert not (admin_kit / "transfer" / job_id).exists()
+
+
+def test_download_job_result_lands_in_the_kits_transfer_folder(
+    session, server, job_folder, admin_kit
+):
+    job_id = session.submit_job(job_folder)
+    files = {"model.npz": b"\x93NUMPY" + bytes(3000), "logs/round-1.txt": b"ok\n"}
+    finish_with_result(server, job_id, files)
+    path = session.download_job_result(job_id)
+    assert Path(path) == admin_kit / "transfer" / job_id
+    for rel, data in files.items():
+        assert (Path(path) / rel).read_bytes() == data
+    assert [p.name for p in (admin_kit / "transfer").iterdir()] == [job_id]  # no temp left
+
+
+def test_download_into_a_destination_and_again_replaces_it(session, server, job_folder, tmp_path):
+    job_id = session.submit_job(job_folder)
+    finish_with_result(server, job_id, {"a.txt": b"a"})
+    dest = tmp_path / "out"
+    dest.mkdir()
+    first = session.download_job_result(job_id, destination=dest)
+    (Path(first) / "stale.txt").write_text("old")
+    second = session.download_job_result(job_id, dest)
+    assert first == second == str(dest / job_id)
+    assert sorted(p.name for p in Path(second).iterdir()) == ["a.txt"]
+
+
+def test_download_into_a_missing_folder_is_invalid_argument(session, server, job_folder, tmp_path):
+    job_id = session.submit_job(job_folder)
+    finish_with_result(server, job_id, {"a.txt": b"a"})
+    with pytest.raises(InvalidArgumentError, match="not an existing folder"):
+        session.download_job_result(job_id, destination=tmp_path / "missing")
