@@ -1,0 +1,223 @@
+"""Session system, target and lifecycle methods against a real server."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from flare_admin import (
+    ClientInfo,
+    InvalidArgumentError,
+    InvalidTarget,
+    NoReply,
+    Session,
+    SessionClosed,
+    SessionState,
+    SiteInfo,
+    SystemInfo,
+    TargetType,
+)
+from flare_protocol._generated import site_pb2
+from tests.server_harness import site_stub, wait_until
+
+JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
+
+
+@pytest.fixture
+def site_1(server, kits):
+    """site-1 registered and holding its Channel open with heartbeats."""
+    stub, channel = site_stub(kits["site-1"], server.site_address)
+    reply = stub.Register(site_pb2.RegisterRequest(site_version="test"), timeout=5)
+    stop = threading.Event()
+
+    def beats():
+        while not stop.is_set():
+            yield site_pb2.SiteMessage(heartbeat=site_pb2.Heartbeat(session_id=reply.session_id))
+            stop.wait(0.2)
+
+    stream = stub.Channel(beats())
+
+    def drain():
+        try:
+            for _ in stream:
+                pass
+        except grpc.RpcError:  # cancelled at teardown
+            pass
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    wait_until(lambda: "site-1" in server.server.registry)
+    yield "site-1"
+    stop.set()
+    stream.cancel()
+    channel.close()
+
+
+def test_get_system_info_has_flares_shape(session, server):
+    info = session.get_system_info()
+    assert isinstance(info, SystemInfo)
+    assert info.server_info.name == "localhost" and info.server_info.status == "started"
+    assert info["server_info"]["project"] == "testproj"
+    assert info.client_info == () and info.job_info == ()
+    assert info.to_dict()["server_info"]["start_time"] == server.server.start_time
+
+
+def test_connected_sites_are_listed(session, site_1):
+    (site,) = session.get_connected_client_list()
+    assert isinstance(site, SiteInfo) and ClientInfo is SiteInfo
+    assert site.name == "site-1" and site["org"] == "org_a"
+    assert site.last_connect_time > 0
+    assert [c.name for c in session.get_system_info().client_info] == ["site-1"]
+
+
+def test_get_client_job_status_lists_each_site(session, site_1):
+    assert session.get_client_job_status() == [{"name": "site-1", "running_jobs": []}]
+    assert session.get_client_job_status(["site-1"])[0]["name"] == "site-1"
+    with pytest.raises(InvalidTarget):
+        session.get_client_job_status(["site-9"])
+
+
+def test_show_stats_and_errors_of_a_job(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    stats = session.show_stats(job_id, TargetType.SERVER)
+    assert stats["server"]["status"] == "SUBMITTED"
+    assert session.show_errors(job_id, "server") == {"server": []}
+    assert session.reset_errors(job_id) is None
+
+
+def test_an_unknown_target_type_is_invalid_target(session):
+    with pytest.raises(InvalidTarget):
+        session.show_stats(JOB, "everyone")
+
+
+def test_file_commands_on_the_server_workspace(session, server):
+    workspace = Path(server.server.workspace)
+    (workspace / "notes.txt").write_text("".join(f"line {i}\n" for i in range(1, 31)))
+    assert session.get_working_directory("server") == str(workspace.resolve())
+    assert "notes.txt" in session.ls_target("server").split()
+    assert "notes.txt" in session.ls_target("server", "-l", ".")
+    assert session.cat_target("server", file="notes.txt").count("\n") == 30
+    assert session.head_target("server", "-n 3", "notes.txt") == "line 1\nline 2\nline 3\n"
+    assert session.tail_target("server", "-2", "notes.txt") == "line 29\nline 30\n"
+    assert session.grep_target("server", "-i", "LINE 2", "notes.txt").startswith("2:line 2\n")
+
+
+def test_server_log_commands(session):
+    assert "listening" in session.head_target_log("server", "-n 50")
+    assert session.tail_target_log("server")
+
+
+def test_get_job_logs_gives_the_server_log_lines_of_the_job(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    session.abort_job(job_id)
+    assert isinstance(session.get_job_logs(job_id), str)
+
+
+def test_file_commands_cannot_leave_the_workspace(session):
+    with pytest.raises(InvalidArgumentError):
+        session.cat_target("server", file="../../etc/passwd")
+    with pytest.raises(InvalidArgumentError):
+        session.cat_target("server", file="/etc/passwd")
+
+
+@pytest.mark.parametrize("bad", ["-x", "--rm", "-n"])
+def test_an_unsupported_option_is_refused_locally(session, bad):
+    with pytest.raises(InvalidArgumentError, match="not supported"):
+        session.cat_target("server", bad, "notes.txt")
+
+
+def test_a_malformed_target_is_invalid_target(session):
+    with pytest.raises(InvalidTarget):
+        session.ls_target("../server")
+
+
+def test_shutdown_and_restart_ask_the_server_to_stop(session, server):
+    assert session.restart("server") == {"server": "restarting"}
+    assert session.shutdown(TargetType.SERVER) == {"server": "stopping"}
+    assert server.server._stop_requested.is_set()
+
+
+def test_shutdown_system_stops_sites_and_server(session, server):
+    assert session.shutdown_system()["server"] == "stopping"
+
+
+def test_set_timeout_bounds_every_call_and_unset_restores_it(session):
+    session.set_timeout(0.000001)
+    with pytest.raises(NoReply, match="set_timeout"):
+        session.list_jobs()
+    session.unset_timeout()
+    assert session.list_jobs() == []
+    with pytest.raises(InvalidArgumentError):
+        session.set_timeout(-1)
+
+
+# -- lifecycle ---------------------------------------------------------------------------
+
+CALLS = {
+    "get_system_info": (),
+    "submit_job": ("job",),
+    "list_jobs": (),
+    "get_job_meta": (JOB,),
+    "monitor_job": (JOB,),
+    "wait_for_job": (JOB,),
+    "download_job_result": (JOB,),
+    "get_job_logs": (JOB,),
+    "clone_job": (JOB,),
+    "abort_job": (JOB,),
+    "delete_job": (JOB,),
+    "get_connected_client_list": (),
+    "get_client_job_status": (),
+    "show_stats": (JOB, "server"),
+    "show_errors": (JOB, "server"),
+    "reset_errors": (JOB,),
+    "ls_target": ("server",),
+    "cat_target": ("server", None, "x"),
+    "head_target": ("server", None, "x"),
+    "head_target_log": ("server",),
+    "tail_target": ("server", None, "x"),
+    "tail_target_log": ("server",),
+    "grep_target": ("server", None, "p", "x"),
+    "get_working_directory": ("server",),
+    "shutdown": ("server",),
+    "restart": ("server",),
+    "shutdown_system": (),
+    "set_timeout": (5,),
+    "unset_timeout": (),
+}
+
+
+def test_the_lifecycle_table_covers_every_public_method():
+    public = {n for n in dir(Session) if not n.startswith("_") and callable(getattr(Session, n))}
+    assert public - {"close"} == set(CALLS)
+
+
+@pytest.mark.parametrize("method", sorted(CALLS))
+def test_every_method_refuses_use_after_close(session, method, job_folder):
+    session.close()
+    args = tuple(job_folder if a == "job" else a for a in CALLS[method])
+    with pytest.raises(SessionClosed):
+        getattr(session, method)(*args)
+
+
+def test_a_session_is_a_context_manager_and_close_is_idempotent(open_session):
+    with open_session() as s:
+        assert s.state is SessionState.OPEN
+        assert s.info.role == "project_admin"
+    assert s.state is SessionState.CLOSED
+    s.close()
+    with pytest.raises(SessionClosed):
+        with s:
+            pass
+
+
+def test_closing_from_another_thread_ends_a_running_monitor(session, job_folder):
+    job_id = session.submit_job(job_folder)
+    threading.Timer(0.2, session.close).start()
+    start = time.monotonic()
+    with pytest.raises(SessionClosed):
+        session.monitor_job(job_id)
+    assert time.monotonic() - start < 2
