@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from provisioning.certs import KEY_TYPES
 from provisioning.project import Participant, Project, load_project
-from provisioning.provision import ProvisionResult, provision
+from provisioning.provisioner import ProvisionResult, provision
 
 __all__ = [
     "KEY_TYPES",

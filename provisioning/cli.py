@@ -9,7 +9,7 @@ from pathlib import Path
 
 from flare_protocol.errors import FlareError
 from provisioning.certs import DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, KEY_TYPES
-from provisioning.provision import provision
+from provisioning.provisioner import provision
 
 DEFAULT_WORKSPACE = "startup_kits"
 

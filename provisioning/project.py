@@ -133,7 +133,7 @@ class _Checker:
     ) -> NoReturn:
         where = str(self.source)
         if participant is not None:
-            where += f": participant {participant}"
+            where += f": participant {participant!r}"
         if field is not None:
             where += f": field '{field}'"
         raise ProjectFileError(
@@ -247,7 +247,7 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
         chk.fail("missing", participant=label, field="name")
     if not isinstance(name, str) or not name:
         chk.fail(f"{name!r} must be a non-empty string", participant=label, field="name")
-    label = f"{name!r}"
+    label = name
     _check_chars(chk, name, label, "name")
     if len(name) > _MAX_NAME:
         chk.fail(f"is longer than {_MAX_NAME} characters", participant=label, field="name")

@@ -231,7 +231,9 @@ def _project_doc(result: ProvisionResult) -> dict[str, Any]:
     return {"api_version": 3, "name": result.project, "participants": participants}
 
 
-def foreign_project(result: ProvisionResult, dest: Path, name: str | None = None) -> ProvisionResult:
+def foreign_project(
+    result: ProvisionResult, dest: Path, name: str | None = None
+) -> ProvisionResult:
     """The same participants provisioned as another project, with its own CA.
 
     Its kits are whole and validly signed, by a CA our project does not trust.
