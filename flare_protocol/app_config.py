@@ -378,6 +378,7 @@ def validate_app(
     Raises:
         InvalidJobDefinition: naming the file and field at fault.
     """
+    server_config: ServerConfig | None = None
     if deployed_to_server:
         source = f"{app_name}/{SERVER_CONFIG}"
         raw = read(SERVER_CONFIG)
@@ -386,7 +387,7 @@ def validate_app(
                 f"{source}: missing; an app deployed to the server needs its workflow config",
                 path=source,
             )
-        config = parse_server_config(raw, source=source)
+        config = server_config = parse_server_config(raw, source=source)
         if config.initial_model is not None:
             model_bytes = read(config.initial_model)
             if model_bytes is None:
@@ -419,6 +420,18 @@ def validate_app(
             if isinstance(client, ScriptExecutorConfig)
             else command_app_files(client)
         )
+        if (
+            server_config is not None
+            and server_config.validate_every_round
+            and isinstance(client, CommandExecutorConfig)
+            and not client.validate
+        ):
+            raise InvalidJobDefinition(
+                f"{source}: field 'validate' is needed: {app_name}/{SERVER_CONFIG} sets "
+                "validate_every_round, so sites must be able to validate the global model",
+                path=source,
+                field="validate",
+            )
         for field_name, relpath in needed:
             check_relpath(relpath, source=source, field_name=field_name)
             if read(relpath) is None:
