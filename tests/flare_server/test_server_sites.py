@@ -102,7 +102,8 @@ def test_job_waits_with_a_reason_until_its_sites_connect(server, kits, admin):
     wait_until(
         lambda: (
             meta().get("schedule_reason")
-            == "waiting for sites: site-1 (deploy_map), site-2 (deploy_map) / 0 of 2 min_clients connected"
+            == "waiting for sites: site-1 (deploy_map), site-2 (deploy_map)"
+            " / 0 of 2 min_clients connected"
         )
     )
     with FakeSite(kits["site-1"], server.site_address):

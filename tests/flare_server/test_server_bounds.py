@@ -1,0 +1,96 @@
+"""Bounds that hold before authentication: handshakes, metadata, messages, concurrency."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import pytest
+
+from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+from flare_protocol.credentials import channel_credentials
+from flare_protocol.kit import load_kit
+from tests.flare_server.conftest import job_zip
+from tests.flare_server.test_server_jobs import submit
+from tests.server_harness import ServerThread, admin_stub
+
+ADMIN = "admin@org_a.com"
+
+
+@pytest.fixture
+def bounded(server_kit, tmp_path):
+    with ServerThread(
+        server_kit, tmp_path / "ws", handshake_timeout_ms=500, max_concurrent_rpcs=3
+    ) as srv:
+        yield srv
+
+
+def _raw_stub(kit_dir, address, **options):
+    kit = load_kit(kit_dir)
+    opts = [("grpc.ssl_target_name_override", kit.server.name), *options.items()]
+    channel = grpc.secure_channel(address, channel_credentials(kit), options=opts)
+    return admin_pb2_grpc.AdminStub(channel), channel
+
+
+def test_a_client_that_never_handshakes_neither_blocks_others_nor_stays(bounded, kits):
+    host, port = bounded.admin_address.split(":")
+    silent = [socket.create_connection((host, int(port))) for _ in range(20)]
+    try:
+        stub, channel = admin_stub(kits[ADMIN], bounded.admin_address)
+        with channel:
+            start = time.monotonic()
+            assert stub.Hello(common_pb2.Empty(), timeout=5).name == ADMIN
+            assert time.monotonic() - start < 2
+        silent[0].settimeout(5)
+        start = time.monotonic()
+        assert silent[0].recv(1) == b""  # the server closed it: handshake timeout
+        assert time.monotonic() - start < 3
+    finally:
+        for sock in silent:
+            sock.close()
+
+
+def test_a_slow_partial_handshake_is_cut_off(bounded):
+    host, port = bounded.admin_address.split(":")
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"\x16\x03\x01\x00\xff")  # a TLS record header, then nothing
+        sock.settimeout(5)
+        start = time.monotonic()
+        assert sock.recv(1) == b""
+        assert time.monotonic() - start < 3
+
+
+def test_oversized_metadata_is_refused(server, kits):
+    stub, channel = _raw_stub(kits[ADMIN], server.admin_address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Hello(common_pb2.Empty(), metadata=[("x-pad", "a" * 64 * 1024)], timeout=5)
+        assert info.value.code() in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL)
+        assert stub.Hello(common_pb2.Empty(), timeout=5).name == ADMIN  # the server is fine
+
+
+def test_a_message_over_4_mib_is_refused(server, kits):
+    stub, channel = _raw_stub(
+        kits[ADMIN], server.admin_address, **{"grpc.max_send_message_length": 16 * 1024 * 1024}
+    )
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Command(
+                admin_pb2.CommandRequest(command="pwd", args_json="x" * (5 << 20)), timeout=5
+            )
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_rpcs_beyond_the_concurrency_cap_are_refused_at_once(bounded, kits):
+    stub, channel = admin_stub(kits[ADMIN], bounded.admin_address)
+    with channel:
+        job_id = submit(stub, job_zip(min_clients=5))
+        streams = [stub.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10) for _ in range(3)]
+        for s in streams:
+            next(s)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Hello(common_pb2.Empty(), timeout=5)
+        assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        for s in streams:
+            s.cancel()
