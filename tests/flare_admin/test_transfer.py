@@ -1,0 +1,224 @@
+"""Upload zips a job folder while streaming; download checks every entry before extracting."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from flare_admin._transfer import ExtractLimits, JobUpload, ResultDownload, check_destination
+from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+from tests.flare_admin.conftest import make_job
+
+JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
+
+
+def streamed_zip(upload: JobUpload) -> zipfile.ZipFile:
+    chunks = list(upload.chunks())
+    assert all(len(c) <= CHUNK_SIZE for c in chunks)
+    return zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
+
+
+# -- upload ------------------------------------------------------------------------------
+
+
+def test_a_folder_streams_as_a_zip_under_its_own_name(tmp_path):
+    job = make_job(tmp_path / "hello")
+    weights = os.urandom(3 * CHUNK_SIZE + 17)
+    (job / "app" / "custom" / "weights.bin").write_bytes(weights)
+    zf = streamed_zip(JobUpload.from_path(job))
+    names = zf.namelist()
+    assert "hello/meta.json" in names and "hello/app/custom/weights.bin" in names
+    assert zf.read("hello/app/custom/weights.bin") == weights
+    assert zf.testzip() is None
+
+
+def test_small_files_are_deflated_and_large_ones_stored(tmp_path):
+    job = make_job(tmp_path / "hello")
+    (job / "app" / "big.bin").write_bytes(bytes(5 * CHUNK_SIZE))
+    zf = streamed_zip(JobUpload.from_path(job))
+    assert zf.getinfo("hello/meta.json").compress_type == zipfile.ZIP_DEFLATED
+    assert zf.getinfo("hello/app/big.bin").compress_type == zipfile.ZIP_STORED
+
+
+def test_an_existing_zip_is_streamed_byte_for_byte(tmp_path):
+    archive = tmp_path / "job.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("job/meta.json", "{}")
+        zf.writestr("job/blob", os.urandom(CHUNK_SIZE * 2))
+    upload = JobUpload.from_path(archive)
+    assert upload.is_zip and upload.total == archive.stat().st_size
+    assert b"".join(upload.chunks()) == archive.read_bytes()
+
+
+def test_progress_counts_source_bytes_up_to_the_total(tmp_path):
+    job = make_job(tmp_path / "hello")
+    (job / "data.bin").write_bytes(bytes(2 * CHUNK_SIZE + 5))
+    upload = JobUpload.from_path(job)
+    seen: list[tuple[int, int]] = []
+    list(upload.chunks(lambda sent, total: seen.append((sent, total))))
+    assert seen[0][0] == 0 and seen[-1] == (upload.total, upload.total)
+
+
+def test_a_fifo_in_the_folder_is_refused(tmp_path):
+    job = make_job(tmp_path / "hello")
+    os.mkfifo(job / "pipe")
+    with pytest.raises(InvalidJobDefinition, match="not a regular file"):
+        JobUpload.from_path(job)
+
+
+def test_a_symlinked_folder_is_refused(tmp_path):
+    job = make_job(tmp_path / "hello")
+    (job / "outside").symlink_to(tmp_path, target_is_directory=True)
+    with pytest.raises(InvalidJobDefinition, match="symbolic link"):
+        JobUpload.from_path(job)
+
+
+def test_a_file_that_vanishes_during_upload_is_an_invalid_job_definition(tmp_path):
+    job = make_job(tmp_path / "hello")
+    upload = JobUpload.from_path(job)
+    (job / "app" / "custom" / "train.py").unlink()
+    with pytest.raises(InvalidJobDefinition, match="train.py"):
+        list(upload.chunks())
+
+
+def test_upload_memory_stays_bounded(tmp_path):
+    job = make_job(tmp_path / "hello")
+    with open(job / "big.bin", "wb") as fh:
+        for _ in range(48):
+            fh.write(os.urandom(CHUNK_SIZE))
+    upload = JobUpload.from_path(job)
+    tracemalloc.start()
+    try:
+        for _ in upload.chunks():
+            pass
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * CHUNK_SIZE, f"peak {peak} bytes for a 48 MiB job"
+
+
+# -- download ----------------------------------------------------------------------------
+
+
+def zip_bytes(entries: dict[str, bytes], link: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in entries.items():
+            zf.writestr(zipfile.ZipInfo(name), data)
+        if link:
+            info = zipfile.ZipInfo(link)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return buf.getvalue()
+
+
+def receive(
+    folder: Path,
+    data: bytes,
+    *,
+    size: int | None = None,
+    sha: str | None = None,
+    limits: ExtractLimits | None = None,
+) -> str:
+    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
+    sink.header(
+        len(data) if size is None else size,
+        hashlib.sha256(data).hexdigest() if sha is None else sha,
+    )
+    for i in range(0, len(data), 1000):
+        sink.write(data[i : i + 1000])
+    return sink.finish()
+
+
+def test_a_result_is_extracted_into_its_job_folder(tmp_path):
+    path = receive(tmp_path, zip_bytes({"model.npz": b"m", "logs/a.txt": b"a"}))
+    assert path == str(tmp_path / JOB)
+    assert (tmp_path / JOB / "logs" / "a.txt").read_bytes() == b"a"
+    assert sorted(os.listdir(tmp_path)) == [JOB]
+
+
+@pytest.mark.parametrize(
+    "entries",
+    [
+        {"../escape.txt": b"x"},
+        {"a/../../escape.txt": b"x"},
+        {"/abs.txt": b"x"},
+        {"C:/win.txt": b"x"},
+        {"a\\b.txt": b"x"},
+        {"ctl\x01.txt": b"x"},
+        {"a//b.txt": b"x"},
+    ],
+    ids=["dotdot", "nested-dotdot", "absolute", "drive", "backslash", "control", "empty-part"],
+)
+def test_a_hostile_entry_name_is_refused_before_anything_is_written(tmp_path, entries):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(InternalError, match="refusing to extract"):
+        receive(dest, zip_bytes({"fine.txt": b"ok", **entries}))
+    assert os.listdir(dest) == []
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
+
+
+def test_a_symlink_entry_is_refused(tmp_path):
+    with pytest.raises(InternalError, match="not a regular file"):
+        receive(tmp_path, zip_bytes({"a.txt": b"a"}, link="passwd"))
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_result_over_the_caps_is_refused(tmp_path):
+    with pytest.raises(InternalError, match="inflates"):
+        receive(
+            tmp_path,
+            zip_bytes({"big": bytes(5000)}),
+            limits=ExtractLimits(max_uncompressed_bytes=4000),
+        )
+    with pytest.raises(InternalError, match="entries"):
+        receive(
+            tmp_path,
+            zip_bytes({f"f{i}": b"" for i in range(5)}),
+            limits=ExtractLimits(max_entries=4),
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_duplicate_entries_are_refused(tmp_path):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("a.txt", b"1")
+        with pytest.warns(UserWarning):
+            zf.writestr("a.txt", b"2")
+    with pytest.raises(InternalError, match="twice"):
+        receive(tmp_path, buf.getvalue())
+
+
+def test_a_truncated_or_corrupt_stream_is_refused_and_cleaned(tmp_path):
+    data = zip_bytes({"a.txt": b"a"})
+    with pytest.raises(InternalError, match="cut short"):
+        receive(tmp_path, data, size=len(data) + 1)
+    with pytest.raises(InternalError, match="SHA-256"):
+        receive(tmp_path, data, sha="00" * 32)
+    with pytest.raises(InternalError, match="not a valid zip"):
+        receive(tmp_path, b"garbage", size=-1, sha="")
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_new_download_replaces_the_previous_one_whole(tmp_path):
+    receive(tmp_path, zip_bytes({"old.txt": b"o"}))
+    receive(tmp_path, zip_bytes({"new.txt": b"n"}))
+    assert os.listdir(tmp_path / JOB) == ["new.txt"]
+    assert os.listdir(tmp_path) == [JOB]
+
+
+def test_the_destination_must_exist_and_the_default_is_created(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="not an existing folder"):
+        check_destination(tmp_path / "missing", tmp_path / "transfer")
+    assert check_destination(None, tmp_path / "transfer") == tmp_path / "transfer"
+    assert (tmp_path / "transfer").is_dir()
