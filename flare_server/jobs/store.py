@@ -39,11 +39,11 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
 from flare_protocol.errors import (
     FlareError,
@@ -76,6 +76,7 @@ TMP_DIR = "tmp"
 LOCK_FILE = ".lock"
 _CHUNK = 1024 * 1024
 _DEFAULT_LIMITS = ArchiveLimits()
+_STATUS_BY_VALUE = {status.value: status for status in JobStatus}
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _PREFIX_RE = re.compile(r"^[0-9a-fA-F-]{0,36}$")
 #: Fields :meth:`JobStore.update` may not touch (status has its own method).
@@ -107,7 +108,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     archive_size   INTEGER NOT NULL,
     meta           TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS jobs_by_submit_time ON jobs (submit_time, seq);
+-- Covering index: list() reads only this index, never the rows with their meta JSON.
+CREATE INDEX IF NOT EXISTS jobs_by_submit_time ON jobs (
+    submit_time, seq, job_id, name, status, duration, submitter_name, submitter_org
+);
 CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 """
 
@@ -209,9 +213,12 @@ class JobMeta(Mapping[str, Any]):
         return json.dumps(self._data, sort_keys=True)
 
 
-@dataclass(frozen=True, slots=True)
-class JobSummary:
-    """One row of :meth:`JobStore.list`."""
+class JobSummary(NamedTuple):
+    """One row of :meth:`JobStore.list` (immutable).
+
+    A NamedTuple rather than a frozen dataclass: building 10,000 of them is about 6 times
+    faster, which is most of the cost of listing a large store.
+    """
 
     job_id: str
     name: str
@@ -222,7 +229,7 @@ class JobSummary:
     submitter_org: str
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
+        out = self._asdict()
         out["status"] = self.status.value
         return out
 
@@ -706,8 +713,8 @@ class JobStore:
             args.append(limit)
         with self._lock:
             rows = self._db.execute(sql, args).fetchall()
-        status_of = JobStatus
-        return [JobSummary(r[0], r[1], status_of(r[2]), r[3], r[4], r[5], r[6]) for r in rows]
+        status_of = _STATUS_BY_VALUE
+        return [JobSummary(r[0], r[1], status_of[r[2]], r[3], r[4], r[5], r[6]) for r in rows]
 
     def _job_path(self, job_id: str) -> Path:
         job = self.get(job_id)  # validates the id and checks the row first
