@@ -407,7 +407,7 @@ def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
 
 
 def _write_zip(root: Path, out: _QueueWriter) -> None:
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[arg-type]
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
         for path, arcname in _regular_files(root):
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
             with os.fdopen(fd, "rb") as src:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
 import json
 import logging
 import os
@@ -320,14 +319,12 @@ class Server:
                 job_id=model_job,
             )
         upload = await asyncio.to_thread(self.store.begin_upload)
-        digest = hashlib.sha256()
-
-        def write(data: bytes) -> None:
-            upload.write(data)
-            digest.update(data)
-
+        loop = asyncio.get_running_loop()
+        writing: asyncio.Future[None] | None = None
         try:
             total = 0
+            # One write in flight while the next chunk arrives: hashing and writing (in a
+            # worker thread, GIL released) overlap with receiving (on the loop).
             async for msg in chunks:
                 if msg.WhichOneof("item") != "data":
                     raise errors.InvalidArgumentError("a job upload carries one header only")
@@ -337,17 +334,30 @@ class Server:
                         f"the job archive exceeds the server's upload cap of {cap} bytes",
                         size=total,
                     )
-                await asyncio.to_thread(write, msg.data)
+                if writing is not None:
+                    await writing
+                writing = loop.run_in_executor(None, upload.write, msg.data)
+            if writing is not None:
+                await writing
+                writing = None
             if header.size >= 0 and total != header.size:
                 raise errors.InvalidArgumentError(
                     f"the upload ended after {total} of the announced {header.size} bytes"
                 )
-            if header.sha256 and digest.hexdigest() != header.sha256.lower():
+            if header.sha256 and upload.sha256 != header.sha256.lower():
                 raise errors.InvalidArgumentError(
                     "the job archive's SHA-256 does not match its header; the upload was damaged"
                 )
+            received = time.perf_counter()
             job = await asyncio.to_thread(upload.commit, submitter_of(call), params=params or None)
+            log.debug(
+                "upload of %d bytes: commit (validate, store durably) took %.3f s",
+                total,
+                time.perf_counter() - received,
+            )
         except BaseException:
+            if writing is not None:
+                await asyncio.gather(writing, return_exceptions=True)
             await asyncio.to_thread(upload.abort)
             raise
         meta = job.to_dict()

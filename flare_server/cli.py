@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -36,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
 async def _serve(server: Server, ready_file: Path | None) -> bool:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, lambda s=sig: server.request_stop(by=signal.Signals(s).name))
+        loop.add_signal_handler(sig, functools.partial(server.request_stop, by=sig.name))
     loop.add_signal_handler(signal.SIGHUP, server.reload_revoked)
     return await server.run(ready_file)
 

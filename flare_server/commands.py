@@ -177,7 +177,7 @@ def _grep(path: Path, pattern: str, ignore_case: bool, regex: bool) -> tuple[str
 
 
 def _ls(path: Path, root: Path, long: bool) -> dict[str, Any]:
-    entries = []
+    entries: list[dict[str, Any]] = []
     children = sorted(path.iterdir()) if path.is_dir() else [path]
     for child in children[:MAX_LINES]:
         st = os.lstat(child)
