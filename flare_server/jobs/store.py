@@ -18,6 +18,8 @@ served). Status changes go through :func:`~flare_server.jobs.lifecycle.check_tra
 committed before the call returns, and only then announced to subscribers. Deleting removes
 the row first (commit), then the folder. On open, jobs that were DISPATCHED or RUNNING end
 ``FINISHED:ABNORMAL`` ("server restarted while the job was RUNNING"); SUBMITTED jobs stay queued.
+Recovery is the only writer allowed to bypass the transition table (a SUBMITTED job whose
+archive vanished cannot legally reach ABNORMAL, yet must not be served).
 
 Thread-safety: one connection guarded by one re-entrant lock; subscriber callbacks run under
 that lock, in commit order, so they must be quick (e.g. ``loop.call_soon_threadsafe``).
@@ -47,6 +49,7 @@ from typing import Any, NamedTuple
 
 from flare_protocol.errors import (
     FlareError,
+    InternalError,
     InvalidArgumentError,
     InvalidJobDefinition,
     JobNotDone,
@@ -536,7 +539,7 @@ class JobStore:
     ) -> JobMeta:
         """A new SUBMITTED job with the same archive and job definition, owned by ``submitter``."""
         source = self.get(job_id)
-        src_archive = self.root / source.job_id / ARCHIVE_FILE
+        src_archive = self.job_archive(source.job_id)
         definition = {k: v for k, v in source.items() if k not in SERVER_OWNED_KEYS}
         new_id = str(uuid.uuid4())
         stage = self._tmp / f"stage-{new_id}"
@@ -625,9 +628,9 @@ class JobStore:
         fsync_dir(stage)
         final = self.root / job_id
         os.rename(stage, final)
-        fsync_dir(self._tmp)
-        fsync_dir(self.root)
         try:
+            fsync_dir(self._tmp)
+            fsync_dir(self.root)
             with self._lock:
                 self._db.execute(
                     "INSERT INTO jobs (job_id, name, status, submit_time, duration, submitter_name,"
@@ -694,6 +697,8 @@ class JobStore:
         if name_prefix:
             where.append("substr(name, 1, ?) = ?")
             args += [len(name_prefix), name_prefix]
+        if isinstance(statuses, (str, JobStatus)):
+            statuses = [statuses]
         if statuses is not None:
             wanted = [parse_status(s).value for s in statuses]
             where.append(f"status IN ({', '.join('?' * len(wanted))})" if wanted else "0")
@@ -728,8 +733,23 @@ class JobStore:
         return self._job_path(job_id)
 
     def job_archive(self, job_id: str) -> Path:
-        """The job's validated archive (read-only: never modify it)."""
-        return self._job_path(job_id) / ARCHIVE_FILE
+        """The job's validated archive (read-only: never modify it).
+
+        Raises:
+            InternalError: the archive is missing or truncated (never served half).
+        """
+        meta = self.get(job_id)
+        path = self.root / meta.job_id / ARCHIVE_FILE
+        try:
+            intact = path.stat().st_size == meta["archive_size"]
+        except OSError:
+            intact = False
+        if not intact:
+            raise InternalError(
+                f"job {meta.job_id}: its archive is missing or incomplete on the server",
+                job_id=meta.job_id,
+            )
+        return path
 
     def result_dir(self, job_id: str) -> Path:
         """The folder for the job's results (created with the job)."""

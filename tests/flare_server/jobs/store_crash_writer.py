@@ -3,7 +3,7 @@
 Usage: python store_crash_writer.py ROOT ZIP SEED
 Prints one line per acknowledged operation, flushed before the next one starts:
 ``READY``, ``C <job_id> SUBMITTED`` (created), ``S <job_id> <status>`` (status set),
-``D <job_id>`` (deleted).
+``d <job_id>`` (about to delete), ``D <job_id>`` (deleted).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 import sys
 from pathlib import Path
 
-from flare_server.jobs import TRANSITIONS, JobStatus, JobStore, Submitter, is_finished
+from flare_server.jobs import TRANSITIONS, JobStore, Submitter, is_finished
 
 
 def main() -> None:
@@ -44,11 +44,11 @@ def main() -> None:
                 finished.append(job_id)
         elif finished:
             job_id = finished.pop(rng.randrange(len(finished)))
+            print(f"d {job_id}", flush=True)  # intent: gone or still there if killed now
             store.delete(job_id)
             print(f"D {job_id}", flush=True)
         else:
             store.update(rng.choice(live), note=str(rng.random()))
-        _ = JobStatus  # keep the import explicit for readers
 
 
 if __name__ == "__main__":

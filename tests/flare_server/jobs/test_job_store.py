@@ -13,6 +13,7 @@ import pytest
 
 from flare_protocol.errors import (
     FlareError,
+    InternalError,
     InvalidArgumentError,
     InvalidJobDefinition,
     InvalidTransition,
@@ -378,3 +379,18 @@ def test_row_with_missing_files_is_ended_abnormal_not_served(
 
 def test_store_root_is_private(root: Path, store: JobStore) -> None:
     assert os.stat(root).st_mode & 0o077 == 0
+
+
+def test_truncated_archive_is_never_served(store: JobStore, job: JobMeta) -> None:
+    with open(store.job_archive(job.job_id), "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(InternalError, match="missing or incomplete") as info:
+        store.job_archive(job.job_id)
+    assert info.value.job_id == job.job_id
+    with pytest.raises(InternalError):
+        store.clone_job(job.job_id, Submitter("a@b.c", "org_a", "lead"))
+    assert len(store.list()) == 1 and list((store.root / "tmp").iterdir()) == []
+
+
+def test_single_status_filter_may_be_a_string(store: JobStore, job: JobMeta) -> None:
+    assert [j.job_id for j in store.list(statuses="SUBMITTED")] == [job.job_id]

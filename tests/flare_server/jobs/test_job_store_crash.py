@@ -60,6 +60,7 @@ def test_store_survives_sigkill_during_uploads_and_status_changes(tmp_path: Path
     root = tmp_path / "jobs"
     expected: dict[str, JobStatus] = {}
     deleted: set[str] = set()
+    deleting: set[str] = set()  # delete started but not acknowledged: either outcome is fine
     acknowledged = 0
     for kill in range(KILLS):
         for line in run_writer_until_killed(root, archive, kill, rng):
@@ -68,7 +69,10 @@ def test_store_survives_sigkill_during_uploads_and_status_changes(tmp_path: Path
                 job_id, status = rest.split(" ")
                 expected[job_id] = JobStatus(status)
                 acknowledged += 1
+            elif kind == "d":
+                deleting.add(rest)
             elif kind == "D":
+                deleting.discard(rest)
                 deleted.add(rest)
                 expected.pop(rest, None)
                 acknowledged += 1
@@ -76,6 +80,9 @@ def test_store_survives_sigkill_during_uploads_and_status_changes(tmp_path: Path
             report = store.recovery
             assert report.jobs_missing_files == ()
             rows = {j.job_id: j for j in store.list()}
+            for job_id in deleting - rows.keys():
+                expected.pop(job_id, None)
+            deleting.clear()
             for job_id, status in expected.items():
                 assert job_id in rows, f"kill {kill}: acknowledged job {job_id} lost"
                 assert rows[job_id].status in reachable(status), (job_id, status, rows[job_id])
