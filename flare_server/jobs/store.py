@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from flare_protocol.errors import (
     FlareError,
@@ -119,6 +120,25 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 """
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _storage_errors(method: _F) -> _F:
+    """Turn a disk or database failure (disk full, I/O error) into one clear InternalError."""
+
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (OSError, sqlite3.Error) as exc:
+            what = method.__name__.strip("_").replace("_", " ")
+            raise InternalError(
+                f"job store: {what} failed: {exc}; check the server's disk (space, permissions)"
+            ) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 def parse_job_id(job_id: object) -> str:
     """The canonical (lower-case, hyphenated) form of a job id.
 
@@ -166,7 +186,9 @@ class JobMeta(Mapping[str, Any]):
         self.deleted = deleted
 
     def __getitem__(self, key: str) -> Any:
-        return self._data[key]
+        value = self._data[key]
+        # Containers are copied so that no reader (e.g. one subscriber) can change what others see.
+        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -289,6 +311,7 @@ class Upload:
         """Hex SHA-256 of the bytes written so far."""
         return self._hash.hexdigest()
 
+    @_storage_errors
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append a chunk.
 
@@ -303,10 +326,15 @@ class Upload:
             raise InvalidJobDefinition(
                 f"upload is larger than the {cap} bytes allowed for a job archive"
             )
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError:
+            self.abort()
+            raise
         self._hash.update(data)
         self._size += len(data)
 
+    @_storage_errors
     def commit(
         self,
         submitter: Submitter,
@@ -333,16 +361,19 @@ class Upload:
                 self._path, self._size, self.sha256, submitter, cloned_from, fields
             )
         finally:
-            if not self._file.closed:
-                self._file.close()
-            if self._path.exists():
-                self._path.unlink()
+            self._discard()
 
     def abort(self) -> None:
         """Discard the upload (idempotent)."""
         self._done = True
+        self._discard()
+
+    def _discard(self) -> None:
         if not self._file.closed:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # a failed flush (disk full): the file is removed anyway
+                pass
         try:
             self._path.unlink()
         except FileNotFoundError:
@@ -505,11 +536,13 @@ class JobStore:
 
     # -- creating jobs -----------------------------------------------------------------------
 
+    @_storage_errors
     def begin_upload(self) -> Upload:
         """Start receiving a job archive (written under ``tmp/``, removed on abort or crash)."""
         self._db  # noqa: B018 - raises if closed
         return Upload(self, self._tmp / f"upload-{secrets.token_hex(8)}.zip")
 
+    @_storage_errors
     def create_job_from_archive(
         self,
         zip_path: Path,
@@ -534,6 +567,7 @@ class JobStore:
                 upload.write(chunk)
             return upload.commit(submitter, cloned_from=cloned_from, extra=extra)
 
+    @_storage_errors
     def clone_job(
         self, job_id: str, submitter: Submitter, *, extra: Mapping[str, Any] | None = None
     ) -> JobMeta:
@@ -656,6 +690,7 @@ class JobStore:
 
     # -- reading -----------------------------------------------------------------------------
 
+    @_storage_errors
     def get(self, job_id: str) -> JobMeta:
         """The job's meta.
 
@@ -670,6 +705,7 @@ class JobStore:
             raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
         return JobMeta(json.loads(row[0]))
 
+    @_storage_errors
     def list(
         self,
         *,
@@ -728,10 +764,12 @@ class JobStore:
             raise InvalidArgumentError(f"job id {job_id!r} is malformed", job_id=job_id)
         return path
 
+    @_storage_errors
     def job_dir(self, job_id: str) -> Path:
         """The job's folder inside the store root."""
         return self._job_path(job_id)
 
+    @_storage_errors
     def job_archive(self, job_id: str) -> Path:
         """The job's validated archive (read-only: never modify it).
 
@@ -751,6 +789,7 @@ class JobStore:
             )
         return path
 
+    @_storage_errors
     def result_dir(self, job_id: str) -> Path:
         """The folder for the job's results (created with the job)."""
         path = self._job_path(job_id) / RESULT_DIR
@@ -759,6 +798,7 @@ class JobStore:
 
     # -- changing jobs -----------------------------------------------------------------------
 
+    @_storage_errors
     def set_status(
         self, job_id: str, status: JobStatus | str, *, reason: str | None = None
     ) -> JobMeta:
@@ -798,6 +838,7 @@ class JobStore:
         self._save(job_id, meta)
         return JobMeta(meta)
 
+    @_storage_errors
     def update(self, job_id: str, /, **fields: Any) -> JobMeta:
         """Set extra meta fields (e.g. a waiting reason, ``start_time``); never the status.
 
@@ -840,6 +881,7 @@ class JobStore:
             ),
         )
 
+    @_storage_errors
     def delete(self, job_id: str) -> None:
         """Delete a job that is SUBMITTED or finished (its row, archive and results).
 

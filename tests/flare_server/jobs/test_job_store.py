@@ -394,3 +394,51 @@ def test_truncated_archive_is_never_served(store: JobStore, job: JobMeta) -> Non
 
 def test_single_status_filter_may_be_a_string(store: JobStore, job: JobMeta) -> None:
     assert [j.job_id for j in store.list(statuses="SUBMITTED")] == [job.job_id]
+
+
+@pytest.fixture
+def file_size_limit() -> Iterator[Callable[[int], None]]:
+    """Simulate a full disk: writes past ``n`` bytes fail with EFBIG (restored afterwards)."""
+    import resource
+    import signal
+
+    old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    def limit(n: int) -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (n, old_limit[1]))
+
+    try:
+        yield limit
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, old_limit)
+        signal.signal(signal.SIGXFSZ, old_handler)
+
+
+def test_disk_full_during_upload_is_a_clear_error_and_leaves_nothing(
+    store: JobStore, job: JobMeta, file_size_limit: Callable[[int], None]
+) -> None:
+    upload = store.begin_upload()
+    file_size_limit(2 * 1024 * 1024)
+    with pytest.raises(InternalError, match="check the server's disk"):
+        for _ in range(4):
+            upload.write(b"x" * (1024 * 1024))
+    file_size_limit(resource_unlimited())
+    assert list((store.root / "tmp").iterdir()) == []
+    assert store.set_status(job.job_id, S.DISPATCHED).status is S.DISPATCHED
+
+
+def resource_unlimited() -> int:
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+
+
+def test_job_meta_is_read_only(job: JobMeta) -> None:
+    copy = job.to_dict()
+    copy["status"] = "FINISHED:COMPLETED"
+    copy["deploy_map"]["app"].append("evil")
+    job["deploy_map"]["app"].append("evil")
+    assert job.status is S.SUBMITTED and job["deploy_map"] == {"app": ["@ALL"]}
+    with pytest.raises(TypeError):
+        job["status"] = "x"  # type: ignore[index]
