@@ -63,6 +63,9 @@ class JobContext:
     base_env: Mapping[str, str] | None = None
     #: Largest model user code may hand back.
     max_model_bytes: int = MAX_MODEL_BYTES
+    #: Load each update on the site to fail fast, naming the problem, before uploading it
+    #: (about 0.1-0.3 s per 100 MB). The server checks every update again on receipt.
+    verify_updates: bool = True
 
     @property
     def models_dir(self) -> Path:
@@ -157,6 +160,13 @@ def check_update_file(path: Path, ctx: JobContext, where: str) -> None:
     """The update user code wrote must exist and be a safe, finite ``.npz``."""
     if not path.is_file():
         raise ExecutionError(f"{where}: no model was written to {path.name}")
+    if path.stat().st_size > ctx.max_model_bytes:
+        raise ExecutionError(
+            f"{where}: the model written is {path.stat().st_size} bytes, "
+            f"more than the limit of {ctx.max_model_bytes}"
+        )
+    if not ctx.verify_updates:
+        return
     try:
         load_params(path, max_bytes=ctx.max_model_bytes)
     except InvalidModel as exc:

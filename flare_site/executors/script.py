@@ -70,6 +70,9 @@ class ScriptExecutor(ExecutorHost):
         self._proc: UserProcess | None = None
         self._exited: asyncio.Future[int] | None = None
         self._aborted = False
+        # Tasks the runtime gave up on (cancelled run_task): not handed out if still
+        # queued, and a late result for one is accepted and dropped, not an error.
+        self._discarded: set[str] = set()
 
     @property
     def pids(self) -> list[int]:
@@ -138,6 +141,9 @@ class ScriptExecutor(ExecutorHost):
         try:
             waiting: set[asyncio.Future[Any]] = {future, self._exited}
             await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._discarded.add(task.task_id)
+            raise
         finally:
             self._pending.pop(task.task_id, None)
         if future.done():
@@ -163,14 +169,20 @@ class ScriptExecutor(ExecutorHost):
             self._emit_metric(message)
             return None
         if op == "next":
-            item = await self._queue.get()
-            return item if item is not None else {"op": "stop"}
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    return {"op": "stop"}
+                if item["task_id"] not in self._discarded:
+                    return item
         if op == "result":
             return self._on_result(message)
         return {"op": "error", "message": f"unknown request {op!r}"}
 
     def _on_result(self, message: dict[str, Any]) -> dict[str, Any]:
         entry = self._pending.get(str(message.get("task_id")))
+        if entry is None and message.get("task_id") in self._discarded:
+            return {"op": "ok"}
         if entry is None:
             return {"op": "error", "message": f"no task {message.get('task_id')!r} is waiting"}
         task, future = entry

@@ -209,3 +209,29 @@ async def test_user_code_gets_an_explicit_environment(ctx: JobContext) -> None:
     finally:
         del os.environ["FLARE_TEST_SITE_SECRET"]
     assert outcome.metrics == {"leaked": 0.0, "mine": 7.0, "cwd_is_app": 1.0}
+
+
+async def test_a_cancelled_task_is_dropped_and_the_script_carries_on(ctx: JobContext) -> None:
+    write(
+        ctx.app_dir / "custom/train.py",
+        """
+        import time
+        import flare_site.client as flare
+        flare.init()
+        while flare.is_running():
+            model = flare.receive()
+            if model.current_round == 1:
+                time.sleep(0.5)  # slow enough for the site to give up on round 1
+            flare.send(flare.FLModel(params=model.params, meta={"num_examples": 1},
+                                     metrics={"round": float(model.current_round)}))
+        """,
+    )
+    host = ScriptExecutor(ScriptExecutorConfig(script="custom/train.py"), ctx)
+    await host.start()
+    try:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(host.run_task(_task("train", 1, _model(ctx))), 0.1)
+        outcome = await host.run_task(_task("train", 2, _model(ctx)))
+        assert outcome.metrics == {"round": 2.0}
+    finally:
+        await host.stop(grace=5)

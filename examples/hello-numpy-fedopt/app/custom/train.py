@@ -37,8 +37,14 @@ def mse(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean((x @ params["w"] + params["b"] - y) ** 2))
 
 
-def train(params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray, epochs: int, lr: float,
-          first_step: int) -> dict[str, np.ndarray]:
+def train(
+    params: dict[str, np.ndarray],
+    x: np.ndarray,
+    y: np.ndarray,
+    epochs: int,
+    lr: float,
+    first_step: int,
+) -> dict[str, np.ndarray]:
     w, b = params["w"].astype(np.float64).copy(), float(params["b"])
     for epoch in range(epochs):
         err = x @ w + b - y
@@ -73,11 +79,23 @@ def main() -> None:
         metrics = {"train_mse": mse(new, x_train, y_train), "val_mse": mse(new, x_val, y_val)}
         if args.send_diff and model.params:
             update = {k: new[k] - params[k] for k in new}
-            flare.send(flare.FLModel(params=update, params_type="DIFF", metrics=metrics,
-                                     meta={"num_examples": len(y_train)}))
+            flare.send(
+                flare.FLModel(
+                    params=update,
+                    params_type="DIFF",
+                    metrics=metrics,
+                    meta={"num_examples": len(y_train)},
+                )
+            )
         else:
-            flare.send(flare.FLModel(params=new, params_type="FULL", metrics=metrics,
-                                     meta={"num_examples": len(y_train)}))
+            flare.send(
+                flare.FLModel(
+                    params=new,
+                    params_type="FULL",
+                    metrics=metrics,
+                    meta={"num_examples": len(y_train)},
+                )
+            )
 
 
 if __name__ == "__main__":

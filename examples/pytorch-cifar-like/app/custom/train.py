@@ -28,11 +28,18 @@ class Net(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(),
-                                  nn.Linear(64, CLASSES))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(32 * 8 * 8, 64), nn.ReLU(), nn.Linear(64, CLASSES)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -97,9 +104,14 @@ def main() -> None:
                 optimizer.step()
                 writer.add_scalar("train_loss", float(loss), step)
                 step += 1
-        flare.send(flare.FLModel(params=to_numpy(net), params_type="FULL",
-                                 metrics={"global_val_accuracy": accuracy},
-                                 meta={"num_examples": len(y_train)}))
+        flare.send(
+            flare.FLModel(
+                params=to_numpy(net),
+                params_type="FULL",
+                metrics={"global_val_accuracy": accuracy},
+                meta={"num_examples": len(y_train)},
+            )
+        )
 
 
 if __name__ == "__main__":
