@@ -46,7 +46,10 @@ class _Client:
         self.mode = os.environ.get(_ipc.ENV_MODE, "script")
         self.site = os.environ.get(_ipc.ENV_SITE, "")
         self.job_id = os.environ.get(_ipc.ENV_JOB, "")
-        self._lock = threading.Lock()
+        # Sends are atomic per frame; only one request waits for a reply at a time. A
+        # metric from another thread never waits behind a long receive().
+        self._send_lock = threading.Lock()
+        self._request_lock = threading.Lock()
         self._channel = _ipc.BlockingChannel(path)
         self._channel.send({"op": "hello", "token": token, "pid": os.getpid()})
         reply = self._channel.recv()
@@ -58,12 +61,12 @@ class _Client:
         self.stopped = False
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            self._channel.send(message)
+        with self._request_lock:
+            self.post(message)
             return self._channel.recv()
 
     def post(self, message: dict[str, Any]) -> None:
-        with self._lock:
+        with self._send_lock:
             self._channel.send(message)
 
     def fetch(self) -> None:

@@ -235,3 +235,33 @@ async def test_a_cancelled_task_is_dropped_and_the_script_carries_on(ctx: JobCon
         assert outcome.metrics == {"round": 2.0}
     finally:
         await host.stop(grace=5)
+
+
+async def test_a_metric_from_another_thread_does_not_wait_for_the_next_task(
+    ctx: JobContext,
+) -> None:
+    write(
+        ctx.app_dir / "custom/train.py",
+        """
+        import threading, time
+        import flare_site.client as flare
+        flare.init()
+        threading.Timer(0.1, lambda: flare.log_metric("gpu_temp", 61.0)).start()
+        while flare.is_running():
+            model = flare.receive()
+            flare.send(flare.FLModel(params=model.params, meta={"num_examples": 1}))
+        """,
+    )
+    seen: list[MetricEvent] = []
+    host = ScriptExecutor(
+        ScriptExecutorConfig(script="custom/train.py"), ctx, on_metric=seen.append
+    )
+    await host.start()
+    try:
+        for _ in range(100):  # no task handed out yet: the script sits in is_running()
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert [(m.key, m.value, m.round) for m in seen] == [("gpu_temp", 61.0, None)]
+    finally:
+        await host.stop(grace=5)
