@@ -11,6 +11,7 @@ same array names, same shapes, and DIFF only when a global model exists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +41,35 @@ class ModelUpdate:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params_type", ParamsType(self.params_type))
+
+    @classmethod
+    def from_result(cls, body: Mapping[str, object], params: Params, site: str) -> ModelUpdate:
+        """Build an update from a site's ``task.result`` body (untrusted JSON) and its model.
+
+        Raises:
+            InvalidModel: naming the site and the bad field.
+        """
+        raw_type = body.get("params_type", "FULL")
+        try:
+            params_type = ParamsType(str(raw_type).upper())
+        except ValueError:
+            raise InvalidModel(
+                f"{site}: params_type must be FULL or DIFF, got {raw_type!r}"
+            ) from None
+        num = body.get("num_examples")
+        if isinstance(num, bool) or not isinstance(num, int) or num < 0:
+            raise InvalidModel(f"{site}: num_examples must be an integer >= 0, got {num!r}")
+        raw_metrics = body.get("metrics") or {}
+        if not isinstance(raw_metrics, Mapping):
+            raise InvalidModel(f"{site}: metrics must be an object of numbers")
+        metrics: dict[str, float] = {}
+        for key, value in raw_metrics.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise InvalidModel(f"{site}: metric {key!r} must be a number, got {value!r}")
+            if not math.isfinite(value):
+                raise InvalidModel(f"{site}: metric {key!r} is {value}")
+            metrics[str(key)] = float(value)
+        return cls(params, params_type, num, metrics)
 
 
 def accumulator_dtype(dtype: np.dtype) -> np.dtype:

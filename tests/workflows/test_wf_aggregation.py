@@ -176,3 +176,29 @@ def test_fedopt_first_round_without_global_model_is_fedavg() -> None:
         {}, {"a": ModelUpdate({"w": a}, "FULL", 1), "b": ModelUpdate({"w": b}, "FULL", 1)}
     )
     np.testing.assert_allclose(out["w"], (a + b) / 2)
+
+
+def test_an_update_is_built_from_a_site_result_body() -> None:
+    body = {"params_type": "DIFF", "num_examples": 12, "metrics": {"loss": 0.5}}
+    update = ModelUpdate.from_result(body, {"w": np.ones(2)}, "site-1")
+    assert (update.params_type.value, update.num_examples, dict(update.metrics)) == (
+        "DIFF",
+        12,
+        {"loss": 0.5},
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"num_examples": "12"}, "num_examples must be an integer"),
+        ({"num_examples": True}, "num_examples must be an integer"),
+        ({"num_examples": -1}, "num_examples must be an integer"),
+        ({"num_examples": 1, "params_type": "DELTA"}, "params_type must be FULL or DIFF"),
+        ({"num_examples": 1, "metrics": {"a": "x"}}, "metric 'a' must be a number"),
+        ({"num_examples": 1, "metrics": [1]}, "metrics must be an object"),
+    ],
+)
+def test_a_malformed_result_body_names_site_and_field(body: dict, message: str) -> None:
+    with pytest.raises(InvalidModel, match=f"site-2: {message}"):
+        ModelUpdate.from_result(body, {"w": np.ones(2)}, "site-2")
