@@ -245,3 +245,19 @@ def test_start_twice_is_a_bug() -> None:
     ctrl.start(None)
     with pytest.raises(RuntimeError):
         ctrl.start(None)
+
+
+def test_losing_a_site_during_the_last_validation_still_completes() -> None:
+    ctrl = RoundController(_cfg(validate_every_round=True, num_rounds=1), SITES[:2])
+    send = _send(ctrl.start(_full(0.0)))
+    vsend = _send(_answer(ctrl, send, {"site-1": (1.0, 1), "site-2": (1.0, 1)}))
+    ctrl.on_validation("site-1", vsend.tasks[0].task_id, {"mse": 0.5})
+    assert _finished(ctrl.on_site_lost("site-2")).status == COMPLETED
+
+
+def test_losing_too_many_sites_during_validation_ends_abnormal_before_the_next_round() -> None:
+    ctrl = RoundController(_cfg(validate_every_round=True, num_rounds=2), SITES[:2])
+    send = _send(ctrl.start(_full(0.0)))
+    _send(_answer(ctrl, send, {"site-1": (1.0, 1), "site-2": (1.0, 1)}))
+    done = _finished(ctrl.on_site_lost("site-2", "heartbeat timeout"))
+    assert done.status == ABNORMAL and "after round 1" in done.reason
