@@ -100,6 +100,9 @@ class ScriptExecutor(ExecutorHost):
         if connected in done:
             return
         connected.cancel()
+        if self._aborted:
+            await self._ipc.close()
+            raise ExecutionError(f"{self.config.script} was aborted while starting", aborted=True)
         if self._exited in done:
             code = self._exited.result()
             message = describe_exit(
