@@ -6,10 +6,12 @@ Arguments (a JSON object) and results by command:
 ======================  ================  ==========================================
 command                 right             args -> result
 ======================  ================  ==========================================
-show_stats              view              ``{job_id?, targets?}`` ->
+show_stats              view              ``{job_id?, target_type?, targets?}`` ->
                                           ``{"server": {...}, "<site>": {...}}``
-show_errors             view              ``{job_id?, targets?}`` -> ``{"server": [...]}``
-reset_errors            manage_job (job)  ``{job_id}`` -> ``{"reset": true}``
+show_errors             view              ``{job_id?, target_type?, targets?}`` ->
+                                          ``{"server": [...], "<site>": [...]}``
+reset_errors            manage_job (job)  ``{job_id, target_type?, targets?}`` ->
+                                          ``{"reset": true}``
 get_client_job_status   view              ``{targets?}`` ->
                                           ``{"sites": [{name, running_jobs}]}``
 ls                      shell_commands    ``{target, path=".", long=false}`` ->
@@ -25,12 +27,15 @@ shutdown / restart      operate           ``{target_type: server|client|all, tar
 shutdown_system         operate (server)  ``{}`` -> ``{"server": "stopping", "sites"}``
 ======================  ================  ==========================================
 
-``target`` is ``"server"`` or a site name. On the server, file commands are confined to the
-server workspace: paths are relative, never ``..``, absolute or with backslashes, resolved
-(symlinks included) and checked to stay inside; private keys are never shown. Commands
-aimed at a site are forwarded over its Channel as ``site.command`` and answered by
-``site.reply``; a site that is not connected is an ``InvalidTarget``, one that does not
-answer in time a ``NoReply``. Anything else is an ``InvalidArgumentError`` naming the command.
+``target_type`` is ``server`` (the default), ``client`` or ``all``; without ``targets``,
+``client``/``all`` ask the connected sites the job was deployed to (every connected site
+when no job is named). ``target`` is ``"server"`` or a site name. On the server, file
+commands are confined to the server workspace: paths are relative, never ``..``, absolute
+or with backslashes, resolved (symlinks included) and checked to stay inside; private keys
+are never shown. Commands aimed at a site are forwarded over its Channel as
+``site.command`` and answered by ``site.reply``; a site that is not connected is an
+``InvalidTarget``, one that does not answer in time a ``NoReply``. Anything else is an
+``InvalidArgumentError`` naming the command.
 """
 
 from __future__ import annotations
@@ -281,62 +286,84 @@ class Commands:
         return reply.get("result")
 
     # -- view --------------------------------------------------------------------------
-    async def show_stats(self, call: Call, args: dict[str, Any]) -> Any:
-        policy = self.server.policy
-        job_id = args.get("job_id")
-        if job_id is not None:
-            meta = await self._job_meta(_str_arg(args, "job_id"))
-            policy.require(
-                call.identity, Right.VIEW, _job(meta), action="view the stats of", job_id=job_id
+    def _scope(self, args: dict[str, Any], meta: dict[str, Any] | None) -> tuple[bool, list[str]]:
+        """(include the server?, sites to ask) from ``target_type`` and ``targets``.
+
+        Without ``targets``, "client"/"all" means the sites the job was deployed to that are
+        connected (every connected site when no job is named).
+        """
+        target_type = _str_arg(args, "target_type", "server")
+        if target_type not in ("server", "client", "all"):
+            raise errors.InvalidTarget(
+                f"target_type must be server, client or all, got {target_type!r}"
             )
-            stats: dict[str, Any] = {
-                "server": {
-                    k: meta.get(k)
-                    for k in ("status", "submit_time", "start_time", "duration", "schedule_reason")
-                    if k in meta
-                }
-            }
-        else:
-            policy.require(call.identity, Right.VIEW, action="view the stats")
+        targets = _targets(args)
+        if targets is None and target_type != "server":
+            if meta is None:
+                targets = self.server.registry.names()
+            else:
+                deployed = meta.get("deployed_sites") or []
+                targets = [s for s in deployed if s in self.server.registry]
+        return target_type in ("server", "all"), list(targets or [])
+
+    async def _job_or_view(
+        self, call: Call, args: dict[str, Any], right: Right, action: str
+    ) -> dict[str, Any] | None:
+        if args.get("job_id") is None:
+            self.server.policy.require(call.identity, right, action=action)
+            return None
+        job_id = _str_arg(args, "job_id")
+        meta = await self._job_meta(job_id)
+        self.server.policy.require(
+            call.identity, right, _job(meta), action=f"{action} of", job_id=job_id
+        )
+        return meta
+
+    async def show_stats(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._job_or_view(call, args, Right.VIEW, "view the stats")
+        with_server, sites = self._scope(args, meta)
+        stats: dict[str, Any] = {}
+        if with_server and meta is not None:
+            keys = ("status", "submit_time", "start_time", "duration", "schedule_reason")
+            stats["server"] = {k: meta.get(k) for k in keys if k in meta}
+        elif with_server:
             counts: dict[str, int] = {}
-            rows = await asyncio.to_thread(self.server.store.list)
-            for row in rows:
+            for row in await asyncio.to_thread(self.server.store.list):
                 key = str(getattr(row.status, "value", row.status))
                 counts[key] = counts.get(key, 0) + 1
-            stats = {
-                "server": {
-                    "uptime": time.time() - self.server.start_time,
-                    "jobs": counts,
-                    "connected_sites": len(self.server.registry),
-                }
+            stats["server"] = {
+                "uptime": time.time() - self.server.start_time,
+                "jobs": counts,
+                "connected_sites": len(self.server.registry),
             }
-        for site in _targets(args) or []:
+        job_id = meta["job_id"] if meta else None
+        for site in sites:
             stats[site] = await self._forward(site, "show_stats", {"job_id": job_id})
         return stats
 
     async def show_errors(self, call: Call, args: dict[str, Any]) -> Any:
-        job_id = _str_arg(args, "job_id", "") if args.get("job_id") is not None else ""
-        if job_id:
-            meta = await self._job_meta(job_id)
-            self.server.policy.require(
-                call.identity, Right.VIEW, _job(meta), action="view the errors of", job_id=job_id
+        meta = await self._job_or_view(call, args, Right.VIEW, "view the errors")
+        with_server, sites = self._scope(args, meta)
+        result: dict[str, Any] = {}
+        if with_server:
+            result["server"] = list(
+                (meta.get("errors") or []) if meta is not None else self.server.errors
             )
-            result: dict[str, Any] = {"server": list(meta.get("errors") or [])}
-        else:
-            self.server.policy.require(call.identity, Right.VIEW, action="view errors")
-            result = {"server": list(self.server.errors)}
-        for site in _targets(args) or []:
+        job_id = meta["job_id"] if meta else None
+        for site in sites:
             result[site] = await self._forward(site, "show_errors", {"job_id": job_id})
         return result
 
     async def reset_errors(self, call: Call, args: dict[str, Any]) -> Any:
-        job_id = _str_arg(args, "job_id")
-        meta = await self._job_meta(job_id)
-        self.server.policy.require(
-            call.identity, Right.MANAGE_JOB, _job(meta), action="reset the errors of", job_id=job_id
-        )
-        if meta.get("errors"):
-            await asyncio.to_thread(self.server.store.update, job_id, errors=[])
+        if args.get("job_id") is None:
+            raise errors.InvalidArgumentError("reset_errors needs a job_id")
+        meta = await self._job_or_view(call, args, Right.MANAGE_JOB, "reset the errors")
+        assert meta is not None
+        with_server, sites = self._scope(args, meta)
+        if with_server and meta.get("errors"):
+            await asyncio.to_thread(self.server.store.update, meta["job_id"], errors=[])
+        for site in sites:
+            await self._forward(site, "reset_errors", {"job_id": meta["job_id"]})
         return {"reset": True}
 
     async def get_client_job_status(self, call: Call, args: dict[str, Any]) -> Any:

@@ -19,6 +19,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from flare_protocol.errors import InvalidTransition, JobNotFound
 from flare_server.jobs import JobStatus, JobStore
 from flare_server.sites import SiteRegistry
 
@@ -51,15 +52,16 @@ class DispatchOnlyLauncher:
         self.store = store
 
     async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
+        # Placement first, then the status: whoever sees DISPATCHED also sees where to.
+        await asyncio.to_thread(
+            self.store.update, job_id, schedule_reason="", deployed_sites=list(sites)
+        )
         await asyncio.to_thread(
             self.store.set_status,
             job_id,
             JobStatus.DISPATCHED,
             reason=f"dispatched to {', '.join(sites) or 'the server'}; "
             "execution on sites is not implemented yet",
-        )
-        await asyncio.to_thread(
-            self.store.update, job_id, schedule_reason="", deployed_sites=list(sites)
         )
 
 
@@ -146,6 +148,8 @@ class Scheduler:
                     continue
                 log.info("job %s runnable on %s", job_id, ", ".join(placement.sites))
                 await self.launcher.launch(job_id, meta, placement.sites)
+            except (InvalidTransition, JobNotFound):
+                log.info("job %s changed while being scheduled; skipped", job_id)
             except Exception:
                 log.exception("scheduling job %s failed", job_id)
 

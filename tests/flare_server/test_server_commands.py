@@ -150,3 +150,19 @@ def test_commands_are_audited_without_file_contents(admin, files, server):
 def test_audit_log_is_private(server):
     mode = os.stat(server.server.workspace / "logs" / "audit.log").st_mode & 0o777
     assert mode == 0o600
+
+
+def test_job_stats_for_all_targets_ask_only_the_sites_the_job_was_deployed_to(admin):
+    job_id = submit(admin, job_zip(min_clients=5))
+    stats = run(admin, "show_stats", job_id=job_id, target_type="all")
+    assert list(stats) == ["server"] and stats["server"]["status"] == "SUBMITTED"
+    assert run(admin, "show_errors", job_id=job_id, target_type="client") == {}
+
+
+def test_an_unknown_target_type_is_an_invalid_target(admin):
+    code, detail = error_of(
+        admin.Command,
+        admin_pb2.CommandRequest(command="show_stats", args_json='{"target_type": "moon"}'),
+        timeout=5,
+    )
+    assert detail.type == "InvalidTarget" and "moon" in detail.message
