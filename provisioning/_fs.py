@@ -12,6 +12,7 @@ Flush strategies (measured in ``bench/bench_provision.py``):
 * ``syncfs``: one ``syncfs(2)`` of the workspace's file system (Linux); falls back to
   ``fsync`` of every file elsewhere;
 * ``fsync``: ``fsync`` every written file and folder, in one batch after writing;
+* ``each``: ``fsync`` each file as it is written (the naive way; for comparison);
 * ``none``: no flush (benchmarks only; not crash-safe).
 """
 
@@ -24,7 +25,7 @@ from pathlib import Path
 
 __all__ = ["FLUSH_STRATEGIES", "FileBatch", "fsync_dir", "write_atomic"]
 
-FLUSH_STRATEGIES = ("syncfs", "fsync", "none")
+FLUSH_STRATEGIES = ("syncfs", "fsync", "each", "none")
 _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
@@ -99,6 +100,8 @@ class FileBatch:
         try:
             os.fchmod(fd, mode)  # exact mode whatever the umask; a key is never wider than 0600
             _write_fd(fd, data)
+            if self.strategy == "each":
+                os.fsync(fd)
         finally:
             os.close(fd)
         self.files.append(path)
@@ -106,6 +109,10 @@ class FileBatch:
     def flush(self, anchor: Path) -> None:
         """Make everything written so far durable (``anchor``: a folder on that file system)."""
         if self.strategy == "none":
+            return
+        if self.strategy == "each":
+            for path in self.dirs:
+                fsync_dir(path)
             return
         if self.strategy == "syncfs" and _syncfs(anchor):
             return

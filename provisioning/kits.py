@@ -7,6 +7,7 @@ What goes where follows :mod:`flare_protocol.kit`: ``startup/`` is signed (see
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -161,12 +162,18 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
     return "\n".join(lines).encode()
 
 
-def _settings(p: Participant) -> dict[str, Any]:
-    if p.type is ParticipantType.SERVER:
-        return {"log_level": "INFO", "heartbeat_timeout_s": 30.0}
-    if p.type is ParticipantType.SITE:
-        return {"log_level": "INFO", "heartbeat_interval_s": 5.0, "connect_timeout_s": 10.0}
-    return {"log_level": "INFO", "timeout_s": 10.0}
+_SETTINGS: dict[ParticipantType, dict[str, Any]] = {
+    ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout_s": 30.0},
+    ParticipantType.SITE: {"log_level": "INFO", "heartbeat_interval_s": 5.0,
+                           "connect_timeout_s": 10.0},
+    ParticipantType.ADMIN: {"log_level": "INFO", "timeout_s": 10.0},
+}
+
+
+@functools.cache
+def _settings_json(ptype: ParticipantType) -> bytes:
+    """Default ``local/settings.json`` (the same for every participant of a type)."""
+    return _json(_SETTINGS[ptype])
 
 
 def kit_files(
@@ -188,7 +195,7 @@ def kit_files(
         LAUNCHER[p.type]: _launcher(p, project),
         KIT_README: _readme(p, project, fingerprint),
     }
-    local = {SETTINGS: _json(_settings(p))}
+    local = {SETTINGS: _settings_json(p.type)}
     if p.type is ParticipantType.SERVER:
         startup[REVOKED] = _json({"serials": revoked_serials})
         local[AUTHORIZATION_DEFAULT] = _json(default_authorization_policy())

@@ -42,6 +42,8 @@ _LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
 _FORBIDDEN = set(',=+\\;/"<>#')
 _MAX_NAME = 64  # X.509 upper bound for a CN
 
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
 _KNOWN_TOP = {"api_version", "name", "description", "participants"}
 _KNOWN_PARTICIPANT = {
     "name",
@@ -112,7 +114,9 @@ def load_project(path: str | Path) -> Project:
         raise ProjectFileError(f"{source}: cannot read the project file: {exc}",
                                path=str(source)) from None
     try:
-        data = yaml.safe_load(text)
+        # The libyaml-backed safe loader when present: the same safe subset as yaml.safe_load
+        # (no tags that construct objects), several times faster on large projects.
+        data = yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         where = ""
         mark = getattr(exc, "problem_mark", None)

@@ -19,6 +19,7 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +34,7 @@ from provisioning.certs import (
     DEFAULT_CA_DAYS,
     DEFAULT_CERT_DAYS,
     KEY_TYPES,
+    PrivateKey,
     create_ca,
     generate_key,
     issue_leaf,
@@ -99,7 +101,9 @@ def _make_dir(path: Path) -> None:
         )
 
 
-def _record(p: Participant, cert: x509.Certificate, key_type: str) -> IssuedRecord:
+def _record(
+    p: Participant, cert: x509.Certificate, key_type: str, bundle: str
+) -> IssuedRecord:
     return IssuedRecord(
         name=p.name,
         type=p.type.value,
@@ -110,6 +114,7 @@ def _record(p: Participant, cert: x509.Certificate, key_type: str) -> IssuedReco
         key_type=key_type,
         not_before=cert.not_valid_before_utc.isoformat(),
         not_after=cert.not_valid_after_utc.isoformat(),
+        bundle=bundle,
     )
 
 
@@ -120,6 +125,14 @@ def _unchanged(rec: IssuedRecord, p: Participant) -> bool:
         and rec.role == (p.role.value if p.role else None)
         and list(rec.host_names) == list(p.host_names)
     )
+
+
+def _generate_keys(key_type: str, count: int) -> list[PrivateKey]:
+    """``count`` new keys; RSA generation runs on every core (it releases the GIL)."""
+    if not key_type.startswith("rsa") or count < 8:
+        return [generate_key(key_type) for _ in range(count)]
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda _: generate_key(key_type), range(count)))
 
 
 def _next_prod(project_dir: Path) -> str:
@@ -215,6 +228,8 @@ def _provision_locked(
 
     keys: dict[str, bytes] = {}
     certs: dict[str, bytes] = {}
+    bundle = state.new_bundle_name(when)
+    to_issue: list[Participant] = []
     for p in project.participants:
         rec = state.participants.get(p.name)
         if rec is not None:
@@ -230,15 +245,19 @@ def _provision_locked(
                 certs[p.name] = state.cert_pem(rec)
                 reused.append(p.name)
                 continue
-        key = generate_key(key_type)
+        to_issue.append(p)
+
+    new_keys = _generate_keys(key_type, len(to_issue))
+    for p, key in zip(to_issue, new_keys, strict=True):
+        issued.append(p.name)
         cert = issue_leaf(
             ca, key.public_key(), name=p.name, org=p.org, participant_type=p.type, role=p.role,
             host_names=p.host_names, days=cert_days, now=when,
         )
-        keys[p.name] = state.store_leaf(batch, _record(p, cert, key_type_of(key)), key, cert)
+        keys[p.name] = state.store_leaf(_record(p, cert, key_type_of(key), bundle), key, cert)
         certs[p.name] = cert.public_bytes(serialization.Encoding.PEM)
-        issued.append(p.name)
 
+    state.write_bundle(batch, bundle)
     revoked_serials = state.revoked_serials()
     prod_name = _next_prod(project_dir)
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=project_dir))

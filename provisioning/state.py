@@ -1,17 +1,20 @@
-"""The provisioning state folder: the CA, every issued certificate, revocations.
+"""The provisioning state folder: the CA, every issued certificate and key, revocations.
 
 Layout of ``<workspace>/<project>/state/`` (0700)::
 
-    state.json      what was issued to whom, revocations (replaced atomically)
+    state.json      who holds which certificate, revocations (replaced atomically)
     ca.key          the root CA key, 0600, PKCS#8 (encrypted when a passphrase is used)
     ca.crt          the root CA certificate
-    keys/           0700: <serial hex>.key, one per issued certificate, 0600
-    certs/          <serial hex>.pem, every certificate ever issued
+    issued/         0700: one bundle per run that issued something, 0600, written once:
+                    <UTC time>-<random>.json = {"format": 1, "certificates":
+                        {"<serial hex>": {"name": ..., "cert": PEM, "key": PEM}}}
     .lock           serialises concurrent runs (flock)
 
-Files under ``keys/`` and ``certs/`` are named by serial, so they are written once and
-never replaced; only ``state.json`` changes, by atomic rename. Serial numbers are
-written as lower-case hex without a prefix, the form ``revoked.json`` uses.
+One bundle per run rather than two files per participant: creating files dominates a
+large run (see docs/provisioning.md), and a bundle is written once and never replaced,
+so an interrupted run leaves at most an unreferenced bundle. Only ``state.json``
+changes, by atomic rename. Keys in bundles are encrypted with the CA passphrase when
+one is used. Serial numbers are lower-case hex without a prefix, as in ``revoked.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -37,8 +41,7 @@ STATE_FORMAT = 1
 STATE_JSON = "state.json"
 CA_KEY = "ca.key"
 CA_CERT = "ca.crt"
-KEYS = "keys"
-CERTS = "certs"
+ISSUED = "issued"
 
 
 def serial_hex(serial: int) -> str:
@@ -59,6 +62,8 @@ class IssuedRecord:
     key_type: str
     not_before: str
     not_after: str
+    #: The file under ``issued/`` that holds this certificate and its key.
+    bundle: str
 
 
 @dataclass(frozen=True)
@@ -99,11 +104,13 @@ class StateLock:
             self._fd = None
 
 
-def _load_key(path: Path, passphrase: bytes | None) -> PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ProvisionError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+def _load_key(path: Path, passphrase: bytes | None, data: bytes | None = None) -> PrivateKey:
+    if data is None:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProvisionError(f"{path}: cannot read: {exc.strerror}",
+                                 path=str(path)) from None
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if encrypted and not passphrase:
         raise ProvisionError(
@@ -153,6 +160,8 @@ class State:
         }
         self.revoked: list[RevokedRecord] = [RevokedRecord(**r) for r in doc.get("revoked", [])]
         self.prods: list[str] = list(doc.get("prods", []))
+        self._pending: dict[str, dict[str, str]] = {}
+        self._bundles: dict[str, dict[str, dict[str, str]]] = {}
 
     @staticmethod
     def exists(state_dir: Path) -> bool:
@@ -164,7 +173,7 @@ class State:
         passphrase: bytes | None, batch: FileBatch,
     ) -> State:
         """A new state for ``project``: writes the CA files (state.json comes with save)."""
-        for name in (CA_KEY, CA_CERT, KEYS):
+        for name in (CA_KEY, CA_CERT, ISSUED):
             if (state_dir / name).exists():
                 raise ProvisionError(
                     f"{state_dir}: holds {name} but no {STATE_JSON}; the folder is incomplete. "
@@ -173,8 +182,7 @@ class State:
                 )
         batch.write(state_dir / CA_KEY, key_pem(ca.key, passphrase), 0o600)
         batch.write(state_dir / CA_CERT, ca.cert_pem, 0o644)
-        batch.mkdir(state_dir / KEYS, 0o700)
-        batch.mkdir(state_dir / CERTS, 0o700)
+        batch.mkdir(state_dir / ISSUED, 0o700)
         return cls(state_dir, ca, passphrase, {"project": project})
 
     @classmethod
@@ -198,35 +206,64 @@ class State:
         except (TypeError, KeyError) as exc:
             raise ProvisionError(f"{path}: malformed state ({exc})", path=str(path)) from None
 
+    def new_bundle_name(self, when: datetime) -> str:
+        """The file name this run's newly issued certificates go to."""
+        return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}.json"
+
     def store_leaf(
-        self, batch: FileBatch, record: IssuedRecord, key: PrivateKey, cert: x509.Certificate
+        self, record: IssuedRecord, key: PrivateKey, cert: x509.Certificate
     ) -> bytes:
-        """Keep a newly issued key and certificate; returns the key's plain PEM for the kit."""
+        """Keep a newly issued key and certificate (written by :meth:`write_bundle`).
+
+        Returns the key's plain PEM for the kit.
+        """
         plain = key_pem(key)
         stored = key_pem(key, self.passphrase) if self.passphrase else plain
-        batch.write(self.dir / KEYS / f"{record.serial}.key", stored, 0o600)
-        batch.write(self.dir / CERTS / f"{record.serial}.pem",
-                    cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        self._pending[record.serial] = {
+            "name": record.name,
+            "cert": cert.public_bytes(serialization.Encoding.PEM).decode("ascii"),
+            "key": stored.decode("ascii"),
+        }
         self.participants[record.name] = record
         return plain
 
+    def write_bundle(self, batch: FileBatch, name: str) -> None:
+        """Write the certificates and keys issued in this run to ``issued/<name>`` (0600)."""
+        if not self._pending:
+            return
+        doc = {"format": STATE_FORMAT, "certificates": self._pending}
+        # Compact JSON: the C encoder is far faster than indented output for large runs.
+        batch.write(self.dir / ISSUED / name, json.dumps(doc).encode(), 0o600)
+        self._bundles[name] = self._pending
+        self._pending = {}
+
+    def _entry(self, record: IssuedRecord) -> dict[str, str]:
+        bundle = self._bundles.get(record.bundle)
+        path = self.dir / ISSUED / record.bundle
+        if bundle is None:
+            try:
+                bundle = json.loads(path.read_text(encoding="utf-8"))["certificates"]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ProvisionError(f"{path}: cannot read issued certificates: {exc}",
+                                     path=str(path)) from None
+            self._bundles[record.bundle] = bundle
+        try:
+            return bundle[record.serial]  # type: ignore[no-any-return]
+        except KeyError:
+            raise ProvisionError(
+                f"{path}: has no certificate {record.serial} for {record.name}", path=str(path)
+            ) from None
+
     def key_pem(self, record: IssuedRecord) -> bytes:
         """The plain PEM of a participant's stored key (decrypted when needed)."""
-        path = self.dir / KEYS / f"{record.serial}.key"
+        data = self._entry(record)["key"].encode("ascii")
         if not self.passphrase:
-            try:
-                return path.read_bytes()
-            except OSError as exc:
-                raise ProvisionError(f"{path}: cannot read: {exc.strerror}",
-                                     path=str(path)) from None
-        return key_pem(_load_key(path, self.passphrase))
+            return data
+        return key_pem(_load_key(self.dir / ISSUED / record.bundle, self.passphrase, data))
 
     def cert_pem(self, record: IssuedRecord) -> bytes:
-        path = self.dir / CERTS / f"{record.serial}.pem"
-        try:
-            return path.read_bytes()
-        except OSError as exc:
-            raise ProvisionError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
+        """The PEM of a participant's current certificate."""
+        return self._entry(record)["cert"].encode("ascii")
 
     def revoke(self, record: IssuedRecord, reason: str, when: datetime) -> None:
         self.revoked.append(
@@ -239,7 +276,7 @@ class State:
 
     def save(self) -> None:
         """Write state.json atomically (temp, fsync, rename, fsync folder)."""
-        doc = {
+        doc: dict[str, Any] = {
             "format": STATE_FORMAT,
             "project": self.project,
             "ca": {
@@ -247,9 +284,15 @@ class State:
                 "serial": serial_hex(self.ca.cert.serial_number),
                 "encrypted": bool(self.passphrase),
             },
-            "participants": {n: asdict(r) for n, r in sorted(self.participants.items())},
             "revoked": [asdict(r) for r in self.revoked],
             "prods": self.prods,
         }
-        write_atomic(self.dir / STATE_JSON, (json.dumps(doc, indent=1) + "\n").encode(), 0o600)
+        # One participant per line: readable, and still the fast C encoder per entry.
+        body = json.dumps(doc)[:-1]
+        rows = ",\n  ".join(
+            f"{json.dumps(n)}: {json.dumps(asdict(r))}"
+            for n, r in sorted(self.participants.items())
+        )
+        text = f'{body}, "participants": {{\n  {rows}\n}}}}\n'
+        write_atomic(self.dir / STATE_JSON, text.encode(), 0o600)
         fsync_dir(self.dir)

@@ -140,14 +140,27 @@ def test_no_kit_holds_the_ca_key(provisioned: ProvisionResult) -> None:
 
 def test_state_folder_is_private(provisioned: ProvisionResult) -> None:
     state = provisioned.state_dir
-    assert _mode(state) == 0o700 and _mode(state / "keys") == 0o700
+    assert _mode(state) == 0o700 and _mode(state / "issued") == 0o700
     assert _mode(state / "ca.key") == 0o600
-    keys = list((state / "keys").iterdir())
-    assert len(keys) == len(provisioned.kits)
-    assert all(_mode(k) == 0o600 for k in keys)
+    bundles = list((state / "issued").iterdir())
+    assert len(bundles) == 1 and _mode(bundles[0]) == 0o600
+    issued = json.loads(bundles[0].read_text())["certificates"]
+    assert {entry["name"] for entry in issued.values()} == set(provisioned.kits)
     doc = json.loads((state / "state.json").read_text())
     assert set(doc["participants"]) == set(provisioned.kits)
+    assert {r["serial"] for r in doc["participants"].values()} == set(issued)
     assert doc["prods"] == ["prod_00"]
+
+
+def test_state_keeps_every_issued_certificate(provisioned: ProvisionResult) -> None:
+    bundle = next((provisioned.state_dir / "issued").iterdir())
+    issued = json.loads(bundle.read_text())["certificates"]
+    for name, kit_dir in provisioned.kits.items():
+        kit = load_kit(kit_dir)
+        serial = format(
+            x509.load_pem_x509_certificate(kit.cert_path.read_bytes()).serial_number, "x")
+        assert issued[serial]["cert"].encode() == kit.cert_path.read_bytes()
+        assert issued[serial]["name"] == name
 
 
 def test_passphrase_encrypts_ca_and_stored_keys_but_not_kits(
@@ -155,8 +168,9 @@ def test_passphrase_encrypts_ca_and_stored_keys_but_not_kits(
 ) -> None:
     result = provision(project_yml, tmp_path, ca_passphrase=b"correct horse")
     assert b"ENCRYPTED PRIVATE KEY" in (result.state_dir / "ca.key").read_bytes()
-    for key in (result.state_dir / "keys").iterdir():
-        assert b"ENCRYPTED PRIVATE KEY" in key.read_bytes()
+    bundle = next((result.state_dir / "issued").iterdir())
+    for entry in json.loads(bundle.read_text())["certificates"].values():
+        assert entry["key"].startswith("-----BEGIN ENCRYPTED PRIVATE KEY")
     kit_key = load_kit(result.kits["site-1"]).key_path.read_bytes()
     assert b"BEGIN PRIVATE KEY" in kit_key  # participants start without a passphrase
     again = provision(project_yml, tmp_path, ca_passphrase=b"correct horse")
