@@ -1,0 +1,222 @@
+"""The site's side of the Site service's ``Download`` and ``Upload``: chunked blobs.
+
+Theory of operation. A blob (a job's app archive, a global model, an update, a job log)
+moves as a stream of :class:`TransferChunk` messages: one ``TransferHeader`` (name hint,
+size, SHA-256, content type, params), then ``data`` chunks of at most 1 MiB
+(:data:`flare_protocol.credentials.CHUNK_SIZE`). Memory stays bounded by one chunk in
+either direction.
+
+A download is written to a temporary file beside its destination (``O_EXCL``, mode 0600,
+never through a link), hashed while it arrives, checked against the announced size, the
+announced SHA-256, the one the referencing ``BlobRef`` gave and a byte cap, fsynced, and
+only then renamed into place: a half-received blob is never taken for a whole one. The
+header's name is a hint for logs only; the caller chooses the destination path.
+
+An upload hashes the file first (the header carries size and SHA-256 up front, so the
+server can refuse early and check at the end), then streams it; the server's reply is
+the blob's :class:`Blob` reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from flare_protocol._generated import common_pb2, site_pb2
+from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.errors import FlareError
+
+__all__ = ["Blob", "BlobError", "download", "sha256_file", "upload"]
+
+#: Default cap on one downloaded blob (the server's own archive cap is 2 GiB).
+MAX_DOWNLOAD_BYTES = 4 * 1024**3
+#: A transfer that failed with one of these may succeed on the next connection.
+_RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
+class BlobError(FlareError):
+    """A blob transfer failed or delivered something other than announced."""
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A reference to a blob held by the server (mirrors ``BlobRef``)."""
+
+    blob_id: str
+    name: str = ""
+    size: int = -1
+    sha256: str = ""
+
+    @classmethod
+    def from_pb(cls, ref: common_pb2.BlobRef) -> Blob:
+        return cls(ref.blob_id, ref.name, int(ref.size), ref.sha256.lower())
+
+    def to_pb(self) -> common_pb2.BlobRef:
+        return common_pb2.BlobRef(
+            blob_id=self.blob_id, name=self.name, size=self.size, sha256=self.sha256
+        )
+
+
+def sha256_file(path: Path) -> tuple[str, int]:
+    """The hex SHA-256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _open_temp(dest: Path) -> tuple[int, Path]:
+    tmp = dest.with_name(f".{dest.name}.part-{secrets.token_hex(6)}")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    return os.open(tmp, flags, 0o600), tmp
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _finish(tmp: Path, dest: Path) -> None:
+    os.replace(tmp, dest)
+    dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dirfd)
+    finally:
+        os.close(dirfd)
+
+
+async def download(
+    stub: Any,
+    blob: Blob,
+    dest: Path,
+    *,
+    job_id: str = "",
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
+    timeout: float | None = None,
+) -> Path:
+    """Fetch ``blob`` into ``dest`` (complete or absent); return ``dest``.
+
+    Args:
+        stub: a ``SiteStub`` on a ``grpc.aio`` channel.
+        blob: the reference from the envelope; a non-empty ``sha256`` is enforced.
+        dest: the final path (its folder must exist); never taken from the wire.
+        job_id: the job the blob belongs to (the server serves it only for that job).
+        max_bytes: refuse a blob larger than this, announced or real.
+
+    Raises:
+        BlobError: the stream broke, or the blob is not what was announced.
+    """
+    call = stub.Download(site_pb2.BlobRequest(blob_id=blob.blob_id, job_id=job_id), timeout=timeout)
+    fd, tmp = await asyncio.to_thread(_open_temp, dest)
+    digest = hashlib.sha256()
+    received = 0
+    header: common_pb2.TransferHeader | None = None
+    try:
+        try:
+            async for chunk in call:
+                kind = chunk.WhichOneof("item")
+                if kind == "header":
+                    if header is not None or received:
+                        raise BlobError(f"blob {blob.blob_id}: a second header in the stream")
+                    header = chunk.header
+                    if header.size > max_bytes:
+                        raise BlobError(
+                            f"blob {blob.blob_id} announces {header.size} bytes; the site "
+                            f"accepts at most {max_bytes}"
+                        )
+                    continue
+                if kind != "data":
+                    continue
+                received += len(chunk.data)
+                if received > max_bytes:
+                    raise BlobError(
+                        f"blob {blob.blob_id} exceeds the cap of {max_bytes} bytes; stopped"
+                    )
+                digest.update(chunk.data)
+                await asyncio.to_thread(_write_all, fd, chunk.data)
+        except grpc.RpcError as exc:
+            raise BlobError(
+                f"download of blob {blob.blob_id} failed: {exc.code().name}: {exc.details()}",
+                retryable=exc.code() in _RETRYABLE,
+            ) from None
+        actual = digest.hexdigest()
+        expected_size = header.size if header is not None and header.size >= 0 else blob.size
+        if expected_size >= 0 and received != expected_size:
+            raise BlobError(
+                f"blob {blob.blob_id}: received {received} bytes, {expected_size} were announced"
+            )
+        for announced in (blob.sha256, header.sha256 if header is not None else ""):
+            if announced and announced.lower() != actual:
+                raise BlobError(
+                    f"blob {blob.blob_id}: SHA-256 {actual} does not match the announced "
+                    f"{announced}; the transfer was damaged"
+                )
+        await asyncio.to_thread(os.fsync, fd)
+        os.close(fd)
+        fd = -1
+        await asyncio.to_thread(_finish, tmp, dest)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
+        call.cancel()
+        raise
+    return dest
+
+
+async def _chunks(
+    path: Path, header: common_pb2.TransferHeader
+) -> AsyncIterator[common_pb2.TransferChunk]:
+    yield common_pb2.TransferChunk(header=header)
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+        while True:
+            data = await asyncio.to_thread(fh.read, CHUNK_SIZE)
+            if not data:
+                return
+            yield common_pb2.TransferChunk(data=data)
+    finally:
+        fh.close()
+
+
+async def upload(
+    stub: Any,
+    path: Path,
+    *,
+    name: str,
+    content_type: str,
+    params: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> Blob:
+    """Send the file at ``path`` to the server; return the server's reference.
+
+    ``params`` travel in the header (``job_id``, ``task_id``, ``kind``: ``update`` or
+    ``log``), so the server can tie the blob to the job before it stores a byte.
+
+    Raises:
+        BlobError: the server refused the upload or the stream broke.
+    """
+    sha, size = await asyncio.to_thread(sha256_file, path)
+    header = common_pb2.TransferHeader(
+        name=name, size=size, sha256=sha, content_type=content_type, params=dict(params or {})
+    )
+    try:
+        ref = await stub.Upload(_chunks(path, header), timeout=timeout)
+    except grpc.RpcError as exc:
+        raise BlobError(
+            f"upload of {name} failed: {exc.code().name}: {exc.details()}",
+            retryable=exc.code() in _RETRYABLE,
+        ) from None
+    return Blob.from_pb(ref)

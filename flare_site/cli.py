@@ -1,0 +1,106 @@
+"""``flare site start KIT_DIR``: check the site kit, then serve the server until stopped.
+
+The kit is checked before any network call (:func:`flare_protocol.preflight.check_kit`:
+files present, key mode 0600, key matches certificate, issued by the kit's CA, valid
+dates, a site certificate, the signature over ``startup/``); a kit that fails prints one
+``error:`` line naming the file and the fix and exits with status 2. SIGTERM and SIGINT
+stop the site gracefully (its jobs' process groups are killed) with status 0; a
+``restart`` command from the server re-checks the kit and starts over in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from flare_protocol.errors import FlareError
+from flare_protocol.identity import ParticipantType
+from flare_protocol.kit import Kit, load_kit
+from flare_protocol.preflight import check_kit
+from flare_site.runtime import SiteRuntime, SiteSettings, load_site_settings
+
+log = logging.getLogger("flare_site")
+
+SITE_LOG = Path("logs") / "site.log"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flare site", description="Run a flare site.")
+    sub = parser.add_subparsers(dest="action", required=True)
+    start = sub.add_parser("start", help="start the site from its startup kit")
+    start.add_argument("kit_dir", type=Path, help="the site's kit folder (prod_NN/<site>)")
+    start.add_argument("--workspace", type=Path, help="site workspace (default: KIT_DIR/workspace)")
+    start.add_argument(
+        "--server", metavar="HOST:PORT", help="server site endpoint to dial (default: the kit's)"
+    )
+    start.add_argument(
+        "--max-jobs",
+        type=int,
+        help="jobs run at once (default: max_concurrent_jobs of local/resources.json)",
+    )
+    return parser
+
+
+def load_checked_kit(kit_dir: Path) -> Kit:
+    """Load a site kit and run every pre-flight check (raises a KitError naming the fix)."""
+    kit = load_kit(kit_dir, ParticipantType.SITE)
+    check_kit(kit)
+    return kit
+
+
+def _install_logging(settings: SiteSettings) -> logging.Handler:
+    logger = logging.getLogger("flare_site")
+    logger.setLevel(settings.log_level.upper())
+    path = settings.workspace / SITE_LOG
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    return handler
+
+
+async def _serve(runtime: SiteRuntime) -> str:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, runtime.request_stop, False, sig.name)
+    return await runtime.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        while True:
+            kit = load_checked_kit(args.kit_dir)
+            settings = load_site_settings(
+                kit, workspace=args.workspace, server=args.server, max_jobs=args.max_jobs
+            )
+            handler = _install_logging(settings)
+            log.info(
+                "site %s of project %s starting: server %s, workspace %s, up to %d job(s)",
+                kit.name,
+                kit.project,
+                settings.server_address,
+                settings.workspace,
+                settings.max_jobs,
+            )
+            try:
+                outcome = asyncio.run(_serve(SiteRuntime(kit, settings)))
+            finally:
+                logging.getLogger("flare_site").removeHandler(handler)
+                handler.close()
+            if outcome != "restart":
+                log.info("site %s stopped", kit.name)
+                return 0
+            log.info("site %s restarting", kit.name)
+    except FlareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

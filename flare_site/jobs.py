@@ -1,0 +1,479 @@
+"""The site's job manager: one workspace and one executor per job, bounded in number.
+
+Theory of operation. Each job the server deploys gets ``<site workspace>/jobs/<job_id>/``
+(the id must be a canonical UUID: it becomes a folder name, so nothing else is accepted):
+
+* ``app/``: the app archive, checked entry by entry and extracted atomically
+  (:func:`flare_site.archive.extract_app`);
+* ``models/``: global models in, updates out (the executor's exchange folder);
+* ``downloads/``: blobs being received;
+* ``log.txt``: the job's site log: what the site did and every line user code wrote to
+  stdout or stderr, capped in size.
+
+A job moves ``deploying -> running -> finished | failed | aborted``. Only ``deploying``
+and ``running`` jobs count against ``max_jobs``; a deployment beyond it is refused (the
+server learns the limit at Register). User code runs only in the executor's subprocesses
+(:mod:`flare_site.executors`); the manager never imports it. ``abort`` may come at any
+moment, also while the app is being extracted or the script is starting: it marks the
+job aborted first, then kills the executor's process group, so a deployment in progress
+fails instead of starting user code. A task whose user code died (non-zero exit, killed)
+fails the job and reaps its process group; a task whose output was merely unusable fails
+alone and the job goes on.
+
+The manager is confined to the site's event loop. It knows nothing of the network: the
+runtime (:mod:`flare_site.runtime`) turns messages into calls and results into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from flare_protocol.app_config import CLIENT_CONFIG, parse_client_config
+from flare_protocol.errors import ExecutionError, FlareError, InvalidJobDefinition
+from flare_site.archive import AppLimits, extract_app
+from flare_site.executors import (
+    ExecutorHost,
+    JobContext,
+    MetricEvent,
+    TaskSpec,
+    TrainOutcome,
+    ValidateOutcome,
+    create_executor,
+)
+
+__all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
+
+log = logging.getLogger("flare_site.jobs")
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+#: Job states; the first two count against the concurrency limit.
+DEPLOYING, RUNNING, FINISHED, FAILED, ABORTED = (
+    "deploying",
+    "running",
+    "finished",
+    "failed",
+    "aborted",
+)
+_ACTIVE = frozenset({DEPLOYING, RUNNING})
+
+MetricCallback = Callable[[str, MetricEvent], None]
+
+
+def check_job_id(job_id: object) -> str:
+    """``job_id`` if it is a canonical (lower-case, hyphenated) UUID, else ExecutionError."""
+    if isinstance(job_id, str) and _UUID.match(job_id):
+        return job_id
+    shown = repr(job_id)[:80]
+    raise ExecutionError(f"job id {shown} is not a canonical UUID; refused", job_id=str(job_id))
+
+
+def check_task_id(task_id: object) -> str:
+    """A task id safe to use in a file name, else ExecutionError."""
+    if isinstance(task_id, str) and _TASK_ID.match(task_id):
+        return task_id
+    raise ExecutionError(f"task id {repr(task_id)[:80]} is malformed; refused")
+
+
+class JobLog:
+    """A job's append-only site log (``log.txt``), capped at ``max_bytes``."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 * 1024 * 1024) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
+        self._size = path.stat().st_size
+        self._capped = False
+
+    def _write(self, text: str) -> None:
+        if self._fh.closed:
+            return
+        data = text if text.endswith("\n") else text + "\n"
+        if self._size + len(data) > self.max_bytes:
+            if not self._capped:
+                self._capped = True
+                self._fh.write(
+                    f"[site] log capped at {self.max_bytes} bytes; later lines dropped\n"
+                )
+                self._fh.flush()
+            return
+        self._size += len(data)
+        self._fh.write(data)
+        self._fh.flush()
+
+    def output(self, stream: str, line: str) -> None:
+        """A line user code wrote (``stream`` is ``stdout`` or ``stderr``)."""
+        self._write(f"{_stamp()} [{stream}] {line}")
+
+    def event(self, text: str) -> None:
+        """Something the site did for this job."""
+        self._write(f"{_stamp()} [site] {text}")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._fh.close()
+
+
+def _stamp() -> str:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+
+
+@dataclass
+class JobRecord:
+    """What the site knows of one job (mutable, owned by the manager)."""
+
+    job_id: str
+    folder: Path
+    state: str = DEPLOYING
+    app: str = ""
+    total_rounds: int = 0
+    started: float = field(default_factory=time.time)
+    ended: float | None = None
+    tasks_done: int = 0
+    error: str = ""
+    stderr_tail: str = ""
+    executor: ExecutorHost | None = field(default=None, repr=False)
+    log: JobLog | None = field(default=None, repr=False)
+
+    @property
+    def app_dir(self) -> Path:
+        return self.folder / "app"
+
+    @property
+    def log_path(self) -> Path:
+        return self.folder / "log.txt"
+
+    @property
+    def downloads(self) -> Path:
+        return self.folder / "downloads"
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "state": self.state,
+            "app": self.app,
+            "started": self.started,
+            "ended": self.ended,
+            "tasks_done": self.tasks_done,
+            "error": self.error,
+        }
+
+
+class JobManager:
+    """Deploys, runs, aborts and ends the jobs of one site."""
+
+    def __init__(
+        self,
+        workspace: Path,
+        site_name: str,
+        *,
+        max_jobs: int = 1,
+        on_metric: MetricCallback | None = None,
+        stop_grace: float = 10.0,
+        app_limits: AppLimits | None = None,
+        max_log_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        self.workspace = Path(workspace)
+        self.jobs_dir = self.workspace / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.site_name = site_name
+        self.max_jobs = max(1, int(max_jobs))
+        self.on_metric = on_metric
+        self.stop_grace = stop_grace
+        self.app_limits = app_limits or AppLimits()
+        self.max_log_bytes = max_log_bytes
+        self._jobs: dict[str, JobRecord] = {}
+        self.errors: deque[dict[str, Any]] = deque(maxlen=200)
+
+    # -- queries -------------------------------------------------------------------------
+    def running(self) -> list[str]:
+        """Ids of jobs being deployed or running (sent at Register and in heartbeats)."""
+        return sorted(j.job_id for j in self._jobs.values() if j.state in _ACTIVE)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    def state(self, job_id: str) -> str | None:
+        job = self._jobs.get(job_id)
+        return job.state if job else None
+
+    def stats(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for job in self._jobs.values():
+            counts[job.state] = counts.get(job.state, 0) + 1
+        return {
+            "max_jobs": self.max_jobs,
+            "running_jobs": self.running(),
+            "jobs": counts,
+            "recent": [j.summary() for j in list(self._jobs.values())[-20:]],
+        }
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def deploy(
+        self,
+        job_id: str,
+        app_archive: Path,
+        *,
+        client_config: Mapping[str, Any] | None = None,
+        app: str = "",
+        total_rounds: int = 0,
+        base_env: Mapping[str, str] | None = None,
+    ) -> JobRecord:
+        """Extract the app and start its executor; the job is then ``running``.
+
+        Raises:
+            ExecutionError: the limit is reached, the id is bad or taken, user code failed
+                to start (``stderr_tail`` attached), or the job was aborted meanwhile.
+            InvalidJobDefinition: the archive or the client config is unsafe or invalid.
+        """
+        job_id = check_job_id(job_id)
+        if job_id in self._jobs and self._jobs[job_id].state in _ACTIVE:
+            raise ExecutionError(f"job {job_id} is already deployed on this site", job_id=job_id)
+        active = self.running()
+        if len(active) >= self.max_jobs:
+            raise ExecutionError(
+                f"site {self.site_name} already runs {len(active)} job(s), its limit "
+                f"(max_concurrent_jobs in local/resources.json, or --max-jobs) is {self.max_jobs}",
+                job_id=job_id,
+            )
+        folder = self.jobs_dir / job_id
+        if folder.exists():
+            raise ExecutionError(
+                f"job {job_id} was already deployed on this site before ({folder} exists); "
+                "a job is deployed once",
+                job_id=job_id,
+            )
+        folder.mkdir(mode=0o700)
+        (folder / "downloads").mkdir(mode=0o700)
+        job = JobRecord(job_id, folder, app=app, total_rounds=total_rounds)
+        job.log = JobLog(job.log_path, self.max_log_bytes)
+        self._jobs[job_id] = job
+        job.log.event(f"deploying app {app or '?'} of job {job_id}")
+        try:
+            await asyncio.to_thread(extract_app, app_archive, job.app_dir, self.app_limits)
+            self._check_not_aborted(job)
+            config = parse_client_config(
+                dict(client_config) if client_config is not None else self._read_config(job),
+                source=f"{app or 'app'}/{CLIENT_CONFIG}",
+            )
+            ctx = JobContext(
+                job_id=job_id,
+                site_name=self.site_name,
+                app_dir=job.app_dir,
+                workspace=folder,
+                base_env=base_env,
+            )
+            job.executor = create_executor(
+                config,
+                ctx,
+                on_metric=lambda event: self._metric(job_id, event),
+                on_output=job.log.output,
+            )
+            self._check_not_aborted(job)
+            await job.executor.start()
+            self._check_not_aborted(job)
+        except BaseException as exc:
+            await self._fail(job, exc)
+            raise
+        job.state = RUNNING
+        job.log.event(f"deployed; executor {type(job.executor).__name__} started")
+        return job
+
+    async def train(
+        self,
+        job_id: str,
+        task_id: str,
+        *,
+        round: int,
+        total_rounds: int,
+        model_path: Path | None,
+    ) -> TrainOutcome:
+        """Run one training round through the job's executor.
+
+        Raises:
+            ExecutionError: the job is not running here, or the task failed; when user
+                code died, the job is ``failed`` afterwards (see :meth:`state`).
+        """
+        outcome = await self._task(job_id, task_id, "train", round, total_rounds, model_path)
+        assert isinstance(outcome, TrainOutcome)
+        return outcome
+
+    async def validate(
+        self, job_id: str, task_id: str, *, round: int, model_path: Path | None
+    ) -> ValidateOutcome:
+        """Run one validation through the job's executor (errors as :meth:`train`)."""
+        job = self._jobs.get(job_id)
+        total = job.total_rounds if job else 0
+        outcome = await self._task(job_id, task_id, "validate", round, total, model_path)
+        assert isinstance(outcome, ValidateOutcome)
+        return outcome
+
+    async def abort(self, job_id: str, reason: str = "") -> bool:
+        """Kill the job's user code now; True if the job was active here."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state not in _ACTIVE:
+            return False
+        job.state = ABORTED
+        job.error = reason or "aborted"
+        job.ended = time.time()
+        if job.log:
+            job.log.event(f"aborting: {job.error}")
+        if job.executor is not None:
+            await job.executor.abort()
+        if job.log:
+            job.log.event("aborted; user code's process group is gone")
+        return True
+
+    async def end(self, job_id: str, status: str = "") -> Path | None:
+        """The job is over: stop its executor gracefully; return its log's path."""
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.state in _ACTIVE:
+            job.state = FINISHED
+            job.ended = time.time()
+            if job.log:
+                job.log.event(f"ending ({status or 'finished'}); stopping user code")
+            if job.executor is not None:
+                with contextlib.suppress(Exception):
+                    await job.executor.stop(self.stop_grace)
+        if job.log:
+            job.log.event(f"job ended with state {job.state}")
+            job.log.close()
+        return job.log_path
+
+    async def shutdown(self, reason: str = "site stopping") -> list[str]:
+        """Abort every active job (the site is going away); their ids."""
+        active = self.running()
+        await asyncio.gather(*(self.abort(j, reason) for j in active), return_exceptions=True)
+        for job_id in active:
+            job = self._jobs[job_id]
+            if job.log:
+                job.log.close()
+        return active
+
+    def forget(self, job_id: str, *, remove_files: bool = False) -> None:
+        """Drop an ended job from memory (and its folder, if asked)."""
+        job = self._jobs.get(job_id)
+        if job is None or job.state in _ACTIVE:
+            return
+        del self._jobs[job_id]
+        if remove_files:
+            shutil.rmtree(job.folder, ignore_errors=True)
+
+    # -- internals -----------------------------------------------------------------------
+    def _read_config(self, job: JobRecord) -> bytes:
+        path = job.app_dir / CLIENT_CONFIG
+        if not path.is_file():
+            raise InvalidJobDefinition(
+                f"the app has no {CLIENT_CONFIG} and the server sent no client_config",
+                path=CLIENT_CONFIG,
+            )
+        return path.read_bytes()
+
+    @staticmethod
+    def _check_not_aborted(job: JobRecord) -> None:
+        if job.state == ABORTED:
+            raise ExecutionError(f"job {job.job_id} was aborted while deploying", aborted=True)
+
+    async def _fail(self, job: JobRecord, exc: BaseException) -> None:
+        if job.state != ABORTED:
+            job.state = FAILED
+            job.ended = time.time()
+            job.error = str(exc) or type(exc).__name__
+            job.stderr_tail = str(getattr(exc, "stderr_tail", "") or "")
+            self._record_error(job, job.error)
+        if job.log:
+            job.log.event(f"failed: {job.error}")
+        if job.executor is not None:
+            with contextlib.suppress(Exception):
+                await job.executor.abort()
+
+    def _record_error(self, job: JobRecord, message: str) -> None:
+        self.errors.append({"time": time.time(), "job_id": job.job_id, "error": message[-2000:]})
+
+    def _metric(self, job_id: str, event: MetricEvent) -> None:
+        if self.on_metric is not None:
+            with contextlib.suppress(Exception):
+                self.on_metric(job_id, event)
+
+    async def _task(
+        self,
+        job_id: str,
+        task_id: str,
+        kind: str,
+        round: int,
+        total_rounds: int,
+        model_path: Path | None,
+    ) -> TrainOutcome | ValidateOutcome:
+        job = self._jobs.get(job_id)
+        if job is None or job.state != RUNNING or job.executor is None:
+            state = job.state if job else "not deployed"
+            raise ExecutionError(
+                f"cannot run a {kind} task for job {job_id} on this site: it is {state}",
+                job_id=job_id,
+            )
+        task = TaskSpec(check_task_id(task_id), kind, int(round), int(total_rounds), model_path)
+        assert job.log is not None
+        job.log.event(f"{kind} task {task_id} (round {round}) started")
+        try:
+            outcome = await job.executor.run_task(task)
+        except ExecutionError as exc:
+            job.log.event(f"{kind} task {task_id} failed: {exc.message}")
+            died = exc.details.get("returncode") is not None or exc.details.get("aborted")
+            if died and job.state == RUNNING:
+                await self._fail(job, exc)
+            elif job.state == RUNNING:
+                self._record_error(job, exc.message)
+            raise
+        job.tasks_done += 1
+        job.log.event(f"{kind} task {task_id} (round {round}) done")
+        return outcome
+
+
+def task_result_body(
+    task_id: str, round: int, outcome: TrainOutcome | ValidateOutcome
+) -> dict[str, Any]:
+    """The ``task.result`` body of a successful task (docs/site-protocol.md)."""
+    if isinstance(outcome, TrainOutcome):
+        return {
+            "task_id": task_id,
+            "round": round,
+            "kind": "train",
+            "params_type": outcome.params_type.value,
+            "num_examples": outcome.num_examples,
+            "metrics": dict(outcome.metrics),
+            "error": None,
+        }
+    return {
+        "task_id": task_id,
+        "round": round,
+        "kind": "validate",
+        "metrics": dict(outcome.metrics),
+        "error": None,
+    }
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line (or a few) for a ``job.status``/``task.result`` error field."""
+    if isinstance(exc, FlareError):
+        return exc.message
+    return f"{type(exc).__name__}: {exc}"
+
+
+def dumps(body: Mapping[str, Any]) -> str:
+    """Compact JSON for an envelope body (NaN refused, as on the server)."""
+    return json.dumps(body, separators=(",", ":"), allow_nan=False)

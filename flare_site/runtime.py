@@ -1,0 +1,684 @@
+"""The site process: connect to the server, stay connected, and turn messages into work.
+
+Theory of operation. :class:`SiteRuntime` runs one loop on one asyncio event loop:
+
+1. **Connect.** Dial the server's site endpoint over mutual TLS with the kit's
+   credentials, ``Register`` (reporting the jobs this site still runs and its job limit),
+   open the ``Channel`` and send the first heartbeat carrying the session id.
+2. **Stay connected.** Heartbeats go out every ``heartbeat_interval`` seconds, as the
+   server's ``RegisterReply`` says. Anything from the server (an ack, a message) counts as
+   a sign of life; after ``heartbeat_timeout`` seconds of silence, or when the stream
+   breaks or ends (a network cut, a server restart, a session the server no longer
+   knows), the connection is dropped and the site dials again after a back-off delay:
+   exponential from ``reconnect_initial`` up to ``reconnect_max``, with jitter (a random
+   point in the upper half of the delay) so that many sites do not dial in lockstep. A
+   successful Register resets the delay. Jobs keep running while the site reconnects.
+3. **Work.** Messages from the server go through a topic allowlist (never a name looked
+   up) to handlers, each in its own task. Per job, ``job.deploy``, ``task.*`` and
+   ``job.end`` run in arrival order (a job lock covers download, run and upload);
+   ``job.abort`` and ``site.command`` never wait behind them. Blobs move through
+   :mod:`flare_site.blobs` on the current connection; outgoing envelopes wait in a
+   bounded outbox that survives reconnects, so a result computed during a network cut
+   is delivered after it.
+4. **Stop.** SIGTERM/SIGINT or a ``shutdown``/``restart`` command: active jobs are aborted
+   (their process groups killed) and reported ``aborted``, the outbox is flushed briefly,
+   the Channel is closed; :meth:`SiteRuntime.run` returns ``"stop"`` or ``"restart"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+import shutil
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from flare_protocol._generated import site_pb2, site_pb2_grpc
+from flare_protocol.credentials import channel_credentials, channel_options
+from flare_protocol.errors import ExecutionError, KitError
+from flare_protocol.kit import Kit
+from flare_site.blobs import Blob, BlobError, download, upload
+from flare_site.commands import SiteCommands
+from flare_site.executors import MetricEvent
+from flare_site.jobs import (
+    ABORTED,
+    FAILED,
+    JobManager,
+    check_job_id,
+    describe_error,
+    dumps,
+    task_result_body,
+)
+
+__all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
+
+log = logging.getLogger("flare_site")
+
+#: Topics the server may send; anything else is logged and dropped.
+SERVER_TOPICS = frozenset(
+    {"job.deploy", "task.train", "task.validate", "job.abort", "job.end", "site.command"}
+)
+RESOURCES = "resources.json"
+_JOB_TOPICS = frozenset({"job.deploy", "task.train", "task.validate", "job.end"})
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class SiteSettings:
+    """How a site connects and what it runs (``local/settings.json``, resources, flags)."""
+
+    server_address: str
+    """``host:port`` of the server's site endpoint."""
+    workspace: Path
+    """Site workspace: ``jobs/<job_id>/`` and ``logs/site.log`` live here."""
+    max_jobs: int = 1
+    """Jobs run at once (``max_concurrent_jobs`` in ``local/resources.json``)."""
+    log_level: str = "INFO"
+    heartbeat_interval: float = 5.0
+    """Used only when the server's Register reply gives none."""
+    heartbeat_timeout: float = 30.0
+    """Used only when the server's Register reply gives none."""
+    connect_timeout: float = 10.0
+    """Seconds a Register may take before the attempt counts as failed."""
+    reconnect_initial: float = 1.0
+    """First back-off delay after a failed or lost connection (seconds)."""
+    reconnect_max: float = 30.0
+    """Longest back-off delay."""
+    stop_grace: float = 10.0
+    """Seconds user code gets to exit at ``job.end`` before its group is killed."""
+    max_outbox: int = 10_000
+    """Outgoing messages kept while disconnected; the oldest are dropped beyond it."""
+    transfer_timeout: float = 3600.0
+    """Seconds one blob download or upload may take."""
+
+    def replace(self, **changes: Any) -> SiteSettings:
+        return replace(self, **changes)
+
+
+_SETTING_KEYS: dict[str, tuple[str, type]] = {
+    "log_level": ("log_level", str),
+    "heartbeat_interval_s": ("heartbeat_interval", float),
+    "heartbeat_timeout_s": ("heartbeat_timeout", float),
+    "connect_timeout_s": ("connect_timeout", float),
+    "reconnect_initial_s": ("reconnect_initial", float),
+    "reconnect_max_s": ("reconnect_max", float),
+    "stop_grace_s": ("stop_grace", float),
+}
+
+
+def _read_json_object(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise KitError(f"cannot read {path}: {exc}", path=str(path)) from None
+    if not isinstance(data, dict):
+        raise KitError(f"{path} must hold a JSON object", path=str(path))
+    return data
+
+
+def load_site_settings(
+    kit: Kit,
+    *,
+    workspace: Path | None = None,
+    server: str | None = None,
+    max_jobs: int | None = None,
+) -> SiteSettings:
+    """Settings from the kit's ``local/`` folder; the arguments (CLI flags) win.
+
+    Raises:
+        KitError: a setting has the wrong type or value, naming the file and key.
+    """
+    settings_path = kit.local / "settings.json"
+    values: dict[str, Any] = {}
+    for key, (name, kind) in _SETTING_KEYS.items():
+        if key not in kit.settings:
+            continue
+        raw = kit.settings[key]
+        ok = (
+            isinstance(raw, str)
+            if kind is str
+            else (isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0)
+        )
+        if not ok:
+            want = "a string" if kind is str else "a positive number"
+            raise KitError(
+                f"{settings_path}: '{key}' must be {want}, got {raw!r}", path=str(settings_path)
+            )
+        values[name] = kind(raw)
+    jobs = 1
+    resources_path = kit.local / RESOURCES
+    if resources_path.is_file():
+        raw_jobs = _read_json_object(resources_path).get("max_concurrent_jobs", 1)
+        if isinstance(raw_jobs, bool) or not isinstance(raw_jobs, int) or raw_jobs < 1:
+            raise KitError(
+                f"{resources_path}: 'max_concurrent_jobs' must be an integer >= 1, "
+                f"got {raw_jobs!r}",
+                path=str(resources_path),
+            )
+        jobs = raw_jobs
+    if max_jobs is not None:
+        if max_jobs < 1:
+            raise KitError(f"--max-jobs must be at least 1, got {max_jobs}")
+        jobs = max_jobs
+    address = server or kit.server_address(kit.server.fed_learn_port)
+    if ":" not in address:
+        raise KitError(f"server address {address!r} must be HOST:PORT")
+    return SiteSettings(
+        server_address=address,
+        workspace=Path(workspace) if workspace else kit.root / "workspace",
+        max_jobs=jobs,
+        **values,
+    )
+
+
+def _site_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("flare-admin")
+    except Exception:
+        return "dev"
+
+
+class _Lost(Exception):
+    """The connection is gone (internal: triggers a reconnect)."""
+
+
+@dataclass
+class _Connection:
+    channel: grpc.aio.Channel
+    stub: site_pb2_grpc.SiteStub
+    session_id: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    call: Any = None
+    last_seen: float = field(default_factory=time.monotonic)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def write(self, message: site_pb2.SiteMessage) -> None:
+        async with self.lock:
+            await self.call.write(message)
+
+
+class SiteRuntime:
+    """One site's connection to the server and the jobs it runs (see the module doc)."""
+
+    def __init__(self, kit: Kit, settings: SiteSettings) -> None:
+        self.kit = kit
+        self.settings = settings
+        self.name = kit.name
+        self.workspace = settings.workspace.resolve()
+        self.jobs = JobManager(
+            self.workspace,
+            kit.name,
+            max_jobs=settings.max_jobs,
+            on_metric=self._on_metric,
+            stop_grace=settings.stop_grace,
+        )
+        self.commands = SiteCommands(self.workspace, stats=self._stats, errors=self._errors)
+        self.start_time = time.time()
+        self.connections = 0
+        self.session_id = ""
+        self._conn: _Connection | None = None
+        self._connected = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._outcome = "stop"
+        self._outbox: deque[site_pb2.SiteMessage] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._job_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._creds = channel_credentials(kit)
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def request_stop(self, restart: bool = False, reason: str = "") -> None:
+        """Stop (or restart) soon; safe to call from a signal handler on the loop."""
+        if not self._stopping.is_set():
+            log.info(
+                "site %s %s%s",
+                self.name,
+                "restarting" if restart else "stopping",
+                f" ({reason})" if reason else "",
+            )
+        self._outcome = "restart" if restart else self._outcome
+        self._stopping.set()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def run(self) -> str:
+        """Connect, serve and reconnect until asked to stop; ``"stop"`` or ``"restart"``."""
+        (self.workspace / "jobs").mkdir(parents=True, exist_ok=True)
+        attempt = 0
+        try:
+            while not self._stopping.is_set():
+                registered = False
+                try:
+                    registered = await self._connect_once()
+                except _Lost as exc:
+                    log.warning("connection to %s lost: %s", self.settings.server_address, exc)
+                except grpc.RpcError as exc:
+                    log.warning(
+                        "cannot reach the server at %s: %s: %s",
+                        self.settings.server_address,
+                        exc.code().name if hasattr(exc, "code") else "ERROR",
+                        exc.details() if hasattr(exc, "details") else exc,
+                    )
+                finally:
+                    self._connected.clear()
+                    self._conn = None
+                if self._stopping.is_set():
+                    break
+                attempt = 0 if registered else attempt + 1
+                delay = self._backoff(attempt)
+                log.info("reconnecting in %.2f s", delay)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+        finally:
+            await self._shutdown_jobs()
+        return self._outcome
+
+    def _backoff(self, attempt: int) -> float:
+        s = self.settings
+        ceiling = min(s.reconnect_max, s.reconnect_initial * (2 ** min(attempt, 30)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def _shutdown_jobs(self) -> None:
+        aborted = await self.jobs.shutdown("the site stopped")
+        for job_id in aborted:
+            self.send("job.status", job_id, {"status": "aborted", "error": "the site stopped"})
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- one connection ------------------------------------------------------------------
+    async def _connect_once(self) -> bool:
+        """Register and serve one Channel; True once registered. Raises on failure."""
+        s = self.settings
+        channel = grpc.aio.secure_channel(
+            s.server_address, self._creds, options=channel_options(self.kit, s.server_address)
+        )
+        try:
+            stub = site_pb2_grpc.SiteStub(channel)
+            reply = await stub.Register(
+                site_pb2.RegisterRequest(
+                    site_version=_site_version(),
+                    running_jobs=self.jobs.running(),
+                    resources={"max_jobs": str(s.max_jobs)},
+                ),
+                timeout=s.connect_timeout,
+            )
+            conn = _Connection(
+                channel,
+                stub,
+                reply.session_id,
+                reply.heartbeat_interval or s.heartbeat_interval,
+                reply.heartbeat_timeout or s.heartbeat_timeout,
+            )
+            conn.call = stub.Channel()
+            await conn.write(self._heartbeat(conn))
+            self.connections += 1
+            self.session_id = conn.session_id
+            self._conn = conn
+            self._connected.set()
+            log.info(
+                "site %s registered with %s (session %s, heartbeat every %g s)",
+                self.name,
+                s.server_address,
+                conn.session_id[:8],
+                conn.heartbeat_interval,
+            )
+            await self._serve(conn)
+            return True
+        finally:
+            self._connected.clear()
+            with contextlib.suppress(Exception):
+                await channel.close(grace=None)
+
+    async def _serve(self, conn: _Connection) -> None:
+        loop = asyncio.get_running_loop()
+        workers = [
+            loop.create_task(self._read(conn)),
+            loop.create_task(self._beat(conn)),
+            loop.create_task(self._write(conn)),
+        ]
+        stop = loop.create_task(self._stopping.wait())
+        try:
+            done, _ = await asyncio.wait([*workers, stop], return_when=asyncio.FIRST_COMPLETED)
+            if stop in done:
+                await self._stop_on(conn)
+                return
+            for task in done:
+                exc = task.exception()
+                if exc is not None:
+                    raise exc
+            raise _Lost("the server ended the channel")
+        finally:
+            for task in (*workers, stop):
+                task.cancel()
+            await asyncio.gather(*workers, stop, return_exceptions=True)
+            if conn.call is not None:
+                conn.call.cancel()
+
+    async def _stop_on(self, conn: _Connection) -> None:
+        """Graceful stop while connected: abort jobs, report, flush, close."""
+        await self._shutdown_jobs()
+        deadline = time.monotonic() + 2.0
+        while self._outbox and time.monotonic() < deadline:
+            message = self._outbox.popleft()
+            try:
+                await asyncio.wait_for(conn.write(message), 1.0)
+            except Exception:
+                break
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(conn.call.done_writing(), 1.0)
+
+    def _heartbeat(self, conn: _Connection) -> site_pb2.SiteMessage:
+        return site_pb2.SiteMessage(
+            heartbeat=site_pb2.Heartbeat(
+                session_id=conn.session_id, running_jobs=self.jobs.running()
+            )
+        )
+
+    async def _beat(self, conn: _Connection) -> None:
+        while True:
+            await asyncio.sleep(conn.heartbeat_interval)
+            silent = time.monotonic() - conn.last_seen
+            if silent > conn.heartbeat_timeout:
+                raise _Lost(f"no word from the server for {silent:.1f} s")
+            try:
+                await conn.write(self._heartbeat(conn))
+            except Exception as exc:
+                raise _Lost(f"heartbeat failed: {exc}") from None
+
+    async def _write(self, conn: _Connection) -> None:
+        while True:
+            while not self._outbox:
+                self._outbox_ready.clear()
+                await self._outbox_ready.wait()
+            message = self._outbox.popleft()
+            try:
+                await conn.write(message)
+            except Exception as exc:
+                self._outbox.appendleft(message)  # delivered after the reconnect
+                raise _Lost(f"sending failed: {exc}") from None
+
+    async def _read(self, conn: _Connection) -> None:
+        while True:
+            try:
+                msg = await conn.call.read()
+            except grpc.RpcError as exc:
+                raise _Lost(f"{exc.code().name}: {exc.details()}") from None
+            if msg is grpc.aio.EOF:
+                raise _Lost("the server closed the channel")
+            conn.last_seen = time.monotonic()
+            if msg.WhichOneof("kind") == "message":
+                self._dispatch(msg.message)
+
+    # -- outgoing ------------------------------------------------------------------------
+    def send(
+        self,
+        topic: str,
+        job_id: str,
+        body: Mapping[str, Any],
+        *,
+        blobs: tuple[Blob, ...] = (),
+        reply_to: str = "",
+    ) -> None:
+        """Queue an envelope for the server (delivered in order, across reconnects)."""
+        envelope = site_pb2.Envelope(
+            message_id=uuid.uuid4().hex,
+            job_id=job_id,
+            topic=topic,
+            reply_to=reply_to,
+            body_json=dumps(body),
+            blobs=[b.to_pb() for b in blobs],
+        )
+        if len(self._outbox) >= self.settings.max_outbox:
+            dropped = self._outbox.popleft()
+            log.warning("outbox full: dropped a %s message", dropped.message.topic)
+        self._outbox.append(site_pb2.SiteMessage(message=envelope))
+        self._outbox_ready.set()
+
+    def _on_metric(self, job_id: str, event: MetricEvent) -> None:
+        body = {
+            "round": event.round,
+            "key": event.key,
+            "value": event.value,
+            "step": event.step,
+            "time": event.time,
+        }
+        try:
+            self.send("metrics", job_id, body)
+        except ValueError:  # NaN or infinity: not JSON, not a metric
+            log.warning("job %s: dropped non-finite metric %s", job_id, event.key)
+
+    async def _on_connection(self, what: Callable[[Any], Awaitable[T]]) -> T:
+        """Run a blob transfer on the current connection; retry once after a reconnect."""
+        for attempt in range(3):
+            await self._connected.wait()
+            conn = self._conn
+            if conn is None:
+                continue
+            try:
+                return await what(conn.stub)
+            except BlobError as exc:
+                # Only a transfer cut by a lost connection is worth another try.
+                if attempt == 2 or not exc.details.get("retryable"):
+                    raise
+                log.info("transfer interrupted (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        raise BlobError("no connection to the server")
+
+    # -- incoming ------------------------------------------------------------------------
+    def _dispatch(self, envelope: site_pb2.Envelope) -> None:
+        topic = envelope.topic
+        if topic not in SERVER_TOPICS:
+            log.warning("server sent unknown topic %r; dropped", topic[:64])
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(envelope))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, envelope: site_pb2.Envelope) -> None:
+        topic = envelope.topic
+        try:
+            body = json.loads(envelope.body_json or "{}")
+        except json.JSONDecodeError:
+            body = None
+        if not isinstance(body, dict):
+            log.warning("server sent %s with a body that is not a JSON object; dropped", topic)
+            return
+        try:
+            if topic == "site.command":
+                await self._command(envelope, body)
+            elif topic == "job.abort":
+                await self._abort(envelope.job_id, body)
+            else:
+                lock = self._job_locks.setdefault(envelope.job_id, asyncio.Lock())
+                async with lock:
+                    if topic == "job.deploy":
+                        await self._deploy(envelope, body)
+                    elif topic == "task.train" or topic == "task.validate":
+                        await self._task(envelope, body)
+                    elif topic == "job.end":
+                        await self._end(envelope.job_id, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handling %s for job %s failed", topic, envelope.job_id)
+
+    async def _command(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
+        result = await asyncio.to_thread(self.commands.run, body.get("command"), body.get("args"))
+        self.send("site.reply", envelope.job_id, result.body(), reply_to=envelope.message_id)
+        if result.then:
+            self.request_stop(restart=result.then == "restart", reason="asked by the server")
+
+    async def _abort(self, job_id: str, body: dict[str, Any]) -> None:
+        reason = str(body.get("reason") or "aborted by the server")[:1000]
+        ran = await self.jobs.abort(job_id, reason)
+        if ran:
+            log.info("job %s aborted: %s", job_id, reason)
+        self.send("job.status", job_id, {"status": "aborted", "error": reason})
+
+    def _status(self, job_id: str, status: str, exc: BaseException | None = None) -> None:
+        body: dict[str, Any] = {"status": status}
+        if exc is not None:
+            body["error"] = describe_error(exc)
+            tail = getattr(exc, "stderr_tail", "") or ""
+            if tail:
+                body["stderr_tail"] = str(tail)
+        self.send("job.status", job_id, body)
+
+    async def _deploy(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
+        job_id = envelope.job_id
+        tmp_dir = self.workspace / "tmp"
+        archive = tmp_dir / f"{uuid.uuid4().hex}.app.zip"
+        try:
+            check_job_id(job_id)
+            if not envelope.blobs:
+                raise ExecutionError("job.deploy carries no app archive")
+            if len(self.jobs.running()) >= self.jobs.max_jobs:
+                raise ExecutionError(
+                    f"site {self.name} already runs {len(self.jobs.running())} job(s); "
+                    f"its limit is {self.jobs.max_jobs}"
+                )
+            client_config = body.get("client_config")
+            if client_config is not None and not isinstance(client_config, dict):
+                raise ExecutionError("job.deploy: 'client_config' must be a JSON object")
+            total = body.get("total_rounds", 0)
+            tmp_dir.mkdir(mode=0o700, exist_ok=True)
+            blob = Blob.from_pb(envelope.blobs[0])
+            await self._on_connection(
+                lambda stub: download(
+                    stub, blob, archive, job_id=job_id, timeout=self.settings.transfer_timeout
+                )
+            )
+            await self.jobs.deploy(
+                job_id,
+                archive,
+                client_config=client_config,
+                app=str(body.get("app", ""))[:128],
+                total_rounds=total if isinstance(total, int) and not isinstance(total, bool) else 0,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self.jobs.state(job_id) != ABORTED:
+                log.warning("job %s failed to deploy: %s", job_id, describe_error(exc))
+                self._status(job_id, "failed", exc)
+            return
+        finally:
+            archive.unlink(missing_ok=True)
+        log.info("job %s deployed", job_id)
+        self._status(job_id, "deployed")
+
+    async def _task(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
+        job_id = envelope.job_id
+        kind = "train" if envelope.topic == "task.train" else "validate"
+        task_id = str(body.get("task_id", ""))[:128]
+        rnd = body.get("round", 0)
+        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else 0
+        job = self.jobs.get(job_id)
+        try:
+            if job is None:
+                raise ExecutionError(f"job {job_id} is not deployed on this site")
+            model: Path | None = None
+            if envelope.blobs:
+                blob = Blob.from_pb(envelope.blobs[0])
+                model = job.downloads / f"{uuid.uuid4().hex}.global.npz"
+                await self._on_connection(
+                    lambda stub: download(
+                        stub, blob, model, job_id=job_id, timeout=self.settings.transfer_timeout
+                    )
+                )
+            if kind == "train":
+                total = body.get("total_rounds", job.total_rounds)
+                outcome: Any = await self.jobs.train(
+                    job_id,
+                    task_id,
+                    round=rnd,
+                    total_rounds=total if isinstance(total, int) else job.total_rounds,
+                    model_path=model,
+                )
+                ref = await self._on_connection(
+                    lambda stub: upload(
+                        stub,
+                        outcome.params_path,
+                        name=f"{task_id}.npz",
+                        content_type="application/x-npz",
+                        params={"job_id": job_id, "task_id": task_id, "kind": "update"},
+                        timeout=self.settings.transfer_timeout,
+                    )
+                )
+                self.send(
+                    "task.result", job_id, task_result_body(task_id, rnd, outcome), blobs=(ref,)
+                )
+            else:
+                outcome = await self.jobs.validate(job_id, task_id, round=rnd, model_path=model)
+                self.send("task.result", job_id, task_result_body(task_id, rnd, outcome))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.send(
+                "task.result",
+                job_id,
+                {"task_id": task_id, "round": rnd, "kind": kind, "error": describe_error(exc)},
+            )
+            if self.jobs.state(job_id) == FAILED:
+                self._status(job_id, "failed", exc)
+
+    async def _end(self, job_id: str, body: dict[str, Any]) -> None:
+        log_path = await self.jobs.end(job_id, str(body.get("status", ""))[:64])
+        if log_path is None or not log_path.is_file():
+            self.send("job.log", job_id, {})
+            return
+        try:
+            ref = await self._on_connection(
+                lambda stub: upload(
+                    stub,
+                    log_path,
+                    name="log.txt",
+                    content_type="text/plain",
+                    params={"job_id": job_id, "kind": "log"},
+                    timeout=self.settings.transfer_timeout,
+                )
+            )
+        except BlobError as exc:
+            log.warning("job %s: the site log could not be uploaded: %s", job_id, exc)
+            self.send("job.log", job_id, {"error": describe_error(exc)})
+            return
+        self.send("job.log", job_id, {}, blobs=(ref,))
+        job = self.jobs.get(job_id)
+        if job is not None:
+            shutil.rmtree(job.downloads, ignore_errors=True)
+
+    # -- command data --------------------------------------------------------------------
+    def _stats(self, job_id: str | None) -> Any:
+        if job_id:
+            job = self.jobs.get(job_id)
+            if job is None:
+                return {"job_id": job_id, "state": "unknown on this site"}
+            return job.summary()
+        return {
+            "site": self.name,
+            "uptime": time.time() - self.start_time,
+            "server": self.settings.server_address,
+            "connected": self.connected,
+            "connections": self.connections,
+            **self.jobs.stats(),
+        }
+
+    def _errors(self, job_id: str | None) -> Any:
+        return [e for e in self.jobs.errors if not job_id or e["job_id"] == job_id]

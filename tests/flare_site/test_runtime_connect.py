@@ -1,0 +1,191 @@
+"""`flare site start` as a real process against the real server: connect, stay, come back, stop."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flare_admin import new_secure_session
+from flare_site.cli import main
+from tests.flare_site.runtime_helpers import SiteProcess, site_kit
+from tests.kit_factory import copy_kit, loose_key_kit
+from tests.server_harness import ServerThread, wait_until
+
+ADMIN = "admin@org_a.com"
+
+
+@pytest.fixture
+def server_kit(provisioned: Any) -> Path:
+    return Path(provisioned.kits["localhost"])
+
+
+@pytest.fixture
+def server(server_kit: Path, tmp_path: Path) -> Iterator[ServerThread]:
+    with ServerThread(
+        server_kit, tmp_path / "server-ws", heartbeat_interval=0.2, heartbeat_timeout=1.0
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+def kit(provisioned: Any, tmp_path: Path) -> Path:
+    return site_kit(provisioned, tmp_path / "kits")
+
+
+def registry(srv: ServerThread) -> Any:
+    return srv.server.registry
+
+
+def connected(srv: ServerThread) -> list[str]:
+    return srv.call(lambda: srv.server.registry.names())  # type: ignore[no-any-return]
+
+
+def test_site_process_registers_and_heartbeats(server: ServerThread, kit: Path) -> None:
+    with SiteProcess(kit, server.site_address) as site:
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        first = server.call(lambda: server.server.registry.get("site-1").last_heartbeat)
+        time.sleep(0.6)  # three heartbeat intervals
+        snapshot = server.call(lambda: server.server.registry.get("site-1"))
+        assert snapshot.last_heartbeat > first
+        assert snapshot.resources == {"max_jobs": "1"}
+        assert site.proc.poll() is None
+
+
+def test_site_appears_in_the_admin_connected_client_list(
+    server: ServerThread, kit: Path, kits_dir: dict[str, Path]
+) -> None:
+    with SiteProcess(kit, server.site_address):
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        with new_secure_session(
+            ADMIN, kits_dir[ADMIN], server_address=server.admin_address
+        ) as session:
+            names = [c.name for c in session.get_connected_client_list()]
+    assert names == ["site-1"]
+
+
+def test_site_reconnects_after_a_server_restart(
+    server_kit: Path, kit: Path, tmp_path: Path
+) -> None:
+    first = ServerThread(server_kit, tmp_path / "ws", heartbeat_interval=0.2).start()
+    port = first.server.site_port
+    with SiteProcess(kit, first.site_address) as site:
+        try:
+            wait_until(lambda: "site-1" in connected(first), timeout=15)
+        finally:
+            first.stop()
+        time.sleep(0.8)  # the site keeps dialling a closed port meanwhile
+        with ServerThread(
+            server_kit, tmp_path / "ws", heartbeat_interval=0.2, fed_learn_port=port
+        ) as second:
+            wait_until(lambda: "site-1" in connected(second), timeout=10)
+        log = site.stderr()
+    assert "connection to" in log and "lost" in log
+    assert "Connection refused" in log or "UNAVAILABLE" in log
+    assert log.count("registered with") == 2
+
+
+def test_site_waits_for_a_server_that_is_not_up_yet(
+    server_kit: Path, kit: Path, tmp_path: Path
+) -> None:
+    probe = ServerThread(server_kit, tmp_path / "probe").start()
+    port = probe.server.site_port
+    probe.stop()
+    with SiteProcess(kit, f"127.0.0.1:{port}") as site:
+        time.sleep(0.8)
+        assert site.proc.poll() is None
+        with ServerThread(server_kit, tmp_path / "ws", fed_learn_port=port) as srv:
+            wait_until(lambda: "site-1" in connected(srv), timeout=10)
+
+
+def test_sigterm_stops_the_site_cleanly(server: ServerThread, kit: Path) -> None:
+    with SiteProcess(kit, server.site_address) as site:
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        started = time.monotonic()
+        code = site.terminate()
+        elapsed = time.monotonic() - started
+        wait_until(lambda: "site-1" not in connected(server), timeout=5)
+    assert code == 0
+    assert elapsed < 5
+    assert "stopped" in site.stderr()
+
+
+def test_site_log_is_written_in_the_workspace(server: ServerThread, kit: Path) -> None:
+    with SiteProcess(kit, server.site_address) as site:
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        site.terminate()
+    text = (kit / "workspace" / "logs" / "site.log").read_text()
+    assert "registered with" in text
+
+
+def test_a_tampered_kit_is_refused_before_any_connection(
+    provisioned: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kit = copy_kit(provisioned, "site-1", tmp_path)
+    readme = kit / "startup" / "README.md"
+    readme.write_text(readme.read_text() + "\nedited\n")
+    code = main(["start", str(kit), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ")
+    assert "README.md" in err
+    assert not (kit / "workspace").exists()
+
+
+def test_a_loose_key_mode_is_refused_naming_the_fix(
+    provisioned: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kit = loose_key_kit(provisioned, "site-1", tmp_path)
+    code = main(["start", str(kit), "--server", "127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "client.key" in err and "chmod 600" in err
+
+
+def test_a_tampered_kit_stops_the_real_process_with_one_clear_line(
+    provisioned: Any, tmp_path: Path
+) -> None:
+    kit = copy_kit(provisioned, "site-1", tmp_path)
+    (kit / "startup" / "extra.txt").write_text("not signed")
+    with SiteProcess(kit, "127.0.0.1:1") as site:
+        code = site.proc.wait(20)
+        err = site.stderr()
+    assert code == 2
+    assert [line for line in err.splitlines() if line.startswith("error: ")]
+    assert "extra.txt" in err
+
+
+def test_an_admin_kit_is_not_accepted_as_a_site_kit(
+    provisioned: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["start", str(provisioned.kits[ADMIN]), "--server", "127.0.0.1:1"])
+    assert code == 2
+    assert "site kit is needed" in capsys.readouterr().err
+
+
+def test_max_jobs_comes_from_resources_json_and_the_flag_wins(
+    server: ServerThread, kit: Path
+) -> None:
+    (kit / "local" / "resources.json").write_text(json.dumps({"max_concurrent_jobs": 3}))
+    with SiteProcess(kit, server.site_address):
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        assert server.call(lambda: server.server.registry.get("site-1").resources) == {
+            "max_jobs": "3"
+        }
+    with SiteProcess(kit, server.site_address, "--max-jobs", "2"):
+        wait_until(
+            lambda: (
+                server.call(lambda: getattr(registry(server).get("site-1"), "resources", {}))
+                == {"max_jobs": "2"}
+            ),
+            timeout=15,
+        )
+
+
+@pytest.fixture
+def kits_dir(provisioned: Any) -> dict[str, Path]:
+    return {name: Path(path) for name, path in provisioned.kits.items()}
