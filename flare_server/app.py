@@ -328,7 +328,8 @@ class Server:
             async for msg in chunks:
                 if msg.WhichOneof("item") != "data":
                     raise errors.InvalidArgumentError("a job upload carries one header only")
-                total += len(msg.data)
+                data = msg.data  # one copy out of the message (each access copies)
+                total += len(data)
                 if total > cap:
                     raise errors.InvalidJobDefinition(
                         f"the job archive exceeds the server's upload cap of {cap} bytes",
@@ -336,7 +337,7 @@ class Server:
                     )
                 if writing is not None:
                     await writing
-                writing = loop.run_in_executor(None, upload.write, msg.data)
+                writing = loop.run_in_executor(None, upload.write, data)
             if writing is not None:
                 await writing
                 writing = None
