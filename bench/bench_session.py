@@ -1,0 +1,326 @@
+"""Admin Session benchmarks: open, list_jobs, 1 GiB up/down, monitor latency, async concurrency.
+
+The server runs in this process (``tests.server_harness.ServerThread``, real mTLS on
+127.0.0.1); every client measurement runs in a child process (``--child MODE``), so the
+client's peak RSS is its own and client and server do not share a GIL, as on a real
+deployment where both sit on the same 2-core box. Timestamps for the monitor latency
+use ``time.perf_counter`` (CLOCK_MONOTONIC, shared by all processes on Linux).
+
+Usage: ``.venv/bin/python bench/bench_session.py [--gib 1] [--jobs 10000]``; ``run()``
+returns the rows for ``bench/run.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+ADMIN = "admin@org_a.com"
+MIB = 1024 * 1024
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# -- child side: the client ---------------------------------------------------------------
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
+    from flare_admin import AsyncSession, new_secure_session
+
+    if mode == "open":
+        times = []
+        for _ in range(int(arg)):
+            t0 = time.perf_counter()
+            s = new_secure_session(ADMIN, kit, server_address=address)
+            times.append(time.perf_counter() - t0)
+            s.close()
+        return {"median_ms": statistics.median(times) * 1e3, "p90_ms": _pct(times, 0.9) * 1e3}
+
+    session = new_secure_session(ADMIN, kit, server_address=address, timeout=120)
+    if mode == "list":
+        times, n = [], 0
+        for _ in range(15):
+            t0 = time.perf_counter()
+            n = len(session.list_jobs())
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        session.list_jobs(detailed=True)
+        detailed = time.perf_counter() - t0
+        return {
+            "jobs": n,
+            "median_ms": statistics.median(times) * 1e3,
+            "detailed_ms": detailed * 1e3,
+        }
+    if mode == "submit":
+        size = sum(p.stat().st_size for p in Path(arg).rglob("*") if p.is_file())
+        t0 = time.perf_counter()
+        job_id = session.submit_job(arg)
+        elapsed = time.perf_counter() - t0
+        return {
+            "job_id": job_id,
+            "mb_s": size / elapsed / 1e6,
+            "seconds": elapsed,
+            "rss_mb": _peak_rss_mb(),
+        }
+    if mode == "download":
+        dest = tempfile.mkdtemp(prefix="dl-", dir=Path(kit).parent)
+        t0 = time.perf_counter()
+        path = session.download_job_result(arg, destination=dest)
+        elapsed = time.perf_counter() - t0
+        size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+        return {"mb_s": size / elapsed / 1e6, "seconds": elapsed, "rss_mb": _peak_rss_mb()}
+    if mode == "monitor":
+        stamps: list[float] = []
+
+        def cb(_s: Any, _j: str, meta: Any) -> bool:
+            stamps.append(time.perf_counter())
+            print("tick", flush=True)
+            return True
+
+        session.monitor_job(arg, cb=cb)
+        return {"stamps": stamps}
+    if mode == "concurrent":
+        n_sessions, seconds, job_id = 200, float(arg.split(",")[0]), arg.split(",")[1]
+
+        async def main() -> dict[str, Any]:
+            sessions = await asyncio.gather(
+                *(
+                    AsyncSession.open(ADMIN, kit, server_address=address, timeout=60)
+                    for _ in range(n_sessions)
+                )
+            )
+            latencies: list[float] = []
+            stop = time.perf_counter() + seconds
+
+            async def worker(s: AsyncSession) -> None:
+                while time.perf_counter() < stop:
+                    t0 = time.perf_counter()
+                    await s.get_job_meta(job_id)
+                    latencies.append(time.perf_counter() - t0)
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(s) for s in sessions))
+            wall = time.perf_counter() - t0
+            await asyncio.gather(*(s.close() for s in sessions))
+            return {
+                "calls_s": len(latencies) / wall,
+                "p50_ms": _pct(latencies, 0.5) * 1e3,
+                "p99_ms": _pct(latencies, 0.99) * 1e3,
+            }
+
+        return asyncio.run(main())
+    raise SystemExit(f"unknown mode {mode}")
+
+
+# -- parent side: the server and the orchestration ------------------------------------------
+
+
+def _spawn(mode: str, kit: Path, address: str, arg: str = "") -> dict[str, Any]:
+    done = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(kit), address, arg],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=1800,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"client {mode} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _big_file(path: Path, size: int) -> None:
+    block = os.urandom(16 * MIB)
+    with open(path, "wb") as fh:
+        written = 0
+        while written < size:
+            n = min(len(block), size - written)
+            fh.write(block[:n])
+            written += n
+
+
+def _job_folder(root: Path, payload: int) -> Path:
+    folder = root / "bigjob"
+    (folder / "app" / "config").mkdir(parents=True)
+    (folder / "app" / "custom").mkdir()
+    (folder / "meta.json").write_text(
+        json.dumps({"name": "bigjob", "min_clients": 1, "deploy_map": {"app": ["@ALL"]}})
+    )
+    (folder / "app" / "config" / "config_fed_server.json").write_text(
+        json.dumps({"workflow": "fedavg", "num_rounds": 1})
+    )
+    (folder / "app" / "config" / "config_fed_client.json").write_text(
+        json.dumps({"executor": "script", "script": "custom/train.py"})
+    )
+    (folder / "app" / "custom" / "train.py").write_text("print('train')\n")
+    if payload:
+        _big_file(folder / "app" / "custom" / "weights.bin", payload)
+    return folder
+
+
+def row(benchmark: str, value: float, unit: str, target: str, notes: str = "") -> dict[str, Any]:
+    return {
+        "benchmark": benchmark,
+        "value": round(value, 2),
+        "unit": unit,
+        "target": target,
+        "notes": notes,
+    }
+
+
+def run(gib: float = 1.0, jobs: int = 10_000) -> list[dict[str, Any]]:
+    from flare_server.jobs import JobStatus, Submitter
+    from provisioning import provision
+    from tests.conftest import TEST_PROJECT_YML
+    from tests.server_harness import ServerThread
+
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-session-") as tmp_name:
+        tmp = Path(tmp_name)
+        (tmp / "project.yml").write_text(TEST_PROJECT_YML)
+        result = provision(tmp / "project.yml", tmp / "ws")
+        kit = Path(result.kits[ADMIN])
+        with ServerThread(Path(result.kits["localhost"]), tmp / "server-ws") as srv:
+            address, store = srv.admin_address, srv.server.store
+
+            r = _spawn("open", kit, address, "30")
+            rows.append(
+                row(
+                    "session open (pre-flight + TLS + Hello)",
+                    r["median_ms"],
+                    "ms",
+                    "<= 10",
+                    f"median of 30, p90 {r['p90_ms']:.1f} ms; NVIDIA FLARE 2.9: 1500 ms",
+                )
+            )
+
+            small = _job_folder(tmp / "small", 0)
+            first = _spawn("submit", kit, address, str(small))["job_id"]
+            submitter = Submitter(ADMIN, "org_a", "project_admin")
+            t0 = time.perf_counter()
+            while len(store.list()) < jobs:
+                store.clone_job(first, submitter)
+            seed = time.perf_counter() - t0
+            r = _spawn("list", kit, address)
+            rows.append(
+                row(
+                    f"list_jobs of {r['jobs']} jobs",
+                    r["median_ms"],
+                    "ms",
+                    "<= 100",
+                    f"median of 15, end to end; detailed=True {r['detailed_ms']:.0f} ms; "
+                    f"seeded in {seed:.0f} s; NVIDIA FLARE 2.9: 8-30 ms",
+                )
+            )
+
+            # monitor: the parent changes the job, the child's callback stamps the arrival
+            watched = store.clone_job(first, submitter).job_id
+            proc = subprocess.Popen(
+                [sys.executable, __file__, "--child", "monitor", str(kit), address, watched],
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=REPO,
+            )
+            assert proc.stdout is not None
+            proc.stdout.readline()  # the first callback: the current meta
+            sent: list[float] = []
+            for i in range(40):
+                time.sleep(0.02)
+                sent.append(time.perf_counter())
+                store.update(watched, bench_tick=i)
+                proc.stdout.readline()
+            sent.append(time.perf_counter())
+            store.set_status(watched, JobStatus.FINISHED_ABORTED)
+            out, _ = proc.communicate(timeout=30)
+            stamps = json.loads(out.strip().splitlines()[-1])["stamps"][1:]
+            lat = [(b - a) * 1e3 for a, b in zip(sent, stamps, strict=False)]
+            rows.append(
+                row(
+                    "monitor_job: change -> callback",
+                    statistics.median(lat),
+                    "ms",
+                    "<= 50",
+                    f"median of {len(lat)}, p99 {_pct(lat, 0.99):.1f} ms, incl. the store's "
+                    "durable write; NVIDIA FLARE polls every 2 s",
+                )
+            )
+
+            r = _spawn("concurrent", kit, address, f"5,{first}")
+            rows.append(
+                row(
+                    "200 concurrent AsyncSessions: get_job_meta",
+                    r["calls_s"],
+                    "calls/s",
+                    ">= 2000",
+                    f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms (target <= 100)",
+                )
+            )
+
+            size = int(gib * 1024**3)
+            big = _job_folder(tmp / "big", size)
+            r = _spawn("submit", kit, address, str(big))
+            rows.append(
+                row(
+                    f"submit_job of a {gib:g} GiB folder",
+                    r["mb_s"],
+                    "MB/s",
+                    ">= 500",
+                    f"{r['seconds']:.1f} s until durable; client peak RSS {r['rss_mb']:.0f} MB "
+                    "(target <= 150)",
+                )
+            )
+            result_dir = Path(store.result_dir(first))
+            _big_file(result_dir / "model.bin", size)
+            done_id = first
+            for status in (JobStatus.DISPATCHED, JobStatus.RUNNING, JobStatus.FINISHED_COMPLETED):
+                store.set_status(done_id, status)
+            r = _spawn("download", kit, address, done_id)
+            rows.append(
+                row(
+                    f"download_job_result of {gib:g} GiB",
+                    r["mb_s"],
+                    "MB/s",
+                    ">= 500",
+                    f"{r['seconds']:.1f} s incl. checks and extraction; client peak RSS "
+                    f"{r['rss_mb']:.0f} MB (target <= 150)",
+                )
+            )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--gib", type=float, default=1.0)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--child", nargs=4, metavar=("MODE", "KIT", "ADDRESS", "ARG"))
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(child(*args.child)))
+        return
+    for r in run(args.gib, args.jobs):
+        head = f"{r['benchmark']:<48} {r['value']:>10} {r['unit']:<8}"
+        print(f"{head} target {r['target']:<8} {r['notes']}")
+
+
+if __name__ == "__main__":
+    main()
