@@ -162,11 +162,14 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
     return "\n".join(lines).encode()
 
 
+#: Default ``local/settings.json`` per type; the keys are the ones the server
+#: (``flare_server.settings``) and the site (``flare_site.runtime``) read.
 _SETTINGS: dict[ParticipantType, dict[str, Any]] = {
-    ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout_s": 30.0},
+    ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout": 30.0,
+                             "grace_period": 5.0},
     ParticipantType.SITE: {"log_level": "INFO", "heartbeat_interval_s": 5.0,
                            "connect_timeout_s": 10.0},
-    ParticipantType.ADMIN: {"log_level": "INFO", "timeout_s": 10.0},
+    ParticipantType.ADMIN: {"log_level": "INFO"},
 }
 
 

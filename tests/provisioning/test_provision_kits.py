@@ -191,3 +191,22 @@ def test_keys_are_0600_whatever_the_umask(tmp_path: Path, project_yml: Path) -> 
 def test_no_temporary_folder_is_left_behind(provisioned: ProvisionResult) -> None:
     project_dir = provisioned.prod_dir.parent
     assert sorted(p.name for p in project_dir.iterdir()) == ["prod_00", "state"]
+
+
+def test_default_policy_file_is_the_servers_default(provisioned: ProvisionResult) -> None:
+    """The .default file parses with the server's loader and equals its built-in table."""
+    authz = pytest.importorskip("flare_server.authz")
+    path = provisioned.kits["localhost"] / "local" / "authorization.json.default"
+    policy = authz.Policy.from_mapping(json.loads(path.read_text()), source=str(path))
+    def plain(table):  # type: ignore[no-untyped-def]
+        return {role: dict(row) for role, row in table.items()}
+
+    assert plain(policy.table) == plain(authz.Policy.default().table)
+
+
+def test_default_settings_load_in_server_and_site(provisioned: ProvisionResult) -> None:
+    settings = pytest.importorskip("flare_server.settings")
+    server = settings.ServerSettings.from_kit(load_kit(provisioned.kits["localhost"]))
+    assert server.extra == {} and server.log_level == "INFO"
+    runtime = pytest.importorskip("flare_site.runtime")
+    runtime.load_site_settings(load_kit(provisioned.kits["site-1"]))
