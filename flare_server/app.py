@@ -167,6 +167,12 @@ class Server:
             max_entries=s.max_entries,
         )
         self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
+        if self.settings.extra:
+            log.warning(
+                "%s: ignoring key(s) that are not server settings: %s",
+                self.kit.local / "settings.json",
+                ", ".join(sorted(self.settings.extra)),
+            )
         recovery = getattr(self.store, "recovery", None)
         if recovery is not None:
             log.info("job store recovery: %s", recovery)

@@ -12,7 +12,7 @@ FLARE's default policy (rows are roles, columns are rights)::
     view             any            any        any    any      list, meta, watch, stats,
                                                                errors, system info, sites
     operate          any            org        org    none     restart, shutdown, ...
-    shell_commands   any            org        org    none     ls, cat, head, tail, grep, pwd
+    shell_commands   any            org        none   none     ls, cat, head, tail, grep, pwd
 
 Scopes: ``any`` allows every resource; ``none`` allows nothing; ``own`` allows the jobs
 the caller submitted (same name and org); ``org`` allows jobs submitted by the caller's
@@ -26,7 +26,9 @@ submission) are allowed by every scope but ``none``.
                             "lead": {...}, "member": {...}}}
 
 Every role must list every right; anything unknown or missing stops start-up with a line
-naming the file, the role and the right.
+naming the file, the role and the right. Other top-level keys (``note``, ``rights``) are
+ignored, so the ``authorization.json.default`` that provisioning writes can be copied to
+``authorization.json`` and edited.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ DEFAULT_POLICY: Mapping[Role, Mapping[Right, Scope]] = MappingProxyType(
                 _R.DOWNLOAD_JOB: _S,
                 _R.VIEW: _A,
                 _R.OPERATE: _O,
-                _R.SHELL_COMMANDS: _O,
+                _R.SHELL_COMMANDS: _N,
             }
         ),
         Role.MEMBER: MappingProxyType({r: (_A if r is _R.VIEW else _N) for r in Right}),

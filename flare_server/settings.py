@@ -1,8 +1,9 @@
 """Server settings: the kit's ``local/settings.json`` plus command-line overrides.
 
 Every key of :class:`ServerSettings` may appear at the top level of ``local/settings.json``
-(or under a ``"server"`` object, which wins). Keys that are not server settings (for
-example a site's ``server_address``) are ignored; a server setting of the wrong type stops
+(or under a ``"server"`` object, which wins); durations in seconds may carry an ``_s``
+suffix (``"heartbeat_timeout_s": 30``). Keys that are not server settings are kept in
+``extra`` and named in one warning at start-up; a server setting of the wrong type stops
 start-up with a line naming the file, the key and the expected type.
 """
 
@@ -84,10 +85,13 @@ class ServerSettings:
         values: dict[str, Any] = {}
         extra: dict[str, Any] = {}
         for key, value in raw.items():
-            if key not in known:
+            name = key
+            if name not in known and name.endswith("_s") and name[:-2] in known:
+                name = name[:-2]  # "heartbeat_timeout_s": seconds spelled out
+            if name not in known:
                 extra[key] = value
                 continue
-            values[key] = _coerce(path, key, value, cls)
+            values[name] = _coerce(path, name, value, cls, key)
         for key, value in overrides.items():
             if value is not None:
                 values[key] = value
@@ -113,13 +117,13 @@ class ServerSettings:
         return dataclasses.replace(self, **changes)
 
 
-def _coerce(path: Path, key: str, value: Any, cls: type[ServerSettings]) -> Any:
-    default = next(f for f in fields(cls) if f.name == key).default
-    if key == "workspace":
+def _coerce(path: Path, name: str, value: Any, cls: type[ServerSettings], key: str) -> Any:
+    default = next(f for f in fields(cls) if f.name == name).default
+    if name == "workspace":
         if not isinstance(value, str):
             raise KitError(f"{path}: '{key}' must be a path string, got {value!r}")
         return Path(value)
-    if key in ("admin_port", "fed_learn_port"):
+    if name in ("admin_port", "fed_learn_port"):
         if value is None:
             return None
         default = 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import grpc
 import pytest
@@ -54,7 +55,7 @@ def test_default_table_is_nvidia_flares_default_policy():
             Right.DOWNLOAD_JOB: Scope.OWN,
             Right.VIEW: Scope.ANY,
             Right.OPERATE: Scope.ORG,
-            Right.SHELL_COMMANDS: Scope.ORG,
+            Right.SHELL_COMMANDS: Scope.NONE,
         },
         Role.MEMBER: {**dict.fromkeys(Right, Scope.NONE), Right.VIEW: Scope.ANY},
     }
@@ -113,6 +114,14 @@ def _doc(**changes):
     for role, row in changes.items():
         roles[role] = row
     return {"format": 1, "roles": roles}
+
+
+def test_the_default_file_written_by_provisioning_is_the_default_table(provisioned, tmp_path):
+    default = Path(provisioned.kits["localhost"]) / "local" / "authorization.json.default"
+    shutil.copy(default, tmp_path / "authorization.json")
+    assert {r: dict(row) for r, row in Policy.for_kit(tmp_path).table.items()} == {
+        r: dict(row) for r, row in DEFAULT_POLICY.items()
+    }
 
 
 def test_override_file_replaces_the_table(tmp_path):

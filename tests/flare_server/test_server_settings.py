@@ -1,0 +1,72 @@
+"""Server settings from the kit's local/settings.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import tests.kit_factory as kf
+from flare_protocol.errors import KitError
+from flare_server.app import load_server_kit, server_options
+from flare_server.settings import ServerSettings
+
+
+def _kit_with(provisioned, tmp_path, settings) -> Path:
+    kit = kf.copy_kit(provisioned, "localhost", tmp_path)
+    (kit / "local" / "settings.json").write_text(json.dumps(settings))
+    return kit
+
+
+def test_provisioned_settings_are_understood(provisioned):
+    settings = ServerSettings.from_kit(load_server_kit(provisioned.kits["localhost"]))
+    assert settings.log_level == "INFO" and settings.heartbeat_timeout == 30.0
+
+
+def test_seconds_may_be_spelled_with_an_s_suffix_and_nested_server_wins(provisioned, tmp_path):
+    kit = _kit_with(
+        provisioned,
+        tmp_path,
+        {
+            "heartbeat_timeout_s": 12,
+            "max_entries": 50,
+            "server": {"max_entries": 70},
+            "server_address": "x:1",
+        },
+    )
+    settings = ServerSettings.from_kit(load_server_kit(kit), host="127.0.0.1")
+    assert (settings.heartbeat_timeout, settings.max_entries, settings.host) == (
+        12.0,
+        70,
+        "127.0.0.1",
+    )
+    assert settings.extra == {"server_address": "x:1"}
+
+
+@pytest.mark.parametrize(
+    ("doc", "needle"),
+    [
+        ({"heartbeat_timeout": "soon"}, "'heartbeat_timeout' must be a number"),
+        ({"max_entries": 1.5}, "'max_entries' must be an integer"),
+        ({"max_entries": 0}, "'max_entries' must be positive"),
+        ({"admin_port": 70000}, "'admin_port' must be a port"),
+        ({"log_level": "LOUD"}, "'log_level'"),
+        ({"workspace": 3}, "'workspace' must be a path"),
+    ],
+)
+def test_a_bad_setting_is_refused_naming_the_key(provisioned, tmp_path, doc, needle):
+    kit = _kit_with(provisioned, tmp_path, doc)
+    with pytest.raises(KitError, match=needle) as info:
+        ServerSettings.from_kit(load_server_kit(kit))
+    assert "settings.json" in str(info.value)
+
+
+def test_bounds_become_grpc_channel_arguments():
+    options = dict(
+        server_options(ServerSettings(handshake_timeout_ms=1234, max_metadata_bytes=999))
+    )
+    assert options["grpc.server_handshake_timeout_ms"] == 1234
+    assert options["grpc.max_metadata_size"] == 999
+    assert options["grpc.max_receive_message_length"] == 4 * 1024 * 1024
+    assert options["grpc.so_reuseport"] == 0
