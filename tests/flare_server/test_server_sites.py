@@ -210,3 +210,61 @@ def test_revoking_a_site_drops_its_channel(server, kits):
         server.call(lambda: server.server.revoke([serial]))
         wait_until(lambda: site.ended is not False, timeout=3)
         assert server.call(lambda: server.server.registry.names()) == []
+
+
+def _denied(stub, command: str, **args):
+    code, detail = error_of(
+        stub.Command,
+        admin_pb2.CommandRequest(command=command, args_json=json.dumps(args)),
+        timeout=5,
+    )
+    assert (code, detail.type) == (grpc.StatusCode.PERMISSION_DENIED, "AuthorizationError")
+    return detail
+
+
+def test_org_admin_runs_shell_commands_on_its_orgs_site_only(server, kits, admin):
+    stub, channel = admin_stub(kits["orgadmin@org_a.com"], server.admin_address)
+    with (
+        channel,
+        FakeSite(kits["site-1"], server.site_address),
+        FakeSite(kits["site-2"], server.site_address),
+    ):
+        wait_until(lambda: _sites(admin) == ["site-1", "site-2"])
+        reply = stub.Command(
+            admin_pb2.CommandRequest(command="pwd", args_json='{"target": "site-1"}'), timeout=5
+        )
+        assert json.loads(reply.result_json) == {"echo": "pwd"}
+        detail = _denied(stub, "pwd", target="site-2")
+        assert "site site-2" in detail.message and "org_a" in detail.message
+
+
+def test_lead_operates_its_orgs_site_but_runs_no_shell_commands(server, kits, admin):
+    stub, channel = admin_stub(kits["lead@org_a.com"], server.admin_address)
+    with (
+        channel,
+        FakeSite(kits["site-1"], server.site_address),
+        FakeSite(kits["site-2"], server.site_address),
+    ):
+        wait_until(lambda: _sites(admin) == ["site-1", "site-2"])
+        reply = stub.Command(
+            admin_pb2.CommandRequest(
+                command="restart",
+                args_json=json.dumps({"target_type": "client", "targets": ["site-1"]}),
+            ),
+            timeout=5,
+        )
+        assert json.loads(reply.result_json) == {"site-1": {"echo": "restart"}}
+        _denied(stub, "restart", target_type="client", targets=["site-2"])
+        _denied(stub, "ls", target="site-1")
+
+
+def test_stopping_the_server_ends_open_streams(server, kits, admin):
+    job_id = submit(admin, job_zip(min_clients=5))
+    stream = admin.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10)
+    next(stream)
+    with FakeSite(kits["site-1"], server.site_address) as site:
+        wait_until(lambda: site.acks >= 1)
+        server.call(server.server.stop(grace=1.0))
+        rest = list(stream)  # ends cleanly (no error, not by the deadline)
+        assert all(json.loads(r.meta_json)["status"] == "SUBMITTED" for r in rest)
+        wait_until(lambda: site.ended is not False, timeout=3)
