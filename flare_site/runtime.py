@@ -213,8 +213,11 @@ class _Connection:
 class SiteRuntime:
     """One site's connection to the server and the jobs it runs (see the module doc)."""
 
-    def __init__(self, kit: Kit, settings: SiteSettings) -> None:
+    def __init__(self, kit: Kit, settings: SiteSettings, *, blob_stub: Any = None) -> None:
+        """``blob_stub``: a ``SiteStub`` for Download/Upload instead of the connection's
+        (a seam for tests until the server serves blobs; None in production)."""
         self.kit = kit
+        self._blob_stub = blob_stub
         self.settings = settings
         self.name = kit.name
         self.workspace = settings.workspace.resolve()
@@ -472,7 +475,7 @@ class SiteRuntime:
             if conn is None:
                 continue
             try:
-                return await what(conn.stub)
+                return await what(self._blob_stub or conn.stub)
             except BlobError as exc:
                 # Only a transfer cut by a lost connection is worth another try.
                 if attempt == 2 or not exc.details.get("retryable"):

@@ -1,0 +1,457 @@
+"""The site runtime at its boundary: messages pushed by the real server, answers it receives.
+
+The site runs in-process (``SiteRuntime.run()`` on the test's event loop) against the real
+server in a thread. The server pushes with ``registry.send``/``registry.request``; what the
+site sends back is recorded at the server's documented seam ``on_site_message``. Until the
+server serves Download/Upload, blobs go to a small blob service in this file (real gRPC,
+real mutual TLS with the project's kits), handed to the runtime through its ``blob_stub``
+seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from flare_admin import new_secure_session
+from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
+from flare_protocol.credentials import CHUNK_SIZE, channel_credentials, channel_options
+from flare_protocol.credentials import server_credentials
+from flare_protocol.kit import load_kit
+from flare_protocol.models import dump_params, load_params
+from flare_site.runtime import SiteRuntime, load_site_settings
+from tests.flare_site.runtime_helpers import app_zip, site_kit
+from tests.flare_site.site_helpers import wait_gone
+from tests.server_harness import ServerThread
+
+ADMIN = "admin@org_a.com"
+SCRIPT_CONFIG = {"executor": "script", "script": "custom/train.py"}
+TRAINER = """
+import os, sys, time
+import numpy as np
+import flare_site.client as flare
+
+flare.init()
+print("hello from the trainer", flush=True)
+while flare.is_running():
+    model = flare.receive()
+    if model is None:
+        break
+    if os.environ.get("MODE") == "crash":
+        print("cannot open data.csv", file=sys.stderr, flush=True)
+        sys.exit(3)
+    if os.environ.get("MODE") == "hang":
+        time.sleep(600)
+    flare.log_metric("loss", 0.5, step=1)
+    flare.send(flare.FLModel(params={"w": model.params["w"] * 10}, meta={"num_examples": 4}))
+"""
+
+
+# -- a blob service (Download/Upload only) ---------------------------------------------
+
+
+class BlobService(site_pb2_grpc.SiteServicer):
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.headers: dict[str, common_pb2.TransferHeader] = {}
+
+    def put(self, data: bytes, *, sha256: str | None = None) -> common_pb2.BlobRef:
+        blob_id = uuid.uuid4().hex
+        self.blobs[blob_id] = data
+        digest = hashlib.sha256(data).hexdigest() if sha256 is None else sha256
+        return common_pb2.BlobRef(blob_id=blob_id, name="b", size=len(data), sha256=digest)
+
+    async def Download(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        data = self.blobs[request.blob_id]
+        yield common_pb2.TransferChunk(
+            header=common_pb2.TransferHeader(name="blob", size=len(data))
+        )
+        for start in range(0, len(data), CHUNK_SIZE):
+            yield common_pb2.TransferChunk(data=data[start : start + CHUNK_SIZE])
+
+    async def Upload(self, request_iterator: Any, context: Any) -> common_pb2.BlobRef:
+        header = None
+        parts: list[bytes] = []
+        async for chunk in request_iterator:
+            if chunk.WhichOneof("item") == "header":
+                header = chunk.header
+            else:
+                parts.append(chunk.data)
+        data = b"".join(parts)
+        assert header is not None and header.sha256 == hashlib.sha256(data).hexdigest()
+        ref = self.put(data)
+        self.headers[ref.blob_id] = header
+        return ref
+
+
+@pytest.fixture
+async def blobs(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
+    server_kit = load_kit(provisioned.kits["localhost"])
+    service = BlobService()
+    server = grpc.aio.server()
+    site_pb2_grpc.add_SiteServicer_to_server(service, server)
+    port = server.add_secure_port("127.0.0.1:0", server_credentials(server_kit))
+    await server.start()
+    kit = load_kit(provisioned.kits["site-1"])
+    address = f"127.0.0.1:{port}"
+    channel = grpc.aio.secure_channel(
+        address, channel_credentials(kit), options=channel_options(kit, address)
+    )
+    yield service, site_pb2_grpc.SiteStub(channel)
+    await channel.close()
+    await server.stop(None)
+
+
+# -- the real server, with what sites send recorded -----------------------------------
+
+
+class Received:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, site_pb2.Envelope]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, site: str, envelope: site_pb2.Envelope) -> None:
+        with self.lock:
+            copy = site_pb2.Envelope()
+            copy.CopyFrom(envelope)
+            self.items.append((site, copy))
+
+    def topic(self, topic: str, job_id: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            items = list(self.items)
+        return [
+            {**json.loads(e.body_json or "{}"), "_blobs": list(e.blobs), "_site": s}
+            for s, e in items
+            if e.topic == topic and (job_id is None or e.job_id == job_id)
+        ]
+
+
+@pytest.fixture
+def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
+    with ServerThread(
+        Path(provisioned.kits["localhost"]),
+        tmp_path / "server-ws",
+        heartbeat_interval=0.2,
+        heartbeat_timeout=2.0,
+        site_command_timeout=5.0,
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+def received(server: ServerThread) -> Received:
+    recorder = Received()
+    server.server.on_site_message = recorder  # type: ignore[method-assign]
+    return recorder
+
+
+async def until(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.02)
+
+
+async def in_registry(server: ServerThread, name: str = "site-1") -> Any:
+    return await asyncio.to_thread(server.call, lambda: server.server.registry.get(name))
+
+
+class Site:
+    """An in-process site runtime on the test's loop."""
+
+    def __init__(self, runtime: SiteRuntime) -> None:
+        self.runtime = runtime
+        self.task = asyncio.ensure_future(runtime.run())
+
+    async def stop(self) -> str:
+        self.runtime.request_stop()
+        return await asyncio.wait_for(self.task, 15)
+
+
+@pytest.fixture
+async def start_site(
+    provisioned: Any, tmp_path: Path, server: ServerThread, blobs: tuple[BlobService, Any]
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Site] = []
+
+    async def start(address: str | None = None, **settings: Any) -> Site:
+        kit_dir = site_kit(provisioned, tmp_path / f"kits{len(started)}")
+        kit = load_kit(kit_dir)
+        config = load_site_settings(kit, server=address or server.site_address).replace(
+            max_jobs=2, **settings
+        )
+        site = Site(SiteRuntime(kit, config, blob_stub=blobs[1]))
+        started.append(site)
+        await until(lambda: site.runtime.connected)
+        return site
+
+    yield start
+    for site in started:
+        if not site.task.done():
+            await site.stop()
+
+
+def push(server: ServerThread, topic: str, job_id: str, body: dict[str, Any], *refs: Any) -> None:
+    envelope = site_pb2.Envelope(
+        message_id=uuid.uuid4().hex,
+        job_id=job_id,
+        topic=topic,
+        body_json=json.dumps(body),
+        blobs=list(refs),
+    )
+    server.call(lambda: server.server.registry.send("site-1", envelope))
+
+
+async def apush(server: ServerThread, *args: Any) -> None:
+    await asyncio.to_thread(push, server, *args)
+
+
+async def command(server: ServerThread, name: str, **args: Any) -> dict[str, Any]:
+    body = {"command": name, "args": args}
+    request = server.server.registry.request("site-1", "site.command", body, timeout=5)
+    return await asyncio.to_thread(server.call, request)  # type: ignore[no-any-return]
+
+
+def app_blob(service: BlobService, **env: str) -> Any:
+    config = {**SCRIPT_CONFIG, "env": env}
+    return service.put(
+        app_zip({"config/config_fed_client.json": json.dumps(config), "custom/train.py": TRAINER})
+    )
+
+
+async def deploy(server: ServerThread, service: BlobService, received: Received, **env: str) -> str:
+    job_id = str(uuid.uuid4())
+    body = {"app": "app", "client_config": {**SCRIPT_CONFIG, "env": env}, "total_rounds": 1}
+    await apush(server, "job.deploy", job_id, body, app_blob(service, **env))
+    statuses = await until(lambda: received.topic("job.status", job_id))
+    assert statuses[0]["status"] == "deployed", statuses
+    return job_id
+
+
+# -- the tests ---------------------------------------------------------------------------
+
+
+async def test_a_job_deploys_trains_and_ends_over_the_channel(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    site = await start_site()
+    job_id = await deploy(server, service, received)
+    await until(lambda: site.runtime.jobs.running() == [job_id])
+
+    model = service.put(dump_params({"w": np.arange(3.0)}))
+    train = {"task_id": "r1-train", "round": 1, "total_rounds": 1, "params_type_expected": "FULL"}
+    await apush(server, "task.train", job_id, train, model)
+    (result,) = await until(lambda: received.topic("task.result", job_id))
+    assert result["kind"] == "train" and result["error"] is None
+    assert result["num_examples"] == 4 and result["params_type"] == "FULL"
+    (ref,) = result["_blobs"]
+    update = load_params(service.blobs[ref.blob_id])
+    np.testing.assert_array_equal(update["w"], np.arange(3.0) * 10)
+    assert dict(service.headers[ref.blob_id].params) == {
+        "job_id": job_id,
+        "task_id": "r1-train",
+        "kind": "update",
+    }
+    (metric,) = await until(lambda: received.topic("metrics", job_id))
+    assert (metric["key"], metric["value"], metric["step"]) == ("loss", 0.5, 1)
+
+    await apush(server, "job.end", job_id, {"status": "FINISHED:COMPLETED"})
+    (log_msg,) = await until(lambda: received.topic("job.log", job_id))
+    (log_ref,) = log_msg["_blobs"]
+    text = service.blobs[log_ref.blob_id].decode()
+    assert "[stdout] hello from the trainer" in text
+    assert site.runtime.jobs.running() == []
+    await until(lambda: site.runtime.jobs.get(job_id).state == "finished")
+
+
+async def test_heartbeats_carry_the_running_jobs(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    await start_site()
+    job_id = await deploy(server, blobs[0], received)
+    await until(lambda: server.call(lambda: server.server.registry.get("site-1").running_jobs))
+    assert (await in_registry(server)).running_jobs == (job_id,)
+
+
+async def test_an_abort_pushed_by_the_server_kills_the_job_and_is_confirmed(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    site = await start_site()
+    job_id = await deploy(server, service, received, MODE="hang")
+    await apush(
+        server,
+        "task.train",
+        job_id,
+        {"task_id": "t1", "round": 1, "total_rounds": 1},
+        service.put(dump_params({"w": np.zeros(2)})),
+    )
+    await asyncio.sleep(0.3)
+    pids = site.runtime.jobs.get(job_id).executor.pids
+    started = time.monotonic()
+    await apush(server, "job.abort", job_id, {"reason": "aborted by an admin"})
+    statuses = await until(
+        lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "aborted"]
+    )
+    assert time.monotonic() - started < 5
+    assert statuses[0]["error"] == "aborted by an admin"
+    assert await asyncio.to_thread(wait_gone, pids, 3.0) == []
+    assert site.runtime.jobs.running() == []
+
+
+async def test_a_crashing_script_reports_failed_with_its_stderr_tail(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    site = await start_site()
+    job_id = await deploy(server, service, received, MODE="crash")
+    model = service.put(dump_params({"w": np.zeros(2)}))
+    await apush(server, "task.train", job_id, {"task_id": "t1", "round": 1}, model)
+    failed = await until(
+        lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "failed"]
+    )
+    assert "exited with code 3" in failed[0]["error"]
+    assert "cannot open data.csv" in failed[0]["stderr_tail"]
+    (result,) = received.topic("task.result", job_id)
+    assert result["kind"] == "train" and "exited with code 3" in result["error"]
+    log_text = site.runtime.jobs.get(job_id).log_path.read_text()
+    assert "[stderr] cannot open data.csv" in log_text
+
+
+async def test_an_app_archive_damaged_in_transit_is_refused(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    site = await start_site()
+    job_id = str(uuid.uuid4())
+    ref = service.put(b"PK not really a zip", sha256="0" * 64)
+    await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
+    (status,) = await until(lambda: received.topic("job.status", job_id))
+    assert status["status"] == "failed" and "SHA-256" in status["error"]
+    assert not (site.runtime.workspace / "jobs" / job_id).exists()
+    assert list((site.runtime.workspace / "tmp").iterdir()) == []
+
+
+async def test_an_unsafe_app_archive_from_the_server_is_refused(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    await start_site()
+    job_id = str(uuid.uuid4())
+    ref = service.put(app_zip({"config/config_fed_client.json": "{}", "../../evil.py": "x"}))
+    await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
+    (status,) = await until(lambda: received.topic("job.status", job_id))
+    assert status["status"] == "failed" and "'..'" in status["error"]
+
+
+async def test_site_commands_answer_within_the_workspace_only(
+    server: ServerThread, received: Received, start_site: Any
+) -> None:
+    site = await start_site()
+    (site.runtime.workspace / "notes.txt").write_text("alpha\nbeta\ngamma\n")
+    listing = await command(server, "ls", path=".")
+    assert "notes.txt" in listing["result"]["text"] and "jobs/" in listing["result"]["text"]
+    assert (await command(server, "tail", path="notes.txt", lines=1))["result"]["text"] == (
+        "gamma\n"
+    )
+    assert (await command(server, "grep", path="notes.txt", pattern="bet"))["result"][
+        "text"
+    ] == "2:beta\n"
+    assert (await command(server, "pwd"))["result"]["text"] == str(site.runtime.workspace)
+    for bad in ("../startup/client.key", "/etc/passwd", "logs\\site.log"):
+        reply = await command(server, "cat", path=bad)
+        assert reply["error"]["type"] == "InvalidArgumentError", bad
+    (site.runtime.workspace / "out").symlink_to(site.runtime.kit.root / "startup")
+    reply = await command(server, "ls", path="out")
+    assert "outside the site workspace" in reply["error"]["message"]
+    stats = await command(server, "show_stats")
+    assert stats["result"]["site"] == "site-1" and stats["result"]["max_jobs"] == 2
+    unknown = await command(server, "rm", path="notes.txt")
+    assert "unknown site command 'rm'" in unknown["error"]["message"]
+
+
+async def test_the_admin_session_reads_the_site_log_through_the_server(
+    server: ServerThread, start_site: Any, provisioned: Any, tmp_path: Path
+) -> None:
+    site = await start_site()
+    log = site.runtime.workspace / "logs" / "site.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text("one\ntwo\nthree\n")
+
+    def admin() -> tuple[str, str]:
+        with new_secure_session(
+            ADMIN, provisioned.kits[ADMIN], server_address=server.admin_address
+        ) as session:
+            return session.tail_target_log("site-1", "-n 2"), session.ls_target("site-1")
+
+    tail, listing = await asyncio.to_thread(admin)
+    assert tail == "two\nthree\n"
+    assert "logs/" in listing
+
+
+@pytest.mark.parametrize(("name", "outcome"), [("shutdown", "stop"), ("restart", "restart")])
+async def test_shutdown_and_restart_commands_reply_then_end_the_runtime(
+    server: ServerThread, start_site: Any, name: str, outcome: str
+) -> None:
+    site = await start_site()
+    reply = await command(server, name)
+    assert reply["result"] in ("stopping", "restarting") and reply["error"] is None
+    assert await asyncio.wait_for(site.task, 10) == outcome
+
+
+async def test_unknown_topics_are_ignored_and_the_site_stays_connected(
+    server: ServerThread, received: Received, start_site: Any
+) -> None:
+    site = await start_site()
+    await apush(server, "os.system", "", {"cmd": "rm -rf /"})
+    await apush(server, "job.deploy", str(uuid.uuid4()), {})  # no archive: failed, not a crash
+    await until(lambda: received.topic("job.status"))
+    assert received.topic("job.status")[0]["status"] == "failed"
+    assert site.runtime.connected and not site.task.done()
+
+
+async def test_after_a_server_restart_the_site_registers_again_with_its_running_jobs(
+    provisioned: Any,
+    tmp_path: Path,
+    server: ServerThread,
+    received: Received,
+    blobs: tuple[BlobService, Any],
+    start_site: Any,
+) -> None:
+    site = await start_site()
+    job_id = await deploy(server, blobs[0], received)
+    port = server.server.site_port
+    await asyncio.to_thread(server.stop)
+    await until(lambda: not site.runtime.connected)
+    second = await asyncio.to_thread(
+        lambda: ServerThread(
+            Path(provisioned.kits["localhost"]),
+            tmp_path / "server-ws2",
+            heartbeat_interval=0.2,
+            fed_learn_port=port,
+        ).start()
+    )
+    try:
+        registered = await until(
+            lambda: second.call(lambda: second.server.registry.get("site-1")), timeout=10
+        )
+        assert registered.running_jobs == (job_id,)
+        assert site.runtime.connections == 2
+    finally:
+        await asyncio.to_thread(second.stop)
