@@ -26,8 +26,12 @@ import pytest
 
 from flare_admin import new_secure_session
 from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
-from flare_protocol.credentials import CHUNK_SIZE, channel_credentials, channel_options
-from flare_protocol.credentials import server_credentials
+from flare_protocol.credentials import (
+    CHUNK_SIZE,
+    channel_credentials,
+    channel_options,
+    server_credentials,
+)
 from flare_protocol.kit import load_kit
 from flare_protocol.models import dump_params, load_params
 from flare_site.runtime import SiteRuntime, load_site_settings
