@@ -212,7 +212,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
 
         def on_change(meta: Any) -> None:  # runs on whichever thread wrote the store
             if getattr(meta, "job_id", None) == job_id:
-                loop.call_soon_threadsafe(queue.put_nowait, meta)
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, meta)
+                except RuntimeError:  # the loop closed under us: the stream is gone
+                    pass
 
         unsubscribe = self.server.store.subscribe(on_change)
         self.server.watchers.add(queue)

@@ -68,9 +68,15 @@ class SiteService(site_pb2_grpc.SiteServicer):
     ) -> AsyncIterator[site_pb2.ServerMessage]:
         name = call.identity.name
         try:
-            first = await request_iterator.__anext__()
+            first = await asyncio.wait_for(
+                request_iterator.__anext__(), self.registry.heartbeat_timeout
+            )
         except StopAsyncIteration:
             return
+        except asyncio.TimeoutError:
+            raise errors.InvalidArgumentError(
+                f"no heartbeat within {self.registry.heartbeat_timeout:g} s of opening the Channel"
+            ) from None
         if first.WhichOneof("kind") != "heartbeat":
             raise errors.InvalidArgumentError(
                 "the first Channel message must be a heartbeat carrying the session id"
@@ -78,6 +84,11 @@ class SiteService(site_pb2_grpc.SiteServicer):
         site = self.registry.heartbeat(
             name, first.heartbeat.session_id, tuple(first.heartbeat.running_jobs)
         )
+        if site.channel_open:
+            raise errors.InvalidArgumentError(
+                f"site {name} already has a Channel open for this session; register again"
+            )
+        site.channel_open = True
         session_id = site.session_id
         yield _ACK
 
@@ -111,6 +122,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
                     break
                 yield item
         finally:
+            site.channel_open = False
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader

@@ -49,6 +49,7 @@ class ConnectedSite:
     last_heartbeat: float
     running_jobs: tuple[str, ...] = ()
     resources: dict[str, str] = field(default_factory=dict)
+    channel_open: bool = False
     outbound: asyncio.Queue[site_pb2.ServerMessage | None] = field(default_factory=asyncio.Queue)
 
     def snapshot(self) -> SiteSnapshot:

@@ -268,3 +268,16 @@ def test_stopping_the_server_ends_open_streams(server, kits, admin):
         rest = list(stream)  # ends cleanly (no error, not by the deadline)
         assert all(json.loads(r.meta_json)["status"] == "SUBMITTED" for r in rest)
         wait_until(lambda: site.ended is not False, timeout=3)
+
+
+def test_a_second_channel_for_the_same_session_is_refused(server, kits):
+    with FakeSite(kits["site-1"], server.site_address) as site:
+        wait_until(lambda: site.acks >= 1)
+        beat = site_pb2.SiteMessage(heartbeat=site_pb2.Heartbeat(session_id=site.reply.session_id))
+        stub, channel = site_stub(kits["site-1"], server.site_address)
+        with channel:
+            with pytest.raises(grpc.RpcError) as info:
+                list(stub.Channel(iter([beat]), timeout=5))
+        assert "already has a Channel open" in info.value.details()
+        acks = site.acks
+        wait_until(lambda: site.acks > acks)  # the first channel is unaffected
