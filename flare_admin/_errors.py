@@ -130,6 +130,12 @@ def map_rpc_error(
                 address=address,
                 **extra,
             )
+        if "larger than max" in text.lower() and not submitting:
+            return errors.InternalError(
+                f"{action}: a message exceeded the 4 MiB cap ({text}); narrow the request "
+                "(limit, prefixes) or report it",
+                **extra,
+            )
         if submitting:
             return errors.InvalidJobDefinition(
                 f"{action}: the server refused the upload as too large ({text})", **extra

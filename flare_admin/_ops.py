@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
+
 from flare_admin.results import (
     JobMeta,
     JobSummary,
@@ -39,13 +41,32 @@ _EMPTY = common_pb2.Empty()
 
 @dataclass(frozen=True)
 class Unary:
-    """A unary call: the stub method's name, its request and how to read its reply."""
+    """A unary call: the stub method's name, its request and how to read its reply.
+
+    ``split``/``merge`` (optional): when the reply would exceed the 4 MiB message cap, the
+    transport runs the smaller operations ``split()`` returns and ``merge``s their results.
+    """
 
     rpc: str
     request: Any
     parse: Callable[[Any], Any]
     action: str
     job_id: str | None = None
+    split: Callable[[], list[Unary]] | None = None
+    merge: Callable[[list[Any]], Any] | None = None
+
+
+class ReplyTooLarge(Exception):
+    """Internal signal: a reply exceeded the message cap and the operation can be split."""
+
+
+def reply_too_large(exc: Any) -> bool:
+    """True for a call that failed because its reply exceeded the message size cap."""
+    try:
+        code, text = exc.code(), exc.details() or ""
+    except Exception:
+        return False
+    return code is grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in text
 
 
 # -- argument checks ---------------------------------------------------------------------
@@ -244,7 +265,42 @@ def list_jobs(
         name_prefix=name_prefix or "",
         reverse=bool(reverse),
     )
-    return Unary("ListJobs", request, _list_jobs(bool(detailed)), "list_jobs")
+    return _list_op(request)
+
+
+#: Characters a job id (a UUID) may hold at each position: hex digits, '-' at 8, 13, 18, 23.
+_HEX = "0123456789abcdef"
+
+
+def _list_op(request: Any) -> Unary:
+    """ListJobs, splittable by id prefix: a list too big for one reply (tens of thousands
+    of jobs, or thousands of detailed metas) is fetched in up to 16 parts per level."""
+
+    def split() -> list[Unary]:
+        prefix = request.id_prefix
+        if len(prefix) >= 36:
+            return []
+        chars = "-" if len(prefix) in (8, 13, 18, 23) else _HEX
+        parts = []
+        for char in chars:
+            sub = admin_pb2.ListJobsRequest()
+            sub.CopyFrom(request)
+            sub.id_prefix = prefix + char
+            parts.append(_list_op(sub))
+        return parts
+
+    def merge(results: list[Any]) -> list[Any]:
+        rows = [row for part in results for row in part]
+        # summaries carry ISO text, metas unix seconds: either sorts by time within a kind
+        rows.sort(
+            key=lambda r: (r.submit_time if r.submit_time is not None else 0.0, r.job_id),
+            reverse=request.reverse,
+        )
+        return rows[: request.limit] if request.limit else rows
+
+    return Unary(
+        "ListJobs", request, _list_jobs(request.detailed), "list_jobs", split=split, merge=merge
+    )
 
 
 def get_job_meta(jid: str) -> Unary:

@@ -164,6 +164,10 @@ class AsyncSession:
         try:
             reply = await getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
         except grpc.RpcError as exc:
+            if op.split is not None and op.merge is not None and _ops.reply_too_large(exc):
+                parts = op.split()
+                if parts:
+                    return op.merge([await self._unary(part) for part in parts])
             raise self._map(exc, op.action, op.job_id) from exc
         finally:
             if self._debug:

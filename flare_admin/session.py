@@ -179,6 +179,10 @@ class Session:
         try:
             reply = getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
         except grpc.RpcError as exc:
+            if op.split is not None and op.merge is not None and _ops.reply_too_large(exc):
+                parts = op.split()  # too big for one 4 MiB reply: fetch it in parts
+                if parts:
+                    return op.merge([self._unary(part) for part in parts])
             raise self._map(exc, op.action, op.job_id) from exc
         finally:
             if self._debug:

@@ -375,3 +375,26 @@ def test_download_into_a_missing_folder_is_invalid_argument(session, server, job
     finish_with_result(server, job_id, {"a.txt": b"a"})
     with pytest.raises(InvalidArgumentError, match="not an existing folder"):
         session.download_job_result(job_id, destination=tmp_path / "missing")
+
+
+def test_a_list_too_big_for_one_reply_is_fetched_in_parts(
+    open_session, admin_kit, server, job_folder, caplog
+):
+    session = open_session(ADMIN, admin_kit, debug=True)
+    first = session.submit_job(job_folder)
+    store = server.server.store
+    submitter = store.get(first).to_dict()
+    from flare_server.jobs import Submitter
+
+    who = Submitter(submitter["submitter_name"], submitter["submitter_org"], "project_admin")
+    ids = [first] + [store.clone_job(first, who).job_id for _ in range(47)]
+    for job_id in ids:  # ~100 KB of meta each: 4.8 MB, over the 4 MiB message cap
+        store.update(job_id, notes="x" * 100_000)
+    with caplog.at_level("DEBUG", logger="flare_admin"):
+        metas = session.list_jobs(detailed=True)
+    calls = [r for r in caplog.records if "list_jobs took" in r.getMessage()]
+    assert len(calls) >= 1 + 16  # the refused whole, then its parts
+    assert [m.job_id for m in metas] == ids
+    assert all(m["notes"] == "x" * 100_000 for m in metas)
+    newest = session.list_jobs(detailed=True, limit=5, reverse=True)
+    assert [m.job_id for m in newest] == ids[::-1][:5]
