@@ -82,7 +82,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not job_id:
             raise errors.InvalidArgumentError("a job id is required", job_id=job_id)
         meta = await asyncio.to_thread(self.server.store.get, job_id)
-        return meta.to_dict()
+        return dict(meta)  # read-only: a shallow copy is enough
 
     def _require(self, call: Call, right: Right, meta: dict[str, Any] | None, action: str) -> None:
         resource = job_resource(meta) if meta is not None else Resource("none")
@@ -151,7 +151,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         meta = await asyncio.to_thread(
             self.server.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
         )
-        cloned = meta.to_dict()
+        cloned = dict(meta)
         call.args["new_job_id"] = cloned["job_id"]
         self.server.scheduler.poke()
         return _job_reply(cloned)
@@ -184,9 +184,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 reverse=request.reverse,
             )
             metas = (
-                [_meta_json(store.get(r.job_id).to_dict()) for r in rows]
-                if request.detailed
-                else []
+                [_meta_json(dict(store.get(r.job_id))) for r in rows] if request.detailed else []
             )
             return rows, metas
 
@@ -238,7 +236,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                     )
                 if getattr(item, "deleted", False):
                     raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
-                current = item.to_dict()
+                current = dict(item)
                 text = _meta_json(current)
                 if text != last:
                     last = text
@@ -277,7 +275,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 status=str(current),
             ) from None
         self.server.notify_sites_abort(meta)
-        return _job_reply(updated.to_dict())
+        return _job_reply(dict(updated))
 
     @unary("delete_job")
     async def DeleteJob(

@@ -314,7 +314,7 @@ class Server:
             raise errors.InvalidArgumentError(f"unknown submit parameter(s): {', '.join(unknown)}")
         model_job = params.get("initial_model_job_id")
         if model_job:
-            meta = (await asyncio.to_thread(self.store.get, model_job)).to_dict()
+            meta = dict(await asyncio.to_thread(self.store.get, model_job))
             self.policy.require(
                 call.identity,
                 Right.DOWNLOAD_JOB,
@@ -367,7 +367,7 @@ class Server:
                 await asyncio.gather(writing, return_exceptions=True)
             await asyncio.to_thread(upload.abort)
             raise
-        meta = job.to_dict()
+        meta = dict(job)
         call.job_id = str(meta["job_id"])
         log.info(
             "job %s (%s) submitted by %s", meta["job_id"], meta.get("name"), call.identity.name

@@ -259,7 +259,7 @@ class Commands:
     # -- helpers -----------------------------------------------------------------------
     async def _job_meta(self, job_id: str) -> dict[str, Any]:
         meta = await asyncio.to_thread(self.server.store.get, job_id)
-        return meta.to_dict()
+        return dict(meta)  # read-only: a shallow copy is enough
 
     def _site_resource(self, name: str) -> Resource:
         site = self.server.registry.get(name)

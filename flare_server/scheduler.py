@@ -136,7 +136,7 @@ class Scheduler:
         for summary in waiting:
             job_id = summary.job_id
             try:
-                meta = (await asyncio.to_thread(self.store.get, job_id)).to_dict()
+                meta = dict(await asyncio.to_thread(self.store.get, job_id))
                 if meta.get("status") != JobStatus.SUBMITTED.value:
                     continue
                 placement = place(meta, connected)
