@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import json
 import os
 import signal
 import subprocess
 import sys
+import uuid
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+
+from flare_protocol._generated import common_pb2, site_pb2_grpc
+from flare_protocol.credentials import (
+    CHUNK_SIZE,
+    channel_credentials,
+    channel_options,
+    server_credentials,
+)
+from flare_protocol.kit import load_kit
 from tests.kit_factory import copy_kit
 from tests.server_harness import REPO
 
@@ -85,3 +99,70 @@ def app_zip(files: dict[str, str | bytes]) -> bytes:
         for name, data in files.items():
             zf.writestr(name, data)
     return buffer.getvalue()
+
+
+class BlobService(site_pb2_grpc.SiteServicer):
+    """Download/Upload as docs/site-protocol.md describes them, over real mutual TLS.
+
+    A stand-in until the server serves blobs. ``cut_after`` chunks, a download aborts
+    with UNAVAILABLE (a broken stream); ``lie_size`` announces another size in the header.
+    """
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.headers: dict[str, common_pb2.TransferHeader] = {}
+        self.cut_after: int | None = None
+        self.lie_size: int | None = None
+
+    def put(self, data: bytes, *, sha256: str | None = None) -> common_pb2.BlobRef:
+        blob_id = uuid.uuid4().hex
+        self.blobs[blob_id] = data
+        digest = hashlib.sha256(data).hexdigest() if sha256 is None else sha256
+        return common_pb2.BlobRef(blob_id=blob_id, name="b", size=len(data), sha256=digest)
+
+    async def Download(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        data = self.blobs[request.blob_id]
+        size = len(data) if self.lie_size is None else self.lie_size
+        yield common_pb2.TransferChunk(header=common_pb2.TransferHeader(name="blob", size=size))
+        for n, start in enumerate(range(0, len(data), CHUNK_SIZE)):
+            if self.cut_after is not None and n >= self.cut_after:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "connection cut")
+            yield common_pb2.TransferChunk(data=data[start : start + CHUNK_SIZE])
+
+    async def Upload(self, request_iterator: Any, context: Any) -> common_pb2.BlobRef:
+        header = None
+        parts: list[bytes] = []
+        async for chunk in request_iterator:
+            if chunk.WhichOneof("item") == "header":
+                header = chunk.header
+            else:
+                assert len(chunk.data) <= CHUNK_SIZE
+                parts.append(chunk.data)
+        data = b"".join(parts)
+        assert header is not None and header.sha256 == hashlib.sha256(data).hexdigest()
+        assert header.size == len(data)
+        ref = self.put(data)
+        self.headers[ref.blob_id] = header
+        return ref
+
+
+@contextlib.asynccontextmanager
+async def blob_server(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
+    """A BlobService with the server's kit on 127.0.0.1:0, and a site-1 stub dialling it."""
+    service = BlobService()
+    server = grpc.aio.server()
+    site_pb2_grpc.add_SiteServicer_to_server(service, server)
+    port = server.add_secure_port(
+        "127.0.0.1:0", server_credentials(load_kit(provisioned.kits["localhost"]))
+    )
+    await server.start()
+    kit = load_kit(provisioned.kits["site-1"])
+    address = f"127.0.0.1:{port}"
+    channel = grpc.aio.secure_channel(
+        address, channel_credentials(kit), options=channel_options(kit, address)
+    )
+    try:
+        yield service, site_pb2_grpc.SiteStub(channel)
+    finally:
+        await channel.close()
+        await server.stop(None)

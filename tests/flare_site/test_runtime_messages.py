@@ -11,7 +11,6 @@ seam.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import threading
 import time
@@ -20,22 +19,15 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 
 from flare_admin import new_secure_session
-from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
-from flare_protocol.credentials import (
-    CHUNK_SIZE,
-    channel_credentials,
-    channel_options,
-    server_credentials,
-)
+from flare_protocol._generated import site_pb2
 from flare_protocol.kit import load_kit
 from flare_protocol.models import dump_params, load_params
 from flare_site.runtime import SiteRuntime, load_site_settings
-from tests.flare_site.runtime_helpers import app_zip, site_kit
+from tests.flare_site.runtime_helpers import BlobService, app_zip, blob_server, site_kit
 from tests.flare_site.site_helpers import wait_gone
 from tests.server_harness import ServerThread
 
@@ -62,59 +54,10 @@ while flare.is_running():
 """
 
 
-# -- a blob service (Download/Upload only) ---------------------------------------------
-
-
-class BlobService(site_pb2_grpc.SiteServicer):
-    def __init__(self) -> None:
-        self.blobs: dict[str, bytes] = {}
-        self.headers: dict[str, common_pb2.TransferHeader] = {}
-
-    def put(self, data: bytes, *, sha256: str | None = None) -> common_pb2.BlobRef:
-        blob_id = uuid.uuid4().hex
-        self.blobs[blob_id] = data
-        digest = hashlib.sha256(data).hexdigest() if sha256 is None else sha256
-        return common_pb2.BlobRef(blob_id=blob_id, name="b", size=len(data), sha256=digest)
-
-    async def Download(self, request: Any, context: Any) -> AsyncIterator[Any]:
-        data = self.blobs[request.blob_id]
-        yield common_pb2.TransferChunk(
-            header=common_pb2.TransferHeader(name="blob", size=len(data))
-        )
-        for start in range(0, len(data), CHUNK_SIZE):
-            yield common_pb2.TransferChunk(data=data[start : start + CHUNK_SIZE])
-
-    async def Upload(self, request_iterator: Any, context: Any) -> common_pb2.BlobRef:
-        header = None
-        parts: list[bytes] = []
-        async for chunk in request_iterator:
-            if chunk.WhichOneof("item") == "header":
-                header = chunk.header
-            else:
-                parts.append(chunk.data)
-        data = b"".join(parts)
-        assert header is not None and header.sha256 == hashlib.sha256(data).hexdigest()
-        ref = self.put(data)
-        self.headers[ref.blob_id] = header
-        return ref
-
-
 @pytest.fixture
 async def blobs(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
-    server_kit = load_kit(provisioned.kits["localhost"])
-    service = BlobService()
-    server = grpc.aio.server()
-    site_pb2_grpc.add_SiteServicer_to_server(service, server)
-    port = server.add_secure_port("127.0.0.1:0", server_credentials(server_kit))
-    await server.start()
-    kit = load_kit(provisioned.kits["site-1"])
-    address = f"127.0.0.1:{port}"
-    channel = grpc.aio.secure_channel(
-        address, channel_credentials(kit), options=channel_options(kit, address)
-    )
-    yield service, site_pb2_grpc.SiteStub(channel)
-    await channel.close()
-    await server.stop(None)
+    async with blob_server(provisioned) as pair:
+        yield pair
 
 
 # -- the real server, with what sites send recorded -----------------------------------
@@ -456,6 +399,76 @@ async def test_after_a_server_restart_the_site_registers_again_with_its_running_
             lambda: second.call(lambda: second.server.registry.get("site-1")), timeout=10
         )
         assert registered.running_jobs == (job_id,)
-        assert site.runtime.connections == 2
+        await until(lambda: site.runtime.connections == 2)
     finally:
         await asyncio.to_thread(second.stop)
+
+
+# -- network faults ----------------------------------------------------------------------
+
+
+class Proxy:
+    """A TCP relay to the server that can go silent (packets dropped, sockets kept open)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.silent = False
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self) -> Proxy:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    if not self.silent:
+                        dst.write(data)
+                        await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_silent_network_is_detected_by_the_heartbeat_timeout_and_healed(
+    server: ServerThread, start_site: Any
+) -> None:
+    proxy = await Proxy(server.server.site_port).start()
+    try:
+        site = await start_site(f"127.0.0.1:{proxy.port}")
+        proxy.silent = True  # a cut cable: nothing arrives, nothing is closed
+        started = time.monotonic()
+        await until(lambda: not site.runtime.connected, timeout=10)
+        detected = time.monotonic() - started
+        proxy.silent = False
+        await until(lambda: site.runtime.connected and site.runtime.connections == 2, timeout=10)
+    finally:
+        await proxy.close()
+    assert detected < 2.0 + 0.5  # heartbeat_timeout (2 s) plus one heartbeat interval
+    assert await in_registry(server) is not None
+
+
+async def test_stopping_the_site_aborts_its_jobs_and_tells_the_server(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    site = await start_site()
+    job_id = await deploy(server, blobs[0], received)
+    pids = site.runtime.jobs.get(job_id).executor.pids
+    assert await site.stop() == "stop"
+    assert await asyncio.to_thread(wait_gone, pids, 3.0) == []
+    statuses = await until(
+        lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "aborted"]
+    )
+    assert statuses[0]["error"] == "the site stopped"
