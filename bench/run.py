@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = False
     for name in chosen:
         print(f"== bench_{name} ...", flush=True)
+        load = "load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
         rows, seconds, error = run_module(name, available[name])
         when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         text = table(rows) if rows else "(no rows)"
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         status = f"\n\nFAILED: {error}" if error else ""
         failed = failed or error is not None
         sections[f"bench_{name}"] = (
-            f"## bench_{name}\n\n{when}; {machine()}; took {seconds:.1f} s.\n\n{text}{status}\n"
+            f"## bench_{name}\n\n{when}; {machine()}; {load} at start; took {seconds:.1f} s."
+            f"\n\n{text}{status}\n"
         )
     if not args.no_write:
         write_results(sections)

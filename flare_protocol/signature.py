@@ -133,7 +133,8 @@ def _pss() -> padding.PSS:
 def _read_regular(path: Path, limit: int | None = None) -> bytes:
     """Read a file that must be a regular file, never through a symlink."""
     try:
-        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW)
+        # O_NONBLOCK: a FIFO swapped in after the listing must not hang start-up.
+        fd = os.open(path, os.O_RDONLY | _O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         raise KitTampered(f"{path}: signed file was removed", path=str(path)) from None
     except OSError as exc:
@@ -231,6 +232,8 @@ def verify_kit(kit_dir: str | Path, ca_fingerprint: str | None = None) -> None:
                                   path=str(path))
             if entry.name not in files:
                 raise KitTampered(f"{path}: was added after the kit was signed", path=str(path))
+            if not entry.is_file(follow_symlinks=False):
+                raise KitTampered(f"{path}: is not a regular file", path=str(path))
             present[entry.name] = entry
     for name in sorted(files):
         if name not in present:

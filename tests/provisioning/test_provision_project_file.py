@@ -181,6 +181,15 @@ def test_workspace_that_is_a_file_is_refused(tmp_path: Path, project_yml: Path) 
     assert "-w" in str(info.value)
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc")
+def test_workspace_on_a_read_only_file_system_is_refused(project_yml: Path) -> None:
+    """/proc refuses new folders even to root: a real unwritable place."""
+    with pytest.raises(ProvisionError) as info:
+        provision(project_yml, Path("/proc/flare-workspace"))
+    message = str(info.value)
+    assert message.startswith("/proc/flare-workspace") and "-w DIR" in message
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_unwritable_workspace_is_refused(tmp_path: Path, project_yml: Path) -> None:
     ws = tmp_path / "ws"

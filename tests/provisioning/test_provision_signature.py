@@ -78,6 +78,13 @@ def test_added_file_is_named(kit: Path) -> None:
     assert exc.path == str(extra) and "added" in str(exc)
 
 
+def test_file_replaced_by_a_fifo_is_refused_without_blocking(kit: Path) -> None:
+    path = kit / "startup" / "fed_client.json"
+    path.unlink()
+    os.mkfifo(path)
+    assert _tampered(kit).path == str(path)
+
+
 def test_added_folder_is_named(kit: Path) -> None:
     (kit / "startup" / "more").mkdir()
     assert _tampered(kit).path == str(kit / "startup" / "more")
