@@ -18,7 +18,7 @@ from flare_server.jobs import JobStore
 from tests.flare_server.conftest import job_zip
 from tests.flare_server.site_client import FakeSite
 from tests.flare_server.test_server_jobs import submit
-from tests.server_harness import ServerProcess, admin_stub
+from tests.server_harness import ServerProcess, admin_stub, wait_until
 
 ADMIN = "admin@org_a.com"
 
@@ -141,3 +141,54 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
     finally:
         store.close()
     shutil.rmtree(ws, ignore_errors=True)
+
+
+def test_sigterm_lets_an_in_flight_upload_finish_and_refuses_new_calls(kits, tmp_path):
+    from tests.flare_server.test_server_jobs import chunks
+
+    messages = list(chunks(job_zip(min_clients=5)))
+    release = threading.Event()
+
+    def slow_upload():
+        yield messages[0]
+        release.wait(10)
+        yield from messages[1:]
+
+    with ServerProcess(kits["localhost"], tmp_path / "ws") as proc:
+        stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
+        with channel:
+            stub.Hello(common_pb2.Empty(), timeout=5)
+            future = stub.SubmitJob.future(slow_upload(), timeout=20)
+            time.sleep(0.3)
+            proc.proc.send_signal(15)
+            wait_until(
+                lambda: (
+                    "stop requested by SIGTERM"
+                    in (tmp_path / "ws" / "logs" / "server.log").read_text()
+                )
+            )
+            other, other_channel = admin_stub(kits[ADMIN], proc.admin_address)
+            with other_channel, pytest.raises(grpc.RpcError) as info:
+                other.Hello(common_pb2.Empty(), timeout=5)
+            assert info.value.code() is grpc.StatusCode.UNAVAILABLE
+            release.set()
+            job_id = future.result(timeout=15).job_id
+        assert proc.proc.wait(15) == 0
+    store = JobStore.open(tmp_path / "ws" / "jobs")
+    try:
+        assert store.get(job_id)["status"] == "SUBMITTED"
+    finally:
+        store.close()
+
+
+def test_a_failing_store_is_an_internal_error_without_a_traceback(server, kits):
+    stub, channel = admin_stub(kits[ADMIN], server.admin_address)
+    with channel:
+        job_id = submit(stub, job_zip(min_clients=5))
+        server.call(lambda: server.server.store.close())
+        with pytest.raises(grpc.RpcError) as info:
+            stub.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5)
+    assert info.value.code() is grpc.StatusCode.INTERNAL
+    assert "Traceback" not in info.value.details() and "log" in info.value.details()
+    log = (server.server.workspace / "logs" / "server.log").read_text()
+    assert "unexpected error in get_job_meta" in log

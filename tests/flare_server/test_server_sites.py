@@ -281,3 +281,16 @@ def test_a_second_channel_for_the_same_session_is_refused(server, kits):
         assert "already has a Channel open" in info.value.details()
         acks = site.acks
         wait_until(lambda: site.acks > acks)  # the first channel is unaffected
+
+
+def test_blob_transfer_is_not_implemented_yet_but_still_authenticated(server, kits):
+    stub, channel = site_stub(kits["site-1"], server.site_address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Download(site_pb2.BlobRequest(blob_id="x"), timeout=5))
+        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+    stub, channel = site_stub(kits["admin@org_a.com"], server.site_address)
+    with channel:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Download(site_pb2.BlobRequest(blob_id="x"), timeout=5))
+        assert info.value.code() is grpc.StatusCode.UNAUTHENTICATED
