@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from provisioning import ProvisionResult
 
 TEST_PROJECT_YML = """\
 api_version: 3
@@ -54,7 +58,9 @@ def project_yml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def provisioned(project_yml: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def provisioned(
+    project_yml: Path, tmp_path_factory: pytest.TempPathFactory
+) -> ProvisionResult:
     """The test project provisioned once by our own provisioning (a ProvisionResult).
 
     Read-only for tests: copy a kit (tests/kit_factory.py) before changing anything.
