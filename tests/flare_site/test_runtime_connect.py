@@ -114,6 +114,22 @@ def test_sigterm_stops_the_site_cleanly(server: ServerThread, kit: Path) -> None
     assert "stopped" in site.stderr()
 
 
+def test_a_restart_command_restarts_the_site_process_in_place(
+    server: ServerThread, kit: Path
+) -> None:
+    with SiteProcess(kit, server.site_address) as site:
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        request = registry(server).request(
+            "site-1", "site.command", {"command": "restart", "args": {}}, timeout=5
+        )
+        reply = server.call(request)
+        wait_until(lambda: site.stderr().count("registered with") == 2, timeout=15)
+        assert site.proc.poll() is None
+        assert site.terminate() == 0
+    assert reply["result"] == "restarting"
+    assert "site site-1 restarting" in site.stderr()
+
+
 def test_site_log_is_written_in_the_workspace(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
         wait_until(lambda: "site-1" in connected(server), timeout=15)
