@@ -14,7 +14,7 @@ import os
 import stat
 import threading
 import zipfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -225,23 +225,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             yield admin_pb2.JobReply(job_id=job_id, meta_json=last)
             status = str(meta.get("status", ""))
             while not _is_finished(status):
-                item = await queue.get()
-                while not queue.empty() and item is not _WATCH_END and item is not _REVOKED:
-                    item = queue.get_nowait()  # coalesce a burst of changes into the newest
-                if item is _WATCH_END:
-                    return
-                if item is _REVOKED:
-                    raise errors.AuthenticationError(
-                        f"the certificate of {call.identity.name} was revoked"
-                    )
-                if getattr(item, "deleted", False):
-                    raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
-                current = dict(item)
-                text = _meta_json(current)
-                if text != last:
-                    last = text
-                    yield admin_pb2.JobReply(job_id=job_id, meta_json=text)
-                status = str(current.get("status", ""))
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                for item in _status_changes(batch):
+                    if item is _WATCH_END:
+                        return
+                    if item is _REVOKED:
+                        raise errors.AuthenticationError(
+                            f"the certificate of {call.identity.name} was revoked"
+                        )
+                    if getattr(item, "deleted", False):
+                        raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
+                    current = dict(item)
+                    text = _meta_json(current)
+                    if text != last:
+                        last = text
+                        yield admin_pb2.JobReply(job_id=job_id, meta_json=text)
+                    status = str(current.get("status", ""))
+                    if _is_finished(status):
+                        break
         finally:
             unsubscribe()
             untrack()
@@ -326,6 +329,28 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.CommandReply:
         result = await self.server.commands.run(call, request.command, request.args_json)
         return admin_pb2.CommandReply(result_json=json.dumps(result, default=str))
+
+
+def _status_changes(batch: list[Any]) -> list[Any]:
+    """A burst of changes without the ones a later change of the same status supersedes.
+
+    Every status a job passes through is kept (a watcher sees DISPATCHED even when RUNNING
+    follows within microseconds); of several changes in one status only the last is kept.
+    Sentinels are kept in place.
+    """
+    kept: list[Any] = []
+    for item in batch:
+        if (
+            kept
+            and isinstance(item, Mapping)
+            and isinstance(kept[-1], Mapping)
+            and not getattr(kept[-1], "deleted", False)
+            and kept[-1].get("status") == item.get("status")
+        ):
+            kept[-1] = item
+        else:
+            kept.append(item)
+    return kept
 
 
 def summary_pb(s: Any) -> admin_pb2.JobSummary:

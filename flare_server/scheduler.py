@@ -130,28 +130,37 @@ class Scheduler:
         self._wake.set()
 
     async def evaluate(self) -> None:
-        """One pass over every SUBMITTED job."""
-        waiting = await asyncio.to_thread(self.store.list, statuses=[JobStatus.SUBMITTED])
-        connected = set(self.registry.names())
-        for summary in waiting:
+        """One pass over every SUBMITTED job (store work in one worker-thread call)."""
+        connected = frozenset(self.registry.names())
+        runnable = await asyncio.to_thread(self._plan, connected)
+        for job_id, meta, sites in runnable:
+            try:
+                log.info("job %s runnable on %s", job_id, ", ".join(sites))
+                await self.launcher.launch(job_id, meta, sites)
+            except (InvalidTransition, JobNotFound):
+                log.info("job %s changed while being scheduled; skipped", job_id)
+            except Exception:
+                log.exception("launching job %s failed", job_id)
+
+    def _plan(self, connected: frozenset[str]) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
+        """Record waiting reasons; return the runnable jobs (runs in a worker thread)."""
+        runnable = []
+        for summary in self.store.list(statuses=[JobStatus.SUBMITTED]):
             job_id = summary.job_id
             try:
-                meta = dict(await asyncio.to_thread(self.store.get, job_id))
+                meta = dict(self.store.get(job_id))
                 if meta.get("status") != JobStatus.SUBMITTED.value:
                     continue
                 placement = place(meta, connected)
-                if placement.sites is None:
-                    if meta.get("schedule_reason") != placement.reason:
-                        await asyncio.to_thread(
-                            self.store.update, job_id, schedule_reason=placement.reason
-                        )
-                    continue
-                log.info("job %s runnable on %s", job_id, ", ".join(placement.sites))
-                await self.launcher.launch(job_id, meta, placement.sites)
+                if placement.sites is not None:
+                    runnable.append((job_id, meta, placement.sites))
+                elif meta.get("schedule_reason") != placement.reason:
+                    self.store.update(job_id, schedule_reason=placement.reason)
             except (InvalidTransition, JobNotFound):
                 log.info("job %s changed while being scheduled; skipped", job_id)
             except Exception:
                 log.exception("scheduling job %s failed", job_id)
+        return runnable
 
     async def _run(self) -> None:
         while True:

@@ -270,10 +270,14 @@ def test_watch_job_pushes_the_current_meta_then_every_change(admin, server):
     store.set_status(job_id, JobStatus.FINISHED_COMPLETED)
     reader.join(5)
     assert not reader.is_alive(), "the stream did not end after FINISHED"
-    statuses = [s for s, _ in received]
-    assert statuses[-1] == "FINISHED:COMPLETED"
-    assert set(statuses) <= {"SUBMITTED", "DISPATCHED", "RUNNING", "FINISHED:COMPLETED"}
-    assert received[0][1] - changed < 0.5  # pushed, not polled
+    statuses = [s for s, _ in received if s != "SUBMITTED"]  # (the scheduler's reason update)
+    assert [s for i, s in enumerate(statuses) if i == 0 or statuses[i - 1] != s] == [
+        "DISPATCHED",
+        "RUNNING",
+        "FINISHED:COMPLETED",
+    ]  # every status, even within microseconds of each other
+    first_change = next(t for s, t in received if s != "SUBMITTED")
+    assert first_change - changed < 0.5  # pushed, not polled
 
 
 def test_abort_job_finishes_a_waiting_job_and_refuses_a_finished_one(admin):
