@@ -12,9 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import fcntl
 import logging
+import os
 import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from flare_protocol.errors import FlareError
@@ -52,6 +56,32 @@ def load_checked_kit(kit_dir: Path) -> Kit:
     return kit
 
 
+@contextlib.contextmanager
+def workspace_lock(workspace: Path) -> Iterator[None]:
+    """Hold ``<workspace>/site.lock``: two sites on one workspace would fight over it.
+
+    Raises:
+        FlareError: another process holds the lock (its pid is named).
+    """
+    workspace.mkdir(parents=True, exist_ok=True)
+    path = workspace / "site.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise FlareError(
+                f"another site process (pid {holder}) already uses workspace {workspace}; "
+                "stop it first, or give this one its own --workspace"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _install_logging(settings: SiteSettings) -> logging.Handler:
     logger = logging.getLogger("flare_site")
     logger.setLevel(settings.log_level.upper())
@@ -70,6 +100,25 @@ async def _serve(runtime: SiteRuntime) -> str:
     return await runtime.run()
 
 
+def _run_once(kit: Kit, settings: SiteSettings) -> str:
+    """One life of the site, from connect to stop: ``"stop"`` or ``"restart"``."""
+    with workspace_lock(settings.workspace):
+        handler = _install_logging(settings)
+        log.info(
+            "site %s of project %s starting: server %s, workspace %s, up to %d job(s)",
+            kit.name,
+            kit.project,
+            settings.server_address,
+            settings.workspace,
+            settings.max_jobs,
+        )
+        try:
+            return asyncio.run(_serve(SiteRuntime(kit, settings)))
+        finally:
+            logging.getLogger("flare_site").removeHandler(handler)
+            handler.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(
@@ -81,21 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_site_settings(
                 kit, workspace=args.workspace, server=args.server, max_jobs=args.max_jobs
             )
-            handler = _install_logging(settings)
-            log.info(
-                "site %s of project %s starting: server %s, workspace %s, up to %d job(s)",
-                kit.name,
-                kit.project,
-                settings.server_address,
-                settings.workspace,
-                settings.max_jobs,
-            )
-            try:
-                outcome = asyncio.run(_serve(SiteRuntime(kit, settings)))
-            finally:
-                logging.getLogger("flare_site").removeHandler(handler)
-                handler.close()
-            if outcome != "restart":
+            if _run_once(kit, settings) != "restart":
                 log.info("site %s stopped", kit.name)
                 return 0
             log.info("site %s restarting", kit.name)

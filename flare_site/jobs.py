@@ -70,6 +70,8 @@ DEPLOYING, RUNNING, FINISHED, FAILED, ABORTED = (
 _ACTIVE = frozenset({DEPLOYING, RUNNING})
 
 MetricCallback = Callable[[str, MetricEvent], None]
+#: Ended jobs kept in memory for ``show_stats``; older ones are forgotten.
+MAX_REMEMBERED = 1000
 
 
 def check_job_id(job_id: object) -> str:
@@ -353,6 +355,8 @@ class JobManager:
         if job.log:
             job.log.event(f"job ended with state {job.state}")
             job.log.close()
+        job.executor = None
+        self._prune()
         return job.log_path
 
     async def shutdown(self, reason: str = "site stopping") -> list[str]:
@@ -375,6 +379,12 @@ class JobManager:
             shutil.rmtree(job.folder, ignore_errors=True)
 
     # -- internals -----------------------------------------------------------------------
+    def _prune(self) -> None:
+        """Forget the oldest ended jobs beyond ``MAX_REMEMBERED`` (their folders stay)."""
+        ended = [j for j in self._jobs.values() if j.state not in _ACTIVE]
+        for job in ended[: max(0, len(ended) - MAX_REMEMBERED)]:
+            del self._jobs[job.job_id]
+
     def _read_config(self, job: JobRecord) -> bytes:
         path = job.app_dir / CLIENT_CONFIG
         if not path.is_file():

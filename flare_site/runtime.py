@@ -548,6 +548,10 @@ class SiteRuntime:
         job_id = envelope.job_id
         tmp_dir = self.workspace / "tmp"
         archive = tmp_dir / f"{uuid.uuid4().hex}.app.zip"
+        if self.jobs.state(job_id) in ("deploying", "running"):
+            # A repeated deployment (say, resent after a reconnect): answer it again.
+            self._status(job_id, "deployed")
+            return
         try:
             check_job_id(job_id)
             if not envelope.blobs:
@@ -643,6 +647,7 @@ class SiteRuntime:
                 self._status(job_id, "failed", exc)
 
     async def _end(self, job_id: str, body: dict[str, Any]) -> None:
+        self._job_locks.pop(job_id, None)  # later messages for this job need no ordering
         log_path = await self.jobs.end(job_id, str(body.get("status", ""))[:64])
         if log_path is None or not log_path.is_file():
             self.send("job.log", job_id, {})

@@ -205,3 +205,16 @@ def test_max_jobs_comes_from_resources_json_and_the_flag_wins(
 @pytest.fixture
 def kits_dir(provisioned: Any) -> dict[str, Path]:
     return {name: Path(path) for name, path in provisioned.kits.items()}
+
+
+def test_a_second_site_process_on_the_same_workspace_is_refused(
+    server: ServerThread, kit: Path
+) -> None:
+    with SiteProcess(kit, server.site_address) as first:
+        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        with SiteProcess(kit, server.site_address) as second:
+            code = second.proc.wait(20)
+            err = second.stderr()
+        assert first.proc.poll() is None
+    assert code == 2
+    assert f"another site process (pid {first.proc.pid})" in err

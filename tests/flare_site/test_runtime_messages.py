@@ -472,3 +472,19 @@ async def test_stopping_the_site_aborts_its_jobs_and_tells_the_server(
         lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "aborted"]
     )
     assert statuses[0]["error"] == "the site stopped"
+
+
+async def test_a_repeated_deployment_of_a_running_job_is_answered_not_redone(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    site = await start_site()
+    job_id = await deploy(server, blobs[0], received)
+    pids = site.runtime.jobs.get(job_id).executor.pids
+    await apush(server, "job.deploy", job_id, {"app": "app"}, app_blob(blobs[0]))
+    statuses = await until(
+        lambda: (
+            len(received.topic("job.status", job_id)) == 2 and received.topic("job.status", job_id)
+        )
+    )
+    assert [s["status"] for s in statuses] == ["deployed", "deployed"]
+    assert site.runtime.jobs.get(job_id).executor.pids == pids
