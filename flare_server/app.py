@@ -155,7 +155,19 @@ class Server:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
-        """Open the store and listen on both endpoints (ports are known afterwards)."""
+        """Open the store and listen on both endpoints (ports are known afterwards).
+
+        Raises:
+            FlareError: a port cannot be bound, or the store cannot be opened (whatever
+                was already started is stopped again).
+        """
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+
+    async def _start(self) -> None:
         s = self.settings
         for sub in ("", "logs", "jobs"):
             (self.workspace / sub).mkdir(mode=0o700, parents=True, exist_ok=True)

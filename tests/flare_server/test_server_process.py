@@ -192,3 +192,15 @@ def test_a_failing_store_is_an_internal_error_without_a_traceback(server, kits):
     assert "Traceback" not in info.value.details() and "log" in info.value.details()
     log = (server.server.workspace / "logs" / "server.log").read_text()
     assert "unexpected error in get_job_meta" in log
+
+
+def test_a_port_in_use_is_a_clear_error(server, server_kit, tmp_path):
+    from flare_protocol.errors import FlareError
+    from tests.server_harness import ServerThread
+
+    clash = ServerThread(server_kit, tmp_path / "ws2", admin_port=server.server.admin_port)
+    with pytest.raises(FlareError, match=f"cannot listen on 127.0.0.1:{server.server.admin_port}"):
+        clash.start()
+    clash.stop()
+    # the failed start released the store: it can be opened again
+    JobStore.open(tmp_path / "ws2" / "jobs").close()
