@@ -204,3 +204,24 @@ def test_a_port_in_use_is_a_clear_error(server, server_kit, tmp_path):
     clash.stop()
     # the failed start released the store: it can be opened again
     JobStore.open(tmp_path / "ws2" / "jobs").close()
+
+
+def test_the_restart_command_restarts_the_server_in_place(kits, tmp_path):
+    with ServerProcess(kits["localhost"], tmp_path / "ws") as proc:
+        stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
+        with channel:
+            job_id = submit(stub, job_zip(min_clients=5))
+            proc.ready_file.unlink()
+            reply = stub.Command(
+                admin_pb2.CommandRequest(command="restart", args_json='{"target_type": "server"}'),
+                timeout=5,
+            )
+        assert json.loads(reply.result_json) == {"server": "restarting"}
+        wait_until(proc.ready_file.exists, timeout=10)
+        proc.ready = json.loads(proc.ready_file.read_text())
+        assert proc.proc.poll() is None  # the same process
+        stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
+        with channel:
+            meta = stub.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5)
+        assert json.loads(meta.meta_json)["status"] == "SUBMITTED"
+        assert proc.terminate() == 0
