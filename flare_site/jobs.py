@@ -46,11 +46,13 @@ from flare_site.executors import (
     ExecutorHost,
     JobContext,
     MetricEvent,
+    ScriptExecutor,
     TaskSpec,
     TrainOutcome,
     ValidateOutcome,
     create_executor,
 )
+from flare_site.executors.script import describe_exit
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
 
@@ -98,6 +100,7 @@ class JobLog:
         self._fh = open(path, "a", encoding="utf-8", errors="replace")  # noqa: SIM115
         self._size = path.stat().st_size
         self._capped = False
+        self._stderr: deque[str] = deque(maxlen=40)
 
     def _write(self, text: str) -> None:
         if self._fh.closed:
@@ -117,7 +120,13 @@ class JobLog:
 
     def output(self, stream: str, line: str) -> None:
         """A line user code wrote (``stream`` is ``stdout`` or ``stderr``)."""
+        if stream == "stderr":
+            self._stderr.append(line)
         self._write(f"{_stamp()} [{stream}] {line}")
+
+    def stderr_tail(self) -> str:
+        """The last lines user code wrote to stderr (also after the cap)."""
+        return "\n".join(self._stderr)[-8000:]
 
     def event(self, text: str) -> None:
         """Something the site did for this job."""
@@ -145,6 +154,7 @@ class JobRecord:
     started: float = field(default_factory=time.time)
     ended: float | None = None
     tasks_done: int = 0
+    busy: bool = False
     error: str = ""
     stderr_tail: str = ""
     executor: ExecutorHost | None = field(default=None, repr=False)
@@ -184,6 +194,7 @@ class JobManager:
         *,
         max_jobs: int = 1,
         on_metric: MetricCallback | None = None,
+        on_failed: Callable[[JobRecord], None] | None = None,
         stop_grace: float = 10.0,
         app_limits: AppLimits | None = None,
         max_log_bytes: int = 64 * 1024 * 1024,
@@ -194,10 +205,12 @@ class JobManager:
         self.site_name = site_name
         self.max_jobs = max(1, int(max_jobs))
         self.on_metric = on_metric
+        self.on_failed = on_failed
         self.stop_grace = stop_grace
         self.app_limits = app_limits or AppLimits()
         self.max_log_bytes = max_log_bytes
         self._jobs: dict[str, JobRecord] = {}
+        self._watchers: set[asyncio.Task[None]] = set()
         self.errors: deque[dict[str, Any]] = deque(maxlen=200)
 
     # -- queries -------------------------------------------------------------------------
@@ -292,6 +305,10 @@ class JobManager:
             raise
         job.state = RUNNING
         job.log.event(f"deployed; executor {type(job.executor).__name__} started")
+        if isinstance(job.executor, ScriptExecutor):
+            watcher = asyncio.get_running_loop().create_task(self._watch(job))
+            self._watchers.add(watcher)
+            watcher.add_done_callback(self._watchers.discard)
         return job
 
     async def train(
@@ -363,6 +380,8 @@ class JobManager:
         """Abort every active job (the site is going away); their ids."""
         active = self.running()
         await asyncio.gather(*(self.abort(j, reason) for j in active), return_exceptions=True)
+        for watcher in list(self._watchers):
+            watcher.cancel()
         for job_id in active:
             job = self._jobs[job_id]
             if job.log:
@@ -379,6 +398,30 @@ class JobManager:
             shutil.rmtree(job.folder, ignore_errors=True)
 
     # -- internals -----------------------------------------------------------------------
+    async def _watch(self, job: JobRecord, period: float = 0.5) -> None:
+        """A script that dies between tasks fails the job now, not at the next task."""
+        executor = job.executor
+        assert isinstance(executor, ScriptExecutor)
+        while job.state == RUNNING:
+            await asyncio.sleep(period)
+            code = executor.returncode
+            if job.state != RUNNING or job.busy or code is None:
+                continue
+            if code == 0:  # it may have finished its last round; a later task would fail
+                if job.log:
+                    job.log.event(f"{executor.config.script} exited with code 0")
+                return
+            tail = job.log.stderr_tail() if job.log else ""
+            exc = ExecutionError(
+                describe_exit(f"{executor.config.script} (between tasks)", code, tail),
+                returncode=code,
+                stderr_tail=tail,
+            )
+            await self._fail(job, exc)
+            if self.on_failed is not None:
+                self.on_failed(job)
+            return
+
     def _prune(self) -> None:
         """Forget the oldest ended jobs beyond ``MAX_REMEMBERED`` (their folders stay)."""
         ended = [j for j in self._jobs.values() if j.state not in _ACTIVE]
@@ -439,6 +482,7 @@ class JobManager:
         task = TaskSpec(check_task_id(task_id), kind, int(round), int(total_rounds), model_path)
         assert job.log is not None
         job.log.event(f"{kind} task {task_id} (round {round}) started")
+        job.busy = True
         try:
             outcome = await job.executor.run_task(task)
         except ExecutionError as exc:
@@ -449,6 +493,8 @@ class JobManager:
             elif job.state == RUNNING:
                 self._record_error(job, exc.message)
             raise
+        finally:
+            job.busy = False
         job.tasks_done += 1
         job.log.event(f"{kind} task {task_id} (round {round}) done")
         return outcome

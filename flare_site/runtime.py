@@ -54,6 +54,7 @@ from flare_site.jobs import (
     ABORTED,
     FAILED,
     JobManager,
+    JobRecord,
     check_job_id,
     describe_error,
     dumps,
@@ -226,6 +227,7 @@ class SiteRuntime:
             kit.name,
             max_jobs=settings.max_jobs,
             on_metric=self._on_metric,
+            on_failed=self._on_job_failed,
             stop_grace=settings.stop_grace,
         )
         self.commands = SiteCommands(self.workspace, stats=self._stats, errors=self._errors)
@@ -453,6 +455,13 @@ class SiteRuntime:
             log.warning("outbox full: dropped a %s message", dropped.message.topic)
         self._outbox.append(site_pb2.SiteMessage(message=envelope))
         self._outbox_ready.set()
+
+    def _on_job_failed(self, job: JobRecord) -> None:
+        log.warning("job %s failed: %s", job.job_id, job.error)
+        body: dict[str, Any] = {"status": "failed", "error": job.error}
+        if job.stderr_tail:
+            body["stderr_tail"] = job.stderr_tail
+        self.send("job.status", job.job_id, body)
 
     def _on_metric(self, job_id: str, event: MetricEvent) -> None:
         body = {

@@ -78,6 +78,11 @@ class ScriptExecutor(ExecutorHost):
     def pids(self) -> list[int]:
         return [self._proc.pid] if self._proc else []
 
+    @property
+    def returncode(self) -> int | None:
+        """The script's exit code once it exited (negative: killed by that signal)."""
+        return self._proc.returncode if self._proc else None
+
     async def start(self) -> None:
         await self._ipc.start()
         script = self.ctx.app_dir / self.config.script

@@ -51,6 +51,9 @@ while flare.is_running():
         time.sleep(600)
     flare.log_metric("loss", 0.5, step=1)
     flare.send(flare.FLModel(params={"w": model.params["w"] * 10}, meta={"num_examples": 4}))
+    if os.environ.get("MODE") == "die-after-send":
+        print("out of memory while saving", file=sys.stderr, flush=True)
+        sys.exit(4)
 """
 
 
@@ -488,3 +491,21 @@ async def test_a_repeated_deployment_of_a_running_job_is_answered_not_redone(
     )
     assert [s["status"] for s in statuses] == ["deployed", "deployed"]
     assert site.runtime.jobs.get(job_id).executor.pids == pids
+
+
+async def test_a_script_that_dies_between_tasks_is_reported_failed_at_once(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    site = await start_site()
+    job_id = await deploy(server, service, received, MODE="die-after-send")
+    model = service.put(dump_params({"w": np.zeros(2)}))
+    await apush(server, "task.train", job_id, {"task_id": "t1", "round": 1}, model)
+    failed = await until(
+        lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "failed"]
+    )
+    assert "between tasks" in failed[0]["error"] and "code 4" in failed[0]["error"]
+    assert "out of memory while saving" in failed[0]["stderr_tail"]
+    (result,) = received.topic("task.result", job_id)
+    assert result["error"] is None  # the round itself succeeded
+    assert site.runtime.jobs.running() == []
