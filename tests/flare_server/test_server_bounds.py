@@ -94,3 +94,30 @@ def test_rpcs_beyond_the_concurrency_cap_are_refused_at_once(bounded, kits):
         assert info.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         for s in streams:
             s.cancel()
+
+
+def test_connections_beyond_the_cap_are_closed_and_slots_free_up_after_the_handshake_timeout(
+    server_kit, kits, tmp_path
+):
+    with ServerThread(
+        server_kit, tmp_path / "ws", max_connections=3, handshake_timeout_ms=1500
+    ) as srv:
+        host, port = srv.admin_address.split(":")
+        socks = [socket.create_connection((host, int(port))) for _ in range(5)]
+        try:
+            time.sleep(0.2)
+            closed = 0
+            for sock in socks:
+                sock.settimeout(0.05)
+                try:
+                    closed += sock.recv(1) == b""
+                except socket.timeout:
+                    pass
+            assert closed == 2  # the two over the cap, at once
+        finally:
+            for sock in socks:
+                sock.close()
+        time.sleep(1.6)  # the held slots expire with the handshake timeout
+        stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
+        with channel:
+            assert stub.Hello(common_pb2.Empty(), timeout=5).name == ADMIN
