@@ -13,6 +13,7 @@ slow RSA-2048 run at full size.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import statistics
@@ -71,9 +72,7 @@ def _fresh_runs(
         work = Path(tempfile.mkdtemp(prefix="bench-prov-", dir=root))
         try:
             project = _write_project(work, project_doc(n))
-            seconds, result = _timed(
-                lambda project=project, work=work: provision(project, work / "ws", **kwargs)
-            )
+            seconds, result = _timed(functools.partial(provision, project, work / "ws", **kwargs))
             times.append(seconds)
         finally:
             if len(times) < repeats:
@@ -134,7 +133,7 @@ def run(n: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
             doc["participants"].append({"name": f"late-site-{i}", "type": "client",
                                         "org": "org_late"})
             project.write_text(yaml.safe_dump(doc, sort_keys=False))
-            seconds, again = _timed(lambda: provision(project, project_dir.parent))  # noqa: B023
+            seconds, again = _timed(functools.partial(provision, project, project_dir.parent))
             assert again.issued == [f"late-site-{i}"], again.issued
             inc_times.append(seconds)
         rows.append(_row(f"re-run with 1 new participant ({n:,} reused)", inc_times, "",
@@ -169,6 +168,5 @@ def run(n: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    from bench.run import table  # type: ignore[import-not-found]
-
-    print(table(run()))
+    for row in run():
+        print(row)
