@@ -141,3 +141,12 @@ def test_flare_provision_as_a_real_process(tmp_path: Path, project_yml: Path) ->
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert verify.returncode == 0, verify.stderr
+
+
+@pytest.mark.parametrize("option", ["--cert-days", "--ca-days"])
+def test_non_positive_validity_is_refused(
+    tmp_path: Path, project_yml: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["-p", str(project_yml), "-w", str(tmp_path), option, "0"]) == 2
+    assert "positive number of days" in capsys.readouterr().err
+    assert not (tmp_path / "testproj").exists()

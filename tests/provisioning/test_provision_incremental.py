@@ -193,3 +193,12 @@ def test_plain_state_refuses_a_passphrase(project: Path, tmp_path: Path) -> None
     provision(project, tmp_path / "ws")
     with pytest.raises(ProvisionError, match="without a passphrase"):
         provision(project, tmp_path / "ws", ca_passphrase=b"s3cret")
+
+
+def test_a_concurrent_run_on_the_same_project_is_refused(project: Path, tmp_path: Path) -> None:
+    from provisioning.state import StateLock
+
+    first = provision(project, tmp_path / "ws")
+    with StateLock(first.state_dir), pytest.raises(ProvisionError, match="another flare provision"):
+        provision(project, tmp_path / "ws")
+    assert provision(project, tmp_path / "ws").prod_dir.name == "prod_01"
