@@ -191,11 +191,17 @@ def provision(
     _make_dir(state_dir)
     try:
         with StateLock(state_dir):
-            return _provision_locked(
-                project, project_dir, state_dir, key_type=key_type, ca_days=ca_days,
-                cert_days=cert_days, passphrase=ca_passphrase or None, when=when,
-                to_revoke=to_revoke, flush=flush,
-            )
+            first_run = not State.exists(state_dir)
+            try:
+                return _provision_locked(
+                    project, project_dir, state_dir, key_type=key_type, ca_days=ca_days,
+                    cert_days=cert_days, passphrase=ca_passphrase or None, when=when,
+                    to_revoke=to_revoke, flush=flush,
+                )
+            except BaseException:
+                if first_run and not State.exists(state_dir):
+                    State.discard_new(state_dir)  # a failed first run leaves no CA behind
+                raise
     except OSError as exc:
         where = exc.filename or project_dir
         raise ProvisionError(f"{where}: {exc.strerror or exc}", path=str(where)) from None

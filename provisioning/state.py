@@ -23,6 +23,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -184,6 +185,13 @@ class State:
         batch.write(state_dir / CA_CERT, ca.cert_pem, 0o644)
         batch.mkdir(state_dir / ISSUED, 0o700)
         return cls(state_dir, ca, passphrase, {"project": project})
+
+    @staticmethod
+    def discard_new(state_dir: Path) -> None:
+        """Remove what :meth:`create` wrote, after a first run failed before saving."""
+        for name in (CA_KEY, CA_CERT):
+            (state_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(state_dir / ISSUED, ignore_errors=True)
 
     @classmethod
     def open(cls, state_dir: Path, project: str, passphrase: bytes | None) -> State:

@@ -202,3 +202,18 @@ def test_a_concurrent_run_on_the_same_project_is_refused(project: Path, tmp_path
     with StateLock(first.state_dir), pytest.raises(ProvisionError, match="another flare provision"):
         provision(project, tmp_path / "ws")
     assert provision(project, tmp_path / "ws").prod_dir.name == "prod_01"
+
+
+def test_failed_first_run_leaves_no_ca_behind(
+    project: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def failing_write_kit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(provision_module, "write_kit", failing_write_kit)
+    with pytest.raises(ProvisionError):
+        provision(project, tmp_path / "ws")
+    state_dir = tmp_path / "ws" / "testproj" / "state"
+    assert sorted(p.name for p in state_dir.iterdir()) == [".lock"]
+    monkeypatch.undo()
+    assert provision(project, tmp_path / "ws").prod_dir.name == "prod_00"
