@@ -267,9 +267,9 @@ class SiteRuntime:
         attempt = 0
         try:
             while not self._stopping.is_set():
-                registered = False
+                before = self.connections
                 try:
-                    registered = await self._connect_once()
+                    await self._connect_until_stopped()
                 except _Lost as exc:
                     log.warning("connection to %s lost: %s", self.settings.server_address, exc)
                 except grpc.RpcError as exc:
@@ -279,12 +279,14 @@ class SiteRuntime:
                         exc.code().name if hasattr(exc, "code") else "ERROR",
                         exc.details() if hasattr(exc, "details") else exc,
                     )
+                except Exception as exc:  # whatever breaks a connection, dial again
+                    log.warning("connection to %s failed: %r", self.settings.server_address, exc)
                 finally:
                     self._connected.clear()
                     self._conn = None
                 if self._stopping.is_set():
                     break
-                attempt = 0 if registered else attempt + 1
+                attempt = 0 if self.connections > before else attempt + 1
                 delay = self._backoff(attempt)
                 log.info("reconnecting in %.2f s", delay)
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -292,6 +294,22 @@ class SiteRuntime:
         finally:
             await self._shutdown_jobs()
         return self._outcome
+
+    async def _connect_until_stopped(self) -> None:
+        """One connection; a stop while still dialling cancels the dial at once."""
+        loop = asyncio.get_running_loop()
+        connect = loop.create_task(self._connect_once())
+        stop = loop.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not connect.done() and not self._connected.is_set():
+                connect.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await connect
+                return
+            await connect  # connected: it handles the stop itself, gracefully
+        finally:
+            stop.cancel()
 
     def _backoff(self, attempt: int) -> float:
         s = self.settings
@@ -308,8 +326,8 @@ class SiteRuntime:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # -- one connection ------------------------------------------------------------------
-    async def _connect_once(self) -> bool:
-        """Register and serve one Channel; True once registered. Raises on failure."""
+    async def _connect_once(self) -> None:
+        """Register and serve one Channel until it ends. Raises on failure."""
         s = self.settings
         channel = grpc.aio.secure_channel(
             s.server_address, self._creds, options=channel_options(self.kit, s.server_address)
@@ -345,7 +363,6 @@ class SiteRuntime:
                 conn.heartbeat_interval,
             )
             await self._serve(conn)
-            return True
         finally:
             self._connected.clear()
             with contextlib.suppress(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -218,3 +219,21 @@ def test_a_second_site_process_on_the_same_workspace_is_refused(
         assert first.proc.poll() is None
     assert code == 2
     assert f"another site process (pid {first.proc.pid})" in err
+
+
+def test_sigterm_while_dialling_a_server_that_never_answers_exits_at_once(
+    provisioned: Any, tmp_path: Path
+) -> None:
+    kit = site_kit(provisioned, tmp_path / "kits", connect_timeout_s=60.0)
+    with socket.socket() as blackhole:  # accepts TCP, never speaks TLS
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(8)
+        port = blackhole.getsockname()[1]
+        with SiteProcess(kit, f"127.0.0.1:{port}") as site:
+            wait_until(lambda: "starting" in site.stderr(), timeout=15)
+            time.sleep(0.5)
+            started = time.monotonic()
+            code = site.terminate()
+            elapsed = time.monotonic() - started
+    assert code == 0
+    assert elapsed < 3
