@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +241,22 @@ def test_sigterm_while_dialling_a_server_that_never_answers_exits_at_once(
             elapsed = time.monotonic() - started
     assert code == 0
     assert elapsed < 3
+
+
+def test_the_kits_start_script_starts_the_site(server: ServerThread, kit: Path) -> None:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
+    with open(kit.parent / "start.log", "wb") as out:
+        proc = subprocess.Popen(
+            ["sh", str(kit / "startup" / "start.sh"), "--server", server.site_address],
+            stdout=out,
+            stderr=out,
+            env=env,
+        )
+        try:
+            wait_until(lambda: "site-1" in connected(server), timeout=15)
+            proc.send_signal(signal.SIGTERM)  # start.sh execs: the signal reaches the site
+            assert proc.wait(15) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
