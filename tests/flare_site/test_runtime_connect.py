@@ -260,3 +260,20 @@ def test_the_kits_start_script_starts_the_site(server: ServerThread, kit: Path) 
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize(
+    ("file", "content", "named"),
+    [
+        ("settings.json", {"heartbeat_interval_s": "fast"}, "'heartbeat_interval_s'"),
+        ("settings.json", {"reconnect_max_s": -1}, "'reconnect_max_s'"),
+        ("resources.json", {"max_concurrent_jobs": 0}, "'max_concurrent_jobs'"),
+    ],
+)
+def test_a_bad_local_setting_stops_start_up_naming_the_file_and_key(
+    kit: Path, capsys: pytest.CaptureFixture[str], file: str, content: dict[str, Any], named: str
+) -> None:
+    (kit / "local" / file).write_text(json.dumps(content))
+    assert main(["start", str(kit), "--server", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err
+    assert file in err and named in err
