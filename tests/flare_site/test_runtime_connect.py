@@ -53,7 +53,7 @@ def connected(srv: ServerThread) -> list[str]:
 def test_site_process_registers_and_heartbeats(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
         wait_until(lambda: "site-1" in connected(server), timeout=15)
-        first = server.call(lambda: server.server.registry.get("site-1").last_heartbeat)
+        first = server.call(lambda: registry(server).get("site-1").last_heartbeat)
         time.sleep(0.6)  # three heartbeat intervals
         snapshot = server.call(lambda: server.server.registry.get("site-1"))
         assert snapshot.last_heartbeat > first
@@ -194,9 +194,7 @@ def test_max_jobs_comes_from_resources_json_and_the_flag_wins(
     (kit / "local" / "resources.json").write_text(json.dumps({"max_concurrent_jobs": 3}))
     with SiteProcess(kit, server.site_address):
         wait_until(lambda: "site-1" in connected(server), timeout=15)
-        assert server.call(lambda: server.server.registry.get("site-1").resources) == {
-            "max_jobs": "3"
-        }
+        assert server.call(lambda: registry(server).get("site-1").resources) == {"max_jobs": "3"}
     with SiteProcess(kit, server.site_address, "--max-jobs", "2"):
         wait_until(
             lambda: (

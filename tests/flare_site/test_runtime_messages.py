@@ -235,7 +235,11 @@ async def test_heartbeats_carry_the_running_jobs(
 ) -> None:
     await start_site()
     job_id = await deploy(server, blobs[0], received)
-    await until(lambda: server.call(lambda: server.server.registry.get("site-1").running_jobs))
+    await until(
+        lambda: server.call(
+            lambda: getattr(server.server.registry.get("site-1"), "running_jobs", ())
+        )
+    )
     assert (await in_registry(server)).running_jobs == (job_id,)
 
 
