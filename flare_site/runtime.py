@@ -549,7 +549,11 @@ class SiteRuntime:
             log.exception("handling %s for job %s failed", topic, envelope.job_id)
 
     async def _command(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
-        result = await asyncio.to_thread(self.commands.run, body.get("command"), body.get("args"))
+        name, args = body.get("command"), body.get("args")
+        if name in SiteCommands.FILE_COMMANDS:  # disk reads: off the loop
+            result = await asyncio.to_thread(self.commands.run, name, args)
+        else:  # stats read the job table: on the loop that owns it
+            result = self.commands.run(name, args)
         self.send("site.reply", envelope.job_id, result.body(), reply_to=envelope.message_id)
         if result.then:
             self.request_stop(restart=result.then == "restart", reason="asked by the server")
