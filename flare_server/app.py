@@ -102,6 +102,10 @@ def server_options(s: ServerSettings) -> list[tuple[str, Any]]:
         ("grpc.keepalive_permit_without_calls", 1),
         ("grpc.http2.min_ping_interval_without_data_ms", s.min_ping_interval_ms),
         ("grpc.http2.max_ping_strikes", 3),
+        # A fixed 4 MiB receive window per stream instead of a BDP-probed one: an upload
+        # whose disk is slower than the network cannot make the server buffer more.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
     ]
 
 
