@@ -10,6 +10,7 @@ being written, and a reader never sees two lines interleaved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from datetime import datetime, timezone
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from flare_protocol.identity import Identity
+
+log = logging.getLogger("flare_server.audit")
 
 #: Argument values longer than this are cut (a grep pattern, a path) to keep lines short.
 _MAX_ARG_CHARS = 512
@@ -57,13 +60,20 @@ class AuditLog:
             entry["job_id"] = job_id
         line = json.dumps(entry, separators=(",", ":"), default=str) + "\n"
         with self._lock:
-            if self._fh is not None:
+            if self._fh is None:
+                return
+            try:
                 self._fh.write(line)
+            except OSError as exc:  # disk full: the call has happened; say so loudly
+                log.error("cannot write the audit log %s: %s; lost: %s", self.path, exc, line)
 
     def close(self) -> None:
         with self._lock:
             if self._fh is not None:
-                self._fh.close()
+                try:
+                    self._fh.close()
+                except OSError as exc:
+                    log.error("cannot close the audit log %s: %s", self.path, exc)
                 self._fh = None
 
 
