@@ -108,16 +108,36 @@ def test_submit_job_refuses_a_traversal_archive_naming_the_entry(admin, server, 
     assert server.server.store.list() == []
 
 
-def test_submit_job_refuses_a_symlink_entry(admin, server):
+@pytest.mark.parametrize(
+    ("entry", "mode", "content"),
+    [
+        ("hello/app/custom/link", 0o120777, "/etc/passwd"),  # a symlink
+        ("hello/app/custom/tty", 0o020666, ""),  # a character device
+        ("hello/app/custom/pipe", 0o010666, ""),  # a fifo
+    ],
+)
+def test_submit_job_refuses_links_and_special_files(admin, server, entry, mode, content):
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for k, v in job_files().items():
             zf.writestr(f"hello/{k}", v)
-        link = zipfile.ZipInfo("hello/app/custom/link")
-        link.external_attr = 0o120777 << 16
-        zf.writestr(link, "/etc/passwd")
+        info = zipfile.ZipInfo(entry)
+        info.external_attr = mode << 16
+        zf.writestr(info, content)
     code, detail = error_of(admin.SubmitJob, chunks(buf.getvalue()), timeout=10)
-    assert detail.type == "InvalidJobDefinition" and "link" in detail.message
+    assert detail.type == "InvalidJobDefinition" and entry in detail.message
+    assert server.server.store.list() == []
+
+
+def test_submit_job_refuses_duplicate_entries(admin, server):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for k, v in job_files().items():
+            zf.writestr(f"hello/{k}", v)
+        with pytest.warns(UserWarning):
+            zf.writestr("hello/meta.json", b"{}")
+    code, detail = error_of(admin.SubmitJob, chunks(buf.getvalue()), timeout=10)
+    assert detail.type == "InvalidJobDefinition" and "hello/meta.json" in detail.message
 
 
 def test_submit_job_stops_a_zip_bomb_at_the_inflated_cap(server_kit, kits, tmp_path):
