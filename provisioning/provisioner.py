@@ -276,13 +276,13 @@ def _provision_locked(
             )
             write_kit(batch, tmp / p.name, p, startup, local, ca.key)
             kits[p.name] = project_dir / prod_name / p.name
+        final = project_dir / prod_name
+        if final.exists():  # only if someone made it by hand meanwhile: we hold the lock
+            raise ProvisionError(f"{final}: already exists; it is never overwritten",
+                                 path=str(final))
         batch.flush(project_dir)
         state.prods.append(prod_name)
         state.save()
-        final = project_dir / prod_name
-        if final.exists():
-            raise ProvisionError(f"{final}: already exists; it is never overwritten",
-                                 path=str(final))
         os.rename(tmp, final)
         fsync_dir(project_dir)
     except BaseException:
