@@ -50,6 +50,12 @@ def connected(srv: ServerThread) -> list[str]:
     return srv.call(lambda: srv.server.registry.names())  # type: ignore[no-any-return]
 
 
+def up(site: SiteProcess, srv: ServerThread) -> None:
+    """Registered on the server, and the site has logged it (its Channel is open)."""
+    wait_until(lambda: "site-1" in connected(srv), timeout=15)
+    wait_until(lambda: "registered with" in site.stderr(), timeout=5)
+
+
 def test_site_process_registers_and_heartbeats(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
         wait_until(lambda: "site-1" in connected(server), timeout=15)
@@ -80,7 +86,7 @@ def test_site_reconnects_after_a_server_restart(
     port = first.server.site_port
     with SiteProcess(kit, first.site_address) as site:
         try:
-            wait_until(lambda: "site-1" in connected(first), timeout=15)
+            up(site, first)
         finally:
             first.stop()
         time.sleep(0.8)  # the site keeps dialling a closed port meanwhile
@@ -109,7 +115,7 @@ def test_site_waits_for_a_server_that_is_not_up_yet(
 
 def test_sigterm_stops_the_site_cleanly(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
-        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        up(site, server)
         started = time.monotonic()
         code = site.terminate()
         elapsed = time.monotonic() - started
@@ -123,7 +129,7 @@ def test_a_restart_command_restarts_the_site_process_in_place(
     server: ServerThread, kit: Path
 ) -> None:
     with SiteProcess(kit, server.site_address) as site:
-        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        up(site, server)
         request = registry(server).request(
             "site-1", "site.command", {"command": "restart", "args": {}}, timeout=5
         )
@@ -137,7 +143,7 @@ def test_a_restart_command_restarts_the_site_process_in_place(
 
 def test_site_log_is_written_in_the_workspace(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
-        wait_until(lambda: "site-1" in connected(server), timeout=15)
+        up(site, server)
         site.terminate()
     text = (kit / "workspace" / "logs" / "site.log").read_text()
     assert "registered with" in text
