@@ -51,7 +51,7 @@ class SiteProcess:
 
     def __init__(self, kit: Path, server: str, *extra: str) -> None:
         self.kit = kit
-        self.err_path = kit.parent / f"{kit.name}.stderr"
+        self.err_path = kit.parent / f"{kit.name}.{uuid.uuid4().hex[:8]}.stderr"
         self._err = open(self.err_path, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
