@@ -74,10 +74,11 @@ def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
         }
     if mode == "submit":
         size = sum(p.stat().st_size for p in Path(arg).rglob("*") if p.is_file())
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         job_id = session.submit_job(arg)
         elapsed = time.perf_counter() - t0
         return {
+            "client_cpu": 100 * (time.process_time() - cpu0) / elapsed,
             "job_id": job_id,
             "mb_s": size / elapsed / 1e6,
             "seconds": elapsed,
@@ -95,9 +96,10 @@ def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
 
         _transfer.ResultDownload.finish = timed_finish  # type: ignore[method-assign]
         dest = tempfile.mkdtemp(prefix="dl-", dir=Path(kit).parent)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         path = session.download_job_result(arg, destination=dest)
         elapsed = time.perf_counter() - t0
+        phases["client_cpu"] = 100 * (time.process_time() - cpu0) / elapsed
         size = sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
         return {
             "mb_s": size / elapsed / 1e6,
@@ -105,6 +107,7 @@ def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
             "receive_s": phases["received"] - t0,
             "rss_received_mb": phases["rss_received"],
             "rss_mb": _peak_rss_mb(),
+            "client_cpu": phases["client_cpu"],
         }
     if mode == "monitor":
         stamps: list[float] = []
@@ -313,7 +316,7 @@ def run(gib: float = 1.0, jobs: int = 10_000) -> list[dict[str, Any]]:
                     "MB/s",
                     ">= 500",
                     f"{r['seconds']:.1f} s until durable; client peak RSS {r['rss_mb']:.0f} MB "
-                    "(target <= 150)",
+                    f"(target <= 150); client CPU {r['client_cpu']:.0f} %",
                 )
             )
             result_dir = Path(store.result_dir(first))
@@ -330,7 +333,8 @@ def run(gib: float = 1.0, jobs: int = 10_000) -> list[dict[str, Any]]:
                     ">= 500",
                     f"{r['seconds']:.1f} s: receive {r['receive_s']:.1f} s, check + extract "
                     f"{r['seconds'] - r['receive_s']:.1f} s; client peak RSS {r['rss_mb']:.0f} MB "
-                    f"({r['rss_received_mb']:.0f} MB when received; target <= 150)",
+                    f"({r['rss_received_mb']:.0f} MB when received; target <= 150); "
+                    f"client CPU {r['client_cpu']:.0f} %",
                 )
             )
     return rows
