@@ -28,12 +28,15 @@ from flare_admin.results import (
     ClientInfo,
     JobMeta,
     JobSummary,
+    MetricRow,
     MonitorReturnCode,
     ServerInfo,
     SessionInfo,
     SiteInfo,
     SystemInfo,
     TargetType,
+    ValidationRow,
+    rounds_table,
 )
 from flare_admin.session import Session, SessionState, new_secure_session
 from flare_protocol.errors import (
@@ -77,12 +80,15 @@ __all__ = [
     "ClientInfo",
     "JobMeta",
     "JobSummary",
+    "MetricRow",
     "MonitorReturnCode",
     "ServerInfo",
     "SessionInfo",
     "SiteInfo",
     "SystemInfo",
     "TargetType",
+    "ValidationRow",
+    "rounds_table",
     # exceptions
     "APIError",
     "AuthenticationError",

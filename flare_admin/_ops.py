@@ -10,6 +10,7 @@ inside this module and the transports.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -21,11 +22,13 @@ import grpc
 from flare_admin.results import (
     JobMeta,
     JobSummary,
+    MetricRow,
     ServerInfo,
     SessionInfo,
     SiteInfo,
     SystemInfo,
     TargetType,
+    ValidationRow,
     iso_time,
 )
 from flare_protocol._generated import admin_pb2, common_pb2
@@ -105,7 +108,10 @@ def _names(value: Iterable[str] | None, what: str) -> list[str] | None:
         return None
     if isinstance(value, str):
         value = [value]
-    names = list(value)
+    try:
+        names = list(value)
+    except TypeError:
+        raise InvalidTarget(f"{what}s must be a list of site names, got {value!r}") from None
     for name in names:
         if not isinstance(name, str) or not _SITE_NAME.match(name):
             raise InvalidTarget(f"{what} {name!r} is not a valid site name", target=repr(name))
@@ -120,10 +126,21 @@ def _opt_str(value: object, what: str) -> str | None:
     return value
 
 
+#: Longest deadline accepted (a year): gRPC cannot represent an infinite one.
+MAX_SECONDS = 365 * 24 * 3600.0
+
+
 def timeout_value(value: object, what: str = "timeout") -> float:
-    """A non-negative number of seconds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise InvalidArgumentError(f"{what} must be a number of seconds >= 0, got {value!r}")
+    """A non-negative, finite number of seconds (at most a year)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_SECONDS
+    ):
+        raise InvalidArgumentError(
+            f"{what} must be a number of seconds from 0 to {MAX_SECONDS:.0f}, got {value!r}"
+        )
     return float(value)
 
 
@@ -249,7 +266,9 @@ def list_jobs(
     name_prefix: str | None = None,
     reverse: bool = False,
 ) -> Unary:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+    if limit is not None and (
+        isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**31
+    ):
         raise InvalidArgumentError(f"limit must be an integer >= 0 or None, got {limit!r}")
     if id_prefix is not None and (
         not isinstance(id_prefix, str) or not _ID_PREFIX.match(id_prefix)
@@ -308,9 +327,15 @@ def get_job_meta(jid: str) -> Unary:
     return Unary("GetJobMeta", admin_pb2.JobRequest(job_id=jid), parse_meta, "get_job_meta", jid)
 
 
-def clone_job(jid: str) -> Unary:
+def initial_model_job_id(value: object) -> str | None:
+    """The job whose final global model a new job starts from (None: its own)."""
+    return None if value is None else job_id(value)
+
+
+def clone_job(jid: str, initial_model: str | None = None) -> Unary:
     jid = job_id(jid)
-    request = admin_pb2.CloneJobRequest(job_id=jid)
+    source = initial_model_job_id(initial_model)
+    request = admin_pb2.CloneJobRequest(job_id=jid, initial_model_job_id=source or "")
     return Unary("CloneJob", request, _job_id_of, "clone_job", jid)
 
 
@@ -390,7 +415,9 @@ def get_job_logs(jid: str, target: str = "server") -> Unary:
 def _sites_result(reply: Any) -> list[dict[str, Any]]:
     result = _command_result(reply)
     sites = result.get("sites") if isinstance(result, Mapping) else result
-    return list(sites or [])
+    if not isinstance(sites, list):
+        raise InternalError("the server sent a site job status that is not a list")
+    return sites
 
 
 def get_client_job_status(client_names: Iterable[str] | None = None) -> Unary:
@@ -488,3 +515,78 @@ def system_command(name: str, target_type: str | None, client_names: Iterable[st
     if target_type is not None:
         args["target_type"] = _target_type(target_type)
     return command(name, args)
+
+
+# -- result readers ------------------------------------------------------------------------
+
+#: Rows asked for per call; the server may send fewer (it keeps each reply under 4 MiB).
+PAGE_ROWS = 10_000
+
+
+@dataclass(frozen=True)
+class Page:
+    """One reply of a paged command: rows, and where the next page starts (None: done)."""
+
+    rows: list[Any]
+    next_offset: int | None
+
+
+def _page_of(make: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], Page]:
+    def parse(reply: Any) -> Page:
+        result = _command_result(reply)
+        if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
+            raise InternalError("the server sent a page without a 'rows' list")
+        rows = [make(r) for r in result["rows"] if isinstance(r, Mapping)]
+        nxt = result.get("next_offset")
+        if isinstance(nxt, bool) or not isinstance(nxt, int):
+            nxt = None
+        return Page(rows, nxt)
+
+    return parse
+
+
+def _site_name(value: object) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _SITE_NAME.match(value) or value == "server":
+        raise InvalidTarget(f"site {value!r} is not a valid site name", target=repr(value))
+    return value
+
+
+def job_metrics(
+    jid: str, site: str | None = None, key: str | None = None, offset: int = 0
+) -> Unary:
+    """One page of a job's metrics log, optionally only one site's or one key's rows."""
+    jid = job_id(jid)
+    args = {
+        "job_id": jid,
+        "site": _site_name(site),
+        "key": _opt_str(key, "key"),
+        "offset": offset,
+        "limit": PAGE_ROWS,
+    }
+    return command("job_metrics", args, _page_of(MetricRow.from_dict), jid)
+
+
+def job_validations(jid: str, site: str | None = None, offset: int = 0) -> Unary:
+    """One page of a job's validation results."""
+    jid = job_id(jid)
+    args = {"job_id": jid, "site": _site_name(site), "offset": offset, "limit": PAGE_ROWS}
+    return command("job_validations", args, _page_of(ValidationRow.from_dict), jid)
+
+
+def model_round(value: object) -> int:
+    """``round`` of ``download_model``: None -> 0 (the final model), else an int >= 1."""
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidArgumentError(
+            f"round must be a round number >= 1, or None for the final model; got {value!r}"
+        )
+    return value
+
+
+def model_file_name(jid: str, round_number: int) -> str:
+    """Where ``download_model`` saves into a folder: ``<job_id>.global_model.npz`` or
+    ``<job_id>.round_003.npz`` (next to, never inside, a downloaded result folder)."""
+    return f"{jid}.global_model.npz" if round_number == 0 else f"{jid}.round_{round_number:03d}.npz"

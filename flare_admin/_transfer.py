@@ -287,7 +287,12 @@ def check_destination(destination: str | os.PathLike[str] | None, default: Path)
     Raises:
         InvalidArgumentError: the folder does not exist or is not a folder.
     """
-    folder = default if destination is None else Path(destination).expanduser()
+    try:
+        folder = default if destination is None else Path(destination).expanduser()
+    except TypeError:
+        raise InvalidArgumentError(
+            f"destination must be a folder path, got {destination!r}"
+        ) from None
     if destination is None:
         try:
             folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -465,3 +470,112 @@ class ResultDownload:
                 if budget < 0:  # inflates past its declared size: a bomb
                     raise self._refuse(f"entry {info.filename!r} inflates past its declared size")
                 dst.write(block)
+
+
+def model_target(
+    destination: str | os.PathLike[str] | None, default_folder: Path, file_name: str
+) -> Path:
+    """Where a downloaded model goes: ``<folder>/<file_name>``, or ``destination`` itself
+    when it names a ``.npz`` file in an existing folder.
+
+    Raises:
+        InvalidArgumentError: the folder does not exist.
+    """
+    if destination is not None and str(destination).endswith(".npz"):
+        path = Path(destination).expanduser()
+        if not path.parent.is_dir():
+            raise InvalidArgumentError(
+                f"destination {path}: folder {path.parent} does not exist; create it first",
+                path=str(path),
+            )
+        if path.is_dir():
+            raise InvalidArgumentError(f"destination {path} is a folder", path=str(path))
+        return path
+    return check_destination(destination, default_folder) / file_name
+
+
+class ModelDownload:
+    """Receives a model stream into a temporary file, checks it, then renames it into place.
+
+    The file is complete or absent: size and SHA-256 (from the stream's header) are
+    checked, and the data is flushed to disk before the rename.
+    """
+
+    def __init__(self, target: Path, what: str, max_bytes: int = 64 * 1024**3) -> None:
+        self.target = target
+        self.what = what
+        self.max_bytes = max_bytes
+        self.expected_size = -1
+        self.expected_sha256 = ""
+        self.received = 0
+        self._hash = hashlib.sha256()
+        try:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{target.name}.", suffix=".part", dir=target.parent
+            )
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot write into {target.parent}: {exc.strerror}", path=str(target.parent)
+            ) from exc
+        self._part = Path(name)
+        self._fh: io.BufferedWriter | None = os.fdopen(fd, "wb")
+
+    def header(self, size: int, sha256: str) -> None:
+        if size > self.max_bytes:
+            raise InternalError(f"{self.what} is {size} bytes, over the {self.max_bytes} cap")
+        self.expected_size = size
+        self.expected_sha256 = sha256.lower()
+
+    def write(self, data: bytes) -> None:
+        if self._fh is None:
+            raise InternalError("the download was already finished or discarded")
+        self.received += len(data)
+        if self.received > self.max_bytes or (
+            self.expected_size >= 0 and self.received > self.expected_size
+        ):
+            raise InternalError(f"{self.what}: the server sent more bytes than it announced")
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise InvalidArgumentError(
+                f"cannot write {self.what} into {self.target.parent}: {exc.strerror or exc}",
+                path=str(self.target.parent),
+            ) from exc
+        self._hash.update(data)
+
+    def discard(self) -> None:
+        """Remove the partial file (after a failure)."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self._part.unlink(missing_ok=True)
+
+    def finish(self) -> str:
+        """Check what arrived and rename it into place; return the file's path.
+
+        Raises:
+            InternalError: the stream was cut short or its digest differs.
+        """
+        try:
+            if self._fh is None:
+                raise InternalError("the download was already finished or discarded")
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
+            self._fh.close()
+            self._fh = None
+            if self.expected_size >= 0 and self.received != self.expected_size:
+                raise InternalError(
+                    f"{self.what} was cut short: received {self.received} of "
+                    f"{self.expected_size} bytes; download it again"
+                )
+            digest = self._hash.hexdigest()
+            if self.expected_sha256 and digest != self.expected_sha256:
+                raise InternalError(
+                    f"{self.what} is corrupt: SHA-256 {digest} differs from the server's "
+                    f"{self.expected_sha256}; download it again"
+                )
+            os.chmod(self._part, 0o644)
+            os.replace(self._part, self.target)
+            return str(self.target)
+        finally:
+            self.discard()

@@ -12,7 +12,7 @@ import asyncio
 import inspect
 import os
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import grpc
@@ -21,19 +21,30 @@ import grpc.aio
 from flare_admin import _ops
 from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
-from flare_admin._transfer import JobUpload, ProgressCallback, ResultDownload, check_destination
+from flare_admin._transfer import (
+    JobUpload,
+    ModelDownload,
+    ProgressCallback,
+    ResultDownload,
+    check_destination,
+    model_target,
+)
 from flare_admin.results import (
     JobMeta,
     JobSummary,
+    MetricRow,
     MonitorReturnCode,
     SessionInfo,
     SiteInfo,
     SystemInfo,
+    ValidationRow,
 )
 from flare_admin.session import (
     MonitorCallback,
     MonitorStep,
     SessionState,
+    model_request,
+    model_what,
     not_a_header,
     submit_header,
 )
@@ -181,19 +192,21 @@ class AsyncSession:
         job_definition_path: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        initial_model_job_id: str | None = None,
     ) -> str:
         """Upload a job folder or ``.zip``; return its id (see ``Session.submit_job``).
 
         ``progress`` is called from a worker thread.
         """
         self._check_open()
+        source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
         failure: list[BaseException] = []
         holder: list[Any] = []
         chunks = upload.chunks(progress)
 
         async def requests() -> AsyncIterator[common_pb2.TransferChunk]:
-            yield submit_header(upload)
+            yield submit_header(upload, source)
             try:
                 while True:
                     chunk = await asyncio.to_thread(next, chunks, _END)
@@ -236,9 +249,9 @@ class AsyncSession:
         """A job's full meta."""
         return await self._unary(_ops.get_job_meta(job_id))
 
-    async def clone_job(self, job_id: str) -> str:
-        """Submit a copy of a job; return the new id."""
-        return await self._unary(_ops.clone_job(job_id))
+    async def clone_job(self, job_id: str, *, initial_model_job_id: str | None = None) -> str:
+        """Submit a copy of a job; return the new id (see ``Session.clone_job``)."""
+        return await self._unary(_ops.clone_job(job_id, initial_model_job_id))
 
     async def abort_job(self, job_id: str) -> None:
         """Abort a job that has not finished."""
@@ -328,6 +341,67 @@ class AsyncSession:
     async def get_job_logs(self, job_id: str, target: str = "server") -> str:
         """The job's log on ``target``."""
         return await self._unary(_ops.get_job_logs(job_id, target))
+
+    # -- results ------------------------------------------------------------------------------
+
+    async def _pages(self, make: Callable[[int], _ops.Unary]) -> list[Any]:
+        rows: list[Any] = []
+        offset = 0
+        while True:
+            page: _ops.Page = await self._unary(make(offset))
+            rows.extend(page.rows)
+            if page.next_offset is None or page.next_offset <= offset:
+                return rows
+            offset = page.next_offset
+
+    async def get_job_metrics(
+        self, job_id: str, *, site: str | None = None, key: str | None = None
+    ) -> list[MetricRow]:
+        """A job's streamed metrics (see ``Session.get_job_metrics``)."""
+        _ops.job_metrics(job_id, site, key)
+        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset))
+
+    async def get_validations(self, job_id: str, *, site: str | None = None) -> list[ValidationRow]:
+        """The sites' validations of each round's global model."""
+        _ops.job_validations(job_id, site)
+        return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
+
+    async def download_model(
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        round: int | None = None,  # noqa: A002
+    ) -> str:
+        """Download a job's final (or a round's) global model; its path (see ``Session``)."""
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        rnd = _ops.model_round(round)
+        name = _ops.model_file_name(jid, rnd)
+        target = model_target(destination, self._target.kit.transfer, name)
+        request = model_request(jid, rnd)
+        sink = ModelDownload(target, model_what(jid, rnd))
+        call = self._stub.DownloadModel(request)  # type: ignore[attr-defined]
+        try:
+            first = True
+            async for chunk in call:
+                if first:
+                    if chunk.WhichOneof("item") != "header":
+                        raise not_a_header(jid)
+                    sink.header(chunk.header.size, chunk.header.sha256)
+                    first = False
+                else:
+                    await asyncio.to_thread(sink.write, chunk.data)
+            if first:
+                raise not_a_header(jid)
+        except grpc.RpcError as exc:
+            sink.discard()
+            raise self._map(exc, "download_model", jid) from exc
+        except BaseException:
+            sink.discard()
+            call.cancel()
+            raise
+        return await asyncio.to_thread(sink.finish)
 
     # -- system -------------------------------------------------------------------------------
 

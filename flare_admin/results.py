@@ -10,7 +10,7 @@ appear here; the wire layer converts them.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -20,12 +20,15 @@ __all__ = [
     "ClientInfo",
     "JobMeta",
     "JobSummary",
+    "MetricRow",
     "MonitorReturnCode",
     "ServerInfo",
     "SessionInfo",
     "SiteInfo",
     "SystemInfo",
     "TargetType",
+    "ValidationRow",
+    "rounds_table",
 ]
 
 
@@ -167,6 +170,14 @@ def _opt_float(value: Any) -> float | None:
         return None
 
 
+def _mapping(value: Any) -> dict[str, Any]:
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+def _strings(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+
 @dataclass(frozen=True, eq=True)
 class JobMeta(_Record):
     """A job's full meta. Typed attributes for the common keys; as a mapping it holds
@@ -206,10 +217,10 @@ class JobMeta(_Record):
             start_time=_opt_float(data.get("start_time")),
             duration=_opt_float(data.get("duration")),
             min_clients=mc if isinstance(mc, int) and not isinstance(mc, bool) else None,
-            deploy_map=MappingProxyType(dict(data.get("deploy_map") or {})),
-            resource_spec=MappingProxyType(dict(data.get("resource_spec") or {})),
-            mandatory_clients=tuple(data.get("mandatory_clients") or ()),
-            cloned_from=data.get("cloned_from") or None,
+            deploy_map=MappingProxyType(_mapping(data.get("deploy_map"))),
+            resource_spec=MappingProxyType(_mapping(data.get("resource_spec"))),
+            mandatory_clients=tuple(_strings(data.get("mandatory_clients"))),
+            cloned_from=str(data["cloned_from"]) if data.get("cloned_from") else None,
             _data=MappingProxyType(dict(data)),
         )
 
@@ -228,3 +239,84 @@ class JobMeta(_Record):
 
     def __len__(self) -> int:
         return len(self._data) if self._data else super().__len__()
+
+
+def _opt_int(value: Any) -> int | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+@dataclass(frozen=True, eq=True)
+class MetricRow(_Record):
+    """One metric a site streamed during a job (``flare.log_metric``, the SummaryWriter,
+    or a training answer's ``metrics``): ``round`` and ``step`` may be None."""
+
+    site: str
+    round: int | None
+    key: str
+    value: float
+    step: int | None = None
+    time: float = 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MetricRow:
+        """From one row of the server's metrics log (untrusted JSON: types coerced)."""
+        value = data.get("value")
+        return cls(
+            site=str(data.get("site", "")),
+            round=_opt_int(data.get("round")),
+            key=str(data.get("key", "")),
+            value=float(value) if isinstance(value, (int, float)) else float("nan"),
+            step=_opt_int(data.get("step")),
+            time=_opt_float(data.get("time")) or 0.0,
+        )
+
+
+@dataclass(frozen=True, eq=True)
+class ValidationRow(_Record):
+    """A site's validation of the global model of ``round``: metric name -> value."""
+
+    site: str
+    round: int | None
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ValidationRow:
+        """From one row of the server's validations log (untrusted JSON: types coerced)."""
+        raw = data.get("metrics")
+        metrics = {
+            str(k): float(v)
+            for k, v in (raw.items() if isinstance(raw, Mapping) else ())
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
+        return cls(
+            site=str(data.get("site", "")),
+            round=_opt_int(data.get("round")),
+            metrics=MappingProxyType(metrics),
+        )
+
+
+def rounds_table(
+    metrics: Iterable[MetricRow], validations: Iterable[ValidationRow] = ()
+) -> dict[int, dict[str, dict[str, float]]]:
+    """Per round, per site, the last value of each metric (validations prefixed ``val:``
+    unless their name already says so): ``{round: {site: {key: value}}}``, rounds sorted.
+
+    Rows without a round are left out. Handy for printing a job's progress.
+    """
+    table: dict[int, dict[str, dict[str, float]]] = {}
+    for row in metrics:
+        if row.round is not None:
+            table.setdefault(row.round, {}).setdefault(row.site, {})[row.key] = row.value
+    for val in validations:
+        if val.round is None:
+            continue
+        cell = table.setdefault(val.round, {}).setdefault(val.site, {})
+        for key, value in val.metrics.items():
+            cell[key if key.startswith("val") else f"val:{key}"] = value
+    return {r: table[r] for r in sorted(table)}

@@ -21,14 +21,23 @@ import grpc
 from flare_admin import _ops
 from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
-from flare_admin._transfer import JobUpload, ProgressCallback, ResultDownload, check_destination
+from flare_admin._transfer import (
+    JobUpload,
+    ModelDownload,
+    ProgressCallback,
+    ResultDownload,
+    check_destination,
+    model_target,
+)
 from flare_admin.results import (
     JobMeta,
     JobSummary,
+    MetricRow,
     MonitorReturnCode,
     SessionInfo,
     SiteInfo,
     SystemInfo,
+    ValidationRow,
 )
 from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
@@ -83,14 +92,34 @@ class MonitorStep:
         )
 
 
-def submit_header(upload: JobUpload) -> common_pb2.TransferChunk:
+def submit_header(
+    upload: JobUpload, initial_model_job_id: str | None = None
+) -> common_pb2.TransferChunk:
+    params = {"initial_model_job_id": initial_model_job_id} if initial_model_job_id else {}
     return common_pb2.TransferChunk(
         header=common_pb2.TransferHeader(
             name=upload.name,
             size=upload.total if upload.is_zip else -1,
             content_type="application/zip",
+            params=params,
         )
     )
+
+
+def model_request(job_id: str, round_number: int) -> Any:
+    """The DownloadModel request (the RPC is newer than some servers: say so clearly)."""
+    request_type = getattr(admin_pb2, "ModelRequest", None)
+    if request_type is None:
+        raise errors.InternalError(
+            "this flare-admin build has no DownloadModel RPC; update flare-admin"
+        )
+    return request_type(job_id=job_id, round=round_number)
+
+
+def model_what(job_id: str, round_number: int) -> str:
+    if round_number:
+        return f"the global model of round {round_number} of job {job_id}"
+    return f"the final global model of job {job_id}"
 
 
 def not_a_header(job_id: str) -> errors.InternalError:
@@ -196,11 +225,14 @@ class Session:
         job_definition_path: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        initial_model_job_id: str | None = None,
     ) -> str:
         """Upload a job folder (zipped while streaming) or a ``.zip``; return its job id.
 
         ``progress(bytes_sent, total)`` is called as the upload advances (from gRPC's
         sending thread). The id is returned only once the job is durable on the server.
+        ``initial_model_job_id``: start from that finished job's final global model
+        instead of the job's own initial model (continue training across jobs).
 
         Raises:
             InvalidJobDefinition: the folder, archive or meta.json is invalid (locally or
@@ -208,13 +240,14 @@ class Session:
             AuthorizationError: our role may not submit jobs.
         """
         self._check_open()
+        source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
         failure: list[BaseException] = []
         holder: list[Any] = []
         started = threading.Event()
 
         def requests() -> Iterator[common_pb2.TransferChunk]:
-            yield submit_header(upload)
+            yield submit_header(upload, source)
             try:
                 for chunk in upload.chunks(progress):
                     yield common_pb2.TransferChunk(data=chunk)
@@ -257,9 +290,13 @@ class Session:
         """A job's full meta (``meta.status`` or ``meta["status"]``)."""
         return self._unary(_ops.get_job_meta(job_id))
 
-    def clone_job(self, job_id: str) -> str:
-        """Submit a copy of a job; return the new job's id."""
-        return self._unary(_ops.clone_job(job_id))
+    def clone_job(self, job_id: str, *, initial_model_job_id: str | None = None) -> str:
+        """Submit a copy of a job; return the new job's id.
+
+        ``initial_model_job_id``: the copy starts from that finished job's final global
+        model (e.g. ``clone_job(j, initial_model_job_id=j)`` trains ``j`` further).
+        """
+        return self._unary(_ops.clone_job(job_id, initial_model_job_id))
 
     def abort_job(self, job_id: str) -> None:
         """Abort a submitted, dispatched or running job (JobNotRunning once it finished)."""
@@ -369,6 +406,82 @@ class Session:
     def get_job_logs(self, job_id: str, target: str = "server") -> str:
         """The lines of ``target``'s log (``"server"`` or a site name) that mention the job."""
         return self._unary(_ops.get_job_logs(job_id, target))
+
+    # -- results ------------------------------------------------------------------------------
+
+    def _pages(self, make: Callable[[int], _ops.Unary]) -> list[Any]:
+        rows: list[Any] = []
+        offset = 0
+        while True:
+            page: _ops.Page = self._unary(make(offset))
+            rows.extend(page.rows)
+            if page.next_offset is None or page.next_offset <= offset:
+                return rows
+            offset = page.next_offset
+
+    def get_job_metrics(
+        self, job_id: str, *, site: str | None = None, key: str | None = None
+    ) -> list[MetricRow]:
+        """The metrics sites streamed for a job (so far, while it runs), in arrival order.
+
+        ``site``/``key`` keep only that site's or that metric's rows. Each row is a
+        :class:`MetricRow` (``site, round, key, value, step, time``);
+        :func:`flare_admin.rounds_table` arranges them per round.
+        """
+        _ops.job_metrics(job_id, site, key)  # argument checks before any call
+        return self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset))
+
+    def get_validations(self, job_id: str, *, site: str | None = None) -> list[ValidationRow]:
+        """The sites' validations of each round's global model (:class:`ValidationRow`)."""
+        _ops.job_validations(job_id, site)
+        return self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
+
+    def download_model(
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        round: int | None = None,  # noqa: A002 - the natural name, as Scaleout's
+    ) -> str:
+        """Download a job's final global model (or round ``round``'s) as ``.npz``; its path.
+
+        ``destination``: a folder (default: the kit's ``transfer/``), where the file is
+        named ``<job_id>.global_model.npz`` / ``<job_id>.round_003.npz``, or a path
+        ending in ``.npz``. Load it with ``flare_protocol.models.load_params`` (or
+        ``numpy.load(path, allow_pickle=False)``).
+
+        Raises:
+            JobNotDone: the job has no final model yet (not finished, or it failed).
+            InvalidArgumentError: no such round, or ``destination`` is unusable.
+        """
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        rnd = _ops.model_round(round)
+        name = _ops.model_file_name(jid, rnd)
+        target = model_target(destination, self._target.kit.transfer, name)
+        request = model_request(jid, rnd)
+        sink = ModelDownload(target, model_what(jid, rnd))
+        call = self._stub.DownloadModel(request, timeout=None)  # type: ignore[attr-defined]
+        try:
+            first = True
+            for chunk in call:
+                if first:
+                    if chunk.WhichOneof("item") != "header":
+                        raise not_a_header(jid)
+                    sink.header(chunk.header.size, chunk.header.sha256)
+                    first = False
+                else:
+                    sink.write(chunk.data)
+            if first:
+                raise not_a_header(jid)
+        except grpc.RpcError as exc:
+            sink.discard()
+            raise self._map(exc, "download_model", jid) from exc
+        except BaseException:
+            sink.discard()
+            call.cancel()
+            raise
+        return sink.finish()
 
     # -- system -------------------------------------------------------------------------------
 

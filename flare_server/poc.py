@@ -109,7 +109,8 @@ def project_yaml(sites: Sequence[str]) -> str:
     ]
     for name in sites:
         lines += [f"  - name: {name}", "    type: client", "    org: poc"]
-    lines += [f"  - name: {ADMIN_NAME}", "    type: admin", "    org: poc", "    role: project_admin"]
+    lines += [f"  - name: {ADMIN_NAME}", "    type: admin", "    org: poc"]
+    lines += ["    role: project_admin"]
     return "\n".join(lines) + "\n"
 
 

@@ -168,6 +168,9 @@ CALLS = {
     "wait_for_job": (JOB,),
     "download_job_result": (JOB,),
     "get_job_logs": (JOB,),
+    "get_job_metrics": (JOB,),
+    "get_validations": (JOB,),
+    "download_model": (JOB,),
     "clone_job": (JOB,),
     "abort_job": (JOB,),
     "delete_job": (JOB,),
@@ -223,3 +226,52 @@ def test_closing_from_another_thread_ends_a_running_monitor(session, job_folder)
     with pytest.raises(SessionClosed):
         session.monitor_job(job_id)
     assert time.monotonic() - start < 2
+
+
+JOB_ID_ARG = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
+
+
+@pytest.mark.parametrize(
+    ("method", "args", "kwargs"),
+    [
+        ("set_timeout", (float("inf"),), {}),
+        ("set_timeout", (float("nan"),), {}),
+        ("set_timeout", ("10",), {}),
+        ("monitor_job", (JOB_ID_ARG,), {"timeout": -1}),
+        ("monitor_job", (JOB_ID_ARG,), {"poll_interval": None}),
+        ("list_jobs", (), {"limit": 2**40}),
+        ("download_job_result", (JOB_ID_ARG,), {"destination": 5}),
+        ("submit_job", (None,), {}),
+        ("submit_job", (5,), {}),
+        ("show_stats", (JOB_ID_ARG, 5), {}),
+        ("get_client_job_status", (5,), {}),
+        ("shutdown", ("server", [1]), {}),
+        ("ls_target", (None,), {}),
+        ("cat_target", ("server",), {"options": 5, "file": "x"}),
+        ("cat_target", ("server",), {}),
+        ("grep_target", ("server",), {"pattern": 5, "file": "x"}),
+        ("head_target", ("server", "-n x", "f"), {}),
+    ],
+)
+def test_bad_arguments_raise_flare_errors_only(session, method, args, kwargs):
+    with pytest.raises(InvalidArgumentError):
+        getattr(session, method)(*args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"timeout": 0}, {"timeout": "x"}, {"server_address": "no-port"}, {"server_address": 5}],
+)
+def test_bad_open_arguments_raise_invalid_argument(kits, kwargs):
+    from flare_admin import new_secure_session
+
+    with pytest.raises(InvalidArgumentError):
+        new_secure_session("admin@org_a.com", kits["admin@org_a.com"], **kwargs)
+
+
+@pytest.mark.parametrize("location", [None, 5, "/nonexistent/kit"])
+def test_a_bad_kit_location_is_a_kit_error_or_invalid_argument(location):
+    from flare_admin import FlareError, new_secure_session
+
+    with pytest.raises(FlareError):
+        new_secure_session("admin@org_a.com", location)
