@@ -67,3 +67,11 @@ def test_system_info_nests_results_and_converts_them_to_dicts():
     assert plain["job_info"][0]["status"] == "RUNNING"
     assert info["server_info"]["status"] == "started"
     json.dumps(plain)
+
+
+def test_a_malformed_meta_from_the_server_still_reads():
+    meta = JobMeta.from_dict(
+        {"job_id": 5, "deploy_map": ["x"], "mandatory_clients": 3, "min_clients": "2"}
+    )
+    assert meta.job_id == "5" and dict(meta.deploy_map) == {}
+    assert meta.mandatory_clients == () and meta.min_clients is None
