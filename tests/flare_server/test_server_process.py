@@ -92,10 +92,20 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
     try:
         site = FakeSite(kits["site-1"], proc.site_address).open()
         stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
+        dispatched = submit(stub, job_zip(min_clients=1))  # runnable on the connected site
+        wait_until(
+            lambda: (
+                json.loads(
+                    stub.GetJobMeta(admin_pb2.JobRequest(job_id=dispatched), timeout=5).meta_json
+                )["status"]
+                == "DISPATCHED"
+            )
+        )
         stop = threading.Event()
         worker = threading.Thread(target=_hammer, args=(stub, acked, stop))
         worker.start()
-        time.sleep(0.6 + 0.4 * random.random())
+        wait_until(lambda: len(acked) >= 3, timeout=10)  # the load got going
+        time.sleep(0.3 * random.random())
         proc.kill()
         stop.set()
         worker.join(10)
@@ -113,7 +123,7 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
                 job_id: json.loads(
                     stub.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5).meta_json
                 )
-                for job_id in acked
+                for job_id in [*acked, dispatched]
             }
             listed = {
                 j.job_id: j.status
@@ -131,7 +141,7 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
             assert "server restarted" in meta["status_history"][-1]["reason"]
             assert any(h["status"] == "DISPATCHED" for h in meta["status_history"])
     assert not [s for s in listed.values() if s in ("DISPATCHED", "RUNNING")]
-    assert any(m["status"] == "FINISHED:ABNORMAL" for m in metas.values())
+    assert metas[dispatched]["status"] == "FINISHED:ABNORMAL"
     store = JobStore.open(ws / "jobs")
     try:
         for row in store.list():  # acknowledged or not: every listed job is whole
