@@ -1,0 +1,326 @@
+"""``flare simulate JOB -n N``: a job end to end on a throw-away local project.
+
+It checks the job folder, provisions a local project with N sites (the sites the job's
+``deploy_map`` names, topped up with ``site-1 .. site-N``), starts the server and the
+sites on 127.0.0.1 (:class:`flare_server.poc.LocalProject`), submits the job through the
+admin :class:`~flare_admin.Session`, shows its status, round and metrics while it runs,
+downloads the result, prints the per-round metrics and where the result went, and stops
+everything. The exit status is 0 only when the job ended ``FINISHED:COMPLETED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from flare_admin import JobMeta, MetricRow, Session, ValidationRow, rounds_table
+from flare_protocol.errors import FlareError
+from flare_server.poc import LocalProject, provision_local, sigterm_interrupts, site_names
+
+__all__ = ["SimulationResult", "main", "run_simulation", "simulation_sites"]
+
+COMPLETED = "FINISHED:COMPLETED"
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """What a simulation ended with."""
+
+    job_id: str
+    status: str
+    #: Why the job ended as it did (the reason of its last status), "" when none was given.
+    reason: str
+    workspace: Path
+    #: The downloaded result folder (``<workspace>/results/<job_id>``), None if none.
+    result_dir: Path | None
+    #: The final global model inside the result, None if the job produced none.
+    model_path: Path | None
+    metrics: list[MetricRow] = field(default_factory=list)
+    validations: list[ValidationRow] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def completed(self) -> bool:
+        return self.status == COMPLETED
+
+
+def simulation_sites(job_dir: Path, count: int, names: Sequence[str] | None = None) -> list[str]:
+    """The sites to run: ``names`` if given; else those the job's deploy_map names, topped
+    up with ``site-1 ..`` to ``count``.
+
+    Raises:
+        InvalidJobDefinition: the job folder is invalid (naming the file and field).
+        FlareError: fewer sites than the job's ``min_clients``, or bad names.
+    """
+    from flare_protocol.job_format import validate_job_folder
+
+    definition = validate_job_folder(job_dir)
+    meta = definition.meta
+    if names:
+        sites = site_names(names=names)
+    else:
+        sites = []
+        for targets in (meta.get("deploy_map") or {}).values():
+            for target in targets:
+                if target not in ("server", "@ALL") and target not in sites:
+                    sites.append(target)
+        for candidate in site_names(max(count, 1) + len(sites)):
+            if len(sites) >= count:
+                break
+            if candidate not in sites:
+                sites.append(candidate)
+        sites = site_names(names=sites)
+    needed = int(meta.get("min_clients") or 1)
+    if len(sites) < needed:
+        raise FlareError(
+            f"job {meta.get('name')!r} needs at least {needed} sites (min_clients) but the "
+            f"simulation has {len(sites)}: run with -n {needed}"
+        )
+    return sites
+
+
+def last_reason(meta: JobMeta) -> str:
+    """The reason recorded with the job's latest status, or ``""``."""
+    history = meta.get("status_history") if isinstance(meta, JobMeta) else None
+    if isinstance(history, list) and history and isinstance(history[-1], dict):
+        return str(history[-1].get("reason") or "")
+    return ""
+
+
+def current_round(meta: JobMeta | None, metrics: Sequence[MetricRow]) -> int | None:
+    """The round a running job is in: from its meta when the server says, else the
+    highest round a metric was logged for."""
+    if meta is not None:
+        for key in ("current_round", "round"):
+            value = meta.get(key) if key in meta else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+    rounds = [m.round for m in metrics if m.round is not None]
+    return max(rounds) if rounds else None
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+def metrics_table(
+    metrics: Sequence[MetricRow], validations: Sequence[ValidationRow], title: str = ""
+) -> Table:
+    """Per round and site, the last value of each metric (and each validation)."""
+    table = Table(title=title or None, title_justify="left")
+    table.add_column("round", justify="right")
+    table.add_column("site")
+    table.add_column("metrics")
+    for rnd, per_site in rounds_table(metrics, validations).items():
+        for site in sorted(per_site):
+            values = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(per_site[site].items()))
+            table.add_row(str(rnd), site, values)
+    return table
+
+
+class _Progress:
+    """What the live display shows; updated by the monitor and the metrics poller."""
+
+    def __init__(self, job_id: str, job_name: str) -> None:
+        self.job_id = job_id
+        self.job_name = job_name
+        self.meta: JobMeta | None = None
+        self.metrics: list[MetricRow] = []
+        self.validations: list[ValidationRow] = []
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def render(self) -> Group:
+        with self.lock:
+            status = self.meta.status if self.meta is not None else "SUBMITTED"
+            rnd = current_round(self.meta, self.metrics)
+            head = Text.assemble(
+                ("job ", "bold"), f"{self.job_name} {self.job_id}  ",
+                ("status ", "bold"), (status, "cyan"), "  ",
+                ("round ", "bold"), str(rnd if rnd is not None else "-"), "  ",
+                f"{time.monotonic() - self.started:.1f} s",
+            )
+            return Group(head, metrics_table(self.metrics, self.validations))
+
+
+def _poll_metrics(session: Session, progress: _Progress, done: threading.Event) -> None:
+    while not done.wait(0.5):
+        try:
+            metrics = session.get_job_metrics(progress.job_id)
+            validations = session.get_validations(progress.job_id)
+        except FlareError:
+            continue  # a server without the readers, or busy: the final read reports it
+        with progress.lock:
+            progress.metrics, progress.validations = metrics, validations
+
+
+def run_simulation(
+    job_dir: str | Path,
+    sites: Sequence[str],
+    workspace: str | Path,
+    *,
+    console: Console | None = None,
+    timeout: float = 600.0,
+    on_step: Callable[[str], None] | None = None,
+) -> SimulationResult:
+    """Provision, start, submit, watch, download, stop; the outcome.
+
+    ``on_step(text)`` is told of each step (provisioned, started, submitted, ...).
+
+    Raises:
+        FlareError: the project could not be started or the job submitted (the job's
+            own failure is not an exception: see ``SimulationResult.status``).
+    """
+    console = console or Console()
+    step = on_step or (lambda text: console.print(f"[dim]- {text}[/dim]"))
+    workspace = Path(workspace).resolve()
+    begin = time.monotonic()
+    kits = provision_local(workspace, sites)
+    step(f"provisioned project 'poc' with {len(sites)} sites in {workspace}")
+    project = LocalProject(kits)
+    try:
+        project.start()
+        assert project.server is not None
+        step(
+            f"server on {project.admin_address} (admin) / {project.site_address} (sites); "
+            f"sites connected: {', '.join(sites)}"
+        )
+        with project.session(timeout=30.0) as session:
+            return _run_job(session, Path(job_dir), workspace, console, timeout, step, begin)
+    finally:
+        project.stop()
+        step("stopped the sites and the server")
+
+
+def _run_job(
+    session: Session,
+    job_dir: Path,
+    workspace: Path,
+    console: Console,
+    timeout: float,
+    step: Callable[[str], None],
+    begin: float,
+) -> SimulationResult:
+    job_id = session.submit_job(job_dir)
+    step(f"submitted {job_dir} as job {job_id}")
+    progress = _Progress(job_id, job_dir.name)
+    done = threading.Event()
+    poller = threading.Thread(target=_poll_metrics, args=(session, progress, done), daemon=True)
+    poller.start()
+
+    def on_meta(_s: Any, _j: str, meta: JobMeta) -> bool:
+        with progress.lock:
+            previous, progress.meta = progress.meta, meta
+        if previous is None or previous.status != meta.status:
+            why = last_reason(meta)
+            console.print(f"  {time.monotonic() - progress.started:6.1f} s  {meta.status}"
+                          + (f"  ({why})" if why else ""))
+        return True
+
+    try:
+        # transient: the final table is printed once by report(), not twice
+        with Live(progress.render(), console=console, refresh_per_second=4,
+                  get_renderable=progress.render, transient=True):
+            session.monitor_job(job_id, timeout, 2.0, on_meta)
+    finally:
+        done.set()
+        poller.join(5)
+    meta = session.get_job_meta(job_id)
+    if not meta.finished:
+        step(f"job {job_id} did not finish within {timeout:.0f} s ({meta.status}): aborting it")
+        session.abort_job(job_id)
+        meta = session.wait_for_job(job_id, timeout=30)
+        return SimulationResult(
+            job_id, meta.status, f"did not finish within {timeout:.0f} s", workspace,
+            None, None, seconds=time.monotonic() - begin,
+        )
+    metrics = session.get_job_metrics(job_id)
+    validations = session.get_validations(job_id)
+    results = workspace / "results"
+    results.mkdir(exist_ok=True)
+    result_dir = Path(session.download_job_result(job_id, results))
+    model = result_dir / "global_model.npz"
+    step(f"job {job_id} ended {meta.status}; result downloaded to {result_dir}")
+    return SimulationResult(
+        job_id=job_id,
+        status=meta.status,
+        reason=last_reason(meta),
+        workspace=workspace,
+        result_dir=result_dir,
+        model_path=model if model.is_file() else None,
+        metrics=metrics,
+        validations=validations,
+        seconds=time.monotonic() - begin,
+    )
+
+
+def report(result: SimulationResult, console: Console) -> int:
+    """Print the per-round metrics and where the result went; the exit status."""
+    if rounds_table(result.metrics, result.validations):
+        console.print(metrics_table(result.metrics, result.validations, "per-round metrics"))
+    else:
+        console.print("no per-round metrics were logged")
+    if result.result_dir is not None:
+        console.print(f"result      {result.result_dir}")
+    if result.model_path is not None:
+        console.print(f"final model {result.model_path}")
+    console.print(f"workspace   {result.workspace} (kits, logs; delete it when done)")
+    if result.completed:
+        console.print(f"[green]job {result.job_id} {result.status}[/green] "
+                      f"in {result.seconds:.1f} s")
+        return 0
+    why = f": {result.reason}" if result.reason else ""
+    console.print(f"[red]job {result.job_id} ended {result.status}{why}[/red]")
+    return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="flare simulate",
+        description="Run a job end to end on a throw-away local project: provision, start a "
+        "server and N sites, submit, watch, download the result, stop.",
+    )
+    parser.add_argument("job", type=Path, help="the job folder (with meta.json)")
+    parser.add_argument("-n", "--sites-count", type=int, default=2, help="number of sites (2)")
+    parser.add_argument("--sites", help="comma-separated site names instead of site-1..site-N")
+    parser.add_argument(
+        "-w", "--workspace", type=Path,
+        help="where the project and the result go (default: a new temporary folder, kept)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds the job may run (600)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console()
+    try:
+        with sigterm_interrupts():
+            sites = simulation_sites(
+                args.job, args.sites_count, args.sites.split(",") if args.sites else None
+            )
+            workspace = args.workspace or Path(tempfile.mkdtemp(prefix="flare-simulate-"))
+            result = run_simulation(
+                args.job, sites, workspace, console=console, timeout=args.timeout
+            )
+        return report(result, console)
+    except FlareError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: stopped the sites and the server", file=sys.stderr)
+        return 130
