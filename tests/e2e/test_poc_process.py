@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flare_admin import new_secure_session
-from flare_server.poc import ADMIN_NAME, provision_local, site_names
 from flare_protocol.errors import FlareError
+from flare_server.poc import ADMIN_NAME, provision_local, site_names
 
 REPO = Path(__file__).resolve().parents[2]
 READY_MARK = "Ctrl-C stops everything."
