@@ -575,6 +575,12 @@ def job_validations(jid: str, site: str | None = None, offset: int = 0) -> Unary
     return command("job_validations", args, _page_of(ValidationRow.from_dict), jid)
 
 
+def job_summary(jid: str) -> Unary:
+    """The server's summary of a job's run (``summary.json``: workflow, rounds, participants)."""
+    jid = job_id(jid)
+    return command("job_summary", {"job_id": jid}, _command_result, jid)
+
+
 def model_round(value: object) -> int:
     """``round`` of ``download_model``: None -> 0 (the final model), else an int >= 1."""
     if value is None:

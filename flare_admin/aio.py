@@ -366,6 +366,10 @@ class AsyncSession:
         _ops.job_validations(job_id, site)
         return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
 
+    async def get_job_summary(self, job_id: str) -> dict[str, Any]:
+        """The server's summary of a finished job's run (see ``Session.get_job_summary``)."""
+        return await self._unary(_ops.job_summary(job_id))
+
     async def download_model(
         self,
         job_id: str,

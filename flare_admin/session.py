@@ -436,6 +436,11 @@ class Session:
         _ops.job_validations(job_id, site)
         return self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
 
+    def get_job_summary(self, job_id: str) -> dict[str, Any]:
+        """The server's summary of a finished job's run: workflow, rounds completed, final
+        status, and per round the participating sites and their ``num_examples``."""
+        return self._unary(_ops.job_summary(job_id))
+
     def download_model(
         self,
         job_id: str,

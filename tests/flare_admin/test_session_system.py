@@ -170,6 +170,7 @@ CALLS = {
     "get_job_logs": (JOB,),
     "get_job_metrics": (JOB,),
     "get_validations": (JOB,),
+    "get_job_summary": (JOB,),
     "download_model": (JOB,),
     "clone_job": (JOB,),
     "abort_job": (JOB,),
