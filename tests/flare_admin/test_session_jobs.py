@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 import uuid
@@ -398,3 +399,39 @@ def test_a_list_too_big_for_one_reply_is_fetched_in_parts(
     assert all(m["notes"] == "x" * 100_000 for m in metas)
     newest = session.list_jobs(detailed=True, limit=5, reverse=True)
     assert [m.job_id for m in newest] == ids[::-1][:5]
+
+
+def test_an_upload_over_the_servers_cap_is_refused_while_streaming(provisioned, kits, tmp_path):
+    from flare_admin import new_secure_session
+    from tests.server_harness import ServerThread
+
+    job = make_job(tmp_path / "big")
+    (job / "app" / "custom" / "weights.bin").write_bytes(os.urandom(6 * 1024 * 1024))
+    with ServerThread(
+        Path(provisioned.kits["localhost"]), tmp_path / "ws", max_upload_bytes=1024 * 1024
+    ) as srv:
+        with new_secure_session(ADMIN, kits[ADMIN], server_address=srv.admin_address) as s:
+            with pytest.raises(InvalidJobDefinition):
+                s.submit_job(job)
+            assert s.list_jobs() == []
+
+
+def test_a_server_that_stops_during_a_monitor_ends_it_with_no_connection(
+    provisioned, kits, tmp_path
+):
+    from flare_admin import NoConnection, new_secure_session
+    from tests.server_harness import ServerThread
+
+    srv = ServerThread(Path(provisioned.kits["localhost"]), tmp_path / "ws").start()
+    try:
+        with new_secure_session(ADMIN, kits[ADMIN], server_address=srv.admin_address) as s:
+            job_id = s.submit_job(make_job(tmp_path / "job"))
+            stopper = threading.Timer(0.3, srv.stop)
+            stopper.start()
+            start = time.monotonic()
+            with pytest.raises(NoConnection):
+                s.monitor_job(job_id)
+            assert time.monotonic() - start < 5
+            stopper.join()
+    finally:
+        srv.stop()
