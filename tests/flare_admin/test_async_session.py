@@ -144,3 +144,17 @@ async def test_the_same_methods_as_the_sync_session():
         return {n for n in dir(cls) if not n.startswith("_")}
 
     assert public(Session) - {"open"} == public(AsyncSession) - {"open"}
+
+
+async def test_a_failing_progress_callback_cancels_the_async_upload(asession, job_folder):
+    import os
+
+    (job_folder / "app" / "custom" / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+
+    def progress(sent, total):
+        if sent > 1024 * 1024:
+            raise KeyError("stop")
+
+    with pytest.raises(KeyError):
+        await asession.submit_job(job_folder, progress=progress)
+    assert await asession.list_jobs() == []

@@ -435,3 +435,36 @@ def test_a_server_that_stops_during_a_monitor_ends_it_with_no_connection(
             stopper.join()
     finally:
         srv.stop()
+
+
+class Stop(Exception):
+    pass
+
+
+def test_a_failing_progress_callback_cancels_the_upload(session, tmp_path):
+    job = make_job(tmp_path / "job")
+    (job / "app" / "custom" / "weights.bin").write_bytes(os.urandom(3 * 1024 * 1024))
+
+    def progress(sent, total):
+        if sent > 1024 * 1024:
+            raise Stop("user pressed stop")
+
+    with pytest.raises(Stop):
+        session.submit_job(job, progress=progress)
+    assert session.list_jobs() == []
+    assert session.submit_job(job)  # the session is still usable
+
+
+def test_a_file_vanishing_mid_upload_is_invalid_job_definition_and_nothing_is_kept(
+    session, tmp_path
+):
+    job = make_job(tmp_path / "job")
+    doomed = job / "app" / "custom" / "z_last.bin"
+    doomed.write_bytes(b"x" * 10)
+
+    def progress(sent, total):
+        doomed.unlink(missing_ok=True)
+
+    with pytest.raises(InvalidJobDefinition, match="z_last.bin"):
+        session.submit_job(job, progress=progress)
+    assert session.list_jobs() == []
