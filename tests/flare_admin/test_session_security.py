@@ -149,3 +149,25 @@ def test_debug_logs_every_call(open_session, caplog):
         session = open_session(debug=True)
         session.list_jobs()
     assert any("list_jobs took" in r.getMessage() for r in caplog.records)
+
+
+def test_an_async_script_that_never_closes_its_session_exits_promptly(server, kits):
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from flare_admin import AsyncSession
+
+        async def main():
+            kit, address = {str(kits[ADMIN])!r}, {server.admin_address!r}
+            s = await AsyncSession.open({ADMIN!r}, kit, server_address=address)
+            await s.list_jobs()
+
+        asyncio.run(main())
+        """
+    )
+    start = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert time.monotonic() - start < 2.0
