@@ -144,8 +144,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         extra: dict[str, Any] = {}
         if request.initial_model_job_id:
             call.args["initial_model_job_id"] = request.initial_model_job_id
-            model_job = await self._job(call, request.initial_model_job_id)
-            self._require(call, Right.DOWNLOAD_JOB, model_job, "reuse the model of")
+            await self.server.check_model_source(call, request.initial_model_job_id)
             extra["initial_model_job_id"] = request.initial_model_job_id
             call.job_id = request.job_id
         meta = await asyncio.to_thread(
@@ -277,7 +276,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 job_id=request.job_id,
                 status=str(current),
             ) from None
-        self.server.notify_sites_abort(meta)
+        self.server.notify_sites_abort(meta, f"aborted by {call.identity.name}")
         return _job_reply(dict(updated))
 
     @unary("delete_job")
@@ -316,6 +315,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         async for chunk in zip_stream(Path(result_dir)):
             yield common_pb2.TransferChunk(data=chunk)
 
+    @streaming("download_model")
+    async def DownloadModel(
+        self, call: Call, request: admin_pb2.ModelRequest, context: Any
+    ) -> AsyncIterator[common_pb2.TransferChunk]:
+        meta = await self._job(call, request.job_id)
+        call.args = {"round": request.round}
+        self._require(call, Right.DOWNLOAD_JOB, meta, "download the model of")
+        result_dir = Path(await asyncio.to_thread(self.server.store.result_dir, request.job_id))
+        path, name = await asyncio.to_thread(model_file, result_dir, meta, request.round)
+        async for chunk in file_stream(path, name, "application/x-npz"):
+            yield chunk
+
     @unary("get_connected_client_list")
     async def GetConnectedSites(
         self, call: Call, request: common_pb2.Empty, context: Any
@@ -351,6 +362,78 @@ def _status_changes(batch: list[Any]) -> list[Any]:
         else:
             kept.append(item)
     return kept
+
+
+def model_file(result_dir: Path, meta: Mapping[str, Any], round_number: int) -> tuple[Path, str]:
+    """The model file ``DownloadModel`` serves for ``round_number`` (0: the final one)."""
+    from flare_server.results import FINAL_MODEL, MODELS, round_model_name
+
+    job_id = str(meta.get("job_id"))
+    status = str(meta.get("status"))
+    if round_number < 0:
+        raise errors.InvalidArgumentError(f"round must be >= 0, got {round_number}")
+    if round_number == 0:
+        path = result_dir / FINAL_MODEL
+        if not path.is_file():
+            why = "it has not finished" if not _is_finished(status) else "it ended without one"
+            raise errors.JobNotDone(
+                f"job {job_id} has no final global model: {why} (status {status})",
+                job_id=job_id,
+                status=status,
+            )
+        return path, FINAL_MODEL
+    name = round_model_name(round_number)
+    path = result_dir / MODELS / name
+    if not path.is_file():
+        rounds = sorted(
+            int(p.stem[len("round_") :])
+            for p in (result_dir / MODELS).glob("round_*.npz")
+            if p.stem[len("round_") :].isdigit()
+        )
+        have = ", ".join(map(str, rounds)) if rounds else "none yet"
+        raise errors.InvalidArgumentError(
+            f"job {job_id} has no global model of round {round_number}; rounds: {have}",
+            job_id=job_id,
+        )
+    return path, name
+
+
+async def file_stream(
+    path: Path, name: str, content_type: str
+) -> AsyncIterator[common_pb2.TransferChunk]:
+    """A header (name, size, sha256), then the file in CHUNK_SIZE chunks.
+
+    The file is opened once; size and hash are of that open file (an immutable model).
+    """
+    import hashlib
+
+    fh = await asyncio.to_thread(open, path, "rb")
+    try:
+
+        def digest() -> tuple[str, int]:
+            h = hashlib.sha256()
+            n = 0
+            while block := fh.read(CHUNK_SIZE):
+                h.update(block)
+                n += len(block)
+            fh.seek(0)
+            return h.hexdigest(), n
+
+        sha, size = await asyncio.to_thread(digest)
+        yield common_pb2.TransferChunk(
+            header=common_pb2.TransferHeader(
+                name=name, size=size, sha256=sha, content_type=content_type
+            )
+        )
+        sent = 0
+        while sent < size:
+            data = await asyncio.to_thread(fh.read, min(CHUNK_SIZE, size - sent))
+            if not data:
+                raise errors.InternalError(f"{name} shrank while it was being sent")
+            sent += len(data)
+            yield common_pb2.TransferChunk(data=data)
+    finally:
+        fh.close()
 
 
 def summary_pb(s: Any) -> admin_pb2.JobSummary:

@@ -38,8 +38,9 @@ from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call, StreamTracker
 from flare_server.commands import Commands
 from flare_server.identity_check import IdentityChecker, load_revoked
+from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobStore
-from flare_server.scheduler import DispatchOnlyLauncher, JobLauncher, Scheduler
+from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
 from flare_server.sites import SiteRegistry
@@ -192,7 +193,8 @@ class Server:
         recovery = getattr(self.store, "recovery", None)
         if recovery is not None:
             log.info("job store recovery: %s", recovery)
-        self.launcher = self._launcher or DispatchOnlyLauncher(self.store)
+        self.runner = JobRunner(self)
+        self.launcher = self._launcher or self.runner
         self.scheduler = Scheduler(self.store, self.registry, self.launcher)
 
         creds = server_credentials(self.kit)
@@ -252,6 +254,8 @@ class Server:
         grace = self.settings.grace_period if grace is None else grace
         if hasattr(self, "scheduler"):
             await self.scheduler.stop()
+        if hasattr(self, "runner"):
+            await self.runner.stop()
         for queue in list(self.watchers):
             queue.put_nowait(_WATCH_END)
         await self.registry.stop()
@@ -330,16 +334,7 @@ class Server:
             raise errors.InvalidArgumentError(f"unknown submit parameter(s): {', '.join(unknown)}")
         model_job = params.get("initial_model_job_id")
         if model_job:
-            meta = dict(await asyncio.to_thread(self.store.get, model_job))
-            self.policy.require(
-                call.identity,
-                Right.DOWNLOAD_JOB,
-                Resource.job(
-                    model_job, str(meta.get("submitter_name")), str(meta.get("submitter_org"))
-                ),
-                action="reuse the model of",
-                job_id=model_job,
-            )
+            await self.check_model_source(call, model_job)
         upload = await asyncio.to_thread(self.store.begin_upload)
         loop = asyncio.get_running_loop()
         writing: asyncio.Future[None] | None = None
@@ -391,8 +386,39 @@ class Server:
         self.scheduler.poke()
         return meta
 
-    def notify_sites_abort(self, meta: dict[str, Any]) -> None:
-        """Tell the sites a job was deployed to that it was aborted (best effort)."""
+    async def check_model_source(self, call: Call, model_job: str) -> None:
+        """``model_job``'s final model may seed a new job: the caller may download it, the
+        job completed and has one.
+
+        Raises:
+            JobNotFound, AuthorizationError, JobNotDone (with the job's status).
+        """
+        meta = dict(await asyncio.to_thread(self.store.get, model_job))
+        self.policy.require(
+            call.identity,
+            Right.DOWNLOAD_JOB,
+            Resource.job(
+                model_job, str(meta.get("submitter_name")), str(meta.get("submitter_org"))
+            ),
+            action="reuse the model of",
+            job_id=model_job,
+        )
+        status = str(meta.get("status"))
+        folder = await asyncio.to_thread(self.store.result_dir, model_job)
+        has_model = await asyncio.to_thread((Path(folder) / "global_model.npz").is_file)
+        if status != "FINISHED:COMPLETED" or not has_model:
+            raise errors.JobNotDone(
+                f"job {model_job} cannot seed a new job: it is {status}"
+                + ("" if has_model else " and has no final global model")
+                + "; use a job that finished FINISHED:COMPLETED",
+                job_id=model_job,
+                status=status,
+            )
+
+    def notify_sites_abort(self, meta: dict[str, Any], reason: str = "aborted by an admin") -> None:
+        """Tell the job's run and its sites that it was aborted (best effort)."""
+        if hasattr(self, "runner"):
+            self.runner.abort(str(meta["job_id"]), reason)
         for site in meta.get("deployed_sites") or ():
             if site in self.registry:
                 self.registry.send(
@@ -400,13 +426,14 @@ class Server:
                     site_pb2.Envelope(
                         job_id=str(meta["job_id"]),
                         topic="job.abort",
-                        body_json=json.dumps({"reason": "aborted by an admin"}),
+                        body_json=json.dumps({"reason": reason}),
                     ),
                 )
 
     def on_site_message(self, site: str, envelope: site_pb2.Envelope) -> None:
-        """Seam for the next issue: job traffic from sites (status, results, metrics)."""
-        log.debug("site %s sent %s for job %s", site, envelope.topic, envelope.job_id)
+        """Job traffic from sites (status, results, metrics, logs) goes to the job's run."""
+        if hasattr(self, "runner"):
+            self.runner.on_site_message(site, envelope)
 
     # -- internals ---------------------------------------------------------------------
     def _install_logging(self) -> None:

@@ -25,6 +25,13 @@ pwd                     shell_commands    ``{target}`` -> ``{"text": workspace p
 shutdown / restart      operate           ``{target_type: server|client|all, targets?,
                                           force=false}`` -> ``{"server": "stopping"}``
 shutdown_system         operate (server)  ``{}`` -> ``{"server": "stopping", "sites"}``
+job_metrics             download_job      ``{job_id, site?, key?, offset=0, limit=10000}`` ->
+                                          ``{"rows": [{site, round, key, value, step,
+                                          time}], "next_offset": int | null}``
+job_validations         download_job      ``{job_id, site?, offset=0, limit=10000}`` ->
+                                          ``{"rows": [{site, round, metrics}],
+                                          "next_offset": int | null}``
+job_summary             download_job      ``{job_id}`` -> the job's ``summary.json``
 ======================  ================  ==========================================
 
 ``target_type`` is ``server`` (the default), ``client`` or ``all``; without ``targets``,
@@ -226,6 +233,9 @@ class Commands:
             "shutdown": self._control("shutdown"),
             "restart": self._control("restart"),
             "shutdown_system": self.shutdown_system,
+            "job_metrics": self.job_metrics,
+            "job_validations": self.job_validations,
+            "job_summary": self.job_summary,
         }
 
     @property
@@ -376,6 +386,60 @@ class Commands:
                 raise errors.InvalidTarget(f"not connected: {', '.join(unknown)}", site=unknown[0])
             sites = [s for s in sites if s.name in wanted]
         return {"sites": [{"name": s.name, "running_jobs": list(s.running_jobs)} for s in sites]}
+
+    # -- job results (flare_server.results) --------------------------------------------
+    async def _result_job(self, call: Call, args: dict[str, Any], what: str) -> dict[str, Any]:
+        job_id = _str_arg(args, "job_id")
+        meta = await self._job_meta(job_id)
+        self.server.policy.require(
+            call.identity,
+            Right.DOWNLOAD_JOB,
+            _job(meta),
+            action=f"read the {what} of",
+            job_id=job_id,
+        )
+        return meta
+
+    async def _rows(
+        self, meta: dict[str, Any], args: dict[str, Any], file: str, keys: tuple[str, ...]
+    ) -> Any:
+        from flare_server.results import read_rows
+
+        where: dict[str, Any] = {}
+        for key in keys:
+            value = args.get(key)
+            if value is not None:
+                where[key] = _str_arg(args, key)
+        offset = _int_arg(args, "offset", 0, 0, 2**53)
+        limit = _int_arg(args, "limit", 10_000, 1, 10_000)
+        folder = await asyncio.to_thread(self.server.store.result_dir, meta["job_id"])
+        rows, nxt = await asyncio.to_thread(
+            read_rows, Path(folder) / file, offset=offset, limit=limit, where=where
+        )
+        return {"rows": rows, "next_offset": nxt}
+
+    async def job_metrics(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "metrics")
+        return await self._rows(meta, args, "metrics.jsonl", ("site", "key"))
+
+    async def job_validations(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "validations")
+        return await self._rows(meta, args, "validations.jsonl", ("site",))
+
+    async def job_summary(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "summary")
+        folder = await asyncio.to_thread(self.server.store.result_dir, meta["job_id"])
+        path = Path(folder) / "summary.json"
+        try:
+            text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+        except FileNotFoundError:
+            status = str(meta.get("status"))
+            raise errors.JobNotDone(
+                f"job {meta['job_id']} has no summary yet: it is {status}",
+                job_id=str(meta["job_id"]),
+                status=status,
+            ) from None
+        return json.loads(text)
 
     # -- shell commands ----------------------------------------------------------------
     def _file_command(self, name: str) -> Handler:

@@ -39,6 +39,14 @@ class ServerSettings:
     """Seconds without a heartbeat after which a site counts as disconnected."""
     site_command_timeout: float = 10.0
     """Seconds to wait for a site's reply to a forwarded command before NoReply."""
+    deploy_timeout: float = 120.0
+    """Seconds a job's sites get to answer ``job.deploy`` before it ends FAILED_TO_RUN."""
+    reconnect_grace: float = 30.0
+    """Seconds a disconnected site of a running job gets to come back before it is lost."""
+    log_wait: float = 30.0
+    """Seconds the runner waits for the sites' job logs when a job ends."""
+    max_blob_bytes: int = 4 * 1024**3
+    """Largest model update a site may upload."""
 
     handshake_timeout_ms: int = 10_000
     """A connection that has not completed its TLS handshake by then is closed."""

@@ -2,8 +2,9 @@
 
 A site calls ``Register`` (identity = its certificate), then opens one ``Channel`` whose
 first message is a heartbeat carrying the session id. From then on heartbeats update the
-registry and are acknowledged; envelopes answering a forwarded request resolve it; any
-other topic is logged (the next issue handles job traffic). Messages queued for the site
+registry and are acknowledged; envelopes answering a forwarded request resolve it; job
+traffic goes to the job runner (:meth:`Server.on_site_message`); blobs move through
+:mod:`flare_server.blobs`. Messages queued for the site
 (:meth:`SiteRegistry.send`) are written to the Channel as they arrive. The stream ends
 when the site closes it, when its session is replaced or times out, or when the server
 stops.
@@ -17,10 +18,9 @@ import logging
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-import grpc
-
 from flare_protocol import errors
 from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
+from flare_server.blobs import ref_of
 from flare_server.calls import Call, streaming, unary
 from flare_server.sites import CLOSE
 
@@ -36,7 +36,7 @@ _ACK = site_pb2.ServerMessage(heartbeat_ack=common_pb2.Empty())
 
 
 class SiteService(site_pb2_grpc.SiteServicer):
-    """Register and Channel; Download/Upload answer UNIMPLEMENTED until the next issue."""
+    """Register, Channel, and the blobs of running jobs (Download/Upload)."""
 
     def __init__(self, server: Server) -> None:
         self.server = server
@@ -136,10 +136,18 @@ class SiteService(site_pb2_grpc.SiteServicer):
             return
         self.server.on_site_message(name, envelope)
 
-    @unary("download")
-    async def Download(self, call: Call, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob download lands with job execution")
+    @streaming("download")
+    async def Download(
+        self, call: Call, request: site_pb2.BlobRequest, context: Any
+    ) -> AsyncIterator[common_pb2.TransferChunk]:
+        blobs = self.server.runner.blobs
+        blob = blobs.served(call.identity.name, request.blob_id, request.job_id)
+        async for chunk in blobs.stream(blob):
+            yield chunk
 
     @unary("upload")
-    async def Upload(self, call: Call, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "blob upload lands with job execution")
+    async def Upload(
+        self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
+    ) -> common_pb2.BlobRef:
+        blob = await self.server.runner.blobs.receive(call.identity.name, request_iterator)
+        return ref_of(blob)

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from flare_protocol._generated import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61\x64min.proto\x12\x08\x66lare.v1\x1a\x0c\x63ommon.proto\"^\n\nHelloReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"}\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x03 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x14\n\x0crunning_jobs\x18\x05 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\"/\n\nSitesReply\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.flare.v1.SiteInfo\"\x90\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0bsubmit_time\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x16\n\x0esubmitter_name\x18\x06 \x01(\t\x12\x15\n\rsubmitter_org\x18\x07 \x01(\t\"\xb2\x01\n\x0fSystemInfoReply\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x01\x12!\n\x05sites\x18\x04 \x03(\x0b\x32\x12.flare.v1.SiteInfo\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"?\n\x0f\x43loneJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1c\n\x14initial_model_job_id\x18\x02 \x01(\t\"-\n\x08JobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmeta_json\x18\x02 \x01(\t\"k\n\x0fListJobsRequest\x12\x10\n\x08\x64\x65tailed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tid_prefix\x18\x03 \x01(\t\x12\x13\n\x0bname_prefix\x18\x04 \x01(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\"F\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x11\n\tmeta_json\x18\x02 \x03(\t\"4\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"#\n\x0c\x43ommandReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\t2\xc4\x05\n\x05\x41\x64min\x12.\n\x05Hello\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.HelloReply\x12;\n\rGetSystemInfo\x12\x0f.flare.v1.Empty\x1a\x19.flare.v1.SystemInfoReply\x12:\n\tSubmitJob\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12\x39\n\x08\x43loneJob\x12\x19.flare.v1.CloneJobRequest\x1a\x12.flare.v1.JobReply\x12>\n\x08ListJobs\x12\x19.flare.v1.ListJobsRequest\x1a\x17.flare.v1.ListJobsReply\x12\x36\n\nGetJobMeta\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x36\n\x08WatchJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply0\x01\x12\x34\n\x08\x41\x62ortJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x32\n\tDeleteJob\x12\x14.flare.v1.JobRequest\x1a\x0f.flare.v1.Empty\x12\x44\n\x11\x44ownloadJobResult\x12\x14.flare.v1.JobRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12:\n\x11GetConnectedSites\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.SitesReply\x12;\n\x07\x43ommand\x12\x18.flare.v1.CommandRequest\x1a\x16.flare.v1.CommandReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61\x64min.proto\x12\x08\x66lare.v1\x1a\x0c\x63ommon.proto\"^\n\nHelloReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"}\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x03 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x14\n\x0crunning_jobs\x18\x05 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\"/\n\nSitesReply\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.flare.v1.SiteInfo\"\x90\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0bsubmit_time\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x16\n\x0esubmitter_name\x18\x06 \x01(\t\x12\x15\n\rsubmitter_org\x18\x07 \x01(\t\"\xb2\x01\n\x0fSystemInfoReply\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x01\x12!\n\x05sites\x18\x04 \x03(\x0b\x32\x12.flare.v1.SiteInfo\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0cModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"?\n\x0f\x43loneJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1c\n\x14initial_model_job_id\x18\x02 \x01(\t\"-\n\x08JobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmeta_json\x18\x02 \x01(\t\"k\n\x0fListJobsRequest\x12\x10\n\x08\x64\x65tailed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tid_prefix\x18\x03 \x01(\t\x12\x13\n\x0bname_prefix\x18\x04 \x01(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\"F\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x11\n\tmeta_json\x18\x02 \x03(\t\"4\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"#\n\x0c\x43ommandReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\t2\x88\x06\n\x05\x41\x64min\x12.\n\x05Hello\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.HelloReply\x12;\n\rGetSystemInfo\x12\x0f.flare.v1.Empty\x1a\x19.flare.v1.SystemInfoReply\x12:\n\tSubmitJob\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12\x39\n\x08\x43loneJob\x12\x19.flare.v1.CloneJobRequest\x1a\x12.flare.v1.JobReply\x12>\n\x08ListJobs\x12\x19.flare.v1.ListJobsRequest\x1a\x17.flare.v1.ListJobsReply\x12\x36\n\nGetJobMeta\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x36\n\x08WatchJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply0\x01\x12\x34\n\x08\x41\x62ortJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x32\n\tDeleteJob\x12\x14.flare.v1.JobRequest\x1a\x0f.flare.v1.Empty\x12\x44\n\x11\x44ownloadJobResult\x12\x14.flare.v1.JobRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12\x42\n\rDownloadModel\x12\x16.flare.v1.ModelRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12:\n\x11GetConnectedSites\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.SitesReply\x12;\n\x07\x43ommand\x12\x18.flare.v1.CommandRequest\x1a\x16.flare.v1.CommandReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,18 +45,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SYSTEMINFOREPLY']._serialized_end=637
   _globals['_JOBREQUEST']._serialized_start=639
   _globals['_JOBREQUEST']._serialized_end=667
-  _globals['_CLONEJOBREQUEST']._serialized_start=669
-  _globals['_CLONEJOBREQUEST']._serialized_end=732
-  _globals['_JOBREPLY']._serialized_start=734
-  _globals['_JOBREPLY']._serialized_end=779
-  _globals['_LISTJOBSREQUEST']._serialized_start=781
-  _globals['_LISTJOBSREQUEST']._serialized_end=888
-  _globals['_LISTJOBSREPLY']._serialized_start=890
-  _globals['_LISTJOBSREPLY']._serialized_end=960
-  _globals['_COMMANDREQUEST']._serialized_start=962
-  _globals['_COMMANDREQUEST']._serialized_end=1014
-  _globals['_COMMANDREPLY']._serialized_start=1016
-  _globals['_COMMANDREPLY']._serialized_end=1051
-  _globals['_ADMIN']._serialized_start=1054
-  _globals['_ADMIN']._serialized_end=1762
+  _globals['_MODELREQUEST']._serialized_start=669
+  _globals['_MODELREQUEST']._serialized_end=714
+  _globals['_CLONEJOBREQUEST']._serialized_start=716
+  _globals['_CLONEJOBREQUEST']._serialized_end=779
+  _globals['_JOBREPLY']._serialized_start=781
+  _globals['_JOBREPLY']._serialized_end=826
+  _globals['_LISTJOBSREQUEST']._serialized_start=828
+  _globals['_LISTJOBSREQUEST']._serialized_end=935
+  _globals['_LISTJOBSREPLY']._serialized_start=937
+  _globals['_LISTJOBSREPLY']._serialized_end=1007
+  _globals['_COMMANDREQUEST']._serialized_start=1009
+  _globals['_COMMANDREQUEST']._serialized_end=1061
+  _globals['_COMMANDREPLY']._serialized_start=1063
+  _globals['_COMMANDREPLY']._serialized_end=1098
+  _globals['_ADMIN']._serialized_start=1101
+  _globals['_ADMIN']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

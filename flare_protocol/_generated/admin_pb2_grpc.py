@@ -86,6 +86,11 @@ class AdminStub:
                 request_serializer=admin__pb2.JobRequest.SerializeToString,
                 response_deserializer=common__pb2.TransferChunk.FromString,
                 _registered_method=True)
+        self.DownloadModel = channel.unary_stream(
+                '/flare.v1.Admin/DownloadModel',
+                request_serializer=admin__pb2.ModelRequest.SerializeToString,
+                response_deserializer=common__pb2.TransferChunk.FromString,
+                _registered_method=True)
         self.GetConnectedSites = channel.unary_unary(
                 '/flare.v1.Admin/GetConnectedSites',
                 request_serializer=common__pb2.Empty.SerializeToString,
@@ -166,6 +171,14 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DownloadModel(self, request, context):
+        """A job's global model as .npz: header (name, size, sha256), then 1 MiB chunks.
+        round 0 = the final global_model.npz; round N >= 1 = the model after round N.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetConnectedSites(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -231,6 +244,11 @@ def add_AdminServicer_to_server(servicer, server):
             'DownloadJobResult': grpc.unary_stream_rpc_method_handler(
                     servicer.DownloadJobResult,
                     request_deserializer=admin__pb2.JobRequest.FromString,
+                    response_serializer=common__pb2.TransferChunk.SerializeToString,
+            ),
+            'DownloadModel': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadModel,
+                    request_deserializer=admin__pb2.ModelRequest.FromString,
                     response_serializer=common__pb2.TransferChunk.SerializeToString,
             ),
             'GetConnectedSites': grpc.unary_unary_rpc_method_handler(
@@ -513,6 +531,33 @@ class Admin:
             target,
             '/flare.v1.Admin/DownloadJobResult',
             admin__pb2.JobRequest.SerializeToString,
+            common__pb2.TransferChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flare.v1.Admin/DownloadModel',
+            admin__pb2.ModelRequest.SerializeToString,
             common__pb2.TransferChunk.FromString,
             options,
             channel_credentials,

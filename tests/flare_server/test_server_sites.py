@@ -115,9 +115,9 @@ def test_job_waits_with_a_reason_until_its_sites_connect(server, kits, admin):
         )
         assert meta()["status"] == "SUBMITTED"
         with FakeSite(kits["site-2"], server.site_address):
-            final = wait_until(lambda: (m := meta())["status"] == "DISPATCHED" and m)
+            final = wait_until(lambda: (m := meta())["status"] != "SUBMITTED" and m)
     assert final["deployed_sites"] == ["site-1", "site-2"]
-    assert "not implemented yet" in final["status_history"][-1]["reason"]
+    assert "DISPATCHED" in [h["status"] for h in final["status_history"]]
 
 
 def test_a_job_for_all_sites_runs_once_min_clients_are_connected(server, kits, admin):
@@ -283,12 +283,13 @@ def test_a_second_channel_for_the_same_session_is_refused(server, kits):
         wait_until(lambda: site.acks > acks)  # the first channel is unaffected
 
 
-def test_blob_transfer_is_not_implemented_yet_but_still_authenticated(server, kits):
+def test_an_unknown_blob_is_refused_and_blobs_need_a_site_certificate(server, kits):
     stub, channel = site_stub(kits["site-1"], server.site_address)
     with channel:
         with pytest.raises(grpc.RpcError) as info:
             list(stub.Download(site_pb2.BlobRequest(blob_id="x"), timeout=5))
-        assert info.value.code() is grpc.StatusCode.UNIMPLEMENTED
+        assert info.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not served to this site" in info.value.details()
     stub, channel = site_stub(kits["admin@org_a.com"], server.site_address)
     with channel:
         with pytest.raises(grpc.RpcError) as info:

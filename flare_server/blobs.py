@@ -1,0 +1,259 @@
+"""The server's blobs: files it serves to sites (apps, global models) and files sites upload.
+
+Theory of operation. A blob is a file in a job's work area, known by a random id. The
+:class:`BlobRegistry` maps the id to the file, the job and the sites allowed to fetch it:
+``Site.Download`` serves a blob only to one of those sites and only when the request names
+that job (anything else looks exactly like an unknown id, so ids cannot be probed).
+``Site.Upload`` asks the job's :class:`UploadPolicy` (the job runner) whether this site may
+upload this kind of blob for this job, and where; the bytes go to a temp file in the job's
+work area (a name the server chose, never one from the wire), hashed and counted while
+they arrive, checked against the header's exact size and SHA-256 and the cap, fsynced and
+renamed. Chunks are 1 MiB (:data:`~flare_protocol.credentials.CHUNK_SIZE`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from flare_protocol import errors
+from flare_protocol._generated import common_pb2
+from flare_protocol.credentials import CHUNK_SIZE
+
+__all__ = ["BlobRegistry", "ServedBlob", "UploadPolicy", "UploadedBlob", "sha256_of"]
+
+
+@dataclass(frozen=True)
+class ServedBlob:
+    """A file the server serves to some sites of one job."""
+
+    blob_id: str
+    job_id: str
+    path: Path
+    sites: frozenset[str]
+    name: str
+    size: int
+    sha256: str
+    content_type: str
+
+    def ref(self) -> common_pb2.BlobRef:
+        return common_pb2.BlobRef(
+            blob_id=self.blob_id, name=self.name, size=self.size, sha256=self.sha256
+        )
+
+
+@dataclass(frozen=True)
+class UploadedBlob:
+    """A file a site uploaded for a job."""
+
+    blob_id: str
+    job_id: str
+    site: str
+    kind: str  # "update" | "log"
+    task_id: str
+    path: Path
+    size: int
+    sha256: str
+
+
+class UploadPolicy(Protocol):
+    """What a running job says about an upload (implemented by the job runner)."""
+
+    def upload_target(self, site: str, kind: str, task_id: str) -> tuple[Path, int]:
+        """The folder for this upload and its byte cap; raise a FlareError to refuse."""
+        ...
+
+
+def sha256_of(path: Path) -> tuple[str, int]:
+    """Hex SHA-256 and size of a file."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK_SIZE):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _not_served(blob_id: str, job_id: str) -> errors.InvalidArgumentError:
+    return errors.InvalidArgumentError(
+        f"blob {blob_id[:64]!r} is not served to this site for job {job_id[:64]!r}"
+    )
+
+
+class BlobRegistry:
+    """Served and uploaded blobs of the running jobs (confined to the server's loop)."""
+
+    def __init__(self) -> None:
+        self._served: dict[str, ServedBlob] = {}
+        self._uploaded: dict[str, UploadedBlob] = {}
+        self._policies: dict[str, UploadPolicy] = {}
+
+    # -- serving ---------------------------------------------------------------------------
+    def serve(
+        self,
+        job_id: str,
+        path: Path,
+        sites: Iterable[str],
+        *,
+        name: str,
+        sha256: str,
+        size: int,
+        content_type: str,
+    ) -> ServedBlob:
+        """Register ``path`` (complete, never modified afterwards) for ``sites`` of ``job_id``."""
+        blob = ServedBlob(
+            secrets.token_hex(16),
+            job_id,
+            Path(path),
+            frozenset(sites),
+            name,
+            size,
+            sha256,
+            content_type,
+        )
+        self._served[blob.blob_id] = blob
+        return blob
+
+    def served(self, site: str, blob_id: str, job_id: str) -> ServedBlob:
+        """The blob ``site`` asks for; InvalidArgumentError if it may not have it."""
+        blob = self._served.get(blob_id)
+        if blob is None or blob.job_id != job_id or site not in blob.sites:
+            raise _not_served(blob_id, job_id)
+        return blob
+
+    async def stream(self, blob: ServedBlob) -> AsyncIterator[common_pb2.TransferChunk]:
+        """A header, then the file in 1 MiB chunks (read off the event loop)."""
+        yield common_pb2.TransferChunk(
+            header=common_pb2.TransferHeader(
+                name=blob.name,
+                size=blob.size,
+                sha256=blob.sha256,
+                content_type=blob.content_type,
+            )
+        )
+        fh = await asyncio.to_thread(open, blob.path, "rb")
+        try:
+            sent = 0
+            while sent < blob.size:
+                data = await asyncio.to_thread(fh.read, CHUNK_SIZE)
+                if not data:
+                    raise errors.InternalError(f"blob {blob.blob_id} is shorter than announced")
+                sent += len(data)
+                yield common_pb2.TransferChunk(data=data)
+        finally:
+            fh.close()
+
+    # -- uploads ---------------------------------------------------------------------------
+    def allow_uploads(self, job_id: str, policy: UploadPolicy) -> None:
+        self._policies[job_id] = policy
+
+    def uploaded(self, blob_id: str, job_id: str, site: str) -> UploadedBlob | None:
+        """An upload by ``site`` for ``job_id`` (None when the ref names anything else)."""
+        blob = self._uploaded.get(blob_id)
+        if blob is None or blob.job_id != job_id or blob.site != site:
+            return None
+        return blob
+
+    def discard(self, blob_id: str) -> None:
+        blob = self._uploaded.pop(blob_id, None)
+        if blob is not None:
+            blob.path.unlink(missing_ok=True)
+
+    def forget_job(self, job_id: str) -> None:
+        """Stop serving and accepting anything of ``job_id`` (files stay where they are)."""
+        self._policies.pop(job_id, None)
+        for table in (self._served, self._uploaded):
+            for blob_id in [b for b, blob in table.items() if blob.job_id == job_id]:
+                del table[blob_id]
+
+    async def receive(
+        self, site: str, chunks: AsyncIterator[common_pb2.TransferChunk]
+    ) -> UploadedBlob:
+        """Receive one ``Site.Upload`` stream from ``site``.
+
+        Raises:
+            InvalidArgumentError: no header first, an unknown job or kind, a size or
+                SHA-256 that does not match the header, or more bytes than the cap.
+            AuthorizationError: the job does not run on this site.
+        """
+        try:
+            first = await chunks.__anext__()
+        except StopAsyncIteration:
+            raise errors.InvalidArgumentError("an upload must start with a header") from None
+        if first.WhichOneof("item") != "header":
+            raise errors.InvalidArgumentError("an upload must start with a TransferHeader")
+        header = first.header
+        params: Mapping[str, str] = dict(header.params)
+        job_id = params.get("job_id", "")
+        kind = params.get("kind", "")
+        task_id = params.get("task_id", "")
+        policy = self._policies.get(job_id)
+        if policy is None:
+            raise errors.InvalidArgumentError(
+                f"job {job_id[:64]!r} accepts no uploads (it is not running on this server)"
+            )
+        folder, cap = policy.upload_target(site, kind, task_id)
+        if header.size < 0 or header.size > cap:
+            raise errors.InvalidArgumentError(
+                f"an upload must announce its exact size, at most {cap} bytes; got {header.size}"
+            )
+        expected_sha = header.sha256.lower()
+        if len(expected_sha) != 64:
+            raise errors.InvalidArgumentError("an upload must announce its SHA-256 (hex)")
+        blob_id = secrets.token_hex(16)
+        final = folder / f"{kind}-{blob_id}"
+        tmp = folder / f".{kind}-{blob_id}.part"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+        fd = await asyncio.to_thread(os.open, tmp, flags, 0o600)
+        digest = hashlib.sha256()
+        received = 0
+        try:
+            async for msg in chunks:
+                if msg.WhichOneof("item") != "data":
+                    raise errors.InvalidArgumentError("an upload carries one header only")
+                data = msg.data
+                received += len(data)
+                if len(data) > CHUNK_SIZE or received > header.size:
+                    raise errors.InvalidArgumentError(
+                        f"the upload exceeds its announced {header.size} bytes"
+                    )
+                digest.update(data)
+                await asyncio.to_thread(_write_all, fd, data)
+            if received != header.size:
+                raise errors.InvalidArgumentError(
+                    f"the upload ended after {received} of the announced {header.size} bytes"
+                )
+            if digest.hexdigest() != expected_sha:
+                raise errors.InvalidArgumentError(
+                    "the upload's SHA-256 does not match its header; it was damaged"
+                )
+            await asyncio.to_thread(os.fsync, fd)
+            os.close(fd)
+            fd = -1
+            await asyncio.to_thread(os.replace, tmp, final)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        blob = UploadedBlob(blob_id, job_id, site, kind, task_id, final, received, expected_sha)
+        self._uploaded[blob_id] = blob
+        return blob
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def ref_of(blob: UploadedBlob, name: str = "") -> common_pb2.BlobRef:
+    """The ``BlobRef`` a site gets back for its upload."""
+    return common_pb2.BlobRef(blob_id=blob.blob_id, name=name, size=blob.size, sha256=blob.sha256)

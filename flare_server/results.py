@@ -1,0 +1,195 @@
+"""A job's result folder: the layout the job runner writes and the result readers read.
+
+Theory of operation. The folder (``JobStore.result_dir(job_id)``) holds::
+
+    global_model.npz          the final global model (only when the job produced one)
+    models/round_NNN.npz      the global model after round NNN (1-based, zero-padded)
+    metrics.jsonl             one JSON object per metric: site, round, key, value, step, time
+    validations.jsonl         one JSON object per validation: site, round, metrics
+    logs/server.log           the job's server log
+    logs/<site>.log           each site's job log, shipped back at the end of the job
+    summary.json              workflow, rounds completed, final status, per-round participants
+
+Models, logs and ``summary.json`` are written atomically (temp file, fsync, rename), so a
+file that exists is whole. The two ``.jsonl`` files are append-only while the job runs;
+when the job is over the runner appends the line ``{"complete": true}``. A reader skips a
+last line without its newline (a write in progress) and never returns the marker as a row.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from flare_protocol.errors import InvalidArgumentError
+
+__all__ = [
+    "COMPLETE_MARKER",
+    "FINAL_MODEL",
+    "METRICS",
+    "SUMMARY",
+    "VALIDATIONS",
+    "JsonlWriter",
+    "ResultFolder",
+    "read_rows",
+    "round_model_name",
+    "write_atomic",
+]
+
+FINAL_MODEL = "global_model.npz"
+MODELS = "models"
+METRICS = "metrics.jsonl"
+VALIDATIONS = "validations.jsonl"
+LOGS = "logs"
+SUMMARY = "summary.json"
+COMPLETE_MARKER = {"complete": True}
+_SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+#: Largest page of rows returned by one reader call (keeps a reply far below 4 MiB).
+MAX_PAGE_BYTES = 2 * 1024 * 1024
+
+
+def round_model_name(number: int) -> str:
+    """``round_003.npz`` for round 3."""
+    return f"round_{number:03d}.npz"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonlWriter:
+    """An append-only JSON-lines file; each row is flushed as one complete line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def append(self, row: Mapping[str, Any]) -> None:
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(dict(row), separators=(",", ":"), allow_nan=False) + "\n")
+        self._fh.flush()
+
+    def complete(self) -> None:
+        """Append the completion marker, fsync and close (idempotent)."""
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps(COMPLETE_MARKER) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class ResultFolder:
+    """Writes one job's result folder (used by the job runner only)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / MODELS).mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / LOGS).mkdir(mode=0o700, exist_ok=True)
+        self.metrics = JsonlWriter(self.root / METRICS)
+        self.validations = JsonlWriter(self.root / VALIDATIONS)
+
+    def round_model_path(self, number: int) -> Path:
+        return self.root / MODELS / round_model_name(number)
+
+    @property
+    def final_model_path(self) -> Path:
+        return self.root / FINAL_MODEL
+
+    def add_metric(
+        self, site: str, round: int | None, key: str, value: float, step: int | None, time: float
+    ) -> None:
+        self.metrics.append(
+            {"site": site, "round": round, "key": key, "value": value, "step": step, "time": time}
+        )
+
+    def add_validation(self, site: str, round: int, metrics: Mapping[str, float]) -> None:
+        clean = {str(k): _finite(float(v)) for k, v in metrics.items()}
+        self.validations.append({"site": site, "round": round, "metrics": clean})
+
+    def write_log(self, name: str, data: bytes) -> None:
+        """``logs/<name>.log`` (``name`` is a site name or ``server``)."""
+        if not _SITE_NAME.match(name):
+            raise InvalidArgumentError(f"{name!r} cannot name a log file")
+        write_atomic(self.root / LOGS / f"{name}.log", data)
+
+    def write_summary(self, summary: Mapping[str, Any]) -> None:
+        text = json.dumps(dict(summary), indent=2, default=str, allow_nan=False)
+        write_atomic(self.root / SUMMARY, text.encode())
+
+    def complete(self) -> None:
+        """Mark both ``.jsonl`` files complete."""
+        self.metrics.complete()
+        self.validations.complete()
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.validations.close()
+
+
+def read_rows(
+    path: Path,
+    *,
+    offset: int = 0,
+    limit: int = 10_000,
+    where: Mapping[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """Rows ``offset..`` of a ``.jsonl`` result file matching ``where``; (rows, next_offset).
+
+    ``offset`` counts matching rows. ``next_offset`` is None when no matching row remains.
+    A missing file has no rows; the completion marker and a torn last line are skipped.
+    """
+    rows: list[dict[str, Any]] = []
+    size = 0
+    matched = 0
+    if not path.is_file():
+        return rows, None
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            if not line.endswith("\n"):
+                break  # a write in progress
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or row == COMPLETE_MARKER:
+                continue
+            if where and any(row.get(k) != v for k, v in where.items() if v is not None):
+                continue
+            matched += 1
+            if matched <= offset:
+                continue
+            if len(rows) >= limit or size + len(line) > MAX_PAGE_BYTES:
+                return rows, offset + len(rows)
+            rows.append(row)
+            size += len(line)
+    return rows, None

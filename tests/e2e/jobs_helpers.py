@@ -1,0 +1,267 @@
+"""Helpers for the job-runner end-to-end tests: a real server, two real site processes.
+
+A :class:`Cluster` is a :class:`~tests.server_harness.ServerThread` (fast heartbeats and
+grace periods) plus ``flare site start`` subprocesses for site-1 and site-2 made from the
+session's provisioned kits, and an admin Session. :func:`write_job` writes a job folder
+whose script saves exactly what it sends (``<out>/<site>/round_<r>.npz`` + ``.json``), so
+tests can aggregate independently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flare_admin import Session, new_secure_session
+from flare_protocol.models import save_params
+from tests.flare_site.runtime_helpers import SiteProcess, site_kit
+from tests.server_harness import ServerThread, wait_until
+
+ADMIN = "admin@org_a.com"
+SITES = ("site-1", "site-2")
+FAST_SERVER = {
+    "heartbeat_interval": 0.2,
+    "heartbeat_timeout": 3.0,
+    "reconnect_grace": 3.0,
+    "deploy_timeout": 30.0,
+    "log_wait": 10.0,
+}
+
+#: A Client API script: trains deterministically, saves what it sends, can crash or hang.
+SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys, time, zlib
+    from pathlib import Path
+    import numpy as np
+    import flare_site.client as flare
+
+    args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
+    out = Path(args["--out"])
+    kind = args.get("--type", "FULL")
+    flare.init()
+    site = flare.get_site_name()
+    folder = out / site
+    folder.mkdir(parents=True, exist_ok=True)
+    n = 30 if site.endswith("1") else 70
+    while flare.is_running():
+        model = flare.receive()
+        if model is None:
+            break
+        r = model.current_round
+        if flare.is_evaluate():
+            loss = float(sum(np.sum(v) for v in model.params.values()))
+            flare.send(flare.FLModel(metrics={"sum": loss, "round_seen": float(r)}))
+            continue
+        if args.get("--crash-round") == str(r) and site == args.get("--crash-site", site):
+            print("about to fail on purpose", file=sys.stderr, flush=True)
+            raise RuntimeError("deliberate failure in round %d" % r)
+        if args.get("--hang-round") == str(r):
+            time.sleep(float(args.get("--hang-s", "600")))
+        rng = np.random.default_rng(zlib.crc32(f"{site}-{r}".encode()))
+        delta = {k: rng.normal(size=np.shape(v)).astype(np.asarray(v).dtype)
+                 for k, v in model.params.items()}
+        for step in range(3):
+            flare.log_metric("loss", 1.0 / (r + step + 1), step=step)
+        if kind == "DIFF":
+            params = delta
+        else:
+            params = {k: np.asarray(v) + delta[k] for k, v in model.params.items()}
+        np.savez(folder / f"round_{r}.npz", **params)
+        (folder / f"round_{r}.json").write_text(json.dumps({"num_examples": n, "type": kind}))
+        flare.send(flare.FLModel(params=params, params_type=kind,
+                                 metrics={"n": float(n)}, meta={"num_examples": n}))
+    """
+)
+
+#: A command-executor entry point doing the same as SCRIPT (FULL updates).
+ENTRY = textwrap.dedent(
+    """
+    import json, os, sys, zlib
+    from pathlib import Path
+    import numpy as np
+
+    def load(path):
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    cmd = sys.argv[1]
+    site = os.environ["FLARE_SITE_NAME"]
+    out = Path(os.environ["SENDS"])
+    if cmd == "startup":
+        sys.exit(0)
+    if cmd == "train":
+        model_in, model_out, meta_out = sys.argv[2:5]
+        params = load(model_in)
+        n = 30 if site.endswith("1") else 70
+        r = len(list((out / site).glob("round_*.npz"))) + 1 if (out / site).exists() else 1
+        rng = np.random.default_rng(zlib.crc32(f"{site}-{r}".encode()))
+        new = {k: v + rng.normal(size=v.shape).astype(v.dtype) for k, v in params.items()}
+        (out / site).mkdir(parents=True, exist_ok=True)
+        np.savez(out / site / f"round_{r}.npz", **new)
+        (out / site / f"round_{r}.json").write_text(json.dumps({"num_examples": n}))
+        with open(model_out, "wb") as fh:
+            np.savez(fh, **new)
+        Path(meta_out).write_text(json.dumps({"num_examples": n}))
+    elif cmd == "validate":
+        model_in, metrics_out = sys.argv[2:4]
+        params = load(model_in)
+        Path(metrics_out).write_text(json.dumps({"sum": float(sum(v.sum() for v in params.values()))}))
+    """
+)
+
+
+def write_job(
+    root: Path,
+    out: Path,
+    *,
+    name: str = "e2e",
+    workflow: str = "fedavg",
+    rounds: int = 2,
+    params_type: str = "FULL",
+    min_responses: int | None = 2,
+    round_timeout: float = 30,
+    validate: bool = False,
+    fedopt: dict[str, Any] | None = None,
+    executor: str = "script",
+    extra_args: tuple[str, ...] = (),
+    initial: dict[str, np.ndarray] | None = None,
+) -> Path:
+    """A job folder ``root/name`` whose sites save what they send under ``out``."""
+    job = root / name
+    app = job / "app"
+    (app / "config").mkdir(parents=True)
+    (app / "custom").mkdir()
+    (job / "meta.json").write_text(
+        json.dumps({"name": name, "min_clients": 2, "deploy_map": {"app": ["@ALL"]}})
+    )
+    server: dict[str, Any] = {
+        "workflow": workflow,
+        "num_rounds": rounds,
+        "round_timeout": round_timeout,
+        "validate_every_round": validate,
+        "initial_model": "models/initial.npz",
+    }
+    if min_responses is not None:
+        server["min_responses"] = min_responses
+    if fedopt is not None:
+        server["fedopt"] = fedopt
+    (app / "config" / "config_fed_server.json").write_text(json.dumps(server))
+    (app / "models").mkdir()
+    model = initial or {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3)}
+    save_params(model, app / "models" / "initial.npz")
+    if executor == "script":
+        (app / "custom" / "train.py").write_text(SCRIPT)
+        client = {
+            "executor": "script",
+            "script": "custom/train.py",
+            "args": ["--out", str(out), "--type", params_type, *extra_args],
+        }
+    else:
+        (app / "custom" / "entry.py").write_text(ENTRY)
+        client = {
+            "executor": "command",
+            "train": ["{python}", "custom/entry.py", "train", "{model_in}", "{model_out}",
+                      "{metadata_out}"],
+            "validate": ["{python}", "custom/entry.py", "validate", "{model_in}",
+                         "{metrics_out}"],
+            "env": {"SENDS": str(out)},
+        }
+    (app / "config" / "config_fed_client.json").write_text(json.dumps(client))
+    return job
+
+
+def sent(out: Path, site: str, rnd: int) -> tuple[dict[str, np.ndarray], int]:
+    """What ``site`` sent in round ``rnd``: (params, num_examples)."""
+    with np.load(out / site / f"round_{rnd}.npz", allow_pickle=False) as z:
+        params = {k: z[k] for k in z.files}
+    meta = json.loads((out / site / f"round_{rnd}.json").read_text())
+    return params, int(meta["num_examples"])
+
+
+class Cluster:
+    """A ServerThread, site processes for ``sites`` and an admin Session (context manager)."""
+
+    def __init__(
+        self, provisioned: Any, tmp: Path, sites: tuple[str, ...] = SITES, **server: Any
+    ) -> None:
+        self.provisioned = provisioned
+        self.tmp = tmp
+        self.site_names = sites
+        self.server = ServerThread(
+            provisioned.kits["localhost"], tmp / "server-ws", **{**FAST_SERVER, **server}
+        )
+        self.kits = {s: site_kit(provisioned, tmp / "kits", s) for s in sites}
+        self.sites: dict[str, SiteProcess] = {}
+        self.session: Session
+
+    def __enter__(self) -> Cluster:
+        self.server.start()
+        try:
+            for site in self.site_names:
+                self.start_site(site)
+            self.wait_connected(self.site_names)
+            self.session = new_secure_session(
+                ADMIN, self.provisioned.kits[ADMIN], server_address=self.server.admin_address
+            )
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if hasattr(self, "session"):
+            self.session.close()
+        for proc in self.sites.values():
+            try:
+                proc.terminate(15)
+            except Exception:
+                pass
+            proc.close()
+        self.server.stop()
+
+    def start_site(self, site: str) -> SiteProcess:
+        proc = SiteProcess(self.kits[site], self.server.site_address)
+        self.sites[site] = proc
+        return proc
+
+    def wait_connected(self, sites: tuple[str, ...], timeout: float = 30) -> None:
+        wait_until(
+            lambda: set(sites) <= set(self.server.call(self.server.server.registry.names)),
+            timeout,
+        )
+
+    def submit(self, job: Path, **kw: Any) -> str:
+        return self.session.submit_job(str(job), **kw)
+
+    def wait_done(self, job_id: str, timeout: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            meta = dict(self.session.get_job_meta(job_id))
+            if str(meta["status"]).startswith("FINISHED"):
+                return meta
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job {job_id} still {meta['status']} after {timeout} s")
+            time.sleep(0.1)
+
+    def result_dir(self, job_id: str) -> Path:
+        return Path(self.server.server.store.result_dir(job_id))
+
+    def site_job_pids(self, site: str) -> list[int]:
+        """Processes running in one of this site's job folders (user code)."""
+        jobs = str((self.kits[site] / "workspace" / "jobs").resolve())
+        pids = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    cwd = os.readlink(f"/proc/{entry}/cwd")
+                except OSError:
+                    continue
+                if cwd.startswith(jobs + "/"):
+                    pids.append(int(entry))
+        return pids
