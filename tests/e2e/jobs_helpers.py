@@ -111,7 +111,8 @@ ENTRY = textwrap.dedent(
     elif cmd == "validate":
         model_in, metrics_out = sys.argv[2:4]
         params = load(model_in)
-        Path(metrics_out).write_text(json.dumps({"sum": float(sum(v.sum() for v in params.values()))}))
+        total = float(sum(v.sum() for v in params.values()))
+        Path(metrics_out).write_text(json.dumps({"sum": total}))
     """
 )
 
@@ -166,10 +167,15 @@ def write_job(
         (app / "custom" / "entry.py").write_text(ENTRY)
         client = {
             "executor": "command",
-            "train": ["{python}", "custom/entry.py", "train", "{model_in}", "{model_out}",
-                      "{metadata_out}"],
-            "validate": ["{python}", "custom/entry.py", "validate", "{model_in}",
-                         "{metrics_out}"],
+            "train": [
+                "{python}",
+                "custom/entry.py",
+                "train",
+                "{model_in}",
+                "{model_out}",
+                "{metadata_out}",
+            ],
+            "validate": ["{python}", "custom/entry.py", "validate", "{model_in}", "{metrics_out}"],
             "env": {"SENDS": str(out)},
         }
     (app / "config" / "config_fed_client.json").write_text(json.dumps(client))
