@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,7 +63,7 @@ SCRIPT = textwrap.dedent(
         if args.get("--crash-round") == str(r) and site == args.get("--crash-site", site):
             print("about to fail on purpose", file=sys.stderr, flush=True)
             raise RuntimeError("deliberate failure in round %d" % r)
-        if args.get("--hang-round") == str(r):
+        if args.get("--hang-round") == str(r) and site == args.get("--hang-site", site):
             time.sleep(float(args.get("--hang-s", "600")))
         rng = np.random.default_rng(zlib.crc32(f"{site}-{r}".encode()))
         delta = {k: rng.normal(size=np.shape(v)).astype(np.asarray(v).dtype)
@@ -194,8 +196,16 @@ class Cluster:
     """A ServerThread, site processes for ``sites`` and an admin Session (context manager)."""
 
     def __init__(
-        self, provisioned: Any, tmp: Path, sites: tuple[str, ...] = SITES, **server: Any
+        self,
+        provisioned: Any,
+        tmp: Path,
+        sites: tuple[str, ...] = SITES,
+        *,
+        relay: bool = False,
+        **server: Any,
     ) -> None:
+        self.use_relay = relay
+        self.relay: Relay | None = None
         self.provisioned = provisioned
         self.tmp = tmp
         self.site_names = sites
@@ -209,6 +219,8 @@ class Cluster:
     def __enter__(self) -> Cluster:
         self.server.start()
         try:
+            if self.use_relay:
+                self.relay = Relay(self.server.server.site_port)
             for site in self.site_names:
                 self.start_site(site)
             self.wait_connected(self.site_names)
@@ -229,10 +241,15 @@ class Cluster:
             except Exception:
                 pass
             proc.close()
+        for site in self.site_names:
+            kill_pids(self.site_job_pids(site))
+        if self.relay is not None:
+            self.relay.close()
         self.server.stop()
 
     def start_site(self, site: str) -> SiteProcess:
-        proc = SiteProcess(self.kits[site], self.server.site_address)
+        address = self.relay.address if self.relay else self.server.site_address
+        proc = SiteProcess(self.kits[site], address)
         self.sites[site] = proc
         return proc
 
@@ -271,3 +288,80 @@ class Cluster:
                 if cwd.startswith(jobs + "/"):
                     pids.append(int(entry))
         return pids
+
+
+class Relay:
+    """A TCP relay on 127.0.0.1 in front of the server's site port, which a test can cut.
+
+    The bytes pass through untouched (mutual TLS is end to end); ``cut()`` closes every
+    relayed connection, as a network failure would; ``target`` may change (a restarted
+    server on another port).
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for sock in conns:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            sock.close()
+
+    def close(self) -> None:
+        self._closed = True
+        self._listener.close()
+        self.cut()
+
+
+def kill_pids(pids: list[int]) -> None:
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -1,0 +1,115 @@
+"""Jobs that do not go to plan: abort, crashing user code, lost and returning sites."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.e2e.jobs_helpers import SITES, Cluster, write_job
+from tests.server_harness import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def cluster(provisioned, tmp_path_factory):
+    with Cluster(provisioned, tmp_path_factory.mktemp("failures"), relay=True) as c:
+        yield c
+
+
+def _meta(cluster, job_id):
+    return dict(cluster.session.get_job_meta(job_id))
+
+
+def _wait_round(cluster, job_id, rnd):
+    wait_until(
+        lambda: (
+            (m := _meta(cluster, job_id))["status"] == "RUNNING" and m.get("current_round") == rnd
+        ),
+        30,
+        0.05,
+    )
+
+
+def test_an_abort_mid_round_ends_aborted_and_leaves_no_user_process(cluster, tmp_path):
+    job = write_job(tmp_path, tmp_path / "out", extra_args=("--hang-round", "1"))
+    job_id = cluster.submit(job)
+    _wait_round(cluster, job_id, 1)
+    wait_until(lambda: all(cluster.site_job_pids(s) for s in SITES), 20)
+    cluster.session.abort_job(job_id)
+    assert _meta(cluster, job_id)["status"] == "FINISHED:ABORTED"
+    wait_until(lambda: not any(cluster.site_job_pids(s) for s in SITES), 15)
+    summary = cluster.result_dir(job_id) / "summary.json"
+    wait_until(summary.is_file, 20)
+    assert json.loads(summary.read_text())["status"] == "FINISHED:ABORTED"
+    assert _meta(cluster, job_id)["status"] == "FINISHED:ABORTED"  # never overwritten
+    for site in SITES:
+        assert "abort" in (cluster.result_dir(job_id) / "logs" / f"{site}.log").read_text()
+
+
+def test_a_crashing_script_ends_execution_exception_with_its_stderr_in_the_site_log(
+    cluster, tmp_path
+):
+    args = ("--crash-round", "1", "--crash-site", "site-2")
+    job_id = cluster.submit(write_job(tmp_path, tmp_path / "out", extra_args=args))
+    meta = cluster.wait_done(job_id)
+    assert meta["status"] == "FINISHED:EXECUTION_EXCEPTION"
+    reason = meta["status_history"][-1]["reason"]
+    assert "site-2" in reason and "deliberate failure in round 1" in reason
+    log = (cluster.result_dir(job_id) / "logs" / "site-2.log").read_text()
+    assert "about to fail on purpose" in log and "deliberate failure in round 1" in log
+    summary = json.loads((cluster.result_dir(job_id) / "summary.json").read_text())
+    assert summary["failed_sites"] == ["site-2"]
+    wait_until(lambda: not any(cluster.site_job_pids(s) for s in SITES), 15)
+
+
+def test_a_site_whose_connection_is_cut_mid_round_comes_back_and_the_job_completes(
+    cluster, tmp_path
+):
+    args = ("--hang-round", "1", "--hang-site", "site-1", "--hang-s", "2")
+    job_id = cluster.submit(write_job(tmp_path, tmp_path / "out", extra_args=args))
+    _wait_round(cluster, job_id, 1)
+    time.sleep(0.5)
+    assert cluster.relay is not None
+    cluster.relay.cut()
+    meta = cluster.wait_done(job_id)
+    assert meta["status"] == "FINISHED:COMPLETED", meta["status_history"][-1]
+    summary = json.loads((cluster.result_dir(job_id) / "summary.json").read_text())
+    assert [sorted(r["participants"]) for r in summary["rounds"]] == [list(SITES)] * 2
+    server_log = (cluster.result_dir(job_id) / "logs" / "server.log").read_text()
+    assert "reconnected still running the job" in server_log
+
+
+@pytest.mark.parametrize("min_responses", [1, 2])
+def test_a_site_killed_mid_round(cluster, tmp_path, min_responses):
+    args = ("--hang-round", "2", "--hang-site", "site-2", "--hang-s", "60")
+    job = write_job(
+        tmp_path, tmp_path / "out", min_responses=min_responses, rounds=2, extra_args=args
+    )
+    job_id = cluster.submit(job)
+    _wait_round(cluster, job_id, 2)
+    time.sleep(0.3)
+    cluster.sites["site-2"].proc.kill()
+    cluster.sites["site-2"].proc.wait(10)
+    try:
+        meta = cluster.wait_done(job_id, 30)
+        summary = json.loads((cluster.result_dir(job_id) / "summary.json").read_text())
+        if min_responses == 1:
+            assert meta["status"] == "FINISHED:COMPLETED"
+            assert [sorted(r["participants"]) for r in summary["rounds"]] == [
+                ["site-1", "site-2"],
+                ["site-1"],
+            ]
+        else:
+            assert meta["status"] == "FINISHED:ABNORMAL"
+            assert "site-2" in meta["status_history"][-1]["reason"]
+            assert summary["failed_sites"] == ["site-2"]
+    finally:
+        from tests.e2e.jobs_helpers import kill_pids
+
+        kill_pids(cluster.site_job_pids("site-2"))  # the killed site could not clean up
+        cluster.sites["site-2"].close()
+        cluster.start_site("site-2")
+        cluster.wait_connected(SITES)
