@@ -32,7 +32,7 @@ from flare_admin.results import (
     iso_time,
 )
 from flare_protocol._generated import admin_pb2, common_pb2
-from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidTarget
+from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidTarget, JobNotDone
 
 _JOB_ID = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
@@ -330,6 +330,24 @@ def get_job_meta(jid: str) -> Unary:
 def initial_model_job_id(value: object) -> str | None:
     """The job whose final global model a new job starts from (None: its own)."""
     return None if value is None else job_id(value)
+
+
+def model_source_ready(meta: JobMeta) -> None:
+    """Before an upload: the job named by ``initial_model_job_id`` must have completed.
+
+    The server checks it again (with the caller's right to download it); checking first
+    fails fast, before a large job is streamed for nothing.
+
+    Raises:
+        JobNotDone: it has not finished ``FINISHED:COMPLETED`` (its status attached).
+    """
+    if meta.status != "FINISHED:COMPLETED":
+        raise JobNotDone(
+            f"job {meta.job_id} cannot seed a new job: it is {meta.status or 'unknown'}; "
+            "use a job that finished FINISHED:COMPLETED",
+            job_id=meta.job_id,
+            status=meta.status,
+        )
 
 
 def clone_job(jid: str, initial_model: str | None = None) -> Unary:

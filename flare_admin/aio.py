@@ -201,6 +201,8 @@ class AsyncSession:
         self._check_open()
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
+        if source is not None:
+            _ops.model_source_ready(await self.get_job_meta(source))
         failure: list[BaseException] = []
         holder: list[Any] = []
         chunks = upload.chunks(progress)
@@ -213,6 +215,8 @@ class AsyncSession:
                     if chunk is _END:
                         return
                     yield common_pb2.TransferChunk(data=chunk)  # type: ignore[arg-type]
+            except GeneratorExit:  # the call ended first (e.g. refused at the header)
+                raise
             except BaseException as exc:  # cancel: a truncated upload must never commit
                 failure.append(exc)
                 holder[0].cancel()

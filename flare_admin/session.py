@@ -242,6 +242,8 @@ class Session:
         self._check_open()
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
+        if source is not None:
+            _ops.model_source_ready(self.get_job_meta(source))
         failure: list[BaseException] = []
         holder: list[Any] = []
         started = threading.Event()
@@ -251,6 +253,8 @@ class Session:
             try:
                 for chunk in upload.chunks(progress):
                     yield common_pb2.TransferChunk(data=chunk)
+            except GeneratorExit:  # the call ended first (e.g. refused at the header)
+                raise
             except BaseException as exc:  # cancel: a truncated upload must never commit
                 failure.append(exc)
                 started.wait(5.0)

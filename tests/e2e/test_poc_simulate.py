@@ -82,7 +82,7 @@ def test_simulate_hello_numpy_with_two_sites_completes(tmp_path):
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "FINISHED:COMPLETED" in out
-    result = Path(re.search(r"result\s+(\S+)", out).group(1))  # type: ignore[union-attr]
+    result = Path(re.search(r"^result\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
     assert result.is_dir() and result.parent == tmp_path / "ws" / "results"
     model = result / "global_model.npz"
     with np.load(model, allow_pickle=False) as npz:

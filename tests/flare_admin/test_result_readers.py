@@ -16,8 +16,11 @@ import pytest
 
 from flare_admin import (
     AsyncSession,
+    AuthorizationError,
     InvalidArgumentError,
     InvalidTarget,
+    JobNotDone,
+    JobNotFound,
     MetricRow,
     Session,
     ValidationRow,
@@ -215,3 +218,52 @@ def test_a_model_download_is_whole_or_absent(tmp_path: Path):
         too_much.write(data)
     too_much.discard()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.npz"]
+
+
+# -- continue from a model: checked before the upload, refused at the header ----------------
+
+
+def test_continue_from_an_unknown_job_is_job_not_found(session: Session, job_folder: Path):
+    with pytest.raises(JobNotFound):
+        session.submit_job(job_folder, initial_model_job_id=JOB)
+
+
+def test_continue_from_an_unfinished_job_is_job_not_done_before_any_upload(
+    session: Session, job_folder: Path
+):
+    running = session.submit_job(job_folder)
+    before = len(session.list_jobs())
+    with pytest.raises(JobNotDone) as info:
+        session.submit_job(job_folder, initial_model_job_id=running)
+    assert info.value.status == "SUBMITTED" or info.value.status == "DISPATCHED"
+    assert len(session.list_jobs()) == before
+
+
+@pytest.fixture
+def completed_job(server: Any, session: Session, job_folder: Path) -> str:
+    from flare_protocol.models import dump_params
+    from tests.flare_admin.conftest import finish_with_result
+
+    job_id = session.submit_job(job_folder)
+    model = dump_params({"w": __import__("numpy").zeros(3)})
+    finish_with_result(server, job_id, {"global_model.npz": model})
+    return job_id
+
+
+def test_a_refusal_at_the_header_is_the_servers_error_whatever_the_timing(
+    open_session: Any, completed_job: str, job_folder: Path
+):
+    lead_b = open_session("lead@org_b.com")  # may submit, may not reuse admin's model
+    for _ in range(30):  # the refusal races the upload's end: both orders are covered
+        with pytest.raises(AuthorizationError):
+            lead_b.submit_job(job_folder, initial_model_job_id=completed_job)
+
+
+async def test_async_continue_checks_the_model_source_first(
+    server: Any, admin_kit: Path, job_folder: Path
+):
+    async with await AsyncSession.open(
+        "admin@org_a.com", admin_kit, server_address=server.admin_address
+    ) as s:
+        with pytest.raises(JobNotFound):
+            await s.submit_job(job_folder, initial_model_job_id=JOB)
