@@ -147,9 +147,14 @@ class _Progress:
             status = self.meta.status if self.meta is not None else "SUBMITTED"
             rnd = current_round(self.meta, self.metrics)
             head = Text.assemble(
-                ("job ", "bold"), f"{self.job_name} {self.job_id}  ",
-                ("status ", "bold"), (status, "cyan"), "  ",
-                ("round ", "bold"), str(rnd if rnd is not None else "-"), "  ",
+                ("job ", "bold"),
+                f"{self.job_name} {self.job_id}  ",
+                ("status ", "bold"),
+                (status, "cyan"),
+                "  ",
+                ("round ", "bold"),
+                str(rnd if rnd is not None else "-"),
+                "  ",
                 f"{time.monotonic() - self.started:.1f} s",
             )
             return Group(head, metrics_table(self.metrics, self.validations))
@@ -225,14 +230,21 @@ def _run_job(
             previous, progress.meta = progress.meta, meta
         if previous is None or previous.status != meta.status:
             why = last_reason(meta)
-            console.print(f"  {time.monotonic() - progress.started:6.1f} s  {meta.status}"
-                          + (f"  ({why})" if why else ""))
+            console.print(
+                f"  {time.monotonic() - progress.started:6.1f} s  {meta.status}"
+                + (f"  ({why})" if why else "")
+            )
         return True
 
     try:
         # transient: the final table is printed once by report(), not twice
-        with Live(progress.render(), console=console, refresh_per_second=4,
-                  get_renderable=progress.render, transient=True):
+        with Live(
+            progress.render(),
+            console=console,
+            refresh_per_second=4,
+            get_renderable=progress.render,
+            transient=True,
+        ):
             session.monitor_job(job_id, timeout, 2.0, on_meta)
     finally:
         done.set()
@@ -243,8 +255,13 @@ def _run_job(
         session.abort_job(job_id)
         meta = session.wait_for_job(job_id, timeout=30)
         return SimulationResult(
-            job_id, meta.status, f"did not finish within {timeout:.0f} s", workspace,
-            None, None, seconds=time.monotonic() - begin,
+            job_id,
+            meta.status,
+            f"did not finish within {timeout:.0f} s",
+            workspace,
+            None,
+            None,
+            seconds=time.monotonic() - begin,
         )
     metrics = session.get_job_metrics(job_id)
     validations = session.get_validations(job_id)
@@ -278,8 +295,9 @@ def report(result: SimulationResult, console: Console) -> int:
         console.print(f"final model {result.model_path}")
     console.print(f"workspace   {result.workspace} (kits, logs; delete it when done)")
     if result.completed:
-        console.print(f"[green]job {result.job_id} {result.status}[/green] "
-                      f"in {result.seconds:.1f} s")
+        console.print(
+            f"[green]job {result.job_id} {result.status}[/green] in {result.seconds:.1f} s"
+        )
         return 0
     why = f": {result.reason}" if result.reason else ""
     console.print(f"[red]job {result.job_id} ended {result.status}{why}[/red]")
@@ -296,7 +314,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-n", "--sites-count", type=int, default=2, help="number of sites (2)")
     parser.add_argument("--sites", help="comma-separated site names instead of site-1..site-N")
     parser.add_argument(
-        "-w", "--workspace", type=Path,
+        "-w",
+        "--workspace",
+        type=Path,
         help="where the project and the result go (default: a new temporary folder, kept)",
     )
     parser.add_argument(
@@ -307,7 +327,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay whole lines, for copy and paste
     try:
         with sigterm_interrupts():
             sites = simulation_sites(

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--job", type=Path, default=EXAMPLE, help="job folder (hello-numpy)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds the job may run")
     args = parser.parse_args(argv)
-    console = Console()
+    console = Console(soft_wrap=True)  # paths stay whole lines, for copy and paste
     steps = iter(range(1, 100))
 
     def step(text: str) -> None:
