@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from typing import Protocol
 from flare_protocol import errors
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
+
+log = logging.getLogger("flare_server.blobs")
 
 __all__ = ["BlobRegistry", "ServedBlob", "UploadPolicy", "UploadedBlob", "sha256_of"]
 
@@ -207,6 +211,7 @@ class BlobRegistry:
         expected_sha = header.sha256.lower()
         if len(expected_sha) != 64:
             raise errors.InvalidArgumentError("an upload must announce its SHA-256 (hex)")
+        started = time.perf_counter()
         blob_id = secrets.token_hex(16)
         final = folder / f"{kind}-{blob_id}"
         tmp = folder / f".{kind}-{blob_id}.part"
@@ -234,7 +239,8 @@ class BlobRegistry:
                 raise errors.InvalidArgumentError(
                     "the upload's SHA-256 does not match its header; it was damaged"
                 )
-            await asyncio.to_thread(os.fsync, fd)
+            if kind != "update":  # an update lives for one round: a crash ends the job anyway
+                await asyncio.to_thread(os.fsync, fd)
             os.close(fd)
             fd = -1
             await asyncio.to_thread(os.replace, tmp, final)
@@ -243,6 +249,13 @@ class BlobRegistry:
                 os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
+        log.debug(
+            "upload %s of %d bytes from %s received in %.3f s",
+            kind,
+            received,
+            site,
+            time.perf_counter() - started,
+        )
         blob = UploadedBlob(blob_id, job_id, site, kind, task_id, final, received, expected_sha)
         self._uploaded[blob_id] = blob
         return blob

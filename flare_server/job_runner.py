@@ -621,7 +621,15 @@ class JobRun:
                     task_id,
                     "the result names no update this site uploaded for the task",
                 )
-            return await asyncio.to_thread(self._train_result, site, task_id, body, blob.path)
+            t0 = time.perf_counter()
+            actions = await asyncio.to_thread(self._train_result, site, task_id, body, blob.path)
+            self.log.debug(
+                "job %s: update of %s loaded and handled in %.3f s",
+                self.job_id,
+                site,
+                time.perf_counter() - t0,
+            )
+            return actions
         finally:
             if blob is not None:
                 self.blobs.discard(blob.blob_id)
@@ -670,7 +678,14 @@ class JobRun:
             elif isinstance(action, RoundAggregated):
                 record = action.record
                 path = self.results.round_model_path(record.round)
+                t0 = time.perf_counter()
                 await asyncio.to_thread(save_params, record.global_model, path)
+                self.log.debug(
+                    "job %s: round %d model saved in %.3f s",
+                    self.job_id,
+                    record.round,
+                    time.perf_counter() - t0,
+                )
                 self._rounds.append(
                     {
                         "round": record.round,
@@ -705,7 +720,9 @@ class JobRun:
         else:
             path = self.work / "models" / f"global_{action.model_round:03d}.npz"
             await asyncio.to_thread(save_params, action.model, path)
+        t0 = time.perf_counter()
         sha, size = await asyncio.to_thread(sha256_of, path)
+        self.log.debug("job %s: model hashed in %.3f s", self.job_id, time.perf_counter() - t0)
         blob = self.blobs.serve(
             self.job_id,
             path,
