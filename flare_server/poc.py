@@ -243,9 +243,17 @@ class LocalProject:
         self.server = self._spawn(
             "server",
             [
-                "server", "start", str(self.kits.server_kit),
-                "--host", "127.0.0.1", "--admin-port", "0", "--fed-learn-port", "0",
-                "--ready-file", str(self.ready_file),
+                "server",
+                "start",
+                str(self.kits.server_kit),
+                "--host",
+                "127.0.0.1",
+                "--admin-port",
+                "0",
+                "--fed-learn-port",
+                "0",
+                "--ready-file",
+                str(self.ready_file),
             ],
         )
         deadline = time.monotonic() + timeout
@@ -279,7 +287,9 @@ class LocalProject:
         from flare_admin import new_secure_session
 
         return new_secure_session(
-            self.kits.admin_name, self.kits.admin_kit, timeout=timeout,
+            self.kits.admin_name,
+            self.kits.admin_kit,
+            timeout=timeout,
             server_address=self.admin_address,
         )
 
@@ -305,8 +315,7 @@ class LocalProject:
                 if time.monotonic() > deadline:
                     missing = ", ".join(sorted(wanted - connected))
                     raise FlareError(
-                        f"sites not connected within {timeout:.0f} s: {missing}; see "
-                        f"{self.log_dir}"
+                        f"sites not connected within {timeout:.0f} s: {missing}; see {self.log_dir}"
                     )
                 time.sleep(0.05)
 
@@ -395,13 +404,18 @@ def sigterm_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _example_job() -> str:
+    example = Path(__file__).resolve().parents[1] / "examples" / "hello-numpy"
+    return str(example) if (example / "meta.json").is_file() else "path/to/job"
+
+
 def snippet(kits: PocKits) -> str:
     """Python an admin can paste to use the running project."""
     return (
         "from flare_admin import new_secure_session\n"
         f"s = new_secure_session({kits.admin_name!r}, {str(kits.admin_kit)!r})\n"
         "print(s.get_connected_client_list())\n"
-        "job_id = s.submit_job('examples/hello-numpy')\n"
+        f"job_id = s.submit_job({_example_job()!r})\n"
         "s.wait_for_job(job_id)\n"
         "print(s.get_job_metrics(job_id))\n"
         "print(s.download_model(job_id))"
@@ -415,13 +429,13 @@ def _parser() -> argparse.ArgumentParser:
         "until Ctrl-C.",
     )
     parser.add_argument(
-        "-w", "--workspace", type=Path,
+        "-w",
+        "--workspace",
+        type=Path,
         help="where the project lives (default: a new temporary folder, removed at the end)",
     )
     parser.add_argument("-n", "--sites-count", type=int, default=2, help="number of sites (2)")
-    parser.add_argument(
-        "--sites", help="comma-separated site names instead of site-1..site-N"
-    )
+    parser.add_argument("--sites", help="comma-separated site names instead of site-1..site-N")
     return parser
 
 

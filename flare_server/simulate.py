@@ -22,6 +22,7 @@ from typing import Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -126,7 +127,7 @@ def metrics_table(
     for rnd, per_site in rounds_table(metrics, validations).items():
         for site in sorted(per_site):
             values = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(per_site[site].items()))
-            table.add_row(str(rnd), site, values)
+            table.add_row(str(rnd), Text(site), Text(values))  # user text: no markup
     return table
 
 
@@ -189,7 +190,7 @@ def run_simulation(
             own failure is not an exception: see ``SimulationResult.status``).
     """
     console = console or Console()
-    step = on_step or (lambda text: console.print(f"[dim]- {text}[/dim]"))
+    step = on_step or (lambda text: console.print(f"[dim]- {escape(text)}[/dim]"))
     workspace = Path(workspace).resolve()
     begin = time.monotonic()
     kits = provision_local(workspace, sites)
@@ -231,8 +232,8 @@ def _run_job(
         if previous is None or previous.status != meta.status:
             why = last_reason(meta)
             console.print(
-                f"  {time.monotonic() - progress.started:6.1f} s  {meta.status}"
-                + (f"  ({why})" if why else "")
+                f"  {time.monotonic() - progress.started:6.1f} s  "
+                + escape(meta.status + (f"  ({why})" if why else ""))
             )
         return True
 
@@ -290,17 +291,17 @@ def report(result: SimulationResult, console: Console) -> int:
     else:
         console.print("no per-round metrics were logged")
     if result.result_dir is not None:
-        console.print(f"result      {result.result_dir}")
+        console.print(f"result      {escape(str(result.result_dir))}")
     if result.model_path is not None:
-        console.print(f"final model {result.model_path}")
-    console.print(f"workspace   {result.workspace} (kits, logs; delete it when done)")
+        console.print(f"final model {escape(str(result.model_path))}")
+    console.print(f"workspace   {escape(str(result.workspace))} (kits, logs; delete it when done)")
     if result.completed:
         console.print(
             f"[green]job {result.job_id} {result.status}[/green] in {result.seconds:.1f} s"
         )
         return 0
     why = f": {result.reason}" if result.reason else ""
-    console.print(f"[red]job {result.job_id} ended {result.status}{why}[/red]")
+    console.print(f"[red]job {result.job_id} ended {escape(result.status + why)}[/red]")
     return 1
 
 

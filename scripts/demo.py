@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from flare_protocol.errors import FlareError
 from flare_server.simulate import report, run_simulation, simulation_sites
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = iter(range(1, 100))
 
     def step(text: str) -> None:
-        console.print(f"[bold]{next(steps)}.[/bold] {text}")
+        console.print(f"[bold]{next(steps)}.[/bold] {escape(text)}")
 
     console.print(f"[bold]flare-admin demo[/bold]: the job {args.job.name} on a server and two "
                   "sites of a fresh project, all on 127.0.0.1\n")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             args.job, sites, workspace, console=console, timeout=args.timeout, on_step=step
         )
     except FlareError as exc:
-        console.print(f"[red]demo failed:[/red] {exc}")
+        console.print(f"[red]demo failed:[/red] {escape(str(exc))}")
         return 1
     console.print()
     code = report(result, console)

@@ -102,3 +102,19 @@ def test_the_demo_runs_the_whole_story_in_process(tmp_path, capsys):
     assert "FINISHED:COMPLETED" in out
     assert "per-round metrics" in out
     assert str(tmp_path / "ws" / "results") in out.replace("\n", "")
+
+
+@runner_landed
+def test_a_failing_job_exits_1_naming_its_status_and_reason(tmp_path):
+    job = tmp_path / "crash"
+    shutil.copytree(HELLO, job)
+    (job / "app" / "custom" / "train.py").write_text(
+        "import flare_site.client as flare\nflare.init()\nflare.receive()\n"
+        "raise SystemExit('bad data [red]on this site[/red]')\n"
+    )
+    done = _simulate(str(job), "-w", str(tmp_path / "ws"))
+    assert done.returncode == 1, done.stdout + done.stderr
+    ended = [line for line in done.stdout.splitlines() if line.startswith("job ")][-1]
+    assert "ended FINISHED:EXECUTION_EXCEPTION: " in ended
+    assert "failed on site-" in ended  # the reason names the site
+    assert "bad data [red]on this site[/red]" in done.stdout  # user text is not markup
