@@ -39,8 +39,8 @@ class FakeSite:
         )
         return self.reply
 
-    def open(self) -> FakeSite:
-        self.register()
+    def open(self, running_jobs: tuple[str, ...] = ()) -> FakeSite:
+        self.register(running_jobs)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._beater = threading.Thread(target=self._beat_loop, daemon=True)
         self._reader.start()

@@ -1,0 +1,296 @@
+"""The job runner at the wire: a real server, a test site speaking the site protocol by hand."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+
+import grpc
+import numpy as np
+import pytest
+
+from flare_protocol._generated import admin_pb2, common_pb2, site_pb2
+from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.models import dump_params, load_params
+from flare_protocol.wire_errors import decode_detail
+from tests.flare_server.conftest import job_files, job_zip
+from tests.flare_server.site_client import FakeSite
+from tests.flare_server.test_server_jobs import submit
+from tests.server_harness import ServerThread, admin_stub, wait_until
+
+ADMIN = "admin@org_a.com"
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def server(server_kit, tmp_path):
+    with ServerThread(
+        server_kit,
+        tmp_path / "ws",
+        heartbeat_interval=0.2,
+        heartbeat_timeout=1.0,
+        reconnect_grace=0.5,
+        deploy_timeout=3.0,
+        log_wait=1.0,
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+def admin(server, kits):
+    stub, channel = admin_stub(kits[ADMIN], server.admin_address)
+    with channel:
+        yield stub
+
+
+def _one_site_job(**server_config) -> bytes:
+    files = job_files(deploy_map={"app": ["server", "site-1"]})
+    config = {"workflow": "fedavg", "num_rounds": 1, "round_timeout": 10, **server_config}
+    files["app/config/config_fed_server.json"] = json.dumps(config).encode()
+    return job_zip(files=files)
+
+
+def _meta(admin, job_id):
+    return json.loads(admin.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5).meta_json)
+
+
+def _messages(site, topic):
+    return [
+        m.message
+        for m in list(site.received)
+        if m.WhichOneof("kind") == "message" and m.message.topic == topic
+    ]
+
+
+def _send(site, job_id, topic, body, blobs=()):
+    site.outbox.put(
+        site_pb2.SiteMessage(
+            message=site_pb2.Envelope(
+                job_id=job_id, topic=topic, body_json=json.dumps(body), blobs=list(blobs)
+            )
+        )
+    )
+
+
+def _download(site, ref, job_id):
+    parts = list(site.stub.Download(site_pb2.BlobRequest(blob_id=ref.blob_id, job_id=job_id)))
+    assert parts[0].WhichOneof("item") == "header"
+    data = b"".join(p.data for p in parts[1:])
+    assert len(data) == ref.size == parts[0].header.size
+    assert hashlib.sha256(data).hexdigest() == ref.sha256 == parts[0].header.sha256
+    return data
+
+
+def _upload(site, data, **params):
+    def gen():
+        yield common_pb2.TransferChunk(
+            header=common_pb2.TransferHeader(
+                name="../../evil.npz",
+                size=len(data),
+                sha256=hashlib.sha256(data).hexdigest(),
+                params=params,
+            )
+        )
+        for i in range(0, len(data), CHUNK_SIZE):
+            yield common_pb2.TransferChunk(data=data[i : i + CHUNK_SIZE])
+
+    return site.stub.Upload(gen(), timeout=10)
+
+
+def _error(call, *args, **kwargs):
+    with pytest.raises(grpc.RpcError) as info:
+        call(*args, **kwargs)
+    return info.value.code(), decode_detail(info.value.trailing_metadata())
+
+
+def test_a_job_runs_through_the_site_protocol_and_its_blobs_stay_with_its_site(server, kits, admin):
+    with (
+        FakeSite(kits["site-1"], server.site_address) as s1,
+        FakeSite(kits["site-2"], server.site_address) as s2,
+    ):
+        wait_until(lambda: len(server.server.registry) == 2)
+        job_id = submit(admin, _one_site_job())
+        deploy = wait_until(lambda: _messages(s1, "job.deploy"))[0]
+        body = json.loads(deploy.body_json)
+        assert body["client_config"] == {"executor": "script", "script": "custom/train.py"}
+        assert body["total_rounds"] == 1
+        ref = deploy.blobs[0]
+        app = zipfile.ZipFile(io.BytesIO(_download(s1, ref, job_id)))
+        assert sorted(app.namelist()) == [
+            "config/config_fed_client.json",
+            "config/config_fed_server.json",
+            "custom/train.py",
+        ]
+        assert not _messages(s2, "job.deploy")
+        # Not for another site, not under another job id.
+        code, detail = _error(
+            lambda: list(s2.stub.Download(site_pb2.BlobRequest(blob_id=ref.blob_id, job_id=job_id)))
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and "not served" in detail.message
+        other = "00000000-0000-4000-8000-000000000000"
+        code, _ = _error(
+            lambda: list(s1.stub.Download(site_pb2.BlobRequest(blob_id=ref.blob_id, job_id=other)))
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT
+
+        _send(s1, job_id, "job.status", {"status": "deployed"})
+        task = wait_until(lambda: _messages(s1, "task.train"))[0]
+        task_body = json.loads(task.body_json)
+        assert task_body["round"] == 1 and not task.blobs  # no initial model: round 1 is empty
+        assert _meta(admin, job_id)["status"] == "RUNNING"
+
+        update = dump_params({"w": np.array([1.0, 2.0])})
+        # An update for a task this site was not given, a damaged one: refused.
+        code, detail = _error(
+            _upload, s1, update, job_id=job_id, kind="update", task_id="r9-train-site-1"
+        )
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and "not awaiting" in detail.message
+        code, _ = _error(
+            _upload, s2, update, job_id=job_id, kind="update", task_id=task_body["task_id"]
+        )
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        blob = _upload(s1, update, job_id=job_id, kind="update", task_id=task_body["task_id"])
+        assert blob.size == len(update)
+        work = server.server.store.job_dir(job_id) / "work"
+        assert not list(work.rglob("evil*")) and not (work.parent.parent / "evil.npz").exists()
+        _send(
+            s1,
+            job_id,
+            "metrics",
+            {"round": None, "key": "loss", "value": 0.5, "step": 3, "time": 1.0},
+        )
+        _send(
+            s1,
+            job_id,
+            "task.result",
+            {
+                "task_id": task_body["task_id"],
+                "round": 1,
+                "kind": "train",
+                "params_type": "FULL",
+                "num_examples": 7,
+                "metrics": {},
+            },
+            [blob],
+        )
+        wait_until(lambda: _messages(s1, "job.end"))
+        log = _upload(s1, b"site log\n", job_id=job_id, kind="log")
+        _send(s1, job_id, "job.log", {}, [log])
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:COMPLETED")
+    result = server.server.store.result_dir(job_id)
+    assert load_params(result / "global_model.npz")["w"].tolist() == [1.0, 2.0]
+    assert (result / "logs" / "site-1.log").read_bytes() == b"site log\n"
+    rows = [json.loads(x) for x in (result / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [
+        {"site": "site-1", "round": 1, "key": "loss", "value": 0.5, "step": 3, "time": 1.0},
+        {"complete": True},
+    ]
+    assert not (server.server.store.job_dir(job_id) / "work").exists()
+
+
+def test_a_deployment_refused_by_a_site_ends_failed_to_run_naming_it(server, kits, admin):
+    with FakeSite(kits["site-1"], server.site_address) as s1:
+        wait_until(lambda: len(server.server.registry) == 1)
+        job_id = submit(admin, _one_site_job())
+        wait_until(lambda: _messages(s1, "job.deploy"))
+        _send(s1, job_id, "job.status", {"status": "failed", "error": "disk full"})
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:FAILED_TO_RUN")
+        reason = _meta(admin, job_id)["status_history"][-1]["reason"]
+        assert "site-1: disk full" in reason
+
+
+def test_a_deployment_nobody_answers_times_out_failed_to_run(server, kits, admin):
+    with FakeSite(kits["site-1"], server.site_address):
+        wait_until(lambda: len(server.server.registry) == 1)
+        job_id = submit(admin, _one_site_job())
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:FAILED_TO_RUN", 10)
+        assert (
+            "no answer to the deployment within 3 s"
+            in (_meta(admin, job_id)["status_history"][-1]["reason"])
+        )
+
+
+def test_a_site_reporting_a_job_the_server_does_not_run_is_told_to_abort_it(server, kits):
+    stale = "11111111-2222-4333-8444-555555555555"
+    site = FakeSite(kits["site-1"], server.site_address).open(running_jobs=(stale,))
+    try:
+        abort = wait_until(lambda: _messages(site, "job.abort"))[0]
+        assert abort.job_id == stale
+    finally:
+        site.close()
+
+
+def test_result_readers_are_authorized_like_download_and_page(server, kits, admin):
+    job_id = submit(admin, job_zip())
+    folder = server.server.store.result_dir(job_id)
+    lines = [
+        json.dumps(
+            {
+                "site": f"site-{i % 2 + 1}",
+                "round": 1,
+                "key": "k",
+                "value": i,
+                "step": i,
+                "time": 0.0,
+            }
+        )
+        for i in range(5)
+    ]
+    (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"site": "torn')
+
+    def command(stub, name, **args):
+        reply = stub.Command(
+            admin_pb2.CommandRequest(command=name, args_json=json.dumps(args)), timeout=5
+        )
+        return json.loads(reply.result_json)
+
+    page = command(admin, "job_metrics", job_id=job_id, limit=2)
+    assert [r["value"] for r in page["rows"]] == [0, 1] and page["next_offset"] == 2
+    page = command(admin, "job_metrics", job_id=job_id, site="site-1", offset=1)
+    assert [r["value"] for r in page["rows"]] == [2, 4] and page["next_offset"] is None
+    assert command(admin, "job_validations", job_id=job_id) == {"rows": [], "next_offset": None}
+    code, detail = _error(command, admin, "job_summary", job_id=job_id)
+    assert detail.type == "JobNotDone"
+    other, channel = admin_stub(kits["lead@org_b.com"], server.admin_address)
+    with channel:
+        code, detail = _error(command, other, "job_metrics", job_id=job_id)
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+        code, detail = _error(
+            lambda: list(other.DownloadModel(admin_pb2.ModelRequest(job_id=job_id), timeout=5))
+        )
+        assert code is grpc.StatusCode.PERMISSION_DENIED
+
+
+def test_download_model_names_what_is_missing(server, kits, admin):
+    job_id = submit(admin, job_zip())
+    code, detail = _error(
+        lambda: list(admin.DownloadModel(admin_pb2.ModelRequest(job_id=job_id), timeout=5))
+    )
+    assert detail.type == "JobNotDone" and "has not finished" in detail.message
+    folder = server.server.store.result_dir(job_id)
+    (folder / "models").mkdir(exist_ok=True)
+    (folder / "models" / "round_001.npz").write_bytes(dump_params({"w": np.ones(3)}))
+    code, detail = _error(
+        lambda: list(admin.DownloadModel(admin_pb2.ModelRequest(job_id=job_id, round=4), timeout=5))
+    )
+    assert detail.type == "InvalidArgumentError" and "rounds: 1" in detail.message
+    parts = list(admin.DownloadModel(admin_pb2.ModelRequest(job_id=job_id, round=1), timeout=5))
+    assert parts[0].header.name == "round_001.npz"
+    data = b"".join(p.data for p in parts[1:])
+    assert hashlib.sha256(data).hexdigest() == parts[0].header.sha256
+    assert load_params(data)["w"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_model_source_must_have_completed(server, kits, admin):
+    source = submit(admin, job_zip())
+    code, detail = _error(submit, admin, job_zip(), params={"initial_model_job_id": source})
+    assert detail.type == "JobNotDone" and "SUBMITTED" in detail.message
+    code, detail = _error(
+        submit,
+        admin,
+        job_zip(),
+        params={"initial_model_job_id": "22222222-2222-4222-8222-222222222222"},
+    )
+    assert detail.type == "JobNotFound"
