@@ -113,3 +113,42 @@ def test_a_site_killed_mid_round(cluster, tmp_path, min_responses):
         cluster.sites["site-2"].close()
         cluster.start_site("site-2")
         cluster.wait_connected(SITES)
+
+
+def test_admin_commands_reach_the_real_sites_of_a_running_job(cluster, tmp_path):
+    job = write_job(tmp_path, tmp_path / "out", extra_args=("--hang-round", "1"))
+    job_id = cluster.submit(job)
+    _wait_round(cluster, job_id, 1)
+    s = cluster.session
+    wait_until(lambda: all(job_id in row["running_jobs"] for row in s.get_client_job_status()), 10)
+    stats = s.show_stats(job_id, "client")
+    assert set(stats) == set(SITES)
+    assert all(stats[site]["state"] == "running" for site in SITES), stats
+    assert "jobs" in s.ls_target("site-1")
+    assert job_id in s.get_job_logs(job_id, "site-2")
+    s.abort_job(job_id)
+    wait_until(lambda: not any(cluster.site_job_pids(x) for x in SITES), 15)
+
+
+def test_sites_restart_and_shut_down_when_told(cluster):
+    s = cluster.session
+    registry = cluster.server.server.registry
+    before = cluster.server.call(lambda: registry.get("site-1").session_id)
+    assert s.restart("client", ["site-1"]) == {"site-1": "restarting"}
+    wait_until(
+        lambda: (
+            (site := cluster.server.call(lambda: registry.get("site-1"))) is not None
+            and site.session_id != before
+        ),
+        20,
+    )
+    assert cluster.sites["site-1"].proc.poll() is None  # same process, registered again
+    assert s.shutdown("client", ["site-2"]) == {"site-2": "stopping"}
+    assert cluster.sites["site-2"].proc.wait(20) == 0
+    cluster.sites["site-2"].close()
+    cluster.start_site("site-2")
+    cluster.wait_connected(SITES)
+    result = s.shutdown_system()
+    assert sorted(result["sites"]) == list(SITES)
+    for site in SITES:
+        assert cluster.sites[site].proc.wait(20) == 0
