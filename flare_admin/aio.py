@@ -212,7 +212,9 @@ class AsyncSession:
             try:
                 while True:
                     chunk = await asyncio.to_thread(next, chunks, _END)
-                    if chunk is _END:
+                    if chunk is _END or holder[0].done():
+                        # done: refused (e.g. at the header) while this chunk was read; a
+                        # write now would make grpc.aio report INTERNAL, not the refusal
                         return
                     yield common_pb2.TransferChunk(data=chunk)  # type: ignore[arg-type]
             except GeneratorExit:  # the call ended first (e.g. refused at the header)
