@@ -199,6 +199,7 @@ class JobRunner:
     async def stop(self) -> None:
         """The server is stopping: end every run ABNORMAL and tell its sites."""
         for run in list(self.runs.values()):
+            run.server_stopping = True
             run.post(("abort_server", "the server stopped while the job was running"))
         tasks = [r.task for r in self.runs.values() if r.task is not None]
         if tasks:
@@ -254,6 +255,7 @@ class JobRun:
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.ending = False
+        self.server_stopping = False
         self.controller: RoundController | None = None
         self.plan: Plan | None = None
         self.results: ResultFolder | None = None
@@ -796,6 +798,15 @@ class JobRun:
         save_params(model, target)
 
     async def _end_sites(self, status: str) -> None:
+        if self.server_stopping:  # no time for logs: tell the sites to stop user code now
+            for site in self.sites:
+                try:
+                    self.registry.send(
+                        site, _envelope(self.job_id, "job.abort", {"reason": "the server stopped"})
+                    )
+                except errors.InvalidTarget:
+                    pass
+            return
         ended: list[str] = []
         for site in self.sites:
             if site in self.registry and site not in self._disconnected:

@@ -294,3 +294,26 @@ def test_a_model_source_must_have_completed(server, kits, admin):
         params={"initial_model_job_id": "22222222-2222-4222-8222-222222222222"},
     )
     assert detail.type == "JobNotFound"
+
+
+def test_a_server_stopping_mid_job_ends_it_abnormal_and_tells_its_sites(server_kit, kits, tmp_path):
+    from flare_server.jobs import JobStore
+
+    srv = ServerThread(server_kit, tmp_path / "ws2", heartbeat_interval=0.2, deploy_timeout=30.0)
+    srv.start()
+    try:
+        stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
+        with channel, FakeSite(kits["site-1"], srv.site_address) as s1:
+            wait_until(lambda: len(srv.server.registry) == 1)
+            job_id = submit(stub, _one_site_job())
+            wait_until(lambda: _messages(s1, "job.deploy"))
+            _send(s1, job_id, "job.status", {"status": "deployed"})
+            wait_until(lambda: _messages(s1, "task.train"))
+            srv.stop()
+            assert [m.job_id for m in _messages(s1, "job.abort")] == [job_id]
+    finally:
+        srv.stop()
+    with JobStore.open(tmp_path / "ws2" / "jobs") as store:
+        meta = store.get(job_id)
+    assert meta["status"] == "FINISHED:ABNORMAL"
+    assert meta["status_history"][-1]["reason"] == "the server stopped while the job was running"
