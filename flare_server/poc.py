@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import json
 import os
@@ -190,6 +191,7 @@ class LocalProject:
         self.ready: dict[str, Any] = {}
         self._logs: list[Any] = []
         self._lock = threading.Lock()
+        self._lock_fd: int | None = None
 
     # -- addresses ---------------------------------------------------------------------
 
@@ -324,6 +326,7 @@ class LocalProject:
 
         On failure everything started is stopped again before the error is raised.
         """
+        self._take_workspace()
         try:
             self.start_server(timeout)
             self.start_sites()
@@ -332,6 +335,23 @@ class LocalProject:
             self.stop()
             raise
         return self
+
+    def _take_workspace(self) -> None:
+        """Hold ``<workspace>/poc.lock``: a second run would rewrite the kits' addresses."""
+        path = self.kits.workspace / "poc.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FlareError(
+                f"another flare poc or simulate (pid {holder}) runs in workspace "
+                f"{self.kits.workspace}; stop it first or use another -w"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
 
     # -- stop -----------------------------------------------------------------------------
 
@@ -366,6 +386,9 @@ class LocalProject:
             for log in self._logs:
                 log.close()
             self._logs.clear()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the workspace lock
+                self._lock_fd = None
 
     def __enter__(self) -> LocalProject:
         return self.start()

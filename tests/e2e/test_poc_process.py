@@ -184,3 +184,16 @@ def test_the_site_count_is_bounded():
     assert site_names(3) == ["site-1", "site-2", "site-3"]
     with pytest.raises(FlareError, match="between 1 and 64"):
         site_names(0)
+
+
+def test_a_second_poc_in_the_same_workspace_is_refused_and_the_first_keeps_running(poc, tmp_path):
+    first = poc()
+    first.wait_ready()
+    second = subprocess.run(
+        [sys.executable, "-m", "flare_cli.main", "poc", "-w", str(tmp_path / "ws")],
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )
+    assert second.returncode == 2
+    assert "another flare poc or simulate" in second.stderr
+    with new_secure_session(ADMIN_NAME, _admin_kit(tmp_path / "ws")) as s:
+        assert len(s.get_connected_client_list()) == 2
