@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -118,3 +121,51 @@ def test_a_failing_job_exits_1_naming_its_status_and_reason(tmp_path):
     assert "ended FINISHED:EXECUTION_EXCEPTION: " in ended
     assert "failed on site-" in ended  # the reason names the site
     assert "bad data [red]on this site[/red]" in done.stdout  # user text is not markup
+
+
+def test_ctrl_c_stops_the_simulation_and_every_process(tmp_path):
+
+    ws = tmp_path / "ws"
+    out = tmp_path / "out.txt"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flare_cli.main", "simulate", str(_hanging_job(tmp_path)),
+         "-w", str(ws)],
+        stdout=open(out, "wb"), stderr=subprocess.STDOUT, cwd=REPO,  # noqa: SIM115
+    )
+    deadline = time.monotonic() + 60
+    while sum("train.py" in cmd for cmd in _processes_in(ws)) < 2:  # both scripts run
+        assert proc.poll() is None and time.monotonic() < deadline, out.read_text()
+        time.sleep(0.05)
+    ready = json.loads((ws / "logs" / "server.ready.json").read_text())
+    pids = [ready["pid"]] + [
+        int((ws / "poc" / "prod_00" / s / "workspace" / "site.lock").read_text())
+        for s in ("site-1", "site-2")
+    ]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 130
+    for pid in pids:
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.monotonic() < deadline, f"pid {pid} outlived flare simulate"
+            time.sleep(0.05)
+    assert _processes_in(ws) == []  # the job's training scripts are gone too
+
+
+def _processes_in(folder: Path) -> list[str]:
+    """Command lines of live processes whose working directory is inside ``folder``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cwd = os.readlink(entry / "cwd")
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if cwd.startswith(str(folder)):
+            found.append(cmd)
+    return found
