@@ -177,6 +177,20 @@ class JobRunner:
         self.runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(run.main(), name=f"job-{job_id}")
 
+    def free_slots(self) -> dict[str, int]:
+        """Jobs each connected site with a ``max_jobs`` resource can still take."""
+        free: dict[str, int] = {}
+        for name in self.server.registry.names():
+            site = self.server.registry.get(name)
+            try:
+                limit = int(site.resources.get("max_jobs", "")) if site else 0
+            except ValueError:
+                continue
+            if limit > 0:
+                running = sum(1 for r in self.runs.values() if name in r.sites)
+                free[name] = max(0, limit - running)
+        return free
+
     def on_site_message(self, site: str, envelope: site_pb2.Envelope) -> None:
         """Route a site's job message to its run (messages for no run are dropped)."""
         run = self.runs.get(envelope.job_id)
@@ -218,8 +232,8 @@ class JobRunner:
         if site is None:
             return
         for job_id in site.running_jobs:
-            run = self.runs.get(job_id)
-            if run is None or name not in run.sites or run.ending:
+            owner = self.runs.get(job_id)
+            if owner is None or name not in owner.sites or owner.ending:
                 # e.g. after a server restart: the store ended it; the site must clean up.
                 log.info(
                     "site %s still runs job %s, which is not running here: abort it",
@@ -598,15 +612,15 @@ class JobRun:
             return []
         task_id = str(body.get("task_id", ""))[:128]
         self._sent.pop(task_id, None)
-        error = body.get("error")
+        failure = body.get("error")
         blob = None
         if envelope.blobs:
             blob = self.blobs.uploaded(envelope.blobs[0].blob_id, self.job_id, site)
         self._outstanding.pop(task_id, None)
         try:
-            if error:
+            if failure:
                 return await asyncio.to_thread(
-                    controller.on_task_failed, site, task_id, str(error)[:8000]
+                    controller.on_task_failed, site, task_id, str(failure)[:8000]
                 )
             if body.get("kind") == "validate":
                 metrics = body.get("metrics")
@@ -897,6 +911,9 @@ class JobRun:
 
     def _cleanup(self) -> None:
         self.runner.runs.pop(self.job_id, None)
+        scheduler = getattr(self.server, "scheduler", None)
+        if scheduler is not None:
+            scheduler.poke()  # the job's sites may have room for a waiting job now
         self.blobs.forget_job(self.job_id)
         if self.results is not None:
             self.results.close()

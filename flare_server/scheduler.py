@@ -6,9 +6,10 @@ connected. Until then it stays SUBMITTED and its meta carries ``schedule_reason`
 ``waiting for sites: site-2 (deploy_map) / 1 of 2 min_clients connected``. The waiting
 jobs are re-evaluated whenever a job is submitted and whenever a site connects or
 disconnects; evaluations are coalesced (one runs at a time, a request during a run
-triggers one more run). A runnable job is handed to a :class:`JobLauncher`, the seam that
-the next issue fills with real execution; the default launcher only marks the job
-DISPATCHED and records that execution is not implemented yet.
+triggers one more run). A site that announced a ``max_jobs`` resource at Register and
+already runs that many jobs counts as not available (the reason says so). A runnable job
+is handed to a :class:`JobLauncher`: the server's :class:`~flare_server.job_runner.JobRunner`
+(``DispatchOnlyLauncher`` only marks the job DISPATCHED, for tests of placement alone).
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ class Scheduler:
 
     async def evaluate(self) -> None:
         """One pass over every SUBMITTED job (store work in one worker-thread call)."""
+        free_slots = getattr(self.launcher, "free_slots", None)
+        free = dict(free_slots()) if free_slots is not None else {}
         connected = frozenset(self.registry.names())
-        runnable = await asyncio.to_thread(self._plan, connected)
+        runnable = await asyncio.to_thread(self._plan, connected, free)
         for job_id, meta, sites in runnable:
             try:
                 log.info("job %s runnable on %s", job_id, ", ".join(sites))
@@ -142,8 +145,14 @@ class Scheduler:
             except Exception:
                 log.exception("launching job %s failed", job_id)
 
-    def _plan(self, connected: frozenset[str]) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
-        """Record waiting reasons; return the runnable jobs (runs in a worker thread)."""
+    def _plan(
+        self, connected: frozenset[str], free: dict[str, int] | None = None
+    ) -> list[tuple[str, dict[str, Any], tuple[str, ...]]]:
+        """Record waiting reasons; return the runnable jobs (runs in a worker thread).
+
+        ``free``: jobs a site with a ``max_jobs`` limit can still take (others: no limit).
+        """
+        free = dict(free or {})
         runnable = []
         for summary in self.store.list(statuses=[JobStatus.SUBMITTED]):
             job_id = summary.job_id
@@ -151,11 +160,19 @@ class Scheduler:
                 meta = dict(self.store.get(job_id))
                 if meta.get("status") != JobStatus.SUBMITTED.value:
                     continue
-                placement = place(meta, connected)
+                full = sorted(s for s in connected if free.get(s, 1) <= 0)
+                placement = place(meta, connected - frozenset(full))
                 if placement.sites is not None:
                     runnable.append((job_id, meta, placement.sites))
-                elif meta.get("schedule_reason") != placement.reason:
-                    self.store.update(job_id, schedule_reason=placement.reason)
+                    for site in placement.sites:  # count it against the jobs after it
+                        if site in free:
+                            free[site] -= 1
+                    continue
+                reason = placement.reason
+                if full:
+                    reason += f" / at their max_jobs limit: {', '.join(full)}"
+                if meta.get("schedule_reason") != reason:
+                    self.store.update(job_id, schedule_reason=reason)
             except (InvalidTransition, JobNotFound):
                 log.info("job %s changed while being scheduled; skipped", job_id)
             except Exception:

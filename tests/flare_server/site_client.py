@@ -32,15 +32,21 @@ class FakeSite:
         self._stop = threading.Event()
         self._beat = True
 
-    def register(self, running_jobs: tuple[str, ...] = ()) -> site_pb2.RegisterReply:
+    def register(
+        self, running_jobs: tuple[str, ...] = (), resources: dict[str, str] | None = None
+    ) -> site_pb2.RegisterReply:
         self.reply = self.stub.Register(
-            site_pb2.RegisterRequest(site_version="test", running_jobs=list(running_jobs)),
+            site_pb2.RegisterRequest(
+                site_version="test", running_jobs=list(running_jobs), resources=resources or {}
+            ),
             timeout=5,
         )
         return self.reply
 
-    def open(self, running_jobs: tuple[str, ...] = ()) -> FakeSite:
-        self.register(running_jobs)
+    def open(
+        self, running_jobs: tuple[str, ...] = (), resources: dict[str, str] | None = None
+    ) -> FakeSite:
+        self.register(running_jobs, resources)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._beater = threading.Thread(target=self._beat_loop, daemon=True)
         self._reader.start()

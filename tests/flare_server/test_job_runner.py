@@ -317,3 +317,23 @@ def test_a_server_stopping_mid_job_ends_it_abnormal_and_tells_its_sites(server_k
         meta = store.get(job_id)
     assert meta["status"] == "FINISHED:ABNORMAL"
     assert meta["status_history"][-1]["reason"] == "the server stopped while the job was running"
+
+
+def test_a_site_at_its_max_jobs_takes_the_next_job_only_when_one_ends(server, kits, admin):
+    site = FakeSite(kits["site-1"], server.site_address).open(resources={"max_jobs": "1"})
+    try:
+        wait_until(lambda: len(server.server.registry) == 1)
+        first = submit(admin, _one_site_job())
+        second = submit(admin, _one_site_job())
+        wait_until(lambda: _messages(site, "job.deploy"))
+        wait_until(
+            lambda: (
+                "at their max_jobs limit: site-1" in _meta(admin, second).get("schedule_reason", "")
+            )
+        )
+        assert [m.job_id for m in _messages(site, "job.deploy")] == [first]
+        _send(site, first, "job.status", {"status": "failed", "error": "no"})
+        wait_until(lambda: len(_messages(site, "job.deploy")) == 2)
+        assert _messages(site, "job.deploy")[1].job_id == second
+    finally:
+        site.close()
