@@ -62,7 +62,12 @@ def main(argv: list[str] | None = None) -> int:
             restart = asyncio.run(_serve(server, args.ready_file))
             if not restart:
                 return 0
-            log.info("restarting")
+            # Sites keep dialling the ports they know: a restart binds the same ones again
+            # (and rewrites the ready file), also when they were chosen with port 0.
+            settings = settings.replace(
+                admin_port=server.admin_port, fed_learn_port=server.site_port
+            )
+            log.info("restarting on the same ports")
     except FlareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -228,8 +228,14 @@ def test_the_restart_command_restarts_the_server_in_place(kits, tmp_path):
             )
         assert json.loads(reply.result_json) == {"server": "restarting"}
         wait_until(proc.ready_file.exists, timeout=10)
+        before = dict(proc.ready)
         proc.ready = json.loads(proc.ready_file.read_text())
         assert proc.proc.poll() is None  # the same process
+        # ... on the same ports, although they were first chosen with port 0
+        assert (proc.ready["admin_port"], proc.ready["fed_learn_port"]) == (
+            before["admin_port"],
+            before["fed_learn_port"],
+        )
         stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
         with channel:
             meta = stub.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5)
