@@ -197,3 +197,28 @@ def test_a_second_poc_in_the_same_workspace_is_refused_and_the_first_keeps_runni
     assert "another flare poc or simulate" in second.stderr
     with new_secure_session(ADMIN_NAME, _admin_kit(tmp_path / "ws")) as s:
         assert len(s.get_connected_client_list()) == 2
+
+
+def test_a_restarted_server_keeps_its_ports_and_the_sites_come_back(tmp_path):
+    from flare_server.poc import LocalProject
+
+    kits = provision_local(tmp_path, ["site-1", "site-2"])
+    with LocalProject(kits) as project:
+        ready = json.loads(project.ready_file.read_text())
+        with project.session() as s:
+            assert s.restart("server") == {"server": "restarting"}
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with project.session() as s:
+                    if len(s.get_connected_client_list()) == 2:
+                        break
+            except FlareError:
+                pass  # still restarting
+            assert time.monotonic() < deadline, "the sites did not come back"
+            time.sleep(0.1)
+        again = json.loads(project.ready_file.read_text())
+        assert (again["admin_port"], again["fed_learn_port"]) == (
+            ready["admin_port"], ready["fed_learn_port"],
+        )
+        assert project.dead_children() == {}
