@@ -222,3 +222,14 @@ def test_a_restarted_server_keeps_its_ports_and_the_sites_come_back(tmp_path):
             ready["admin_port"], ready["fed_learn_port"],
         )
         assert project.dead_children() == {}
+
+
+def test_shutdown_system_from_a_session_ends_poc_with_every_process(poc, tmp_path):
+    p = poc()
+    p.wait_ready()
+    pids = p.child_pids()
+    with new_secure_session(ADMIN_NAME, _admin_kit(tmp_path / "ws")) as s:
+        s.shutdown_system()
+    assert p.proc.wait(60) == 0
+    assert _wait_gone(pids, 5) == []
+    assert "the server exited (status 0)" in p.output()
