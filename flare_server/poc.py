@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -167,11 +167,23 @@ def set_server_address(kit_dir: Path, address: str) -> None:
     os.replace(tmp, path)
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGTERM us when the process that started us dies."""
-    with contextlib.suppress(Exception):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the child get SIGTERM when its parent dies (Linux), or None.
+
+    ``prctl`` is looked up here, in the parent: the child (forked from a process that may
+    run threads) then only calls a function pointer, no dynamic loading.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+    def set_parent_death_signal() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return set_parent_death_signal
 
 
 class LocalProject:
@@ -222,7 +234,7 @@ class LocalProject:
             cwd=self.kits.workspace,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent(),  # noqa: PLW1509
         )
 
     def console_tail(self, name: str, lines: int = 15) -> str:
