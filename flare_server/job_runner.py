@@ -656,12 +656,22 @@ class JobRun:
         """Load an update and hand it to the controller (in a worker thread)."""
         controller = self.controller
         assert controller is not None
+        started = time.perf_counter()
         try:
             params = load_params(path)
             update = ModelUpdate.from_result(body, params, site)
         except errors.InvalidModel as exc:
             return controller.on_task_failed(site, task_id, f"its update is unusable: {exc}")
-        return controller.on_result(site, task_id, update)
+        loaded = time.perf_counter()
+        actions = controller.on_result(site, task_id, update)
+        self.log.debug(
+            "job %s: update of %s: load %.3f s, controller %.3f s",
+            self.job_id,
+            site,
+            loaded - started,
+            time.perf_counter() - loaded,
+        )
+        return actions
 
     def _metric(self, site: str, body: dict[str, Any]) -> None:
         assert self.controller is not None and self.results is not None
