@@ -571,6 +571,13 @@ def _site_name(value: object) -> str | None:
     return value
 
 
+def row_offset(value: object) -> int:
+    """``start`` of the row readers: how many (matching) rows to skip, an int >= 0."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgumentError(f"start must be a row count >= 0, got {value!r}")
+    return value
+
+
 def job_metrics(
     jid: str, site: str | None = None, key: str | None = None, offset: int = 0
 ) -> Unary:

@@ -350,9 +350,9 @@ class AsyncSession:
 
     # -- results ------------------------------------------------------------------------------
 
-    async def _pages(self, make: Callable[[int], _ops.Unary]) -> list[Any]:
+    async def _pages(self, make: Callable[[int], _ops.Unary], start: int = 0) -> list[Any]:
         rows: list[Any] = []
-        offset = 0
+        offset = start
         while True:
             page: _ops.Page = await self._unary(make(offset))
             rows.extend(page.rows)
@@ -361,16 +361,27 @@ class AsyncSession:
             offset = page.next_offset
 
     async def get_job_metrics(
-        self, job_id: str, *, site: str | None = None, key: str | None = None
+        self,
+        job_id: str,
+        *,
+        site: str | None = None,
+        key: str | None = None,
+        start: int = 0,
     ) -> list[MetricRow]:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
+        first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)
-        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset))
+        return await self._pages(
+            lambda offset: _ops.job_metrics(job_id, site, key, offset), first
+        )
 
-    async def get_validations(self, job_id: str, *, site: str | None = None) -> list[ValidationRow]:
+    async def get_validations(
+        self, job_id: str, *, site: str | None = None, start: int = 0
+    ) -> list[ValidationRow]:
         """The sites' validations of each round's global model."""
+        first = _ops.row_offset(start)
         _ops.job_validations(job_id, site)
-        return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
+        return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
 
     async def get_job_summary(self, job_id: str) -> dict[str, Any]:
         """The server's summary of a finished job's run (see ``Session.get_job_summary``)."""

@@ -413,9 +413,9 @@ class Session:
 
     # -- results ------------------------------------------------------------------------------
 
-    def _pages(self, make: Callable[[int], _ops.Unary]) -> list[Any]:
+    def _pages(self, make: Callable[[int], _ops.Unary], start: int = 0) -> list[Any]:
         rows: list[Any] = []
-        offset = 0
+        offset = start
         while True:
             page: _ops.Page = self._unary(make(offset))
             rows.extend(page.rows)
@@ -424,21 +424,32 @@ class Session:
             offset = page.next_offset
 
     def get_job_metrics(
-        self, job_id: str, *, site: str | None = None, key: str | None = None
+        self,
+        job_id: str,
+        *,
+        site: str | None = None,
+        key: str | None = None,
+        start: int = 0,
     ) -> list[MetricRow]:
         """The metrics sites streamed for a job (so far, while it runs), in arrival order.
 
-        ``site``/``key`` keep only that site's or that metric's rows. Each row is a
-        :class:`MetricRow` (``site, round, key, value, step, time``);
-        :func:`flare_admin.rounds_table` arranges them per round.
+        ``site``/``key`` keep only that site's or that metric's rows; ``start`` skips the
+        first rows (of those), so ``rows += s.get_job_metrics(j, start=len(rows))``
+        follows a running job. Each row is a :class:`MetricRow` (``site, round, key,
+        value, step, time``); :func:`flare_admin.rounds_table` arranges them per round.
         """
+        first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)  # argument checks before any call
-        return self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset))
+        return self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
 
-    def get_validations(self, job_id: str, *, site: str | None = None) -> list[ValidationRow]:
-        """The sites' validations of each round's global model (:class:`ValidationRow`)."""
+    def get_validations(
+        self, job_id: str, *, site: str | None = None, start: int = 0
+    ) -> list[ValidationRow]:
+        """The sites' validations of each round's global model (:class:`ValidationRow`);
+        ``start`` skips the first rows, as in :meth:`get_job_metrics`."""
+        first = _ops.row_offset(start)
         _ops.job_validations(job_id, site)
-        return self._pages(lambda offset: _ops.job_validations(job_id, site, offset))
+        return self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
 
     def get_job_summary(self, job_id: str) -> dict[str, Any]:
         """The server's summary of a finished job's run: workflow, rounds completed, final

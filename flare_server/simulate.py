@@ -163,13 +163,16 @@ class _Progress:
 
 def _poll_metrics(session: Session, progress: _Progress, done: threading.Event) -> None:
     while not done.wait(0.5):
-        try:
-            metrics = session.get_job_metrics(progress.job_id)
-            validations = session.get_validations(progress.job_id)
+        try:  # only the rows that arrived since the last look
+            metrics = session.get_job_metrics(progress.job_id, start=len(progress.metrics))
+            validations = session.get_validations(
+                progress.job_id, start=len(progress.validations)
+            )
         except FlareError:
             continue  # a server without the readers, or busy: the final read reports it
         with progress.lock:
-            progress.metrics, progress.validations = metrics, validations
+            progress.metrics.extend(metrics)
+            progress.validations.extend(validations)
 
 
 def run_simulation(

@@ -81,6 +81,16 @@ def test_metrics_hold_every_sites_streamed_loss_for_every_round(session, finishe
     assert all(np.isfinite(r.value) and r.time > 0 for r in losses)
 
 
+def test_start_skips_rows_so_a_running_job_can_be_followed(session, finished_job):
+    rows = session.get_job_metrics(finished_job)
+    assert session.get_job_metrics(finished_job, start=5) == rows[5:]
+    assert session.get_job_metrics(finished_job, start=len(rows)) == []
+    site_rows = session.get_job_metrics(finished_job, site="site-1")
+    assert session.get_job_metrics(finished_job, site="site-1", start=3) == site_rows[3:]
+    vals = session.get_validations(finished_job)
+    assert session.get_validations(finished_job, start=1) == vals[1:]
+
+
 def test_metric_filters_by_site_and_key(session, finished_job):
     rows = session.get_job_metrics(finished_job, site="site-2", key="train_loss")
     assert rows and {(r.site, r.key) for r in rows} == {("site-2", "train_loss")}

@@ -139,6 +139,14 @@ def test_readers_refuse_a_malformed_job_id(session: Session):
         session.download_model("nope")
 
 
+@pytest.mark.parametrize("bad", [-1, 1.0, "3", True])
+def test_readers_refuse_a_bad_start(session: Session, bad: Any):
+    with pytest.raises(InvalidArgumentError, match="start"):
+        session.get_job_metrics(JOB, start=bad)
+    with pytest.raises(InvalidArgumentError, match="start"):
+        session.get_validations(JOB, start=bad)
+
+
 def test_readers_refuse_a_bad_site_filter(session: Session):
     with pytest.raises(InvalidTarget):
         session.get_job_metrics(JOB, site="../x")
