@@ -73,6 +73,10 @@ class UploadPolicy(Protocol):
         """The folder for this upload and its byte cap; raise a FlareError to refuse."""
         ...
 
+    def on_uploaded(self, blob: UploadedBlob) -> None:
+        """An upload it allowed arrived whole."""
+        ...
+
 
 def sha256_of(path: Path) -> tuple[str, int]:
     """Hex SHA-256 and size of a file."""
@@ -258,6 +262,7 @@ class BlobRegistry:
         )
         blob = UploadedBlob(blob_id, job_id, site, kind, task_id, final, received, expected_sha)
         self._uploaded[blob_id] = blob
+        policy.on_uploaded(blob)
         return blob
 
 

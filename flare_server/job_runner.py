@@ -53,7 +53,7 @@ from flare_protocol.app_config import (
     parse_server_config,
 )
 from flare_protocol.models import Params, load_params, save_params
-from flare_server.blobs import BlobRegistry, ServedBlob, sha256_of
+from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
 from flare_server.jobs import JobStatus, safe_extract
 from flare_server.results import ResultFolder
 from flare_server.workflows import (
@@ -82,6 +82,7 @@ FAILED_TO_RUN = JobStatus.FINISHED_FAILED_TO_RUN.value
 SERVER_TARGET = "server"
 ALL_SITES = "@ALL"
 LOG_CAP = 256 * 1024 * 1024
+MAX_LOG_UPLOADS = 3
 _KEY_MAX = 256
 
 
@@ -280,6 +281,8 @@ class JobRun:
         self._grace: dict[str, asyncio.TimerHandle] = {}
         self._disconnected: set[str] = set()
         self._outstanding: dict[str, str] = {}  # train task id -> site (may upload)
+        self._uploaded_tasks: set[str] = set()
+        self._log_uploads: dict[str, int] = {}
         self._sent: dict[str, tuple[site_pb2.Envelope, str]] = {}  # task id -> (env, session)
         self._model_blobs: dict[int, ServedBlob] = {}
         self._logs: dict[str, Any] = {}  # site -> uploaded log blob or an error text
@@ -296,6 +299,10 @@ class JobRun:
         if site not in self.sites:
             raise errors.AuthorizationError(f"job {self.job_id} does not run on site {site}")
         if kind == "update":
+            if task_id in self._uploaded_tasks:
+                raise errors.InvalidArgumentError(
+                    f"task {task_id[:128]!r} of job {self.job_id}: its update was already uploaded"
+                )
             if self._outstanding.get(task_id) != site:
                 raise errors.InvalidArgumentError(
                     f"task {task_id[:128]!r} of job {self.job_id} is not awaiting an update "
@@ -303,10 +310,20 @@ class JobRun:
                 )
             return self.work / "uploads", self.settings.max_blob_bytes
         if kind == "log":
+            if self._log_uploads.get(site, 0) >= MAX_LOG_UPLOADS:
+                raise errors.InvalidArgumentError(
+                    f"site {site} already sent {MAX_LOG_UPLOADS} logs for job {self.job_id}"
+                )
             return self.work / "uploads", LOG_CAP
         raise errors.InvalidArgumentError(
             f"unknown upload kind {kind[:32]!r}; expected update or log"
         )
+
+    def on_uploaded(self, blob: UploadedBlob) -> None:
+        if blob.kind == "update":
+            self._uploaded_tasks.add(blob.task_id)
+        else:
+            self._log_uploads[blob.site] = self._log_uploads.get(blob.site, 0) + 1
 
     # -- main ------------------------------------------------------------------------------
     async def main(self) -> None:
@@ -420,6 +437,7 @@ class JobRun:
         }
         failures: dict[str, str] = {}
         waiting = set(self.sites)
+        deploys: dict[str, site_pb2.Envelope] = {}
         for site in self.sites:
             app = plan.site_apps[site]
             body = {
@@ -427,14 +445,15 @@ class JobRun:
                 "client_config": plan.client_configs[app],
                 "total_rounds": plan.config.num_rounds,
             }
+            deploys[site] = _envelope(self.job_id, "job.deploy", body, refs[app])
             try:
-                self.registry.send(site, _envelope(self.job_id, "job.deploy", body, refs[app]))
+                self.registry.send(site, deploys[site])
             except errors.InvalidTarget:
                 failures[site] = "not connected"
                 waiting.discard(site)
         self.log.info("job %s: deploying app(s) to %s", self.job_id, ", ".join(self.sites))
         deadline = time.monotonic() + self.settings.deploy_timeout
-        while waiting:
+        while waiting and not failures:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 for site in waiting:
@@ -451,8 +470,14 @@ class JobRun:
                 raise _Finish(ABORTED, str(event[1]))
             if kind == "abort_server":
                 raise _Finish(ABNORMAL, str(event[1]))
-            if kind == "disconnected" and event[1] in waiting:
-                failures[event[1]] = "disconnected during the deployment"
+            if kind == "disconnected":
+                self._site_left(event[1])
+            elif kind == "connected":
+                self._site_back(event[1])
+                if event[1] in waiting and event[1] in self.registry:
+                    self.registry.send(event[1], deploys[event[1]])  # it may have been lost
+            elif kind == "lost" and event[1] in waiting and event[1] in self._disconnected:
+                failures[event[1]] = f"disconnected during the deployment: {event[2]}"
                 waiting.discard(event[1])
             elif kind == "message":
                 site, envelope = event[1], event[2]
@@ -520,21 +545,7 @@ class JobRun:
             self._forced = JobFinished(ABNORMAL, str(event[1]), controller.global_model or None)
             return []
         if kind == "disconnected":
-            site = event[1]
-            self._disconnected.add(site)
-            grace = self.settings.reconnect_grace
-            self.log.info(
-                "job %s: site %s disconnected; waiting %g s for it to return",
-                self.job_id,
-                site,
-                grace,
-            )
-            old = self._grace.pop(site, None)
-            if old:
-                old.cancel()
-            self._grace[site] = asyncio.get_running_loop().call_later(
-                grace, self.post, ("lost", site, f"disconnected for more than {grace:g} s")
-            )
+            self._site_left(event[1])
             return []
         if kind == "connected":
             return await self._reconnected(event[1])
@@ -545,13 +556,30 @@ class JobRun:
                 return await asyncio.to_thread(controller.on_site_lost, site, event[2])
         return []
 
-    async def _reconnected(self, site: str) -> list[Action]:
-        controller = self.controller
-        assert controller is not None
+    def _site_left(self, site: str) -> None:
+        """A site disconnected: it has ``reconnect_grace`` seconds to come back."""
+        self._disconnected.add(site)
+        grace = self.settings.reconnect_grace
+        self.log.info(
+            "job %s: site %s disconnected; waiting %g s for it to return", self.job_id, site, grace
+        )
+        old = self._grace.pop(site, None)
+        if old:
+            old.cancel()
+        self._grace[site] = asyncio.get_running_loop().call_later(
+            grace, self.post, ("lost", site, f"disconnected for more than {grace:g} s")
+        )
+
+    def _site_back(self, site: str) -> None:
         handle = self._grace.pop(site, None)
         if handle:
             handle.cancel()
         self._disconnected.discard(site)
+
+    async def _reconnected(self, site: str) -> list[Action]:
+        controller = self.controller
+        assert controller is not None
+        self._site_back(site)
         connected = self.registry.get(site)
         if connected is None:
             return []
