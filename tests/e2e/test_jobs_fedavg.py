@@ -52,20 +52,28 @@ def test_a_fedavg_job_completes_with_the_weighted_mean_of_what_sites_sent(
         np.testing.assert_allclose(final[k], model[k], rtol=1e-6)
 
 
-def _adam_step(global_model, mean, m, v, lr, b1, b2, tau):
+def _server_step(opt, global_model, mean, m, v, lr, b1, b2, tau):
+    """One FedOpt step as in Reddi et al. (no bias correction, v starts at tau**2)."""
     new, m2, v2 = {}, {}, {}
     for k, g in global_model.items():
         delta = mean[k] - g.astype(np.float64)
         m2[k] = b1 * m.get(k, 0.0) + (1 - b1) * delta
-        v2[k] = b2 * v.get(k, tau**2) + (1 - b2) * delta**2  # v starts at tau**2
+        v_old = v.get(k, tau**2)
+        if opt == "adam":
+            v2[k] = b2 * v_old + (1 - b2) * delta**2
+        elif opt == "adagrad":
+            v2[k] = v_old + delta**2
+        else:  # yogi
+            v2[k] = v_old - (1 - b2) * delta**2 * np.sign(v_old - delta**2)
         new[k] = (g.astype(np.float64) + lr * m2[k] / (np.sqrt(v2[k]) + tau)).astype(g.dtype)
     return new, m2, v2
 
 
-def test_a_fedopt_adam_job_completes_with_the_independently_computed_model(cluster, tmp_path):
+@pytest.mark.parametrize("opt", ["adam", "yogi", "adagrad"])
+def test_a_fedopt_job_completes_with_the_independently_computed_model(cluster, tmp_path, opt):
     out = tmp_path / "sends"
-    opt = {"serveropt": "adam", "learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
-    job = write_job(tmp_path, out, workflow="fedopt", fedopt=opt, rounds=2)
+    cfg = {"serveropt": opt, "learning_rate": 0.1, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
+    job = write_job(tmp_path, out, workflow="fedopt", fedopt=cfg, rounds=2)
     job_id = cluster.submit(job)
     assert cluster.wait_done(job_id)["status"] == "FINISHED:COMPLETED"
     model = load_params(job / "app" / "models" / "initial.npz")
@@ -79,7 +87,7 @@ def test_a_fedopt_adam_job_completes_with_the_independently_computed_model(clust
             / total
             for k in model
         }
-        model, m, v = _adam_step(model, mean, m, v, 0.1, 0.9, 0.99, 1e-3)
+        model, m, v = _server_step(opt, model, mean, m, v, 0.1, 0.9, 0.99, 1e-3)
     final = load_params(cluster.result_dir(job_id) / "global_model.npz")
     for k in model:
         np.testing.assert_allclose(final[k], model[k], rtol=1e-5, atol=1e-6)
