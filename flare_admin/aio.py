@@ -56,6 +56,35 @@ __all__ = ["AsyncSession", "new_secure_async_session"]
 _END = object()
 
 
+#: How often an upload is tried when grpc.aio hides the server's refusal (see _WriteRace).
+_WRITE_RACE_ATTEMPTS = 4
+
+
+class _WriteRace(Exception):
+    """grpc.aio turned the server's early refusal of an upload into INTERNAL.
+
+    When the server ends SubmitJob early (it refuses the header: authorization, size,
+    continue-from-model) while the client is still writing chunks, grpc.aio can report its
+    own failed write (StatusCode.INTERNAL, "Internal error from Core") instead of the
+    server's status. Such a call never committed anything (the server commits only after
+    the whole stream), so the upload is simply tried again: the refusal is deterministic,
+    the race is not (about 1 early refusal in 100 here, measured), so a later attempt
+    reports the server's real error.
+    """
+
+    def __init__(self, error: grpc.RpcError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _is_write_race(exc: grpc.RpcError) -> bool:
+    try:
+        code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+    except Exception:
+        return False
+    return code is grpc.StatusCode.INTERNAL and "Internal error from Core" in details
+
+
 class _AsyncMonitorStep(MonitorStep):
     async def decide_async(
         self, session: Any, job_id: str, meta: JobMeta
@@ -203,6 +232,19 @@ class AsyncSession:
         upload = JobUpload.from_path(job_definition_path)
         if source is not None:
             _ops.model_source_ready(await self.get_job_meta(source))
+        for _ in range(_WRITE_RACE_ATTEMPTS - 1):
+            try:
+                return await self._submit_once(upload, progress, source)
+            except _WriteRace:
+                continue  # the server refused early; ask again to learn why (see _WriteRace)
+        try:
+            return await self._submit_once(upload, progress, source)
+        except _WriteRace as race:
+            raise self._map(race.error, "submit_job", submitting=True) from race.error
+
+    async def _submit_once(
+        self, upload: JobUpload, progress: ProgressCallback | None, source: str | None
+    ) -> str:
         failure: list[BaseException] = []
         holder: list[Any] = []
         chunks = upload.chunks(progress)
@@ -235,6 +277,8 @@ class AsyncSession:
         except grpc.RpcError as exc:
             if failure:
                 raise failure[0] from None
+            if _is_write_race(exc):
+                raise _WriteRace(exc) from exc
             raise self._map(exc, "submit_job", submitting=True) from exc
         if failure:
             raise failure[0]

@@ -267,6 +267,17 @@ def test_a_refusal_at_the_header_is_the_servers_error_whatever_the_timing(
             lead_b.submit_job(job_folder, initial_model_job_id=completed_job)
 
 
+async def test_async_refusal_at_the_header_is_the_servers_error_whatever_the_timing(
+    server: Any, kits: dict[str, Path], completed_job: str, job_folder: Path
+):
+    async with await AsyncSession.open(
+        "lead@org_b.com", kits["lead@org_b.com"], server_address=server.admin_address
+    ) as lead_b:
+        for _ in range(30):  # grpc.aio sometimes hides this refusal as INTERNAL: retried
+            with pytest.raises(AuthorizationError):
+                await lead_b.submit_job(job_folder, initial_model_job_id=completed_job)
+
+
 async def test_async_continue_checks_the_model_source_first(
     server: Any, admin_kit: Path, job_folder: Path
 ):
