@@ -345,7 +345,10 @@ class JobRun:
                     f"the server failed running the job: {type(exc).__name__}: {exc}",
                     None,
                 )
-            await self._finish(finished)
+            try:
+                await self._finish(finished)
+            except Exception:
+                self.log.exception("job %s: ending it failed", self.job_id)
         finally:
             self._cleanup()
 
@@ -826,13 +829,28 @@ class JobRun:
         self.log.info("job %s: ending %s: %s", self.job_id, status, reason)
         results = self.results
         if results is not None and finished.final_model is not None and status == COMPLETED:
-            await asyncio.to_thread(self._save_final, finished.final_model)
-        await self._end_sites(status)
+            try:
+                await asyncio.to_thread(self._save_final, finished.final_model)
+            except Exception as exc:  # e.g. a full disk: the job cannot count as completed
+                self.log.exception("job %s: cannot save the final model", self.job_id)
+                status = ABNORMAL
+                reason = f"the server could not save the final model: {exc}"
+                finished = JobFinished(status, reason, None, finished.failed_sites)
+        try:
+            await self._end_sites(status)
+        except Exception:
+            self.log.exception("job %s: ending the job on its sites failed", self.job_id)
         if results is not None:
-            await asyncio.to_thread(self._write_results, finished)
+            try:
+                await asyncio.to_thread(self._write_results, finished)
+            except Exception:
+                self.log.exception("job %s: writing the result folder failed", self.job_id)
         final = await self._set_final(status, reason)
         if results is not None and final != status:
-            await asyncio.to_thread(self._write_summary, finished, final)
+            try:
+                await asyncio.to_thread(self._write_summary, finished, final)
+            except Exception:
+                self.log.exception("job %s: rewriting summary.json failed", self.job_id)
         self.log.info("job %s: %s", self.job_id, final)
 
     def _save_final(self, model: Params) -> None:
