@@ -8,6 +8,7 @@ Public API (imported lazily, so ``import flare_server.jobs`` stays light)::
     load_server_kit(kit_dir)                       load a server kit's config
     Policy, Right, Scope, DEFAULT_POLICY           authorization (authz.py)
     JobLauncher, DispatchOnlyLauncher              the scheduling seam (scheduler.py)
+    JobRunner                                      runs jobs on sites (job_runner.py)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ __all__ = [
     "DEFAULT_POLICY",
     "DispatchOnlyLauncher",
     "JobLauncher",
+    "JobRunner",
     "Policy",
     "Right",
     "Scope",
@@ -39,6 +41,7 @@ _WHERE = {
     "DEFAULT_POLICY": "flare_server.authz",
     "JobLauncher": "flare_server.scheduler",
     "DispatchOnlyLauncher": "flare_server.scheduler",
+    "JobRunner": "flare_server.job_runner",
 }
 
 

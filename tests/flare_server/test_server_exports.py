@@ -13,6 +13,7 @@ def test_public_api_is_pinned():
         "DEFAULT_POLICY",
         "DispatchOnlyLauncher",
         "JobLauncher",
+        "JobRunner",
         "Policy",
         "Right",
         "Scope",
