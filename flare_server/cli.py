@@ -10,6 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
+from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
 from flare_server.app import Server, check_server_kit, load_server_kit
 from flare_server.settings import ServerSettings
@@ -44,6 +45,7 @@ async def _serve(server: Server, ready_file: Path | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
@@ -121,6 +122,7 @@ def _run_once(kit: Kit, settings: SiteSettings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

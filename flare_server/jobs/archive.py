@@ -14,9 +14,15 @@ works in this order, cheapest first, and stops at the first problem, naming the 
 5. the layout: ``meta.json`` at the archive root, or exactly one top-level folder
    ``<job_name>/`` holding ``meta.json`` and everything else (NVIDIA FLARE's zips look like
    this); nothing may sit beside that folder;
-6. the contents: every entry is inflated through a counting reader that stops at its declared
-   size and at the total cap, and its CRC is checked, so an entry that inflates to more
-   than it declares (a zip bomb lying about its size) is refused without being materialised;
+6. the contents: every *compressed* entry is inflated through a counting reader that stops at
+   its declared size and at the total cap, and its CRC is checked, so an entry that inflates
+   to more than it declares (a zip bomb lying about its size) is refused without being
+   materialised. A *stored* entry cannot inflate: it is checked without reading its data
+   (declared sizes equal, local header present and naming the same file, data inside the
+   archive and overlapping no other entry, so stored entries together never exceed the
+   upload's size). Its CRC is checked when it is extracted (:func:`safe_extract`, by the
+   job runner before anything runs): reading a GiB of weights back at upload only to
+   find a corruption that TLS and the extraction both catch cost about 0.3 s per GiB;
 7. the job format (meta.json schema, app folders, app configs) via
    :func:`flare_protocol.job_format.validate_job_files`.
 
@@ -65,7 +71,8 @@ class ArchiveLimits:
     max_entries: int = 10_000
     #: Optional cap on uncompressed/compressed size per entry of at least 1 MiB.
     max_ratio: float | None = None
-    #: Inflate every entry and check its CRC during validation (step 6 above).
+    #: Inflate every compressed entry and check its CRC, and check the placement of stored
+    #: entries, during validation (step 6 above).
     verify_contents: bool = True
 
 
@@ -250,6 +257,50 @@ def _copy_entry(
         raise _corrupt(name, EOFError(f"{written} of {info.file_size} bytes"))
 
 
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+_LOCAL_SIGNATURE = b"PK\x03\x04"
+
+
+def _check_placement(zf: zipfile.ZipFile, zip_path: Path, files: list[zipfile.ZipInfo]) -> None:
+    """Every entry's local header is where the central directory says, names the same
+    file, and its data lies inside the archive without overlapping the next entry."""
+    entries = sorted(files, key=lambda i: i.header_offset)
+    end_of_data = zf.start_dir  # type: ignore[attr-defined]
+    with open(zip_path, "rb") as fh:
+        for n, info in enumerate(entries):
+            name = info.orig_filename
+            fh.seek(info.header_offset)
+            raw = fh.read(_LOCAL_HEADER.size)
+            if len(raw) != _LOCAL_HEADER.size or raw[:4] != _LOCAL_SIGNATURE:
+                raise _corrupt(name, EOFError("no local header where the directory points"))
+            _, name_len, extra_len = _LOCAL_HEADER.unpack(raw)
+            local_name = fh.read(name_len)
+            if local_name not in (name.encode("utf-8"), name.encode("cp437", "replace")):
+                raise _corrupt(name, ValueError("the local header names another file"))
+            data_end = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+            data_end += info.compress_size
+            limit = entries[n + 1].header_offset if n + 1 < len(entries) else end_of_data
+            if data_end > limit:
+                raise _reject(
+                    f"archive entry {name!r} overlaps the next entry or the directory", name
+                )
+
+
+def _check_stored(info: zipfile.ZipInfo, budget: list[int]) -> None:
+    name = info.orig_filename
+    if info.compress_size != info.file_size:
+        raise _corrupt(
+            name,
+            ValueError(f"stored, yet {info.compress_size} bytes stand for {info.file_size} bytes"),
+        )
+    budget[0] -= info.file_size
+    if budget[0] < 0:
+        raise _reject(
+            f"archive inflates beyond the cap of {budget[1]} uncompressed bytes at entry {name!r}",
+            name,
+        )
+
+
 def _read_whole(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     name = info.orig_filename
     if info.file_size > CONFIG_READ_MAX_BYTES:
@@ -315,9 +366,13 @@ def validate_job_archive(zip_path: Path, limits: ArchiveLimits = ArchiveLimits()
     with _open_checked(zip_path, limits) as zf:
         scan = _scan(zf, limits)
         if limits.verify_contents:
+            _check_placement(zf, zip_path, list(scan.files.values()))
             budget = [limits.max_uncompressed_bytes, limits.max_uncompressed_bytes]
             for info in scan.files.values():
-                _copy_entry(zf, info, None, budget)
+                if info.compress_type == zipfile.ZIP_STORED:
+                    _check_stored(info, budget)
+                else:
+                    _copy_entry(zf, info, None, budget)
         return _definition(zf, scan)
 
 

@@ -48,6 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
+from flare_protocol._direct_io import DirectWriter
 from flare_protocol.errors import (
     FlareError,
     InternalError,
@@ -295,8 +296,8 @@ class Upload:
     def __init__(self, store: JobStore, path: Path) -> None:
         self._store = store
         self._path = path
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        self._file = open(fd, "wb", buffering=_CHUNK)  # noqa: SIM115 - closed by commit/abort
+        # O_DIRECT: a GiB upload must not cost a GiB of fresh page-cache pages (_direct_io)
+        self._file = DirectWriter(path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         self._hash = hashlib.sha256()
         self._size = 0
         self._done = False
@@ -353,9 +354,7 @@ class Upload:
             raise InvalidArgumentError("this upload was already committed or aborted")
         self._done = True
         try:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+            self._file.finish()  # the tail, then fsync
             fields = {**(params or {}), **(extra or {})}
             return self._store._commit_upload(
                 self._path, self._size, self.sha256, submitter, cloned_from, fields
@@ -372,7 +371,7 @@ class Upload:
         if not self._file.closed:
             try:
                 self._file.close()
-            except OSError:  # a failed flush (disk full): the file is removed anyway
+            except OSError:  # the file is removed anyway
                 pass
         try:
             self._path.unlink()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+import struct
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -233,3 +234,68 @@ def test_safe_extract_of_a_symlink_archive_writes_nothing(tmp_path: Path) -> Non
     with pytest.raises(InvalidJobDefinition, match="is a symlink"):
         safe_extract(path, tmp_path / "dest")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["j.zip"]
+
+
+# -- stored entries: checked by placement at upload, by CRC at extraction ------------------
+
+
+def _stored(name: str) -> zipfile.ZipInfo:
+    info = zipfile.ZipInfo(name)
+    info.compress_type = zipfile.ZIP_STORED
+    return info
+
+
+def _central_entry(data: bytes, name: str) -> int:
+    """Offset of ``name``'s central-directory record."""
+    eocd = data.rfind(b"PK\x05\x06")
+    count, _, pos = struct.unpack_from("<HII", data, eocd + 10)
+    for _ in range(count):
+        name_len, extra_len, comment_len = struct.unpack_from("<HHH", data, pos + 28)
+        if data[pos + 46 : pos + 46 + name_len].decode() == name:
+            return pos
+        pos += 46 + name_len + extra_len + comment_len
+    raise AssertionError(name)
+
+
+def test_stored_entry_with_damaged_data_is_refused_when_extracted(tmp_path: Path) -> None:
+    weights = b"W" * 100_000
+    path = zip_with(tmp_path / "j.zip", (_stored(f"{TOP}/app/custom/w.bin"), weights))
+    data = bytearray(path.read_bytes())
+    data[data.find(weights) + 50_000] ^= 0xFF
+    path.write_bytes(bytes(data))
+    assert validate_job_archive(path).entries == 5  # not read back at upload
+    with pytest.raises(InvalidJobDefinition, match="w.bin"):
+        safe_extract(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_stored_entries_sharing_their_data_are_refused(tmp_path: Path) -> None:
+    """Two directory records pointing at one stored entry: a size bomb without deflate."""
+    path = zip_with(
+        tmp_path / "j.zip",
+        (_stored(f"{TOP}/app/custom/a.bin"), b"A" * 4096),
+        (_stored(f"{TOP}/app/custom/b.bin"), b"B" * 4096),
+    )
+    data = bytearray(path.read_bytes())
+    a = _central_entry(bytes(data), f"{TOP}/app/custom/a.bin")
+    b = _central_entry(bytes(data), f"{TOP}/app/custom/b.bin")
+    data[b + 42 : b + 46] = data[a + 42 : a + 46]  # b's record points at a's local header
+    path.write_bytes(bytes(data))
+    error = rejected(path)
+    assert "a.bin" in str(error) or "b.bin" in str(error)
+
+
+def test_stored_entry_whose_sizes_differ_is_refused(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "j.zip", (_stored(f"{TOP}/app/custom/w.bin"), b"W" * 5000))
+    patch_declared_size(path, f"{TOP}/app/custom/w.bin", 4000)
+    assert "w.bin" in str(rejected(path))
+
+
+def test_stored_entry_running_into_the_directory_is_refused(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "j.zip", (_stored(f"{TOP}/app/custom/w.bin"), b"W" * 5000))
+    data = bytearray(path.read_bytes())
+    entry = _central_entry(bytes(data), f"{TOP}/app/custom/w.bin")
+    for field in (20, 24):  # compressed and uncompressed size, equal and too big
+        struct.pack_into("<I", data, entry + field, 50_000)
+    path.write_bytes(bytes(data))
+    assert "overlaps" in str(rejected(path))

@@ -1,0 +1,67 @@
+"""The upload spool writer (O_DIRECT when possible) and the malloc settings of big transfers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flare_protocol import _malloc
+from flare_protocol._direct_io import BLOCK, DirectWriter
+
+SIZES = [0, 1, 4095, 4096, 4097, BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 12_345]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_direct_writer_keeps_every_byte_whatever_the_write_sizes(tmp_path: Path, size: int) -> None:
+    data = random.Random(size).randbytes(size)
+    path = tmp_path / "upload.zip"
+    writer = DirectWriter(path, os.O_CREAT | os.O_EXCL)
+    rng = random.Random(1)
+    pos = 0
+    while pos < size:
+        step = rng.randint(1, 700_000)
+        writer.write(data[pos : pos + step])
+        pos += step
+    writer.finish()
+    assert writer.closed and writer.size == size
+    assert path.read_bytes() == data
+
+
+def test_direct_writer_creates_the_file_with_the_given_mode_and_flags(tmp_path: Path) -> None:
+    path = tmp_path / "upload.zip"
+    DirectWriter(path, os.O_CREAT | os.O_EXCL, 0o600).finish()
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(FileExistsError):
+        DirectWriter(path, os.O_CREAT | os.O_EXCL)
+
+
+def test_direct_writer_closed_after_a_failure_is_harmless(tmp_path: Path) -> None:
+    writer = DirectWriter(tmp_path / "x", os.O_CREAT | os.O_EXCL)
+    writer.write(b"abc")
+    writer.close()
+    writer.close()
+    assert writer.closed
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
+    reason="mallopt tuning applies to glibc only",
+)
+def test_malloc_tuning_is_applied_once_on_glibc() -> None:
+    assert _malloc.tune() is True
+    assert _malloc.tune() is True
+
+
+def test_malloc_tuning_can_be_turned_off() -> None:
+    code = "from flare_protocol import _malloc; print(_malloc.tune())"
+    env = {**os.environ, "FLARE_MALLOC_TUNING": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
