@@ -11,7 +11,7 @@ import grpc
 
 from flare_admin._ops import timeout_value
 from flare_admin.results import SessionInfo
-from flare_protocol import credentials
+from flare_protocol import _malloc, credentials
 from flare_protocol.errors import AuthenticationError, InvalidArgumentError, KitError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
@@ -71,6 +71,7 @@ def prepare(
         raise InvalidArgumentError(
             f"startup_kit_location must be a path, got {startup_kit_location!r}"
         ) from exc
+    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
     kit = load_kit(location, ParticipantType.ADMIN)
     check_kit(kit, username=username)
     address = server_address or kit.server_address(kit.server.admin_port)
