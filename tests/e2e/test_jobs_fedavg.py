@@ -9,6 +9,7 @@ import pytest
 
 from flare_protocol.models import load_params
 from tests.e2e.jobs_helpers import SITES, Cluster, sent, write_job
+from tests.server_harness import wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -148,6 +149,20 @@ def test_metrics_validations_summary_logs_and_models_are_readable_after_the_job(
         assert "ended" in (result / "logs" / f"{site}.log").read_text()
     assert "round 2 aggregated" in (result / "logs" / "server.log").read_text()
     assert (result / "metrics.jsonl").read_text().endswith('{"complete": true}\n')
+    downloaded = Path(s.download_job_result(job_id, tmp_path))
+    for name in (
+        "global_model.npz",
+        "models/round_001.npz",
+        "models/round_002.npz",
+        "metrics.jsonl",
+        "validations.jsonl",
+        "summary.json",
+        "logs/server.log",
+        "logs/site-1.log",
+        "logs/site-2.log",
+    ):
+        assert (downloaded / name).read_bytes() == (result / name).read_bytes(), name
+    wait_until(lambda: not any(cluster.site_job_pids(x) for x in SITES), 10)  # scripts exited
 
 
 def test_a_job_continues_from_another_jobs_final_model(cluster, tmp_path):
