@@ -33,8 +33,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from flare_protocol._direct_io import DirectWriter
+from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
 
 ProgressCallback = Callable[[int, int], object]
 
@@ -44,6 +47,10 @@ _COMPRESSED_SUFFIXES = frozenset(
     {".zip", ".gz", ".npz", ".pt", ".pth", ".h5", ".onnx", ".png", ".jpg", ".jpeg", ".bz2", ".xz"}
 )
 _MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
+#: Call metadata asking DownloadJobResult for one header per file instead of a zip.
+RESULT_FILES_METADATA = ((METADATA_KEY, FILES),)
+#: Downloaded files at least this big are written with O_DIRECT (flare_protocol._direct_io).
+DIRECT_MIN_BYTES = 4 * 1024 * 1024
 
 
 def _bad_name(name: str) -> str | None:
@@ -310,7 +317,15 @@ def check_destination(destination: str | os.PathLike[str] | None, default: Path)
 
 
 class ResultDownload:
-    """Receives a result stream into ``<folder>/<job_id>/`` atomically."""
+    """Receives a result stream into ``<folder>/<job_id>/`` atomically.
+
+    Feed it every message of the stream (:meth:`feed`), then call :meth:`finish`. A
+    ``files-v1`` stream (:mod:`flare_protocol.result_format`) is written file by file
+    into a staging folder as it arrives; a zip (older servers) is spooled to a temporary
+    file and extracted at the end. Either way every name and size is checked before a
+    byte of that file is written, and the staging folder replaces ``<job_id>/`` only
+    once everything arrived.
+    """
 
     def __init__(self, folder: Path, job_id: str, limits: ExtractLimits = ExtractLimits()) -> None:
         self.folder = folder
@@ -321,50 +336,109 @@ class ResultDownload:
         self.expected_sha256 = ""
         self.received = 0
         self._hash = hashlib.sha256()
+        self._mode = ""  # "zip" or "files", set by the first header
         try:
-            fd, name = tempfile.mkstemp(prefix=f".{job_id}.", suffix=".zip.part", dir=folder)
+            self._staging = Path(tempfile.mkdtemp(prefix=f".{job_id}.", dir=folder))
         except OSError as exc:
             raise InvalidArgumentError(
                 f"cannot write into {folder}: {exc.strerror}", path=str(folder)
             ) from exc
-        self._part = Path(name)
-        self._fh: io.BufferedWriter | None = os.fdopen(fd, "wb")
+        self._part: Path | None = None
+        self._fh: io.BufferedWriter | None = None
+        # files-v1 state
+        self._expected_files = 0
+        self._names: set[str] = set()
+        self._declared = 0
+        self._file: DirectWriter | None = None
+        self._file_name = ""
+        self._file_size = 0
+
+    # -- the stream --------------------------------------------------------------------
+
+    def feed(self, chunk: common_pb2.TransferChunk) -> None:
+        """Take the next message of the stream.
+
+        Raises:
+            InternalError: the stream is malformed or breaks a cap (nothing is kept).
+            InvalidArgumentError: the destination cannot be written.
+        """
+        if chunk.WhichOneof("item") == "header":
+            head = chunk.header
+            if not self._mode:
+                if head.content_type == FILES_CONTENT_TYPE:
+                    self._start_files(head.size, head.params.get("files", ""))
+                else:
+                    self.header(head.size, head.sha256)
+            elif self._mode == "files":
+                self._begin_file(head.name, head.size)
+            else:
+                raise self._bad_stream("a second header in a zip stream")
+        elif not self._mode:
+            raise InternalError(
+                f"the server's result stream for job {self.job_id} did not start with a header",
+                job_id=self.job_id,
+            )
+        else:
+            self.write(chunk.data)
 
     def header(self, size: int, sha256: str) -> None:
+        """Start a zip stream of ``size`` bytes (-1: unknown) and SHA-256 (``""``: none)."""
+        self._mode = "zip"
         self.expected_size = size
         self.expected_sha256 = sha256.lower()
+        try:
+            fd, name = tempfile.mkstemp(
+                prefix=f".{self.job_id}.", suffix=".zip.part", dir=self.folder
+            )
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self._part = Path(name)
+        self._fh = os.fdopen(fd, "wb")
 
     def write(self, data: bytes) -> None:
+        """The next data bytes of the stream."""
+        if self._mode == "files":
+            self._write_file(data)
+            return
         if self._fh is None:
             raise InternalError("the download was already finished or discarded")
         try:
             self._fh.write(data)
         except OSError as exc:
-            raise InvalidArgumentError(
-                f"cannot write the result of job {self.job_id} into {self.folder}: "
-                f"{exc.strerror or exc}",
-                path=str(self.folder),
-                job_id=self.job_id,
-            ) from exc
+            raise self._write_error(exc) from exc
         if self.expected_sha256:  # hashing costs ~0.6 s per GiB: only when there is a digest
             self._hash.update(data)
         self.received += len(data)
 
     def discard(self) -> None:
-        """Remove the partial download (after a failure)."""
+        """Remove everything received so far (after a failure); idempotent."""
+        self._close_file()
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        self._part.unlink(missing_ok=True)
+        if self._part is not None:
+            self._part.unlink(missing_ok=True)
+            self._part = None
+        shutil.rmtree(self._staging, ignore_errors=True)
 
     def finish(self) -> str:
-        """Check the received bytes and extract them; return the result folder.
+        """Check what arrived, put it in place; return the result folder.
 
         Raises:
-            InternalError: the stream was truncated, its digest differs, or the archive
-                holds an entry that may not be extracted (the server never sends one).
+            InternalError: the stream was truncated, its digest differs, or it holds an
+                entry that may not be written (the server never sends one).
         """
         try:
+            if self._mode == "files":
+                self._end_file()
+                if len(self._names) != self._expected_files or self.received != self._declared:
+                    raise self._bad_stream(
+                        f"it ended after {len(self._names)} of {self._expected_files} files "
+                        f"({self.received} of {self._declared} bytes); download it again"
+                    )
+                return str(self._install())
+            if self._mode != "zip":
+                raise self._bad_stream("it ended before its header")
             if self._fh is not None:
                 self._fh.close()
                 self._fh = None
@@ -384,43 +458,130 @@ class ResultDownload:
             try:
                 return str(self._extract())
             except OSError as exc:
-                raise InvalidArgumentError(
-                    f"cannot extract the result of job {self.job_id} into {self.folder}: "
-                    f"{exc.strerror or exc}",
-                    path=str(self.folder),
-                    job_id=self.job_id,
-                ) from exc
+                raise self._write_error(exc, "extract") from exc
         finally:
             self.discard()
 
-    def _extract(self) -> Path:
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.job_id}.", dir=self.folder))
+    # -- files-v1 ----------------------------------------------------------------------
+
+    def _start_files(self, total: int, files: str) -> None:
+        self._mode = "files"
+        if not files.isdigit():
+            raise self._bad_stream(f"its header announces {files!r} files")
+        self._expected_files = int(files)
+        if self._expected_files > self.limits.max_entries:
+            raise self._refuse(
+                f"it has {self._expected_files} entries (cap {self.limits.max_entries})"
+            )
+        if total > self.limits.max_uncompressed_bytes:
+            raise self._refuse(
+                f"it inflates to more than {self.limits.max_uncompressed_bytes} bytes"
+            )
+
+    def _begin_file(self, name: str, size: int) -> None:
+        self._end_file()
+        reason = _bad_name(name)
+        if reason:
+            raise self._refuse(f"entry {name!r} has {reason}")
+        if name in self._names:
+            raise self._refuse(f"entry {name!r} appears twice")
+        if len(self._names) >= min(self._expected_files, self.limits.max_entries):
+            raise self._refuse(f"it sends more than the {self._expected_files} files announced")
+        if size < 0:
+            raise self._bad_stream(f"entry {name!r} announces {size} bytes")
+        self._declared += size
+        if self._declared > self.limits.max_uncompressed_bytes:
+            raise self._refuse(
+                f"it inflates to more than {self.limits.max_uncompressed_bytes} bytes"
+            )
+        self._names.add(name)
+        target = self._staging.joinpath(*name.split("/"))
+        flags = os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
         try:
-            try:
-                with zipfile.ZipFile(self._part) as zf:
-                    members = self._checked_members(zf)
-                    for info in members:
-                        self._extract_member(zf, info, staging)
-            except (
-                zipfile.BadZipFile,
-                zlib.error,
-                EOFError,
-                NotImplementedError,
-                RuntimeError,
-            ) as exc:
-                raise InternalError(
-                    f"result of job {self.job_id} is not a valid zip archive: {exc}",
-                    job_id=self.job_id,
-                ) from exc
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Big files bypass the page cache (no GiB of fresh pages; see _direct_io).
+            self._file = DirectWriter(target, flags, 0o644, direct=size >= DIRECT_MIN_BYTES)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self._file_name, self._file_size = name, size
+
+    def _write_file(self, data: bytes) -> None:
+        if self._file is None:
+            raise self._bad_stream("it sends data before naming the file")
+        if self._file.size + len(data) > self._file_size:
+            raise self._refuse(
+                f"entry {self._file_name!r} is longer than its announced {self._file_size} bytes"
+            )
+        try:
+            self._file.write(data)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        self.received += len(data)
+
+    def _end_file(self) -> None:
+        if self._file is None:
+            return
+        if self._file.size != self._file_size:
+            raise self._bad_stream(
+                f"entry {self._file_name!r} was cut short at {self._file.size} of "
+                f"{self._file_size} bytes; download it again"
+            )
+        try:
+            self._file.finish(fsync=False)
+        except OSError as exc:
+            raise self._write_error(exc) from exc
+        finally:
+            self._file = None
+
+    def _close_file(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    # -- zip (older servers) -----------------------------------------------------------
+
+    def _extract(self) -> Path:
+        assert self._part is not None
+        try:
+            with zipfile.ZipFile(self._part) as zf:
+                members = self._checked_members(zf)
+                for info in members:
+                    self._extract_member(zf, info, self._staging)
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+        ) as exc:
+            raise InternalError(
+                f"result of job {self.job_id} is not a valid zip archive: {exc}",
+                job_id=self.job_id,
+            ) from exc
+        return self._install()
+
+    def _install(self) -> Path:
+        """Move the staging folder into place, replacing an earlier download whole."""
+        try:
             if self.final.exists() or self.final.is_symlink():
                 old = Path(tempfile.mkdtemp(prefix=f".{self.job_id}.old.", dir=self.folder))
                 os.replace(self.final, old / "previous")
                 shutil.rmtree(old, ignore_errors=True)
-            os.replace(staging, self.final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+            os.replace(self._staging, self.final)
+        except OSError as exc:
+            raise self._write_error(exc, "extract") from exc
         return self.final
+
+    def _bad_stream(self, why: str) -> InternalError:
+        return InternalError(f"result of job {self.job_id} is malformed: {why}", job_id=self.job_id)
+
+    def _write_error(self, exc: OSError, verb: str = "write") -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"cannot {verb} the result of job {self.job_id} into {self.folder}: "
+            f"{exc.strerror or exc}",
+            path=str(self.folder),
+            job_id=self.job_id,
+        )
 
     def _checked_members(self, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
         members = zf.infolist()

@@ -22,6 +22,7 @@ from flare_admin import _ops
 from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
 from flare_admin._transfer import (
+    RESULT_FILES_METADATA,
     JobUpload,
     ModelDownload,
     ProgressCallback,
@@ -368,17 +369,12 @@ class AsyncSession:
         jid = _ops.job_id(job_id)
         folder = check_destination(destination, self._target.kit.transfer)
         sink = ResultDownload(folder, jid)
-        call = self._stub.DownloadJobResult(admin_pb2.JobRequest(job_id=jid))
+        call = self._stub.DownloadJobResult(
+            admin_pb2.JobRequest(job_id=jid), metadata=RESULT_FILES_METADATA
+        )
         try:
-            first = True
             async for chunk in call:
-                if first:
-                    if chunk.WhichOneof("item") != "header":
-                        raise not_a_header(jid)
-                    sink.header(chunk.header.size, chunk.header.sha256)
-                    first = False
-                else:
-                    sink.write(chunk.data)
+                sink.feed(chunk)  # files written as they arrive (_transfer, result_format)
         except grpc.RpcError as exc:
             sink.discard()
             raise self._map(exc, "download_job_result", jid) from exc

@@ -34,15 +34,18 @@ _O_DIRECT = getattr(os, "O_DIRECT", 0)
 class DirectWriter:
     """An append-only file written in aligned blocks, bypassing the page cache if possible.
 
-    ``flags`` are the ``os.open`` flags (``O_WRONLY`` is implied); ``O_DIRECT`` is added.
-    Not thread-safe: one writer at a time.
+    ``flags`` are the ``os.open`` flags (``O_WRONLY`` is implied); ``O_DIRECT`` is added
+    unless ``direct`` is False (small files: a padded write and a truncate for a few
+    bytes gain nothing). Not thread-safe: one writer at a time.
     """
 
-    def __init__(self, path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], flags: int, mode: int = 0o600, *, direct: bool = True
+    ) -> None:
         self.path = Path(path)
         self.size = 0
         base = flags | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
-        self.direct = bool(_O_DIRECT)
+        self.direct = direct and bool(_O_DIRECT)
         if self.direct:
             try:
                 self._fd = os.open(path, base | _O_DIRECT, mode)
@@ -75,8 +78,8 @@ class DirectWriter:
         self.size += total
         return total
 
-    def finish(self) -> None:
-        """Write what is left, make the file durable (fsync) and close it."""
+    def finish(self, *, fsync: bool = True) -> None:
+        """Write what is left, make the file durable (``fsync``) and close it."""
         if self._fill:
             length = self._fill
             if self.direct:
@@ -86,7 +89,8 @@ class DirectWriter:
             if length != self._fill:
                 os.ftruncate(self._fd, self.size)  # drop the padding
             self._fill = 0
-        os.fsync(self._fd)
+        if fsync:
+            os.fsync(self._fd)
         self.close()
 
     def close(self) -> None:

@@ -18,12 +18,13 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flare_protocol import errors
+from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call, streaming, unary
 from flare_server.jobs import JobStatus, Submitter
+from flare_server.result_stream import files_stream
 
 if TYPE_CHECKING:
     from flare_server.app import Server
@@ -303,6 +304,12 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 status=status,
             )
         result_dir = self.server.store.result_dir(request.job_id)
+        if (result_format.METADATA_KEY, result_format.FILES) in (
+            context.invocation_metadata() or ()
+        ):  # one header per file: the client writes them as they come (result_stream)
+            async for message in files_stream(Path(result_dir), request.job_id):
+                yield message
+            return
         yield common_pb2.TransferChunk(
             header=common_pb2.TransferHeader(
                 name=f"{request.job_id}.zip",

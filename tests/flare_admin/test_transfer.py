@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from flare_admin._transfer import ExtractLimits, JobUpload, ResultDownload, check_destination
+from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+from flare_protocol.result_format import FILES_CONTENT_TYPE
 from tests.flare_admin.conftest import make_job
 
 JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
@@ -222,3 +224,110 @@ def test_the_destination_must_exist_and_the_default_is_created(tmp_path):
         check_destination(tmp_path / "missing", tmp_path / "transfer")
     assert check_destination(None, tmp_path / "transfer") == tmp_path / "transfer"
     assert (tmp_path / "transfer").is_dir()
+
+
+# -- download, files-v1: one header per file, written as it arrives -------------------------
+
+
+def files_stream(files: dict[str, bytes], *, count: int | None = None, total: int | None = None):
+    """The messages a server sends for ``files`` (sizes as announced by the data)."""
+    yield common_pb2.TransferChunk(
+        header=common_pb2.TransferHeader(
+            name=JOB,
+            size=sum(map(len, files.values())) if total is None else total,
+            content_type=FILES_CONTENT_TYPE,
+            params={"files": str(len(files) if count is None else count)},
+        )
+    )
+    for name, data in files.items():
+        yield common_pb2.TransferChunk(header=common_pb2.TransferHeader(name=name, size=len(data)))
+        for i in range(0, len(data), CHUNK_SIZE):
+            yield common_pb2.TransferChunk(data=data[i : i + CHUNK_SIZE])
+
+
+def receive_files(folder: Path, messages, limits: ExtractLimits | None = None) -> str:
+    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
+    try:
+        for msg in messages:
+            sink.feed(msg)
+    except BaseException:
+        sink.discard()
+        raise
+    return sink.finish()
+
+
+def test_a_files_stream_is_written_file_by_file_into_the_job_folder(tmp_path):
+    big = os.urandom(5 * CHUNK_SIZE + 123)  # over DIRECT_MIN_BYTES: written with O_DIRECT
+    path = receive_files(
+        tmp_path, files_stream({"model.npz": big, "logs/a.txt": b"a", "empty": b""})
+    )
+    assert path == str(tmp_path / JOB)
+    assert (tmp_path / JOB / "model.npz").read_bytes() == big
+    assert (tmp_path / JOB / "logs" / "a.txt").read_bytes() == b"a"
+    assert (tmp_path / JOB / "empty").read_bytes() == b""
+    assert sorted(os.listdir(tmp_path)) == [JOB]
+
+
+@pytest.mark.parametrize(
+    "name", ["../escape.txt", "a/../../x", "/abs.txt", "C:/win.txt", "a\\b", "ctl\x01", "a//b"]
+)
+def test_a_hostile_file_name_is_refused_before_it_is_written(tmp_path, name):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    with pytest.raises(InternalError, match="refusing to extract"):
+        receive_files(dest, files_stream({"fine.txt": b"ok", name: b"x"}))
+    assert os.listdir(dest) == []
+    assert sorted(os.listdir(tmp_path)) == ["dest"]
+
+
+def test_a_file_longer_than_announced_is_refused(tmp_path):
+    messages = list(files_stream({"a.txt": b"abc"}))
+    messages.append(common_pb2.TransferChunk(data=b"more"))
+    with pytest.raises(InternalError, match="longer than its announced 3 bytes"):
+        receive_files(tmp_path, messages)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stream_cut_short_is_refused_and_cleaned(tmp_path):
+    messages = list(files_stream({"a.txt": b"abc", "b.txt": b"def"}))
+    with pytest.raises(InternalError, match="cut short"):
+        receive_files(tmp_path, messages[:-1])  # b.txt's data is missing
+    with pytest.raises(InternalError, match="1 of 2 files"):
+        receive_files(tmp_path, messages[:-2])  # b.txt is missing
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_files_stream_must_keep_to_its_announced_count_and_caps(tmp_path):
+    with pytest.raises(InternalError, match="more than the 1 files announced"):
+        receive_files(tmp_path, files_stream({"a": b"1", "b": b"2"}, count=1))
+    with pytest.raises(InternalError, match="entries"):
+        receive_files(
+            tmp_path, files_stream({f"f{i}": b"" for i in range(5)}), ExtractLimits(max_entries=4)
+        )
+    with pytest.raises(InternalError, match="inflates"):  # the announced total, at once
+        receive_files(
+            tmp_path, files_stream({"big": bytes(5000)}), ExtractLimits(max_uncompressed_bytes=4000)
+        )
+    with pytest.raises(InternalError, match="inflates"):  # the files' own sizes
+        receive_files(
+            tmp_path,
+            files_stream({"big": bytes(5000)}, total=10),
+            ExtractLimits(max_uncompressed_bytes=4000),
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_named_twice_is_refused(tmp_path):
+    messages = list(files_stream({"a.txt": b"1", "b.txt": b"2"}))
+    messages[3].header.name = "a.txt"
+    with pytest.raises(InternalError, match="twice"):
+        receive_files(tmp_path, messages)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_stream_without_a_header_is_refused(tmp_path):
+    with pytest.raises(InternalError, match="did not start with a header"):
+        receive_files(tmp_path, [common_pb2.TransferChunk(data=b"x")])
+    with pytest.raises(InternalError, match="before its header"):
+        receive_files(tmp_path, [])
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,24 @@
+"""How ``DownloadJobResult`` sends a job's result folder.
+
+Two formats, chosen by the client with the call metadata ``flare-result-format``:
+
+* ``files-v1`` (what the Session asks for): a first :class:`TransferHeader` with
+  ``content_type`` :data:`FILES_CONTENT_TYPE`, ``size`` the total of the file sizes and
+  ``params["files"]`` their count; then, per regular file, a header whose ``name`` is
+  the path relative to the result folder (``/``-separated) and whose ``size`` is its
+  length, followed by exactly that many data bytes (in chunks of at most 1 MiB). The
+  client writes each file as it arrives: nothing is zipped, spooled or read back.
+* no metadata: one zip archive (``application/zip``), as older clients expect.
+
+Names are untrusted on the client, whatever the format: they are checked before a
+single byte of the file is written.
+"""
+
+from __future__ import annotations
+
+#: Call metadata key by which the client names the format it wants.
+METADATA_KEY = "flare-result-format"
+#: The value asking for one header per file.
+FILES = "files-v1"
+#: ``content_type`` of the first header of a ``files-v1`` stream.
+FILES_CONTENT_TYPE = "application/x-flare-files"
