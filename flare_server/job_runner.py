@@ -209,6 +209,7 @@ class JobRunner:
         """An admin aborted the job (its status is already FINISHED:ABORTED)."""
         run = self.runs.get(job_id)
         if run is not None:
+            run.abort_reason = reason
             run.post(("abort", reason))
 
     async def stop(self) -> None:
@@ -271,6 +272,7 @@ class JobRun:
         self.task: asyncio.Task[None] | None = None
         self.ending = False
         self.server_stopping = False
+        self.abort_reason: str | None = None
         self.controller: RoundController | None = None
         self.plan: Plan | None = None
         self.results: ResultFolder | None = None
@@ -426,6 +428,8 @@ class JobRun:
     async def _deploy(self) -> None:
         assert self.plan is not None
         plan = self.plan
+        if self.abort_reason is not None:  # aborted while preparing: start nothing on sites
+            raise _Finish(ABORTED, self.abort_reason)
         refs = {
             app: self.blobs.serve(
                 self.job_id,

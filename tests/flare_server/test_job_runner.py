@@ -341,3 +341,21 @@ def test_a_site_at_its_max_jobs_takes_the_next_job_only_when_one_ends(server, ki
         assert _messages(site, "job.deploy")[1].job_id == second
     finally:
         site.close()
+
+
+def test_an_abort_during_deployment_is_final_and_no_task_follows(server, kits, admin):
+    with FakeSite(kits["site-1"], server.site_address) as s1:
+        wait_until(lambda: len(server.server.registry) == 1)
+        job_id = submit(admin, _one_site_job())
+        wait_until(lambda: _messages(s1, "job.deploy"))
+        admin.AbortJob(admin_pb2.JobRequest(job_id=job_id), timeout=5)
+        _send(s1, job_id, "job.status", {"status": "deployed"})  # a late answer
+        wait_until(lambda: _messages(s1, "job.end"))
+        assert [m.job_id for m in _messages(s1, "job.abort")] == [job_id]
+        assert not _messages(s1, "task.train")
+        meta = _meta(admin, job_id)
+        assert meta["status"] == "FINISHED:ABORTED"
+        assert [h["status"] for h in meta["status_history"]][-2:] == [
+            "DISPATCHED",
+            "FINISHED:ABORTED",
+        ]
