@@ -849,6 +849,12 @@ class JobRun:
                 await asyncio.to_thread(self._write_results, finished)
             except Exception:
                 self.log.exception("job %s: writing the result folder failed", self.job_id)
+        if status not in (COMPLETED, ABORTED):
+            entry = {"time": time.time(), "sites": list(finished.failed_sites), "message": reason}
+            try:  # what show_errors reports for the server
+                await asyncio.to_thread(self._add_error, entry)
+            except Exception:
+                self.log.exception("job %s: cannot record its error", self.job_id)
         final = await self._set_final(status, reason)
         if results is not None and final != status:
             try:
@@ -905,6 +911,8 @@ class JobRun:
                     self._keep_log(site, envelope, body)
                 elif envelope.topic == "metrics" and self.controller is not None:
                     self._metric(site, body)
+                elif envelope.topic == "job.status" and body.get("stderr_tail"):
+                    self._site_errors[site] = str(body["stderr_tail"])[-8000:]
             elif event[0] == "disconnected" and event[1] in ended:
                 self._logs.setdefault(event[1], "the site disconnected before sending its log")
         for site in ended:
@@ -956,6 +964,10 @@ class JobRun:
                 "complete": True,
             }
         )
+
+    def _add_error(self, entry: dict[str, Any]) -> None:
+        errors_so_far = list(self.store.get(self.job_id).get("errors") or [])
+        self.store.update(self.job_id, errors=[*errors_so_far, entry][-100:])
 
     async def _set_final(self, status: str, reason: str) -> str:
         try:

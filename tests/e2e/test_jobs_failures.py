@@ -62,6 +62,10 @@ def test_a_crashing_script_ends_execution_exception_with_its_stderr_in_the_site_
     assert "about to fail on purpose" in log and "deliberate failure in round 1" in log
     summary = json.loads((cluster.result_dir(job_id) / "summary.json").read_text())
     assert summary["failed_sites"] == ["site-2"]
+    assert "about to fail on purpose" in summary["site_errors"]["site-2"]
+    shown = cluster.session.show_errors(job_id, "all")
+    assert shown["server"][0]["sites"] == ["site-2"]
+    assert "deliberate failure" in shown["server"][0]["message"]
     wait_until(lambda: not any(cluster.site_job_pids(s) for s in SITES), 15)
 
 
