@@ -334,7 +334,16 @@ class Commands:
         with_server, sites = self._scope(args, meta)
         stats: dict[str, Any] = {}
         if with_server and meta is not None:
-            keys = ("status", "submit_time", "start_time", "duration", "schedule_reason")
+            keys = (
+                "status",
+                "submit_time",
+                "start_time",
+                "duration",
+                "schedule_reason",
+                "deployed_sites",
+                "current_round",
+                "rounds_completed",
+            )
             stats["server"] = {k: meta.get(k) for k in keys if k in meta}
         elif with_server:
             counts: dict[str, int] = {}

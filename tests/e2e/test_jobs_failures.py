@@ -125,8 +125,11 @@ def test_admin_commands_reach_the_real_sites_of_a_running_job(cluster, tmp_path)
     _wait_round(cluster, job_id, 1)
     s = cluster.session
     wait_until(lambda: all(job_id in row["running_jobs"] for row in s.get_client_job_status()), 10)
-    stats = s.show_stats(job_id, "client")
-    assert set(stats) == set(SITES)
+    stats = s.show_stats(job_id, "all")
+    assert set(stats) == {"server", *SITES}
+    assert stats["server"]["current_round"] == 1
+    assert stats["server"]["deployed_sites"] == list(SITES)
+    del stats["server"]
     assert all(stats[site]["state"] == "running" for site in SITES), stats
     assert "jobs" in s.ls_target("site-1")
     assert job_id in s.get_job_logs(job_id, "site-2")
