@@ -799,6 +799,8 @@ class JobRun:
     async def _send_tasks(self, action: SendTasks) -> None:
         blob = await self._model_blob(action)
         refs = [blob.ref()] if blob is not None else []
+        if action.tasks and action.tasks[0].kind == "train":
+            self._outstanding.clear()  # an earlier round's late update is no longer wanted
         for task in action.tasks:
             body: dict[str, Any] = {"task_id": task.task_id, "round": task.round}
             if task.kind == "train":
