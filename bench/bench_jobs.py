@@ -85,10 +85,12 @@ def _job(root: Path, out: Path, rounds: int, size: int) -> Path:
     return job
 
 
-def _run_job(project: LocalProject, root: Path, rounds: int, size: int) -> dict[str, float]:
-    out = root / f"out-{rounds}-{size}"
+def _run_job(
+    project: LocalProject, root: Path, rounds: int, size: int, tag: str = ""
+) -> dict[str, Any]:
+    out = root / f"out-{rounds}-{size}{tag}"
     out.mkdir()
-    job = _job(root, out, rounds, size)
+    job = _job(root / f"jobs{tag}", out, rounds, size)
     with project.session(timeout=60.0) as session:
         start = time.time()
         job_id = session.submit_job(str(job))
@@ -113,6 +115,7 @@ def _run_job(project: LocalProject, root: Path, rounds: int, size: int) -> dict[
     return {
         "wall": wall,
         "compute": sum(compute.values()),
+        "cycles": cycles,
         "round_overhead": statistics.median(cycles),
         "rounds_per_s": (rounds - 1) / (first_recv[rounds] - first_recv[1]),
     }
@@ -125,26 +128,31 @@ def run() -> list[dict[str, Any]]:
         root = Path(tmp)
         kits = provision_local(root / "poc", ["site-1", "site-2"])
         with LocalProject(kits) as project:
+            # Two 3-round jobs: four round cycles, their median reported (a shared box is noisy).
             big = _run_job(project, root, 3, megabytes * 1024 * 1024 // 4)
+            again = _run_job(project, root, 3, megabytes * 1024 * 1024 // 4, "-again")
             tiny = _run_job(project, root, 20, 4)
+    cycles = big["cycles"] + again["cycles"]
     rows.append(
         {
             "benchmark": f"round overhead, {megabytes} MB model, 2 sites",
-            "value": big["round_overhead"],
+            "value": statistics.median(cycles),
             "unit": "s/round",
             "target": "<= 2",
-            "notes": "median round cycle minus the slower site's compute (upload, aggregate, "
-            "save, serve, download)",
+            "notes": f"median of 4 round cycles (range {min(cycles):.2f}-{max(cycles):.2f} s) "
+            "minus the slower site's compute: upload, load, aggregate, save, serve, "
+            "download, the script's model I/O",
         }
     )
     rows.append(
         {
             "benchmark": f"3-round FedAvg job overhead, {megabytes} MB model, 2 sites",
-            "value": big["wall"] - big["compute"],
+            "value": min(big["wall"] - big["compute"], again["wall"] - again["compute"]),
             "unit": "s",
             "target": "",
-            "notes": f"wall {big['wall']:.2f} s (submit -> COMPLETED seen) minus scripts' compute "
-            f"{big['compute']:.2f} s; includes deploy, script start, end and log collection",
+            "notes": "best of 2 jobs: wall (submit -> COMPLETED seen) minus the scripts' "
+            f"compute; walls {big['wall']:.2f} / {again['wall']:.2f} s; includes submit, "
+            "deploy, script start, 3 rounds, end and log collection",
         }
     )
     rows.append(
