@@ -78,30 +78,46 @@ class _SourceFile:
 
 
 class _Sink(io.RawIOBase):
-    """A write-only, non-seekable buffer that :mod:`zipfile` streams into."""
+    """A write-only, non-seekable buffer that :mod:`zipfile` streams into.
+
+    It keeps the pieces it is given; a chunk that is exactly one piece (a stored file's
+    block, which zipfile passes through unchanged) is handed on without being copied.
+    """
 
     def __init__(self) -> None:
         super().__init__()
-        self.buffer = bytearray()
+        self._pieces: list[bytes] = []
+        #: bytes buffered and not yet taken
+        self.pending = 0
 
     def writable(self) -> bool:
         return True
 
     def write(self, data: bytes) -> int:  # type: ignore[override]
-        self.buffer += data
-        return len(data)
+        piece = data if type(data) is bytes else bytes(data)
+        if piece:
+            self._pieces.append(piece)
+            self.pending += len(piece)
+        return len(piece)
 
     def take(self, at_least: int) -> Iterator[bytes]:
         """Whole chunks of ``at_least`` bytes (everything when ``at_least`` is 0)."""
-        buf = self.buffer
+        pieces = self._pieces
         if at_least == 0:
-            if buf:
-                yield bytes(buf)
-                buf.clear()
+            if pieces:
+                yield b"".join(pieces)
+                pieces.clear()
+                self.pending = 0
             return
-        while len(buf) >= at_least:
-            yield bytes(buf[:at_least])
-            del buf[:at_least]
+        while self.pending >= at_least:
+            if len(pieces[0]) == at_least:
+                chunk = pieces.pop(0)
+            else:
+                joined = b"".join(pieces)
+                chunk, rest = joined[:at_least], joined[at_least:]
+                pieces[:] = [rest] if rest else []
+            self.pending -= at_least
+            yield chunk
 
 
 class JobUpload:
@@ -261,7 +277,9 @@ class JobUpload:
                 )
                 with open(src.path, "rb") as fh, zf.open(info, "w") as dest:
                     while True:
-                        block = fh.read(CHUNK_SIZE)
+                        # Fill the sink up to a whole chunk, so that the next blocks of a
+                        # big stored file arrive chunk-aligned and go out uncopied.
+                        block = fh.read(CHUNK_SIZE - sink.pending % CHUNK_SIZE)
                         if not block:
                             break
                         dest.write(block)
