@@ -359,3 +359,31 @@ def test_an_abort_during_deployment_is_final_and_no_task_follows(server, kits, a
             "DISPATCHED",
             "FINISHED:ABORTED",
         ]
+
+
+def test_each_site_gets_the_app_its_deploy_map_names(server, kits, admin):
+    files = {
+        "meta.json": json.dumps(
+            {
+                "name": "two-apps",
+                "min_clients": 1,
+                "deploy_map": {"aggregator": ["server"], "trainer": ["site-1"]},
+            }
+        ).encode(),
+        "aggregator/config/config_fed_server.json": json.dumps(
+            {"workflow": "fedavg", "num_rounds": 1}
+        ).encode(),
+        "trainer/config/config_fed_client.json": json.dumps(
+            {"executor": "script", "script": "custom/fit.py"}
+        ).encode(),
+        "trainer/custom/fit.py": b"pass\n",
+    }
+    with FakeSite(kits["site-1"], server.site_address) as s1:
+        wait_until(lambda: len(server.server.registry) == 1)
+        job_id = submit(admin, job_zip(files=files))
+        deploy = wait_until(lambda: _messages(s1, "job.deploy"))[0]
+        body = json.loads(deploy.body_json)
+        assert body["app"] == "trainer"
+        assert body["client_config"]["script"] == "custom/fit.py"
+        app = zipfile.ZipFile(io.BytesIO(_download(s1, deploy.blobs[0], job_id)))
+        assert sorted(app.namelist()) == ["config/config_fed_client.json", "custom/fit.py"]
