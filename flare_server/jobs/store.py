@@ -81,6 +81,8 @@ RESULT_DIR = "result"
 TMP_DIR = "tmp"
 LOCK_FILE = ".lock"
 _CHUNK = 1024 * 1024
+#: Job metas kept in memory by JobStore.get (a few KB each).
+META_CACHE_SIZE = 4096
 _DEFAULT_LIMITS = ArchiveLimits()
 _STATUS_BY_VALUE = {status.value: status for status in JobStatus}
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -181,10 +183,11 @@ class JobMeta(Mapping[str, Any]):
     ``deleted`` is True only in the notification sent when the job was deleted.
     """
 
-    __slots__ = ("_data", "deleted")
+    __slots__ = ("_data", "_wire", "deleted")
 
     def __init__(self, data: Mapping[str, Any], *, deleted: bool = False) -> None:
         self._data = dict(data)
+        self._wire: str | None = None
         self.deleted = deleted
 
     def __getitem__(self, key: str) -> Any:
@@ -238,6 +241,12 @@ class JobMeta(Mapping[str, Any]):
     def to_json(self) -> str:
         """The meta dict as JSON."""
         return json.dumps(self._data, sort_keys=True)
+
+    def wire_json(self) -> str:
+        """The meta dict as compact JSON (what the Admin service sends); computed once."""
+        if self._wire is None:
+            self._wire = json.dumps(self._data, separators=(",", ":"), default=str)
+        return self._wire
 
 
 class JobSummary(NamedTuple):
@@ -417,6 +426,9 @@ class JobStore:
         self._tmp = root / TMP_DIR
         self._lock = threading.RLock()
         self._subscribers: tuple[Callable[[JobMeta], None], ...] = ()
+        # Committed metas by job id, newest last: get() without SQLite or JSON parsing.
+        # Written only under _lock, after the change is committed; read without it.
+        self._metas: dict[str, JobMeta] = {}
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             root / DB_FILE, isolation_level=None, check_same_thread=False
         )
@@ -713,11 +725,32 @@ class JobStore:
             JobNotFound: no job has this id.
         """
         job_id = parse_job_id(job_id)
+        hit = self._metas.get(job_id)
+        if hit is not None:
+            return hit
         with self._lock:
             row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
-        if row is None:
-            raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
-        return JobMeta(json.loads(row[0]))
+            if row is None:
+                raise JobNotFound(f"no job has id {job_id}", job_id=job_id)
+            meta = JobMeta(json.loads(row[0]))
+            self._remember(meta)
+        return meta
+
+    def cached(self, job_id: str) -> JobMeta | None:
+        """The job's meta if it is in memory (never blocks, never raises), else None.
+
+        For callers on an event loop: a hit costs a dictionary lookup, a miss means
+        calling :meth:`get` in a worker thread.
+        """
+        return self._metas.get(job_id) if isinstance(job_id, str) else None
+
+    def _remember(self, meta: JobMeta) -> None:
+        """Cache a committed meta (caller holds the lock); the oldest entries make room."""
+        metas = self._metas
+        metas.pop(meta.job_id, None)
+        metas[meta.job_id] = meta
+        while len(metas) > META_CACHE_SIZE:
+            metas.pop(next(iter(metas)))
 
     @_storage_errors
     def list(
@@ -826,6 +859,7 @@ class JobStore:
         new = parse_status(status)
         with self._lock:
             meta = self._write_status(job_id, new, reason, force=False)
+            self._remember(meta)
             self._notify(meta)
         return meta
 
@@ -879,10 +913,12 @@ class JobStore:
             meta.update(copy.deepcopy(fields))
             self._save(job_id, meta)
             result = JobMeta(meta)
+            self._remember(result)
             self._notify(result)
         return result
 
     def _save(self, job_id: str, meta: dict[str, Any]) -> None:
+        self._metas.pop(job_id, None)  # re-read after the write unless the caller caches it
         duration = meta.get("duration")
         self._db.execute(
             "UPDATE jobs SET name = ?, status = ?, duration = ?, meta = ? WHERE job_id = ?",
@@ -913,6 +949,7 @@ class JobStore:
                     status=meta.status.value,
                 )
             self._db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            self._metas.pop(job_id, None)
             folder = self.root / job_id
             trash = self._tmp / f"deleted-{job_id}"
             if folder.exists():
