@@ -8,6 +8,7 @@ blocking store work (SQLite, fsync, zip) to worker threads so the event loop sta
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ _WATCH_END = object()
 _REVOKED = object()
 
 
+@functools.cache  # reading package metadata costs ~0.3 ms: once per process, not per Hello
 def server_version() -> str:
     try:
         from importlib.metadata import version
