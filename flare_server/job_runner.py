@@ -717,7 +717,13 @@ class JobRun:
         row = self.controller.metric_row(
             site, key, value, _opt_int(body.get("step")), when, _opt_int(body.get("round"))
         )
-        self.results.add_metric(row.site, row.round, row.key, row.value, row.step, row.time)
+        kept = self.results.add_metric(row.site, row.round, row.key, row.value, row.step, row.time)
+        if not kept and self.results.metrics.dropped == 1:
+            self.log.warning(
+                "job %s: metrics.jsonl reached %d bytes; further metrics are dropped",
+                self.job_id,
+                self.results.metrics.max_bytes,
+            )
 
     def _keep_log(self, site: str, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
         blob = None
@@ -961,6 +967,7 @@ class JobRun:
                 "has_final_model": self.results.final_model_path.is_file(),
                 "rounds": self._rounds,
                 "site_errors": self._site_errors,
+                "metrics_dropped": self.results.metrics.dropped,
                 "start_time": self._started,
                 "end_time": time.time(),
                 "complete": True,

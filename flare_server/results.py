@@ -50,6 +50,8 @@ LOGS = "logs"
 SUMMARY = "summary.json"
 COMPLETE_MARKER = {"complete": True}
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,127}$")
+#: Most bytes of rows kept in metrics.jsonl / validations.jsonl of one job.
+MAX_JSONL_BYTES = 512 * 1024 * 1024
 #: Largest page of rows returned by one reader call (keeps a reply far below 4 MiB).
 MAX_PAGE_BYTES = 2 * 1024 * 1024
 
@@ -80,17 +82,31 @@ def _finite(value: Any) -> Any:
 
 
 class JsonlWriter:
-    """An append-only JSON-lines file; each row is flushed as one complete line."""
+    """An append-only JSON-lines file; each row is flushed as one complete line.
 
-    def __init__(self, path: Path) -> None:
+    At most ``max_bytes`` of rows are kept (a site cannot fill the server's disk with
+    metrics); :attr:`dropped` counts the rows refused after that.
+    """
+
+    def __init__(self, path: Path, max_bytes: int = MAX_JSONL_BYTES) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.written = 0
+        self.dropped = 0
         self._fh: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
-    def append(self, row: Mapping[str, Any]) -> None:
+    def append(self, row: Mapping[str, Any]) -> bool:
+        """Append one row; False when it was dropped (over the cap, or closed)."""
         if self._fh is None:
-            return
-        self._fh.write(json.dumps(dict(row), separators=(",", ":"), allow_nan=False) + "\n")
+            return False
+        line = json.dumps(dict(row), separators=(",", ":"), allow_nan=False) + "\n"
+        if self.written + len(line) > self.max_bytes:
+            self.dropped += 1
+            return False
+        self._fh.write(line)
         self._fh.flush()
+        self.written += len(line)
+        return True
 
     def complete(self) -> None:
         """Append the completion marker, fsync and close (idempotent)."""
@@ -127,8 +143,8 @@ class ResultFolder:
 
     def add_metric(
         self, site: str, round: int | None, key: str, value: float, step: int | None, time: float
-    ) -> None:
-        self.metrics.append(
+    ) -> bool:
+        return self.metrics.append(
             {"site": site, "round": round, "key": key, "value": value, "step": step, "time": time}
         )
 

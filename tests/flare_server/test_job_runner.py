@@ -387,3 +387,15 @@ def test_each_site_gets_the_app_its_deploy_map_names(server, kits, admin):
         assert body["client_config"]["script"] == "custom/fit.py"
         app = zipfile.ZipFile(io.BytesIO(_download(s1, deploy.blobs[0], job_id)))
         assert sorted(app.namelist()) == ["config/config_fed_client.json", "custom/fit.py"]
+
+
+def test_a_metrics_log_stops_growing_at_its_cap(tmp_path):
+    from flare_server.results import JsonlWriter, read_rows
+
+    writer = JsonlWriter(tmp_path / "m.jsonl", max_bytes=200)
+    kept = [writer.append({"site": "s", "value": i}) for i in range(20)]
+    writer.complete()
+    assert kept.index(False) > 0 and not any(kept[kept.index(False) :])
+    rows, nxt = read_rows(tmp_path / "m.jsonl")
+    assert [r["value"] for r in rows] == list(range(kept.index(False))) and nxt is None
+    assert writer.dropped == 20 - len(rows)
