@@ -195,6 +195,8 @@ class Server:
             log.info("job store recovery: %s", recovery)
         self.runner = JobRunner(self)
         self.launcher = self._launcher or self.runner
+        if recovery is not None and recovery.jobs_ended:
+            await asyncio.to_thread(self.runner.close_interrupted, recovery.jobs_ended)
         self.scheduler = Scheduler(self.store, self.registry, self.launcher)
 
         creds = server_credentials(self.kit)

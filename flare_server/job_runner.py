@@ -39,7 +39,7 @@ import os
 import shutil
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +55,7 @@ from flare_protocol.app_config import (
 from flare_protocol.models import Params, load_params, save_params
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
 from flare_server.jobs import JobStatus, safe_extract
-from flare_server.results import ResultFolder
+from flare_server.results import METRICS, SUMMARY, VALIDATIONS, ResultFolder, seal_jsonl
 from flare_server.workflows import (
     ABNORMAL,
     ABORTED,
@@ -177,6 +177,40 @@ class JobRunner:
         run = JobRun(self, job_id, dict(meta), tuple(sites))
         self.runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(run.main(), name=f"job-{job_id}")
+
+    def close_interrupted(self, jobs: Iterable[tuple[str, str]]) -> None:
+        """Finish the result folders of jobs a crash interrupted (the store ended them
+        ABNORMAL on open): mark the logs complete, write summary.json, drop the work area.
+        Runs in a worker thread at start-up."""
+        for job_id, was in jobs:
+            try:
+                meta = self.store.get(job_id)
+                job_dir = self.store.job_dir(job_id)
+                shutil.rmtree(job_dir / "work", ignore_errors=True)
+                result = self.store.result_dir(job_id)
+                for name in (METRICS, VALIDATIONS):
+                    if (result / name).is_file():
+                        seal_jsonl(result / name)
+                if (result / SUMMARY).exists():
+                    continue
+                folder = ResultFolder(result)
+                folder.close()
+                history = meta.get("status_history") or [{}]
+                folder.write_summary(
+                    {
+                        "job_id": job_id,
+                        "name": meta.get("name"),
+                        "status": meta.get("status"),
+                        "reason": history[-1].get("reason"),
+                        "interrupted_while": was,
+                        "rounds_completed": meta.get("rounds_completed", 0),
+                        "sites": meta.get("deployed_sites") or [],
+                        "has_final_model": False,
+                        "complete": True,
+                    }
+                )
+            except Exception:
+                log.exception("job %s: cannot close its interrupted result folder", job_id)
 
     def free_slots(self) -> dict[str, int]:
         """Jobs each connected site with a ``max_jobs`` resource can still take."""

@@ -39,6 +39,7 @@ __all__ = [
     "ResultFolder",
     "read_rows",
     "round_model_name",
+    "seal_jsonl",
     "write_atomic",
 ]
 
@@ -122,6 +123,21 @@ class JsonlWriter:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def seal_jsonl(path: Path) -> None:
+    """Append the completion marker to a ``.jsonl`` file a crash left open (a torn last
+    line is ended first, so it stays a bad line that readers skip)."""
+    with open(path, "ab+") as fh:
+        fh.seek(0, os.SEEK_END)
+        torn = False
+        if fh.tell():
+            fh.seek(-1, os.SEEK_END)
+            torn = fh.read(1) != b"\n"
+        fh.seek(0, os.SEEK_END)
+        fh.write((b"\n" if torn else b"") + json.dumps(COMPLETE_MARKER).encode() + b"\n")
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 class ResultFolder:

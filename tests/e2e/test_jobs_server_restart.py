@@ -66,6 +66,13 @@ def test_a_server_killed_mid_job_ends_it_abnormal_on_restart_and_sites_clean_up(
             wait_until(lambda: len(s.get_connected_client_list()) == 2, 30)
         # The sites re-registered still running the job; the server told them to abort it.
         wait_until(lambda: not any(_job_pids(kits[x]) for x in SITES), 20)
+        # The interrupted result folder was closed: summary written, logs marked complete.
+        result = workspace / "jobs" / job_id / "result"
+        summary = json.loads((result / "summary.json").read_text())
+        assert summary["status"] == "FINISHED:ABNORMAL"
+        assert summary["interrupted_while"] == "RUNNING"
+        assert (result / "metrics.jsonl").read_text().endswith('{"complete": true}\n')
+        assert not (workspace / "jobs" / job_id / "work").exists()
     finally:
         for site in sites:
             site.close()

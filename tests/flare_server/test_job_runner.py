@@ -399,3 +399,13 @@ def test_a_metrics_log_stops_growing_at_its_cap(tmp_path):
     rows, nxt = read_rows(tmp_path / "m.jsonl")
     assert [r["value"] for r in rows] == list(range(kept.index(False))) and nxt is None
     assert writer.dropped == 20 - len(rows)
+
+
+def test_a_torn_metrics_log_is_sealed_without_losing_the_marker(tmp_path):
+    from flare_server.results import read_rows, seal_jsonl
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"site": "a", "value": 1}\n{"site": "b", "val')
+    seal_jsonl(path)
+    assert path.read_text().endswith('\n{"complete": true}\n')
+    assert read_rows(path) == ([{"site": "a", "value": 1}], None)
