@@ -119,6 +119,28 @@ def test_a_site_killed_mid_round(cluster, tmp_path, min_responses):
         cluster.wait_connected(SITES)
 
 
+def test_a_frozen_site_is_lost_after_its_heartbeats_stop_and_the_job_goes_on(cluster, tmp_path):
+    import signal
+
+    args = ("--hang-round", "2", "--hang-site", "site-2", "--hang-s", "30")
+    job = write_job(tmp_path, tmp_path / "out", min_responses=1, rounds=2, extra_args=args)
+    job_id = cluster.submit(job)
+    _wait_round(cluster, job_id, 2)
+    frozen = cluster.sites["site-2"].proc
+    frozen.send_signal(signal.SIGSTOP)  # no TCP reset: only the missing heartbeats tell
+    try:
+        meta = cluster.wait_done(job_id, 30)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    assert meta["status"] == "FINISHED:COMPLETED"
+    summary = json.loads((cluster.result_dir(job_id) / "summary.json").read_text())
+    assert summary["rounds"][1]["participants"] == {"site-1": 30}
+    assert summary["rounds"][1]["lost_sites"] == ["site-2"]
+    cluster.wait_connected(SITES)
+    # site-2 came back still running the job, which had ended: it is told to abort it.
+    wait_until(lambda: not cluster.site_job_pids("site-2"), 20)
+
+
 def test_admin_commands_reach_the_real_sites_of_a_running_job(cluster, tmp_path):
     job = write_job(tmp_path, tmp_path / "out", extra_args=("--hang-round", "1"))
     job_id = cluster.submit(job)
