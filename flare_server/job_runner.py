@@ -38,6 +38,7 @@ import math
 import os
 import shutil
 import time
+import uuid
 import zipfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -110,8 +111,6 @@ class _Finish(Exception):
 
 
 def _envelope(job_id: str, topic: str, body: Mapping[str, Any], *refs: Any) -> site_pb2.Envelope:
-    import uuid
-
     return site_pb2.Envelope(
         message_id=uuid.uuid4().hex,
         job_id=job_id,
