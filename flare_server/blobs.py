@@ -20,7 +20,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +45,8 @@ class ServedBlob:
     size: int
     sha256: str
     content_type: str
+    #: The content itself, for a blob served from memory (``path`` is then unused).
+    data: bytes | None = field(default=None, repr=False)
 
     def ref(self) -> common_pb2.BlobRef:
         return common_pb2.BlobRef(
@@ -114,8 +116,10 @@ class BlobRegistry:
         sha256: str,
         size: int,
         content_type: str,
+        data: bytes | None = None,
     ) -> ServedBlob:
-        """Register ``path`` (complete, never modified afterwards) for ``sites`` of ``job_id``."""
+        """Register ``path`` (complete, never modified afterwards), or ``data`` held in
+        memory, for ``sites`` of ``job_id``."""
         blob = ServedBlob(
             secrets.token_hex(16),
             job_id,
@@ -125,9 +129,14 @@ class BlobRegistry:
             size,
             sha256,
             content_type,
+            data,
         )
         self._served[blob.blob_id] = blob
         return blob
+
+    def unserve(self, blob_id: str) -> None:
+        """Stop serving a blob (a download already under way finishes)."""
+        self._served.pop(blob_id, None)
 
     def served(self, site: str, blob_id: str, job_id: str) -> ServedBlob:
         """The blob ``site`` asks for; InvalidArgumentError if it may not have it."""
@@ -146,6 +155,11 @@ class BlobRegistry:
                 content_type=blob.content_type,
             )
         )
+        if blob.data is not None:
+            view = memoryview(blob.data)
+            for start in range(0, len(view), CHUNK_SIZE):
+                yield common_pb2.TransferChunk(data=bytes(view[start : start + CHUNK_SIZE]))
+            return
         fh = await asyncio.to_thread(open, blob.path, "rb")
         try:
             sent = 0

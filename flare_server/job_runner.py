@@ -32,6 +32,7 @@ job's blobs and may upload an update only for a task it was given.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -53,10 +54,18 @@ from flare_protocol.app_config import (
     ServerConfig,
     parse_server_config,
 )
-from flare_protocol.models import Params, load_params, save_params
+from flare_protocol.models import Params, dump_params, load_params, save_params
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
 from flare_server.jobs import JobStatus, safe_extract
-from flare_server.results import METRICS, SUMMARY, VALIDATIONS, ResultFolder, seal_jsonl
+from flare_server.results import (
+    METRICS,
+    SUMMARY,
+    VALIDATIONS,
+    ResultFolder,
+    round_model_name,
+    seal_jsonl,
+    write_atomic,
+)
 from flare_server.workflows import (
     ABNORMAL,
     ABORTED,
@@ -132,6 +141,11 @@ def _zip_folder(folder: Path, target: Path) -> tuple[str, int]:
                     zf.write(path, path.relative_to(folder).as_posix())
     os.replace(tmp, target)
     return sha256_of(target)
+
+
+def _npz_and_sha256(model: Params) -> tuple[bytes, str]:
+    data = dump_params(model)
+    return data, hashlib.sha256(data).hexdigest()
 
 
 def _targets_of(deploy_map: Mapping[str, Any]) -> list[tuple[str, list[str]]]:
@@ -320,6 +334,8 @@ class JobRun:
         self._log_uploads: dict[str, int] = {}
         self._sent: dict[str, tuple[site_pb2.Envelope, str]] = {}  # task id -> (env, session)
         self._model_blobs: dict[int, ServedBlob] = {}
+        self._round_model: tuple[int, bytes, str] | None = None  # latest (round, npz, sha256)
+        self._writes: list[asyncio.Task[None]] = []  # round models being written
         self._logs: dict[str, Any] = {}  # site -> uploaded log blob or an error text
         self._site_errors: dict[str, str] = {}
         self._rounds: list[dict[str, Any]] = []
@@ -777,11 +793,19 @@ class JobRun:
                 self._timers.append(handle)
             elif isinstance(action, RoundAggregated):
                 record = action.record
-                path = self.results.round_model_path(record.round)
                 t0 = time.perf_counter()
-                await asyncio.to_thread(save_params, record.global_model, path)
+                # Serialized once: the next round is served from these bytes while they are
+                # written to models/round_NNN.npz in the background (awaited before the end).
+                data, sha = await asyncio.to_thread(_npz_and_sha256, record.global_model)
+                self._round_model = (record.round, data, sha)
+                path = self.results.round_model_path(record.round)
+                self._writes.append(
+                    asyncio.get_running_loop().create_task(
+                        asyncio.to_thread(write_atomic, path, data)
+                    )
+                )
                 self.log.debug(
-                    "job %s: round %d model saved in %.3f s",
+                    "job %s: round %d model serialized and hashed in %.3f s",
                     self.job_id,
                     record.round,
                     time.perf_counter() - t0,
@@ -814,24 +838,33 @@ class JobRun:
         blob = self._model_blobs.get(action.model_round)
         if blob is not None:
             return blob
-        assert self.results is not None
-        if action.model_round >= 1 and self.results.round_model_path(action.model_round).is_file():
-            path = self.results.round_model_path(action.model_round)
-        else:
+        for old in self._model_blobs.values():
+            self.blobs.unserve(old.blob_id)  # an earlier round's model is not needed any more
+        if self._round_model is not None and self._round_model[0] == action.model_round:
+            _, data, sha = self._round_model
+            blob = self.blobs.serve(
+                self.job_id,
+                Path(),
+                self.sites,
+                name=round_model_name(action.model_round),
+                sha256=sha,
+                size=len(data),
+                content_type="application/x-npz",
+                data=data,
+            )
+        else:  # the initial model
             path = self.work / "models" / f"global_{action.model_round:03d}.npz"
             await asyncio.to_thread(save_params, action.model, path)
-        t0 = time.perf_counter()
-        sha, size = await asyncio.to_thread(sha256_of, path)
-        self.log.debug("job %s: model hashed in %.3f s", self.job_id, time.perf_counter() - t0)
-        blob = self.blobs.serve(
-            self.job_id,
-            path,
-            self.sites,
-            name=path.name,
-            sha256=sha,
-            size=size,
-            content_type="application/x-npz",
-        )
+            sha, size = await asyncio.to_thread(sha256_of, path)
+            blob = self.blobs.serve(
+                self.job_id,
+                path,
+                self.sites,
+                name=path.name,
+                sha256=sha,
+                size=size,
+                content_type="application/x-npz",
+            )
         self._model_blobs = {action.model_round: blob}
         return blob
 
@@ -873,6 +906,12 @@ class JobRun:
         status, reason = finished.status, finished.reason
         self.log.info("job %s: ending %s: %s", self.job_id, status, reason)
         results = self.results
+        if self._writes:  # the round models must be on disk before the job can end
+            outcomes = await asyncio.gather(*self._writes, return_exceptions=True)
+            for outcome in outcomes:
+                if isinstance(outcome, BaseException):
+                    self.log.error("job %s: a round model was not saved: %s", self.job_id, outcome)
+        self._round_model = None
         if results is not None and finished.final_model is not None and status == COMPLETED:
             try:
                 await asyncio.to_thread(self._save_final, finished.final_model)
