@@ -479,6 +479,8 @@ class JobRun:
         plan = self.plan
         if self.abort_reason is not None:  # aborted while preparing: start nothing on sites
             raise _Finish(ABORTED, self.abort_reason)
+        if self.server_stopping:
+            raise _Finish(ABNORMAL, "the server stopped while the job was being prepared")
         refs = {
             app: self.blobs.serve(
                 self.job_id,
