@@ -42,6 +42,7 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -428,7 +429,7 @@ class JobStore:
         self._subscribers: tuple[Callable[[JobMeta], None], ...] = ()
         # Committed metas by job id, newest last: get() without SQLite or JSON parsing.
         # Written only under _lock, after the change is committed; read without it.
-        self._metas: dict[str, JobMeta] = {}
+        self._metas: OrderedDict[str, JobMeta] = OrderedDict()
         self._conn: sqlite3.Connection | None = sqlite3.connect(
             root / DB_FILE, isolation_level=None, check_same_thread=False
         )
@@ -747,10 +748,10 @@ class JobStore:
     def _remember(self, meta: JobMeta) -> None:
         """Cache a committed meta (caller holds the lock); the oldest entries make room."""
         metas = self._metas
-        metas.pop(meta.job_id, None)
         metas[meta.job_id] = meta
+        metas.move_to_end(meta.job_id)
         while len(metas) > META_CACHE_SIZE:
-            metas.pop(next(iter(metas)))
+            metas.popitem(last=False)  # O(1); next(iter(dict)) after many pops is not
 
     @_storage_errors
     def list(
