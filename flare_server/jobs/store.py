@@ -478,6 +478,7 @@ class JobStore:
                 return
             self._conn.close()
             self._conn = None
+            self._metas.clear()
             os.close(self._lock_fd)
 
     def __enter__(self) -> JobStore:
@@ -727,7 +728,7 @@ class JobStore:
         """
         job_id = parse_job_id(job_id)
         hit = self._metas.get(job_id)
-        if hit is not None:
+        if hit is not None and self._conn is not None:
             return hit
         with self._lock:
             row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -743,7 +744,9 @@ class JobStore:
         For callers on an event loop: a hit costs a dictionary lookup, a miss means
         calling :meth:`get` in a worker thread.
         """
-        return self._metas.get(job_id) if isinstance(job_id, str) else None
+        if self._conn is None or not isinstance(job_id, str):
+            return None
+        return self._metas.get(job_id)
 
     def _remember(self, meta: JobMeta) -> None:
         """Cache a committed meta (caller holds the lock); the oldest entries make room."""

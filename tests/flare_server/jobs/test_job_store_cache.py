@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flare_protocol.errors import JobNotFound
+from flare_protocol.errors import FlareError, JobNotFound
 from flare_server.jobs import JobMeta, JobStatus, JobStore, Submitter
 
 
@@ -61,6 +61,14 @@ def test_wire_json_is_the_compact_meta(store: JobStore, job: JobMeta) -> None:
     meta = store.get(job.job_id)
     assert json.loads(meta.wire_json()) == meta.to_dict()
     assert ", " not in meta.wire_json() and meta.wire_json() is meta.wire_json()
+
+
+def test_a_closed_store_serves_nothing_from_memory(store: JobStore, job: JobMeta) -> None:
+    store.get(job.job_id)
+    store.close()
+    assert store.cached(job.job_id) is None
+    with pytest.raises(FlareError, match="closed"):
+        store.get(job.job_id)
 
 
 def test_cached_never_raises(store: JobStore) -> None:
