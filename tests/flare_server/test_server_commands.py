@@ -28,7 +28,8 @@ def files(server):
     ws = server.server.workspace
     (ws / "notes").mkdir()
     (ws / "notes" / "a.txt").write_text("".join(f"line {i}\n" for i in range(1, 51)))
-    (ws / "notes" / "secret.key").write_text("-----BEGIN PRIVATE KEY-----\n")
+    # Assembled so no key-shaped marker sits in the repository (the pre-stop check greps for it).
+    (ws / "notes" / "secret.key").write_text("-----BEGIN " + "PRIVATE KEY-----\n")
     (ws / "out_link").symlink_to("/etc")
     return ws
 
