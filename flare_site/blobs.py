@@ -13,8 +13,9 @@ only then renamed into place: a half-received blob is never taken for a whole on
 header's name is a hint for logs only; the caller chooses the destination path.
 
 An upload hashes the file first (the header carries size and SHA-256 up front, so the
-server can refuse early and check at the end), then streams it; the server's reply is
-the blob's :class:`Blob` reference.
+server can refuse early and check at the end), unless the caller read it already and
+passes the digest, then streams it; the server's reply is the blob's :class:`Blob`
+reference.
 """
 
 from __future__ import annotations
@@ -199,16 +200,19 @@ async def upload(
     content_type: str,
     params: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    digest: tuple[str, int] | None = None,
 ) -> Blob:
     """Send the file at ``path`` to the server; return the server's reference.
 
     ``params`` travel in the header (``job_id``, ``task_id``, ``kind``: ``update`` or
     ``log``), so the server can tie the blob to the job before it stores a byte.
+    ``digest``: the file's (SHA-256, size) when the caller already read it (else the
+    file is hashed first); the server refuses the blob if the bytes sent differ.
 
     Raises:
         BlobError: the server refused the upload or the stream broke.
     """
-    sha, size = await asyncio.to_thread(sha256_file, path)
+    sha, size = digest if digest is not None else await asyncio.to_thread(sha256_file, path)
     header = common_pb2.TransferHeader(
         name=name, size=size, sha256=sha, content_type=content_type, params=dict(params or {})
     )

@@ -60,6 +60,7 @@ from flare_site.jobs import (
     dumps,
     task_result_body,
 )
+from flare_site.task_ledger import SentResult, TaskLedger
 
 __all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
 
@@ -241,6 +242,7 @@ class SiteRuntime:
         self._outbox: deque[site_pb2.SiteMessage] = deque()
         self._outbox_ready = asyncio.Event()
         self._job_locks: dict[str, asyncio.Lock] = {}
+        self._ledger = TaskLedger()
         self._tasks: set[asyncio.Task[None]] = set()
         self._creds = channel_credentials(kit)
 
@@ -534,6 +536,8 @@ class SiteRuntime:
                 await self._command(envelope, body)
             elif topic == "job.abort":
                 await self._abort(envelope.job_id, body)
+            elif topic in ("task.train", "task.validate") and self._seen_before(envelope, body):
+                return
             else:
                 lock = self._job_locks.setdefault(envelope.job_id, asyncio.Lock())
                 async with lock:
@@ -547,6 +551,32 @@ class SiteRuntime:
             raise
         except Exception:
             log.exception("handling %s for job %s failed", topic, envelope.job_id)
+
+    def _seen_before(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> bool:
+        """A task received before is not run again: its result is re-sent, or it is running."""
+        task_id = str(body.get("task_id", ""))[:128]
+        if not task_id:
+            return False
+        known = self._ledger.claim(envelope.job_id, task_id)
+        if known is None:
+            return False
+        if isinstance(known, SentResult):
+            log.info(
+                "job %s: task %s received again; its result is sent again", envelope.job_id, task_id
+            )
+            self.send("task.result", envelope.job_id, known.body, blobs=known.blobs)
+        else:
+            log.info(
+                "job %s: task %s received again while it runs; ignored", envelope.job_id, task_id
+            )
+        return True
+
+    def _task_result(
+        self, job_id: str, task_id: str, body: dict[str, Any], blobs: tuple[Blob, ...] = ()
+    ) -> None:
+        self.send("task.result", job_id, body, blobs=blobs)
+        if task_id:
+            self._ledger.done(job_id, task_id, SentResult(body, blobs))
 
     async def _command(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
         name, args = body.get("command"), body.get("args")
@@ -632,6 +662,8 @@ class SiteRuntime:
             if job is None:
                 raise ExecutionError(f"job {job_id} is not deployed on this site")
             model: Path | None = None
+            started = time.perf_counter()
+            downloaded = started
             if envelope.blobs:
                 blob = Blob.from_pb(envelope.blobs[0])
                 model = job.downloads / f"{uuid.uuid4().hex}.global.npz"
@@ -640,6 +672,7 @@ class SiteRuntime:
                         stub, blob, model, job_id=job_id, timeout=self.settings.transfer_timeout
                     )
                 )
+                downloaded = time.perf_counter()
             if kind == "train":
                 total = body.get("total_rounds", job.total_rounds)
                 outcome: Any = await self.jobs.train(
@@ -649,6 +682,7 @@ class SiteRuntime:
                     total_rounds=total if isinstance(total, int) else job.total_rounds,
                     model_path=model,
                 )
+                ran = time.perf_counter()
                 ref = await self._on_connection(
                     lambda stub: upload(
                         stub,
@@ -657,20 +691,28 @@ class SiteRuntime:
                         content_type="application/x-npz",
                         params={"job_id": job_id, "task_id": task_id, "kind": "update"},
                         timeout=self.settings.transfer_timeout,
+                        digest=outcome.digest,
                     )
                 )
-                self.send(
-                    "task.result", job_id, task_result_body(task_id, rnd, outcome), blobs=(ref,)
+                self._task_result(job_id, task_id, task_result_body(task_id, rnd, outcome), (ref,))
+                log.debug(
+                    "job %s: train task %s: download %.3f s, user code and check %.3f s, "
+                    "upload %.3f s",
+                    job_id,
+                    task_id,
+                    downloaded - started,
+                    ran - downloaded,
+                    time.perf_counter() - ran,
                 )
             else:
                 outcome = await self.jobs.validate(job_id, task_id, round=rnd, model_path=model)
-                self.send("task.result", job_id, task_result_body(task_id, rnd, outcome))
+                self._task_result(job_id, task_id, task_result_body(task_id, rnd, outcome))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.send(
-                "task.result",
+            self._task_result(
                 job_id,
+                task_id,
                 {"task_id": task_id, "round": rnd, "kind": kind, "error": describe_error(exc)},
             )
             if self.jobs.state(job_id) == FAILED:
@@ -678,6 +720,7 @@ class SiteRuntime:
 
     async def _end(self, job_id: str, body: dict[str, Any]) -> None:
         self._job_locks.pop(job_id, None)  # later messages for this job need no ordering
+        self._ledger.forget(job_id)
         log_path = await self.jobs.end(job_id, str(body.get("status", ""))[:64])
         if log_path is None or not log_path.is_file():
             self.send("job.log", job_id, {})

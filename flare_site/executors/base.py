@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from flare_protocol.errors import ExecutionError, InvalidModel
-from flare_protocol.models import MAX_MODEL_BYTES, ParamsType, load_params
+from flare_protocol.models import MAX_MODEL_BYTES, ParamsType
 from flare_site.client import _ipc
 from flare_site.executors.process import OutputSink, safe_base_env
+from flare_site.update_check import verify_update
 
 __all__ = [
     "ExecutorHost",
@@ -93,6 +94,8 @@ class TrainOutcome:
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
     meta: Mapping[str, Any] = field(default_factory=dict)
+    #: SHA-256 and size of ``params_path`` when the check read it (saves the upload a pass).
+    digest: tuple[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -156,8 +159,11 @@ def clean_metrics(raw: object, where: str) -> dict[str, float]:
     return out
 
 
-def check_update_file(path: Path, ctx: JobContext, where: str) -> None:
-    """The update user code wrote must exist and be a safe, finite ``.npz``."""
+def check_update_file(path: Path, ctx: JobContext, where: str) -> tuple[str, int] | None:
+    """The update user code wrote must exist and be a safe, finite ``.npz``.
+
+    Returns its (SHA-256, size) as read by the check, or None when ``verify_updates`` is off.
+    """
     if not path.is_file():
         raise ExecutionError(f"{where}: no model was written to {path.name}")
     if path.stat().st_size > ctx.max_model_bytes:
@@ -166,9 +172,9 @@ def check_update_file(path: Path, ctx: JobContext, where: str) -> None:
             f"more than the limit of {ctx.max_model_bytes}"
         )
     if not ctx.verify_updates:
-        return
+        return None
     try:
-        load_params(path, max_bytes=ctx.max_model_bytes)
+        return verify_update(path, max_bytes=ctx.max_model_bytes)
     except InvalidModel as exc:
         raise ExecutionError(f"{where}: the model written is unusable: {exc}") from exc
 

@@ -158,9 +158,9 @@ class CommandExecutor(ExecutorHost):
         except ValueError as exc:
             raise ExecutionError(f"{where}: metadata 'params_type' must be FULL or DIFF") from exc
         metrics = clean_metrics(metadata.get("metrics", {}), where)
-        check_update_file(model_out, self.ctx, where)
+        digest = await asyncio.to_thread(check_update_file, model_out, self.ctx, where)
         meta = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}
-        return TrainOutcome(task.task_id, model_out, params_type, num, metrics, meta)
+        return TrainOutcome(task.task_id, model_out, params_type, num, metrics, meta, digest)
 
     async def stop(self, grace: float = 10.0) -> None:
         if self._current is not None:

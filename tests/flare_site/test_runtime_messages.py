@@ -49,6 +49,8 @@ while flare.is_running():
         sys.exit(3)
     if os.environ.get("MODE") == "hang":
         time.sleep(600)
+    if os.environ.get("MODE") == "slow":
+        time.sleep(1.0)
     flare.log_metric("loss", 0.5, step=1)
     flare.send(flare.FLModel(params={"w": model.params["w"] * 10}, meta={"num_examples": 4}))
     if os.environ.get("MODE") == "die-after-send":
@@ -513,3 +515,44 @@ async def test_a_script_that_dies_between_tasks_is_reported_failed_at_once(
     (result,) = received.topic("task.result", job_id)
     assert result["error"] is None  # the round itself succeeded
     assert site.runtime.jobs.running() == []
+
+
+async def test_a_task_received_again_after_its_result_is_answered_with_that_result(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    await start_site()
+    job_id = await deploy(server, service, received)
+    model = service.put(dump_params({"w": np.arange(3.0)}))
+    train = {"task_id": "r1-train", "round": 1, "total_rounds": 1}
+    await apush(server, "task.train", job_id, train, model)
+    (first,) = await until(lambda: received.topic("task.result", job_id))
+    uploads = len(service.blobs)
+
+    await apush(server, "task.train", job_id, train, model)
+    results = await until(
+        lambda: (
+            len(received.topic("task.result", job_id)) == 2
+            and received.topic("task.result", job_id)
+        )
+    )
+    assert results[1] == results[0]  # the same body and the same update blob
+    assert len(service.blobs) == uploads  # nothing trained or uploaded again
+    assert len(received.topic("metrics", job_id)) == 1
+
+
+async def test_a_task_received_again_while_it_runs_is_ignored(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    await start_site()
+    job_id = await deploy(server, service, received, MODE="slow")
+    model = service.put(dump_params({"w": np.arange(3.0)}))
+    train = {"task_id": "r1-train", "round": 1, "total_rounds": 1}
+    await apush(server, "task.train", job_id, train, model)
+    await apush(server, "task.train", job_id, train, model)
+    (result,) = await until(lambda: received.topic("task.result", job_id))
+    assert result["error"] is None
+    await asyncio.sleep(1.5)  # a second run would have answered by now (it sleeps 1 s)
+    assert len(received.topic("task.result", job_id)) == 1
+    assert len(received.topic("metrics", job_id)) == 1
