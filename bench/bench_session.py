@@ -203,6 +203,9 @@ def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
                 except Exception as exc:  # counted by kind, e.g. NoReply (server busy)
                     kind = type(exc).__name__
                     failures[kind] = failures.get(kind, 0) + 1
+                    if failures[kind] == 1:
+                        cause = getattr(exc.__cause__, "details", lambda: "")()
+                        print(f"first {kind}: {exc} [{cause}]", file=sys.stderr)
                     return
                 latencies.append(time.perf_counter() - scheduled)
 
