@@ -89,6 +89,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+def _absorb(digest: Any, fd: int, data: bytes) -> None:
+    # In a worker thread: hashlib and os.write release the GIL, so the event loop keeps
+    # receiving the next chunks meanwhile instead of hashing 100 MB itself.
+    digest.update(data)
+    _write_all(fd, data)
+
+
 def _finish(tmp: Path, dest: Path) -> None:
     os.replace(tmp, dest)
     dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
@@ -145,8 +152,7 @@ async def download(
                     raise BlobError(
                         f"blob {blob.blob_id} exceeds the cap of {max_bytes} bytes; stopped"
                     )
-                digest.update(chunk.data)
-                await asyncio.to_thread(_write_all, fd, chunk.data)
+                await asyncio.to_thread(_absorb, digest, fd, chunk.data)
         except grpc.RpcError as exc:
             raise BlobError(
                 f"download of blob {blob.blob_id} failed: {exc.code().name}: {exc.details()}",

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from flare_protocol import _malloc
 from flare_protocol.errors import FlareError, InvalidModel
 from flare_protocol.models import ParamsType, load_params, save_params
 from flare_site.client import _ipc
@@ -95,11 +96,16 @@ def _get() -> _Client:
 def init() -> None:
     """Connect to the site that launched this script (idempotent).
 
+    Also keeps this process's freed transfer-sized buffers for reuse (glibc malloc
+    settings, see ``flare_protocol._malloc``; ``FLARE_MALLOC_TUNING=0`` turns that off).
+
     Raises:
         FlareError: the script was not launched by a flare site.
     """
     global _client
     if _client is None:
+        # The script loads and saves a model per round: reuse those buffers (see _malloc).
+        _malloc.tune()
         _client = _Client()
 
 
