@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
+# Stale stubs and lint errors fail the suite too; pytest exits non-zero (5) on no tests.
 test: $(STAMP)
+	$(PY) scripts/gen_protos.py --check
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 
 bench: $(STAMP)

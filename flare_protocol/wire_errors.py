@@ -42,7 +42,10 @@ def status_code_for(exc: errors.APIError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def encode_error(exc: errors.APIError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, bytes], ...]]:
+Trailers = tuple[tuple[str, bytes], ...]
+
+
+def encode_error(exc: errors.APIError) -> tuple[grpc.StatusCode, str, Trailers]:
     """``(code, message, trailing_metadata)`` for an API error raised by a service."""
     name = type(exc).__name__
     if name not in errors.WIRE_ERRORS:  # a subclass the client cannot know: send its base
