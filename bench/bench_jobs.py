@@ -49,6 +49,7 @@ SCRIPT = textwrap.dedent(
     site = flare.get_site_name()
     log = open(out / f"{site}.jsonl", "a")
     while flare.is_running():
+        ask = time.time()
         model = flare.receive()
         if model is None:
             break
@@ -58,10 +59,11 @@ SCRIPT = textwrap.dedent(
         else:
             params = {"w": np.zeros(size, dtype=np.float32)}
         t1 = time.time()
-        log.write(json.dumps({"round": model.current_round, "recv": t0, "compute": t1 - t0}))
-        log.write("\\n")
-        log.flush()
         flare.send(flare.FLModel(params=params, params_type="FULL", meta={"num_examples": 10}))
+        row = {"round": model.current_round, "recv": t0, "compute": t1 - t0,
+               "receive": t0 - ask, "send": time.time() - t1}
+        log.write(json.dumps(row) + "\\n")
+        log.flush()
     """
 )
 
@@ -112,7 +114,11 @@ def _run_job(
     }
     first_recv = {rnd: min(site[rnd]["recv"] for site in per_site.values()) for rnd in compute}
     cycles = [first_recv[r + 1] - first_recv[r] - compute[r] for r in range(1, rounds)]
+    # The script's own model I/O from round 2 on (round 1 has no model to load).
+    later = [site[r] for site in per_site.values() for r in range(2, rounds + 1)]
     return {
+        "receive": [row["receive"] for row in later],
+        "send": [row["send"] for row in later],
         "wall": wall,
         "compute": sum(compute.values()),
         "cycles": cycles,
@@ -133,6 +139,8 @@ def run() -> list[dict[str, Any]]:
             again = _run_job(project, root, 3, megabytes * 1024 * 1024 // 4, "-again")
             tiny = _run_job(project, root, 20, 4)
     cycles = big["cycles"] + again["cycles"]
+    receive = statistics.median(big["receive"] + again["receive"])
+    send = statistics.median(big["send"] + again["send"])
     rows.append(
         {
             "benchmark": f"round overhead, {megabytes} MB model, 2 sites",
@@ -141,7 +149,8 @@ def run() -> list[dict[str, Any]]:
             "target": "<= 2",
             "notes": f"median of 4 round cycles (range {min(cycles):.2f}-{max(cycles):.2f} s) "
             "minus the slower site's compute: upload, load, aggregate, save, serve, "
-            "download, the script's model I/O",
+            f"download, the script's model I/O (median flare.receive() {receive:.2f} s, "
+            f"flare.send() {send:.2f} s incl. the site's check of the update)",
         }
     )
     rows.append(
