@@ -5,11 +5,13 @@ server will accept (``.npy`` members only, allowed names, numeric dtypes, finite
 under the size caps) and needs its SHA-256 for the upload header. Loading it with
 :func:`flare_protocol.models.load_params` would copy every array into fresh memory (on
 the benchmark VM, first-touch memory runs at ~320 MiB/s) and hashing would read it a
-second time. Here the file is memory-mapped read-only: the zip directory is read with
-:mod:`zipfile`, each stored member's ``.npy`` header is parsed with pickle disabled and
-its data is checked for NaN and infinity in place, in slices, and the whole mapping is
-hashed. Nothing is ever unpickled or executed. A member that is compressed or encrypted
-(not what :func:`~flare_protocol.models.save_params` writes by default) falls back to
+second time. Here the zip directory is read with :mod:`zipfile` and each stored member's
+``.npy`` header is parsed with pickle disabled; then the file is read once, front to
+back, through one reused 4 MiB buffer: every byte goes into the SHA-256 and the bytes of
+float arrays are checked for NaN and infinity as they pass. Nothing is unpickled or
+executed, nothing is memory-mapped (user code truncating the file meanwhile yields an
+error, not a SIGBUS in the site). A member that is compressed or encrypted (not what
+:func:`~flare_protocol.models.save_params` writes by default) falls back to
 ``load_params``, which inflates it under the same caps.
 
 The hash describes the file as it was read. If user code rewrote the file afterwards,
@@ -21,10 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import io
-import mmap
 import os
 import struct
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -38,8 +40,18 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature ... name length, extra le
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 #: numpy refuses .npy headers above 10,000 bytes by default; read a little more.
 _NPY_HEADER_MAX = 16 * 1024
-#: Elements checked for finiteness per slice (bounded temporary memory).
-_SLICE = 1 << 20
+#: Bytes read at a time: a multiple of every numeric itemsize (at most 16, complex128).
+_CHUNK = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class _Region:
+    """The data bytes of one array inside the file."""
+
+    name: str
+    start: int
+    length: int
+    dtype: np.dtype
 
 
 def verify_update(path: Path, *, max_bytes: int) -> tuple[str, int]:
@@ -47,33 +59,23 @@ def verify_update(path: Path, *, max_bytes: int) -> tuple[str, int]:
 
     Raises:
         InvalidModel: not an npz, non-numeric or pickled arrays, bad names, NaN or
-            infinity, over ``max_bytes``.
+            infinity, over ``max_bytes``, or changed while it was read.
     """
     where = str(path)
-    with open(path, "rb") as fh:
+    with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
             raise InvalidModel(f"{where} is not an .npz archive: the file is empty", path=where)
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            view = memoryview(mapped)
-            try:
-                if not _check_in_place(fh, mapped, view, size, max_bytes, where):
-                    load_params(path, max_bytes=max_bytes)
-                digest = hashlib.sha256(view).hexdigest()
-            finally:
-                view.release()
-    return digest, size
+        regions = _regions(fh, size, max_bytes, where)
+        if regions is None:
+            load_params(path, max_bytes=max_bytes)
+            regions = []
+        fh.seek(0)
+        return _read_through(fh, size, regions, where), size
 
 
-def _check_in_place(
-    fh: io.BufferedReader,
-    mapped: mmap.mmap,
-    view: memoryview,
-    size: int,
-    max_bytes: int,
-    where: str,
-) -> bool:
-    """True when every member was checked here; False: let ``load_params`` do it."""
+def _regions(fh: io.FileIO, size: int, max_bytes: int, where: str) -> list[_Region] | None:
+    """Every array's data region in file order; None: let ``load_params`` check it."""
     try:
         archive = zipfile.ZipFile(fh)
     except (zipfile.BadZipFile, OSError) as exc:
@@ -91,7 +93,8 @@ def _check_in_place(
             path=where,
         )
     if any(m.compress_type != zipfile.ZIP_STORED or m.flag_bits & 0x1 for m in members):
-        return False
+        return None
+    regions: list[_Region] = []
     seen: set[str] = set()
     for member in members:
         if not member.filename.endswith(".npy"):
@@ -102,16 +105,30 @@ def _check_in_place(
         if name in seen:
             raise InvalidModel(f"{where}: array {name!r} appears twice", path=where)
         seen.add(name)
-        start = _data_start(mapped, member, size, where)
-        _check_array(view, name, start, member.file_size, where)
-    return True
+        start = _member_start(fh, member, size, where)
+        regions.append(_array_region(fh, name, start, member.file_size, where))
+    regions.sort(key=lambda r: r.start)
+    for before, after in zip(regions, regions[1:], strict=False):
+        if after.start < before.start + before.length:
+            raise InvalidModel(
+                f"{where}: arrays {before.name!r} and {after.name!r} overlap", path=where
+            )
+    return regions
 
 
-def _data_start(mapped: mmap.mmap, member: zipfile.ZipInfo, size: int, where: str) -> int:
+def _read_at(fh: io.FileIO, offset: int, length: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(length)
+
+
+def _member_start(fh: io.FileIO, member: zipfile.ZipInfo, size: int, where: str) -> int:
     offset = member.header_offset
     if offset < 0 or offset + _LOCAL_HEADER.size > size:
         raise InvalidModel(f"{where}: member {member.filename!r} lies outside the file", path=where)
-    signature, name_len, extra_len = _LOCAL_HEADER.unpack_from(mapped, offset)
+    raw = _read_at(fh, offset, _LOCAL_HEADER.size)
+    if len(raw) != _LOCAL_HEADER.size:
+        raise InvalidModel(f"{where}: member {member.filename!r} is truncated", path=where)
+    signature, name_len, extra_len = _LOCAL_HEADER.unpack(raw)
     if signature != _LOCAL_SIGNATURE:
         raise InvalidModel(f"{where}: member {member.filename!r} is damaged", path=where)
     start = offset + _LOCAL_HEADER.size + name_len + extra_len
@@ -120,8 +137,8 @@ def _data_start(mapped: mmap.mmap, member: zipfile.ZipInfo, size: int, where: st
     return start
 
 
-def _check_array(view: memoryview, name: str, start: int, length: int, where: str) -> None:
-    head = io.BytesIO(view[start : start + min(length, _NPY_HEADER_MAX)].tobytes())
+def _array_region(fh: io.FileIO, name: str, start: int, length: int, where: str) -> _Region:
+    head = io.BytesIO(_read_at(fh, start, min(length, _NPY_HEADER_MAX)))
     try:
         version = np.lib.format.read_magic(head)
         if version == (1, 0):
@@ -144,7 +161,6 @@ def _check_array(view: memoryview, name: str, start: int, length: int, where: st
     except InvalidModel as exc:
         raise InvalidModel(f"{where}: {exc.message}", path=where, name=name) from exc
     count = int(np.prod(shape, dtype=np.int64))
-    data = start + head.tell()
     if head.tell() + count * dtype.itemsize != length:
         raise InvalidModel(
             f"{where}: array {name!r} is damaged: its header announces {count} values of "
@@ -152,14 +168,48 @@ def _check_array(view: memoryview, name: str, start: int, length: int, where: st
             path=where,
             name=name,
         )
-    if dtype.kind not in "fc" or count == 0:
-        return
-    values = np.frombuffer(view, dtype=dtype, count=count, offset=data)
+    return _Region(name, start + head.tell(), count * dtype.itemsize, dtype)
+
+
+def _read_through(fh: io.FileIO, size: int, regions: list[_Region], where: str) -> str:
+    """Hash the whole file, checking float regions for NaN and infinity on the way."""
+    digest = hashlib.sha256()
+    buffer = bytearray(_CHUNK)
+    view = memoryview(buffer)
+    position = 0
+
+    def pump(until: int, region: _Region | None) -> None:
+        nonlocal position
+        check = region is not None and region.dtype.kind in "fc"
+        while position < until:
+            want = min(_CHUNK, until - position)
+            got = 0
+            while got < want:
+                n = fh.readinto(view[got:want])
+                if not n:
+                    raise InvalidModel(f"{where} changed while it was read", path=where)
+                got += n
+            digest.update(view[:want])
+            if check:
+                assert region is not None
+                values = np.frombuffer(
+                    buffer, dtype=region.dtype, count=want // region.dtype.itemsize
+                )
+                finite = bool(np.isfinite(values).all())
+                del values
+                if not finite:
+                    raise InvalidModel(
+                        f"{where}: array {region.name!r} contains NaN or infinity", path=where
+                    )
+            position += want
+
     try:
-        finite = all(
-            np.isfinite(values[first : first + _SLICE]).all() for first in range(0, count, _SLICE)
-        )
+        for region in regions:
+            pump(region.start, None)
+            pump(region.start + region.length, region)
+        pump(size, None)
+        if fh.read(1):
+            raise InvalidModel(f"{where} changed while it was read", path=where)
     finally:
-        del values  # the mapping can only be closed once no array points into it
-    if not finite:
-        raise InvalidModel(f"{where}: array {name!r} contains NaN or infinity", path=where)
+        view.release()
+    return digest.hexdigest()

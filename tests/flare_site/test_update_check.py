@@ -24,7 +24,12 @@ def write_member(path: Path, name: str, array: np.ndarray, *, pickle: bool = Fal
 
 def test_a_good_update_yields_its_sha256_and_size(tmp_path: Path) -> None:
     path = save_params(
-        {"w": np.ones((4, 5), np.float32), "n": np.arange(7), "b": np.ones(3, ">f8")},
+        {
+            "w": np.ones((4, 5), np.float32),
+            "n": np.arange(7),
+            "big": np.ones(3 << 20, np.float32),  # spans several read chunks
+            "b": np.ones(3, ">f8"),
+        },
         tmp_path / "u.npz",
     )
     assert verify_update(path, max_bytes=CAP) == sha256_file(path)
