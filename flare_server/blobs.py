@@ -46,7 +46,7 @@ class ServedBlob:
     sha256: str
     content_type: str
     #: The content itself, for a blob served from memory (``path`` is then unused).
-    data: bytes | None = field(default=None, repr=False)
+    data: bytes | memoryview | None = field(default=None, repr=False)
 
     def ref(self) -> common_pb2.BlobRef:
         return common_pb2.BlobRef(
@@ -116,7 +116,7 @@ class BlobRegistry:
         sha256: str,
         size: int,
         content_type: str,
-        data: bytes | None = None,
+        data: bytes | memoryview | None = None,
     ) -> ServedBlob:
         """Register ``path`` (complete, never modified afterwards), or ``data`` held in
         memory, for ``sites`` of ``job_id``."""

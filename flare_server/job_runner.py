@@ -54,7 +54,7 @@ from flare_protocol.app_config import (
     ServerConfig,
     parse_server_config,
 )
-from flare_protocol.models import Params, dump_params, load_params, save_params
+from flare_protocol.models import BufferPool, Params, dump_params_into, load_params, save_params
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
 from flare_server.jobs import JobStatus, safe_extract
 from flare_server.results import (
@@ -143,8 +143,8 @@ def _zip_folder(folder: Path, target: Path) -> tuple[str, int]:
     return sha256_of(target)
 
 
-def _npz_and_sha256(model: Params) -> tuple[bytes, str]:
-    data = dump_params(model)
+def _npz_and_sha256(model: Params, pool: BufferPool) -> tuple[memoryview, str]:
+    data = dump_params_into(model, pool)
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -169,6 +169,10 @@ class JobRunner:
     def __init__(self, server: Server) -> None:
         self.server = server
         self.blobs = BlobRegistry()
+        #: Model-sized buffers shared by the jobs: updates are loaded into them and round
+        #: models serialized into them, so a round does not fault in ~100s of MB of fresh
+        #: memory (a buffer is reused only once nothing refers to it; see BufferPool).
+        self.buffers = BufferPool()
         self.runs: dict[str, JobRun] = {}
         server.registry.subscribe(self._on_site_event)
 
@@ -334,7 +338,8 @@ class JobRun:
         self._log_uploads: dict[str, int] = {}
         self._sent: dict[str, tuple[site_pb2.Envelope, str]] = {}  # task id -> (env, session)
         self._model_blobs: dict[int, ServedBlob] = {}
-        self._round_model: tuple[int, bytes, str] | None = None  # latest (round, npz, sha256)
+        # latest (round, npz, sha256); the npz is a view of a pooled buffer
+        self._round_model: tuple[int, memoryview, str] | None = None
         self._writes: list[asyncio.Task[None]] = []  # round models being written
         self._logs: dict[str, Any] = {}  # site -> uploaded log blob or an error text
         self._site_errors: dict[str, str] = {}
@@ -744,7 +749,7 @@ class JobRun:
         assert controller is not None
         started = time.perf_counter()
         try:
-            params = load_params(path)
+            params = load_params(path, pool=self.runner.buffers)
             update = ModelUpdate.from_result(body, params, site)
         except errors.InvalidModel as exc:
             return controller.on_task_failed(site, task_id, f"its update is unusable: {exc}")
@@ -798,7 +803,9 @@ class JobRun:
                 t0 = time.perf_counter()
                 # Serialized once: the next round is served from these bytes while they are
                 # written to models/round_NNN.npz in the background (awaited before the end).
-                data, sha = await asyncio.to_thread(_npz_and_sha256, record.global_model)
+                data, sha = await asyncio.to_thread(
+                    _npz_and_sha256, record.global_model, self.runner.buffers
+                )
                 self._round_model = (record.round, data, sha)
                 path = self.results.round_model_path(record.round)
                 self._writes.append(
@@ -807,10 +814,13 @@ class JobRun:
                     )
                 )
                 self.log.debug(
-                    "job %s: round %d model serialized and hashed in %.3f s",
+                    "job %s: round %d model serialized and hashed in %.3f s "
+                    "(model buffers: %d reused, %d allocated so far)",
                     self.job_id,
                     record.round,
                     time.perf_counter() - t0,
+                    self.runner.buffers.reused,
+                    self.runner.buffers.allocated,
                 )
                 self._rounds.append(
                     {

@@ -62,7 +62,7 @@ def round_model_name(number: int) -> str:
     return f"round_{number:03d}.npz"
 
 
-def write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes | memoryview) -> None:
     """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -154,10 +154,8 @@ def _full_arrays(global_model: Params, update: ModelUpdate, name: str) -> np.nda
     return array
 
 
-def mean_full_model(
-    global_model: Params, updates: Mapping[str, ModelUpdate]
-) -> dict[str, np.ndarray]:
-    """The num_examples-weighted mean of the updates as full weights, still float64."""
+def _checked_names(global_model: Params, updates: Mapping[str, ModelUpdate]) -> list[str]:
+    """Check every update (see :func:`check_update`); the names of the arrays to average."""
     if not updates:
         raise InvalidModel("cannot aggregate: no updates")
     for site, update in updates.items():
@@ -176,6 +174,14 @@ def mean_full_model(
                         f"{site} sent array {name!r} with shape {update.params[name].shape}, "
                         f"other sites sent {reference[name].shape}"
                     )
+    return names
+
+
+def mean_full_model(
+    global_model: Params, updates: Mapping[str, ModelUpdate]
+) -> dict[str, np.ndarray]:
+    """The num_examples-weighted mean of the updates as full weights, still float64."""
+    names = _checked_names(global_model, updates)
     weights = [float(u.num_examples) for u in updates.values()]
     return {
         name: weighted_mean(
@@ -185,12 +191,71 @@ def mean_full_model(
     }
 
 
+def _mean_cast_into(
+    out: np.ndarray,
+    global_model: Params,
+    updates: Sequence[ModelUpdate],
+    weights: Sequence[float],
+    name: str,
+) -> None:
+    """``cast_like(weighted_mean(full arrays), out.dtype)`` written into ``out``, slice by slice.
+
+    Per element the same operations in the same order as :func:`weighted_mean` followed by
+    :func:`cast_like` (bit-identical), but only slice-sized float64 temporaries: no
+    model-sized accumulator, no full-weights copy of a DIFF update, no cast copy.
+    """
+    total = float(sum(weights))
+    if total <= 0:
+        raise InvalidModel("cannot aggregate: the updates' num_examples add up to 0")
+    first = updates[0]
+    if first.params_type is ParamsType.DIFF:
+        acc_dtype = accumulator_dtype(accumulator_dtype(global_model[name].dtype))
+    else:
+        acc_dtype = accumulator_dtype(first.params[name].dtype)
+    sources: list[tuple[np.ndarray, np.ndarray | None, np.dtype | None, float]] = []
+    for update, weight in zip(updates, weights, strict=True):
+        src = np.asarray(update.params[name]).reshape(-1)
+        if update.params_type is ParamsType.DIFF:
+            base = np.asarray(global_model[name]).reshape(-1)
+            sources.append((src, base, accumulator_dtype(base.dtype), weight / total))
+        else:
+            sources.append((src, None, None, weight / total))
+    flat = out.reshape(-1)
+    size = flat.size
+    step = min(_SLICE, size)
+    acc = np.empty(step, dtype=acc_dtype)
+    buffer = np.empty(step, dtype=acc_dtype)
+    for start in range(0, size, _SLICE):
+        stop = min(start + _SLICE, size)
+        chunk = acc[: stop - start]
+        part = buffer[: stop - start]
+        chunk.fill(0)
+        for src, diff_base, base_acc, factor in sources:
+            if diff_base is None:
+                np.copyto(part, src[start:stop], casting="unsafe")
+            else:
+                full = np.asarray(diff_base[start:stop], dtype=base_acc) + np.asarray(
+                    src[start:stop], dtype=base_acc
+                )
+                np.copyto(part, full, casting="unsafe")
+            part *= factor
+            chunk += part
+        flat[start:stop] = cast_like(chunk, out.dtype)
+
+
 def fedavg(global_model: Params, updates: Mapping[str, ModelUpdate]) -> Params:
     """Federated averaging of one round's updates (``site -> update``).
 
     Returns the new global model with the global model's dtypes (or the first update's,
     when there is no global model yet).
     """
+    names = _checked_names(global_model, updates)
     reference = global_model or next(iter(updates.values())).params
-    means = mean_full_model(global_model, updates)
-    return {name: cast_like(value, reference[name].dtype) for name, value in means.items()}
+    ordered = list(updates.values())
+    weights = [float(u.num_examples) for u in ordered]
+    model: Params = {}
+    for name in names:
+        out = np.empty(reference[name].shape, dtype=reference[name].dtype)
+        _mean_cast_into(out, global_model, ordered, weights, name)
+        model[name] = out
+    return model
