@@ -243,6 +243,7 @@ class SiteRuntime:
         self._outbox_ready = asyncio.Event()
         self._job_locks: dict[str, asyncio.Lock] = {}
         self._ledger = TaskLedger()
+        self._writing = False  # a Channel write is in flight (see _serve)
         self._tasks: set[asyncio.Task[None]] = set()
         self._creds = channel_credentials(kit)
 
@@ -381,6 +382,14 @@ class SiteRuntime:
         try:
             done, _ = await asyncio.wait([*workers, stop], return_when=asyncio.FIRST_COMPLETED)
             if stop in done:
+                # The writer may be sending the last reply (a command's answer just before a
+                # stop): let that write finish, then stop the writer, so _stop_on is the only
+                # writer and nothing popped from the outbox is lost by a cancellation.
+                deadline = time.monotonic() + 2.0
+                while self._writing and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+                workers[2].cancel()
+                await asyncio.gather(workers[2], return_exceptions=True)
                 await self._stop_on(conn)
                 return
             for task in done:
@@ -432,11 +441,14 @@ class SiteRuntime:
                 self._outbox_ready.clear()
                 await self._outbox_ready.wait()
             message = self._outbox.popleft()
+            self._writing = True
             try:
                 await conn.write(message)
             except Exception as exc:
                 self._outbox.appendleft(message)  # delivered after the reconnect
                 raise _Lost(f"sending failed: {exc}") from None
+            finally:
+                self._writing = False
 
     async def _read(self, conn: _Connection) -> None:
         while True:
