@@ -11,11 +11,13 @@ everything. The exit status is 0 only when the job ended ``FINISHED:COMPLETED``.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from flare_admin import JobMeta, MetricRow, Session, ValidationRow, rounds_table
+from flare_admin import (
+    JobMeta,
+    MetricRow,
+    MonitorReturnCode,
+    Session,
+    ValidationRow,
+    rounds_table,
+)
 from flare_protocol.errors import FlareError
 from flare_server.poc import LocalProject, provision_local, sigterm_interrupts, site_names
 
@@ -213,6 +222,31 @@ def run_simulation(
         step("stopped the sites and the server")
 
 
+@contextlib.contextmanager
+def _deferred_interrupts() -> Iterator[threading.Event]:
+    """Inside, SIGINT/SIGTERM only set the event; KeyboardInterrupt is raised on leaving.
+
+    Why: an interrupt raised asynchronously while rich's Live (or a lock it shares with
+    its refresh thread) is mid-update can leave that thread waiting forever, and Live's
+    exit joins it: the simulation then never stops. The monitor loop checks the event
+    between short slices instead.
+    """
+    event = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield event
+        return
+    previous = {
+        sig: signal.signal(sig, lambda *_: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield event
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if event.is_set():
+        raise KeyboardInterrupt
+
+
 def _run_job(
     session: Session,
     job_dir: Path,
@@ -240,19 +274,29 @@ def _run_job(
             )
         return True
 
-    try:
-        # transient: the final table is printed once by report(), not twice
-        with Live(
-            progress.render(),
-            console=console,
-            refresh_per_second=4,
-            get_renderable=progress.render,
-            transient=True,
-        ):
-            session.monitor_job(job_id, timeout, 2.0, on_meta)
-    finally:
-        done.set()
-        poller.join(5)
+    deadline = time.monotonic() + timeout if timeout else None
+    with _deferred_interrupts() as interrupted:
+        try:
+            # transient: the final table is printed once by report(), not twice
+            with Live(
+                progress.render(),
+                console=console,
+                refresh_per_second=4,
+                get_renderable=progress.render,
+                transient=True,
+            ):
+                # Short slices so a Ctrl-C (which only sets `interrupted` here) is seen soon.
+                while not interrupted.is_set():
+                    left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+                    if left <= 0:
+                        break
+                    if session.monitor_job(job_id, left, 2.0, on_meta) is (
+                        MonitorReturnCode.JOB_FINISHED
+                    ):
+                        break
+        finally:
+            done.set()
+            poller.join(5)
     meta = session.get_job_meta(job_id)
     if not meta.finished:
         step(f"job {job_id} did not finish within {timeout:.0f} s ({meta.status}): aborting it")
