@@ -11,11 +11,7 @@ import asyncio
 import functools
 import json
 import logging
-import os
-import stat
-import threading
-import zipfile
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +21,7 @@ from flare_protocol.credentials import CHUNK_SIZE
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call, streaming, unary
 from flare_server.jobs import JobMeta, JobStatus, Submitter
-from flare_server.result_stream import files_stream
+from flare_server.result_stream import files_stream, zip_stream
 
 if TYPE_CHECKING:
     from flare_server.app import Server
@@ -475,105 +471,3 @@ def site_info_pb(snapshot: Any) -> admin_pb2.SiteInfo:
     )
 
 
-# -- streaming a folder as a zip, with bounded memory ------------------------------------
-
-
-class _Stopped(Exception):
-    pass
-
-
-class _QueueWriter:
-    """A write-only, non-seekable file that hands full chunks to the event loop."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any], stop: threading.Event
-    ) -> None:
-        self.loop = loop
-        self.queue = queue
-        self.stop = stop
-        self.buf = bytearray()
-
-    def write(self, data: bytes) -> int:
-        self.buf += data
-        while len(self.buf) >= CHUNK_SIZE:
-            self._put(bytes(self.buf[:CHUNK_SIZE]))
-            del self.buf[:CHUNK_SIZE]
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close_out(self) -> None:
-        if self.buf:
-            self._put(bytes(self.buf))
-            self.buf.clear()
-
-    def _put(self, chunk: Any) -> None:
-        if self.stop.is_set():
-            raise _Stopped
-        asyncio.run_coroutine_threadsafe(self.queue.put(chunk), self.loop).result()
-        if self.stop.is_set():
-            raise _Stopped
-
-
-def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
-    """Regular files under ``root`` (symlinks and special files are skipped, never followed)."""
-    if not root.is_dir() or root.is_symlink():
-        return
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames.sort()
-        here = Path(dirpath)
-        for name in sorted(filenames):
-            path = here / name
-            st = os.lstat(path)
-            if stat.S_ISREG(st.st_mode):
-                yield path, path.relative_to(root).as_posix()
-
-
-def _write_zip(root: Path, out: _QueueWriter) -> None:
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
-        for path, arcname in _regular_files(root):
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-            with os.fdopen(fd, "rb") as src:
-                size = os.fstat(src.fileno()).st_size
-                info = zipfile.ZipInfo.from_file(path, arcname)
-                info.file_size = size
-                with zf.open(info, "w", force_zip64=size > 0x7FFF0000) as dst:
-                    while block := src.read(CHUNK_SIZE):
-                        dst.write(block)
-    out.close_out()
-
-
-async def zip_stream(root: Path) -> AsyncIterator[bytes]:
-    """The folder ``root`` as a zip, in chunks of CHUNK_SIZE; at most 4 chunks in memory."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=4)
-    stop = threading.Event()
-    done = object()
-    failure: list[BaseException] = []
-
-    def produce() -> None:
-        try:
-            _write_zip(root, _QueueWriter(loop, queue, stop))
-        except _Stopped:
-            return
-        except BaseException as exc:  # reported to the consumer
-            failure.append(exc)
-        if not stop.is_set():
-            asyncio.run_coroutine_threadsafe(queue.put(done), loop).result()
-
-    producer = loop.run_in_executor(None, produce)
-    try:
-        while True:
-            item = await queue.get()
-            if item is done:
-                break
-            yield item
-        if failure:
-            raise failure[0]
-    finally:
-        stop.set()
-        while not producer.done():
-            while not queue.empty():
-                queue.get_nowait()
-            await asyncio.sleep(0.001)

@@ -14,7 +14,8 @@ import asyncio
 import os
 import stat
 import threading
-from collections.abc import AsyncIterator
+import zipfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE
 
-__all__ = ["QUEUE_DEPTH", "files_stream", "list_result_files"]
+__all__ = ["QUEUE_DEPTH", "files_stream", "list_result_files", "thread_stream", "zip_stream"]
 
 #: Messages (1 MiB each at most) waiting between the reading thread and the event loop.
 QUEUE_DEPTH = 4
@@ -86,10 +87,64 @@ def _produce(root: Path, job_id: str, put: Any) -> None:
             os.close(fd)
 
 
-async def files_stream(root: Path, job_id: str) -> AsyncIterator[common_pb2.TransferChunk]:
+def files_stream(root: Path, job_id: str) -> AsyncIterator[common_pb2.TransferChunk]:
     """The messages of a ``files-v1`` stream of folder ``root``."""
+    return thread_stream(lambda put: _produce(root, job_id, put))
+
+
+class _ChunkWriter:
+    """A write-only, non-seekable file that hands full CHUNK_SIZE chunks to ``put``."""
+
+    def __init__(self, put: Callable[[Any], None]) -> None:
+        self.put = put
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self.buf += data
+        while len(self.buf) >= CHUNK_SIZE:
+            self.put(bytes(self.buf[:CHUNK_SIZE]))
+            del self.buf[:CHUNK_SIZE]
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close_out(self) -> None:
+        if self.buf:
+            self.put(bytes(self.buf))
+            self.buf.clear()
+
+
+def _write_zip(root: Path, put: Callable[[Any], None]) -> None:
+    out = _ChunkWriter(put)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:  # type: ignore[call-overload]
+        for path, arcname, _ in list_result_files(root):
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as src:
+                size = os.fstat(src.fileno()).st_size
+                info = zipfile.ZipInfo.from_file(path, arcname)
+                info.file_size = size
+                with zf.open(info, "w", force_zip64=size > 0x7FFF0000) as dst:
+                    while block := src.read(CHUNK_SIZE):
+                        dst.write(block)
+    out.close_out()
+
+
+def zip_stream(root: Path) -> AsyncIterator[bytes]:
+    """The folder ``root`` as a zip (for clients that do not ask for ``files-v1``)."""
+    return thread_stream(lambda put: _write_zip(root, put))
+
+
+async def thread_stream(
+    produce: Callable[[Callable[[Any], None]], None], depth: int = QUEUE_DEPTH
+) -> AsyncIterator[Any]:
+    """What ``produce(put)`` puts, run in a worker thread, with at most ``depth`` queued.
+
+    When the consumer stops early (the call ended), the next ``put`` stops the producer;
+    a producer's exception is re-raised to the consumer.
+    """
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=QUEUE_DEPTH)
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     stop = threading.Event()
     failure: list[BaseException] = []
 
@@ -98,9 +153,9 @@ async def files_stream(root: Path, job_id: str) -> AsyncIterator[common_pb2.Tran
             raise _Stopped
         asyncio.run_coroutine_threadsafe(queue.put(item), loop).result()
 
-    def produce() -> None:
+    def run() -> None:
         try:
-            _produce(root, job_id, put)
+            produce(put)
         except _Stopped:
             return
         except BaseException as exc:  # reported to the consumer
@@ -108,7 +163,7 @@ async def files_stream(root: Path, job_id: str) -> AsyncIterator[common_pb2.Tran
         if not stop.is_set():
             asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
 
-    producer = loop.run_in_executor(None, produce)
+    producer = loop.run_in_executor(None, run)
     try:
         while True:
             item = await queue.get()
