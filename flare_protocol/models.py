@@ -152,9 +152,17 @@ def dump_params(params: Mapping[str, object], *, compress: bool = False) -> byte
 
 
 def save_params(
-    params: Mapping[str, object], path: str | os.PathLike[str], *, compress: bool = False
+    params: Mapping[str, object],
+    path: str | os.PathLike[str],
+    *,
+    compress: bool = False,
+    durable: bool = True,
 ) -> Path:
-    """Write a model to ``path`` atomically (temp file, fsync, rename); return the path."""
+    """Write a model to ``path`` atomically (temp file, fsync, rename); return the path.
+
+    ``durable=False`` skips the fsync, for a file read right away and never needed after
+    a crash (the rename still means a reader never sees a half-written model).
+    """
     checked = check_params(params)
     target = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -162,7 +170,8 @@ def save_params(
         with os.fdopen(fd, "wb") as handle:
             _write_npz(handle, checked, compress)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp_name, target)
     except BaseException:
         with _suppress_os_error():
@@ -220,6 +229,15 @@ class BufferPool:
             self._buffers.append(fresh)
             self.allocated += 1
             return fresh[:nbytes]
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An uninitialised C-order array; from a pooled buffer when it is at least
+        :attr:`GRANULE` bytes (smaller arrays would waste most of a buffer)."""
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes < self.GRANULE:
+            return np.empty(shape, dtype=dtype)
+        return self.take(nbytes).view(dtype).reshape(shape)
 
     def _held(self) -> int:
         return sum(int(raw.nbytes) for raw in self._buffers)
@@ -370,7 +388,7 @@ class _suppress_os_error:
 
 
 def load_params(
-    source: str | os.PathLike[str] | bytes,
+    source: str | os.PathLike[str] | bytes | memoryview,
     *,
     max_bytes: int = MAX_MODEL_BYTES,
     max_arrays: int = MAX_ARRAYS,
@@ -380,7 +398,7 @@ def load_params(
     """Read a model from an ``.npz`` file path or bytes, safely.
 
     Args:
-        source: a path to an ``.npz`` file, or its bytes.
+        source: a path to an ``.npz`` file, or its bytes (copied).
         max_bytes: cap on the declared uncompressed size of all members together.
         max_arrays: cap on the number of arrays.
         allow_nonfinite: accept NaN and infinity in float arrays.
@@ -399,17 +417,16 @@ def load_params(
 
 
 def _load_params(
-    source: str | os.PathLike[str] | bytes,
+    source: str | os.PathLike[str] | bytes | memoryview,
     max_bytes: int,
     max_arrays: int,
     allow_nonfinite: bool,
     pool: BufferPool | None,
 ) -> Params:
-    where = "model bytes" if isinstance(source, (bytes, bytearray)) else str(source)
+    in_memory = isinstance(source, (bytes, bytearray, memoryview))
+    where = "model bytes" if in_memory else str(source)
     reader: _PooledReader | None = None
-    handle: IO[bytes] = (
-        io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else open(source, "rb")  # noqa: SIM115
-    )
+    handle: IO[bytes] = io.BytesIO(source) if in_memory else open(source, "rb")  # type: ignore[arg-type]  # noqa: SIM115
     try:
         try:
             archive = zipfile.ZipFile(handle)

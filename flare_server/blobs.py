@@ -9,6 +9,13 @@ upload this kind of blob for this job, and where; the bytes go to a temp file in
 work area (a name the server chose, never one from the wire), hashed and counted while
 they arrive, checked against the header's exact size and SHA-256 and the cap, fsynced and
 renamed. Chunks are 1 MiB (:data:`~flare_protocol.credentials.CHUNK_SIZE`).
+
+Model updates live for one round and are read right away, so while the bytes of updates
+held in memory stay under a budget (``update_memory_bytes``) an update is received into a
+reused buffer of a :class:`~flare_protocol.models.BufferPool` instead of a file: no page
+cache to fill (on the benchmark VM a buffered write of fresh pages costs ~1 s of CPU per
+GiB) and nothing to read back. The same size, SHA-256 and cap checks apply; an update is
+handed over only once whole and verified. Beyond the budget, updates go to files as above.
 """
 
 from __future__ import annotations
@@ -24,9 +31,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
+
 from flare_protocol import errors
+from flare_protocol._direct_io import DirectWriter
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.models import BufferPool
 
 log = logging.getLogger("flare_server.blobs")
 
@@ -63,9 +74,12 @@ class UploadedBlob:
     site: str
     kind: str  # "update" | "log"
     task_id: str
+    #: The file, for a blob received to disk (unused when ``data`` is set).
     path: Path
     size: int
     sha256: str
+    #: The bytes, for an update received into memory.
+    data: memoryview | None = field(default=None, repr=False)
 
 
 class UploadPolicy(Protocol):
@@ -98,12 +112,20 @@ def _not_served(blob_id: str, job_id: str) -> errors.InvalidArgumentError:
 
 
 class BlobRegistry:
-    """Served and uploaded blobs of the running jobs (confined to the server's loop)."""
+    """Served and uploaded blobs of the running jobs (confined to the server's loop).
 
-    def __init__(self) -> None:
+    ``memory``/``memory_budget``: receive updates into buffers of this pool while the
+    updates held in memory total at most ``memory_budget`` bytes (0: always to files).
+    """
+
+    def __init__(self, memory: BufferPool | None = None, memory_budget: int = 0) -> None:
         self._served: dict[str, ServedBlob] = {}
         self._uploaded: dict[str, UploadedBlob] = {}
         self._policies: dict[str, UploadPolicy] = {}
+        self._memory = memory
+        self.memory_budget = memory_budget if memory is not None else 0
+        #: Bytes of updates being received into, or held in, memory.
+        self.memory_used = 0
 
     # -- serving ---------------------------------------------------------------------------
     def serve(
@@ -184,16 +206,23 @@ class BlobRegistry:
         return blob
 
     def discard(self, blob_id: str) -> None:
+        """Forget an upload and delete its file (memory: the buffer is reused once no
+        array made from it is left)."""
         blob = self._uploaded.pop(blob_id, None)
-        if blob is not None:
+        if blob is None:
+            return
+        if blob.data is not None:
+            self.memory_used -= blob.size
+        else:
             blob.path.unlink(missing_ok=True)
 
     def forget_job(self, job_id: str) -> None:
         """Stop serving and accepting anything of ``job_id`` (files stay where they are)."""
         self._policies.pop(job_id, None)
-        for table in (self._served, self._uploaded):
-            for blob_id in [b for b, blob in table.items() if blob.job_id == job_id]:
-                del table[blob_id]
+        for blob_id in [b for b, blob in self._served.items() if blob.job_id == job_id]:
+            del self._served[blob_id]
+        for blob_id in [b for b, blob in self._uploaded.items() if blob.job_id == job_id]:
+            self.discard(blob_id)
 
     async def receive(
         self, site: str, chunks: AsyncIterator[common_pb2.TransferChunk]
@@ -231,10 +260,10 @@ class BlobRegistry:
             raise errors.InvalidArgumentError("an upload must announce its SHA-256 (hex)")
         started = time.perf_counter()
         blob_id = secrets.token_hex(16)
-        final = folder / f"{kind}-{blob_id}"
-        tmp = folder / f".{kind}-{blob_id}.part"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-        fd = await asyncio.to_thread(os.open, tmp, flags, 0o600)
+        sink = self._memory_sink(kind, header.size)
+        if sink is None:
+            sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
+            await asyncio.to_thread(sink.open)
         digest = hashlib.sha256()
         received = 0
         try:
@@ -248,7 +277,7 @@ class BlobRegistry:
                         f"the upload exceeds its announced {header.size} bytes"
                     )
                 digest.update(data)
-                await asyncio.to_thread(_write_all, fd, data)
+                await sink.write(data)
             if received != header.size:
                 raise errors.InvalidArgumentError(
                     f"the upload ended after {received} of the announced {header.size} bytes"
@@ -257,33 +286,93 @@ class BlobRegistry:
                 raise errors.InvalidArgumentError(
                     "the upload's SHA-256 does not match its header; it was damaged"
                 )
-            if kind != "update":  # an update lives for one round: a crash ends the job anyway
-                await asyncio.to_thread(os.fsync, fd)
-            os.close(fd)
-            fd = -1
-            await asyncio.to_thread(os.replace, tmp, final)
+            final, data_view = await sink.finish()
         except BaseException:
-            if fd >= 0:
-                os.close(fd)
-            tmp.unlink(missing_ok=True)
+            await sink.abandon()
+            if isinstance(sink, _MemorySink):
+                self.memory_used -= header.size
             raise
         log.debug(
-            "upload %s of %d bytes from %s received in %.3f s",
+            "upload %s of %d bytes from %s received %s in %.3f s",
             kind,
             received,
             site,
+            "into memory" if data_view is not None else "to a file",
             time.perf_counter() - started,
         )
-        blob = UploadedBlob(blob_id, job_id, site, kind, task_id, final, received, expected_sha)
+        blob = UploadedBlob(
+            blob_id, job_id, site, kind, task_id, final, received, expected_sha, data_view
+        )
         self._uploaded[blob_id] = blob
         policy.on_uploaded(blob)
         return blob
 
+    def _memory_sink(self, kind: str, size: int) -> _MemorySink | None:
+        if kind != "update" or self._memory is None:
+            return None
+        if self.memory_used + size > self.memory_budget:
+            return None
+        self.memory_used += size
+        return _MemorySink(self._memory.take(size))
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
+
+class _MemorySink:
+    """Receives an upload into a pooled buffer of exactly the announced size."""
+
+    def __init__(self, buffer: np.ndarray) -> None:
+        self._view: memoryview | None = buffer.data
+        self._filled = 0
+
+    async def write(self, data: bytes) -> None:
+        assert self._view is not None
+        stop = self._filled + len(data)
+        self._view[self._filled : stop] = data
+        self._filled = stop
+
+    async def finish(self) -> tuple[Path, memoryview]:
+        assert self._view is not None
+        view, self._view = self._view, None
+        return Path(), view
+
+    async def abandon(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+
+
+class _FileSink:
+    """Receives an upload into a temp file beside ``folder/name``, renamed when whole."""
+
+    def __init__(self, folder: Path, name: str, *, durable: bool) -> None:
+        self.final = folder / name
+        self.tmp = folder / f".{name}.part"
+        self.durable = durable
+        self._writer: DirectWriter | None = None
+
+    def open(self) -> None:
+        flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        # Big updates bypass the page cache (see _direct_io); small logs are written plainly.
+        self._writer = DirectWriter(self.tmp, flags, 0o600, direct=not self.durable)
+
+    async def write(self, data: bytes) -> None:
+        assert self._writer is not None
+        await asyncio.to_thread(self._writer.write, data)
+
+    async def finish(self) -> tuple[Path, None]:
+        writer = self._writer
+        assert writer is not None
+        # An update lives for one round (a crash ends the job anyway): no fsync for it.
+        await asyncio.to_thread(writer.finish, fsync=self.durable)
+        writer.close()
+        self._writer = None
+        await asyncio.to_thread(os.replace, self.tmp, self.final)
+        return self.final, None
+
+    async def abandon(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self.tmp.unlink(missing_ok=True)
 
 
 def ref_of(blob: UploadedBlob, name: str = "") -> common_pb2.BlobRef:

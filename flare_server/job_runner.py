@@ -54,7 +54,16 @@ from flare_protocol.app_config import (
     ServerConfig,
     parse_server_config,
 )
-from flare_protocol.models import BufferPool, Params, dump_params_into, load_params, save_params
+from flare_protocol.models import (
+    MAX_ARRAYS,
+    BufferPool,
+    Params,
+    check_params,
+    dump_params_into,
+    load_params,
+    save_params,
+)
+from flare_protocol.npz_layout import view_params
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
 from flare_server.jobs import JobStatus, safe_extract
 from flare_server.results import (
@@ -168,11 +177,12 @@ class JobRunner:
 
     def __init__(self, server: Server) -> None:
         self.server = server
-        self.blobs = BlobRegistry()
-        #: Model-sized buffers shared by the jobs: updates are loaded into them and round
-        #: models serialized into them, so a round does not fault in ~100s of MB of fresh
-        #: memory (a buffer is reused only once nothing refers to it; see BufferPool).
+        #: Model-sized buffers shared by the jobs: updates are received or loaded into
+        #: them, round models aggregated and serialized into them, so a round does not
+        #: fault in ~100s of MB of fresh memory (a buffer is reused only once nothing
+        #: refers to it; see BufferPool).
         self.buffers = BufferPool()
+        self.blobs = BlobRegistry(self.buffers, server.settings.update_memory_bytes)
         self.runs: dict[str, JobRun] = {}
         server.registry.subscribe(self._on_site_event)
 
@@ -575,7 +585,9 @@ class JobRun:
     # -- 3. rounds -------------------------------------------------------------------------
     async def _rounds_loop(self) -> JobFinished:
         assert self.plan is not None
-        controller = RoundController(self.plan.config, self.sites)
+        controller = RoundController(
+            self.plan.config, self.sites, allocate=self.runner.buffers.array
+        )
         self.controller = controller
         self.log.info(
             "job %s: %s, %d round(s), initial model: %s",
@@ -729,7 +741,7 @@ class JobRun:
                     "the result names no update this site uploaded for the task",
                 )
             t0 = time.perf_counter()
-            actions = await asyncio.to_thread(self._train_result, site, task_id, body, blob.path)
+            actions = await asyncio.to_thread(self._train_result, site, task_id, body, blob)
             self.log.debug(
                 "job %s: update of %s loaded and handled in %.3f s",
                 self.job_id,
@@ -742,14 +754,14 @@ class JobRun:
                 self.blobs.discard(blob.blob_id)
 
     def _train_result(
-        self, site: str, task_id: str, body: dict[str, Any], path: Path
+        self, site: str, task_id: str, body: dict[str, Any], blob: UploadedBlob
     ) -> list[Action]:
         """Load an update and hand it to the controller (in a worker thread)."""
         controller = self.controller
         assert controller is not None
         started = time.perf_counter()
         try:
-            params = load_params(path, pool=self.runner.buffers)
+            params = self._load_update(site, blob)
             update = ModelUpdate.from_result(body, params, site)
         except errors.InvalidModel as exc:
             return controller.on_task_failed(site, task_id, f"its update is unusable: {exc}")
@@ -763,6 +775,21 @@ class JobRun:
             time.perf_counter() - loaded,
         )
         return actions
+
+    def _load_update(self, site: str, blob: UploadedBlob) -> Params:
+        """An update's arrays: views of its bytes when it was received into memory."""
+        if blob.data is None:
+            return load_params(blob.path, pool=self.runner.buffers)
+        where = f"the update of {site}"
+        params = view_params(
+            blob.data, max_bytes=self.settings.max_blob_bytes, max_arrays=MAX_ARRAYS, where=where
+        )
+        if params is None:  # compressed members: inflated by the ordinary reader
+            return load_params(blob.data, pool=self.runner.buffers)
+        try:
+            return check_params(params)
+        except errors.InvalidModel as exc:
+            raise errors.InvalidModel(f"{where}: {exc.message}") from exc
 
     def _metric(self, site: str, body: dict[str, Any]) -> None:
         assert self.controller is not None and self.results is not None

@@ -22,11 +22,12 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from flare_protocol._direct_io import BLOCK, DirectWriter
 from flare_protocol.errors import InvalidArgumentError
 
 __all__ = [
@@ -63,16 +64,20 @@ def round_model_name(number: int) -> str:
 
 
 def write_atomic(path: Path, data: bytes | memoryview) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` via a temp file in the same folder, fsync, rename.
+
+    A big file (a round's model) bypasses the page cache: nothing reads it back soon.
+    """
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    writer = DirectWriter(tmp, flags, 0o600, direct=len(data) >= BLOCK)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        writer.write(data)
+        writer.finish(fsync=True)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        writer.close()
+        tmp.unlink(missing_ok=True)
         raise
 
 

@@ -47,6 +47,9 @@ class ServerSettings:
     """Seconds the runner waits for the sites' job logs when a job ends."""
     max_blob_bytes: int = 4 * 1024**3
     """Largest model update a site may upload."""
+    update_memory_bytes: int = 1024**3
+    """Model updates are received into memory while those held there total at most this
+    many bytes; beyond it they are written to files in the job's work area."""
 
     handshake_timeout_ms: int = 10_000
     """A connection that has not completed its TLS handshake by then is closed."""

@@ -12,7 +12,7 @@ same array names, same shapes, and DIFF only when a global model exists.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,11 +21,15 @@ from flare_protocol.errors import InvalidModel
 from flare_protocol.models import Params, ParamsType
 
 __all__ = [
+    "Allocator",
     "ModelUpdate",
     "accumulator_dtype",
     "cast_like",
     "check_update",
+    "checked_names",
+    "empty_array",
     "fedavg",
+    "mean_slices",
     "weighted_mean",
 ]
 
@@ -145,16 +149,7 @@ def weighted_mean(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.
     return acc
 
 
-def _full_arrays(global_model: Params, update: ModelUpdate, name: str) -> np.ndarray:
-    array = update.params[name]
-    if update.params_type is ParamsType.DIFF:
-        base = global_model[name]
-        acc = accumulator_dtype(base.dtype)
-        return np.asarray(base, dtype=acc) + np.asarray(array, dtype=acc)
-    return array
-
-
-def _checked_names(global_model: Params, updates: Mapping[str, ModelUpdate]) -> list[str]:
+def checked_names(global_model: Params, updates: Mapping[str, ModelUpdate]) -> list[str]:
     """Check every update (see :func:`check_update`); the names of the arrays to average."""
     if not updates:
         raise InvalidModel("cannot aggregate: no updates")
@@ -177,32 +172,15 @@ def _checked_names(global_model: Params, updates: Mapping[str, ModelUpdate]) -> 
     return names
 
 
-def mean_full_model(
-    global_model: Params, updates: Mapping[str, ModelUpdate]
-) -> dict[str, np.ndarray]:
-    """The num_examples-weighted mean of the updates as full weights, still float64."""
-    names = _checked_names(global_model, updates)
-    weights = [float(u.num_examples) for u in updates.values()]
-    return {
-        name: weighted_mean(
-            [_full_arrays(global_model, u, name) for u in updates.values()], weights
-        )
-        for name in names
-    }
+def mean_slices(
+    global_model: Params, updates: Sequence[ModelUpdate], weights: Sequence[float], name: str
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """The weighted mean of array ``name`` as full weights, slice by slice, in float64.
 
-
-def _mean_cast_into(
-    out: np.ndarray,
-    global_model: Params,
-    updates: Sequence[ModelUpdate],
-    weights: Sequence[float],
-    name: str,
-) -> None:
-    """``cast_like(weighted_mean(full arrays), out.dtype)`` written into ``out``, slice by slice.
-
-    Per element the same operations in the same order as :func:`weighted_mean` followed by
-    :func:`cast_like` (bit-identical), but only slice-sized float64 temporaries: no
-    model-sized accumulator, no full-weights copy of a DIFF update, no cast copy.
+    Yields ``(start, stop, values)`` over the flattened array; ``values`` (float64, or
+    complex128) is reused for the next slice. Per element the same operations in the same
+    order as :func:`weighted_mean` of the full arrays (bit-identical), but only slice-sized
+    temporaries: no model-sized accumulator and no full-weights copy of a DIFF update.
     """
     total = float(sum(weights))
     if total <= 0:
@@ -220,8 +198,7 @@ def _mean_cast_into(
             sources.append((src, base, accumulator_dtype(base.dtype), weight / total))
         else:
             sources.append((src, None, None, weight / total))
-    flat = out.reshape(-1)
-    size = flat.size
+    size = sources[0][0].size
     step = min(_SLICE, size)
     acc = np.empty(step, dtype=acc_dtype)
     buffer = np.empty(step, dtype=acc_dtype)
@@ -240,22 +217,45 @@ def _mean_cast_into(
                 np.copyto(part, full, casting="unsafe")
             part *= factor
             chunk += part
-        flat[start:stop] = cast_like(chunk, out.dtype)
+        yield start, stop, chunk
 
 
-def fedavg(global_model: Params, updates: Mapping[str, ModelUpdate]) -> Params:
+def _mean_cast_into(
+    out: np.ndarray,
+    global_model: Params,
+    updates: Sequence[ModelUpdate],
+    weights: Sequence[float],
+    name: str,
+) -> None:
+    """``cast_like(weighted_mean(full arrays), out.dtype)`` written into ``out``, slice by slice."""
+    flat = out.reshape(-1)
+    for start, stop, values in mean_slices(global_model, updates, weights, name):
+        flat[start:stop] = cast_like(values, out.dtype)
+
+
+#: Makes an empty array for a new model: ``(shape, dtype) -> array`` (np.empty by default).
+Allocator = Callable[[tuple[int, ...], np.dtype], np.ndarray]
+
+
+def empty_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    return np.empty(shape, dtype=dtype)
+
+
+def fedavg(
+    global_model: Params, updates: Mapping[str, ModelUpdate], *, allocate: Allocator = empty_array
+) -> Params:
     """Federated averaging of one round's updates (``site -> update``).
 
     Returns the new global model with the global model's dtypes (or the first update's,
-    when there is no global model yet).
+    when there is no global model yet), its arrays made by ``allocate``.
     """
-    names = _checked_names(global_model, updates)
+    names = checked_names(global_model, updates)
     reference = global_model or next(iter(updates.values())).params
     ordered = list(updates.values())
     weights = [float(u.num_examples) for u in ordered]
     model: Params = {}
     for name in names:
-        out = np.empty(reference[name].shape, dtype=reference[name].dtype)
+        out = allocate(reference[name].shape, reference[name].dtype)
         _mean_cast_into(out, global_model, ordered, weights, name)
         model[name] = out
     return model

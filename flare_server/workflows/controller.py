@@ -21,6 +21,7 @@ Results are matched by task id, so a late answer to an earlier round is ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -28,7 +29,13 @@ from enum import Enum
 from flare_protocol.app_config import ServerConfig
 from flare_protocol.errors import InvalidModel
 from flare_protocol.models import Params, check_params
-from flare_server.workflows.aggregation import ModelUpdate, check_update, fedavg
+from flare_server.workflows.aggregation import (
+    Allocator,
+    ModelUpdate,
+    check_update,
+    empty_array,
+    fedavg,
+)
 from flare_server.workflows.fedopt import ServerOptimizer
 from flare_server.workflows.records import MetricRow, RoundRecord, ValidationRecord
 
@@ -127,6 +134,7 @@ class RoundController:
         sites: Sequence[str],
         *,
         min_responses: int | None = None,
+        allocate: Allocator = empty_array,
     ) -> None:
         """
         Args:
@@ -134,6 +142,8 @@ class RoundController:
             sites: the sites the job runs on.
             min_responses: overrides ``config.min_responses``; when both are None, every
                 starting site must answer every round.
+            allocate: makes the arrays of each new global model (the server passes
+                pooled buffers; see :class:`~flare_protocol.models.BufferPool`).
         """
         if not sites:
             raise ValueError("a job needs at least one site")
@@ -145,7 +155,10 @@ class RoundController:
         self.phase = Phase.IDLE
         self.round = 0
         self.global_model: Params = {}
+        #: One record per aggregated round, without its model (that goes out once, in
+        #: :class:`RoundAggregated`; keeping every round's arrays would pin their memory).
         self.history: list[RoundRecord] = []
+        self._allocate = allocate
         self.validations: list[ValidationRecord] = []
         self.finished: JobFinished | None = None
         self.ignored = 0  # late, duplicate or unknown results
@@ -335,9 +348,11 @@ class RoundController:
         self._timer = ""
         try:
             if self._optimizer is not None:
-                new_model = self._optimizer.aggregate(self.global_model, self._results)
+                new_model = self._optimizer.aggregate(
+                    self.global_model, self._results, allocate=self._allocate
+                )
             else:
-                new_model = fedavg(self.global_model, self._results)
+                new_model = fedavg(self.global_model, self._results, allocate=self._allocate)
         except InvalidModel as exc:
             return self._finish(EXECUTION_EXCEPTION, f"round {self.round}: {exc}")
         self.global_model = new_model
@@ -350,7 +365,8 @@ class RoundController:
             late_sites=late,
             lost_sites=tuple(sorted(self.lost)),
         )
-        self.history.append(record)
+        self._results = {}  # the updates' memory is not needed any more
+        self.history.append(dataclasses.replace(record, global_model={}))
         actions: list[Action] = [RoundAggregated(record)]
         if self.config.validate_every_round and self.active:
             self.phase = Phase.VALIDATE

@@ -18,42 +18,81 @@ initial model, the first aggregation is plain FedAvg and the optimiser starts fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 
 from flare_protocol.app_config import FedOptConfig
 from flare_protocol.models import Params
-from flare_server.workflows.aggregation import ModelUpdate, cast_like, fedavg, mean_full_model
+from flare_server.workflows.aggregation import (
+    Allocator,
+    ModelUpdate,
+    cast_like,
+    checked_names,
+    empty_array,
+    fedavg,
+    mean_slices,
+)
 
 __all__ = ["ServerOptimizer"]
 
 
 class ServerOptimizer:
-    """Holds the m and v state of one FedOpt job across rounds."""
+    """Holds the m and v state of one FedOpt job across rounds (float64, updated in place)."""
 
     def __init__(self, config: FedOptConfig) -> None:
         self.config = config
         self.m: dict[str, np.ndarray] = {}
         self.v: dict[str, np.ndarray] = {}
 
-    def aggregate(self, global_model: Params, updates: Mapping[str, ModelUpdate]) -> Params:
-        """Apply one server step; returns the new global model in the global's dtypes."""
+    def aggregate(
+        self,
+        global_model: Params,
+        updates: Mapping[str, ModelUpdate],
+        *,
+        allocate: Allocator = empty_array,
+    ) -> Params:
+        """Apply one server step; returns the new global model in the global's dtypes.
+
+        Works slice by slice over each array (see :func:`mean_slices`): besides the new
+        model (made by ``allocate``) and the m and v state, no model-sized temporaries.
+        """
         if not global_model:
-            return fedavg(global_model, updates)
-        cfg = self.config
-        means = mean_full_model(global_model, updates)
+            return fedavg(global_model, updates, allocate=allocate)
+        names = checked_names(global_model, updates)
+        ordered = list(updates.values())
+        weights = [float(u.num_examples) for u in ordered]
         new_model: Params = {}
-        for name, mean in means.items():
+        for name in names:
             base = global_model[name]
+            out = allocate(base.shape, base.dtype)
+            flat_out = out.reshape(-1)
+            slices = mean_slices(global_model, ordered, weights, name)
             if base.dtype.kind not in "fc":
-                new_model[name] = cast_like(mean, base.dtype)
-                continue
-            x = np.asarray(base, dtype=mean.dtype)
+                for start, stop, mean in slices:
+                    flat_out[start:stop] = cast_like(mean, base.dtype)
+            else:
+                self._step(name, np.asarray(base).reshape(-1), flat_out, slices)
+            new_model[name] = out
+        return new_model
+
+    def _step(
+        self,
+        name: str,
+        base: np.ndarray,
+        out: np.ndarray,
+        slices: Iterator[tuple[int, int, np.ndarray]],
+    ) -> None:
+        cfg = self.config
+        for start, stop, mean in slices:
+            if name not in self.m:  # m_{-1} = 0, v_{-1} = tau**2, in the mean's dtype
+                self.m[name] = np.zeros(base.size, dtype=mean.dtype)
+                self.v[name] = np.full(base.size, cfg.tau**2, dtype=mean.dtype)
+            m_all, v_all = self.m[name], self.v[name]
+            x = np.asarray(base[start:stop], dtype=mean.dtype)
             delta = mean - x
-            m = self.m.get(name, np.zeros_like(delta))
-            v = self.v.get(name, np.full_like(delta, cfg.tau**2))
-            m = cfg.beta1 * m + (1.0 - cfg.beta1) * delta
+            m = cfg.beta1 * m_all[start:stop] + (1.0 - cfg.beta1) * delta
+            v = v_all[start:stop]
             sq = delta * np.conj(delta) if delta.dtype.kind == "c" else delta * delta
             if cfg.serveropt == "adagrad":
                 v = v + sq
@@ -61,8 +100,7 @@ class ServerOptimizer:
                 v = cfg.beta2 * v + (1.0 - cfg.beta2) * sq
             else:  # yogi
                 v = v - (1.0 - cfg.beta2) * sq * np.sign(v - sq)
-            self.m[name], self.v[name] = m, v
-            new_model[name] = cast_like(
-                x + cfg.learning_rate * m / (np.sqrt(v) + cfg.tau), base.dtype
+            m_all[start:stop], v_all[start:stop] = m, v
+            out[start:stop] = cast_like(
+                x + cfg.learning_rate * m / (np.sqrt(v) + cfg.tau), out.dtype
             )
-        return new_model

@@ -147,6 +147,48 @@ def test_fedopt_matches_the_paper_over_three_rounds(opt: str) -> None:
     np.testing.assert_allclose(g["w"], expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("opt", ["adam", "yogi", "adagrad"])
+def test_fedopt_over_arrays_longer_than_one_slice_matches_the_paper(opt: str) -> None:
+    """The optimiser works slice by slice; every slice boundary must be seamless."""
+    size = (1 << 20) + 1234  # two slices, the second partial
+    cfg = FedOptConfig(serveropt=opt, learning_rate=0.05, beta1=0.8, beta2=0.95, tau=1e-3)
+    server = ServerOptimizer(cfg)
+    g = {"w": RNG.normal(size=size).astype(np.float32)}
+    x0 = g["w"].copy()
+    rounds = []
+    for _ in range(2):
+        a, b = RNG.normal(size=size), RNG.normal(size=size)
+        rounds.append([(a.astype(np.float32), 3), (b.astype(np.float32), 1)])
+        g = server.aggregate(
+            g,
+            {
+                "s1": ModelUpdate({"w": rounds[-1][0][0]}, "FULL", 3),
+                "s2": ModelUpdate({"w": rounds[-1][1][0]}, "FULL", 1),
+            },
+        )
+        assert g["w"].dtype == np.float32
+    expected = _reference_fedopt(opt, x0, rounds, 0.05, 0.8, 0.95, 1e-3)
+    np.testing.assert_allclose(g["w"], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_fedopt_and_fedavg_write_the_new_model_into_arrays_allocate_makes() -> None:
+    made: list[np.ndarray] = []
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        made.append(np.full(shape, -7, dtype=dtype))  # stale contents must be overwritten
+        return made[-1]
+
+    g = {"w": np.ones(4), "n": np.arange(3)}
+    update = {"s": ModelUpdate({"w": np.full(4, 3.0), "n": np.arange(3) + 2}, "FULL", 1)}
+    avg = fedavg(g, update, allocate=allocate)
+    assert all(any(a is m for m in made) for a in avg.values())
+    assert avg["w"].tolist() == [3.0] * 4 and avg["n"].tolist() == [2, 3, 4]
+    made.clear()
+    opt = ServerOptimizer(FedOptConfig()).aggregate(g, update, allocate=allocate)
+    assert all(any(a is m for m in made) for a in opt.values())
+    assert opt["n"].tolist() == [2, 3, 4] and (opt["w"] > 1.0).all()
+
+
 def test_fedopt_with_diff_updates_uses_global_plus_diff() -> None:
     cfg = FedOptConfig(serveropt="adam", learning_rate=0.1)
     g = {"w": RNG.normal(size=4).astype(np.float32)}

@@ -81,6 +81,22 @@ def test_a_full_job_completes_with_the_fedavg_of_every_round() -> None:
     assert ctrl.done and ctrl.status == COMPLETED
 
 
+def test_the_round_history_keeps_no_model_so_its_memory_can_be_reused() -> None:
+    made: list[np.ndarray] = []
+
+    def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        made.append(np.empty(shape, dtype=dtype))
+        return made[-1]
+
+    ctrl = RoundController(_cfg(), SITES[:2], allocate=allocate)
+    send = _send(ctrl.start(_full(0.0)))
+    actions = _answer(ctrl, send, {"site-1": (1.0, 1), "site-2": (3.0, 1)})
+    record = next(a for a in actions if isinstance(a, RoundAggregated)).record
+    assert record.global_model["w"] is made[0]  # the new model went out once, in the action
+    assert ctrl.history[0].global_model == {} and ctrl.history[0].round == 1
+    assert ctrl.history[0].contributors == {"site-1": 1, "site-2": 1}
+
+
 def test_fedopt_job_uses_the_server_optimiser() -> None:
     cfg = _cfg(workflow="fedopt", num_rounds=1, fedopt=FedOptConfig("adam", 0.5, 0.9, 0.99, 1e-4))
     ctrl = RoundController(cfg, ["a"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import numpy as np
@@ -16,6 +17,7 @@ from flare_protocol.models import (
     dump_params_into,
     load_params,
 )
+from flare_protocol.npz_layout import view_params
 from flare_server.workflows import ModelUpdate, aggregation, fedavg, weighted_mean
 from flare_server.workflows.aggregation import cast_like
 
@@ -156,3 +158,67 @@ def test_fedavg_is_bit_identical_to_the_float64_mean_cast_back(
     out = fedavg(g, updates)["w"]
     assert out.dtype == expected.dtype
     assert out.tobytes() == expected.tobytes()
+
+
+# -- models received into memory: arrays that are views of the received bytes ---------------
+
+
+def test_a_model_in_memory_is_viewed_in_place_with_the_plain_load_arrays() -> None:
+    data = bytearray(dump_params(_varied_model()))
+    views = view_params(memoryview(data), max_bytes=1 << 30, max_arrays=100)
+    assert views is not None
+    plain = load_params(bytes(data))
+    assert sorted(views) == sorted(plain)
+    for name, array in plain.items():
+        assert views[name].dtype == array.dtype and views[name].shape == array.shape
+        assert views[name].tobytes() == array.tobytes()
+    carrier = np.frombuffer(data, dtype=np.uint8)
+    assert np.shares_memory(views["w"], carrier)  # no copy was made
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        pytest.param(
+            _npz_with("o", np.array(["a"], dtype=object), allow_pickle=True),
+            "cannot be read without pickle",
+            id="pickle",
+        ),
+        pytest.param(_npz_with("s", np.array(["abc"])), "only bool, integer", id="string"),
+        pytest.param(b"not a zip", "not an .npz archive", id="not-zip"),
+        pytest.param(_npz_with("bad/name", np.zeros(2)), "not allowed", id="name"),
+    ],
+)
+def test_a_model_in_memory_is_refused_for_what_the_plain_load_refuses(
+    data: bytes, words: str
+) -> None:
+    assert words in _refusal(data, None)
+    with pytest.raises(InvalidModel, match=re.escape(words)):
+        view_params(memoryview(data), max_bytes=1 << 30, max_arrays=100)
+
+
+def test_a_model_in_memory_over_a_cap_or_damaged_is_refused_before_any_array_is_made() -> None:
+    data = dump_params({"w": np.zeros(1000), "v": np.zeros(3)})
+    with pytest.raises(InvalidModel, match="more than the limit of 100"):
+        view_params(memoryview(data), max_bytes=100, max_arrays=100)
+    with pytest.raises(InvalidModel, match="2 arrays, more than the limit of 1"):
+        view_params(memoryview(data), max_bytes=1 << 30, max_arrays=1)
+    with pytest.raises(InvalidModel):
+        view_params(memoryview(data[: len(data) // 2]), max_bytes=1 << 30, max_arrays=100)
+
+
+def test_a_compressed_model_in_memory_is_left_to_the_plain_load() -> None:
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, w=np.ones(3))
+    assert view_params(buffer.getbuffer(), max_bytes=1 << 30, max_arrays=100) is None
+
+
+def test_pool_arrays_are_pooled_only_when_big_enough_to_be_worth_a_buffer() -> None:
+    pool = BufferPool()
+    small = pool.array((10, 10), np.dtype(np.float32))
+    assert pool.allocated == 0 and small.shape == (10, 10)
+    big = pool.array((BufferPool.GRANULE // 8, 2), np.dtype(np.float64))
+    assert pool.allocated == 1 and big.dtype == np.float64 and big.flags.c_contiguous
+    del big
+    again = pool.array((BufferPool.GRANULE // 4,), np.dtype(np.float32))
+    assert pool.reused == 1 and again.size == BufferPool.GRANULE // 4
