@@ -8,9 +8,10 @@ either direction.
 
 A download is written to a temporary file beside its destination (``O_EXCL``, mode 0600,
 never through a link), hashed while it arrives, checked against the announced size, the
-announced SHA-256, the one the referencing ``BlobRef`` gave and a byte cap, fsynced, and
-only then renamed into place: a half-received blob is never taken for a whole one. The
-header's name is a hint for logs only; the caller chooses the destination path.
+announced SHA-256, the one the referencing ``BlobRef`` gave and a byte cap, fsynced
+(except a model, read once right away), and only then renamed into place: a half-received
+blob is never taken for a whole one. The header's name is a hint for logs only; the
+caller chooses the destination path.
 
 An upload hashes the file first (the header carries size and SHA-256 up front, so the
 server can refuse early and check at the end), unless the caller read it already and
@@ -96,8 +97,10 @@ def _absorb(digest: Any, fd: int, data: bytes) -> None:
     _write_all(fd, data)
 
 
-def _finish(tmp: Path, dest: Path) -> None:
+def _finish(tmp: Path, dest: Path, durable: bool) -> None:
     os.replace(tmp, dest)
+    if not durable:
+        return
     dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(dirfd)
@@ -113,6 +116,7 @@ async def download(
     job_id: str = "",
     max_bytes: int = MAX_DOWNLOAD_BYTES,
     timeout: float | None = None,
+    durable: bool = True,
 ) -> Path:
     """Fetch ``blob`` into ``dest`` (complete or absent); return ``dest``.
 
@@ -122,6 +126,7 @@ async def download(
         dest: the final path (its folder must exist); never taken from the wire.
         job_id: the job the blob belongs to (the server serves it only for that job).
         max_bytes: refuse a blob larger than this, announced or real.
+        durable: fsync before the rename; a model read once, right away, skips it.
 
     Raises:
         BlobError: the stream broke, or the blob is not what was announced.
@@ -170,10 +175,11 @@ async def download(
                     f"blob {blob.blob_id}: SHA-256 {actual} does not match the announced "
                     f"{announced}; the transfer was damaged"
                 )
-        await asyncio.to_thread(os.fsync, fd)
+        if durable:
+            await asyncio.to_thread(os.fsync, fd)
         os.close(fd)
         fd = -1
-        await asyncio.to_thread(_finish, tmp, dest)
+        await asyncio.to_thread(_finish, tmp, dest, durable)
     except BaseException:
         if fd >= 0:
             os.close(fd)

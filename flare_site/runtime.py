@@ -670,10 +670,11 @@ class SiteRuntime:
         rnd = body.get("round", 0)
         rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else 0
         job = self.jobs.get(job_id)
+        model: Path | None = None
+        update: Path | None = None
         try:
             if job is None:
                 raise ExecutionError(f"job {job_id} is not deployed on this site")
-            model: Path | None = None
             started = time.perf_counter()
             downloaded = started
             if envelope.blobs:
@@ -681,7 +682,12 @@ class SiteRuntime:
                 model = job.downloads / f"{uuid.uuid4().hex}.global.npz"
                 await self._on_connection(
                     lambda stub: download(
-                        stub, blob, model, job_id=job_id, timeout=self.settings.transfer_timeout
+                        stub,
+                        blob,
+                        model,
+                        job_id=job_id,
+                        timeout=self.settings.transfer_timeout,
+                        durable=False,
                     )
                 )
                 downloaded = time.perf_counter()
@@ -695,6 +701,7 @@ class SiteRuntime:
                     model_path=model,
                 )
                 ran = time.perf_counter()
+                update = outcome.params_path
                 ref = await self._on_connection(
                     lambda stub: upload(
                         stub,
@@ -729,6 +736,12 @@ class SiteRuntime:
             )
             if self.jobs.state(job_id) == FAILED:
                 self._status(job_id, "failed", exc)
+        finally:
+            # A round's model and update are not needed once the task is answered (a long
+            # job would otherwise keep every round's on disk until it ends).
+            for used in (model, update):
+                if used is not None:
+                    used.unlink(missing_ok=True)
 
     async def _end(self, job_id: str, body: dict[str, Any]) -> None:
         self._job_locks.pop(job_id, None)  # later messages for this job need no ordering

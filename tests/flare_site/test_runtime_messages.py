@@ -222,6 +222,11 @@ async def test_a_job_deploys_trains_and_ends_over_the_channel(
     }
     (metric,) = await until(lambda: received.topic("metrics", job_id))
     assert (metric["key"], metric["value"], metric["step"]) == ("loss", 0.5, 1)
+    # The round's model and update are gone once the task is answered (no disk growth
+    # over a long job).
+    record = site.runtime.jobs.get(job_id)
+    assert not [p for p in record.downloads.iterdir() if p.suffix == ".npz"]
+    assert not list((record.folder / "models").glob("r1-train*"))
 
     await apush(server, "job.end", job_id, {"status": "FINISHED:COMPLETED"})
     (log_msg,) = await until(lambda: received.topic("job.log", job_id))
