@@ -39,6 +39,7 @@ from typing import IO
 
 import numpy as np
 
+from flare_protocol._direct_io import DirectWriter
 from flare_protocol.errors import InvalidModel
 
 __all__ = [
@@ -157,12 +158,18 @@ def save_params(
     *,
     compress: bool = False,
     durable: bool = True,
+    pool: BufferPool | None = None,
 ) -> Path:
     """Write a model to ``path`` atomically (temp file, fsync, rename); return the path.
 
     ``durable=False`` skips the fsync, for a file read right away and never needed after
     a crash (the rename still means a reader never sees a half-written model).
+    ``pool``: serialize into a reused buffer of it and write that bypassing the page cache
+    (``O_DIRECT``, see ``_direct_io``): the same bytes, without filling fresh page-cache
+    pages (on the benchmark VM those cost 0.02 to 0.25 s per 100 MB, as writeback allows).
     """
+    if pool is not None and not compress:
+        return _save_direct(dump_params_into(params, pool), Path(path), durable)
     checked = check_params(params)
     target = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -176,6 +183,20 @@ def save_params(
     except BaseException:
         with _suppress_os_error():
             os.unlink(tmp_name)
+        raise
+    return target
+
+
+def _save_direct(data: memoryview, target: Path, durable: bool) -> Path:
+    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
+    writer = DirectWriter(tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        writer.write(data)
+        writer.finish(fsync=durable)
+        os.replace(tmp, target)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
         raise
     return target
 

@@ -196,7 +196,7 @@ def send(model: FLModel) -> None:
                 f"params_type must be FULL or DIFF, got {model.params_type!r}"
             ) from exc
         # Not fsynced: the site reads it at once, and a crash ends the task anyway.
-        save_params(model.params, Path(task["output_path"]), durable=False)
+        save_params(model.params, Path(task["output_path"]), durable=False, pool=client.buffers)
         message.update(params_type=params_type.value, meta=_json_meta(model.meta))
     reply = client.request(message)
     if reply["op"] != "ok":
