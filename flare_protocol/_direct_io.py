@@ -23,7 +23,7 @@ import mmap
 import os
 from pathlib import Path
 
-__all__ = ["BLOCK", "DirectWriter"]
+__all__ = ["BLOCK", "DirectWriter", "replace_file"]
 
 #: Bytes gathered per direct write (a multiple of every block size in use).
 BLOCK = 1024 * 1024
@@ -124,3 +124,21 @@ class DirectWriter:
         fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
         self.direct = False
         return os.write(self._fd, view)
+
+
+def replace_file(path: Path, data: bytes | memoryview, *, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temp file beside it (mode 0600,
+    ``O_EXCL``, never through a link), written directly when it is at least a block,
+    fsynced when ``durable``, then renamed over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
+    writer = DirectWriter(
+        tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, direct=len(data) >= BLOCK
+    )
+    try:
+        writer.write(data)
+        writer.finish(fsync=durable)
+        os.replace(tmp, path)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise

@@ -39,7 +39,7 @@ from typing import IO
 
 import numpy as np
 
-from flare_protocol._direct_io import DirectWriter
+from flare_protocol._direct_io import replace_file
 from flare_protocol.errors import InvalidModel
 
 __all__ = [
@@ -169,7 +169,8 @@ def save_params(
     pages (on the benchmark VM those cost 0.02 to 0.25 s per 100 MB, as writeback allows).
     """
     if pool is not None and not compress:
-        return _save_direct(dump_params_into(params, pool), Path(path), durable)
+        replace_file(Path(path), dump_params_into(params, pool), durable=durable)
+        return Path(path)
     checked = check_params(params)
     target = Path(path)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -183,20 +184,6 @@ def save_params(
     except BaseException:
         with _suppress_os_error():
             os.unlink(tmp_name)
-        raise
-    return target
-
-
-def _save_direct(data: memoryview, target: Path, durable: bool) -> Path:
-    tmp = target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
-    writer = DirectWriter(tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        writer.write(data)
-        writer.finish(fsync=durable)
-        os.replace(tmp, target)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
         raise
     return target
 
@@ -437,6 +424,35 @@ def load_params(
     return _load_params(source, max_bytes, max_arrays, allow_nonfinite, None)
 
 
+def open_model_archive(
+    fh: IO[bytes], *, max_bytes: int, max_arrays: int, where: str
+) -> zipfile.ZipFile:
+    """``fh`` opened as a zip after its directory passed the caps (member count, the
+    declared uncompressed size); nothing is inflated yet.
+
+    Raises:
+        InvalidModel: not a zip, or over a cap.
+    """
+    try:
+        archive = zipfile.ZipFile(fh)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InvalidModel(f"{where} is not an .npz archive: {exc}", path=where) from exc
+    members = archive.infolist()
+    if len(members) > max_arrays:
+        archive.close()
+        raise InvalidModel(
+            f"{where} holds {len(members)} arrays, more than the limit of {max_arrays}", path=where
+        )
+    declared = sum(m.file_size for m in members)
+    if declared > max_bytes:
+        archive.close()
+        raise InvalidModel(
+            f"{where} would inflate to {declared} bytes, more than the limit of {max_bytes}",
+            path=where,
+        )
+    return archive
+
+
 def _load_params(
     source: str | os.PathLike[str] | bytes | memoryview,
     max_bytes: int,
@@ -449,24 +465,12 @@ def _load_params(
     reader: _PooledReader | None = None
     handle: IO[bytes] = io.BytesIO(source) if in_memory else open(source, "rb")  # type: ignore[arg-type]  # noqa: SIM115
     try:
-        try:
-            archive = zipfile.ZipFile(handle)
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise InvalidModel(f"{where} is not an .npz archive: {exc}", path=where) from exc
+        archive = open_model_archive(
+            handle, max_bytes=max_bytes, max_arrays=max_arrays, where=where
+        )
         with archive:
             members = archive.infolist()
-            if len(members) > max_arrays:
-                raise InvalidModel(
-                    f"{where} holds {len(members)} arrays, more than the limit of {max_arrays}",
-                    path=where,
-                )
             declared = sum(m.file_size for m in members)
-            if declared > max_bytes:
-                raise InvalidModel(
-                    f"{where} would inflate to {declared} bytes, "
-                    f"more than the limit of {max_bytes}",
-                    path=where,
-                )
             params: Params = {}
             reader = (
                 _PooledReader(pool.take(declared + 64 * len(members))) if pool is not None else None

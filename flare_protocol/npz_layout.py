@@ -27,7 +27,7 @@ from typing import IO
 import numpy as np
 
 from flare_protocol.errors import InvalidModel
-from flare_protocol.models import check_params
+from flare_protocol.models import check_params, open_model_archive
 
 __all__ = ["ArrayRegion", "array_regions", "view_params"]
 
@@ -60,22 +60,8 @@ def array_regions(
         InvalidModel: not a zip, over a cap, a member that is not a plain numeric ``.npy``
             array, a bad or repeated name, a damaged or truncated member, overlapping arrays.
     """
-    try:
-        archive = zipfile.ZipFile(fh)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InvalidModel(f"{where} is not an .npz archive: {exc}", path=where) from exc
-    with archive:
-        members = archive.infolist()
-    if len(members) > max_arrays:
-        raise InvalidModel(
-            f"{where} holds {len(members)} arrays, more than the limit of {max_arrays}", path=where
-        )
-    declared = sum(m.file_size for m in members)
-    if declared > max_bytes:
-        raise InvalidModel(
-            f"{where} would inflate to {declared} bytes, more than the limit of {max_bytes}",
-            path=where,
-        )
+    with open_model_archive(fh, max_bytes=max_bytes, max_arrays=max_arrays, where=where) as zf:
+        members = zf.infolist()
     if any(m.compress_type != zipfile.ZIP_STORED or m.flag_bits & 0x1 for m in members):
         return None
     regions: list[ArrayRegion] = []

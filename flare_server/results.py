@@ -22,12 +22,11 @@ import json
 import math
 import os
 import re
-import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from flare_protocol._direct_io import BLOCK, DirectWriter
+from flare_protocol._direct_io import replace_file
 from flare_protocol.errors import InvalidArgumentError
 
 __all__ = [
@@ -68,17 +67,7 @@ def write_atomic(path: Path, data: bytes | memoryview) -> None:
 
     A big file (a round's model) bypasses the page cache: nothing reads it back soon.
     """
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    flags = os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    writer = DirectWriter(tmp, flags, 0o600, direct=len(data) >= BLOCK)
-    try:
-        writer.write(data)
-        writer.finish(fsync=True)
-        os.replace(tmp, path)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    replace_file(path, data, durable=True)
 
 
 def _finite(value: Any) -> Any:
