@@ -37,7 +37,9 @@ from flare_protocol._direct_io import DirectWriter
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+from flare_protocol.job_format import path_problem
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
+from flare_protocol.safe_zip import scan_entries, write_entries
 
 ProgressCallback = Callable[[int, int], object]
 
@@ -51,21 +53,6 @@ _MIN_ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 RESULT_FILES_METADATA = ((METADATA_KEY, FILES),)
 #: Downloaded files at least this big are written with O_DIRECT (flare_protocol._direct_io).
 DIRECT_MIN_BYTES = 4 * 1024 * 1024
-
-
-def _bad_name(name: str) -> str | None:
-    """Why an archive member name is refused, or None when it is acceptable."""
-    if not name:
-        return "an empty name"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        return "a control character"
-    if "\\" in name:
-        return "a backslash"
-    if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
-        return "an absolute path"
-    if any(p in ("..", ".", "") for p in name.rstrip("/").split("/")):
-        return "a '..', '.' or empty component"
-    return None
 
 
 @dataclass(frozen=True)
@@ -195,7 +182,7 @@ class JobUpload:
                 for name in dirnames + sorted(filenames):
                     full = here / name
                     rel = full.relative_to(root).as_posix()
-                    reason = _bad_name(rel)
+                    reason = path_problem(rel)
                     if reason:
                         raise InvalidJobDefinition(
                             f"{full}: the name has {reason}; the server would refuse it",
@@ -498,7 +485,7 @@ class ResultDownload:
 
     def _begin_file(self, name: str, size: int) -> None:
         self._end_file()
-        reason = _bad_name(name)
+        reason = path_problem(name)
         if reason:
             raise self._refuse(f"entry {name!r} has {reason}")
         if name in self._names:
@@ -560,18 +547,24 @@ class ResultDownload:
 
     def _extract(self) -> Path:
         assert self._part is not None
+
+        def refuse(message: str, _entry: str | None) -> InternalError:
+            return self._refuse(message)
+
         try:
             with zipfile.ZipFile(self._part) as zf:
-                members = self._checked_members(zf)
-                for info in members:
-                    self._extract_member(zf, info, self._staging)
-        except (
-            zipfile.BadZipFile,
-            zlib.error,
-            EOFError,
-            NotImplementedError,
-            RuntimeError,
-        ) as exc:
+                entries = scan_entries(
+                    zf,
+                    max_entries=self.limits.max_entries,
+                    max_uncompressed_bytes=self.limits.max_uncompressed_bytes,
+                    reject=refuse,
+                    what="result archive",
+                )
+                cap = self.limits.max_uncompressed_bytes
+                write_entries(
+                    zf, entries.files, self._staging, refuse, budget=[cap, cap], durable=False
+                )
+        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
             raise InternalError(
                 f"result of job {self.job_id} is not a valid zip archive: {exc}",
                 job_id=self.job_id,
@@ -601,54 +594,10 @@ class ResultDownload:
             job_id=self.job_id,
         )
 
-    def _checked_members(self, zf: zipfile.ZipFile) -> list[zipfile.ZipInfo]:
-        members = zf.infolist()
-        if len(members) > self.limits.max_entries:
-            raise self._refuse(f"it has {len(members)} entries (cap {self.limits.max_entries})")
-        seen: set[str] = set()
-        total = 0
-        for info in members:
-            reason = _bad_name(info.filename)
-            if reason:
-                raise self._refuse(f"entry {info.filename!r} has {reason}")
-            mode = info.external_attr >> 16
-            kind = stat.S_IFMT(mode)
-            if kind and kind not in (stat.S_IFREG, stat.S_IFDIR):
-                raise self._refuse(f"entry {info.filename!r} is not a regular file or folder")
-            key = info.filename.rstrip("/")
-            if key in seen:
-                raise self._refuse(f"entry {info.filename!r} appears twice")
-            seen.add(key)
-            total += info.file_size
-            if total > self.limits.max_uncompressed_bytes:
-                raise self._refuse(
-                    f"it inflates to more than {self.limits.max_uncompressed_bytes} bytes"
-                )
-        return members
-
     def _refuse(self, why: str) -> InternalError:
         return InternalError(
             f"refusing to extract the result of job {self.job_id}: {why}", job_id=self.job_id
         )
-
-    def _extract_member(self, zf: zipfile.ZipFile, info: zipfile.ZipInfo, staging: Path) -> None:
-        target = staging.joinpath(*info.filename.rstrip("/").split("/"))
-        if info.is_dir():
-            target.mkdir(parents=True, exist_ok=True)
-            return
-        target.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        fd = os.open(target, flags, 0o644)
-        budget = info.file_size
-        with zf.open(info) as src, os.fdopen(fd, "wb") as dst:
-            while True:
-                block = src.read(CHUNK_SIZE)
-                if not block:
-                    break
-                budget -= len(block)
-                if budget < 0:  # inflates past its declared size: a bomb
-                    raise self._refuse(f"entry {info.filename!r} inflates past its declared size")
-                dst.write(block)
 
 
 def model_target(

@@ -33,6 +33,7 @@ from typing import Any
 import grpc
 
 from flare_protocol._direct_io import DirectWriter
+from flare_protocol._fsync import fsync_dir
 from flare_protocol._generated import common_pb2, site_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import FlareError
@@ -95,13 +96,8 @@ def _absorb(digest: Any, writer: DirectWriter, data: bytes) -> None:
 
 def _finish(tmp: Path, dest: Path, durable: bool) -> None:
     os.replace(tmp, dest)
-    if not durable:
-        return
-    dirfd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dirfd)
-    finally:
-        os.close(dirfd)
+    if durable:
+        fsync_dir(dest.parent)
 
 
 async def download(

@@ -23,6 +23,8 @@ import ctypes.util
 import os
 from pathlib import Path
 
+from flare_protocol._fsync import fsync_dir
+
 __all__ = ["FLUSH_STRATEGIES", "FileBatch", "fsync_dir", "write_atomic"]
 
 FLUSH_STRATEGIES = ("syncfs", "fsync", "each", "none")
@@ -35,15 +37,6 @@ def _write_fd(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries (creations, renames) durable."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:

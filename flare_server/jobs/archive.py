@@ -6,9 +6,10 @@ works in this order, cheapest first, and stops at the first problem, naming the 
 1. the file size against ``max_upload_bytes``;
 2. the entry count from the end-of-central-directory record, *before* ``zipfile`` builds an
    object per entry (a tiny archive can declare millions);
-3. every entry: safe relative name (:func:`flare_protocol.job_format.path_problem`), not a
-   symlink, device, FIFO or socket (Unix mode in ``external_attr``), not encrypted, a known
-   compression method, no duplicates (also case-insensitive), no file used as a folder;
+3. every entry (:func:`flare_protocol.safe_zip.scan_entries`, the checks sites and the
+   Session run too): safe relative name, not a symlink, device, FIFO or socket (Unix mode
+   in ``external_attr``), not encrypted, a known compression method, no duplicates (also
+   case-insensitive), no file used as a folder;
 4. the declared uncompressed total against ``max_uncompressed_bytes`` (and the optional
    per-entry ``max_ratio``);
 5. the layout: ``meta.json`` at the archive root, or exactly one top-level folder
@@ -34,9 +35,6 @@ and renames the folder into place: the destination is complete or absent.
 from __future__ import annotations
 
 import os
-import secrets
-import shutil
-import stat
 import struct
 import zipfile
 import zlib
@@ -46,16 +44,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from flare_protocol.errors import InvalidArgumentError, InvalidJobDefinition
-from flare_protocol.job_format import META_FILE, JobDefinition, path_problem, validate_job_files
-from flare_server.jobs._fsutil import fsync_dir as _fsync_dir
+from flare_protocol.job_format import META_FILE, JobDefinition, validate_job_files
+from flare_protocol.safe_zip import (
+    CORRUPT,
+    copy_entry,
+    corrupt,
+    extract_atomically,
+    scan_entries,
+)
 
 __all__ = ["ArchiveLimits", "JobDefinition", "safe_extract", "validate_job_archive"]
 
 GiB = 1024**3
-_CHUNK = 1024 * 1024
 #: Files read whole for validation (meta.json, app configs) may not exceed this size.
 CONFIG_READ_MAX_BYTES = 16 * 1024 * 1024
-_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
 _RATIO_MIN_BYTES = 1024 * 1024
 
 
@@ -111,89 +113,30 @@ def _declared_entry_count(path: Path) -> int | None:
         return int(struct.unpack_from("<Q", record, 32)[0])
 
 
-def _entry_kind_problem(info: zipfile.ZipInfo) -> str | None:
-    mode = info.external_attr >> 16
-    # Mode bits are honoured by unzip tools on Unix; check them whatever create_system says.
-    if mode:
-        kind = stat.S_IFMT(mode)
-        if kind == stat.S_IFLNK:
-            return "is a symlink"
-        if kind in (stat.S_IFCHR, stat.S_IFBLK, stat.S_IFIFO, stat.S_IFSOCK):
-            return "is a device, FIFO or socket"
-        if kind == stat.S_IFDIR and not info.filename.endswith("/"):
-            return "is a folder entry whose name does not end with '/'"
-        if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
-            return "has an unknown file type"
-    if info.flag_bits & 0x1:
-        return "is encrypted"
-    if info.compress_type not in _METHODS:
-        return f"uses unsupported compression method {info.compress_type}"
-    if info.filename.endswith("/") and info.file_size:
-        return "is a folder entry with content"
-    return None
-
-
 def _scan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> _Scan:
-    infos = zf.infolist()
-    if len(infos) > limits.max_entries:
-        raise _reject(f"archive has {len(infos)} entries; at most {limits.max_entries} are allowed")
-    seen: dict[str, str] = {}
-    files: dict[str, zipfile.ZipInfo] = {}
-    folders: set[str] = set()
-    declared = 0
-    for info in infos:
-        name = info.orig_filename  # zipfile truncates .filename at a NUL; check the original
-        problem = path_problem(name) or _entry_kind_problem(info)
-        if problem:
-            verb = "" if problem.startswith(("is ", "has ", "uses ")) else "has "
-            raise _reject(f"archive entry {name!r} {verb}{problem}", name)
-        key = name.rstrip("/").casefold()
-        if key in seen:
-            other = seen[key]
-            what = (
-                "is a duplicate"
-                if other.rstrip("/") == name.rstrip("/")
-                else (f"differs from entry {other!r} only by case")
-            )
-            raise _reject(f"archive entry {name!r} {what}", name)
-        seen[key] = name
-        if name.endswith("/"):
-            folders.add(key)
-            continue
-        files[name] = info
-        declared += info.file_size
-        if declared > limits.max_uncompressed_bytes:
-            raise _reject(
-                f"archive declares more than {limits.max_uncompressed_bytes} uncompressed bytes "
-                f"(reached at entry {name!r})",
-                name,
-            )
-        if (
-            limits.max_ratio is not None
-            and info.file_size >= _RATIO_MIN_BYTES
-            and info.file_size > limits.max_ratio * max(info.compress_size, 1)
-        ):
-            raise _reject(
-                f"archive entry {name!r} expands {info.file_size / max(info.compress_size, 1):.0f}"
-                f" times; at most {limits.max_ratio:g} is allowed",
-                name,
-            )
-    file_keys = {n.casefold() for n in files}
-    for name in files:
-        parts = name.split("/")
-        for depth in range(1, len(parts)):
-            ancestor = "/".join(parts[:depth]).casefold()
-            if ancestor in file_keys:
-                raise _reject(f"archive entry {name!r} lies inside a file of the same path", name)
-    return _Scan(_layout_prefix(files, folders, seen), files, declared)
+    entries = scan_entries(
+        zf,
+        max_entries=limits.max_entries,
+        max_uncompressed_bytes=limits.max_uncompressed_bytes,
+        reject=_reject,
+    )
+    if limits.max_ratio is not None:
+        for name, info in entries.files.items():
+            ratio = info.file_size / max(info.compress_size, 1)
+            if info.file_size >= _RATIO_MIN_BYTES and ratio > limits.max_ratio:
+                raise _reject(
+                    f"archive entry {name!r} expands {ratio:.0f} times; at most "
+                    f"{limits.max_ratio:g} is allowed",
+                    name,
+                )
+    prefix = _layout_prefix(entries.files, entries.names)
+    return _Scan(prefix, entries.files, entries.declared)
 
 
-def _layout_prefix(
-    files: dict[str, zipfile.ZipInfo], folders: set[str], seen: dict[str, str]
-) -> str:
+def _layout_prefix(files: dict[str, zipfile.ZipInfo], names: tuple[str, ...]) -> str:
     if META_FILE in files:
         return ""
-    tops = sorted({name.split("/", 1)[0] for name in seen.values()})
+    tops = sorted({name.split("/", 1)[0] for name in names})
     if len(tops) == 1:
         prefix = tops[0] + "/"
         if prefix + META_FILE in files:
@@ -205,56 +148,8 @@ def _layout_prefix(
     )
 
 
-def _corrupt(name: str, exc: BaseException) -> InvalidJobDefinition:
-    return _reject(
-        f"archive entry {name!r} is corrupt or inflates beyond its declared size ({exc})", name
-    )
-
-
-def _copy_entry(
-    zf: zipfile.ZipFile, info: zipfile.ZipInfo, sink: object | None, budget: list[int]
-) -> None:
-    """Inflate one entry through a counting reader.
-
-    ``budget`` is ``[bytes the total cap has left, the cap]``; ``sink`` an fd or None.
-    """
-    name = info.orig_filename
-    written = 0
-    try:
-        with zf.open(info) as src:
-            while True:
-                chunk = src.read(_CHUNK)
-                if not chunk:
-                    break
-                written += len(chunk)
-                budget[0] -= len(chunk)
-                if written > info.file_size:
-                    raise _reject(
-                        f"archive entry {name!r} inflates beyond its declared {info.file_size} "
-                        "bytes",
-                        name,
-                    )
-                if budget[0] < 0:
-                    raise _reject(
-                        f"archive inflates beyond the cap of {budget[1]} uncompressed bytes at "
-                        f"entry {name!r}",
-                        name,
-                    )
-                if sink is not None:
-                    os.write(sink, chunk)  # type: ignore[arg-type]
-    except InvalidJobDefinition:
-        raise
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        RuntimeError,
-        NotImplementedError,
-    ) as exc:
-        raise _corrupt(name, exc) from None
-    if written != info.file_size:
-        raise _corrupt(name, EOFError(f"{written} of {info.file_size} bytes"))
+def _corrupt(name: str, exc: BaseException) -> Exception:
+    return corrupt(_reject, "archive", name, exc)
 
 
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
@@ -312,14 +207,7 @@ def _read_whole(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
     try:
         with zf.open(info) as src:
             data = src.read(CONFIG_READ_MAX_BYTES + 1)
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        EOFError,
-        OSError,
-        RuntimeError,
-        NotImplementedError,
-    ) as exc:
+    except CORRUPT as exc:
         raise _corrupt(name, exc) from None
     if len(data) != info.file_size:
         raise _corrupt(name, EOFError(f"{len(data)} of {info.file_size} bytes"))
@@ -372,7 +260,7 @@ def validate_job_archive(zip_path: Path, limits: ArchiveLimits = ArchiveLimits()
                 if info.compress_type == zipfile.ZIP_STORED:
                     _check_stored(info, budget)
                 else:
-                    _copy_entry(zf, info, None, budget)
+                    copy_entry(zf, info, None, budget, _reject)
         return _definition(zf, scan)
 
 
@@ -394,36 +282,12 @@ def safe_extract(
     with _open_checked(zip_path, limits) as zf:
         scan = _scan(zf, limits)
         definition = _definition(zf, scan)
-        staging = dest.parent / f".{dest.name}.extract-{secrets.token_hex(6)}"
-        os.mkdir(staging, 0o700)
-        try:
-            budget = [limits.max_uncompressed_bytes, limits.max_uncompressed_bytes]
-            made: set[Path] = {staging}
-            for name, info in scan.files.items():
-                target = staging.joinpath(*name[len(scan.prefix) :].split("/"))
-                for parent in reversed(target.parents):
-                    if parent in made or staging not in (parent, *parent.parents):
-                        continue
-                    os.mkdir(parent, 0o755)
-                    made.add(parent)
-                flags = (
-                    os.O_WRONLY
-                    | os.O_CREAT
-                    | os.O_EXCL
-                    | os.O_NOFOLLOW
-                    | getattr(os, "O_CLOEXEC", 0)
-                )
-                fd = os.open(target, flags, 0o644)
-                try:
-                    _copy_entry(zf, info, fd, budget)
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            for folder in sorted(made, key=lambda p: len(p.parts), reverse=True):
-                _fsync_dir(folder)
-            os.rename(staging, dest)
-            _fsync_dir(dest.parent)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        extract_atomically(
+            zf,
+            scan.files,
+            dest,
+            _reject,
+            max_uncompressed_bytes=limits.max_uncompressed_bytes,
+            prefix=scan.prefix,
+        )
     return definition

@@ -51,6 +51,7 @@ from types import TracebackType
 from typing import Any, NamedTuple, TypeVar
 
 from flare_protocol._direct_io import DirectWriter
+from flare_protocol._fsync import fsync_dir
 from flare_protocol.errors import (
     FlareError,
     InternalError,
@@ -60,7 +61,6 @@ from flare_protocol.errors import (
     JobNotFound,
 )
 from flare_protocol.job_format import SERVER_OWNED_KEYS
-from flare_server.jobs._fsutil import fsync_dir
 from flare_server.jobs.archive import ArchiveLimits, validate_job_archive
 from flare_server.jobs.lifecycle import JobStatus, check_transition, is_finished, parse_status
 

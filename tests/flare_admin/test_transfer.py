@@ -170,13 +170,13 @@ def test_a_hostile_entry_name_is_refused_before_anything_is_written(tmp_path, en
 
 
 def test_a_symlink_entry_is_refused(tmp_path):
-    with pytest.raises(InternalError, match="not a regular file"):
+    with pytest.raises(InternalError, match="entry 'passwd' is a symlink"):
         receive(tmp_path, zip_bytes({"a.txt": b"a"}, link="passwd"))
     assert os.listdir(tmp_path) == []
 
 
 def test_a_result_over_the_caps_is_refused(tmp_path):
-    with pytest.raises(InternalError, match="inflates"):
+    with pytest.raises(InternalError, match="declares more than 4000 uncompressed bytes"):
         receive(
             tmp_path,
             zip_bytes({"big": bytes(5000)}),
@@ -197,7 +197,7 @@ def test_duplicate_entries_are_refused(tmp_path):
         zf.writestr("a.txt", b"1")
         with pytest.warns(UserWarning):
             zf.writestr("a.txt", b"2")
-    with pytest.raises(InternalError, match="twice"):
+    with pytest.raises(InternalError, match="'a.txt' is a duplicate"):
         receive(tmp_path, buf.getvalue())
 
 

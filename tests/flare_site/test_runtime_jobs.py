@@ -320,7 +320,7 @@ async def test_an_archive_that_inflates_beyond_its_declared_size_is_refused(
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("config/config_fed_client.json", b"{}")
         zf.writestr("custom/big.bin", b"\0" * 2_000_000)
-    with pytest.raises(InvalidJobDefinition, match="more than 1000000 bytes"):
+    with pytest.raises(InvalidJobDefinition, match="declares more than 1000000 uncompressed bytes"):
         extract_app(path, tmp_path / "out", AppLimits(max_uncompressed_bytes=1_000_000))
     assert not (tmp_path / "out").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bomb.zip"]
