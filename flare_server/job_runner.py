@@ -32,6 +32,7 @@ job's blobs and may upload an update only for a task it was given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -329,6 +330,8 @@ class JobRun:
         self.job_id = job_id
         self.meta = meta
         self.sites = sites
+        #: Sites whose deployment failed while enough others deployed: site -> why.
+        self.deploy_failures: dict[str, str] = {}
         self.events: asyncio.Queue[tuple[Any, ...]] = asyncio.Queue()
         self.task: asyncio.Task[None] | None = None
         self.ending = False
@@ -525,8 +528,14 @@ class JobRun:
                 failures[site] = "not connected"
                 waiting.discard(site)
         self.log.info("job %s: deploying app(s) to %s", self.job_id, ", ".join(self.sites))
+        needed = max(int(self.meta.get("min_clients") or 1), plan.config.min_responses or 0)
+        mandatory = set(self.meta.get("mandatory_clients") or ())
+
+        def hopeless() -> bool:
+            return bool(mandatory & failures.keys()) or len(self.sites) - len(failures) < needed
+
         deadline = time.monotonic() + self.settings.deploy_timeout
-        while waiting and not failures:
+        while waiting and not hopeless():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 for site in waiting:
@@ -569,18 +578,53 @@ class JobRun:
                 elif envelope.topic == "job.log":
                     self._keep_log(site, envelope, body)
         if failures:
-            detail = "; ".join(f"{s}: {why}" for s, why in sorted(failures.items()))
-            raise _Finish(FAILED_TO_RUN, f"deployment failed on {detail}", tuple(sorted(failures)))
+            self._exclude_failed_deployments(failures, needed, mandatory)
         try:
             await asyncio.to_thread(
                 self.store.set_status,
                 self.job_id,
                 JobStatus.RUNNING,
-                reason=f"deployed to {', '.join(self.sites)}",
+                reason=f"deployed to {', '.join(self.sites)}"
+                + (
+                    f"; deployment failed on {', '.join(sorted(self.deploy_failures))}"
+                    if self.deploy_failures
+                    else ""
+                ),
             )
         except errors.InvalidTransition:
             raise _Finish(ABORTED, "aborted during the deployment") from None
         self.log.info("job %s: running on %s", self.job_id, ", ".join(self.sites))
+
+    def _exclude_failed_deployments(
+        self, failures: dict[str, str], needed: int, mandatory: set[str]
+    ) -> None:
+        """Go on without the sites whose deployment failed, or end the job if it cannot."""
+        detail = "; ".join(f"{s}: {why}" for s, why in sorted(failures.items()))
+        left = [s for s in self.sites if s not in failures]
+        if mandatory & failures.keys():
+            why = f"mandatory_clients {', '.join(sorted(mandatory & failures.keys()))} failed"
+        elif len(left) < needed:
+            why = f"{len(left)} site(s) left, the job needs {needed} (min_clients, min_responses)"
+        else:
+            why = ""
+        if why:
+            raise _Finish(
+                FAILED_TO_RUN, f"deployment failed on {detail}; {why}", tuple(sorted(failures))
+            )
+        for site in failures:  # it may still finish deploying later: it must not run the job
+            with contextlib.suppress(errors.InvalidTarget):
+                self.registry.send(
+                    site, _envelope(self.job_id, "job.abort", {"reason": "deployment failed"})
+                )
+        self.deploy_failures = dict(failures)
+        self.sites = tuple(left)
+        self.log.warning(
+            "job %s: deployment failed on %s; running on the other %d site(s) (%d needed)",
+            self.job_id,
+            detail,
+            len(left),
+            needed,
+        )
 
     # -- 3. rounds -------------------------------------------------------------------------
     async def _rounds_loop(self) -> JobFinished:
@@ -1074,6 +1118,7 @@ class JobRun:
                 "reason": finished.reason,
                 "failed_sites": list(finished.failed_sites),
                 "sites": list(self.sites),
+                "deploy_failures": self.deploy_failures,
                 "initial_model": self.plan.initial_source if self.plan else None,
                 "has_final_model": self.results.final_model_path.is_file(),
                 "rounds": self._rounds,

@@ -205,6 +205,71 @@ def test_a_deployment_refused_by_a_site_ends_failed_to_run_naming_it(server, kit
         assert "site-1: disk full" in reason
 
 
+def _two_site_job(**meta) -> bytes:
+    files = job_files(deploy_map={"app": ["@ALL"]}, **meta)
+    config = {"workflow": "fedavg", "num_rounds": 1, "round_timeout": 10}
+    files["app/config/config_fed_server.json"] = json.dumps(config).encode()
+    return job_zip(files=files)
+
+
+def test_a_site_failing_to_deploy_is_left_out_while_min_clients_remain(server, kits, admin):
+    with (
+        FakeSite(kits["site-1"], server.site_address) as s1,
+        FakeSite(kits["site-2"], server.site_address) as s2,
+    ):
+        wait_until(lambda: len(server.server.registry) == 2)
+        job_id = submit(admin, _two_site_job(min_clients=1))
+        wait_until(lambda: _messages(s1, "job.deploy") and _messages(s2, "job.deploy"))
+        _send(s2, job_id, "job.status", {"status": "failed", "error": "disk full"})
+        _send(s1, job_id, "job.status", {"status": "deployed"})
+        task = json.loads(wait_until(lambda: _messages(s1, "task.train"))[0].body_json)
+        assert wait_until(lambda: _messages(s2, "job.abort"))[0].job_id == job_id
+        assert not _messages(s2, "task.train")
+        meta = _meta(admin, job_id)
+        assert meta["status"] == "RUNNING"
+        assert "deployment failed on site-2" in meta["status_history"][-1]["reason"]
+        update = dump_params({"w": np.array([3.0])})
+        blob = _upload(s1, update, job_id=job_id, kind="update", task_id=task["task_id"])
+        body = {"task_id": task["task_id"], "round": 1, "kind": "train", "num_examples": 1}
+        _send(s1, job_id, "task.result", {**body, "params_type": "FULL", "metrics": {}}, [blob])
+        wait_until(lambda: _messages(s1, "job.end"))
+        _send(s1, job_id, "job.log", {})
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:COMPLETED")
+    summary = json.loads((server.server.store.result_dir(job_id) / "summary.json").read_text())
+    assert summary["sites"] == ["site-1"]
+    assert summary["deploy_failures"] == {"site-2": "disk full"}
+
+
+def test_a_failed_deployment_ends_the_job_when_too_few_sites_are_left(server, kits, admin):
+    with (
+        FakeSite(kits["site-1"], server.site_address) as s1,
+        FakeSite(kits["site-2"], server.site_address),
+    ):
+        wait_until(lambda: len(server.server.registry) == 2)
+        job_id = submit(admin, _two_site_job(min_clients=2))
+        wait_until(lambda: _messages(s1, "job.deploy"))
+        _send(s1, job_id, "job.status", {"status": "failed", "error": "no GPU"})
+        # The end comes without waiting for site-2: the job cannot reach min_clients.
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:FAILED_TO_RUN", 2)
+        reason = _meta(admin, job_id)["status_history"][-1]["reason"]
+        assert "site-1: no GPU" in reason and "1 site(s) left, the job needs 2" in reason
+
+
+def test_a_mandatory_site_failing_to_deploy_ends_the_job(server, kits, admin):
+    with (
+        FakeSite(kits["site-1"], server.site_address) as s1,
+        FakeSite(kits["site-2"], server.site_address),
+    ):
+        wait_until(lambda: len(server.server.registry) == 2)
+        job_id = submit(admin, _two_site_job(min_clients=1, mandatory_clients=["site-1"]))
+        wait_until(lambda: _messages(s1, "job.deploy"))
+        _send(s1, job_id, "job.status", {"status": "failed", "error": "no GPU"})
+        wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:FAILED_TO_RUN", 2)
+        assert "mandatory_clients site-1 failed" in (
+            _meta(admin, job_id)["status_history"][-1]["reason"]
+        )
+
+
 def test_a_deployment_nobody_answers_times_out_failed_to_run(server, kits, admin):
     with FakeSite(kits["site-1"], server.site_address):
         wait_until(lambda: len(server.server.registry) == 1)
