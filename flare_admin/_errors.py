@@ -111,8 +111,9 @@ def map_rpc_error(
         return _no_connection(code, text, address=address, action=action, opening=opening, **extra)
     if code is grpc.StatusCode.CANCELLED:
         return errors.NoConnection(
-            f"{action}: the call to {address} was cancelled ({text or 'connection closed'}); "
-            "the server may be shutting down",
+            f"{action}: the call to {address} was cancelled before an answer "
+            f"({text or 'connection closed'}): the server was stopping, or too busy to take "
+            "the call; try again",
             address=address,
             **extra,
         )
