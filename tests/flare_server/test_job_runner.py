@@ -194,6 +194,34 @@ def test_a_job_runs_through_the_site_protocol_and_its_blobs_stay_with_its_site(s
     assert not (server.server.store.job_dir(job_id) / "work").exists()
 
 
+@pytest.mark.parametrize("budget", [1, 1 << 30], ids=["to-a-file", "in-memory"])
+def test_an_update_aggregates_the_same_whether_it_was_held_in_memory_or_in_a_file(
+    server_kit, kits, tmp_path, budget
+):
+    with ServerThread(server_kit, tmp_path / "ws", update_memory_bytes=budget) as srv:
+        stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
+        with channel, FakeSite(kits["site-1"], srv.site_address) as s1:
+            wait_until(lambda: len(srv.server.registry) == 1)
+            job_id = submit(stub, _one_site_job())
+            wait_until(lambda: _messages(s1, "job.deploy"))
+            _send(s1, job_id, "job.status", {"status": "deployed"})
+            task = json.loads(wait_until(lambda: _messages(s1, "task.train"))[0].body_json)
+            weights = np.linspace(-1, 1, 300_000, dtype=np.float32).reshape(600, 500)
+            update = dump_params({"w": weights, "b": np.arange(7)})
+            blob = _upload(s1, update, job_id=job_id, kind="update", task_id=task["task_id"])
+            in_memory = srv.call(lambda: srv.server.runner.blobs.memory_used)
+            assert in_memory == (len(update) if budget > 1 else 0)
+            body = {"task_id": task["task_id"], "round": 1, "kind": "train", "num_examples": 3}
+            _send(s1, job_id, "task.result", {**body, "params_type": "FULL"}, [blob])
+            wait_until(lambda: _messages(s1, "job.end"))
+            _send(s1, job_id, "job.log", {})
+            wait_until(lambda: _meta(stub, job_id)["status"] == "FINISHED:COMPLETED")
+            assert srv.call(lambda: srv.server.runner.blobs.memory_used) == 0
+        final = load_params(srv.server.store.result_dir(job_id) / "global_model.npz")
+    np.testing.assert_array_equal(final["w"], weights)
+    np.testing.assert_array_equal(final["b"], np.arange(7))
+
+
 def test_a_deployment_refused_by_a_site_ends_failed_to_run_naming_it(server, kits, admin):
     with FakeSite(kits["site-1"], server.site_address) as s1:
         wait_until(lambda: len(server.server.registry) == 1)
