@@ -25,11 +25,10 @@ __all__ = [
     "ModelUpdate",
     "accumulator_dtype",
     "cast_like",
+    "RunningMean",
     "check_update",
-    "checked_names",
     "empty_array",
     "fedavg",
-    "mean_slices",
     "weighted_mean",
 ]
 
@@ -123,114 +122,21 @@ def check_update(global_model: Params, update: ModelUpdate, site: str) -> None:
             )
 
 
-_SLICE = 1 << 20  # elements per step of weighted_mean (8 MiB of float64)
+_SLICE = 1 << 20  # elements per step of RunningMean (8 MiB of float64)
 
 
 def weighted_mean(arrays: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """``sum_i w_i a_i / sum_i w_i`` in float64 (or complex128); the caller casts back."""
-    total = float(sum(weights))
-    if total <= 0:
-        raise InvalidModel("cannot aggregate: the updates' num_examples add up to 0")
-    acc = np.zeros(arrays[0].shape, dtype=accumulator_dtype(arrays[0].dtype))
-    flat = acc.reshape(-1)
-    # Slice by slice through one reused buffer: the same arithmetic per element as
-    # ``acc += array.astype(acc.dtype) * w``, without two model-sized temporaries per
-    # update (fresh memory is slow to touch; 100 MB models aggregate several times faster).
-    buffer = np.empty(min(_SLICE, flat.size), dtype=acc.dtype)
-    for array, weight in zip(arrays, weights, strict=True):
-        src = np.asarray(array).reshape(-1)
-        factor = weight / total
-        for start in range(0, flat.size, _SLICE):
-            stop = min(start + _SLICE, flat.size)
-            part = buffer[: stop - start]
-            np.copyto(part, src[start:stop], casting="unsafe")
-            part *= factor
-            flat[start:stop] += part
-    return acc
+    """``sum_i w_i a_i / sum_i w_i`` in float64 (or complex128); the caller casts back.
 
-
-def checked_names(global_model: Params, updates: Mapping[str, ModelUpdate]) -> list[str]:
-    """Check every update (see :func:`check_update`); the names of the arrays to average."""
-    if not updates:
-        raise InvalidModel("cannot aggregate: no updates")
-    for site, update in updates.items():
-        check_update(global_model, update, site)
-    reference = global_model or next(iter(updates.values())).params
-    names = list(reference)
-    if not global_model:
-        for site, update in updates.items():
-            if set(update.params) != set(names):
-                raise InvalidModel(
-                    f"{site} sent arrays {sorted(update.params)}, other sites sent {sorted(names)}"
-                )
-            for name in names:
-                if update.params[name].shape != reference[name].shape:
-                    raise InvalidModel(
-                        f"{site} sent array {name!r} with shape {update.params[name].shape}, "
-                        f"other sites sent {reference[name].shape}"
-                    )
-    return names
-
-
-def mean_slices(
-    global_model: Params, updates: Sequence[ModelUpdate], weights: Sequence[float], name: str
-) -> Iterator[tuple[int, int, np.ndarray]]:
-    """The weighted mean of array ``name`` as full weights, slice by slice, in float64.
-
-    Yields ``(start, stop, values)`` over the flattened array; ``values`` (float64, or
-    complex128) is reused for the next slice. Per element the same operations in the same
-    order as :func:`weighted_mean` of the full arrays (bit-identical), but only slice-sized
-    temporaries: no model-sized accumulator and no full-weights copy of a DIFF update.
+    The reference arithmetic of :class:`RunningMean` (same operations in the same order).
     """
     total = float(sum(weights))
     if total <= 0:
         raise InvalidModel("cannot aggregate: the updates' num_examples add up to 0")
-    first = updates[0]
-    if first.params_type is ParamsType.DIFF:
-        acc_dtype = accumulator_dtype(accumulator_dtype(global_model[name].dtype))
-    else:
-        acc_dtype = accumulator_dtype(first.params[name].dtype)
-    sources: list[tuple[np.ndarray, np.ndarray | None, np.dtype | None, float]] = []
-    for update, weight in zip(updates, weights, strict=True):
-        src = np.asarray(update.params[name]).reshape(-1)
-        if update.params_type is ParamsType.DIFF:
-            base = np.asarray(global_model[name]).reshape(-1)
-            sources.append((src, base, accumulator_dtype(base.dtype), weight / total))
-        else:
-            sources.append((src, None, None, weight / total))
-    size = sources[0][0].size
-    step = min(_SLICE, size)
-    acc = np.empty(step, dtype=acc_dtype)
-    buffer = np.empty(step, dtype=acc_dtype)
-    for start in range(0, size, _SLICE):
-        stop = min(start + _SLICE, size)
-        chunk = acc[: stop - start]
-        part = buffer[: stop - start]
-        chunk.fill(0)
-        for src, diff_base, base_acc, factor in sources:
-            if diff_base is None:
-                np.copyto(part, src[start:stop], casting="unsafe")
-            else:
-                full = np.asarray(diff_base[start:stop], dtype=base_acc) + np.asarray(
-                    src[start:stop], dtype=base_acc
-                )
-                np.copyto(part, full, casting="unsafe")
-            part *= factor
-            chunk += part
-        yield start, stop, chunk
-
-
-def _mean_cast_into(
-    out: np.ndarray,
-    global_model: Params,
-    updates: Sequence[ModelUpdate],
-    weights: Sequence[float],
-    name: str,
-) -> None:
-    """``cast_like(weighted_mean(full arrays), out.dtype)`` written into ``out``, slice by slice."""
-    flat = out.reshape(-1)
-    for start, stop, values in mean_slices(global_model, updates, weights, name):
-        flat[start:stop] = cast_like(values, out.dtype)
+    acc = np.zeros(arrays[0].shape, dtype=accumulator_dtype(arrays[0].dtype))
+    for array, weight in zip(arrays, weights, strict=True):
+        acc += np.asarray(array).astype(acc.dtype) * weight
+    return acc / total
 
 
 #: Makes an empty array for a new model: ``(shape, dtype) -> array`` (np.empty by default).
@@ -241,6 +147,133 @@ def empty_array(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return np.empty(shape, dtype=dtype)
 
 
+class RunningMean:
+    """The num_examples-weighted mean of one round's updates, accumulated as they arrive.
+
+    :meth:`add` checks an update against the global model (or, without one, against the
+    first update) and adds ``n_i * full_i`` into float64 (complex128) sums, slice by slice,
+    so the update's arrays can be dropped right after: a round holds one set of sums
+    (twice a float32 model) however many sites answer. The mean is ``sums / sum_i n_i``
+    (:meth:`slices`, or :meth:`result` cast back to the model's dtypes). A DIFF update
+    counts as ``global + diff``, so FULL and DIFF senders mix in one round.
+    """
+
+    def __init__(self, global_model: Params, *, allocate: Allocator = empty_array) -> None:
+        self.global_model = global_model
+        self.total = 0.0
+        self.count = 0
+        self._allocate = allocate
+        self._sums: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        self._dtypes: dict[str, np.dtype] = {}
+        self._first = ""
+
+    @property
+    def names(self) -> list[str]:
+        """The arrays being averaged (after the first :meth:`add`)."""
+        return list(self._shapes)
+
+    def dtype(self, name: str) -> np.dtype:
+        """The dtype the mean of ``name`` is cast back to (the global model's)."""
+        return self._dtypes[name]
+
+    def add(self, site: str, update: ModelUpdate) -> None:
+        """Add one site's update (checked first; nothing is added when it is refused).
+
+        Raises:
+            InvalidModel: naming the site and what does not fit.
+        """
+        check_update(self.global_model, update, site)
+        if not self.count:
+            self._start(site, update)
+        elif not self.global_model:
+            self._check_like_first(site, update)
+        weight = float(update.num_examples)
+        for name, sums in self._sums.items():
+            src = np.asarray(update.params[name]).reshape(-1)
+            base = None
+            if update.params_type is ParamsType.DIFF:
+                base = np.asarray(self.global_model[name]).reshape(-1)
+            part = np.empty(min(_SLICE, sums.size), dtype=sums.dtype)
+            for start in range(0, sums.size, _SLICE):
+                stop = min(start + _SLICE, sums.size)
+                chunk = part[: stop - start]
+                if base is None:
+                    np.copyto(chunk, src[start:stop], casting="unsafe")
+                else:
+                    np.add(
+                        np.asarray(base[start:stop], dtype=sums.dtype),
+                        np.asarray(src[start:stop], dtype=sums.dtype),
+                        out=chunk,
+                    )
+                chunk *= weight
+                sums[start:stop] += chunk
+        self.total += weight
+        self.count += 1
+
+    def slices(self, name: str) -> Iterator[tuple[int, int, np.ndarray]]:
+        """The mean of array ``name`` over the flattened array, slice by slice.
+
+        Yields ``(start, stop, values)``; ``values`` (float64 or complex128) is reused for
+        the next slice.
+
+        Raises:
+            InvalidModel: no update was added, or their num_examples add up to 0.
+        """
+        self._check_total()
+        sums = self._sums[name]
+        out = np.empty(min(_SLICE, sums.size), dtype=sums.dtype)
+        for start in range(0, sums.size, _SLICE):
+            stop = min(start + _SLICE, sums.size)
+            values = out[: stop - start]
+            np.divide(sums[start:stop], self.total, out=values)
+            yield start, stop, values
+
+    def result(self) -> Params:
+        """The FedAvg model: the mean cast back to the model's dtypes (integer arrays
+        rounded), in arrays made by ``allocate``."""
+        self._check_total()
+        model: Params = {}
+        for name, shape in self._shapes.items():
+            out = self._allocate(shape, self._dtypes[name])
+            flat = out.reshape(-1)
+            for start, stop, values in self.slices(name):
+                flat[start:stop] = cast_like(values, out.dtype)
+            model[name] = out
+        return model
+
+    def _check_total(self) -> None:
+        if not self.count:
+            raise InvalidModel("cannot aggregate: no updates")
+        if self.total <= 0:
+            raise InvalidModel("cannot aggregate: the updates' num_examples add up to 0")
+
+    def _start(self, site: str, update: ModelUpdate) -> None:
+        reference = self.global_model or update.params
+        self._first = site
+        for name, array in reference.items():
+            kinds = {array.dtype.kind, update.params[name].dtype.kind}
+            acc = np.dtype(np.complex128) if "c" in kinds else np.dtype(np.float64)
+            self._shapes[name] = array.shape
+            self._dtypes[name] = array.dtype
+            sums = self._allocate((array.size,), acc)
+            sums.fill(0)
+            self._sums[name] = sums
+
+    def _check_like_first(self, site: str, update: ModelUpdate) -> None:
+        if set(update.params) != set(self._shapes):
+            raise InvalidModel(
+                f"{site} sent arrays {sorted(update.params)}, "
+                f"{self._first} sent {sorted(self._shapes)}"
+            )
+        for name, shape in self._shapes.items():
+            if update.params[name].shape != shape:
+                raise InvalidModel(
+                    f"{site} sent array {name!r} with shape {update.params[name].shape}, "
+                    f"{self._first} sent {shape}"
+                )
+
+
 def fedavg(
     global_model: Params, updates: Mapping[str, ModelUpdate], *, allocate: Allocator = empty_array
 ) -> Params:
@@ -248,14 +281,11 @@ def fedavg(
 
     Returns the new global model with the global model's dtypes (or the first update's,
     when there is no global model yet), its arrays made by ``allocate``.
+
+    Raises:
+        InvalidModel: no updates, an update that does not fit, num_examples adding up to 0.
     """
-    names = checked_names(global_model, updates)
-    reference = global_model or next(iter(updates.values())).params
-    ordered = list(updates.values())
-    weights = [float(u.num_examples) for u in ordered]
-    model: Params = {}
-    for name in names:
-        out = allocate(reference[name].shape, reference[name].dtype)
-        _mean_cast_into(out, global_model, ordered, weights, name)
-        model[name] = out
-    return model
+    mean = RunningMean(global_model, allocate=allocate)
+    for site, update in updates.items():
+        mean.add(site, update)
+    return mean.result()

@@ -32,9 +32,8 @@ from flare_protocol.models import Params, check_params
 from flare_server.workflows.aggregation import (
     Allocator,
     ModelUpdate,
-    check_update,
+    RunningMean,
     empty_array,
-    fedavg,
 )
 from flare_server.workflows.fedopt import ServerOptimizer
 from flare_server.workflows.records import MetricRow, RoundRecord, ValidationRecord
@@ -168,7 +167,9 @@ class RoundController:
             else None
         )
         self._pending: dict[str, Task] = {}  # task_id -> task still awaited
+        #: site -> its update of this round, without arrays (those are in ``_mean``).
         self._results: dict[str, ModelUpdate] = {}
+        self._mean = RunningMean({}, allocate=allocate)
         self._validated: dict[str, dict[str, float]] = {}
         self._timer = ""
 
@@ -217,14 +218,14 @@ class RoundController:
         try:
             params = check_params(update.params)
             update = ModelUpdate(params, update.params_type, update.num_examples, update.metrics)
-
-            check_update(self.global_model, update, site)
+            self._mean.add(site, update)
         except InvalidModel as exc:
             return self._finish(
                 EXECUTION_EXCEPTION, f"round {self.round}: {exc}", failed_sites=(site,)
             )
         del self._pending[task_id]
-        self._results[site] = update
+        # Counted into the round's mean: the arrays themselves are not kept.
+        self._results[site] = dataclasses.replace(update, params={})
         return self._maybe_close_round()
 
     def on_validation(self, site: str, task_id: str, metrics: Mapping[str, float]) -> list[Action]:
@@ -323,6 +324,7 @@ class RoundController:
         self.round = number
         self.phase = Phase.TRAIN
         self._results = {}
+        self._mean = RunningMean(self.global_model, allocate=self._allocate)
         return self._send("train", self.round - 1)
 
     def _send(self, kind: str, model_round: int) -> list[Action]:
@@ -348,11 +350,11 @@ class RoundController:
         self._timer = ""
         try:
             if self._optimizer is not None:
-                new_model = self._optimizer.aggregate(
-                    self.global_model, self._results, allocate=self._allocate
+                new_model = self._optimizer.step(
+                    self.global_model, self._mean, allocate=self._allocate
                 )
             else:
-                new_model = fedavg(self.global_model, self._results, allocate=self._allocate)
+                new_model = self._mean.result()
         except InvalidModel as exc:
             return self._finish(EXECUTION_EXCEPTION, f"round {self.round}: {exc}")
         self.global_model = new_model
@@ -365,7 +367,8 @@ class RoundController:
             late_sites=late,
             lost_sites=tuple(sorted(self.lost)),
         )
-        self._results = {}  # the updates' memory is not needed any more
+        self._results = {}
+        self._mean = RunningMean({}, allocate=self._allocate)  # frees the round's sums
         self.history.append(dataclasses.replace(record, global_model={}))
         actions: list[Action] = [RoundAggregated(record)]
         if self.config.validate_every_round and self.active:

@@ -27,11 +27,9 @@ from flare_protocol.models import Params
 from flare_server.workflows.aggregation import (
     Allocator,
     ModelUpdate,
+    RunningMean,
     cast_like,
-    checked_names,
     empty_array,
-    fedavg,
-    mean_slices,
 )
 
 __all__ = ["ServerOptimizer"]
@@ -52,27 +50,36 @@ class ServerOptimizer:
         *,
         allocate: Allocator = empty_array,
     ) -> Params:
-        """Apply one server step; returns the new global model in the global's dtypes.
+        """Apply one server step to ``updates``; returns the new global model in the
+        global's dtypes (see :meth:`step`)."""
+        mean = RunningMean(global_model, allocate=allocate)
+        for site, update in updates.items():
+            mean.add(site, update)
+        return self.step(global_model, mean, allocate=allocate)
 
-        Works slice by slice over each array (see :func:`mean_slices`): besides the new
-        model (made by ``allocate``) and the m and v state, no model-sized temporaries.
+    def step(
+        self, global_model: Params, mean: RunningMean, *, allocate: Allocator = empty_array
+    ) -> Params:
+        """Apply one server step from a round's mean; returns the new global model.
+
+        Works slice by slice over each array: besides the new model (made by ``allocate``)
+        and the m and v state, no model-sized temporaries.
+
+        Raises:
+            InvalidModel: the round has no usable updates.
         """
         if not global_model:
-            return fedavg(global_model, updates, allocate=allocate)
-        names = checked_names(global_model, updates)
-        ordered = list(updates.values())
-        weights = [float(u.num_examples) for u in ordered]
+            return mean.result()
         new_model: Params = {}
-        for name in names:
+        for name in mean.names:
             base = global_model[name]
             out = allocate(base.shape, base.dtype)
             flat_out = out.reshape(-1)
-            slices = mean_slices(global_model, ordered, weights, name)
             if base.dtype.kind not in "fc":
-                for start, stop, mean in slices:
-                    flat_out[start:stop] = cast_like(mean, base.dtype)
+                for start, stop, values in mean.slices(name):
+                    flat_out[start:stop] = cast_like(values, base.dtype)
             else:
-                self._step(name, np.asarray(base).reshape(-1), flat_out, slices)
+                self._step(name, np.asarray(base).reshape(-1), flat_out, mean.slices(name))
             new_model[name] = out
         return new_model
 

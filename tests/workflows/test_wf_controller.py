@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 
@@ -92,9 +94,34 @@ def test_the_round_history_keeps_no_model_so_its_memory_can_be_reused() -> None:
     send = _send(ctrl.start(_full(0.0)))
     actions = _answer(ctrl, send, {"site-1": (1.0, 1), "site-2": (3.0, 1)})
     record = next(a for a in actions if isinstance(a, RoundAggregated)).record
-    assert record.global_model["w"] is made[0]  # the new model went out once, in the action
+    assert any(record.global_model["w"] is m for m in made)  # went out once, in the action
     assert ctrl.history[0].global_model == {} and ctrl.history[0].round == 1
     assert ctrl.history[0].contributors == {"site-1": 1, "site-2": 1}
+
+
+def test_an_update_is_counted_on_arrival_and_its_arrays_are_not_kept() -> None:
+    """However many sites answer, a round holds one running sum, not every update."""
+    ctrl = RoundController(_cfg(), SITES[:2])
+    send = _send(ctrl.start(_full(0.0)))
+    weights = np.full(3, 5.0)
+    gone = weakref.ref(weights)
+    ctrl.on_result("site-1", send.tasks[0].task_id, ModelUpdate({"w": weights}, "FULL", 3))
+    del weights
+    assert gone() is None
+    actions = ctrl.on_result("site-2", send.tasks[1].task_id, ModelUpdate(_full(1.0), "FULL", 1))
+    record = next(a for a in actions if isinstance(a, RoundAggregated)).record
+    np.testing.assert_allclose(record.global_model["w"], (5.0 * 3 + 1.0) / 4)
+
+
+def test_sites_disagreeing_without_a_global_model_fail_the_round_naming_the_later_one() -> None:
+    ctrl = RoundController(_cfg(), SITES[:2])
+    send = _send(ctrl.start())
+    ctrl.on_result("site-1", send.tasks[0].task_id, ModelUpdate({"w": np.ones(3)}, "FULL", 1))
+    done = _finished(
+        ctrl.on_result("site-2", send.tasks[1].task_id, ModelUpdate({"w": np.ones(4)}, "FULL", 1))
+    )
+    assert done.status == EXECUTION_EXCEPTION and done.failed_sites == ("site-2",)
+    assert "site-2 sent array 'w' with shape (4,), site-1 sent (3,)" in done.reason
 
 
 def test_fedopt_job_uses_the_server_optimiser() -> None:
