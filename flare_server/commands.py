@@ -49,15 +49,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import re
-import stat
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flare_protocol import errors
+from flare_protocol.workspace_files import run_file_command
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call
 from flare_server.jobs import JobStatus
@@ -65,9 +63,6 @@ from flare_server.jobs import JobStatus
 if TYPE_CHECKING:
     from flare_server.app import Server
 
-#: Largest text a file command returns (the reply must stay well under 4 MiB).
-MAX_TEXT_BYTES = 1024 * 1024
-MAX_LINES = 10_000
 MAX_ARGS_BYTES = 64 * 1024
 
 Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
@@ -96,122 +91,6 @@ def _targets(args: dict[str, Any]) -> list[str] | None:
     if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
         raise errors.InvalidArgumentError("argument 'targets' must be a list of site names")
     return targets
-
-
-def confine(root: Path, rel: str) -> Path:
-    """``rel`` resolved inside ``root``; InvalidArgumentError for anything that leaves it."""
-    if rel in ("", "."):
-        return root
-    if "\x00" in rel or any(ord(c) < 32 for c in rel):
-        raise errors.InvalidArgumentError("path contains control characters", path=rel)
-    if "\\" in rel:
-        raise errors.InvalidArgumentError(f"path {rel!r} contains a backslash", path=rel)
-    pure = PurePosixPath(rel)
-    if pure.is_absolute() or re.match(r"^[A-Za-z]:", rel):
-        raise errors.InvalidArgumentError(
-            f"path {rel!r} is absolute; give a path relative to the workspace", path=rel
-        )
-    if ".." in pure.parts:
-        raise errors.InvalidArgumentError(f"path {rel!r} leaves the workspace ('..')", path=rel)
-    candidate = root / pure
-    try:
-        resolved = candidate.resolve(strict=True)
-    except FileNotFoundError:
-        raise errors.InvalidArgumentError(f"no such file or folder: {rel}", path=rel) from None
-    except (OSError, RuntimeError) as exc:
-        raise errors.InvalidArgumentError(f"cannot resolve {rel!r}: {exc}", path=rel) from None
-    if not resolved.is_relative_to(root):
-        raise errors.InvalidArgumentError(
-            f"path {rel!r} resolves outside the workspace (a symlink out)", path=rel
-        )
-    if resolved.suffix == ".key":
-        raise errors.InvalidArgumentError(f"{rel!r} is a private key; it is never shown", path=rel)
-    return resolved
-
-
-def _regular(path: Path, rel: str) -> Path:
-    if not path.is_file():
-        raise errors.InvalidArgumentError(f"{rel!r} is not a regular file", path=rel)
-    return path
-
-
-def _read_text(path: Path, limit: int = MAX_TEXT_BYTES) -> tuple[str, bool]:
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    return data[:limit].decode("utf-8", errors="replace"), len(data) > limit
-
-
-def _head(path: Path, n: int) -> tuple[str, bool]:
-    out: list[str] = []
-    size = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for line in fh:
-            if len(out) >= n or size + len(line) > MAX_TEXT_BYTES:
-                return "".join(out), len(out) < n
-            out.append(line)
-            size += len(line)
-    return "".join(out), False
-
-
-def _tail(path: Path, n: int) -> tuple[str, bool]:
-    with open(path, "rb") as fh:
-        fh.seek(0, os.SEEK_END)
-        end = fh.tell()
-        start = max(0, end - 4 * MAX_TEXT_BYTES)
-        fh.seek(start)
-        data = fh.read()
-    lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
-    if start > 0 and lines:
-        lines = lines[1:]  # the first one is probably cut
-    picked = lines[-n:]
-    text = "".join(picked)
-    truncated = len(text) > MAX_TEXT_BYTES
-    return text[-MAX_TEXT_BYTES:], truncated
-
-
-def _grep(path: Path, pattern: str, ignore_case: bool, regex: bool) -> tuple[str, bool]:
-    flags = re.IGNORECASE if ignore_case else 0
-    try:
-        compiled = re.compile(pattern if regex else re.escape(pattern), flags)
-    except re.error as exc:
-        raise errors.InvalidArgumentError(f"bad pattern {pattern!r}: {exc}") from None
-    out: list[str] = []
-    size = 0
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for number, line in enumerate(fh, 1):
-            if compiled.search(line):
-                entry = f"{number}:{line}"
-                if len(out) >= MAX_LINES or size + len(entry) > MAX_TEXT_BYTES:
-                    return "".join(out), True
-                out.append(entry)
-                size += len(entry)
-    return "".join(out), False
-
-
-def _ls(path: Path, root: Path, long: bool) -> dict[str, Any]:
-    entries: list[dict[str, Any]] = []
-    children = sorted(path.iterdir()) if path.is_dir() else [path]
-    for child in children[:MAX_LINES]:
-        st = os.lstat(child)
-        kind = (
-            "dir"
-            if stat.S_ISDIR(st.st_mode)
-            else "link"
-            if stat.S_ISLNK(st.st_mode)
-            else "file"
-            if stat.S_ISREG(st.st_mode)
-            else "other"
-        )
-        entries.append({"name": child.name, "type": kind, "size": st.st_size, "mtime": st.st_mtime})
-    if long:
-        text = "".join(
-            f"{e['type']:<5} {e['size']:>12} "
-            f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(e['mtime']))} {e['name']}\n"
-            for e in entries
-        )
-    else:
-        text = "".join(f"{e['name']}{'/' if e['type'] == 'dir' else ''}\n" for e in entries)
-    return {"entries": entries, "text": text}
 
 
 class Commands:
@@ -465,28 +344,7 @@ class Commands:
         return handler
 
     def _server_file_command(self, name: str, args: dict[str, Any]) -> Any:
-        root = self.server.workspace.resolve()
-        if name == "pwd":
-            return {"text": str(root)}
-        rel = _str_arg(args, "path", "." if name == "ls" else None)
-        path = confine(root, rel)
-        if name == "ls":
-            return _ls(path, root, bool(args.get("long", False)))
-        _regular(path, rel)
-        if name == "cat":
-            text, truncated = _read_text(path)
-        elif name == "head":
-            text, truncated = _head(path, _int_arg(args, "lines", 10, 1, MAX_LINES))
-        elif name == "tail":
-            text, truncated = _tail(path, _int_arg(args, "lines", 10, 1, MAX_LINES))
-        else:
-            pattern = _str_arg(args, "pattern")
-            if not pattern or len(pattern) > 256:
-                raise errors.InvalidArgumentError("argument 'pattern' must have 1..256 characters")
-            text, truncated = _grep(
-                path, pattern, bool(args.get("ignore_case", False)), bool(args.get("regex", False))
-            )
-        return {"text": text, "truncated": truncated}
+        return run_file_command(self.server.workspace, name, args)
 
     # -- operate -----------------------------------------------------------------------
     def _control(self, name: str) -> Handler:
