@@ -35,12 +35,31 @@ __all__ = [
 ]
 
 
-#: Most bytes of model buffers the script keeps for reuse (larger models are not pooled).
+#: Most bytes of model buffers the script keeps for reuse (larger models are not pooled);
+#: the environment variable ``FLARE_MODEL_BUFFER_BYTES`` overrides it (0: keep none).
 _BUFFER_BYTES = 2 * 1024**3
+ENV_BUFFER_BYTES = "FLARE_MODEL_BUFFER_BYTES"
+
+
+def _buffer_bytes() -> int:
+    raw = os.environ.get(ENV_BUFFER_BYTES)
+    if raw is None:
+        return _BUFFER_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise FlareError(f"{ENV_BUFFER_BYTES} must be a number of bytes >= 0, got {raw!r}")
+    return value
 
 
 class _Client:
     def __init__(self) -> None:
+        # Received models are read into buffers reused once the script lets go of the
+        # previous model's arrays (fresh memory costs ~0.3 s per 100 MB on some VMs).
+        # Checked first: a bad setting must stop the script before it says hello.
+        self.buffers = BufferPool(max_bytes=_buffer_bytes())
         path = os.environ.get(_ipc.ENV_SOCKET)
         token = os.environ.get(_ipc.ENV_TOKEN)
         if not path or not token:
@@ -64,9 +83,6 @@ class _Client:
         self.current: dict[str, Any] | None = None  # received, not yet answered
         self.last_kind: str | None = None
         self.stopped = False
-        # Received models are read into buffers reused once the script lets go of the
-        # previous model's arrays (fresh memory costs ~0.3 s per 100 MB on some VMs).
-        self.buffers = BufferPool(max_bytes=_BUFFER_BYTES)
 
     def request(self, message: dict[str, Any]) -> dict[str, Any]:
         with self._request_lock:

@@ -265,3 +265,30 @@ async def test_a_metric_from_another_thread_does_not_wait_for_the_next_task(
         assert [(m.key, m.value, m.round) for m in seen] == [("gpu_temp", 61.0, None)]
     finally:
         await host.stop(grace=5)
+
+
+@pytest.mark.parametrize("cap", ["0", str(1 << 30)])
+async def test_the_scripts_model_buffers_can_be_capped_and_rounds_stay_correct(
+    ctx: JobContext, cap: str
+) -> None:
+    write(ctx.app_dir / "custom/train.py", TRAINER)
+    config = ScriptExecutorConfig(script="custom/train.py", env={"FLARE_MODEL_BUFFER_BYTES": cap})
+    host = ScriptExecutor(config, ctx)
+    await host.start()
+    for rnd in (1, 2, 3):  # later rounds reuse the buffers of earlier ones (unless capped)
+        outcome = await host.run_task(_task("train", rnd, _model(ctx, f"g{rnd}.npz", rnd)))
+        assert isinstance(outcome, TrainOutcome)
+        np.testing.assert_array_equal(load_params(outcome.params_path)["w"], np.full(3, rnd + 1))
+    await host.stop(grace=5)
+
+
+async def test_a_bad_model_buffer_cap_stops_the_script_naming_the_variable(
+    ctx: JobContext,
+) -> None:
+    write(ctx.app_dir / "custom/train.py", TRAINER)
+    config = ScriptExecutorConfig(
+        script="custom/train.py", env={"FLARE_MODEL_BUFFER_BYTES": "lots"}
+    )
+    host = ScriptExecutor(config, ctx)
+    with pytest.raises(ExecutionError, match="FLARE_MODEL_BUFFER_BYTES must be a number"):
+        await host.start()
