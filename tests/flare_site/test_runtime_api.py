@@ -24,7 +24,7 @@ def test_the_public_names_of_the_site_runtime_modules() -> None:
         "sha256_file",
         "upload",
     ]
-    assert sorted(flare_site.commands.__all__) == ["CommandResult", "SiteCommands", "confine"]
+    assert sorted(flare_site.commands.__all__) == ["CommandResult", "SiteCommands"]
     assert sorted(flare_site.archive.__all__) == ["AppLimits", "extract_app"]
 
 
