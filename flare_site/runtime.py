@@ -391,6 +391,10 @@ class SiteRuntime:
                 workers[2].cancel()
                 await asyncio.gather(workers[2], return_exceptions=True)
                 await self._stop_on(conn)
+                # The server reads all we sent before our half-close, then ends the stream:
+                # wait for that end (the reader sees it), so closing the channel cannot cut
+                # off the last messages (a command's reply) still on their way.
+                await asyncio.wait([workers[0]], timeout=2.0)
                 return
             for task in done:
                 exc = task.exception()
