@@ -238,6 +238,16 @@ class BufferPool:
             self.allocated += 1
             return fresh[:nbytes]
 
+    def trim(self) -> int:
+        """Give back every buffer nothing refers to (to the system: they are ``mmap``-ed);
+        returns how many bytes were released."""
+        with self._lock:
+            idle = [i for i in range(len(self._buffers)) if self._idle(i)]
+            freed = sum(int(self._buffers[i].nbytes) for i in idle)
+            for index in reversed(idle):
+                del self._buffers[index]
+        return freed
+
     def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An uninitialised C-order array; from a pooled buffer when it is at least
         :attr:`GRANULE` bytes (smaller arrays would waste most of a buffer)."""
@@ -246,6 +256,12 @@ class BufferPool:
         if nbytes < self.GRANULE:
             return np.empty(shape, dtype=dtype)
         return self.take(nbytes).view(dtype).reshape(shape)
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the buffers the pool keeps (in use or idle)."""
+        with self._lock:
+            return self._held()
 
     def _held(self) -> int:
         return sum(int(raw.nbytes) for raw in self._buffers)

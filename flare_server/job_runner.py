@@ -103,6 +103,8 @@ SERVER_TARGET = "server"
 ALL_SITES = "@ALL"
 LOG_CAP = 256 * 1024 * 1024
 MAX_LOG_UPLOADS = 3
+#: Seconds without a running job after which the pooled model buffers are released.
+IDLE_TRIM_SECONDS = 60.0
 _KEY_MAX = 256
 
 
@@ -185,11 +187,27 @@ class JobRunner:
         self.buffers = BufferPool()
         self.blobs = BlobRegistry(self.buffers, server.settings.update_memory_bytes)
         self.runs: dict[str, JobRun] = {}
+        self._trim: asyncio.TimerHandle | None = None
         server.registry.subscribe(self._on_site_event)
 
     @property
     def store(self) -> Any:
         return self.server.store
+
+    def trim_when_idle(self, delay: float = IDLE_TRIM_SECONDS) -> None:
+        """Once no job has run for ``delay`` seconds, give the model buffers back: a
+        server that ran one big job does not keep its GiBs, and back-to-back jobs still
+        reuse them."""
+        if self._trim is not None:
+            self._trim.cancel()
+        self._trim = asyncio.get_running_loop().call_later(delay, self._trim_if_idle)
+
+    def _trim_if_idle(self) -> None:
+        self._trim = None
+        if not self.runs:
+            freed = self.buffers.trim()
+            if freed:
+                log.info("no job for a while: %d MiB of model buffers released", freed >> 20)
 
     async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
         """Dispatch ``job_id`` to ``sites`` and start running it."""
@@ -285,6 +303,8 @@ class JobRunner:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._trim is not None:
+            self._trim.cancel()
 
     def _on_site_event(self, event: str, name: str) -> None:
         for run in list(self.runs.values()):
@@ -1148,6 +1168,7 @@ class JobRun:
 
     def _cleanup(self) -> None:
         self.runner.runs.pop(self.job_id, None)
+        self.runner.trim_when_idle()
         scheduler = getattr(self.server, "scheduler", None)
         if scheduler is not None:
             scheduler.poke()  # the job's sites may have room for a waiting job now

@@ -217,6 +217,10 @@ def test_an_update_aggregates_the_same_whether_it_was_held_in_memory_or_in_a_fil
             _send(s1, job_id, "job.log", {})
             wait_until(lambda: _meta(stub, job_id)["status"] == "FINISHED:COMPLETED")
             assert srv.call(lambda: srv.server.runner.blobs.memory_used) == 0
+            # Idle for a while (here: at once), the server gives its model buffers back.
+            runner = srv.server.runner
+            srv.call(lambda: runner.trim_when_idle(0.0))
+            wait_until(lambda: srv.call(lambda: runner.buffers.held_bytes) == 0)
         final = load_params(srv.server.store.result_dir(job_id) / "global_model.npz")
     np.testing.assert_array_equal(final["w"], weights)
     np.testing.assert_array_equal(final["b"], np.arange(7))
@@ -293,8 +297,9 @@ def test_a_mandatory_site_failing_to_deploy_ends_the_job(server, kits, admin):
         wait_until(lambda: _messages(s1, "job.deploy"))
         _send(s1, job_id, "job.status", {"status": "failed", "error": "no GPU"})
         wait_until(lambda: _meta(admin, job_id)["status"] == "FINISHED:FAILED_TO_RUN", 2)
-        assert "mandatory_clients site-1 failed" in (
-            _meta(admin, job_id)["status_history"][-1]["reason"]
+        assert (
+            "mandatory_clients site-1 failed"
+            in (_meta(admin, job_id)["status_history"][-1]["reason"])
         )
 
 

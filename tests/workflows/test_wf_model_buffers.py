@@ -222,3 +222,12 @@ def test_pool_arrays_are_pooled_only_when_big_enough_to_be_worth_a_buffer() -> N
     del big
     again = pool.array((BufferPool.GRANULE // 4,), np.dtype(np.float32))
     assert pool.reused == 1 and again.size == BufferPool.GRANULE // 4
+
+
+def test_trim_gives_back_idle_buffers_and_keeps_the_ones_in_use() -> None:
+    pool = BufferPool()
+    kept = pool.take(3 * BufferPool.GRANULE)
+    pool.take(2 * BufferPool.GRANULE)  # dropped at once: idle
+    assert pool.held_bytes == 5 * BufferPool.GRANULE
+    assert pool.trim() == 2 * BufferPool.GRANULE
+    assert pool.held_bytes == 3 * BufferPool.GRANULE and kept.size == 3 * BufferPool.GRANULE
