@@ -217,7 +217,8 @@ class BlobRegistry:
             blob.path.unlink(missing_ok=True)
 
     def forget_job(self, job_id: str) -> None:
-        """Stop serving and accepting anything of ``job_id`` (files stay where they are)."""
+        """Stop serving and accepting anything of ``job_id``: its uploads not yet used are
+        discarded (memory released, files deleted); served files stay where they are."""
         self._policies.pop(job_id, None)
         for blob_id in [b for b, blob in self._served.items() if blob.job_id == job_id]:
             del self._served[blob_id]
