@@ -52,6 +52,15 @@ def _one_site_job(**server_config) -> bytes:
     return job_zip(files=files)
 
 
+def _deployed_one_site_job(srv, admin, site) -> str:
+    """Submit a one-round job for site-1 and confirm its deployment as the site would."""
+    wait_until(lambda: len(srv.server.registry) == 1)
+    job_id = submit(admin, _one_site_job())
+    wait_until(lambda: _messages(site, "job.deploy"))
+    _send(site, job_id, "job.status", {"status": "deployed"})
+    return job_id
+
+
 def _meta(admin, job_id):
     return json.loads(admin.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5).meta_json)
 
@@ -201,10 +210,7 @@ def test_an_update_aggregates_the_same_whether_it_was_held_in_memory_or_in_a_fil
     with ServerThread(server_kit, tmp_path / "ws", update_memory_bytes=budget) as srv:
         stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
         with channel, FakeSite(kits["site-1"], srv.site_address) as s1:
-            wait_until(lambda: len(srv.server.registry) == 1)
-            job_id = submit(stub, _one_site_job())
-            wait_until(lambda: _messages(s1, "job.deploy"))
-            _send(s1, job_id, "job.status", {"status": "deployed"})
+            job_id = _deployed_one_site_job(srv, stub, s1)
             task = json.loads(wait_until(lambda: _messages(s1, "task.train"))[0].body_json)
             weights = np.linspace(-1, 1, 300_000, dtype=np.float32).reshape(600, 500)
             update = dump_params({"w": weights, "b": np.arange(7)})
@@ -406,10 +412,7 @@ def test_a_server_stopping_mid_job_ends_it_abnormal_and_tells_its_sites(server_k
     try:
         stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
         with channel, FakeSite(kits["site-1"], srv.site_address) as s1:
-            wait_until(lambda: len(srv.server.registry) == 1)
-            job_id = submit(stub, _one_site_job())
-            wait_until(lambda: _messages(s1, "job.deploy"))
-            _send(s1, job_id, "job.status", {"status": "deployed"})
+            job_id = _deployed_one_site_job(srv, stub, s1)
             wait_until(lambda: _messages(s1, "task.train"))
             srv.stop()
             assert [m.job_id for m in _messages(s1, "job.abort")] == [job_id]
