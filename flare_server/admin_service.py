@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.hashing import sha256_file
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call, streaming, unary
 from flare_server.jobs import JobMeta, JobStatus, Submitter
@@ -416,21 +417,9 @@ async def file_stream(
 
     The file is opened once; size and hash are of that open file (an immutable model).
     """
-    import hashlib
-
     fh = await asyncio.to_thread(open, path, "rb")
     try:
-
-        def digest() -> tuple[str, int]:
-            h = hashlib.sha256()
-            n = 0
-            while block := fh.read(CHUNK_SIZE):
-                h.update(block)
-                n += len(block)
-            fh.seek(0)
-            return h.hexdigest(), n
-
-        sha, size = await asyncio.to_thread(digest)
+        sha, size = await asyncio.to_thread(sha256_file, fh)
         yield common_pb2.TransferChunk(
             header=common_pb2.TransferHeader(
                 name=name, size=size, sha256=sha, content_type=content_type
@@ -469,5 +458,3 @@ def site_info_pb(snapshot: Any) -> admin_pb2.SiteInfo:
         running_jobs=list(snapshot.running_jobs),
         address=snapshot.address,
     )
-
-

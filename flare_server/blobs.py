@@ -41,7 +41,7 @@ from flare_protocol.models import BufferPool
 
 log = logging.getLogger("flare_server.blobs")
 
-__all__ = ["BlobRegistry", "ServedBlob", "UploadPolicy", "UploadedBlob", "sha256_of"]
+__all__ = ["BlobRegistry", "ServedBlob", "UploadPolicy", "UploadedBlob"]
 
 
 @dataclass(frozen=True)
@@ -92,17 +92,6 @@ class UploadPolicy(Protocol):
     def on_uploaded(self, blob: UploadedBlob) -> None:
         """An upload it allowed arrived whole."""
         ...
-
-
-def sha256_of(path: Path) -> tuple[str, int]:
-    """Hex SHA-256 and size of a file."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _not_served(blob_id: str, job_id: str) -> errors.InvalidArgumentError:

@@ -55,6 +55,7 @@ from flare_protocol.app_config import (
     ServerConfig,
     parse_server_config,
 )
+from flare_protocol.hashing import sha256_file
 from flare_protocol.models import (
     MAX_ARRAYS,
     BufferPool,
@@ -65,7 +66,7 @@ from flare_protocol.models import (
     save_params,
 )
 from flare_protocol.npz_layout import view_params
-from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob, sha256_of
+from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
 from flare_server.jobs import JobStatus, safe_extract
 from flare_server.results import (
     METRICS,
@@ -152,7 +153,7 @@ def _zip_folder(folder: Path, target: Path) -> tuple[str, int]:
                 if path.is_file() and not path.is_symlink():
                     zf.write(path, path.relative_to(folder).as_posix())
     os.replace(tmp, target)
-    return sha256_of(target)
+    return sha256_file(target)
 
 
 def _npz_and_sha256(model: Params, pool: BufferPool) -> tuple[memoryview, str]:
@@ -958,7 +959,7 @@ class JobRun:
         else:  # the initial model
             path = self.work / "models" / f"global_{action.model_round:03d}.npz"
             await asyncio.to_thread(save_params, action.model, path)
-            sha, size = await asyncio.to_thread(sha256_of, path)
+            sha, size = await asyncio.to_thread(sha256_file, path)
             blob = self.blobs.serve(
                 self.job_id,
                 path,

@@ -37,6 +37,7 @@ from flare_protocol._fsync import fsync_dir
 from flare_protocol._generated import common_pb2, site_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import FlareError
+from flare_protocol.hashing import sha256_file
 
 __all__ = ["Blob", "BlobError", "download", "sha256_file", "upload"]
 
@@ -67,17 +68,6 @@ class Blob:
         return common_pb2.BlobRef(
             blob_id=self.blob_id, name=self.name, size=self.size, sha256=self.sha256
         )
-
-
-def sha256_file(path: Path) -> tuple[str, int]:
-    """The hex SHA-256 and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with open(path, "rb") as fh:
-        while chunk := fh.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def _open_temp(dest: Path) -> tuple[DirectWriter, Path]:
