@@ -123,6 +123,20 @@ def _audit(endpoint: Endpoint, call: Call, result: str) -> None:
         )
 
 
+async def _fail(
+    endpoint: Endpoint,
+    call: Call,
+    context: grpc.aio.ServicerContext,
+    command: str,
+    exc: Exception,
+) -> None:
+    """Audit a failed call, log a denial, and end the RPC with the error's wire form."""
+    _audit(endpoint, call, _result_name(exc))
+    if isinstance(exc, errors.AuthorizationError):
+        log.warning("denied %s to %s: %s", command, call.identity.name, exc.message)
+    await abort_with(context, exc, where=command)
+
+
 def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..., Awaitable[Rep]]]:
     """Wrap a handler returning one reply (unary or client-streaming request)."""
 
@@ -138,10 +152,7 @@ def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                _audit(self, call, _result_name(exc))
-                if isinstance(exc, errors.AuthorizationError):
-                    log.warning("denied %s to %s: %s", command, call.identity.name, exc.message)
-                await abort_with(context, exc, where=command)
+                await _fail(self, call, context, command, exc)
             _audit(self, call, "ok")
             return reply
 
@@ -170,10 +181,7 @@ def streaming(
             except grpc.aio.AbortError:
                 raise
             except Exception as exc:
-                _audit(self, call, _result_name(exc))
-                if isinstance(exc, errors.AuthorizationError):
-                    log.warning("denied %s to %s: %s", command, call.identity.name, exc.message)
-                await abort_with(context, exc, where=command)
+                await _fail(self, call, context, command, exc)
             else:
                 _audit(self, call, "ok")
 
