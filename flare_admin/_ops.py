@@ -386,7 +386,7 @@ def command(
     return Unary("Command", request, parse, name, job)
 
 
-#: Log file of each target, relative to its workspace (sites: the next issue's layout).
+#: Log file of each target, relative to its workspace.
 LOG_FILES = {"server": "logs/server.log"}
 SITE_LOG_FILE = "logs/site.log"
 

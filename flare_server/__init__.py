@@ -7,7 +7,7 @@ Public API (imported lazily, so ``import flare_server.jobs`` stays light)::
     check_server_kit(kit)                          start-up checks of a server kit
     load_server_kit(kit_dir)                       load a server kit's config
     Policy, Right, Scope, DEFAULT_POLICY           authorization (authz.py)
-    JobLauncher, DispatchOnlyLauncher              the scheduling seam (scheduler.py)
+    JobLauncher                                    the scheduling seam (scheduler.py)
     JobRunner                                      runs jobs on sites (job_runner.py)
 """
 
@@ -18,7 +18,6 @@ from typing import Any
 
 __all__ = [
     "DEFAULT_POLICY",
-    "DispatchOnlyLauncher",
     "JobLauncher",
     "JobRunner",
     "Policy",
@@ -40,7 +39,6 @@ _WHERE = {
     "Scope": "flare_server.authz",
     "DEFAULT_POLICY": "flare_server.authz",
     "JobLauncher": "flare_server.scheduler",
-    "DispatchOnlyLauncher": "flare_server.scheduler",
     "JobRunner": "flare_server.job_runner",
 }
 

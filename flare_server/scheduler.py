@@ -8,8 +8,7 @@ jobs are re-evaluated whenever a job is submitted and whenever a site connects o
 disconnects; evaluations are coalesced (one runs at a time, a request during a run
 triggers one more run). A site that announced a ``max_jobs`` resource at Register and
 already runs that many jobs counts as not available (the reason says so). A runnable job
-is handed to a :class:`JobLauncher`: the server's :class:`~flare_server.job_runner.JobRunner`
-(``DispatchOnlyLauncher`` only marks the job DISPATCHED, for tests of placement alone).
+is handed to a :class:`JobLauncher`: the server's :class:`~flare_server.job_runner.JobRunner`.
 """
 
 from __future__ import annotations
@@ -39,31 +38,11 @@ class Placement:
 
 
 class JobLauncher(Protocol):
-    """Starts a runnable job on its sites. The next issue provides the real one."""
+    """Starts a runnable job on its sites (the server's is the JobRunner)."""
 
     async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
         """Take over a SUBMITTED job; must move it out of SUBMITTED (or raise)."""
         ...
-
-
-class DispatchOnlyLauncher:
-    """Marks the job DISPATCHED; execution on sites lands in the next issue."""
-
-    def __init__(self, store: JobStore) -> None:
-        self.store = store
-
-    async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
-        # Placement first, then the status: whoever sees DISPATCHED also sees where to.
-        await asyncio.to_thread(
-            self.store.update, job_id, schedule_reason="", deployed_sites=list(sites)
-        )
-        await asyncio.to_thread(
-            self.store.set_status,
-            job_id,
-            JobStatus.DISPATCHED,
-            reason=f"dispatched to {', '.join(sites) or 'the server'}; "
-            "execution on sites is not implemented yet",
-        )
 
 
 def place(meta: Mapping[str, Any], connected: Collection[str]) -> Placement:

@@ -11,7 +11,6 @@ import flare_server
 def test_public_api_is_pinned():
     assert sorted(flare_server.__all__) == [
         "DEFAULT_POLICY",
-        "DispatchOnlyLauncher",
         "JobLauncher",
         "JobRunner",
         "Policy",
