@@ -1,0 +1,298 @@
+"""``monitor_job`` / ``watch``: a job's live view, driven by the server's push.
+
+A worker thread reads :meth:`Session.watch_job` (meta changes, metric and validation
+rows as they arrive) into a queue; the calling thread owns the screen. It redraws on
+every event and twice a second for the clock, with rich's ``Live`` in manual refresh
+mode, so no rich thread exists that Ctrl-C could leave holding a lock. Ctrl-C, a
+timeout or the job's end stop the watch (the stream is cancelled; the job runs on).
+
+On a terminal the view is a table (status, round k of n, per-site round and latest
+metrics, a sparkline of the first per-round metric); without one it prints a plain line
+per change; with ``--format json`` it draws nothing and returns the final state.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from flare_admin.results import JobMeta, MetricRow, ValidationRow
+from flare_admin.shell.context import ShellContext
+from flare_admin.shell.render import duration_text, sparkline, status_text
+from flare_admin.shell.views import Done
+
+__all__ = ["JobProgress", "follow_job"]
+
+_TICK = 0.5
+_END = object()
+
+
+@dataclass
+class SiteState:
+    """What the view knows of one site in the job."""
+
+    name: str
+    round: int | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    updated: float = 0.0
+
+
+class JobProgress:
+    """The state a live view shows, folded from watch events (no I/O; testable alone)."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.meta: JobMeta | None = None
+        self.sites: dict[str, SiteState] = {}
+        self.metrics: list[MetricRow] = []
+        self.validations: list[ValidationRow] = []
+        self.started = time.monotonic()
+        self.changes: list[str] = []  # plain-text lines for a non-terminal
+
+    # -- folding events --------------------------------------------------------------------
+    def apply(self, event: Any) -> None:
+        """Fold one watch event (a meta change, metric rows or validation rows)."""
+        meta = getattr(event, "meta", None)
+        if meta is not None:
+            self._meta(meta)
+            return
+        rows = tuple(getattr(event, "rows", ()) or ())
+        for row in rows:
+            if isinstance(row, MetricRow):
+                self._metric(row)
+            elif isinstance(row, ValidationRow):
+                self.validations.append(row)
+
+    def _meta(self, meta: JobMeta) -> None:
+        before = self.meta
+        self.meta = meta
+        for name in self.site_names():
+            self.sites.setdefault(name, SiteState(name))
+        status_changed = before is None or before.status != meta.status
+        round_changed = before is None or self.current_round(before) != self.current_round(meta)
+        if status_changed or round_changed:
+            self.changes.append(self.line())
+
+    def _metric(self, row: MetricRow) -> None:
+        self.metrics.append(row)
+        state = self.sites.setdefault(row.site, SiteState(row.site))
+        if row.round is not None and (state.round is None or row.round >= state.round):
+            state.round = row.round
+        state.metrics[row.key] = row.value
+        state.updated = row.time or time.time()
+
+    # -- reading ---------------------------------------------------------------------------
+    def site_names(self) -> list[str]:
+        meta = self.meta
+        names: list[str] = []
+        if meta is not None:
+            deployed = meta.get("deployed_sites") if "deployed_sites" in meta else None
+            if isinstance(deployed, list):
+                names = [str(s) for s in deployed]
+        return names
+
+    @staticmethod
+    def current_round(meta: JobMeta | None) -> int | None:
+        if meta is None or "current_round" not in meta:
+            return None
+        value = meta["current_round"]
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def total_rounds(self) -> int | None:
+        meta = self.meta
+        for key in ("num_rounds", "total_rounds"):
+            if meta is not None and key in meta:
+                value = meta[key]
+                if isinstance(value, int) and not isinstance(value, bool):
+                    return value
+        return None
+
+    @property
+    def status(self) -> str:
+        return self.meta.status if self.meta is not None else "?"
+
+    @property
+    def finished(self) -> bool:
+        return self.meta is not None and self.meta.finished
+
+    def elapsed(self) -> float | None:
+        meta = self.meta
+        if meta is None:
+            return None
+        if meta.finished and meta.duration is not None:
+            return meta.duration
+        if meta.start_time:
+            return max(0.0, time.time() - meta.start_time)
+        return None
+
+    def round_text(self) -> str:
+        rnd, total = self.current_round(self.meta), self.total_rounds()
+        if rnd is None:
+            return "round -"
+        return f"round {rnd}" + (f" of {total}" if total else "")
+
+    def line(self) -> str:
+        """One plain line: time, status, round (for logs and pipes)."""
+        name = self.meta.name if self.meta is not None else ""
+        stamp = time.strftime("%H:%M:%S")
+        return f"{stamp} job {self.job_id[:8]} {name}: {self.status}, {self.round_text()}"
+
+    def plot_key(self) -> str | None:
+        keys = [r.key for r in self.metrics if r.round is not None]
+        return keys[0] if keys else None
+
+    def mean_per_round(self, key: str) -> list[float]:
+        rounds: dict[int, list[float]] = {}
+        for row in self.metrics:
+            if row.key == key and row.round is not None:
+                rounds.setdefault(row.round, []).append(row.value)
+        return [sum(v) / len(v) for _, v in sorted(rounds.items())]
+
+    # -- drawing ---------------------------------------------------------------------------
+    def render(self) -> RenderableType:
+        name = self.meta.name if self.meta is not None else ""
+        elapsed = self.elapsed()
+        head = Text.assemble(
+            (name or "job", "key"),
+            "  ",
+            (self.job_id[:8], "id"),
+            "  ",
+            status_text(self.status),
+            "  ",
+            self.round_text(),
+            "  ",
+            (duration_text(elapsed) if elapsed is not None else "", "muted"),
+        )
+        parts: list[RenderableType] = [head]
+        if self.sites:
+            table = Table(show_edge=False, pad_edge=False, expand=False)
+            table.add_column("SITE", style="site")
+            table.add_column("ROUND", justify="right")
+            table.add_column("LATEST METRICS", overflow="fold")
+            for state in sorted(self.sites.values(), key=lambda s: s.name):
+                latest = "  ".join(f"{k} {v:.4g}" for k, v in sorted(state.metrics.items()))
+                table.add_row(
+                    state.name,
+                    "-" if state.round is None else str(state.round),
+                    Text(latest or "-"),
+                )
+            parts.append(table)
+        key = self.plot_key()
+        if key is not None:
+            means = self.mean_per_round(key)
+            if len(means) > 1:
+                parts.append(
+                    Text.assemble(
+                        (f"{key} ", "metric"),
+                        sparkline(means),
+                        (f"  {means[0]:.4g} → {means[-1]:.4g}", "muted"),
+                    )
+                )
+        return Group(*parts)
+
+    def outcome(self) -> Done:
+        meta = self.meta
+        data = meta.to_dict() if meta is not None else {"job_id": self.job_id}
+        if meta is None:
+            return Done(f"job {self.job_id} was not seen", data)
+        took = duration_text(self.elapsed())
+        if meta.finished:
+            return Done(
+                f"job {self.job_id[:8]} {meta.name}: {meta.status} ({self.round_text()}, {took})",
+                data,
+            )
+        return Done(
+            f"stopped watching job {self.job_id[:8]}: it is {meta.status} and keeps running", data
+        )
+
+
+def _events(ctx: ShellContext, job_id: str, timeout: float) -> Iterator[Any]:
+    """The Session's watch iterator for the job."""
+    return iter(ctx.session.watch_job(job_id, timeout=timeout or None))
+
+
+def follow_job(ctx: ShellContext, job_id: str, *, timeout: float = 0.0) -> Done:
+    """Watch ``job_id`` until it finishes, ``timeout`` seconds pass (0: no limit) or Ctrl-C.
+
+    Raises:
+        KeyboardInterrupt: Ctrl-C outside the interactive shell (a script stops).
+        FlareError: the watch failed (unknown job, no right, connection lost).
+    """
+    progress = JobProgress(job_id)
+    events = _events(ctx, job_id, timeout)
+    inbox: queue.Queue[Any] = queue.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        try:
+            for event in events:
+                inbox.put(event)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # handed to the screen thread, which raises it
+            inbox.put(exc)
+        finally:
+            inbox.put(_END)
+
+    worker = threading.Thread(target=pump, name="flare-watch", daemon=True)
+    worker.start()
+    draw = not ctx.json_output and ctx.console.is_terminal
+    plain = not ctx.json_output and not ctx.console.is_terminal
+    try:
+        if draw:
+            from rich.live import Live
+
+            with Live(
+                progress.render(), console=ctx.console, auto_refresh=False, transient=False
+            ) as live:
+                _consume(inbox, progress, lambda: live.update(progress.render(), refresh=True))
+        else:
+            printed = 0
+
+            def echo() -> None:
+                nonlocal printed
+                if plain:
+                    for change in progress.changes[printed:]:
+                        ctx.console.print(change, markup=False, highlight=False)
+                    printed = len(progress.changes)
+
+            _consume(inbox, progress, echo)
+    except KeyboardInterrupt:
+        stop.set()
+        _cancel(events)
+        if not ctx.interactive:
+            raise
+    finally:
+        stop.set()
+        _cancel(events)
+    return progress.outcome()
+
+
+def _consume(inbox: queue.Queue[Any], progress: JobProgress, redraw: Any) -> None:
+    while True:
+        try:
+            item = inbox.get(timeout=_TICK)
+        except queue.Empty:
+            redraw()  # the clock
+            continue
+        if item is _END:
+            redraw()
+            return
+        if isinstance(item, BaseException):
+            raise item
+        progress.apply(item)
+        redraw()
+
+
+def _cancel(events: Any) -> None:
+    cancel = getattr(events, "cancel", None)
+    if callable(cancel):
+        cancel()

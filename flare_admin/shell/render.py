@@ -1,0 +1,358 @@
+"""Turn Session results and shell views into rich renderables (tables, trees, plain text).
+
+One function per kind of result; :func:`renderables` picks by type. Styles come only
+from :mod:`flare_admin.shell.theme`. Text that came from the server (file contents, log
+lines, job names) is wrapped in :class:`~rich.text.Text`, never parsed as markup, so a
+file holding ``[red]`` prints as written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from flare_admin.results import JobMeta, JobSummary, SiteInfo, SystemInfo
+from flare_admin.shell.theme import status_style
+from flare_admin.shell.views import Done, MetricsView, SessionView, ValidationsView
+
+__all__ = [
+    "duration_text",
+    "jobs_table",
+    "mapping_tree",
+    "meta_table",
+    "metrics_view",
+    "renderables",
+    "sites_table",
+    "sparkline",
+    "status_text",
+    "system_view",
+    "time_text",
+    "validations_table",
+]
+
+_BLOCKS = "▁▂▃▄▅▆▇█"
+SHORT_ID = 8
+
+
+def status_text(status: Any) -> Text:
+    """A job status in its theme colour."""
+    text = str(getattr(status, "value", status) or "?")
+    return Text(text, style=status_style(text))
+
+
+def time_text(value: float | str | None) -> str:
+    """Local ``YYYY-MM-DD HH:MM:SS`` for a unix time or ISO text; ``-`` when unset."""
+    if value in (None, "", 0, 0.0):
+        return "-"
+    try:
+        if isinstance(value, str):
+            moment = datetime.fromisoformat(value)
+        else:
+            moment = datetime.fromtimestamp(float(value)).astimezone()
+    except (ValueError, OverflowError, OSError):
+        return str(value)
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def duration_text(seconds: float | None) -> str:
+    """``4.2s``, ``3m 05s``, ``2h 01m``; ``-`` when unknown."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def short_id(job_id: str, full: bool = False) -> Text:
+    return Text(job_id if full else job_id[:SHORT_ID], style="id")
+
+
+def jobs_table(rows: Sequence[JobSummary | JobMeta], *, full_ids: bool = False) -> RenderableType:
+    """``list_jobs``: id, name, status, submitted, duration, submitter."""
+    table = Table(title=None, expand=False, show_edge=False, pad_edge=False)
+    table.add_column("ID", no_wrap=True)
+    table.add_column("NAME", overflow="fold")
+    table.add_column("STATUS", no_wrap=True)
+    table.add_column("SUBMITTED", no_wrap=True)
+    table.add_column("DURATION", justify="right", no_wrap=True)
+    table.add_column("BY", overflow="fold")
+    for row in rows:
+        if isinstance(row, JobMeta):
+            name, submitted = row.name, row.submit_time_iso or row.submit_time
+        else:
+            name, submitted = row.job_name, row.submit_time
+        table.add_row(
+            short_id(row.job_id, full_ids),
+            Text(name),
+            status_text(row.status),
+            time_text(submitted),
+            duration_text(row.duration),
+            Text(row.submitter_name),
+        )
+    if not rows:
+        return _empty("no jobs")
+    table.caption = f"{len(rows)} job(s)"
+    return table
+
+
+def _value_text(value: Any) -> Text:
+    if isinstance(value, (Mapping, list, tuple)):
+        return Text(json.dumps(value, default=str, sort_keys=True))
+    return Text("-" if value is None else str(value))
+
+
+def meta_table(meta: JobMeta) -> Table:
+    """``get_job_meta``: every key of the meta, times made readable, status coloured."""
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="key", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key in sorted(meta):
+        value = meta[key]
+        if key == "status":
+            cell: Text = status_text(value)
+        elif key.endswith("_time") and isinstance(value, (int, float)):
+            cell = Text(time_text(value))
+        elif key == "duration" and isinstance(value, (int, float)):
+            cell = Text(duration_text(float(value)))
+        else:
+            cell = _value_text(value)
+        table.add_row(key, cell)
+    return table
+
+
+def sites_table(sites: Sequence[SiteInfo]) -> RenderableType:
+    """Connected sites: name, org, address, connected since, last heartbeat, jobs."""
+    if not sites:
+        return _empty("no site is connected")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("SITE", "ORG", "ADDRESS", "CONNECTED", "HEARTBEAT", "JOBS"):
+        table.add_column(col, no_wrap=col in ("CONNECTED", "HEARTBEAT"))
+    for site in sites:
+        table.add_row(
+            Text(site.name, style="site"),
+            Text(site.org),
+            Text(site.address),
+            time_text(site.connected_since),
+            time_text(site.last_connect_time),
+            Text(", ".join(j[:SHORT_ID] for j in site.running_jobs) or "-"),
+        )
+    return table
+
+
+def system_view(info: SystemInfo) -> RenderableType:
+    """``sys_info`` / ``check_status server``: the server, its sites and running jobs."""
+    server = info.server_info
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="key")
+    head.add_column()
+    head.add_row("server", Text(server.name))
+    head.add_row("project", Text(server.project))
+    head.add_row("version", Text(server.version or "-"))
+    head.add_row("started", time_text(server.start_time))
+    head.add_row("sites", str(len(info.client_info)))
+    head.add_row("running jobs", str(len(info.job_info)))
+    parts: list[RenderableType] = [head]
+    if info.client_info:
+        parts += [Text(""), sites_table(info.client_info)]
+    if info.job_info:
+        parts += [Text(""), jobs_table(info.job_info)]
+    return Group(*parts)
+
+
+def client_status_table(rows: Sequence[Mapping[str, Any]]) -> RenderableType:
+    """``check_status client``: per site, the jobs it runs."""
+    if not rows:
+        return _empty("no site is connected")
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("SITE")
+    table.add_column("RUNNING JOBS")
+    for row in rows:
+        jobs = row.get("running_jobs") or ()
+        table.add_row(
+            Text(str(row.get("name", "?")), style="site"),
+            Text(", ".join(str(j)[:SHORT_ID] for j in jobs) or "-"),
+        )
+    return table
+
+
+def sparkline(values: Iterable[float]) -> str:
+    """One block character per value, scaled between the smallest and the largest."""
+    points = [v for v in values]
+    finite = [v for v in points if math.isfinite(v)]
+    if not finite:
+        return ""
+    low, high = min(finite), max(finite)
+    span = high - low
+    out = []
+    for v in points:
+        if not math.isfinite(v):
+            out.append(" ")
+        elif span == 0:
+            out.append(_BLOCKS[len(_BLOCKS) // 2])
+        else:
+            out.append(_BLOCKS[round((v - low) / span * (len(_BLOCKS) - 1))])
+    return "".join(out)
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if not math.isfinite(value):
+        return "nan"
+    if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+        return f"{value:.3e}"
+    return f"{value:.4f}".rstrip("0").rstrip(".") if value % 1 else f"{value:.0f}"
+
+
+def metrics_view(view: MetricsView) -> RenderableType:
+    """``metrics``: a round × site table of one key, a sparkline per site, and the keys."""
+    if not view.rows:
+        return _empty(f"job {view.job_id[:SHORT_ID]} has logged no metrics yet")
+    key = view.plotted_key()
+    parts: list[RenderableType] = []
+    keys = view.keys()
+    parts.append(Text.assemble(("metrics: ", "muted"), ", ".join(keys)))
+    if key is None:
+        parts.append(Text("no metric carries a round number; showing none per round", "muted"))
+        return Group(*parts)
+    table_data = view.per_round(key)
+    sites = sorted({s for cells in table_data.values() for s in cells})
+    table = Table(title=Text(key, style="metric"), show_edge=False, pad_edge=False)
+    table.add_column("ROUND", justify="right")
+    for site in sites:
+        table.add_column(site, justify="right", header_style="site")
+    if len(sites) > 1:
+        table.add_column("MEAN", justify="right", style="key")
+    for rnd, cells in table_data.items():
+        values = [cells.get(s) for s in sites]
+        row = [str(rnd), *(_number(v) for v in values)]
+        if len(sites) > 1:
+            present = [v for v in values if v is not None and math.isfinite(v)]
+            row.append(_number(sum(present) / len(present)) if present else "-")
+        table.add_row(*row)
+    parts.append(table)
+    lines = Table.grid(padding=(0, 2))
+    lines.add_column(style="site")
+    lines.add_column(style="metric")
+    lines.add_column(style="muted")
+    for site in sites:
+        series = [cells[site] for cells in table_data.values() if site in cells]
+        if series:
+            lines.add_row(site, sparkline(series), f"{_number(series[0])} → {_number(series[-1])}")
+    parts += [Text(""), lines]
+    return Group(*parts)
+
+
+def validations_table(view: ValidationsView) -> RenderableType:
+    """``validations``: per round and site, each validation metric."""
+    if not view.rows:
+        return _empty(f"job {view.job_id[:SHORT_ID]} has no validation results yet")
+    names = list(dict.fromkeys(k for r in view.rows for k in r.metrics))
+    table = Table(show_edge=False, pad_edge=False)
+    table.add_column("ROUND", justify="right")
+    table.add_column("SITE", style="site")
+    for name in names:
+        table.add_column(name, justify="right")
+    for row in sorted(view.rows, key=lambda r: (r.round or 0, r.site)):
+        table.add_row(
+            "-" if row.round is None else str(row.round),
+            row.site,
+            *(_number(row.metrics.get(n)) for n in names),
+        )
+    return table
+
+
+def mapping_tree(title: str, data: Any) -> Tree:
+    """Nested mappings and lists as a tree (stats, errors, summaries)."""
+    tree = Tree(Text(title, style="key"))
+    _grow(tree, data)
+    return tree
+
+
+def _grow(node: Tree, data: Any) -> None:
+    if isinstance(data, Mapping):
+        if not data:
+            node.add(Text("(empty)", style="muted"))
+        for key, value in data.items():
+            if isinstance(value, (Mapping, list, tuple)) and value:
+                _grow(node.add(Text(str(key), style="key")), value)
+            else:
+                node.add(Text.assemble((str(key), "key"), ": ", _value_text(value)))
+    elif isinstance(data, (list, tuple)):
+        if not data:
+            node.add(Text("(none)", style="muted"))
+        for i, value in enumerate(data):
+            if isinstance(value, (Mapping, list, tuple)):
+                _grow(node.add(Text(f"[{i}]", style="muted")), value)
+            else:
+                node.add(_value_text(value))
+    else:
+        node.add(_value_text(data))
+
+
+def session_view(view: SessionView) -> RenderableType:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="key")
+    table.add_column()
+    for key, value in view.to_dict().items():
+        table.add_row(key, Text("-" if value in (None, "") else str(value)))
+    return table
+
+
+def text_block(text: str, truncated: bool = False) -> RenderableType:
+    """Server text printed as written; a note when the server cut it."""
+    body = Text(text.rstrip("\n"), no_wrap=True, overflow="ignore")
+    if truncated:
+        return Group(body, Text("[output truncated by the server's size cap]", style="warning"))
+    return body
+
+
+def _empty(message: str) -> Text:
+    return Text(message, style="muted")
+
+
+def renderables(result: Any) -> list[RenderableType]:
+    """What to print for a command's result (nothing for None)."""
+    if result is None:
+        return []
+    if isinstance(result, Done):
+        return [Text(result.text, style="ok")]
+    if isinstance(result, SessionView):
+        return [session_view(result)]
+    if isinstance(result, MetricsView):
+        return [metrics_view(result)]
+    if isinstance(result, ValidationsView):
+        return [validations_table(result)]
+    if isinstance(result, SystemInfo):
+        return [system_view(result)]
+    if isinstance(result, JobMeta):
+        return [meta_table(result)]
+    if isinstance(result, str):
+        return [text_block(result, bool(getattr(result, "truncated", False)))]
+    if isinstance(result, list | tuple):
+        if not result:
+            return [_empty("(none)")]
+        first = result[0]
+        if isinstance(first, (JobSummary, JobMeta)):
+            return [jobs_table(result)]
+        if isinstance(first, SiteInfo):
+            return [sites_table(result)]
+        if isinstance(first, Mapping) and "running_jobs" in first:
+            return [client_status_table(result)]
+    if isinstance(result, Mapping):
+        return [mapping_tree(getattr(result, "title", ""), result)]
+    if hasattr(result, "__rich_console__") or hasattr(result, "__rich__"):
+        return [result]
+    return [Text(str(result))]
