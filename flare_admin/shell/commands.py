@@ -671,11 +671,11 @@ def unset_timeout(ctx: ShellContext, a: dict[str, Any]) -> Done:
     offline=True,
 )
 def help_(ctx: ShellContext, a: dict[str, Any]) -> Any:
-    from flare_admin.shell.reference import command_help, overview
+    from flare_admin.shell.reference import HelpView
 
     if a["command"]:
-        return command_help(REGISTRY.get(a["command"]))
-    return overview(REGISTRY)
+        return HelpView(REGISTRY, (REGISTRY.get(a["command"]),), detailed=True)
+    return HelpView(REGISTRY, tuple(REGISTRY))
 
 
 @command(

@@ -133,8 +133,10 @@ class Grammar:
     opts: tuple[Opt, ...] = field(default=())
 
     def usage(self) -> str:
-        """``name [-d] [-n NAME] ARG [OPTIONAL]``: the one-line usage."""
-        parts = [self.name, *(o.usage() for o in self.opts), *(a.usage() for a in self.args)]
+        """``name ARG [-d] [-n NAME] [OPTIONAL]``: required arguments, options, the rest."""
+        required = [a.usage() for a in self.args if a.required]
+        optional = [a.usage() for a in self.args if not a.required]
+        parts = [self.name, *required, *(o.usage() for o in self.opts), *optional]
         return " ".join(parts)
 
     def option(self, flag: str) -> Opt | None:

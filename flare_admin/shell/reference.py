@@ -7,6 +7,7 @@ prints the text to paste).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -16,10 +17,47 @@ from rich.text import Text
 from flare_admin.shell.params import Arg, Opt
 from flare_admin.shell.registry import GROUPS, Command, Registry
 
-__all__ = ["REFERENCE_BEGIN", "REFERENCE_END", "command_help", "markdown_reference", "overview"]
+__all__ = [
+    "REFERENCE_BEGIN",
+    "REFERENCE_END",
+    "HelpView",
+    "command_help",
+    "markdown_reference",
+    "overview",
+]
 
 REFERENCE_BEGIN = "<!-- commands: generated from the registry; do not edit by hand -->"
 REFERENCE_END = "<!-- end of commands -->"
+
+
+@dataclass(frozen=True)
+class HelpView:
+    """What ``help`` shows: the commands (one, in detail, for ``help CMD``)."""
+
+    registry: Registry
+    commands: tuple[Command, ...]
+    detailed: bool = False
+
+    def __rich__(self) -> RenderableType:
+        if self.detailed:
+            return Group(*(command_help(c) for c in self.commands))
+        return overview(self.registry)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "commands": [
+                {
+                    "name": c.name,
+                    "aliases": list(c.aliases),
+                    "usage": c.usage(),
+                    "summary": c.summary,
+                    "group": c.group,
+                    "confirms": c.destructive,
+                    "arguments": [{"usage": left, "help": right} for left, right in _arg_rows(c)],
+                }
+                for c in self.commands
+            ]
+        }
 
 
 def overview(registry: Registry) -> RenderableType:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -48,8 +48,9 @@ def status_text(status: Any) -> Text:
     return Text(text, style=status_style(text))
 
 
-def time_text(value: float | str | None) -> str:
-    """Local ``YYYY-MM-DD HH:MM:SS`` for a unix time or ISO text; ``-`` when unset."""
+def time_text(value: float | str | None, *, short: bool = False) -> str:
+    """Local ``YYYY-MM-DD HH:MM:SS`` (``short``: ``MM-DD HH:MM``) for a unix time or ISO
+    text; ``-`` when unset."""
     if value in (None, "", 0, 0.0):
         return "-"
     try:
@@ -59,7 +60,7 @@ def time_text(value: float | str | None) -> str:
             moment = datetime.fromtimestamp(float(value)).astimezone()
     except (ValueError, OverflowError, OSError):
         return str(value)
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    return moment.astimezone().strftime("%m-%d %H:%M" if short else "%Y-%m-%d %H:%M:%S")
 
 
 def duration_text(seconds: float | None) -> str:
@@ -79,32 +80,49 @@ def short_id(job_id: str, full: bool = False) -> Text:
     return Text(job_id if full else job_id[:SHORT_ID], style="id")
 
 
-def jobs_table(rows: Sequence[JobSummary | JobMeta], *, full_ids: bool = False) -> RenderableType:
-    """``list_jobs``: id, name, status, submitted, duration, submitter."""
-    table = Table(title=None, expand=False, show_edge=False, pad_edge=False)
-    table.add_column("ID", no_wrap=True)
-    table.add_column("NAME", overflow="fold")
-    table.add_column("STATUS", no_wrap=True)
-    table.add_column("SUBMITTED", no_wrap=True)
-    table.add_column("DURATION", justify="right", no_wrap=True)
-    table.add_column("BY", overflow="fold")
-    for row in rows:
-        if isinstance(row, JobMeta):
-            name, submitted = row.name, row.submit_time_iso or row.submit_time
-        else:
-            name, submitted = row.job_name, row.submit_time
-        table.add_row(
-            short_id(row.job_id, full_ids),
-            Text(name),
-            status_text(row.status),
-            time_text(submitted),
-            duration_text(row.duration),
-            Text(row.submitter_name),
-        )
-    if not rows:
-        return _empty("no jobs")
-    table.caption = f"{len(rows)} job(s)"
-    return table
+class JobsTable:
+    """``list_jobs``: id, name, status, submitted, duration and, when there is room, who."""
+
+    #: Below this width the submitter column is left out and times are shorter.
+    WIDE = 100
+
+    def __init__(self, rows: Sequence[JobSummary | JobMeta]) -> None:
+        self.rows = rows
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if not self.rows:
+            yield _empty("no jobs")
+            return
+        wide = options.max_width >= self.WIDE
+        table = Table(show_edge=False, pad_edge=False, caption=f"{len(self.rows)} job(s)")
+        table.add_column("ID", no_wrap=True)
+        table.add_column("NAME", overflow="fold", min_width=8)
+        table.add_column("STATUS", no_wrap=True)
+        table.add_column("SUBMITTED", no_wrap=True)
+        table.add_column("DURATION", justify="right", no_wrap=True)
+        if wide:
+            table.add_column("BY", overflow="fold")
+        for row in self.rows:
+            if isinstance(row, JobMeta):
+                name, submitted = row.name, row.submit_time_iso or row.submit_time
+            else:
+                name, submitted = row.job_name, row.submit_time
+            cells: list[RenderableType] = [
+                short_id(row.job_id),
+                Text(name),
+                status_text(row.status),
+                time_text(submitted, short=not wide),
+                duration_text(row.duration),
+            ]
+            if wide:
+                cells.append(Text(row.submitter_name))
+            table.add_row(*cells)
+        yield table
+
+
+def jobs_table(rows: Sequence[JobSummary | JobMeta]) -> RenderableType:
+    """``list_jobs`` rows as a table (see :class:`JobsTable`)."""
+    return JobsTable(rows)
 
 
 def _value_text(value: Any) -> Text:
@@ -276,7 +294,7 @@ def validations_table(view: ValidationsView) -> RenderableType:
 
 def mapping_tree(title: str, data: Any) -> Tree:
     """Nested mappings and lists as a tree (stats, errors, summaries)."""
-    tree = Tree(Text(title, style="key"))
+    tree = Tree(Text(title, style="key"), hide_root=not title)
     _grow(tree, data)
     return tree
 
