@@ -144,10 +144,33 @@ def meta_table(meta: JobMeta) -> Table:
             cell = Text(time_text(value))
         elif key == "duration" and isinstance(value, (int, float)):
             cell = Text(duration_text(float(value)))
+        elif key.endswith("_history") and isinstance(value, list):
+            cell = history_text(value)
         else:
             cell = _value_text(value)
         table.add_row(key, cell)
     return table
+
+
+def history_text(entries: Sequence[Any]) -> Text:
+    """A status or schedule history: one ``HH:MM:SS STATUS reason`` line per entry."""
+    lines = Text()
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            lines.append(f"{entry}\n")
+            continue
+        when = entry.get("time")
+        stamp = time_text(when)[-8:] if isinstance(when, (int, float)) else "-"
+        lines.append(f"{stamp} ", style="muted")
+        status = entry.get("status")
+        if status:
+            lines.append_text(status_text(status))
+        reason = entry.get("reason") or entry.get("message")
+        if reason:
+            lines.append(f" {reason}")
+        lines.append("\n")
+    lines.rstrip()
+    return lines or Text("-")
 
 
 def sites_table(sites: Sequence[SiteInfo]) -> RenderableType:

@@ -143,3 +143,15 @@ def test_json_form_of_results_is_plain_data():
         ],
     }
     json.dumps(data, allow_nan=False)
+
+
+def test_a_status_history_reads_one_line_per_change():
+    meta = JobMeta.from_dict(
+        {"job_id": JOB, "name": "x", "status": "RUNNING", "status_history": [
+            {"status": "SUBMITTED", "time": 1796189313.2, "reason": None},
+            {"status": "DISPATCHED", "time": 1796189314.2, "reason": "dispatched to site-1"},
+        ]}
+    )  # fmt: skip
+    lines = [line.strip() for line in render(meta).splitlines()]
+    assert any(line.endswith("SUBMITTED") and ":" in line for line in lines)
+    assert any(line.endswith("DISPATCHED dispatched to site-1") for line in lines)
