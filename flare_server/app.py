@@ -189,7 +189,7 @@ class Server:
             log.warning(
                 "%s: ignoring key(s) that are not server settings: %s",
                 self.kit.local / "settings.json",
-                ", ".join(sorted(self.settings.extra)),
+                ", ".join(self.settings.unknown_keys()),
             )
         recovery = getattr(self.store, "recovery", None)
         if recovery is not None:

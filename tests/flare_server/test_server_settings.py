@@ -62,6 +62,26 @@ def test_a_bad_setting_is_refused_naming_the_key(provisioned, tmp_path, doc, nee
     assert "settings.json" in str(info.value)
 
 
+def test_unknown_keys_are_named_with_the_closest_setting(provisioned, tmp_path):
+    doc = {"heartbeat_timout_s": 3, "server": {"max_compresion_ratio": 10}, "colour": "blue"}
+    settings = ServerSettings.from_kit(load_server_kit(_kit_with(provisioned, tmp_path, doc)))
+    assert settings.unknown_keys() == [
+        "'colour'",
+        "'heartbeat_timout_s' (did you mean 'heartbeat_timeout_s'?)",
+        "'max_compresion_ratio' (did you mean 'max_compression_ratio'?)",
+    ]
+
+
+def test_the_server_warns_about_unknown_keys_in_its_log(provisioned, tmp_path):
+    from tests.server_harness import ServerThread
+
+    kit = _kit_with(provisioned, tmp_path / "kit", {"log_levl": "DEBUG"})
+    with ServerThread(kit, tmp_path / "ws") as server:
+        log = (server.server.workspace / "logs" / "server.log").read_text()
+    assert "ignoring key(s) that are not server settings: 'log_levl' (did you mean" in log
+    assert "'log_level'?)" in log
+
+
 def test_bounds_become_grpc_channel_arguments():
     options = dict(
         server_options(ServerSettings(handshake_timeout_ms=1234, max_metadata_bytes=999))
