@@ -183,6 +183,7 @@ class Server:
             max_upload_bytes=s.max_upload_bytes,
             max_uncompressed_bytes=s.max_uncompressed_bytes,
             max_entries=s.max_entries,
+            max_ratio=s.max_compression_ratio,
         )
         self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
         if self.settings.extra:

@@ -18,6 +18,7 @@ from typing import Any
 from flare_protocol.errors import KitError
 from flare_protocol.kit import LOCAL, SETTINGS, Kit
 from flare_protocol.known_keys import unknown_keys
+from flare_server.jobs.archive import DEFAULT_MAX_RATIO
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,10 @@ class ServerSettings:
     """Largest total size of a job archive's entries once inflated."""
     max_entries: int = 10_000
     """Most entries a job archive may hold."""
+    max_compression_ratio: float = DEFAULT_MAX_RATIO
+    """Largest uncompressed/compressed ratio of a job archive, per entry of 64 KiB or more
+    and overall, read from its directory before anything is inflated (a zip bomb inside
+    the upload cap). Deflate reaches about 1000:1 on zeros; code and weights stay far below."""
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Keys of settings.json that are not server settings (kept for other components)."""
@@ -159,7 +164,8 @@ def _coerce(path: Path, name: str, value: Any, cls: type[ServerSettings], key: s
         return value
     if isinstance(default, float):
         if not isinstance(value, (int, float)):
-            raise KitError(f"{path}: '{key}' must be a number of seconds, got {value!r}")
+            what = "a number" if name == "max_compression_ratio" else "a number of seconds"
+            raise KitError(f"{path}: '{key}' must be {what}, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
