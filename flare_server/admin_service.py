@@ -148,11 +148,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         source = await self._job(call, request.job_id)
         self._require(call, Right.CLONE_JOB, source, "clone")
         extra: dict[str, Any] = {}
-        if request.initial_model_job_id:
-            call.args["initial_model_job_id"] = request.initial_model_job_id
-            await self.server.check_model_source(call, request.initial_model_job_id)
-            extra["initial_model_job_id"] = request.initial_model_job_id
+        # A clone starts from the same model as its source unless told otherwise; either
+        # way the cloner must be allowed to read that model.
+        model_job = request.initial_model_job_id or source.get("initial_model_job_id")
+        if model_job:
+            call.args["initial_model_job_id"] = str(model_job)
             call.job_id = request.job_id
+            try:
+                await self.server.check_model_source(call, str(model_job))
+            except errors.APIError as exc:
+                if request.initial_model_job_id:
+                    raise
+                raise type(exc)(
+                    f"job {source['job_id']} starts from the model of job {model_job} "
+                    f"(initial_model_job_id), so its clone would too: {exc.message}",
+                    **exc.details,
+                ) from exc
+            extra["initial_model_job_id"] = str(model_job)
         meta = await asyncio.to_thread(
             self.server.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
         )

@@ -34,12 +34,13 @@ from flare_protocol.identity import ParticipantType, identity_from_certificate
 from flare_protocol.kit import REVOKED, Kit, load_kit
 from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
 from flare_server.audit import AuditLog
-from flare_server.authz import Policy, Resource, Right
+from flare_server.authz import Policy
 from flare_server.calls import Call, StreamTracker
 from flare_server.commands import Commands
 from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobStore
+from flare_server.model_source import authorize_model_source
 from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
@@ -392,32 +393,14 @@ class Server:
 
     async def check_model_source(self, call: Call, model_job: str) -> None:
         """``model_job``'s final model may seed a new job: the caller may download it, the
-        job completed and has one.
+        job completed and has one (:func:`~flare_server.model_source.authorize_model_source`).
 
         Raises:
             JobNotFound, AuthorizationError, JobNotDone (with the job's status).
         """
-        meta = dict(await asyncio.to_thread(self.store.get, model_job))
-        self.policy.require(
-            call.identity,
-            Right.DOWNLOAD_JOB,
-            Resource.job(
-                model_job, str(meta.get("submitter_name")), str(meta.get("submitter_org"))
-            ),
-            action="reuse the model of",
-            job_id=model_job,
+        await asyncio.to_thread(
+            authorize_model_source, self.store, self.policy, call.identity, model_job
         )
-        status = str(meta.get("status"))
-        folder = await asyncio.to_thread(self.store.result_dir, model_job)
-        has_model = await asyncio.to_thread((Path(folder) / "global_model.npz").is_file)
-        if status != "FINISHED:COMPLETED" or not has_model:
-            raise errors.JobNotDone(
-                f"job {model_job} cannot seed a new job: it is {status}"
-                + ("" if has_model else " and has no final global model")
-                + "; use a job that finished FINISHED:COMPLETED",
-                job_id=model_job,
-                status=status,
-            )
 
     def notify_sites_abort(self, meta: dict[str, Any], reason: str = "aborted by an admin") -> None:
         """Tell the job's run and its sites that it was aborted (best effort)."""
