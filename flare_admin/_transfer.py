@@ -37,7 +37,7 @@ from flare_protocol._direct_io import DirectWriter
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
-from flare_protocol.job_format import path_problem
+from flare_protocol.job_format import path_problem, validate_meta
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
 from flare_protocol.safe_zip import scan_entries, write_entries
 
@@ -172,6 +172,9 @@ class JobUpload:
             raise InvalidJobDefinition(f"{meta} is not valid JSON: {exc}", path=str(meta)) from exc
         if not isinstance(meta_doc, dict):
             raise InvalidJobDefinition(f"{meta} must hold a JSON object", path=str(meta))
+        # The server's own meta.json check (keys it owns, unknown keys, the schema): refused
+        # here, before a byte is sent.
+        validate_meta(meta_doc, source=str(meta))
         top = root.name
         files: list[_SourceFile] = []
         total = 0

@@ -230,10 +230,12 @@ def test_02_meta_json_may_not_preset_a_field_the_server_writes(
     assert flare_main(["job", "validate", str(job)]) == 1
     assert expected in capsys.readouterr().err
     before = len(admin.list_jobs())
-    with pytest.raises(InvalidJobDefinition, match=expected):
-        admin.submit_job(str(job))  # the Session's check, before the upload
-    with pytest.raises(InvalidJobDefinition, match=expected):
-        admin.submit_job(str(_zip_folder(job, tmp_path / "forged.zip")))  # the server's
+    with pytest.raises(InvalidJobDefinition) as local:  # the Session's check, before the upload
+        admin.submit_job(str(job))
+    assert str(local.value).startswith(f"{job}/{expected}"), local.value
+    with pytest.raises(InvalidJobDefinition) as remote:  # the server's check of a zip
+        admin.submit_job(str(_zip_folder(job, tmp_path / "forged.zip")))
+    assert str(remote.value).startswith(expected), remote.value
     assert len(admin.list_jobs()) == before
 
 
@@ -430,7 +432,8 @@ def test_12_an_unknown_meta_json_key_is_refused_naming_the_closest_known_key(
         admin.submit_job(str(job))
     with pytest.raises(InvalidJobDefinition) as remote:
         admin.submit_job(str(_zip_folder(job, tmp_path / "typo.zip")))
-    assert expected in str(local.value) and expected in str(remote.value)
+    assert str(local.value).startswith(f"{job}/{expected}"), local.value  # before the upload
+    assert str(remote.value).startswith(expected), remote.value  # the server's, for a zip
     nvflare_keys = {"custom_props": {"team": "a"}, "scope": "private", "launcher_spec": {}}
     _with_meta(job, min_client=None, **nvflare_keys)
     accepted = admin.submit_job(str(job))  # NVIDIA FLARE's other keys are known
