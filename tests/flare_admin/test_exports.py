@@ -6,22 +6,38 @@ import flare_admin
 from flare_protocol import errors
 
 EXPECTED = {
+    "AsyncJobWatch",
     "AsyncSession",
+    "JobWatch",
     "Session",
     "SessionState",
     "new_secure_async_session",
     "new_secure_session",
     "ClientInfo",
+    "ClientJobStatus",
+    "DirEntry",
+    "DirListing",
+    "FileText",
+    "JobEvent",
     "JobMeta",
+    "JobRunSummary",
+    "JobStatus",
     "JobSummary",
+    "MetaChanged",
     "MetricRow",
+    "MetricsArrived",
     "MonitorReturnCode",
+    "RoundSummary",
     "ServerInfo",
     "SessionInfo",
     "SiteInfo",
+    "SystemCommandResult",
     "SystemInfo",
+    "TargetErrors",
+    "TargetStats",
     "TargetType",
     "ValidationRow",
+    "ValidationsArrived",
     "rounds_table",
     "APIError",
     "AuthenticationError",
@@ -68,6 +84,13 @@ def test_every_session_exception_of_the_flare_api_is_exported_and_shared():
         assert getattr(flare_admin, name) is errors.WIRE_ERRORS[name]
     for name in ("NoConnection", "SessionClosed", "UsernameMismatch"):
         assert issubclass(getattr(flare_admin, name), flare_admin.APIError)
+
+
+def test_job_status_is_the_one_shared_with_the_server():
+    from flare_protocol.job_status import JobStatus
+    from flare_server.jobs import JobStatus as ServerJobStatus
+
+    assert flare_admin.JobStatus is JobStatus is ServerJobStatus
 
 
 def test_monitor_return_codes_have_flares_values():
