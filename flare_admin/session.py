@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import enum
+import logging
 import os
 import threading
 import time
@@ -20,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from flare_admin import _ops
-from flare_admin._connect import Target, confirm_identity, log_open_failure, logger, prepare
 from flare_admin._errors import map_rpc_error
 from flare_admin.results import (
     ClientJobStatus,
@@ -43,12 +43,14 @@ from flare_admin.results import (
 from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 
-if TYPE_CHECKING:  # the transfer machinery is imported by the methods that move files
+if TYPE_CHECKING:  # imported by the functions that need them: `import flare_admin` stays cheap
+    from flare_admin._connect import Target
     from flare_admin._transfer import JobUpload, ProgressCallback
 
 __all__ = ["JobWatch", "Session", "SessionState", "new_secure_session"]
 
 MonitorCallback = Callable[..., bool]
+logger = logging.getLogger("flare_admin")
 
 
 class SessionState(enum.Enum):
@@ -765,6 +767,8 @@ def new_secure_session(
         NoConnection: the server is unreachable within ``timeout`` (naming the address).
         AuthenticationError: the server refused our certificate.
     """
+    from flare_admin._connect import confirm_identity, log_open_failure, prepare
+
     target = prepare(username, startup_kit_location, timeout, server_address, debug)
     channel = grpc.secure_channel(target.address, target.credentials, target.options)
     op = _ops.hello()

@@ -37,8 +37,7 @@ def _run(script: str, env: dict[str, str] | None = None) -> subprocess.Completed
 
 
 def _env_without_grpc_settings() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
-    return env
+    return {k: v for k, v in os.environ.items() if not k.startswith("GRPC_")}
 
 
 @pytest.fixture
@@ -167,14 +166,16 @@ def test_debug_prints_each_line_once_whoever_configured_logging(server, kits, co
 
 
 def test_debug_shows_what_grpc_said_about_a_refused_handshake(server, foreign_kit):
-    script = """
+    script = f"""
         import flare_admin
         try:
-            flare_admin.new_secure_session({admin!r}, {kit!r}, server_address={address!r},
-                                           debug=True)
+            flare_admin.new_secure_session(
+                {ADMIN!r}, {str(foreign_kit)!r}, server_address={server.admin_address!r},
+                debug=True,
+            )
         except flare_admin.NoConnection:
             pass
-    """.format(admin=ADMIN, kit=str(foreign_kit), address=server.admin_address)
+    """
     done = _run(script)
     assert "opening a session at" in done.stderr and "failed" in done.stderr, done.stderr
     assert not C_CORE_LINE.search(done.stderr)
