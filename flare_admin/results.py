@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from types import MappingProxyType
-from typing import Any, ClassVar, TypeAlias
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from flare_protocol.job_status import JobStatus, is_finished
 
@@ -633,6 +633,9 @@ class ClientJobStatus(_DictLike, _Record):
 # -- file commands -----------------------------------------------------------------------
 
 
+_Text = TypeVar("_Text", bound="FileText")
+
+
 class FileText(str):
     """Text a file command returned (``cat``, ``head``, ``tail``, ``grep``, logs, ``pwd``).
 
@@ -648,8 +651,13 @@ class FileText(str):
     path: str
 
     def __new__(
-        cls, text: str = "", *, truncated: bool = False, target: str = "", path: str = ""
-    ) -> FileText:
+        cls: type[_Text],
+        text: str = "",
+        *,
+        truncated: bool = False,
+        target: str = "",
+        path: str = "",
+    ) -> _Text:
         self = super().__new__(cls, text)
         self.__dict__.update(truncated=bool(truncated), target=target, path=path)
         return self

@@ -24,6 +24,7 @@ rows themselves come from the file, so a watcher sees exactly what the readers s
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -151,6 +152,10 @@ def seal_jsonl(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
+def _hook(on_rows: Callable[[str], None] | None, kind: str) -> Callable[[], None] | None:
+    return None if on_rows is None else functools.partial(on_rows, kind)
+
+
 class ResultFolder:
     """Writes one job's result folder (used by the job runner only).
 
@@ -162,11 +167,10 @@ class ResultFolder:
         self.root = Path(root)
         (self.root / MODELS).mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.root / LOGS).mkdir(mode=0o700, exist_ok=True)
-        hooks: dict[str, Callable[[], None] | None] = {"metrics": None, "validations": None}
-        if on_rows is not None:
-            hooks = {kind: (lambda k=kind: on_rows(k)) for kind in hooks}
-        self.metrics = JsonlWriter(self.root / METRICS, on_append=hooks["metrics"])
-        self.validations = JsonlWriter(self.root / VALIDATIONS, on_append=hooks["validations"])
+        self.metrics = JsonlWriter(self.root / METRICS, on_append=_hook(on_rows, "metrics"))
+        self.validations = JsonlWriter(
+            self.root / VALIDATIONS, on_append=_hook(on_rows, "validations")
+        )
 
     def round_model_path(self, number: int) -> Path:
         return self.root / MODELS / round_model_name(number)
