@@ -116,6 +116,7 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
     def __init__(self, events: AsyncIterator[JobEvent], call: Any) -> None:
         self._events = events
         self._close = weakref.finalize(self, call.cancel)
+        self._close.atexit = False  # the event loop may be gone by then
 
     def __aiter__(self) -> AsyncJobWatch:
         return self

@@ -124,6 +124,7 @@ class JobWatch(Iterator[JobEvent]):
     def __init__(self, events: Iterator[JobEvent], call: Any) -> None:
         self._events = events
         self._close = weakref.finalize(self, call.cancel)
+        self._close.atexit = False  # at exit the session's channel is closed anyway
 
     def __iter__(self) -> JobWatch:
         return self

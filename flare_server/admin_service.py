@@ -299,7 +299,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 wake(_ROWS)
 
         unsubscribe = self.server.store.subscribe(on_change)
-        unrows = self.server.result_rows.subscribe(job_id, on_rows)
+        want_rows = request.want_metrics or request.want_validations
+        unrows = self.server.result_rows.subscribe(job_id, on_rows) if want_rows else _nothing
         self.server.watchers.add(queue)
         untrack = self.streams.add(call.identity.serial, lambda: queue.put_nowait(_REVOKED))
         try:
@@ -470,6 +471,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.CommandReply:
         result = await self.server.commands.run(call, request.command, request.args_json)
         return admin_pb2.CommandReply(result_json=json.dumps(result, default=str))
+
+
+def _nothing() -> None:
+    return None
 
 
 async def _row_events(tails: list[tuple[str, JsonlTail]]) -> AsyncIterator[admin_pb2.JobEvent]:

@@ -2,7 +2,7 @@
 
 Jobs here have no sites (they stay SUBMITTED until the test moves them, as the scheduler
 would) and their result files are written by hand; the watch of a job really run by
-sites, rows pushed as they are written, is in tests/e2e/test_watch_job.py.
+sites, rows pushed as they are written, is in tests/e2e/test_jobs_watch.py.
 """
 
 from __future__ import annotations
@@ -213,3 +213,20 @@ def test_the_async_watch_gives_the_same_events(server, kits, job_folder):
             await asyncio.to_thread(wait_until, lambda: _no_watchers(server), 5)
 
     asyncio.run(main())
+
+
+def test_revoking_the_watcher_s_certificate_ends_its_watch(open_session, server, kits, job_folder):
+    from cryptography import x509
+
+    from flare_admin import AuthenticationError
+
+    job_id = open_session(ADMIN).submit_job(job_folder)
+    member = "member@org_b.com"
+    watch = open_session(member).watch_job(job_id, metrics=False, validations=False)
+    assert next(watch).meta.status == "SUBMITTED"
+    cert = (kits[member] / "startup" / "client.crt").read_bytes()
+    serial = x509.load_pem_x509_certificate(cert).serial_number
+    assert server.call(lambda: server.server.revoke([serial])) == 1
+    with pytest.raises(AuthenticationError, match="revoked"):
+        next(watch)
+    wait_until(lambda: _no_watchers(server), 5)
