@@ -343,6 +343,8 @@ class ResultDownload:
         self.expected_size = -1
         self.expected_sha256 = ""
         self.received = 0
+        #: bytes the stream announced (-1: unknown); what a progress callback counts up to
+        self.total = -1
         self._hash = hashlib.sha256()
         self._mode = ""  # "zip" or "files", set by the first header
         try:
@@ -392,7 +394,7 @@ class ResultDownload:
     def header(self, size: int, sha256: str) -> None:
         """Start a zip stream of ``size`` bytes (-1: unknown) and SHA-256 (``""``: none)."""
         self._mode = "zip"
-        self.expected_size = size
+        self.expected_size = self.total = size
         self.expected_sha256 = sha256.lower()
         try:
             fd, name = tempfile.mkstemp(
@@ -474,6 +476,7 @@ class ResultDownload:
 
     def _start_files(self, total: int, files: str) -> None:
         self._mode = "files"
+        self.total = total
         if not files.isdigit():
             raise self._bad_stream(f"its header announces {files!r} files")
         self._expected_files = int(files)

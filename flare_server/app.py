@@ -31,6 +31,7 @@ from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
 from flare_protocol.identity import ParticipantType, identity_from_certificate
+from flare_protocol.job_status import JobStatus
 from flare_protocol.kit import REVOKED, Kit, load_kit
 from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
 from flare_server.audit import AuditLog
@@ -41,6 +42,7 @@ from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobStore
 from flare_server.model_source import authorize_model_source
+from flare_server.results import RowSignals
 from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
@@ -142,6 +144,8 @@ class Server:
         self.site_checker = IdentityChecker(ParticipantType.SITE, root, revoked)
         self.streams = StreamTracker()
         self.watchers: set[asyncio.Queue[Any]] = set()
+        #: Wakes WatchJobEvents streams when a job's runner appends metric/validation rows.
+        self.result_rows = RowSignals()
         self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self.registry = SiteRegistry(
             heartbeat_interval=self.settings.heartbeat_interval,

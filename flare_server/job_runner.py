@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -453,7 +454,8 @@ class JobRun:
         self.log.addHandler(handler)
         self._log_handler = handler
         result_dir = await asyncio.to_thread(self.store.result_dir, self.job_id)
-        self.results = await asyncio.to_thread(ResultFolder, result_dir)
+        on_rows = functools.partial(self.server.result_rows.notify, self.job_id)  # watchers
+        self.results = await asyncio.to_thread(ResultFolder, result_dir, on_rows)
         self.blobs.allow_uploads(self.job_id, self)
         self.log.info("job %s: preparing for %s", self.job_id, ", ".join(self.sites))
         try:

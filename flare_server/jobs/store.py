@@ -61,6 +61,7 @@ from flare_protocol.errors import (
     JobNotFound,
 )
 from flare_protocol.job_format import SERVER_OWNED_KEYS
+from flare_protocol.job_status import JOB_ID_RE
 from flare_server.jobs.archive import ArchiveLimits, validate_job_archive
 from flare_server.jobs.lifecycle import JobStatus, check_transition, is_finished, parse_status
 
@@ -89,7 +90,7 @@ CREATION_FIELDS = frozenset({"initial_model_job_id"})
 META_CACHE_SIZE = 4096
 _DEFAULT_LIMITS = ArchiveLimits()
 _STATUS_BY_VALUE = {status.value: status for status in JobStatus}
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = JOB_ID_RE
 _PREFIX_RE = re.compile(r"^[0-9a-fA-F-]{0,36}$")
 #: Fields :meth:`JobStore.update` may not touch (status has its own method).
 _NOT_UPDATABLE = frozenset(
