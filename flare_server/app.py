@@ -31,7 +31,6 @@ from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
 from flare_protocol.identity import ParticipantType, identity_from_certificate
-from flare_protocol.job_status import JobStatus
 from flare_protocol.kit import REVOKED, Kit, load_kit
 from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
 from flare_server.audit import AuditLog
