@@ -34,6 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from flare_protocol.job_status import JobStatus  # noqa: E402
 from flare_server.poc import LocalProject, provision_local  # noqa: E402
 
 SCRIPT = textwrap.dedent(
@@ -98,11 +99,11 @@ def _run_job(
         job_id = session.submit_job(str(job))
         while True:
             meta = session.get_job_meta(job_id)
-            if str(meta["status"]).startswith("FINISHED"):
+            if meta.finished:
                 break
             time.sleep(0.02)
         wall = time.time() - start
-    if meta["status"] != "FINISHED:COMPLETED":
+    if meta.job_status is not JobStatus.FINISHED_COMPLETED:
         raise RuntimeError(f"bench job ended {meta['status']}: {meta['status_history'][-1]}")
     per_site = {}
     for path in out.glob("*.jsonl"):

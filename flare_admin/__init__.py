@@ -19,26 +19,48 @@ Exception tree (one root, :class:`FlareError`; see :mod:`flare_protocol.errors`)
         ├── JobNotFound, JobNotRunning, JobNotDone, JobTimeout
         ├── NoClientsAvailable, ClientsStillRunning
         └── NoReply, InternalError
+
+Importing this package is kept cheap (a command-line tool starts with it): the asyncio
+Session is loaded on first use (``from flare_admin import AsyncSession`` works as
+always) and the file-transfer machinery by the methods that move files. gRPC's C core
+is kept off the terminal (:mod:`flare_admin._quiet`).
 """
 
 from __future__ import annotations
 
-from flare_admin.aio import AsyncSession, new_secure_async_session
+from typing import TYPE_CHECKING, Any
+
+# First: keeps grpc's C core quiet, which works only before anything imports grpc.
+from flare_admin import _quiet  # noqa: F401
 from flare_admin.results import (
     ClientInfo,
+    ClientJobStatus,
+    DirEntry,
+    DirListing,
+    FileText,
+    JobEvent,
     JobMeta,
+    JobRunSummary,
+    JobStatus,
     JobSummary,
+    MetaChanged,
     MetricRow,
+    MetricsArrived,
     MonitorReturnCode,
+    RoundSummary,
     ServerInfo,
     SessionInfo,
     SiteInfo,
+    SystemCommandResult,
     SystemInfo,
+    TargetErrors,
+    TargetStats,
     TargetType,
     ValidationRow,
+    ValidationsArrived,
     rounds_table,
 )
-from flare_admin.session import Session, SessionState, new_secure_session
+from flare_admin.session import JobWatch, Session, SessionState, new_secure_session
 from flare_protocol.errors import (
     APIError,
     AuthenticationError,
@@ -69,25 +91,67 @@ from flare_protocol.errors import (
     UsernameMismatch,
 )
 
+if TYPE_CHECKING:
+    from flare_admin.aio import AsyncJobWatch, AsyncSession, new_secure_async_session
+
+#: Names loaded on first access (PEP 562): the asyncio Session pulls in grpc.aio.
+_LAZY = {
+    "AsyncJobWatch": "flare_admin.aio",
+    "AsyncSession": "flare_admin.aio",
+    "new_secure_async_session": "flare_admin.aio",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'flare_admin' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = [
     # sessions
+    "AsyncJobWatch",
     "AsyncSession",
+    "JobWatch",
     "Session",
     "SessionState",
     "new_secure_async_session",
     "new_secure_session",
     # results
     "ClientInfo",
+    "ClientJobStatus",
+    "DirEntry",
+    "DirListing",
+    "FileText",
+    "JobEvent",
     "JobMeta",
+    "JobRunSummary",
+    "JobStatus",
     "JobSummary",
+    "MetaChanged",
     "MetricRow",
+    "MetricsArrived",
     "MonitorReturnCode",
+    "RoundSummary",
     "ServerInfo",
     "SessionInfo",
     "SiteInfo",
+    "SystemCommandResult",
     "SystemInfo",
+    "TargetErrors",
+    "TargetStats",
     "TargetType",
     "ValidationRow",
+    "ValidationsArrived",
     "rounds_table",
     # exceptions
     "APIError",

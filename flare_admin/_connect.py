@@ -100,9 +100,22 @@ def confirm_identity(target: Target, info: SessionInfo) -> None:
         )
 
 
+def log_open_failure(target: Target, exc: grpc.RpcError) -> None:
+    """``debug=True``: what gRPC itself said about a failed first call (the handshake
+    details its C core would otherwise print on stderr; see flare_admin._quiet)."""
+    try:
+        detail = exc.debug_error_string()  # type: ignore[attr-defined]
+    except Exception:
+        detail = str(exc)
+    logger.debug("opening a session at %s failed: %s", target.address, detail)
+
+
 def _enable_debug_logging() -> None:
     logger.setLevel(logging.DEBUG)
-    if not logger.handlers:
+    # Our own handler only when nothing else would show the records: an application that
+    # configured logging (a handler here or on an ancestor, e.g. logging.basicConfig())
+    # prints them itself, and a second handler would print every line twice.
+    if not logger.hasHandlers():
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(message)s"))
         logger.addHandler(handler)

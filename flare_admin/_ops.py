@@ -20,24 +20,39 @@ from typing import Any
 import grpc
 
 from flare_admin.results import (
+    ClientJobStatus,
+    DirEntry,
+    DirListing,
+    FileText,
+    JobEvent,
     JobMeta,
+    JobRunSummary,
     JobSummary,
+    MetaChanged,
     MetricRow,
+    MetricsArrived,
     ServerInfo,
     SessionInfo,
     SiteInfo,
+    SystemCommandResult,
     SystemInfo,
+    TargetErrors,
+    TargetStats,
     TargetType,
     ValidationRow,
+    ValidationsArrived,
     iso_time,
 )
 from flare_protocol._generated import admin_pb2, common_pb2
-from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidTarget, JobNotDone
-
-_JOB_ID = re.compile(
-    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+from flare_protocol.errors import (
+    InternalError,
+    InvalidArgumentError,
+    InvalidTarget,
+    JobNotDone,
+    JobTimeout,
 )
-_ID_PREFIX = re.compile(r"^[0-9a-fA-F-]{1,36}$")
+from flare_protocol.job_status import JobStatus, is_job_id, is_job_id_prefix
+
 _SITE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _EMPTY = common_pb2.Empty()
 
@@ -77,7 +92,7 @@ def reply_too_large(exc: Any) -> bool:
 
 def job_id(value: object) -> str:
     """A well-formed job id (a UUID, as the server generates them), lower-cased."""
-    if not isinstance(value, str) or not _JOB_ID.match(value):
+    if not isinstance(value, str) or not is_job_id(value.lower()):
         raise InvalidArgumentError(
             f"job id {value!r} is malformed: job ids are UUIDs like "
             "'3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11' (see list_jobs())",
@@ -238,14 +253,41 @@ def _command_result(reply: Any) -> Any:
     return _json_object(reply.result_json, "a command result")
 
 
-def _text_result(reply: Any) -> str:
+def _file_text(target: str, path: str) -> Callable[[Any], FileText]:
     """File commands answer ``{"text": "...", "truncated": bool}`` (or a bare JSON string)."""
-    result = _command_result(reply)
-    if isinstance(result, Mapping) and "text" in result:
-        return str(result["text"])
-    if isinstance(result, str):
-        return result
-    return json.dumps(result)
+
+    def parse(reply: Any) -> FileText:
+        result = _command_result(reply)
+        truncated = False
+        if isinstance(result, Mapping) and "text" in result:
+            text, truncated = str(result["text"]), result.get("truncated") is True
+        elif isinstance(result, str):
+            text = result
+        else:
+            text = json.dumps(result)
+        return FileText(text, truncated=truncated, target=target, path=path)
+
+    return parse
+
+
+def _listing(target: str, path: str) -> Callable[[Any], DirListing]:
+    """``ls`` answers ``{"entries": [{name, type, size, mtime}], "text", "truncated"?}``."""
+
+    def parse(reply: Any) -> DirListing:
+        result = _command_result(reply)
+        if not isinstance(result, Mapping):
+            return DirListing(str(result), target=target, path=path)
+        raw = result.get("entries")
+        entries = [DirEntry.from_dict(e) for e in raw or () if isinstance(e, Mapping)]
+        return DirListing(
+            str(result.get("text", "")),
+            entries=entries,
+            truncated=result.get("truncated") is True,
+            target=target,
+            path=path,
+        )
+
+    return parse
 
 
 # -- the operations ----------------------------------------------------------------------
@@ -270,9 +312,7 @@ def list_jobs(
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**31
     ):
         raise InvalidArgumentError(f"limit must be an integer >= 0 or None, got {limit!r}")
-    if id_prefix is not None and (
-        not isinstance(id_prefix, str) or not _ID_PREFIX.match(id_prefix)
-    ):
+    if id_prefix is not None and (not is_job_id_prefix(id_prefix)):
         raise InvalidArgumentError(
             f"id_prefix {id_prefix!r} is not the start of a job id (hex digits and '-')"
         )
@@ -341,7 +381,7 @@ def model_source_ready(meta: JobMeta) -> None:
     Raises:
         JobNotDone: it has not finished ``FINISHED:COMPLETED`` (its status attached).
     """
-    if meta.status != "FINISHED:COMPLETED":
+    if meta.status != JobStatus.FINISHED_COMPLETED:
         raise JobNotDone(
             f"job {meta.job_id} cannot seed a new job: it is {meta.status or 'unknown'}; "
             "use a job that finished FINISHED:COMPLETED",
@@ -427,15 +467,27 @@ def get_job_logs(jid: str, target: str = "server") -> Unary:
     """The lines of ``target``'s log that mention the job (numbered, as ``grep -n``)."""
     jid = job_id(jid)
     args = {"target": _target(target), "path": log_file(target), "pattern": jid}
-    return command("grep", args, _text_result, jid)
+    return command("grep", args, _file_text(target, args["path"]), jid)
 
 
-def _sites_result(reply: Any) -> list[dict[str, Any]]:
+def _sites_result(reply: Any) -> list[ClientJobStatus]:
     result = _command_result(reply)
     sites = result.get("sites") if isinstance(result, Mapping) else result
     if not isinstance(sites, list):
         raise InternalError("the server sent a site job status that is not a list")
-    return sites
+    return [ClientJobStatus.from_dict(s) for s in sites if isinstance(s, Mapping)]
+
+
+def _object(make: Callable[[Mapping[str, Any]], Any], what: str) -> Callable[[Any], Any]:
+    """A parse for a command whose result is one JSON object, read by ``make``."""
+
+    def parse(reply: Any) -> Any:
+        result = _command_result(reply)
+        if not isinstance(result, Mapping):
+            raise InternalError(f"the server sent {what} that is not a JSON object")
+        return make(result)
+
+    return parse
 
 
 def get_client_job_status(client_names: Iterable[str] | None = None) -> Unary:
@@ -460,11 +512,13 @@ def _job_command(
 
 
 def show_stats(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
-    return _job_command("show_stats", jid, target_type, targets, _command_result)
+    parse = _object(TargetStats.from_dict, "statistics")
+    return _job_command("show_stats", jid, target_type, targets, parse)
 
 
 def show_errors(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
-    return _job_command("show_errors", jid, target_type, targets, _command_result)
+    parse = _object(TargetErrors.from_dict, "an error report")
+    return _job_command("show_errors", jid, target_type, targets, parse)
 
 
 def reset_errors(jid: str, target_type: str = "all", targets: Iterable[str] | None = None) -> Unary:
@@ -481,12 +535,12 @@ def _file_arg(value: object, what: str) -> str:
 def ls_target(target: str, options: str | None = None, path: str | None = None) -> Unary:
     args = {"target": _target(target), "path": _opt_str(path, "path") or "."}
     args.update(_options(options, {"-l": "long", "-a": "all"}))
-    return command("ls", args, _text_result)
+    return command("ls", args, _listing(target, args["path"]))
 
 
 def cat_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
     args = {"target": _target(target), "path": _file_arg(file, "file"), **_options(options, {})}
-    return command("cat", args, _text_result)
+    return command("cat", args, _file_text(target, args["path"]))
 
 
 def head_target(
@@ -494,7 +548,7 @@ def head_target(
 ) -> Unary:
     args = {"target": _target(target), "path": _file_arg(file, "file")}
     args.update(_options(options, {}, numeric="lines"))
-    return command(name, args, _text_result)
+    return command(name, args, _file_text(target, args["path"]))
 
 
 def tail_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
@@ -521,18 +575,18 @@ def grep_target(
     args = {"target": _target(target), "path": _file_arg(file, "file"), "pattern": pattern}
     args.update(_options(options, {"-i": "ignore_case", "-E": "regex", "-n": "line_numbers"}))
     args.pop("line_numbers", None)  # lines are always numbered
-    return command("grep", args, _text_result)
+    return command("grep", args, _file_text(target, args["path"]))
 
 
 def get_working_directory(target: str) -> Unary:
-    return command("pwd", {"target": _target(target)}, _text_result)
+    return command("pwd", {"target": _target(target)}, _file_text(target, ""))
 
 
 def system_command(name: str, target_type: str | None, client_names: Iterable[str] | None) -> Unary:
     args: dict[str, Any] = {"targets": _names(client_names, "client name")}
     if target_type is not None:
         args["target_type"] = _target_type(target_type)
-    return command(name, args)
+    return command(name, args, _object(lambda d: SystemCommandResult.from_dict(name, d), name))
 
 
 # -- result readers ------------------------------------------------------------------------
@@ -603,7 +657,92 @@ def job_validations(jid: str, site: str | None = None, offset: int = 0) -> Unary
 def job_summary(jid: str) -> Unary:
     """The server's summary of a job's run (``summary.json``: workflow, rounds, participants)."""
     jid = job_id(jid)
-    return command("job_summary", {"job_id": jid}, _command_result, jid)
+    parse = _object(JobRunSummary.from_dict, "a job summary")
+    return command("job_summary", {"job_id": jid}, parse, jid)
+
+
+# -- watching a job -----------------------------------------------------------------------
+
+
+def watch_timeout(value: object) -> float | None:
+    """``timeout`` of ``watch_job``: None (no limit) or seconds > 0."""
+    if value is None:
+        return None
+    seconds = timeout_value(value)
+    if seconds == 0:
+        raise InvalidArgumentError("timeout must be > 0 seconds, or None to wait until the end")
+    return seconds
+
+
+def watch_request(jid: str, metrics: object, validations: object) -> Any:
+    """The WatchJobEvents request (the RPC is newer than some servers: say so clearly)."""
+    for name, value in (("metrics", metrics), ("validations", validations)):
+        if not isinstance(value, bool):
+            raise InvalidArgumentError(f"{name} must be True or False, got {value!r}")
+    return admin_pb2.WatchRequest(
+        job_id=jid, want_metrics=bool(metrics), want_validations=bool(validations)
+    )
+
+
+def _rows_of(text: str, make: Callable[[Mapping[str, Any]], Any], what: str) -> tuple[Any, ...]:
+    rows = _json_object(text, what)
+    if not isinstance(rows, list):
+        raise InternalError(f"the server sent {what} that are not a JSON list")
+    return tuple(make(r) for r in rows if isinstance(r, Mapping))
+
+
+class WatchStep:
+    """Reads a watch's events (shared sync/async): each ``JobEvent`` message as a typed
+    event, remembering the last meta to know when the job finished."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self.last: JobMeta | None = None
+
+    @property
+    def finished(self) -> bool:
+        """The last event was the meta showing the job finished: the watch is over."""
+        return self.last is not None and self.last.finished
+
+    def event(self, reply: Any) -> JobEvent:
+        kind = reply.WhichOneof("event")
+        if kind == "meta_json":
+            data = _json_object(reply.meta_json, "a job meta")
+            if not isinstance(data, dict):
+                raise InternalError("the server sent a job meta that is not a JSON object")
+            data.setdefault("job_id", self.job_id)
+            self.last = JobMeta.from_dict(data)
+            return MetaChanged(self.last)
+        if kind == "metrics_json":
+            return MetricsArrived(_rows_of(reply.metrics_json, MetricRow.from_dict, "metric rows"))
+        if kind == "validations_json":
+            rows = _rows_of(reply.validations_json, ValidationRow.from_dict, "validation rows")
+            return ValidationsArrived(rows)
+        raise InternalError(
+            f"the server sent an event of a kind this flare-admin does not know ({kind!r}); "
+            "update flare-admin"
+        )
+
+    def timed_out(self, seconds: float) -> JobTimeout:
+        status = self.last.status if self.last is not None else "unknown"
+        return JobTimeout(
+            f"job {self.job_id} did not finish within {seconds:g} s (status {status})",
+            job_id=self.job_id,
+            status=status,
+        )
+
+
+class Progress:
+    """Calls ``progress(done, total)`` when ``done`` changed (and once at the start)."""
+
+    def __init__(self, progress: Callable[[int, int], object] | None) -> None:
+        self.progress = progress
+        self.done = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is not None and done != self.done:
+            self.done = done
+            self.progress(done, total)
 
 
 def model_round(value: object) -> int:

@@ -37,7 +37,7 @@ from flare_protocol._direct_io import DirectWriter
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
-from flare_protocol.job_format import path_problem
+from flare_protocol.job_format import path_problem, validate_meta
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
 from flare_protocol.safe_zip import scan_entries, write_entries
 
@@ -172,6 +172,9 @@ class JobUpload:
             raise InvalidJobDefinition(f"{meta} is not valid JSON: {exc}", path=str(meta)) from exc
         if not isinstance(meta_doc, dict):
             raise InvalidJobDefinition(f"{meta} must hold a JSON object", path=str(meta))
+        # The server's own meta.json check (keys it owns, unknown keys, the schema): refused
+        # here, before a byte is sent.
+        validate_meta(meta_doc, source=str(meta))
         top = root.name
         files: list[_SourceFile] = []
         total = 0
@@ -340,6 +343,8 @@ class ResultDownload:
         self.expected_size = -1
         self.expected_sha256 = ""
         self.received = 0
+        #: bytes the stream announced (-1: unknown); what a progress callback counts up to
+        self.total = -1
         self._hash = hashlib.sha256()
         self._mode = ""  # "zip" or "files", set by the first header
         try:
@@ -389,7 +394,7 @@ class ResultDownload:
     def header(self, size: int, sha256: str) -> None:
         """Start a zip stream of ``size`` bytes (-1: unknown) and SHA-256 (``""``: none)."""
         self._mode = "zip"
-        self.expected_size = size
+        self.expected_size = self.total = size
         self.expected_sha256 = sha256.lower()
         try:
             fd, name = tempfile.mkstemp(
@@ -471,6 +476,7 @@ class ResultDownload:
 
     def _start_files(self, total: int, files: str) -> None:
         self._mode = "files"
+        self.total = total
         if not files.isdigit():
             raise self._bad_stream(f"its header announces {files!r} files")
         self._expected_files = int(files)

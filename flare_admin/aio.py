@@ -12,32 +12,33 @@ import asyncio
 import inspect
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterable
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
 from flare_admin import _ops
-from flare_admin._connect import Target, confirm_identity, logger, prepare
+from flare_admin._connect import Target, confirm_identity, log_open_failure, logger, prepare
 from flare_admin._errors import map_rpc_error
-from flare_admin._transfer import (
-    RESULT_FILES_METADATA,
-    JobUpload,
-    ModelDownload,
-    ProgressCallback,
-    ResultDownload,
-    check_destination,
-    model_target,
-)
 from flare_admin.results import (
+    ClientJobStatus,
+    DirListing,
+    FileText,
+    JobEvent,
     JobMeta,
+    JobRunSummary,
     JobSummary,
     MetricRow,
     MonitorReturnCode,
     SessionInfo,
     SiteInfo,
+    SystemCommandResult,
     SystemInfo,
+    TargetErrors,
+    TargetStats,
     ValidationRow,
 )
 from flare_admin.session import (
@@ -52,7 +53,10 @@ from flare_admin.session import (
 from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 
-__all__ = ["AsyncSession", "new_secure_async_session"]
+if TYPE_CHECKING:  # the transfer machinery is imported by the methods that move files
+    from flare_admin._transfer import JobUpload, ProgressCallback
+
+__all__ = ["AsyncJobWatch", "AsyncSession", "new_secure_async_session"]
 
 _END = object()
 
@@ -84,6 +88,59 @@ def _is_write_race(exc: grpc.RpcError) -> bool:
     except Exception:
         return False
     return code is grpc.StatusCode.INTERNAL and "Internal error from Core" in details
+
+
+async def areplies(call: Any) -> AsyncIterator[Any]:
+    """The messages of a server stream; when the task is cancelled (Ctrl-C under
+    ``asyncio.run``) the call is cancelled and a fresh ``CancelledError`` raised, so no
+    gRPC frames end up in the traceback the user sees."""
+    stream = call.__aiter__()
+    while True:
+        try:
+            reply = await stream.__anext__()
+        except StopAsyncIteration:
+            return
+        except asyncio.CancelledError:
+            call.cancel()
+            raise asyncio.CancelledError from None
+        yield reply
+
+
+class AsyncJobWatch(AsyncIterator[JobEvent]):
+    """The events of :meth:`AsyncSession.watch_job`, an async iterator (``async for``).
+
+    It ends after the event that shows the job finished; :meth:`aclose` (also on leaving
+    an ``async with`` block, or when it is dropped) cancels the server stream at once.
+    """
+
+    def __init__(self, events: AsyncIterator[JobEvent], call: Any) -> None:
+        self._events = events
+        self._close = weakref.finalize(self, call.cancel)
+        self._close.atexit = False  # the event loop may be gone by then
+
+    def __aiter__(self) -> AsyncJobWatch:
+        return self
+
+    async def __anext__(self) -> JobEvent:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop watching: cancel the server stream (idempotent)."""
+        self._close()
+        close = getattr(self._events, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> AsyncJobWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 class _AsyncMonitorStep(MonitorStep):
@@ -140,6 +197,8 @@ class AsyncSession:
             confirm_identity(target, info)
         except grpc.RpcError as exc:
             await channel.close()
+            if debug:
+                log_open_failure(target, exc)
             raise map_rpc_error(
                 exc, address=target.address, action=op.action, opening=True
             ) from exc
@@ -228,6 +287,8 @@ class AsyncSession:
 
         ``progress`` is called from a worker thread.
         """
+        from flare_admin._transfer import JobUpload
+
         self._check_open()
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
@@ -329,7 +390,7 @@ class AsyncSession:
         step = _AsyncMonitorStep(cb, cb_args, cb_kwargs)
         call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
         try:
-            async for reply in call:
+            async for reply in areplies(call):
                 code = await step.decide_async(self, jid, _ops.parse_meta(reply))
                 if code is not None:
                     return code
@@ -361,10 +422,56 @@ class AsyncSession:
             )
         return seen[-1]
 
+    def watch_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        metrics: bool = True,
+        validations: bool = True,
+    ) -> AsyncJobWatch:
+        """Follow a job as the server pushes it: ``async for event in s.watch_job(j)``.
+
+        The same events, end and errors as :meth:`flare_admin.Session.watch_job`.
+        """
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        limit = _ops.watch_timeout(timeout)
+        request = _ops.watch_request(jid, metrics, validations)
+        call = self._stub.WatchJobEvents(request, timeout=limit)
+        return AsyncJobWatch(self._job_events(call, jid, limit), call)
+
+    async def _job_events(
+        self, call: Any, jid: str, limit: float | None
+    ) -> AsyncIterator[JobEvent]:
+        step = _ops.WatchStep(jid)
+        try:
+            async for reply in areplies(call):
+                event = step.event(reply)
+                yield event
+                if step.finished:
+                    return
+        except grpc.RpcError as exc:
+            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise step.timed_out(limit) from None
+            raise self._map(exc, "watch_job", jid) from exc
+        finally:
+            call.cancel()
+        raise MonitorStep.stream_ended(self.address, jid)
+
     async def download_job_result(
-        self, job_id: str, destination: str | os.PathLike[str] | None = None
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
     ) -> str:
-        """Download a finished job's result into ``<destination>/<job_id>/``; return the path."""
+        """Download a finished job's result into ``<destination>/<job_id>/``; return the path.
+
+        ``progress(bytes_received, total)`` is called from the event loop as data arrives.
+        """
+        from flare_admin._transfer import RESULT_FILES_METADATA, ResultDownload, check_destination
+
         self._check_open()
         jid = _ops.job_id(job_id)
         folder = check_destination(destination, self._target.kit.transfer)
@@ -372,9 +479,11 @@ class AsyncSession:
         call = self._stub.DownloadJobResult(
             admin_pb2.JobRequest(job_id=jid), metadata=RESULT_FILES_METADATA
         )
+        report = _ops.Progress(progress)
         try:
-            async for chunk in call:
+            async for chunk in areplies(call):
                 sink.feed(chunk)  # files written as they arrive (_transfer, result_format)
+                report(sink.received, sink.total)
         except grpc.RpcError as exc:
             sink.discard()
             raise self._map(exc, "download_job_result", jid) from exc
@@ -384,7 +493,7 @@ class AsyncSession:
             raise
         return await asyncio.to_thread(sink.finish)
 
-    async def get_job_logs(self, job_id: str, target: str = "server") -> str:
+    async def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
         """The job's log on ``target``."""
         return await self._unary(_ops.get_job_logs(job_id, target))
 
@@ -411,9 +520,7 @@ class AsyncSession:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
         first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)
-        return await self._pages(
-            lambda offset: _ops.job_metrics(job_id, site, key, offset), first
-        )
+        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
 
     async def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0
@@ -423,7 +530,7 @@ class AsyncSession:
         _ops.job_validations(job_id, site)
         return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
 
-    async def get_job_summary(self, job_id: str) -> dict[str, Any]:
+    async def get_job_summary(self, job_id: str) -> JobRunSummary:
         """The server's summary of a finished job's run (see ``Session.get_job_summary``)."""
         return await self._unary(_ops.job_summary(job_id))
 
@@ -433,8 +540,11 @@ class AsyncSession:
         destination: str | os.PathLike[str] | None = None,
         *,
         round: int | None = None,  # noqa: A002
+        progress: ProgressCallback | None = None,
     ) -> str:
         """Download a job's final (or a round's) global model; its path (see ``Session``)."""
+        from flare_admin._transfer import ModelDownload, model_target
+
         self._check_open()
         jid = _ops.job_id(job_id)
         rnd = _ops.model_round(round)
@@ -443,9 +553,10 @@ class AsyncSession:
         request = model_request(jid, rnd)
         sink = ModelDownload(target, model_what(jid, rnd))
         call = self._stub.DownloadModel(request)  # type: ignore[attr-defined]
+        report = _ops.Progress(progress)
         try:
             first = True
-            async for chunk in call:
+            async for chunk in areplies(call):
                 if first:
                     if chunk.WhichOneof("item") != "header":
                         raise not_a_header(jid)
@@ -453,6 +564,7 @@ class AsyncSession:
                     first = False
                 else:
                     await asyncio.to_thread(sink.write, chunk.data)
+                report(sink.received, sink.expected_size)
             if first:
                 raise not_a_header(jid)
         except grpc.RpcError as exc:
@@ -476,19 +588,19 @@ class AsyncSession:
 
     async def get_client_job_status(
         self, client_names: Iterable[str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClientJobStatus]:
         """Which jobs each site is running."""
         return await self._unary(_ops.get_client_job_status(client_names))
 
     async def show_stats(
         self, job_id: str, target_type: str, targets: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> TargetStats:
         """A job's statistics."""
         return await self._unary(_ops.show_stats(job_id, target_type, targets))
 
     async def show_errors(
         self, job_id: str, target_type: str, targets: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> TargetErrors:
         """A job's recorded errors."""
         return await self._unary(_ops.show_errors(job_id, target_type, targets))
 
@@ -500,17 +612,17 @@ class AsyncSession:
 
     async def shutdown(
         self, target_type: str, client_names: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> SystemCommandResult:
         """Stop the server, sites or all."""
         return await self._unary(_ops.system_command("shutdown", target_type, client_names))
 
     async def restart(
         self, target_type: str, client_names: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> SystemCommandResult:
         """Restart the server, sites or all."""
         return await self._unary(_ops.system_command("restart", target_type, client_names))
 
-    async def shutdown_system(self) -> dict[str, Any]:
+    async def shutdown_system(self) -> SystemCommandResult:
         """Stop every site and then the server."""
         return await self._unary(_ops.system_command("shutdown_system", None, None))
 
@@ -529,33 +641,33 @@ class AsyncSession:
 
     # -- files on a target -------------------------------------------------------------------
 
-    async def get_working_directory(self, target: str) -> str:
+    async def get_working_directory(self, target: str) -> FileText:
         return await self._unary(_ops.get_working_directory(target))
 
     async def ls_target(
         self, target: str, options: str | None = None, path: str | None = None
-    ) -> str:
+    ) -> DirListing:
         return await self._unary(_ops.ls_target(target, options=options, path=path))
 
     async def cat_target(
         self, target: str, options: str | None = None, file: str | None = None
-    ) -> str:
+    ) -> FileText:
         return await self._unary(_ops.cat_target(target, options=options, file=file))
 
     async def head_target(
         self, target: str, options: str | None = None, file: str | None = None
-    ) -> str:
+    ) -> FileText:
         return await self._unary(_ops.head_target(target, options=options, file=file))
 
-    async def head_target_log(self, target: str, options: str | None = None) -> str:
+    async def head_target_log(self, target: str, options: str | None = None) -> FileText:
         return await self._unary(_ops.head_target_log(target, options=options))
 
     async def tail_target(
         self, target: str, options: str | None = None, file: str | None = None
-    ) -> str:
+    ) -> FileText:
         return await self._unary(_ops.tail_target(target, options=options, file=file))
 
-    async def tail_target_log(self, target: str, options: str | None = None) -> str:
+    async def tail_target_log(self, target: str, options: str | None = None) -> FileText:
         return await self._unary(_ops.tail_target_log(target, options=options))
 
     async def grep_target(
@@ -564,7 +676,7 @@ class AsyncSession:
         options: str | None = None,
         pattern: str | None = None,
         file: str | None = None,
-    ) -> str:
+    ) -> FileText:
         op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
         return await self._unary(op)
 

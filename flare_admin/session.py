@@ -9,43 +9,48 @@ from __future__ import annotations
 
 import atexit
 import enum
+import logging
 import os
 import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from flare_admin import _ops
-from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
-from flare_admin._transfer import (
-    RESULT_FILES_METADATA,
-    JobUpload,
-    ModelDownload,
-    ProgressCallback,
-    ResultDownload,
-    check_destination,
-    model_target,
-)
 from flare_admin.results import (
+    ClientJobStatus,
+    DirListing,
+    FileText,
+    JobEvent,
     JobMeta,
+    JobRunSummary,
     JobSummary,
     MetricRow,
     MonitorReturnCode,
     SessionInfo,
     SiteInfo,
+    SystemCommandResult,
     SystemInfo,
+    TargetErrors,
+    TargetStats,
     ValidationRow,
 )
 from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 
-__all__ = ["Session", "SessionState", "new_secure_session"]
+if TYPE_CHECKING:  # imported by the functions that need them: `import flare_admin` stays cheap
+    from flare_admin._connect import Target
+    from flare_admin._transfer import JobUpload, ProgressCallback
+
+__all__ = ["JobWatch", "Session", "SessionState", "new_secure_session"]
 
 MonitorCallback = Callable[..., bool]
+logger = logging.getLogger("flare_admin")
 
 
 class SessionState(enum.Enum):
@@ -91,6 +96,59 @@ class MonitorStep:
             address=address,
             job_id=job_id,
         )
+
+
+def replies(call: Any) -> Iterator[Any]:
+    """The messages of a server stream; Ctrl-C cancels the call and raises a plain
+    ``KeyboardInterrupt`` (no gRPC frames or chained exception on the user's terminal)."""
+    stream = iter(call)
+    while True:
+        try:
+            reply = next(stream)
+        except StopIteration:
+            return
+        except KeyboardInterrupt:
+            call.cancel()
+            raise KeyboardInterrupt from None
+        yield reply
+
+
+class JobWatch(Iterator[JobEvent]):
+    """The events of :meth:`Session.watch_job`, an iterator.
+
+    It ends after the event that shows the job finished. :meth:`close` (also on leaving a
+    ``with`` block, or when the iterator is dropped, e.g. after ``break``) cancels the
+    server stream at once.
+    """
+
+    def __init__(self, events: Iterator[JobEvent], call: Any) -> None:
+        self._events = events
+        self._close = weakref.finalize(self, call.cancel)
+        self._close.atexit = False  # at exit the session's channel is closed anyway
+
+    def __iter__(self) -> JobWatch:
+        return self
+
+    def __next__(self) -> JobEvent:
+        return next(self._events)
+
+    def close(self) -> None:
+        """Stop watching: cancel the server stream (idempotent)."""
+        self._close()
+        close = getattr(self._events, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> JobWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def submit_header(
@@ -214,6 +272,8 @@ class Session:
                 if parts:
                     return op.merge([self._unary(part) for part in parts])
             raise self._map(exc, op.action, op.job_id) from exc
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None  # no gRPC frames on the user's terminal
         finally:
             if self._debug:
                 logger.debug("%s took %.2f ms", op.action, (time.perf_counter() - start) * 1e3)
@@ -240,6 +300,8 @@ class Session:
                 per the server), naming the path, entry or field.
             AuthorizationError: our role may not submit jobs.
         """
+        from flare_admin._transfer import JobUpload
+
         self._check_open()
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
@@ -270,6 +332,8 @@ class Session:
         except BaseException as exc:
             if not isinstance(exc, (grpc.RpcError, grpc.FutureCancelledError)):
                 future.cancel()  # e.g. KeyboardInterrupt: stop the upload too
+                if isinstance(exc, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None
                 raise
             if failure:
                 raise failure[0] from None
@@ -335,7 +399,7 @@ class Session:
         step = MonitorStep(cb, cb_args, cb_kwargs)
         call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
         try:
-            for reply in call:
+            for reply in replies(call):
                 code = step.decide(self, jid, _ops.parse_meta(reply))
                 if code is not None:
                     return code
@@ -371,8 +435,60 @@ class Session:
             )
         return step_meta[-1]
 
+    def watch_job(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        metrics: bool = True,
+        validations: bool = True,
+    ) -> JobWatch:
+        """Follow a job as the server pushes it: an iterator of :data:`JobEvent`.
+
+        Events are :class:`MetaChanged` (the current meta first, then every change),
+        :class:`MetricsArrived` and :class:`ValidationsArrived` (rows as the sites stream
+        them; the same rows, in the same order, as :meth:`get_job_metrics` and
+        :meth:`get_validations`). The iterator ends after the ``MetaChanged`` whose
+        ``meta.finished`` is True, every row written by then having come before it (rows a
+        site sends after an admin's abort, while the job winds down, are only in the
+        readers). ``metrics``/``validations``: False leaves those rows out. Breaking out,
+        ``close()`` or Ctrl-C cancels the server stream.
+
+        Raises (when iterated):
+            AuthorizationError: our role may not read the job's rows (at the start; watch
+                with ``metrics=False, validations=False`` to follow only its status).
+            JobTimeout: ``timeout`` seconds passed before the job finished.
+            NoConnection: the server ended the stream early (e.g. it is stopping).
+        """
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        limit = _ops.watch_timeout(timeout)
+        request = _ops.watch_request(jid, metrics, validations)
+        call = self._stub.WatchJobEvents(request, timeout=limit)
+        return JobWatch(self._job_events(call, jid, limit), call)
+
+    def _job_events(self, call: Any, jid: str, limit: float | None) -> Iterator[JobEvent]:
+        step = _ops.WatchStep(jid)
+        try:
+            for reply in replies(call):
+                event = step.event(reply)
+                yield event
+                if step.finished:
+                    return
+        except grpc.RpcError as exc:
+            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise step.timed_out(limit) from None
+            raise self._map(exc, "watch_job", jid) from exc
+        finally:
+            call.cancel()
+        raise MonitorStep.stream_ended(self.address, jid)
+
     def download_job_result(
-        self, job_id: str, destination: str | os.PathLike[str] | None = None
+        self,
+        job_id: str,
+        destination: str | os.PathLike[str] | None = None,
+        *,
+        progress: ProgressCallback | None = None,
     ) -> str:
         """Download a finished job's result into ``<destination>/<job_id>/``; return that path.
 
@@ -380,10 +496,15 @@ class Session:
         disk (bounded memory), is checked (size, SHA-256, every archive entry) and only
         then extracted, replacing an earlier download of the same job.
 
+        ``progress(bytes_received, total)`` is called from this loop as data arrives
+        (``total`` is -1 when the server does not announce it).
+
         Raises:
             JobNotDone: the job has not finished.
             InvalidArgumentError: ``destination`` is not an existing folder.
         """
+        from flare_admin._transfer import RESULT_FILES_METADATA, ResultDownload, check_destination
+
         self._check_open()
         jid = _ops.job_id(job_id)
         folder = check_destination(destination, self._target.kit.transfer)
@@ -391,9 +512,11 @@ class Session:
         call = self._stub.DownloadJobResult(
             admin_pb2.JobRequest(job_id=jid), metadata=RESULT_FILES_METADATA
         )
+        report = _ops.Progress(progress)
         try:
-            for chunk in call:
+            for chunk in replies(call):
                 sink.feed(chunk)  # files written as they arrive (_transfer, result_format)
+                report(sink.received, sink.total)
         except grpc.RpcError as exc:
             sink.discard()
             raise self._map(exc, "download_job_result", jid) from exc
@@ -403,8 +526,9 @@ class Session:
             raise
         return sink.finish()
 
-    def get_job_logs(self, job_id: str, target: str = "server") -> str:
-        """The lines of ``target``'s log (``"server"`` or a site name) that mention the job."""
+    def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
+        """The lines of ``target``'s log (``"server"`` or a site name) that mention the job
+        (a ``str``; see :class:`FileText`)."""
         return self._unary(_ops.get_job_logs(job_id, target))
 
     # -- results ------------------------------------------------------------------------------
@@ -447,9 +571,10 @@ class Session:
         _ops.job_validations(job_id, site)
         return self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
 
-    def get_job_summary(self, job_id: str) -> dict[str, Any]:
-        """The server's summary of a finished job's run: workflow, rounds completed, final
-        status, and per round the participating sites and their ``num_examples``."""
+    def get_job_summary(self, job_id: str) -> JobRunSummary:
+        """The server's summary of a finished job's run (:class:`JobRunSummary`): workflow,
+        rounds completed, final status, and per round the participating sites and their
+        ``num_examples``; as a mapping, every key of the server's ``summary.json``."""
         return self._unary(_ops.job_summary(job_id))
 
     def download_model(
@@ -458,18 +583,22 @@ class Session:
         destination: str | os.PathLike[str] | None = None,
         *,
         round: int | None = None,  # noqa: A002 - the natural name, as Scaleout's
+        progress: ProgressCallback | None = None,
     ) -> str:
         """Download a job's final global model (or round ``round``'s) as ``.npz``; its path.
 
         ``destination``: a folder (default: the kit's ``transfer/``), where the file is
         named ``<job_id>.global_model.npz`` / ``<job_id>.round_003.npz``, or a path
         ending in ``.npz``. Load it with ``flare_protocol.models.load_params`` (or
-        ``numpy.load(path, allow_pickle=False)``).
+        ``numpy.load(path, allow_pickle=False)``). ``progress(bytes_received, total)`` is
+        called from the receiving loop.
 
         Raises:
             JobNotDone: the job has no final model yet (not finished, or it failed).
             InvalidArgumentError: no such round, or ``destination`` is unusable.
         """
+        from flare_admin._transfer import ModelDownload, model_target
+
         self._check_open()
         jid = _ops.job_id(job_id)
         rnd = _ops.model_round(round)
@@ -478,9 +607,10 @@ class Session:
         request = model_request(jid, rnd)
         sink = ModelDownload(target, model_what(jid, rnd))
         call = self._stub.DownloadModel(request, timeout=None)  # type: ignore[attr-defined]
+        report = _ops.Progress(progress)
         try:
             first = True
-            for chunk in call:
+            for chunk in replies(call):
                 if first:
                     if chunk.WhichOneof("item") != "header":
                         raise not_a_header(jid)
@@ -488,6 +618,7 @@ class Session:
                     first = False
                 else:
                     sink.write(chunk.data)
+                report(sink.received, sink.expected_size)
             if first:
                 raise not_a_header(jid)
         except grpc.RpcError as exc:
@@ -511,20 +642,20 @@ class Session:
 
     def get_client_job_status(
         self, client_names: Iterable[str] | None = None
-    ) -> list[dict[str, Any]]:
+    ) -> list[ClientJobStatus]:
         """Which jobs each site (or the named ones) is running."""
         return self._unary(_ops.get_client_job_status(client_names))
 
     def show_stats(
         self, job_id: str, target_type: str, targets: Iterable[str] | None = None
-    ) -> dict[str, Any]:
-        """A running job's statistics on the server and/or sites."""
+    ) -> TargetStats:
+        """A running job's statistics on the server and/or sites (target -> stats)."""
         return self._unary(_ops.show_stats(job_id, target_type, targets))
 
     def show_errors(
         self, job_id: str, target_type: str, targets: Iterable[str] | None = None
-    ) -> dict[str, Any]:
-        """Errors a job reported on the server and/or sites."""
+    ) -> TargetErrors:
+        """Errors a job reported on the server and/or sites (target -> errors)."""
         return self._unary(_ops.show_errors(job_id, target_type, targets))
 
     def reset_errors(
@@ -535,17 +666,17 @@ class Session:
 
     def shutdown(
         self, target_type: str, client_names: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> SystemCommandResult:
         """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``."""
         return self._unary(_ops.system_command("shutdown", target_type, client_names))
 
     def restart(
         self, target_type: str, client_names: Iterable[str] | None = None
-    ) -> dict[str, Any]:
+    ) -> SystemCommandResult:
         """Restart the server, sites or all."""
         return self._unary(_ops.system_command("restart", target_type, client_names))
 
-    def shutdown_system(self) -> dict[str, Any]:
+    def shutdown_system(self) -> SystemCommandResult:
         """Stop every site and then the server."""
         return self._unary(_ops.system_command("shutdown_system", None, None))
 
@@ -564,31 +695,41 @@ class Session:
 
     # -- files on a target -------------------------------------------------------------------
 
-    def get_working_directory(self, target: str) -> str:
+    def get_working_directory(self, target: str) -> FileText:
         """The working directory of ``target`` (``"server"`` or a site name)."""
         return self._unary(_ops.get_working_directory(target))
 
-    def ls_target(self, target: str, options: str | None = None, path: str | None = None) -> str:
-        """``ls`` in the target's workspace."""
+    def ls_target(
+        self, target: str, options: str | None = None, path: str | None = None
+    ) -> DirListing:
+        """``ls`` in the target's workspace: its text (a ``str``) with ``.entries``
+        (:class:`DirEntry`) and ``.truncated``."""
         return self._unary(_ops.ls_target(target, options=options, path=path))
 
-    def cat_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
-        """``cat`` a file in the target's workspace."""
+    def cat_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> FileText:
+        """``cat`` a file in the target's workspace: its text (a ``str``; ``.truncated`` is
+        True when the server capped it at 1 MiB)."""
         return self._unary(_ops.cat_target(target, options=options, file=file))
 
-    def head_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
+    def head_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> FileText:
         """The first lines of a file in the target's workspace."""
         return self._unary(_ops.head_target(target, options=options, file=file))
 
-    def head_target_log(self, target: str, options: str | None = None) -> str:
+    def head_target_log(self, target: str, options: str | None = None) -> FileText:
         """The first lines of the target's log."""
         return self._unary(_ops.head_target_log(target, options=options))
 
-    def tail_target(self, target: str, options: str | None = None, file: str | None = None) -> str:
+    def tail_target(
+        self, target: str, options: str | None = None, file: str | None = None
+    ) -> FileText:
         """The last lines of a file in the target's workspace."""
         return self._unary(_ops.tail_target(target, options=options, file=file))
 
-    def tail_target_log(self, target: str, options: str | None = None) -> str:
+    def tail_target_log(self, target: str, options: str | None = None) -> FileText:
         """The last lines of the target's log."""
         return self._unary(_ops.tail_target_log(target, options=options))
 
@@ -598,8 +739,8 @@ class Session:
         options: str | None = None,
         pattern: str | None = None,
         file: str | None = None,
-    ) -> str:
-        """Lines matching ``pattern`` in a file of the target's workspace."""
+    ) -> FileText:
+        """Lines matching ``pattern`` in a file of the target's workspace (numbered)."""
         op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
         return self._unary(op)
 
@@ -627,6 +768,8 @@ def new_secure_session(
         NoConnection: the server is unreachable within ``timeout`` (naming the address).
         AuthenticationError: the server refused our certificate.
     """
+    from flare_admin._connect import confirm_identity, log_open_failure, prepare
+
     target = prepare(username, startup_kit_location, timeout, server_address, debug)
     channel = grpc.secure_channel(target.address, target.credentials, target.options)
     op = _ops.hello()
@@ -636,7 +779,12 @@ def new_secure_session(
         confirm_identity(target, info)
     except grpc.RpcError as exc:
         channel.close()
+        if debug:
+            log_open_failure(target, exc)
         raise map_rpc_error(exc, address=target.address, action=op.action, opening=True) from exc
+    except KeyboardInterrupt:
+        channel.close()
+        raise KeyboardInterrupt from None
     except BaseException:
         channel.close()
         raise

@@ -14,7 +14,12 @@ still complete the handshake; our own code then refuses any certificate that lac
 
 :func:`identity_from_certificate` is the one place that turns a verified peer
 certificate into an :class:`Identity`. It re-checks what the TLS handshake does not:
-CA:FALSE, the extended key usage and the participant type for the endpoint called.
+CA:FALSE, the extended key usage and the participant type for the endpoint called. It is
+total: a certificate it cannot parse (a duplicated or malformed extension, an odd name)
+is an :class:`IdentityRejected` naming the problem, never another exception.
+:func:`check_issued_by_root` refuses a leaf that the project root did not sign itself:
+grpc's handshake accepts a chain through an intermediate CA that the root's path length
+(0) forbids, and the server sees only the leaf.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flare_protocol.errors import IdentityRejected
@@ -93,9 +99,7 @@ def identity_extensions(
     participant_type: ParticipantType, role: Role | None = None
 ) -> list[x509.UnrecognizedExtension]:
     """The extensions that bind type (and an admin's role) into a certificate."""
-    exts = [
-        x509.UnrecognizedExtension(OID_PARTICIPANT_TYPE, _der_utf8(participant_type.value))
-    ]
+    exts = [x509.UnrecognizedExtension(OID_PARTICIPANT_TYPE, _der_utf8(participant_type.value))]
     if participant_type is ParticipantType.ADMIN:
         if role is None:
             raise ValueError("an admin certificate needs a role")
@@ -127,6 +131,63 @@ def _custom_ext(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> str | Non
         raise IdentityRejected(f"malformed flare identity extension: {exc}") from exc
 
 
+def check_issued_by_root(cert: x509.Certificate, root: x509.Certificate) -> None:
+    """Refuse ``cert`` unless the project ``root`` issued it directly.
+
+    The issuer must be the root's subject, the authority key identifier (when present)
+    the root's subject key identifier, and the signature must verify with the root's key.
+    Raises:
+        IdentityRejected: naming the issuer found.
+    """
+    try:
+        issuer = cert.issuer.rfc4514_string()
+        expected = root.subject.rfc4514_string()
+        if cert.issuer != root.subject:
+            raise IdentityRejected(
+                f"certificate was not issued directly by the project root CA ({expected}) "
+                f"but by {issuer}: intermediate CAs are not accepted"
+            )
+        authority = _key_id(cert, x509.AuthorityKeyIdentifier)
+        root_key = _key_id(root, x509.SubjectKeyIdentifier)
+        if authority is not None and root_key is not None and authority != root_key:
+            raise IdentityRejected(
+                f"certificate names {issuer} as its issuer but not the project root CA's key "
+                "(authority key identifier): it was not issued directly by the project root CA"
+            )
+        cert.verify_directly_issued_by(root)
+    except IdentityRejected:
+        raise
+    except InvalidSignature:
+        raise IdentityRejected(
+            f"certificate names the project root CA ({expected}) as its issuer but its "
+            "signature does not verify with the root's key"
+        ) from None
+    except Exception as exc:  # a duplicated or malformed extension, an unsupported key ...
+        raise _malformed(exc) from None
+
+
+def _key_id(
+    cert: x509.Certificate,
+    kind: type[x509.AuthorityKeyIdentifier] | type[x509.SubjectKeyIdentifier],
+) -> bytes | None:
+    """The certificate's authority or subject key identifier, None when it has none."""
+    try:
+        value = cert.extensions.get_extension_for_class(kind).value
+    except x509.ExtensionNotFound:
+        return None
+    if isinstance(value, x509.AuthorityKeyIdentifier):
+        return value.key_identifier
+    return value.digest
+
+
+def _malformed(exc: Exception) -> IdentityRejected:
+    if isinstance(exc, x509.DuplicateExtension):
+        return IdentityRejected(
+            f"malformed certificate: duplicate extension {exc.oid.dotted_string}"
+        )
+    return IdentityRejected(f"malformed certificate: {type(exc).__name__}: {exc}")
+
+
 def identity_from_certificate(
     cert: x509.Certificate, expected_type: ParticipantType | None = None
 ) -> Identity:
@@ -134,8 +195,18 @@ def identity_from_certificate(
 
     Raises:
         IdentityRejected: the certificate is a CA, lacks the extended key usage its type
-            needs, carries no flare identity, or is not of ``expected_type``.
+            needs, carries no flare identity, is not of ``expected_type``, or cannot be
+            parsed (a duplicated or malformed extension, ...): never another exception.
     """
+    try:
+        return _identity(cert, expected_type)
+    except IdentityRejected:
+        raise
+    except Exception as exc:  # a duplicated or malformed extension, an odd name ...
+        raise _malformed(exc) from None
+
+
+def _identity(cert: x509.Certificate, expected_type: ParticipantType | None) -> Identity:
     try:
         bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
     except x509.ExtensionNotFound:

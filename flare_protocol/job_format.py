@@ -11,8 +11,11 @@ and field, checks that every app of ``deploy_map`` has a folder, and then hands 
 :func:`validate_job_folder` feeds it from a folder on disk; the server's archive checker
 feeds it from a zip after checking every entry with :func:`path_problem`.
 
-Server-owned keys (:data:`SERVER_OWNED_KEYS`) found in an uploaded meta.json are ignored
-by the server and replaced with its own values; every other unknown key is kept.
+meta.json is strict: its keys are NVIDIA FLARE's job keys (:data:`META_KEYS`). A key the
+server writes into a job's meta (:data:`SERVER_OWNED_KEYS`: ``job_id``, ``status``,
+``errors``, ``deployed_sites``, ``initial_model_job_id`` ...) is refused, naming the key,
+so no job can pre-set what the server reports or reads; any other unknown key is refused
+naming the closest known key, so a typo never falls back to a default silently.
 """
 
 from __future__ import annotations
@@ -30,11 +33,13 @@ from typing import Any
 
 from flare_protocol import app_config
 from flare_protocol.errors import InvalidJobDefinition
+from flare_protocol.known_keys import unknown_keys
 
 __all__ = [
     "APP_NAME_RE",
     "JOB_NAME_RE",
     "META_FILE",
+    "META_KEYS",
     "META_MAX_BYTES",
     "SERVER_OWNED_KEYS",
     "SITE_NAME_RE",
@@ -54,24 +59,50 @@ APP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 SITE_NAME_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 ALL_SITES = "@ALL"
 SERVER_TARGET = "server"
-#: Keys the server writes itself; values for them in an uploaded meta.json are dropped.
+#: The keys a meta.json may hold: NVIDIA FLARE's job keys. ``custom_props``, ``scope``,
+#: ``launcher_spec`` and ``job_folder_name`` are kept in the job's meta but change nothing here.
+META_KEYS = frozenset(
+    {
+        "name",
+        "deploy_map",
+        "min_clients",
+        "mandatory_clients",
+        "resource_spec",
+        "custom_props",
+        "scope",
+        "launcher_spec",
+        "job_folder_name",
+    }
+)
+#: Every key the server writes into a job's meta. A meta.json holding one is refused; the
+#: job store writes no other key (:meth:`flare_server.jobs.JobStore.update` refuses them).
 SERVER_OWNED_KEYS = frozenset(
     {
+        # written once, at submission
         "job_id",
-        "status",
-        "status_history",
-        "schedule_history",
         "submitter_name",
         "submitter_org",
         "submitter_role",
         "submit_time",
         "submit_time_iso",
-        "start_time",
-        "end_time",
-        "duration",
         "cloned_from",
         "archive_size",
         "archive_sha256",
+        # set from an authorized submit_job/clone_job argument, checked again when read
+        "initial_model_job_id",
+        # the lifecycle
+        "status",
+        "status_history",
+        "start_time",
+        "end_time",
+        "duration",
+        # the scheduler and the job runner
+        "schedule_history",
+        "schedule_reason",
+        "deployed_sites",
+        "current_round",
+        "rounds_completed",
+        "errors",
     }
 )
 _MAX_PATH_CHARS = 1024
@@ -171,13 +202,39 @@ def _schema_error_line(error: Any, source: str) -> str:
     return f"{source}: field {_field_name(path)!r} must be {expect}, got {_show(error.instance)}"
 
 
+def _check_keys(data: dict[str, Any], source: str) -> None:
+    owned = [key for key in data if key in SERVER_OWNED_KEYS]
+    if owned:
+        raise InvalidJobDefinition(
+            f"{source}: key {owned[0]!r} is set by the server, not by a job; remove it"
+            + (
+                " (to start from another job's model, pass initial_model_job_id to "
+                "submit_job or clone_job)"
+                if owned[0] == "initial_model_job_id"
+                else ""
+            ),
+            path=source,
+            key=owned[0],
+        )
+    unknown = unknown_keys(data, META_KEYS)
+    if unknown:
+        raise InvalidJobDefinition(
+            f"{source}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(META_KEYS))}",
+            path=source,
+        )
+
+
 def validate_meta(data: object, *, source: str = META_FILE) -> dict[str, Any]:
     """Check a parsed meta.json against the schema; return a copy with defaults applied.
 
     Defaults: ``min_clients`` 1, ``resource_spec`` {}, ``mandatory_clients`` [].
     Raises:
-        InvalidJobDefinition: one line naming ``source`` and the field at fault.
+        InvalidJobDefinition: one line naming ``source`` and the field at fault (a key
+            the server owns, an unknown key with the closest known one, a bad value).
     """
+    if isinstance(data, dict):
+        _check_keys(data, source)
     validator = _validator()
     errors = list(validator.iter_errors(data))
     if errors:

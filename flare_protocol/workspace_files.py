@@ -4,21 +4,22 @@ The server answers them for its own workspace and each site for its own (the ser
 forwards an admin's command only after checking the admin's right); both run this code, so
 the confinement rules and the result shapes are the same everywhere:
 
-=============  =====================================  ===================================
+=============  =====================================  =========================================
 command        args                                   result
-=============  =====================================  ===================================
-ls             ``path="."``, ``long=false``           ``{"entries": [...], "text"}``
+=============  =====================================  =========================================
+ls             ``path="."``, ``long=false``           ``{"entries": [...], "text", "truncated"}``
 cat            ``path``                               ``{"text", "truncated"}``
 head / tail    ``path``, ``lines=10``                 ``{"text", "truncated"}``
 grep           ``path``, ``pattern`` (1..256 chars),  ``{"text", "truncated"}``
                ``ignore_case``, ``regex``
 pwd                                                   ``{"text": workspace}``
-=============  =====================================  ===================================
+=============  =====================================  =========================================
 
 Paths are relative to the workspace: never absolute, never ``..``, no backslash or
 control character, resolved (symlinks included) and checked to stay inside; files named
-``*.key`` are never shown. Text is capped at :data:`MAX_TEXT_BYTES` and :data:`MAX_LINES`
-(``truncated`` says so). Bad arguments raise :class:`~flare_protocol.errors.InvalidArgumentError`.
+``*.key`` are never shown. Text is capped at :data:`MAX_TEXT_BYTES` and :data:`MAX_LINES`,
+a listing at :data:`MAX_LINES` entries (``truncated`` says so). Bad arguments raise
+:class:`~flare_protocol.errors.InvalidArgumentError`.
 """
 
 from __future__ import annotations
@@ -209,4 +210,4 @@ def _ls(path: Path, long: bool) -> dict[str, Any]:
         )
     else:
         text = "".join(f"{e['name']}{'/' if e['type'] == 'dir' else ''}\n" for e in entries)
-    return {"entries": entries, "text": text}
+    return {"entries": entries, "text": text, "truncated": len(children) > MAX_LINES}

@@ -19,10 +19,12 @@ from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.hashing import sha256_file
+from flare_protocol.job_status import is_finished
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call, streaming, unary
 from flare_server.jobs import JobMeta, JobStatus, Submitter
 from flare_server.result_stream import files_stream, zip_stream
+from flare_server.results import METRICS, VALIDATIONS, JsonlTail
 
 if TYPE_CHECKING:
     from flare_server.app import Server
@@ -32,6 +34,7 @@ log = logging.getLogger("flare_server.admin")
 _ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
 _WATCH_END = object()
 _REVOKED = object()
+_ROWS = object()  # WatchJobEvents: rows were appended to the job's metrics or validations
 
 
 @functools.cache  # reading package metadata costs ~0.3 ms: once per process, not per Hello
@@ -50,10 +53,6 @@ def _meta_json(meta: dict[str, Any]) -> str:
 
 def _job_reply(meta: dict[str, Any]) -> admin_pb2.JobReply:
     return admin_pb2.JobReply(job_id=str(meta["job_id"]), meta_json=_meta_json(meta))
-
-
-def _is_finished(status: str) -> bool:
-    return status.startswith("FINISHED")
 
 
 def job_resource(meta: Mapping[str, Any]) -> Resource:
@@ -148,11 +147,23 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         source = await self._job(call, request.job_id)
         self._require(call, Right.CLONE_JOB, source, "clone")
         extra: dict[str, Any] = {}
-        if request.initial_model_job_id:
-            call.args["initial_model_job_id"] = request.initial_model_job_id
-            await self.server.check_model_source(call, request.initial_model_job_id)
-            extra["initial_model_job_id"] = request.initial_model_job_id
+        # A clone starts from the same model as its source unless told otherwise; either
+        # way the cloner must be allowed to read that model.
+        model_job = request.initial_model_job_id or source.get("initial_model_job_id")
+        if model_job:
+            call.args["initial_model_job_id"] = str(model_job)
             call.job_id = request.job_id
+            try:
+                await self.server.check_model_source(call, str(model_job))
+            except errors.APIError as exc:
+                if request.initial_model_job_id:
+                    raise
+                raise type(exc)(
+                    f"job {source['job_id']} starts from the model of job {model_job} "
+                    f"(initial_model_job_id), so its clone would too: {exc.message}",
+                    **exc.details,
+                ) from exc
+            extra["initial_model_job_id"] = str(model_job)
         meta = await asyncio.to_thread(
             self.server.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
         )
@@ -229,7 +240,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             last = _meta_json(meta)
             yield admin_pb2.JobReply(job_id=job_id, meta_json=last)
             status = str(meta.get("status", ""))
-            while not _is_finished(status):
+            while not is_finished(status):
                 batch = [await queue.get()]
                 while not queue.empty():
                     batch.append(queue.get_nowait())
@@ -248,12 +259,132 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                         last = text
                         yield admin_pb2.JobReply(job_id=job_id, meta_json=text)
                     status = str(current.get("status", ""))
-                    if _is_finished(status):
+                    if is_finished(status):
                         break
         finally:
             unsubscribe()
             untrack()
             self.server.watchers.discard(queue)
+
+    @streaming("watch_job")
+    async def WatchJobEvents(
+        self, call: Call, request: admin_pb2.WatchRequest, context: Any
+    ) -> AsyncIterator[admin_pb2.JobEvent]:
+        """Meta changes and, as they are written, metric and validation rows.
+
+        Rows are read from the result files (a :class:`JsonlTail` per file), woken by the
+        runner's row hook (:class:`~flare_server.results.RowSignals`), not by polling.
+        Once the job finished, the rows on disk by then are sent, then its final meta,
+        and the stream ends.
+        """
+        job_id = request.job_id
+        call.job_id = job_id or None
+        call.args = {
+            k: v
+            for k, v in (
+                ("metrics", request.want_metrics),
+                ("validations", request.want_validations),
+                ("metrics_offset", request.metrics_offset),
+                ("validations_offset", request.validations_offset),
+            )
+            if v
+        }
+        if request.metrics_offset < 0 or request.validations_offset < 0:
+            raise errors.InvalidArgumentError("row offsets must be >= 0", job_id=job_id)
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        rows_pending = [False]
+
+        def wake(item: Any) -> None:  # runs on whichever thread wrote
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop closed under us: the stream is gone
+                pass
+
+        def on_change(meta: Any) -> None:
+            if getattr(meta, "job_id", None) == job_id:
+                wake(meta)
+
+        def on_rows(_kind: str) -> None:
+            if not rows_pending[0]:  # one wake-up per burst of rows
+                rows_pending[0] = True
+                wake(_ROWS)
+
+        unsubscribe = self.server.store.subscribe(on_change)
+        want_rows = request.want_metrics or request.want_validations
+        unrows = self.server.result_rows.subscribe(job_id, on_rows) if want_rows else _nothing
+        self.server.watchers.add(queue)
+        untrack = self.streams.add(call.identity.serial, lambda: queue.put_nowait(_REVOKED))
+        try:
+            meta = await self._job(call, job_id)
+            self._require(call, Right.VIEW, meta, "watch")
+            tails = await self._row_tails(call, meta, request)
+            last = _meta_json(meta)
+            status = str(meta.get("status", ""))
+            if not is_finished(status):
+                yield admin_pb2.JobEvent(meta_json=last)
+            while not is_finished(status):
+                batch = [await queue.get()]
+                while not queue.empty():
+                    batch.append(queue.get_nowait())
+                for item in _status_changes(batch):
+                    if item is _WATCH_END:
+                        return
+                    if item is _REVOKED:
+                        raise errors.AuthenticationError(
+                            f"the certificate of {call.identity.name} was revoked"
+                        )
+                    if item is _ROWS:
+                        rows_pending[0] = False  # before reading: later rows wake us again
+                        async for event in _row_events(tails):
+                            yield event
+                        continue
+                    if getattr(item, "deleted", False):
+                        raise errors.JobNotFound(f"job {job_id} was deleted", job_id=job_id)
+                    current = dict(item)
+                    text = _meta_json(current)
+                    status = str(current.get("status", ""))
+                    if is_finished(status):
+                        last = text
+                        break
+                    if text != last:
+                        last = text
+                        yield admin_pb2.JobEvent(meta_json=text)
+            # The runner completes the result files before it writes the final status, so
+            # every row is on disk now (rows sent after an admin's abort may still come:
+            # the readers have them).
+            async for event in _row_events(tails):
+                yield event
+            yield admin_pb2.JobEvent(meta_json=last)
+        finally:
+            unsubscribe()
+            unrows()
+            untrack()
+            self.server.watchers.discard(queue)
+
+    async def _row_tails(
+        self, call: Call, meta: Mapping[str, Any], request: admin_pb2.WatchRequest
+    ) -> list[tuple[str, JsonlTail]]:
+        """The result files a watch follows: (JobEvent field, cursor) per wanted kind."""
+        if not (request.want_metrics or request.want_validations):
+            return []
+        try:
+            self._require(call, Right.DOWNLOAD_JOB, meta, "read the metrics and validations of")
+        except errors.AuthorizationError as exc:
+            raise errors.AuthorizationError(
+                f"{exc.message}; watch it without metrics and validations to follow only "
+                "its status",
+                **exc.details,
+            ) from None
+        folder = Path(await asyncio.to_thread(self.server.store.result_dir, str(meta["job_id"])))
+        tails = []
+        if request.want_metrics:
+            tails.append(("metrics_json", JsonlTail(folder / METRICS, request.metrics_offset)))
+        if request.want_validations:
+            tails.append(
+                ("validations_json", JsonlTail(folder / VALIDATIONS, request.validations_offset))
+            )
+        return tails
 
     @unary("abort_job")
     async def AbortJob(
@@ -262,7 +393,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         meta = await self._job(call, request.job_id)
         self._require(call, Right.MANAGE_JOB, meta, "abort")
         status = str(meta.get("status"))
-        if _is_finished(status):
+        if is_finished(status):
             raise errors.JobNotRunning(
                 f"cannot abort job {request.job_id}: it already {status}",
                 job_id=request.job_id,
@@ -301,7 +432,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         meta = await self._job(call, request.job_id)
         self._require(call, Right.DOWNLOAD_JOB, meta, "download the result of")
         status = str(meta.get("status"))
-        if not _is_finished(status):
+        if not is_finished(status):
             raise errors.JobNotDone(
                 f"job {request.job_id} has no result yet: it is {status}; "
                 "wait for it to finish (wait_for_job or monitor_job)",
@@ -354,6 +485,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.CommandReply(result_json=json.dumps(result, default=str))
 
 
+def _nothing() -> None:
+    return None
+
+
+async def _row_events(tails: list[tuple[str, JsonlTail]]) -> AsyncIterator[admin_pb2.JobEvent]:
+    """Every row appended since the last read, in messages of at most ~2 MiB of JSON."""
+    for field, tail in tails:
+        while rows := await asyncio.to_thread(tail.read):
+            text = json.dumps(rows, separators=(",", ":"))
+            yield admin_pb2.JobEvent(**{field: text})
+
+
 def _status_changes(batch: list[Any]) -> list[Any]:
     """A burst of changes without the ones a later change of the same status supersedes.
 
@@ -387,7 +530,7 @@ def model_file(result_dir: Path, meta: Mapping[str, Any], round_number: int) -> 
     if round_number == 0:
         path = result_dir / FINAL_MODEL
         if not path.is_file():
-            why = "it has not finished" if not _is_finished(status) else "it ended without one"
+            why = "it has not finished" if not is_finished(status) else "it ended without one"
             raise errors.JobNotDone(
                 f"job {job_id} has no final global model: {why} (status {status})",
                 job_id=job_id,

@@ -34,12 +34,14 @@ from flare_protocol.identity import ParticipantType, identity_from_certificate
 from flare_protocol.kit import REVOKED, Kit, load_kit
 from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
 from flare_server.audit import AuditLog
-from flare_server.authz import Policy, Resource, Right
+from flare_server.authz import Policy
 from flare_server.calls import Call, StreamTracker
 from flare_server.commands import Commands
 from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobStore
+from flare_server.model_source import authorize_model_source
+from flare_server.results import RowSignals
 from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
@@ -136,10 +138,13 @@ class Server:
         self.workspace = (self.settings.workspace or kit.root / "workspace").resolve()
         self.policy = Policy.for_kit(kit.local)
         revoked = load_revoked(kit.startup / REVOKED)
-        self.admin_checker = IdentityChecker(ParticipantType.ADMIN, revoked)
-        self.site_checker = IdentityChecker(ParticipantType.SITE, revoked)
+        root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
+        self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
+        self.site_checker = IdentityChecker(ParticipantType.SITE, root, revoked)
         self.streams = StreamTracker()
         self.watchers: set[asyncio.Queue[Any]] = set()
+        #: Wakes WatchJobEvents streams when a job's runner appends metric/validation rows.
+        self.result_rows = RowSignals()
         self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
         self.registry = SiteRegistry(
             heartbeat_interval=self.settings.heartbeat_interval,
@@ -182,13 +187,14 @@ class Server:
             max_upload_bytes=s.max_upload_bytes,
             max_uncompressed_bytes=s.max_uncompressed_bytes,
             max_entries=s.max_entries,
+            max_ratio=s.max_compression_ratio,
         )
         self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
         if self.settings.extra:
             log.warning(
                 "%s: ignoring key(s) that are not server settings: %s",
                 self.kit.local / "settings.json",
-                ", ".join(sorted(self.settings.extra)),
+                ", ".join(self.settings.unknown_keys()),
             )
         recovery = getattr(self.store, "recovery", None)
         if recovery is not None:
@@ -390,32 +396,14 @@ class Server:
 
     async def check_model_source(self, call: Call, model_job: str) -> None:
         """``model_job``'s final model may seed a new job: the caller may download it, the
-        job completed and has one.
+        job completed and has one (:func:`~flare_server.model_source.authorize_model_source`).
 
         Raises:
             JobNotFound, AuthorizationError, JobNotDone (with the job's status).
         """
-        meta = dict(await asyncio.to_thread(self.store.get, model_job))
-        self.policy.require(
-            call.identity,
-            Right.DOWNLOAD_JOB,
-            Resource.job(
-                model_job, str(meta.get("submitter_name")), str(meta.get("submitter_org"))
-            ),
-            action="reuse the model of",
-            job_id=model_job,
+        await asyncio.to_thread(
+            authorize_model_source, self.store, self.policy, call.identity, model_job
         )
-        status = str(meta.get("status"))
-        folder = await asyncio.to_thread(self.store.result_dir, model_job)
-        has_model = await asyncio.to_thread((Path(folder) / "global_model.npz").is_file)
-        if status != "FINISHED:COMPLETED" or not has_model:
-            raise errors.JobNotDone(
-                f"job {model_job} cannot seed a new job: it is {status}"
-                + ("" if has_model else " and has no final global model")
-                + "; use a job that finished FINISHED:COMPLETED",
-                job_id=model_job,
-                status=status,
-            )
 
     def notify_sites_abort(self, meta: dict[str, Any], reason: str = "aborted by an admin") -> None:
         """Tell the job's run and its sites that it was aborted (best effort)."""

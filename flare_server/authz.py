@@ -39,10 +39,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 from flare_protocol.errors import AuthorizationError, KitError
-from flare_protocol.identity import Identity, Role
+from flare_protocol.identity import Role
 
 POLICY_FORMAT = 1
 
@@ -127,6 +127,42 @@ class Resource:
 NO_RESOURCE = Resource("none")
 
 
+class Subject(Protocol):
+    """Who acts: a caller's verified :class:`~flare_protocol.identity.Identity`, or a
+    job's recorded submitter (:class:`Principal`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def org(self) -> str: ...
+
+    @property
+    def role(self) -> Role | None: ...
+
+
+@dataclass(frozen=True)
+class Principal:
+    """A job's submitter as the server recorded it (from their certificate, at submission).
+
+    The server acts for the submitter after the call has ended (e.g. the job runner reading
+    another job's model) and checks the submitter's rights then, under the policy in force.
+    """
+
+    name: str
+    org: str
+    role: Role | None
+
+    @classmethod
+    def submitter_of(cls, meta: Mapping[str, Any]) -> Principal:
+        """The submitter recorded in a job's meta (an unknown role has no rights)."""
+        try:
+            role: Role | None = Role(str(meta.get("submitter_role")))
+        except ValueError:
+            role = None
+        return cls(str(meta.get("submitter_name")), str(meta.get("submitter_org")), role)
+
+
 class Policy:
     """A role x right table of scopes, and the one function that applies it."""
 
@@ -203,18 +239,18 @@ class Policy:
             raise fail(f"roles missing: {', '.join(missing_roles)}")
         return cls(MappingProxyType(table), source=source)
 
-    def scope(self, identity: Identity, right: Right) -> Scope:
+    def scope(self, identity: Subject, right: Right) -> Scope:
         if identity.role is None:
             return Scope.NONE
         return self.table[identity.role].get(right, Scope.NONE)
 
-    def allows(self, identity: Identity, right: Right, resource: Resource = NO_RESOURCE) -> bool:
+    def allows(self, identity: Subject, right: Right, resource: Resource = NO_RESOURCE) -> bool:
         """Whether ``identity`` holds ``right`` on ``resource``."""
         return self._decide(identity, right, resource) is None
 
     def require(
         self,
-        identity: Identity,
+        identity: Subject,
         right: Right,
         resource: Resource = NO_RESOURCE,
         *,
@@ -234,7 +270,7 @@ class Policy:
             user=identity.name,
         )
 
-    def _decide(self, identity: Identity, right: Right, resource: Resource) -> str | None:
+    def _decide(self, identity: Subject, right: Right, resource: Resource) -> str | None:
         scope = self.scope(identity, right)
         role = identity.role.value if identity.role else "no role"
         if scope is Scope.ANY:

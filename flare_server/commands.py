@@ -15,7 +15,8 @@ reset_errors            manage_job (job)  ``{job_id, target_type?, targets?}`` -
 get_client_job_status   view              ``{targets?}`` ->
                                           ``{"sites": [{name, running_jobs}]}``
 ls                      shell_commands    ``{target, path=".", long=false}`` ->
-                                          ``{"entries": [{name, type, size, mtime}], "text"}``
+                                          ``{"entries": [{name, type, size, mtime}], "text",
+                                          "truncated"}``
 cat                     shell_commands    ``{target, path}`` -> ``{"text", "truncated"}``
 head / tail             shell_commands    ``{target, path, lines=10}`` ->
                                           ``{"text", "truncated"}``

@@ -2,10 +2,14 @@
 
 Theory of operation. The TLS handshake (grpc core) has already verified the client's
 chain to the project root and its validity dates. What it does not check, we do here, on
-every call: the leaf must be CA:FALSE, carry the extended key usage and the participant
-type the endpoint serves (admin or site), and its serial must not be revoked. The leaf
-comes from ``auth_context()["x509_pem_cert"]`` and is parsed with ``cryptography``;
-subject strings are never split and request fields are never consulted.
+every call: the leaf must be issued by the project root itself (grpc accepts a chain
+through an intermediate CA although the root's path length is 0), be CA:FALSE, carry the
+extended key usage and the participant type the endpoint serves (admin or site), and its
+serial must not be revoked. The leaf comes from ``auth_context()["x509_pem_cert"]`` and is
+parsed with ``cryptography``; subject strings are never split and request fields are never
+consulted. The check is total: whatever is wrong with a certificate, the outcome is an
+:class:`IdentityRejected` with a reason (logged with the peer address by the caller),
+never another exception.
 
 Parsing a certificate costs ~100 µs, so the outcome (an Identity or the rejection) is
 cached by the certificate's bytes; a cached call costs a dictionary lookup plus the
@@ -26,7 +30,12 @@ from pathlib import Path
 from cryptography import x509
 
 from flare_protocol.errors import IdentityRejected, KitError
-from flare_protocol.identity import Identity, ParticipantType, identity_from_certificate
+from flare_protocol.identity import (
+    Identity,
+    ParticipantType,
+    check_issued_by_root,
+    identity_from_certificate,
+)
 
 log = logging.getLogger("flare_server.identity")
 
@@ -62,10 +71,14 @@ def load_revoked(path: Path) -> frozenset[int]:
 
 
 class IdentityChecker:
-    """Checks the peer certificate of a call against one endpoint's participant type."""
+    """Checks the peer certificate of a call against the project root and one endpoint's
+    participant type."""
 
-    def __init__(self, expected_type: ParticipantType, revoked: Iterable[int] = ()) -> None:
+    def __init__(
+        self, expected_type: ParticipantType, root: x509.Certificate, revoked: Iterable[int] = ()
+    ) -> None:
         self.expected_type = expected_type
+        self.root = root
         self._revoked = frozenset(revoked)
         self._cache: OrderedDict[bytes, tuple[Identity | None, str, float]] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,10 +126,13 @@ class IdentityChecker:
     def _parse(self, pem: bytes) -> tuple[Identity | None, str, float]:
         try:
             cert = x509.load_pem_x509_certificate(pem)
-        except ValueError as exc:
+        except Exception as exc:
             return None, f"unparseable client certificate: {exc}", 0.0
         try:
             identity = identity_from_certificate(cert, self.expected_type)
+            check_issued_by_root(cert, self.root)
         except IdentityRejected as exc:
             return None, exc.message, 0.0
+        except Exception as exc:  # identity_from_certificate is total; this is the backstop
+            return None, f"malformed client certificate: {type(exc).__name__}: {exc}", 0.0
         return identity, "", identity.not_after.timestamp()

@@ -8,7 +8,8 @@ admin abort), so the job's state is only ever touched by that coroutine:
 1. **Prepare** (worker thread): extract the stored archive into the job's work area
    (``<job dir>/work/``), parse the server app's config and each site app's client
    config, load the initial model (the app's, or another job's final model when
-   ``initial_model_job_id`` is set), zip each site app.
+   ``initial_model_job_id`` is set, once the submitter's download right on that job is
+   checked again: :mod:`flare_server.model_source`), zip each site app.
 2. **Deploy**: ``job.deploy`` with the app archive to every site, then wait for
    ``job.status deployed`` from all of them (``deploy_timeout``); a failure, a lost site
    or the timeout ends the job ``FINISHED:FAILED_TO_RUN`` naming the sites. Then RUNNING.
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -66,8 +68,10 @@ from flare_protocol.models import (
     save_params,
 )
 from flare_protocol.npz_layout import view_params
+from flare_server.authz import Principal
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
 from flare_server.jobs import JobStatus, safe_extract
+from flare_server.model_source import authorize_model_source
 from flare_server.results import (
     METRICS,
     SUMMARY,
@@ -450,7 +454,8 @@ class JobRun:
         self.log.addHandler(handler)
         self._log_handler = handler
         result_dir = await asyncio.to_thread(self.store.result_dir, self.job_id)
-        self.results = await asyncio.to_thread(ResultFolder, result_dir)
+        on_rows = functools.partial(self.server.result_rows.notify, self.job_id)  # watchers
+        self.results = await asyncio.to_thread(ResultFolder, result_dir, on_rows)
         self.blobs.allow_uploads(self.job_id, self)
         self.log.info("job %s: preparing for %s", self.job_id, ", ".join(self.sites))
         try:
@@ -500,11 +505,15 @@ class JobRun:
         source = "none"
         model_job = self.meta.get("initial_model_job_id")
         if model_job:
-            path = self.store.result_dir(str(model_job)) / "global_model.npz"
-            if not path.is_file():
-                raise errors.InvalidJobDefinition(
-                    f"job {model_job} (initial_model_job_id) has no final global model"
-                )
+            # Checked here, where the model is read: the submitter's right may have gone
+            # since the job was submitted (a changed policy), or the source job with it.
+            who = Principal.submitter_of(self.meta)
+            try:
+                path = authorize_model_source(self.store, self.server.policy, who, str(model_job))
+            except errors.FlareError as exc:
+                raise errors.FlareError(
+                    f"initial_model_job_id {model_job}: {exc.message}", job_id=self.job_id
+                ) from exc
             initial = load_params(path)
             source = f"the final model of job {model_job}"
         elif config.initial_model:

@@ -14,15 +14,23 @@ Models, logs and ``summary.json`` are written atomically (temp file, fsync, rena
 file that exists is whole. The two ``.jsonl`` files are append-only while the job runs;
 when the job is over the runner appends the line ``{"complete": true}``. A reader skips a
 last line without its newline (a write in progress) and never returns the marker as a row.
+
+Watching rows as they are written. The runner's :class:`ResultFolder` calls its
+``on_rows(kind)`` hook after every row it keeps; the server routes that to
+:class:`RowSignals`, where a watcher (the ``WatchJobEvents`` RPC) subscribes for one job
+and, woken, reads what was appended since its last read with a :class:`JsonlTail`. The
+rows themselves come from the file, so a watcher sees exactly what the readers see.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,8 +43,10 @@ __all__ = [
     "METRICS",
     "SUMMARY",
     "VALIDATIONS",
+    "JsonlTail",
     "JsonlWriter",
     "ResultFolder",
+    "RowSignals",
     "read_rows",
     "round_model_name",
     "seal_jsonl",
@@ -83,11 +93,17 @@ class JsonlWriter:
     metrics); :attr:`dropped` counts the rows refused after that.
     """
 
-    def __init__(self, path: Path, max_bytes: int = MAX_JSONL_BYTES) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int = MAX_JSONL_BYTES,
+        on_append: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.written = 0
         self.dropped = 0
+        self._on_append = on_append
         self._fh: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
 
     def append(self, row: Mapping[str, Any]) -> bool:
@@ -101,6 +117,8 @@ class JsonlWriter:
         self._fh.write(line)
         self._fh.flush()
         self.written += len(line)
+        if self._on_append is not None:
+            self._on_append()
         return True
 
     def complete(self) -> None:
@@ -134,15 +152,25 @@ def seal_jsonl(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-class ResultFolder:
-    """Writes one job's result folder (used by the job runner only)."""
+def _hook(on_rows: Callable[[str], None] | None, kind: str) -> Callable[[], None] | None:
+    return None if on_rows is None else functools.partial(on_rows, kind)
 
-    def __init__(self, root: Path) -> None:
+
+class ResultFolder:
+    """Writes one job's result folder (used by the job runner only).
+
+    ``on_rows(kind)`` (optional) is called after every kept row, ``kind`` being
+    ``"metrics"`` or ``"validations"``, in the writer's thread.
+    """
+
+    def __init__(self, root: Path, on_rows: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         (self.root / MODELS).mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.root / LOGS).mkdir(mode=0o700, exist_ok=True)
-        self.metrics = JsonlWriter(self.root / METRICS)
-        self.validations = JsonlWriter(self.root / VALIDATIONS)
+        self.metrics = JsonlWriter(self.root / METRICS, on_append=_hook(on_rows, "metrics"))
+        self.validations = JsonlWriter(
+            self.root / VALIDATIONS, on_append=_hook(on_rows, "validations")
+        )
 
     def round_model_path(self, number: int) -> Path:
         return self.root / MODELS / round_model_name(number)
@@ -219,3 +247,97 @@ def read_rows(
             rows.append(row)
             size += len(line)
     return rows, None
+
+
+class RowSignals:
+    """Per job, who wants to hear that rows were appended to its metrics or validations.
+
+    Callbacks run in the writer's thread (the job runner's event loop): keep them quick
+    and thread-safe. An exception in a callback is swallowed, never raised to the writer.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._subscribers: dict[str, tuple[Callable[[str], None], ...]] = {}
+
+    def subscribe(self, job_id: str, callback: Callable[[str], None]) -> Callable[[], None]:
+        """Call ``callback(kind)`` after every row of ``job_id``; returns the unsubscribe."""
+        with self._lock:
+            self._subscribers[job_id] = (*self._subscribers.get(job_id, ()), callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                left = tuple(cb for cb in self._subscribers.get(job_id, ()) if cb is not callback)
+                if left:
+                    self._subscribers[job_id] = left
+                else:
+                    self._subscribers.pop(job_id, None)
+
+        return unsubscribe
+
+    def notify(self, job_id: str, kind: str) -> None:
+        """Rows of ``kind`` (``"metrics"``/``"validations"``) were appended to ``job_id``'s."""
+        for callback in self._subscribers.get(job_id, ()):
+            try:
+                callback(kind)
+            except Exception:  # a watcher must never break the job that writes
+                pass
+
+    def watched_jobs(self) -> list[str]:
+        """The jobs somebody is watching now."""
+        with self._lock:
+            return sorted(self._subscribers)
+
+
+class JsonlTail:
+    """A cursor over a ``.jsonl`` result file: each :meth:`read` returns the rows appended
+    since the previous one, starting after the first ``skip`` rows.
+
+    Rows are counted as :func:`read_rows` counts them (bad lines and the completion marker
+    are not rows), so ``skip`` is the ``start``/``offset`` of the readers. A last line
+    without its newline (a write in progress) is left for the next read. A missing file
+    has no rows yet.
+    """
+
+    def __init__(self, path: Path, skip: int = 0, max_bytes: int = MAX_PAGE_BYTES) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        #: True once the completion marker was read: no row will follow.
+        self.complete = False
+        self._skip = skip
+        self._pos = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        """The next rows (at most about ``max_bytes`` of JSON); ``[]`` when none are new."""
+        rows: list[dict[str, Any]] = []
+        size = 0
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115
+        except FileNotFoundError:
+            return rows
+        with fh:
+            fh.seek(self._pos)
+            while True:
+                line = fh.readline()
+                if not line.endswith(b"\n"):
+                    break  # the end, or a write in progress
+                if rows and size + len(line) > self.max_bytes:
+                    break  # the rest in the next read
+                self._pos += len(line)
+                try:
+                    row = json.loads(line)
+                except (ValueError, RecursionError):
+                    continue
+                if not isinstance(row, dict):
+                    continue
+                if row == COMPLETE_MARKER:
+                    self.complete = True
+                    continue
+                if self._skip:
+                    self._skip -= 1
+                    continue
+                if len(line) > self.max_bytes:
+                    continue  # too big for one message (read_rows cannot page it either)
+                rows.append(row)
+                size += len(line)
+        return rows

@@ -3,7 +3,8 @@
 Every key of :class:`ServerSettings` may appear at the top level of ``local/settings.json``
 (or under a ``"server"`` object, which wins); durations in seconds may carry an ``_s``
 suffix (``"heartbeat_timeout_s": 30``). Keys that are not server settings are kept in
-``extra`` and named in one warning at start-up; a server setting of the wrong type stops
+``extra`` and named in one warning at start-up, each with the closest setting
+(:func:`flare_protocol.known_keys.unknown_keys`); a server setting of the wrong type stops
 start-up with a line naming the file, the key and the expected type.
 """
 
@@ -16,6 +17,8 @@ from typing import Any
 
 from flare_protocol.errors import KitError
 from flare_protocol.kit import LOCAL, SETTINGS, Kit
+from flare_protocol.known_keys import unknown_keys
+from flare_server.jobs.archive import DEFAULT_MAX_RATIO
 
 
 @dataclass(frozen=True)
@@ -76,9 +79,24 @@ class ServerSettings:
     """Largest total size of a job archive's entries once inflated."""
     max_entries: int = 10_000
     """Most entries a job archive may hold."""
+    max_compression_ratio: float = DEFAULT_MAX_RATIO
+    """Largest uncompressed/compressed ratio of a job archive, per entry of 64 KiB or more
+    and overall, read from its directory before anything is inflated (a zip bomb inside
+    the upload cap). Deflate reaches about 1000:1 on zeros; code and weights stay far below."""
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """Keys of settings.json that are not server settings (kept for other components)."""
+
+    @classmethod
+    def keys(cls) -> frozenset[str]:
+        """The keys settings.json may use: every setting, durations also with ``_s``."""
+        names = {f.name for f in fields(cls) if f.name != "extra"}
+        seconds = {f"{f.name}_s" for f in fields(cls) if f.default.__class__ is float}
+        return frozenset(names | seconds | {"server"})
+
+    def unknown_keys(self) -> list[str]:
+        """The keys of ``extra``, each with the closest setting if one is close."""
+        return unknown_keys(sorted(self.extra), self.keys())
 
     @classmethod
     def from_kit(cls, kit: Kit, **overrides: Any) -> ServerSettings:
@@ -146,7 +164,8 @@ def _coerce(path: Path, name: str, value: Any, cls: type[ServerSettings], key: s
         return value
     if isinstance(default, float):
         if not isinstance(value, (int, float)):
-            raise KitError(f"{path}: '{key}' must be a number of seconds, got {value!r}")
+            what = "a number" if name == "max_compression_ratio" else "a number of seconds"
+            raise KitError(f"{path}: '{key}' must be {what}, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):

@@ -37,11 +37,12 @@ from flare_admin import (
     rounds_table,
 )
 from flare_protocol.errors import FlareError
+from flare_protocol.job_status import JobStatus
 from flare_server.poc import LocalProject, provision_local, sigterm_interrupts, site_names
 
 __all__ = ["SimulationResult", "main", "run_simulation", "simulation_sites"]
 
-COMPLETED = "FINISHED:COMPLETED"
+COMPLETED = JobStatus.FINISHED_COMPLETED.value
 
 
 @dataclass(frozen=True)

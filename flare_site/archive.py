@@ -30,7 +30,12 @@ __all__ = ["AppLimits", "extract_app"]
 
 @dataclass(frozen=True)
 class AppLimits:
-    """Caps on an app archive a site extracts."""
+    """Caps on an app archive a site extracts.
+
+    No compression-ratio cap: the server re-zips an app it has validated (the ratio was
+    checked at upload), and a file the user sent stored, e.g. an all-zero model, may deflate
+    far beyond any sane ratio in that zip; the total cap still bounds what is written.
+    """
 
     max_entries: int = 10_000
     max_uncompressed_bytes: int = 8 * 1024**3

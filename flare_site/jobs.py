@@ -41,6 +41,7 @@ from typing import Any
 
 from flare_protocol.app_config import CLIENT_CONFIG, parse_client_config
 from flare_protocol.errors import ExecutionError, FlareError, InvalidJobDefinition
+from flare_protocol.job_status import is_job_id
 from flare_site.archive import AppLimits, extract_app
 from flare_site.executors import (
     ExecutorHost,
@@ -58,7 +59,6 @@ __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
 
 log = logging.getLogger("flare_site.jobs")
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _TASK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 #: Job states; the first two count against the concurrency limit.
@@ -78,7 +78,7 @@ MAX_REMEMBERED = 1000
 
 def check_job_id(job_id: object) -> str:
     """``job_id`` if it is a canonical (lower-case, hyphenated) UUID, else ExecutionError."""
-    if isinstance(job_id, str) and _UUID.match(job_id):
+    if isinstance(job_id, str) and is_job_id(job_id):
         return job_id
     shown = repr(job_id)[:80]
     raise ExecutionError(f"job id {shown} is not a canonical UUID; refused", job_id=str(job_id))

@@ -47,6 +47,7 @@ from flare_protocol._generated import site_pb2, site_pb2_grpc
 from flare_protocol.credentials import channel_credentials, channel_options
 from flare_protocol.errors import ExecutionError, KitError
 from flare_protocol.kit import Kit
+from flare_protocol.known_keys import unknown_keys
 from flare_site.blobs import Blob, BlobError, download, upload
 from flare_site.commands import SiteCommands
 from flare_site.executors import MetricEvent
@@ -116,6 +117,8 @@ _SETTING_KEYS: dict[str, tuple[str, type]] = {
     "reconnect_max_s": ("reconnect_max", float),
     "stop_grace_s": ("stop_grace", float),
 }
+#: Every key a site's ``local/settings.json`` may hold (others are named in a warning).
+SETTINGS_KEYS = frozenset({*_SETTING_KEYS, "server_address"})
 
 
 def _read_json_object(path: Path) -> dict[str, Any]:
@@ -137,10 +140,16 @@ def load_site_settings(
 ) -> SiteSettings:
     """Settings from the kit's ``local/`` folder; the arguments (CLI flags) win.
 
+    A key that is not a site setting is named in a warning, with the closest setting.
     Raises:
         KitError: a setting has the wrong type or value, naming the file and key.
     """
     settings_path = kit.local / "settings.json"
+    unknown = unknown_keys(kit.settings, SETTINGS_KEYS)
+    if unknown:
+        log.warning(
+            "%s: ignoring key(s) that are not site settings: %s", settings_path, ", ".join(unknown)
+        )
     values: dict[str, Any] = {}
     for key, (name, kind) in _SETTING_KEYS.items():
         if key not in kit.settings:

@@ -20,18 +20,19 @@ Example::
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import yaml
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from flare_protocol.identity import ParticipantType, Role
 from flare_protocol.kit import SIGNATURE, STARTUP, load_kit
@@ -56,6 +57,8 @@ __all__ = [
     "resign_kit",
     "revoke_participant",
     "server_auth_only_kit",
+    "sub_ca_kit",
+    "tampered_extensions_kit",
     "wrong_type_kit",
 ]
 
@@ -270,3 +273,182 @@ def revoke_participant(
     project_file.write_text(yaml.safe_dump(doc, sort_keys=False))
     return provision(project_file, result.state_dir.parent.parent,
                      revoke=() if remove else [name])
+
+
+def sub_ca_kit(result: ProvisionResult, name: str, dest: Path) -> Path:
+    """A leaf with the kit's identity, issued by a CA:TRUE sub-CA that the project CA signed.
+
+    ``client.crt`` holds the leaf followed by the sub-CA: the chain a client presents. The
+    project root has path length 0, so no verifier should accept it (``openssl verify``
+    does not).
+    """
+    ca = project_ca(result)
+    key = generate_key("ec-p256")
+    now = _now()
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, f"{result.project} intermediate CA"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, result.project),
+                ]
+            )
+        )
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(
+                ca.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            ),
+            critical=False,
+        )
+        .sign(ca.key, hashes.SHA256())
+    )
+    sub = CertificateAuthority(key=key, cert=cert)
+    kit_dir = reissued_kit(result, name, dest, issuer=sub)
+    kit = load_kit(kit_dir)
+    kit.cert_path.write_bytes(kit.cert_path.read_bytes() + sub.cert_pem)
+    resign_kit(kit_dir, ca)
+    return kit_dir
+
+
+def tampered_extensions_kit(
+    result: ProvisionResult,
+    name: str,
+    dest: Path,
+    *,
+    values: Mapping[x509.ObjectIdentifier, bytes] | None = None,
+    duplicate: x509.ObjectIdentifier | None = None,
+) -> Path:
+    """The kit's certificate with hand-made extensions, signed by the project CA.
+
+    Args:
+        values: raw DER values that replace (or add) the extensions of these OIDs, e.g.
+            ``{OID_ADMIN_ROLE: b"\\x0c\\x02\\xff\\xfe"}`` (a UTF8String that is not UTF-8).
+        duplicate: an OID whose extension appears twice (RFC 5280 forbids it; the
+            ``cryptography`` builder refuses it, so the DER is patched and re-signed).
+    """
+    kit_dir = copy_kit(result, name, dest)
+    kit = load_kit(kit_dir)
+    old = x509.load_pem_x509_certificate(kit.cert_path.read_bytes())
+    values = dict(values or {})
+    extensions: list[x509.Extension[x509.ExtensionType]] = []
+    for ext in old.extensions:
+        raw = values.pop(ext.oid, None)
+        value = ext.value if raw is None else x509.UnrecognizedExtension(ext.oid, raw)
+        extensions.append(x509.Extension(ext.oid, ext.critical, value))
+    for oid, raw in values.items():
+        extensions.append(x509.Extension(oid, False, x509.UnrecognizedExtension(oid, raw)))
+    stand_in: x509.ObjectIdentifier | None = None
+    if duplicate is not None:
+        twin = next(e for e in extensions if e.oid == duplicate)
+        stand_in = _same_length_oid(duplicate, {e.oid for e in extensions})
+        extensions.append(x509.Extension(stand_in, twin.critical, _raw_value(old, twin)))
+    builder = x509.CertificateBuilder(
+        issuer_name=old.issuer,
+        subject_name=old.subject,
+        public_key=old.public_key(),
+        serial_number=x509.random_serial_number(),
+        not_valid_before=old.not_valid_before_utc,
+        not_valid_after=old.not_valid_after_utc,
+        extensions=extensions,
+    )
+    ca = project_ca(result)
+    der = builder.sign(ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    if stand_in is not None and duplicate is not None:
+        der = _resigned(der, _der_oid(stand_in), _der_oid(duplicate), ca)
+    body = base64.encodebytes(der).decode().replace("\n", "")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    pem = "-----BEGIN CERTIFICATE-----\n" + "\n".join(lines) + "\n-----END CERTIFICATE-----\n"
+    kit.cert_path.write_text(pem)
+    resign_kit(kit_dir, ca)
+    return kit_dir
+
+
+def _raw_value(cert: x509.Certificate, ext: x509.Extension[Any]) -> x509.UnrecognizedExtension:
+    """An extension's value as the DER ``cryptography`` would write for it."""
+    if isinstance(ext.value, x509.UnrecognizedExtension):
+        return x509.UnrecognizedExtension(ext.oid, ext.value.value)
+    return x509.UnrecognizedExtension(ext.oid, ext.value.public_bytes())
+
+
+def _same_length_oid(
+    oid: x509.ObjectIdentifier, taken: set[x509.ObjectIdentifier]
+) -> x509.ObjectIdentifier:
+    """An unused OID whose DER encoding is as long as ``oid``'s (its last arc changed)."""
+    head, last = oid.dotted_string.rsplit(".", 1)
+    assert int(last) < 128, "only OIDs whose last arc is one byte long"
+    for arc in range(127, 0, -1):
+        candidate = x509.ObjectIdentifier(f"{head}.{arc}")
+        if candidate not in taken and candidate != oid:
+            return candidate
+    raise AssertionError("no free arc")
+
+
+def _der_oid(oid: x509.ObjectIdentifier) -> bytes:
+    arcs = [int(a) for a in oid.dotted_string.split(".")]
+    body = bytearray()
+    for value in [40 * arcs[0] + arcs[1], *arcs[2:]]:
+        chunk = [value & 0x7F]
+        value >>= 7
+        while value:
+            chunk.append(0x80 | (value & 0x7F))
+            value >>= 7
+        body += bytes(reversed(chunk))
+    return bytes([0x06, len(body)]) + bytes(body)
+
+
+def _der_tlv(data: bytes, pos: int) -> tuple[int, int]:
+    """(start of the content, end of the element) of the DER element at ``pos``."""
+    first = data[pos + 1]
+    if first < 0x80:
+        return pos + 2, pos + 2 + first
+    width = first & 0x7F
+    length = int.from_bytes(data[pos + 2 : pos + 2 + width], "big")
+    return pos + 2 + width, pos + 2 + width + length
+
+
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(raw)]) + raw
+
+
+def _resigned(der: bytes, old: bytes, new: bytes, ca: CertificateAuthority) -> bytes:
+    """The certificate ``der`` with ``old`` replaced by ``new`` in its TBS, signed again."""
+    tbs_start, _ = _der_tlv(der, 0)
+    _, tbs_end = _der_tlv(der, tbs_start)
+    _, alg_end = _der_tlv(der, tbs_end)
+    tbs = der[tbs_start:tbs_end]
+    assert tbs.count(old) == 1 and len(old) == len(new)
+    tbs = tbs.replace(old, new)
+    if isinstance(ca.key, rsa.RSAPrivateKey):
+        signature = ca.key.sign(tbs, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(ca.key, ec.EllipticCurvePrivateKey)
+        signature = ca.key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    bits = b"\x00" + signature
+    body = tbs + der[tbs_end:alg_end] + b"\x03" + _der_length(len(bits)) + bits
+    return b"\x30" + _der_length(len(body)) + body

@@ -107,6 +107,30 @@ class JobReply(_message.Message):
     meta_json: str
     def __init__(self, job_id: _Optional[str] = ..., meta_json: _Optional[str] = ...) -> None: ...
 
+class WatchRequest(_message.Message):
+    __slots__ = ("job_id", "metrics_offset", "validations_offset", "want_metrics", "want_validations")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    METRICS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WANT_METRICS_FIELD_NUMBER: _ClassVar[int]
+    WANT_VALIDATIONS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    metrics_offset: int
+    validations_offset: int
+    want_metrics: bool
+    want_validations: bool
+    def __init__(self, job_id: _Optional[str] = ..., metrics_offset: _Optional[int] = ..., validations_offset: _Optional[int] = ..., want_metrics: _Optional[bool] = ..., want_validations: _Optional[bool] = ...) -> None: ...
+
+class JobEvent(_message.Message):
+    __slots__ = ("meta_json", "metrics_json", "validations_json")
+    META_JSON_FIELD_NUMBER: _ClassVar[int]
+    METRICS_JSON_FIELD_NUMBER: _ClassVar[int]
+    VALIDATIONS_JSON_FIELD_NUMBER: _ClassVar[int]
+    meta_json: str
+    metrics_json: str
+    validations_json: str
+    def __init__(self, meta_json: _Optional[str] = ..., metrics_json: _Optional[str] = ..., validations_json: _Optional[str] = ...) -> None: ...
+
 class ListJobsRequest(_message.Message):
     __slots__ = ("detailed", "limit", "id_prefix", "name_prefix", "reverse")
     DETAILED_FIELD_NUMBER: _ClassVar[int]

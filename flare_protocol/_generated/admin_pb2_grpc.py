@@ -71,6 +71,11 @@ class AdminStub:
                 request_serializer=admin__pb2.JobRequest.SerializeToString,
                 response_deserializer=admin__pb2.JobReply.FromString,
                 _registered_method=True)
+        self.WatchJobEvents = channel.unary_stream(
+                '/flare.v1.Admin/WatchJobEvents',
+                request_serializer=admin__pb2.WatchRequest.SerializeToString,
+                response_deserializer=admin__pb2.JobEvent.FromString,
+                _registered_method=True)
         self.AbortJob = channel.unary_unary(
                 '/flare.v1.Admin/AbortJob',
                 request_serializer=admin__pb2.JobRequest.SerializeToString,
@@ -147,6 +152,15 @@ class AdminServicer:
 
     def WatchJob(self, request, context):
         """The current meta at once, then again on every change, until the job finishes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobEvents(self, request, context):
+        """A job's meta changes and, pushed as sites stream them, its metric and validation
+        rows, until the job finishes: every row on disk by then is sent before the meta that
+        shows the job finished, which is the last event. Rows need the download_job right.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +244,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=admin__pb2.JobRequest.FromString,
                     response_serializer=admin__pb2.JobReply.SerializeToString,
+            ),
+            'WatchJobEvents': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobEvents,
+                    request_deserializer=admin__pb2.WatchRequest.FromString,
+                    response_serializer=admin__pb2.JobEvent.SerializeToString,
             ),
             'AbortJob': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortJob,
@@ -451,6 +470,33 @@ class Admin:
             '/flare.v1.Admin/WatchJob',
             admin__pb2.JobRequest.SerializeToString,
             admin__pb2.JobReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flare.v1.Admin/WatchJobEvents',
+            admin__pb2.WatchRequest.SerializeToString,
+            admin__pb2.JobEvent.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,8 +10,12 @@ works in this order, cheapest first, and stops at the first problem, naming the 
    Session run too): safe relative name, not a symlink, device, FIFO or socket (Unix mode
    in ``external_attr``), not encrypted, a known compression method, no duplicates (also
    case-insensitive), no file used as a folder;
-4. the declared uncompressed total against ``max_uncompressed_bytes`` (and the optional
-   per-entry ``max_ratio``);
+4. the declared uncompressed total against ``max_uncompressed_bytes``, and the compression
+   ratio against ``max_ratio``: each entry's declared uncompressed size over its compressed
+   size (entries under 64 KiB are exempt: small text compresses very well), and the declared
+   total over the archive's real size. A zip bomb that tells the truth about its sizes is
+   refused here, before a byte is inflated; one that lies is stopped in step 6, since no
+   entry may inflate beyond what it declares;
 5. the layout: ``meta.json`` at the archive root, or exactly one top-level folder
    ``<job_name>/`` holding ``meta.json`` and everything else (NVIDIA FLARE's zips look like
    this); nothing may sit beside that folder;
@@ -58,7 +62,13 @@ __all__ = ["ArchiveLimits", "JobDefinition", "safe_extract", "validate_job_archi
 GiB = 1024**3
 #: Files read whole for validation (meta.json, app configs) may not exceed this size.
 CONFIG_READ_MAX_BYTES = 16 * 1024 * 1024
-_RATIO_MIN_BYTES = 1024 * 1024
+#: Entries (and archives) declaring fewer uncompressed bytes are exempt from ``max_ratio``.
+RATIO_MIN_BYTES = 64 * 1024
+#: The default ``max_ratio``: deflate reaches about 1000:1 on zeros, while source code and
+#: configs compress 3-10:1 and trained float weights barely at all.
+DEFAULT_MAX_RATIO = 200.0
+#: The server setting that sets ``max_ratio`` (named in the refusal).
+RATIO_SETTING = "max_compression_ratio"
 
 
 @dataclass(frozen=True)
@@ -71,8 +81,9 @@ class ArchiveLimits:
     max_uncompressed_bytes: int = 8 * GiB
     #: Most entries (files and folders) in one archive.
     max_entries: int = 10_000
-    #: Optional cap on uncompressed/compressed size per entry of at least 1 MiB.
-    max_ratio: float | None = None
+    #: Largest compression ratio (uncompressed/compressed) of an entry of at least
+    #: ``RATIO_MIN_BYTES`` and of the whole archive; None disables the check.
+    max_ratio: float | None = DEFAULT_MAX_RATIO
     #: Inflate every compressed entry and check its CRC, and check the placement of stored
     #: entries, during validation (step 6 above).
     verify_contents: bool = True
@@ -113,7 +124,7 @@ def _declared_entry_count(path: Path) -> int | None:
         return int(struct.unpack_from("<Q", record, 32)[0])
 
 
-def _scan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> _Scan:
+def _scan(zf: zipfile.ZipFile, limits: ArchiveLimits, size: int) -> _Scan:
     entries = scan_entries(
         zf,
         max_entries=limits.max_entries,
@@ -121,16 +132,30 @@ def _scan(zf: zipfile.ZipFile, limits: ArchiveLimits) -> _Scan:
         reject=_reject,
     )
     if limits.max_ratio is not None:
-        for name, info in entries.files.items():
-            ratio = info.file_size / max(info.compress_size, 1)
-            if info.file_size >= _RATIO_MIN_BYTES and ratio > limits.max_ratio:
-                raise _reject(
-                    f"archive entry {name!r} expands {ratio:.0f} times; at most "
-                    f"{limits.max_ratio:g} is allowed",
-                    name,
-                )
+        _check_ratios(entries.files, entries.declared, size, limits.max_ratio)
     prefix = _layout_prefix(entries.files, entries.names)
     return _Scan(prefix, entries.files, entries.declared)
+
+
+def _check_ratios(
+    files: dict[str, zipfile.ZipInfo], declared: int, size: int, max_ratio: float
+) -> None:
+    """Refuse an entry, or the archive, that declares too many bytes for its compressed size."""
+    allowed = f"at most {max_ratio:g}:1 is allowed (server setting {RATIO_SETTING})"
+    for name, info in files.items():
+        ratio = info.file_size / max(info.compress_size, 1)
+        if info.file_size >= RATIO_MIN_BYTES and ratio > max_ratio:
+            raise _reject(
+                f"archive entry {name!r} has a compression ratio of {ratio:.0f}:1 "
+                f"({info.file_size} bytes from {info.compress_size}); {allowed}",
+                name,
+            )
+    ratio = declared / max(size, 1)
+    if declared >= RATIO_MIN_BYTES and ratio > max_ratio:
+        raise _reject(
+            f"archive has a compression ratio of {ratio:.0f}:1 overall ({declared} bytes "
+            f"from a {size}-byte archive); {allowed}"
+        )
 
 
 def _layout_prefix(files: dict[str, zipfile.ZipInfo], names: tuple[str, ...]) -> str:
@@ -215,7 +240,7 @@ def _read_whole(zf: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
 
 
 @contextmanager
-def _open_checked(zip_path: Path, limits: ArchiveLimits) -> Iterator[zipfile.ZipFile]:
+def _open_checked(zip_path: Path, limits: ArchiveLimits) -> Iterator[tuple[zipfile.ZipFile, int]]:
     zip_path = Path(zip_path)
     try:
         size = zip_path.stat().st_size
@@ -231,7 +256,7 @@ def _open_checked(zip_path: Path, limits: ArchiveLimits) -> Iterator[zipfile.Zip
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, struct.error) as exc:
         raise _reject(f"upload is not a readable zip archive ({exc})") from None
     with zf:
-        yield zf
+        yield zf, size
 
 
 def _definition(zf: zipfile.ZipFile, scan: _Scan) -> JobDefinition:
@@ -251,8 +276,8 @@ def validate_job_archive(zip_path: Path, limits: ArchiveLimits = ArchiveLimits()
     Raises:
         InvalidJobDefinition: naming the entry (attribute ``path``) or the meta.json field.
     """
-    with _open_checked(zip_path, limits) as zf:
-        scan = _scan(zf, limits)
+    with _open_checked(zip_path, limits) as (zf, size):
+        scan = _scan(zf, limits, size)
         if limits.verify_contents:
             _check_placement(zf, zip_path, list(scan.files.values()))
             budget = [limits.max_uncompressed_bytes, limits.max_uncompressed_bytes]
@@ -279,8 +304,8 @@ def safe_extract(
     dest = Path(dest)
     if os.path.lexists(dest):
         raise InvalidArgumentError(f"cannot extract into {dest}: it already exists", path=str(dest))
-    with _open_checked(zip_path, limits) as zf:
-        scan = _scan(zf, limits)
+    with _open_checked(zip_path, limits) as (zf, size):
+        scan = _scan(zf, limits, size)
         definition = _definition(zf, scan)
         extract_atomically(
             zf,

@@ -1,40 +1,24 @@
-"""The job lifecycle: NVIDIA FLARE's status strings and the one table of legal moves.
+"""The job lifecycle: the one table of legal moves between NVIDIA FLARE's job statuses.
 
 Theory of operation: a job is born ``SUBMITTED``; the scheduler ``DISPATCHED`` it to its
 sites, which report it ``RUNNING``; every path ends in exactly one ``FINISHED:*`` status,
 which is terminal. :data:`TRANSITIONS` is the only place that says which move is legal and
 :func:`check_transition` the only function that enforces it; the store calls it before it
 writes any status change. ``FINISHED:ABANDONED`` is accepted when read (NVIDIA FLARE writes
-it) but nothing moves a job into it.
+it) but nothing moves a job into it. The statuses themselves (:class:`JobStatus`) live in
+:mod:`flare_protocol.job_status`, shared with the admin library; unlike a reader there,
+the server refuses a status it does not know (:func:`parse_status`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import Enum
 from types import MappingProxyType
 
 from flare_protocol.errors import InvalidArgumentError, InvalidTransition
+from flare_protocol.job_status import JobStatus
 
 __all__ = ["TRANSITIONS", "JobStatus", "check_transition", "is_finished", "parse_status"]
-
-
-class JobStatus(str, Enum):
-    """A job's status, spelled as NVIDIA FLARE spells it."""
-
-    SUBMITTED = "SUBMITTED"
-    DISPATCHED = "DISPATCHED"
-    RUNNING = "RUNNING"
-    FINISHED_COMPLETED = "FINISHED:COMPLETED"
-    FINISHED_ABORTED = "FINISHED:ABORTED"
-    FINISHED_EXECUTION_EXCEPTION = "FINISHED:EXECUTION_EXCEPTION"
-    FINISHED_ABNORMAL = "FINISHED:ABNORMAL"
-    FINISHED_CAN_NOT_SCHEDULE = "FINISHED:CAN_NOT_SCHEDULE"
-    FINISHED_FAILED_TO_RUN = "FINISHED:FAILED_TO_RUN"
-    FINISHED_ABANDONED = "FINISHED:ABANDONED"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 S = JobStatus
@@ -56,7 +40,7 @@ TRANSITIONS: Mapping[JobStatus, frozenset[JobStatus]] = MappingProxyType(
                 S.FINISHED_FAILED_TO_RUN,
             }
         ),
-        **{status: frozenset() for status in S if status.value.startswith("FINISHED:")},
+        **{status: frozenset() for status in S if status.finished},
     }
 )
 
@@ -67,18 +51,18 @@ def parse_status(value: JobStatus | str) -> JobStatus:
     Raises:
         InvalidArgumentError: ``value`` is not one of NVIDIA FLARE's status strings.
     """
-    try:
-        return JobStatus(value)
-    except ValueError:
+    status = JobStatus.parse(value)
+    if status is None:
         known = ", ".join(s.value for s in JobStatus)
         raise InvalidArgumentError(
             f"unknown job status {value!r}; expected one of {known}", status=value
-        ) from None
+        )
+    return status
 
 
 def is_finished(status: JobStatus | str) -> bool:
     """True for every ``FINISHED:*`` status (the terminal ones)."""
-    return parse_status(status).value.startswith("FINISHED:")
+    return parse_status(status).finished
 
 
 def check_transition(old: JobStatus | str, new: JobStatus | str) -> None:

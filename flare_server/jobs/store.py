@@ -61,6 +61,7 @@ from flare_protocol.errors import (
     JobNotFound,
 )
 from flare_protocol.job_format import SERVER_OWNED_KEYS
+from flare_protocol.job_status import JOB_ID_RE
 from flare_server.jobs.archive import ArchiveLimits, validate_job_archive
 from flare_server.jobs.lifecycle import JobStatus, check_transition, is_finished, parse_status
 
@@ -82,11 +83,14 @@ RESULT_DIR = "result"
 TMP_DIR = "tmp"
 LOCK_FILE = ".lock"
 _CHUNK = 1024 * 1024
+#: Server-owned fields a new job may be given (``params``/``extra``): the server sets them
+#: from a request it has authorized (and re-checks them when it reads what they name).
+CREATION_FIELDS = frozenset({"initial_model_job_id"})
 #: Job metas kept in memory by JobStore.get (a few KB each).
 META_CACHE_SIZE = 4096
 _DEFAULT_LIMITS = ArchiveLimits()
 _STATUS_BY_VALUE = {status.value: status for status in JobStatus}
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = JOB_ID_RE
 _PREFIX_RE = re.compile(r"^[0-9a-fA-F-]{0,36}$")
 #: Fields :meth:`JobStore.update` may not touch (status has its own method).
 _NOT_UPDATABLE = frozenset(
@@ -179,8 +183,9 @@ class JobMeta(Mapping[str, Any]):
     Keys: job_id, name, status, submitter_name/org/role, deploy_map, resource_spec,
     min_clients, mandatory_clients, submit_time (unix), submit_time_iso, start_time,
     end_time, duration (seconds or None), cloned_from, status_history
-    (``[{status, time, reason}]``), schedule_history, archive_size, archive_sha256, plus any
-    unknown meta.json keys and fields set by :meth:`JobStore.update`.
+    (``[{status, time, reason}]``), schedule_history, archive_size, archive_sha256, the
+    other meta.json keys (:data:`~flare_protocol.job_format.META_KEYS`) and the fields the
+    server sets later (:data:`~flare_protocol.job_format.SERVER_OWNED_KEYS`).
     ``deleted`` is True only in the notification sent when the job was deleted.
     """
 
@@ -370,7 +375,7 @@ class Upload:
     ) -> JobMeta:
         """Validate the archive and store the job durably; returns its meta (SUBMITTED).
 
-        ``params``/``extra``: additional meta fields (server-owned keys are refused).
+        ``params``/``extra``: fields of :data:`CREATION_FIELDS` (anything else is refused).
         Raises:
             InvalidJobDefinition: the archive or its meta.json is invalid (nothing is kept).
         """
@@ -599,7 +604,11 @@ class JobStore:
     def clone_job(
         self, job_id: str, submitter: Submitter, *, extra: Mapping[str, Any] | None = None
     ) -> JobMeta:
-        """A new SUBMITTED job with the same archive and job definition, owned by ``submitter``."""
+        """A new SUBMITTED job with the same archive and job definition, owned by ``submitter``.
+
+        No server-owned field is copied: ``initial_model_job_id`` comes only from ``extra``,
+        once the caller has checked that ``submitter`` may read that model.
+        """
         source = self.get(job_id)
         src_archive = self.job_archive(source.job_id)
         definition = {k: v for k, v in source.items() if k not in SERVER_OWNED_KEYS}
@@ -892,10 +901,13 @@ class JobStore:
 
     @_storage_errors
     def update(self, job_id: str, /, **fields: Any) -> JobMeta:
-        """Set extra meta fields (e.g. a waiting reason, ``start_time``); never the status.
+        """Set meta fields the server writes (e.g. ``schedule_reason``); never the status.
 
+        Only keys of :data:`~flare_protocol.job_format.SERVER_OWNED_KEYS` may be written, so
+        that no meta.json can pre-set one (a new key must be added to that set first).
         Raises:
-            InvalidArgumentError: a server-owned field, or a value that is not JSON.
+            InvalidArgumentError: a field fixed at submission, a key that is not
+                server-owned, or a value that is not JSON.
             JobNotFound: as :meth:`get`.
         """
         job_id = parse_job_id(job_id)
@@ -906,8 +918,14 @@ class JobStore:
                 + (": use set_status" if "status" in refused else ""),
                 job_id=job_id,
             )
-        if "name" in fields and not isinstance(fields["name"], str):
-            raise InvalidArgumentError("field 'name' must be a string", job_id=job_id)
+        foreign = sorted(set(fields) - SERVER_OWNED_KEYS)
+        if foreign:
+            raise InvalidArgumentError(
+                f"cannot update field(s) {', '.join(foreign)} of job {job_id}: the server "
+                "writes only keys of SERVER_OWNED_KEYS (flare_protocol/job_format.py); "
+                "add a new key there first",
+                job_id=job_id,
+            )
         _check_json(fields)
         with self._lock:
             row = self._db.execute("SELECT meta FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
@@ -996,8 +1014,13 @@ def _check_json(fields: Mapping[str, Any]) -> None:
 
 def _check_extra(fields: Mapping[str, Any] | None) -> dict[str, Any]:
     fields = dict(fields or {})
-    refused = sorted(set(fields) & SERVER_OWNED_KEYS)
+    refused = sorted(set(fields) - CREATION_FIELDS)
     if refused:
-        raise InvalidArgumentError(f"cannot set server-owned field(s) {', '.join(refused)}")
+        raise InvalidArgumentError(
+            f"cannot set field(s) {', '.join(refused)} on a new job: only "
+            f"{', '.join(sorted(CREATION_FIELDS))} may be given"
+        )
+    if fields.get("initial_model_job_id") is not None:
+        fields["initial_model_job_id"] = parse_job_id(fields["initial_model_job_id"])
     _check_json(fields)
     return fields

@@ -28,6 +28,7 @@ from enum import Enum
 
 from flare_protocol.app_config import ServerConfig
 from flare_protocol.errors import InvalidModel
+from flare_protocol.job_status import JobStatus
 from flare_protocol.models import Params, check_params
 from flare_server.workflows.aggregation import (
     Allocator,
@@ -54,10 +55,10 @@ __all__ = [
     "ValidationRecorded",
 ]
 
-COMPLETED = "FINISHED:COMPLETED"
-ABNORMAL = "FINISHED:ABNORMAL"
-EXECUTION_EXCEPTION = "FINISHED:EXECUTION_EXCEPTION"
-ABORTED = "FINISHED:ABORTED"
+COMPLETED = JobStatus.FINISHED_COMPLETED.value
+ABNORMAL = JobStatus.FINISHED_ABNORMAL.value
+EXECUTION_EXCEPTION = JobStatus.FINISHED_EXECUTION_EXCEPTION.value
+ABORTED = JobStatus.FINISHED_ABORTED.value
 
 
 class Phase(str, Enum):

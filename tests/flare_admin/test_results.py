@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from flare_admin import JobMeta, JobSummary, ServerInfo, SiteInfo, SystemInfo
+from flare_admin import JobMeta, JobStatus, JobSummary, ServerInfo, SiteInfo, SystemInfo
 
 META = {
     "job_id": "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11",
@@ -46,6 +46,17 @@ def test_job_meta_to_dict_round_trips_through_json():
 
 def test_a_finished_status_is_finished():
     assert JobMeta.from_dict({**META, "status": "FINISHED:ABORTED"}).finished
+
+
+def test_status_stays_a_plain_string_and_job_status_gives_the_enum():
+    meta = JobMeta.from_dict({**META, "status": "FINISHED:COMPLETED"})
+    assert type(meta.status) is str and type(meta["status"]) is str
+    assert meta.job_status is JobStatus.FINISHED_COMPLETED and meta.job_status.ok
+    assert "job_status" not in meta  # a property, not a key of the meta
+    newer = JobMeta.from_dict({**META, "status": "FINISHED:SOMETHING_NEW"})
+    assert newer.job_status is None and newer.finished
+    row = JobSummary("id", "hello", "RUNNING", "", 0.0)
+    assert row.job_status is JobStatus.RUNNING and not row.finished
 
 
 def test_a_summary_row_has_flares_keys():

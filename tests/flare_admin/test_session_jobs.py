@@ -392,13 +392,13 @@ def test_a_list_too_big_for_one_reply_is_fetched_in_parts(
     who = Submitter(submitter["submitter_name"], submitter["submitter_org"], "project_admin")
     ids = [first] + [store.clone_job(first, who).job_id for _ in range(47)]
     for job_id in ids:  # ~100 KB of meta each: 4.8 MB, over the 4 MiB message cap
-        store.update(job_id, notes="x" * 100_000)
+        store.update(job_id, schedule_reason="x" * 100_000)
     with caplog.at_level("DEBUG", logger="flare_admin"):
         metas = session.list_jobs(detailed=True)
     calls = [r for r in caplog.records if "list_jobs took" in r.getMessage()]
     assert len(calls) >= 1 + 16  # the refused whole, then its parts
     assert [m.job_id for m in metas] == ids
-    assert all(m["notes"] == "x" * 100_000 for m in metas)
+    assert all(m["schedule_reason"] == "x" * 100_000 for m in metas)
     newest = session.list_jobs(detailed=True, limit=5, reverse=True)
     assert [m.job_id for m in newest] == ids[::-1][:5]
 

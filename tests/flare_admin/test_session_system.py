@@ -166,6 +166,7 @@ CALLS = {
     "get_job_meta": (JOB,),
     "monitor_job": (JOB,),
     "wait_for_job": (JOB,),
+    "watch_job": (JOB,),
     "download_job_result": (JOB,),
     "get_job_logs": (JOB,),
     "get_job_metrics": (JOB,),

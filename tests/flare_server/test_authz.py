@@ -12,7 +12,7 @@ import pytest
 from flare_protocol._generated import admin_pb2
 from flare_protocol.errors import AuthorizationError, KitError
 from flare_protocol.identity import Identity, ParticipantType, Role
-from flare_server.authz import DEFAULT_POLICY, Policy, Resource, Right, Scope
+from flare_server.authz import DEFAULT_POLICY, Policy, Principal, Resource, Right, Scope
 from tests.flare_server.conftest import job_zip
 from tests.flare_server.test_server_jobs import error_of, submit
 from tests.server_harness import ServerThread, admin_stub
@@ -114,6 +114,16 @@ def _doc(**changes):
     for role, row in changes.items():
         roles[role] = row
     return {"format": 1, "roles": roles}
+
+
+def test_a_jobs_recorded_submitter_is_judged_like_the_caller_was():
+    meta = {"submitter_name": "lead@org_a.com", "submitter_org": "org_a", "submitter_role": "lead"}
+    lead_a = Principal.submitter_of(meta)
+    policy = Policy.default()
+    assert policy.allows(lead_a, Right.DOWNLOAD_JOB, JOB_BY_LEAD_A)
+    assert not policy.allows(lead_a, Right.DOWNLOAD_JOB, JOB_BY_LEAD_B)
+    forged = Principal.submitter_of({**meta, "submitter_role": "superuser"})
+    assert forged.role is None and not policy.allows(forged, Right.VIEW)
 
 
 def test_the_default_file_written_by_provisioning_is_the_default_table(provisioned, tmp_path):

@@ -10,7 +10,7 @@ from cryptography import x509
 
 import tests.kit_factory as kf
 from flare_protocol.errors import IdentityRejected, KitError
-from flare_protocol.identity import ParticipantType
+from flare_protocol.identity import OID_ADMIN_ROLE, OID_PARTICIPANT_TYPE, ParticipantType
 from flare_server.identity_check import IdentityChecker, load_revoked, parse_serial
 
 
@@ -20,43 +20,53 @@ def _pem(kit: Path) -> bytes:
     return (startup / name).read_bytes()
 
 
-def test_identity_comes_from_the_certificate(kits):
-    ident = IdentityChecker(ParticipantType.ADMIN).check_pem(_pem(kits["lead@org_b.com"]))
+@pytest.fixture(scope="module")
+def root(provisioned) -> x509.Certificate:
+    return kf.project_ca(provisioned).cert
+
+
+@pytest.fixture
+def admin_checker(root) -> IdentityChecker:
+    return IdentityChecker(ParticipantType.ADMIN, root)
+
+
+def test_identity_comes_from_the_certificate(kits, admin_checker):
+    ident = admin_checker.check_pem(_pem(kits["lead@org_b.com"]))
     assert (ident.name, ident.org, ident.role.value) == ("lead@org_b.com", "org_b", "lead")
 
 
-def test_server_auth_only_leaf_is_refused(provisioned, tmp_path):
+def test_server_auth_only_leaf_is_refused(provisioned, tmp_path, admin_checker):
     kit = kf.server_auth_only_kit(provisioned, "admin@org_a.com", tmp_path)
     with pytest.raises(IdentityRejected, match="clientAuth"):
-        IdentityChecker(ParticipantType.ADMIN).check_pem(_pem(kit))
+        admin_checker.check_pem(_pem(kit))
 
 
-def test_server_certificate_is_refused_on_the_admin_and_site_endpoints(kits):
+def test_server_certificate_is_refused_on_the_admin_and_site_endpoints(kits, root):
     for ptype in (ParticipantType.ADMIN, ParticipantType.SITE):
         with pytest.raises(IdentityRejected, match="server certificate cannot call"):
-            IdentityChecker(ptype).check_pem(_pem(kits["localhost"]))
+            IdentityChecker(ptype, root).check_pem(_pem(kits["localhost"]))
 
 
-def test_a_rejection_is_cached_and_still_rejected(provisioned, tmp_path):
-    checker = IdentityChecker(ParticipantType.ADMIN)
+def test_a_rejection_is_cached_and_still_rejected(provisioned, tmp_path, admin_checker):
+    checker = admin_checker
     pem = _pem(kf.ca_leaf_kit(provisioned, "admin@org_a.com", tmp_path))
     for _ in range(2):
         with pytest.raises(IdentityRejected, match="CA:TRUE"):
             checker.check_pem(pem)
 
 
-def test_revocation_applies_to_cached_identities(kits):
+def test_revocation_applies_to_cached_identities(kits, admin_checker):
     pem = _pem(kits["member@org_b.com"])
-    checker = IdentityChecker(ParticipantType.ADMIN)
+    checker = admin_checker
     ident = checker.check_pem(pem)
     checker.set_revoked({ident.serial})
     with pytest.raises(IdentityRejected, match="revoked"):
         checker.check_pem(pem)
 
 
-def test_a_cached_call_costs_microseconds(kits):
+def test_a_cached_call_costs_microseconds(kits, admin_checker):
     pem = _pem(kits["member@org_b.com"])
-    checker = IdentityChecker(ParticipantType.ADMIN)
+    checker = admin_checker
     checker.check_pem(pem)
     start = time.perf_counter()
     for _ in range(1000):
@@ -64,9 +74,70 @@ def test_a_cached_call_costs_microseconds(kits):
     assert (time.perf_counter() - start) / 1000 < 100e-6
 
 
-def test_auth_context_without_a_certificate_is_refused():
+def test_auth_context_without_a_certificate_is_refused(admin_checker):
     with pytest.raises(IdentityRejected, match="no client certificate"):
-        IdentityChecker(ParticipantType.ADMIN).check_auth_context({})
+        admin_checker.check_auth_context({})
+
+
+# -- issue 8, items 5 and 6: only the root's own leaves; every malformed one a rejection ----
+
+
+def test_a_leaf_issued_through_a_sub_ca_is_refused_naming_its_issuer(
+    provisioned, tmp_path, admin_checker
+):
+    pem = _pem(kf.sub_ca_kit(provisioned, "admin@org_a.com", tmp_path))
+    with pytest.raises(IdentityRejected) as info:
+        admin_checker.check_pem(pem)
+    assert "not issued directly by the project root CA (O=testproj,CN=testproj root CA)" in (
+        info.value.message
+    )
+    assert "but by O=testproj,CN=testproj intermediate CA" in info.value.message
+
+
+def test_a_leaf_naming_the_root_as_issuer_but_signed_by_another_key_is_refused(
+    provisioned, tmp_path, root, admin_checker
+):
+    from provisioning.certs import create_ca
+
+    impostor = create_ca("testproj")  # the same subject as our root, another key
+    assert impostor.cert.subject == root.subject
+    pem = _pem(kf.reissued_kit(provisioned, "admin@org_a.com", tmp_path, issuer=impostor))
+    with pytest.raises(IdentityRejected, match="not the project root CA's key"):
+        admin_checker.check_pem(pem)
+
+
+# Standard extensions that are duplicated or malformed fail the TLS handshake (BoringSSL:
+# "invalid or inconsistent certificate extension"); the checker must refuse them anyway.
+STANDARD = {
+    "duplicated extended key usage": {"duplicate": x509.ExtensionOID.EXTENDED_KEY_USAGE},
+    "duplicated basic constraints": {"duplicate": x509.ExtensionOID.BASIC_CONSTRAINTS},
+    "basic constraints not a SEQUENCE": {
+        "values": {x509.ExtensionOID.BASIC_CONSTRAINTS: b"\x04\x00"}
+    },
+    "extended key usage an INTEGER": {
+        "values": {x509.ExtensionOID.EXTENDED_KEY_USAGE: b"\x02\x01\x01"}
+    },
+    "subject alternative name truncated": {
+        "values": {x509.ExtensionOID.SUBJECT_ALTERNATIVE_NAME: b"\x30\x03\x80\x01"}
+    },
+    "duplicated admin role": {"duplicate": OID_ADMIN_ROLE},
+    "duplicated participant type": {"duplicate": OID_PARTICIPANT_TYPE},
+}
+
+
+@pytest.mark.parametrize("shape", STANDARD)
+def test_a_malformed_certificate_is_an_identity_rejection_never_another_error(
+    provisioned, tmp_path, admin_checker, shape
+):
+    kit = kf.tampered_extensions_kit(provisioned, "admin@org_a.com", tmp_path, **STANDARD[shape])
+    for _ in range(2):  # the rejection is cached, and raised again
+        with pytest.raises(IdentityRejected, match="^malformed certificate: "):
+            admin_checker.check_pem(_pem(kit))
+
+
+def test_garbage_instead_of_a_certificate_is_an_identity_rejection(admin_checker):
+    with pytest.raises(IdentityRejected, match="unparseable client certificate"):
+        admin_checker.check_pem(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
 
 
 def test_revoked_list_accepts_hex_with_colons_and_prefix(tmp_path, kits):

@@ -53,6 +53,8 @@ def test_seconds_may_be_spelled_with_an_s_suffix_and_nested_server_wins(provisio
         ({"admin_port": 70000}, "'admin_port' must be a port"),
         ({"log_level": "LOUD"}, "'log_level'"),
         ({"workspace": 3}, "'workspace' must be a path"),
+        ({"max_compression_ratio": 0}, "'max_compression_ratio' must be positive"),
+        ({"max_compression_ratio": "high"}, "'max_compression_ratio' must be a number, got"),
     ],
 )
 def test_a_bad_setting_is_refused_naming_the_key(provisioned, tmp_path, doc, needle):
@@ -60,6 +62,35 @@ def test_a_bad_setting_is_refused_naming_the_key(provisioned, tmp_path, doc, nee
     with pytest.raises(KitError, match=needle) as info:
         ServerSettings.from_kit(load_server_kit(kit))
     assert "settings.json" in str(info.value)
+
+
+def test_the_compression_ratio_cap_is_a_setting_that_reaches_the_job_store(provisioned, tmp_path):
+    from tests.server_harness import ServerThread
+
+    assert ServerSettings().max_compression_ratio == 200.0
+    kit = _kit_with(provisioned, tmp_path / "kit", {"max_compression_ratio": 50})
+    with ServerThread(kit, tmp_path / "ws") as server:
+        assert server.server.store.limits.max_ratio == 50.0
+
+
+def test_unknown_keys_are_named_with_the_closest_setting(provisioned, tmp_path):
+    doc = {"heartbeat_timout_s": 3, "server": {"max_compresion_ratio": 10}, "colour": "blue"}
+    settings = ServerSettings.from_kit(load_server_kit(_kit_with(provisioned, tmp_path, doc)))
+    assert settings.unknown_keys() == [
+        "'colour'",
+        "'heartbeat_timout_s' (did you mean 'heartbeat_timeout_s'?)",
+        "'max_compresion_ratio' (did you mean 'max_compression_ratio'?)",
+    ]
+
+
+def test_the_server_warns_about_unknown_keys_in_its_log(provisioned, tmp_path):
+    from tests.server_harness import ServerThread
+
+    kit = _kit_with(provisioned, tmp_path / "kit", {"log_levl": "DEBUG"})
+    with ServerThread(kit, tmp_path / "ws") as server:
+        log = (server.server.workspace / "logs" / "server.log").read_text()
+    assert "ignoring key(s) that are not server settings: 'log_levl' (did you mean" in log
+    assert "'log_level'?)" in log
 
 
 def test_bounds_become_grpc_channel_arguments():

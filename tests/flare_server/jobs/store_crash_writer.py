@@ -48,7 +48,7 @@ def main() -> None:
             store.delete(job_id)
             print(f"D {job_id}", flush=True)
         else:
-            store.update(rng.choice(live), note=str(rng.random()))
+            store.update(rng.choice(live), schedule_reason=str(rng.random()))
 
 
 if __name__ == "__main__":

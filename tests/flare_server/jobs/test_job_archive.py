@@ -143,10 +143,44 @@ def test_oversized_upload_is_refused(make_zip: Callable[..., Path]) -> None:
     assert "at most 100 are allowed" in str(error)
 
 
-def test_compression_ratio_cap_is_optional(tmp_path: Path) -> None:
+def test_an_entry_over_the_compression_ratio_cap_is_refused_naming_it_and_the_setting(
+    tmp_path: Path,
+) -> None:
     path = zip_with(tmp_path / "j.zip", (f"{TOP}/app/zeros.bin", bytes(2 * 1024 * 1024)))
+    error = rejected(path)
+    assert str(error).startswith(f"archive entry '{TOP}/app/zeros.bin' has a compression ratio")
+    assert "at most 200:1 is allowed (server setting max_compression_ratio)" in str(error)
+    assert error.path == f"{TOP}/app/zeros.bin"
+
+
+def test_the_ratio_is_read_from_the_directory_before_anything_is_inflated(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "j.zip", (f"{TOP}/app/zeros.bin", bytes(2 * 1024 * 1024)))
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{TOP}/app/zeros.bin")
+    data = bytearray(path.read_bytes())
+    start = info.header_offset + 30 + len(info.filename.encode())
+    data[start : start + info.compress_size] = b"\xff" * info.compress_size  # not deflate
+    path.write_bytes(bytes(data))
+    assert "compression ratio" in str(rejected(path))  # not "corrupt": never inflated
+
+
+def test_entries_under_64_kib_are_exempt_from_the_entry_ratio(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "j.zip", (f"{TOP}/app/zeros.bin", bytes(60 * 1024)))
     assert validate_job_archive(path).entries == 5
-    assert "expands" in str(rejected(path, ArchiveLimits(max_ratio=100)))
+
+
+def test_many_small_entries_count_towards_the_overall_ratio(tmp_path: Path) -> None:
+    small = [(f"{TOP}/app/z{i}.bin", bytes(60 * 1024)) for i in range(40)]
+    error = rejected(zip_with(tmp_path / "j.zip", *small))
+    assert str(error).startswith("archive has a compression ratio of")
+    assert "overall" in str(error) and "max_compression_ratio" in str(error)
+
+
+def test_the_ratio_cap_can_be_raised_or_switched_off(tmp_path: Path) -> None:
+    path = zip_with(tmp_path / "j.zip", (f"{TOP}/app/zeros.bin", bytes(2 * 1024 * 1024)))
+    assert validate_job_archive(path, ArchiveLimits(max_ratio=2000)).entries == 5
+    assert validate_job_archive(path, ArchiveLimits(max_ratio=None)).entries == 5
+    assert "at most 10:1" in str(rejected(path, ArchiveLimits(max_ratio=10)))
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from jobzip_helpers import valid_job_files
 
 from flare_protocol.errors import InvalidJobDefinition
 from flare_protocol.job_format import (
+    META_KEYS,
+    SERVER_OWNED_KEYS,
     meta_schema,
     path_problem,
     validate_job_files,
@@ -40,11 +42,45 @@ def test_schema_is_draft_2020_12() -> None:
     assert meta_schema()["$schema"].endswith("2020-12/schema")
 
 
-def test_valid_meta_gets_defaults_and_keeps_unknown_keys() -> None:
-    meta = validate_meta({**BASE, "custom_key": {"x": 1}})
+def test_valid_meta_gets_defaults_and_keeps_nvidia_flares_other_keys() -> None:
+    extra = {
+        "custom_props": {"x": 1},
+        "scope": "private",
+        "launcher_spec": {"site-1": {"docker": {}}},
+        "job_folder_name": "hello",
+    }
+    meta = validate_meta({**BASE, **extra})
     assert meta["min_clients"] == 1
     assert meta["resource_spec"] == {} and meta["mandatory_clients"] == []
-    assert meta["custom_key"] == {"x": 1}
+    assert {k: meta[k] for k in extra} == extra
+
+
+def test_an_unknown_key_is_refused_naming_the_closest_known_key() -> None:
+    assert meta_error({**BASE, "min_client": 2}) == (
+        "meta.json: unknown key 'min_client' (did you mean 'min_clients'?); known keys: "
+        "custom_props, deploy_map, job_folder_name, launcher_spec, mandatory_clients, "
+        "min_clients, name, resource_spec, scope"
+    )
+    assert meta_error({**BASE, "zzz": 1, "resource_specs": {}}).startswith(
+        "meta.json: unknown keys 'zzz', 'resource_specs' (did you mean 'resource_spec'?); "
+    )
+
+
+@pytest.mark.parametrize("key", sorted(SERVER_OWNED_KEYS))
+def test_every_key_the_server_owns_is_refused_naming_it(key: str) -> None:
+    error = meta_error({**BASE, key: None})
+    assert error.startswith(f"meta.json: key {key!r} is set by the server, not by a job")
+
+
+def test_a_model_source_in_meta_json_points_to_the_submit_argument() -> None:
+    error = meta_error({**BASE, "initial_model_job_id": "3f2c1b9e-0000-4000-8000-000000000000"})
+    assert "pass initial_model_job_id to submit_job or clone_job" in error
+
+
+def test_user_keys_and_server_owned_keys_do_not_overlap() -> None:
+    assert not META_KEYS & SERVER_OWNED_KEYS
+    schema_keys = set(meta_schema()["properties"])
+    assert schema_keys == META_KEYS and meta_schema()["additionalProperties"] is False
 
 
 def test_min_clients_not_an_integer_names_file_field_and_value() -> None:

@@ -95,13 +95,33 @@ def test_result_dir_is_inside_the_job_folder(store: JobStore, job: JobMeta) -> N
     assert result.is_dir() and result.parent == store.job_dir(job.job_id)
 
 
-def test_server_owned_keys_in_meta_json_are_ignored(
+@pytest.mark.parametrize("key", ["status", "submitter_name", "errors", "initial_model_job_id"])
+def test_server_owned_keys_in_meta_json_are_refused_and_nothing_is_kept(
+    store: JobStore, make_zip: Callable[..., Path], submitter: Submitter, key: str
+) -> None:
+    with pytest.raises(InvalidJobDefinition, match=f"key '{key}' is set by the server"):
+        store.create_job_from_archive(make_zip(meta={key: "x"}), submitter)
+    assert store.list() == [] and list((store.root / "tmp").iterdir()) == []
+
+
+def test_a_new_job_takes_only_a_model_source_from_the_server(
     store: JobStore, make_zip: Callable[..., Path], submitter: Submitter
 ) -> None:
-    forged = {"status": "FINISHED:COMPLETED", "submitter_name": "admin", "job_id": "x", "extra": 1}
-    meta = store.create_job_from_archive(make_zip(meta=forged), submitter)
-    assert meta.status is S.SUBMITTED and meta["submitter_name"] == submitter.name
-    assert meta.job_id != "x" and meta["extra"] == 1
+    source = "3F2C1B9E-0000-4000-8000-000000000000"
+    meta = store.create_job_from_archive(
+        make_zip(), submitter, extra={"initial_model_job_id": source}
+    )
+    assert meta["initial_model_job_id"] == source.lower()
+    for extra in ({"note": "x"}, {"errors": []}, {"initial_model_job_id": "../x"}):
+        with pytest.raises(InvalidArgumentError):
+            store.create_job_from_archive(make_zip(), submitter, extra=extra)
+
+
+def test_update_writes_only_server_owned_keys(store: JobStore, job: JobMeta) -> None:
+    with pytest.raises(InvalidArgumentError, match="SERVER_OWNED_KEYS") as info:
+        store.update(job.job_id, waiting_for="site-2")
+    assert "waiting_for" in str(info.value)
+    assert "waiting_for" not in store.get(job.job_id)
 
 
 def test_upload_streams_and_commits(
@@ -115,8 +135,9 @@ def test_upload_streams_and_commits(
     import hashlib
 
     assert upload.sha256 == hashlib.sha256(data).hexdigest()
-    meta = upload.commit(submitter, params={"note": "from test"})
-    assert meta["note"] == "from test" and meta["archive_sha256"] == upload.sha256
+    source = "3f2c1b9e-0000-4000-8000-000000000000"
+    meta = upload.commit(submitter, params={"initial_model_job_id": source})
+    assert meta["initial_model_job_id"] == source and meta["archive_sha256"] == upload.sha256
     assert list((store.root / "tmp").iterdir()) == []
 
 
@@ -191,13 +212,13 @@ def test_illegal_status_change_is_refused_and_not_written(store: JobStore, job: 
 
 
 def test_update_sets_extra_fields_but_never_status(store: JobStore, job: JobMeta) -> None:
-    meta = store.update(job.job_id, waiting_reason="site-2 not connected", start_time=12.5)
-    assert meta["waiting_reason"] == "site-2 not connected" and meta["start_time"] == 12.5
+    meta = store.update(job.job_id, schedule_reason="site-2 not connected", start_time=12.5)
+    assert meta["schedule_reason"] == "site-2 not connected" and meta["start_time"] == 12.5
     for field in ("status", "job_id", "submitter_name", "status_history", "submit_time"):
         with pytest.raises(InvalidArgumentError, match=field):
             store.update(job.job_id, **{field: "x"})
     with pytest.raises(InvalidArgumentError, match="JSON"):
-        store.update(job.job_id, bad=object())
+        store.update(job.job_id, errors=[object()])
 
 
 def test_list_orders_by_submit_time_and_filters(
@@ -232,9 +253,10 @@ def test_list_rejects_malformed_arguments(store: JobStore) -> None:
 
 
 def test_clone_copies_the_definition_for_a_new_submitter(store: JobStore, job: JobMeta) -> None:
-    store.update(job.job_id, waiting_reason="x")
+    store.update(job.job_id, schedule_reason="x", errors=[{"message": "e"}])
     other = Submitter("admin@org_a.com", "org_a", "project_admin")
     clone = store.clone_job(job.job_id, other)
+    assert "schedule_reason" not in clone and "errors" not in clone  # the server's, not copied
     assert clone.job_id != job.job_id and clone.cloned_from == job.job_id
     assert clone.status is S.SUBMITTED and clone.submitter == other
     assert clone["deploy_map"] == job["deploy_map"] and clone["name"] == job["name"]
@@ -270,7 +292,7 @@ def test_subscribers_see_every_committed_change_in_order(
 
     unsubscribe = store.subscribe(record)
     job = store.create_job_from_archive(make_zip(), submitter)
-    store.update(job.job_id, waiting_reason="x")
+    store.update(job.job_id, schedule_reason="x")
     store.set_status(job.job_id, S.FINISHED_ABORTED)
     store.delete(job.job_id)
     unsubscribe()
@@ -297,7 +319,7 @@ def test_store_is_safe_across_threads(store: JobStore, job: JobMeta, submitter: 
     def work() -> None:
         try:
             for _ in range(20):
-                store.update(job.job_id, ping=threading.get_ident())
+                store.update(job.job_id, schedule_reason=str(threading.get_ident()))
                 store.list()
                 store.get(job.job_id)
         except BaseException as exc:  # pragma: no cover - reported below
