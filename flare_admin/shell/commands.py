@@ -234,7 +234,7 @@ def download_job(ctx: ShellContext, a: dict[str, Any]) -> Done:
     job_id = _job(ctx, a["job"])
     dest = os.path.expanduser(a["output"]) if a["output"] else None
     with ctx.progress(f"downloading job {job_id[:8]}") as progress:
-        path = _with_progress(ctx.session.download_job_result, progress, job_id, dest)
+        path = ctx.session.download_job_result(job_id, dest, progress=progress)
     return Done(f"downloaded job {job_id} to {path}", {"job_id": job_id, "path": path})
 
 
@@ -264,18 +264,8 @@ def download_model(ctx: ShellContext, a: dict[str, Any]) -> Done:
     job_id = _job(ctx, a["job"])
     dest = os.path.expanduser(a["output"]) if a["output"] else None
     with ctx.progress(f"downloading model of {job_id[:8]}") as progress:
-        path = _with_progress(ctx.session.download_model, progress, job_id, dest, round=a["round"])
+        path = ctx.session.download_model(job_id, dest, round=a["round"], progress=progress)
     return Done(f"downloaded the model to {path}", {"job_id": job_id, "path": path})
-
-
-def _with_progress(method: Any, progress: Any, *args: Any, **kw: Any) -> str:
-    """Pass ``progress=`` when the Session method takes it (older builds did not)."""
-    try:
-        return str(method(*args, progress=progress, **kw))
-    except TypeError as exc:
-        if "progress" not in str(exc):
-            raise
-        return str(method(*args, **kw))
 
 
 @command(
@@ -435,10 +425,6 @@ def _ask_shutdown(ctx: ShellContext, a: dict[str, Any]) -> str:
     return f"shut down {_system_targets(a)}?"
 
 
-def _force(a: dict[str, Any]) -> dict[str, Any]:
-    return {"force": True} if a.get("force") else {}
-
-
 @command(
     "shutdown",
     "stop the server, sites or all",
@@ -449,7 +435,7 @@ def _force(a: dict[str, Any]) -> dict[str, Any]:
     wraps=("shutdown",),
 )
 def shutdown(ctx: ShellContext, a: dict[str, Any]) -> Any:
-    return ctx.session.shutdown(a["target_type"], _names(a["sites"]), **_force(a))
+    return ctx.session.shutdown(a["target_type"], _names(a["sites"]), force=a["force"])
 
 
 def _ask_shutdown_system(ctx: ShellContext, a: dict[str, Any]) -> str:
@@ -465,7 +451,7 @@ def _ask_shutdown_system(ctx: ShellContext, a: dict[str, Any]) -> str:
     wraps=("shutdown_system",),
 )
 def shutdown_system(ctx: ShellContext, a: dict[str, Any]) -> Any:
-    return ctx.session.shutdown_system(**_force(a))
+    return ctx.session.shutdown_system(force=a["force"])
 
 
 def _ask_restart(ctx: ShellContext, a: dict[str, Any]) -> str:

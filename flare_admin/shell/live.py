@@ -16,7 +16,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,10 +23,19 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from flare_admin.results import JobMeta, MetricRow, ValidationRow
+from flare_admin.results import (
+    JobEvent,
+    JobMeta,
+    MetaChanged,
+    MetricRow,
+    MetricsArrived,
+    ValidationRow,
+    ValidationsArrived,
+)
 from flare_admin.shell.context import ShellContext
 from flare_admin.shell.render import duration_text, sparkline, status_text
 from flare_admin.shell.views import Done
+from flare_protocol import errors
 
 __all__ = ["JobProgress", "follow_job"]
 
@@ -58,18 +66,15 @@ class JobProgress:
         self.changes: list[str] = []  # plain-text lines for a non-terminal
 
     # -- folding events --------------------------------------------------------------------
-    def apply(self, event: Any) -> None:
+    def apply(self, event: JobEvent) -> None:
         """Fold one watch event (a meta change, metric rows or validation rows)."""
-        meta = getattr(event, "meta", None)
-        if meta is not None:
-            self._meta(meta)
-            return
-        rows = tuple(getattr(event, "rows", ()) or ())
-        for row in rows:
-            if isinstance(row, MetricRow):
+        if isinstance(event, MetaChanged):
+            self._meta(event.meta)
+        elif isinstance(event, MetricsArrived):
+            for row in event.rows:
                 self._metric(row)
-            elif isinstance(row, ValidationRow):
-                self.validations.append(row)
+        elif isinstance(event, ValidationsArrived):
+            self.validations.extend(event.rows)
 
     def _meta(self, meta: JobMeta) -> None:
         before = self.meta
@@ -214,11 +219,6 @@ class JobProgress:
         )
 
 
-def _events(ctx: ShellContext, job_id: str, timeout: float) -> Iterator[Any]:
-    """The Session's watch iterator for the job."""
-    return iter(ctx.session.watch_job(job_id, timeout=timeout or None))
-
-
 def follow_job(ctx: ShellContext, job_id: str, *, timeout: float = 0.0) -> Done:
     """Watch ``job_id`` until it finishes, ``timeout`` seconds pass (0: no limit) or Ctrl-C.
 
@@ -227,7 +227,7 @@ def follow_job(ctx: ShellContext, job_id: str, *, timeout: float = 0.0) -> Done:
         FlareError: the watch failed (unknown job, no right, connection lost).
     """
     progress = JobProgress(job_id)
-    events = _events(ctx, job_id, timeout)
+    events = ctx.session.watch_job(job_id, timeout=timeout or None)
     inbox: queue.Queue[Any] = queue.Queue()
     stop = threading.Event()
 
@@ -265,14 +265,14 @@ def follow_job(ctx: ShellContext, job_id: str, *, timeout: float = 0.0) -> Done:
                     printed = len(progress.changes)
 
             _consume(inbox, progress, echo)
+    except errors.JobTimeout:
+        pass  # --timeout: stop watching; the outcome says the job keeps running
     except KeyboardInterrupt:
-        stop.set()
-        _cancel(events)
         if not ctx.interactive:
             raise
     finally:
         stop.set()
-        _cancel(events)
+        events.cancel()
     return progress.outcome()
 
 
@@ -291,8 +291,3 @@ def _consume(inbox: queue.Queue[Any], progress: JobProgress, redraw: Any) -> Non
         progress.apply(item)
         redraw()
 
-
-def _cancel(events: Any) -> None:
-    cancel = getattr(events, "cancel", None)
-    if callable(cancel):
-        cancel()
