@@ -528,10 +528,21 @@ def get_working_directory(target: str) -> Unary:
     return command("pwd", {"target": _target(target)}, _text_result)
 
 
-def system_command(name: str, target_type: str | None, client_names: Iterable[str] | None) -> Unary:
+def system_command(
+    name: str,
+    target_type: str | None,
+    client_names: Iterable[str] | None,
+    *,
+    force: bool = False,
+) -> Unary:
+    """shutdown, restart, shutdown_system; ``force`` aborts the running jobs first."""
+    if not isinstance(force, bool):
+        raise InvalidArgumentError(f"force must be True or False, got {force!r}")
     args: dict[str, Any] = {"targets": _names(client_names, "client name")}
     if target_type is not None:
         args["target_type"] = _target_type(target_type)
+    if force:
+        args["force"] = True
     return command(name, args)
 
 

@@ -23,8 +23,10 @@ grep                    shell_commands    ``{target, path, pattern, ignore_case=
                                           regex=false}`` -> ``{"text", "truncated"}``
 pwd                     shell_commands    ``{target}`` -> ``{"text": workspace path}``
 shutdown / restart      operate           ``{target_type: server|client|all, targets?,
-                                          force=false}`` -> ``{"server": "stopping"}``
-shutdown_system         operate (server)  ``{}`` -> ``{"server": "stopping", "sites"}``
+                                          force=false}`` -> ``{"<site>": ..., "server":
+                                          "stopping", "aborted_jobs"?: [ids]}``
+shutdown_system         operate (server)  ``{force=false}`` -> ``{"server": "stopping",
+                                          "sites", "aborted_jobs"}``
 job_metrics             download_job      ``{job_id, site?, key?, offset=0, limit=10000}`` ->
                                           ``{"rows": [{site, round, key, value, step,
                                           time}], "next_offset": int | null}``
@@ -43,6 +45,12 @@ are never shown. Commands aimed at a site are forwarded over its Channel as
 ``site.command`` and answered by ``site.reply``; a site that is not connected is an
 ``InvalidTarget``, one that does not answer in time a ``NoReply``. Anything else is an
 ``InvalidArgumentError`` naming the command.
+
+``shutdown``/``restart`` authorize every target (each site, the server) and check the
+server's jobs before any target acts: a refused ``all`` leaves the sites alone. Stopping
+the server (or the system) while jobs are dispatched or running is ``ClientsStillRunning``
+naming them; ``force=true`` aborts them first (``FINISHED:ABORTED``, the reason naming
+who and why), then stops.
 """
 
 from __future__ import annotations
@@ -81,6 +89,13 @@ def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> 
         raise errors.InvalidArgumentError(
             f"argument '{key}' must be an integer {lo}..{hi}, got {value!r}"
         )
+    return value
+
+
+def _bool_arg(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise errors.InvalidArgumentError(f"argument '{key}' must be true or false, got {value!r}")
     return value
 
 
@@ -348,35 +363,39 @@ class Commands:
 
     # -- operate -----------------------------------------------------------------------
     def _control(self, name: str) -> Handler:
+        verb, done = ("restart", "restarted") if name == "restart" else ("shut down", "shut down")
+
         async def handler(call: Call, args: dict[str, Any]) -> Any:
             target_type = _str_arg(args, "target_type", "server")
             if target_type not in ("server", "client", "all"):
                 raise errors.InvalidTarget(
                     f"target_type must be server, client or all, got {target_type!r}"
                 )
-            result: dict[str, Any] = {}
+            force = _bool_arg(args, "force")
+            sites: list[str] = []
             if target_type in ("client", "all"):
-                sites = _targets(args)
-                if sites is None:
-                    sites = self.server.registry.names()
-                for site in sites:
-                    self.server.policy.require(
-                        call.identity, Right.OPERATE, self._site_resource(site), action=f"{name}"
-                    )
-                for site in sites:
-                    result[site] = await self._forward(site, name, {})
-            if target_type in ("server", "all"):
+                named = _targets(args)
+                sites = self.server.registry.names() if named is None else named
+            with_server = target_type in ("server", "all")
+            # Every part is authorized, and the server's jobs checked, before any part acts:
+            # a refused "all" must not have restarted or stopped the sites already.
+            for site in sites:
                 self.server.policy.require(
-                    call.identity, Right.OPERATE, Resource.server(), action=f"{name}"
+                    call.identity, Right.OPERATE, self._site_resource(site), action=name
                 )
-                running = await asyncio.to_thread(
-                    self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+            running: list[Any] = []
+            if with_server:
+                self.server.policy.require(
+                    call.identity, Right.OPERATE, Resource.server(), action=name
                 )
-                if running and not args.get("force", False):
-                    raise errors.ClientsStillRunning(
-                        f"cannot {name} the server: {len(running)} job(s) still dispatched or "
-                        "running; abort them first or pass force=true"
-                    )
+                running = await self._refuse_running_jobs(verb, "the server", force)
+            result: dict[str, Any] = {}
+            for site in sites:
+                result[site] = await self._forward(site, name, {})
+            if with_server:
+                aborted = await self._abort_for_stop(call, running, f"the server was {done}")
+                if aborted:
+                    result["aborted_jobs"] = aborted
                 self.server.request_stop(restart=(name == "restart"), by=call.identity.name)
                 result["server"] = "restarting" if name == "restart" else "stopping"
             return result
@@ -387,10 +406,52 @@ class Commands:
         self.server.policy.require(
             call.identity, Right.OPERATE, Resource.server(), action="shut down the system"
         )
-        for site in self.server.registry.names():
+        force = _bool_arg(args, "force")
+        running = await self._refuse_running_jobs("shut down", "the system", force)
+        aborted = await self._abort_for_stop(call, running, "the system was shut down")
+        sites = self.server.registry.names()
+        for site in sites:
             self.server.registry.send_command(site, "shutdown")
         self.server.request_stop(restart=False, by=call.identity.name)
-        return {"server": "stopping", "sites": self.server.registry.names()}
+        return {"server": "stopping", "sites": sites, "aborted_jobs": aborted}
+
+    async def _refuse_running_jobs(self, verb: str, what: str, force: bool) -> list[Any]:
+        """The dispatched and running jobs; ClientsStillRunning if there are any, unless
+        ``force``."""
+        running = await asyncio.to_thread(
+            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+        )
+        if running and not force:
+            shown = ", ".join(f"{r.job_id} ({_status(r)})" for r in running[:10])
+            more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+            raise errors.ClientsStillRunning(
+                f"cannot {verb} {what}: {len(running)} job(s) still dispatched or running: "
+                f"{shown}{more}; abort them first, or pass force=True to abort them and {verb}",
+                job_ids=",".join(r.job_id for r in running),
+            )
+        return list(running)
+
+    async def _abort_for_stop(self, call: Call, running: list[Any], why: str) -> list[str]:
+        """Abort the jobs a forced stop ends (FINISHED:ABORTED, naming who and why)."""
+        reason = f"aborted by {call.identity.name}: {why} with force=True"
+        aborted: list[str] = []
+        for row in running:
+            try:
+                meta = await asyncio.to_thread(
+                    self.server.store.set_status,
+                    row.job_id,
+                    JobStatus.FINISHED_ABORTED,
+                    reason=reason,
+                )
+            except (errors.InvalidTransition, errors.JobNotFound):
+                continue  # it ended meanwhile
+            self.server.notify_sites_abort(dict(meta), reason)
+            aborted.append(row.job_id)
+        return aborted
+
+
+def _status(row: Any) -> str:
+    return str(getattr(row.status, "value", row.status))
 
 
 def _job(meta: dict[str, Any]) -> Resource:

@@ -237,6 +237,12 @@ class IpcServer:
                 task.add_done_callback(handlers.discard)
         except (asyncio.IncompleteReadError, ConnectionError, _ipc.FrameError):
             return
+        except asyncio.CancelledError:
+            # close() (the job ended, the site stops) cancels the connection. Nothing awaits
+            # this task, but asyncio's stream callback calls task.exception() on it, which
+            # raises for a cancelled task: the site would log "Exception in callback ...
+            # CancelledError" with a traceback (Python 3.11). So the task ends normally.
+            return
         finally:
             for task in handlers:
                 task.cancel()

@@ -340,4 +340,3 @@ def _job_pids(kit: Path) -> list[int]:
             except OSError:
                 pass
     return found
-

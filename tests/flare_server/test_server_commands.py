@@ -127,9 +127,14 @@ def test_shutdown_refuses_while_jobs_run_unless_forced(admin, server):
         ),
         timeout=5,
     )
-    assert detail.type == "ClientsStillRunning"
-    assert run(admin, "shutdown", target_type="server", force=True) == {"server": "stopping"}
+    assert detail.type == "ClientsStillRunning" and job_id in detail.message
+    assert "force=True" in detail.message
+    reply = run(admin, "shutdown", target_type="server", force=True)
+    assert reply == {"server": "stopping", "aborted_jobs": [job_id]}
     assert server.call(server.server.wait_stop_requested()) is False
+    meta = server.server.store.get(job_id)
+    assert meta["status"] == "FINISHED:ABORTED"
+    assert "shut down with force=True" in meta["status_history"][-1]["reason"]
 
 
 def test_restart_asks_for_a_restart(admin, server):
