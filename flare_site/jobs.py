@@ -388,6 +388,14 @@ class JobManager:
                 job.log.close()
         return active
 
+    def reset_errors(self, job_id: str) -> int:
+        """Forget the errors recorded for ``job_id`` (what ``show_errors`` lists); how many."""
+        kept = [e for e in self.errors if e["job_id"] != job_id]
+        dropped = len(self.errors) - len(kept)
+        self.errors.clear()
+        self.errors.extend(kept)
+        return dropped
+
     def forget(self, job_id: str, *, remove_files: bool = False) -> None:
         """Drop an ended job from memory (and its folder, if asked)."""
         job = self._jobs.get(job_id)

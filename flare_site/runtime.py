@@ -231,7 +231,12 @@ class SiteRuntime:
             on_failed=self._on_job_failed,
             stop_grace=settings.stop_grace,
         )
-        self.commands = SiteCommands(self.workspace, stats=self._stats, errors=self._errors)
+        self.commands = SiteCommands(
+            self.workspace,
+            stats=self._stats,
+            errors=self._errors,
+            reset_errors=self.jobs.reset_errors,
+        )
         self.start_time = time.time()
         self.connections = 0
         self.session_id = ""

@@ -321,6 +321,23 @@ async def test_an_unsafe_app_archive_from_the_server_is_refused(
     assert status["status"] == "failed" and "'..'" in status["error"]
 
 
+async def test_reset_errors_forgets_one_jobs_errors_on_the_site(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    await start_site()
+    job_id = str(uuid.uuid4())
+    ref = service.put(app_zip({"config/config_fed_client.json": "{}", "../evil.py": "x"}))
+    await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
+    await until(lambda: received.topic("job.status", job_id))
+    (error,) = (await command(server, "show_errors", job_id=job_id))["result"]
+    assert error["job_id"] == job_id and "'..'" in error["error"]
+    assert (await command(server, "reset_errors", job_id=job_id))["result"] == {"reset": 1}
+    assert (await command(server, "show_errors", job_id=job_id))["result"] == []
+    missing = await command(server, "reset_errors")
+    assert "needs a job_id" in missing["error"]["message"]
+
+
 async def test_site_commands_answer_within_the_workspace_only(
     server: ServerThread, received: Received, start_site: Any
 ) -> None:
