@@ -8,8 +8,8 @@ command                 right             args -> result
 ======================  ================  ==========================================
 show_stats              view              ``{job_id?, target_type?, targets?}`` ->
                                           ``{"server": {...}, "<site>": {...}}``
-show_errors             view              ``{job_id?, target_type?, targets?}`` ->
-                                          ``{"server": [...], "<site>": [...]}``
+show_errors             view; download_   ``{job_id?, target_type?, targets?}`` ->
+                        job (job)         ``{"server": [...], "<site>": [...]}``
 reset_errors            manage_job (job)  ``{job_id, target_type?, targets?}`` ->
                                           ``{"reset": true}``
 get_client_job_status   view              ``{targets?}`` ->
@@ -34,7 +34,15 @@ job_validations         download_job      ``{job_id, site?, offset=0, limit=1000
                                           ``{"rows": [{site, round, metrics}],
                                           "next_offset": int | null}``
 job_summary             download_job      ``{job_id}`` -> the job's ``summary.json``
+job_logs                download_job      ``{job_id, target="server"}`` -> ``{"text",
+                                          "truncated"}``: the lines of the target's log
+                                          (``logs/server.log``, ``logs/site.log``)
+                                          naming the job, numbered
 ======================  ================  ==========================================
+
+A job-scoped read follows the job's rights: what user code wrote (its logs, errors,
+metrics, validations, summary) needs ``download_job`` on the job, as downloading its
+result does; its status (``show_stats``) needs ``view``.
 
 ``target_type`` is ``server`` (the default), ``client`` or ``all``; without ``targets``,
 ``client``/``all`` ask the connected sites the job was deployed to (every connected site
@@ -72,6 +80,9 @@ if TYPE_CHECKING:
     from flare_server.app import Server
 
 MAX_ARGS_BYTES = 64 * 1024
+#: Each target's own log, relative to its workspace.
+SERVER_LOG = "logs/server.log"
+SITE_LOG = "logs/site.log"
 
 Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
 
@@ -130,6 +141,7 @@ class Commands:
             "job_metrics": self.job_metrics,
             "job_validations": self.job_validations,
             "job_summary": self.job_summary,
+            "job_logs": self.job_logs,
         }
 
     @property
@@ -255,7 +267,9 @@ class Commands:
         return stats
 
     async def show_errors(self, call: Call, args: dict[str, Any]) -> Any:
-        meta = await self._job_or_view(call, args, Right.VIEW, "view the errors")
+        # A job's errors carry what its user code wrote to stderr: the right of its logs.
+        right = Right.VIEW if args.get("job_id") is None else Right.DOWNLOAD_JOB
+        meta = await self._job_or_view(call, args, right, "view the errors")
         with_server, sites = self._scope(args, meta)
         result: dict[str, Any] = {}
         if with_server:
@@ -343,6 +357,16 @@ class Commands:
                 status=status,
             ) from None
         return json.loads(text)
+
+    async def job_logs(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "logs")
+        target = _str_arg(args, "target", "server")
+        grep = {"path": SITE_LOG, "pattern": str(meta["job_id"])}
+        if target == "server":
+            return await asyncio.to_thread(
+                self._server_file_command, "grep", {**grep, "path": SERVER_LOG}
+            )
+        return await self._forward(target, "grep", grep)
 
     # -- shell commands ----------------------------------------------------------------
     def _file_command(self, name: str) -> Handler:

@@ -180,8 +180,14 @@ class JobRecord:
             "started": self.started,
             "ended": self.ended,
             "tasks_done": self.tasks_done,
-            "error": self.error,
+            "error": _headline(self.error),
         }
+
+
+def _headline(error: str) -> str:
+    """What failed, without user code's output: ``show_stats`` is for everyone who may view
+    the job; the stderr tail is in ``show_errors`` and the job's log."""
+    return error.split("\n", 1)[0].removesuffix("; last lines of stderr:")[:500]
 
 
 class JobManager:

@@ -65,7 +65,8 @@ def default_authorization_policy() -> dict[str, Any]:
             "Default policy written by flare provision. The server reads authorization.json in "
             "this folder when it exists; copy this file to authorization.json to change the "
             "policy. Scopes: any, own (jobs you submitted), org (jobs or sites of your org), "
-            "none. manage_job = abort, delete; view = list, meta, stats, errors, system info; "
+            "none. manage_job = abort, delete, reset_errors; download_job = a job's result, logs, "
+            "errors, metrics and model; view = list, meta, stats, system info; "
             "operate = restart, shutdown, set_timeout; shell_commands = ls, cat, head, tail, "
             "grep, pwd."
         ),
