@@ -89,7 +89,7 @@ class Scheduler:
         self.launcher = launcher
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        registry.subscribe(lambda _event, _name: self.poke())
+        registry.subscribe(self._on_site_event)
 
     def start(self) -> None:
         if self._task is None:
@@ -104,6 +104,10 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+    def _on_site_event(self, event: str, _name: str) -> None:
+        if event in ("connected", "disconnected"):
+            self.poke()
 
     def poke(self) -> None:
         """Ask for a re-evaluation (coalesced; cheap to call often)."""

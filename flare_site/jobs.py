@@ -33,7 +33,7 @@ import logging
 import re
 import shutil
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -216,6 +216,9 @@ class JobManager:
         self.app_limits = app_limits or AppLimits()
         self.max_log_bytes = max_log_bytes
         self._jobs: dict[str, JobRecord] = {}
+        #: Jobs ended or aborted before their deployment got this far (the archive was
+        #: still downloading): their deployment is refused when it arrives.
+        self._ended_early: OrderedDict[str, str] = OrderedDict()
         self._watchers: set[asyncio.Task[None]] = set()
         self.errors: deque[dict[str, Any]] = deque(maxlen=200)
 
@@ -261,6 +264,12 @@ class JobManager:
             InvalidJobDefinition: the archive or the client config is unsafe or invalid.
         """
         job_id = check_job_id(job_id)
+        if job_id in self._ended_early:
+            raise ExecutionError(
+                f"job {job_id} was {self._ended_early.pop(job_id)} before it was deployed",
+                job_id=job_id,
+                aborted=True,
+            )
         if job_id in self._jobs and self._jobs[job_id].state in _ACTIVE:
             raise ExecutionError(f"job {job_id} is already deployed on this site", job_id=job_id)
         active = self.running()
@@ -349,7 +358,10 @@ class JobManager:
     async def abort(self, job_id: str, reason: str = "") -> bool:
         """Kill the job's user code now; True if the job was active here."""
         job = self._jobs.get(job_id)
-        if job is None or job.state not in _ACTIVE:
+        if job is None:
+            self._remember_ended(job_id, "aborted")
+            return False
+        if job.state not in _ACTIVE:
             return False
         job.state = ABORTED
         job.error = reason or "aborted"
@@ -363,10 +375,18 @@ class JobManager:
         return True
 
     async def end(self, job_id: str, status: str = "") -> Path | None:
-        """The job is over: stop its executor gracefully; return its log's path."""
+        """The job is over: free its slot and stop its user code; return its log's path.
+
+        A script waiting for its next task gets ``stop`` and ``stop_grace`` seconds to
+        exit; a task still running is killed (its result is no longer wanted). A job still
+        deploying is aborted.
+        """
         job = self._jobs.get(job_id)
         if job is None:
+            self._remember_ended(job_id, "ended")
             return None
+        if job.state == DEPLOYING:
+            await self.abort(job_id, f"the job ended ({status or 'finished'}) while deploying")
         if job.state in _ACTIVE:
             job.state = FINISHED
             job.ended = time.time()
@@ -435,6 +455,12 @@ class JobManager:
             if self.on_failed is not None:
                 self.on_failed(job)
             return
+
+    def _remember_ended(self, job_id: str, how: str) -> None:
+        """A job we do not know yet was ended: its deployment may be on its way."""
+        self._ended_early[job_id] = how
+        while len(self._ended_early) > MAX_REMEMBERED:
+            self._ended_early.popitem(last=False)
 
     def _prune(self) -> None:
         """Forget the oldest ended jobs beyond ``MAX_REMEMBERED`` (their folders stay)."""
