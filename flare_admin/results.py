@@ -199,6 +199,9 @@ class JobMeta(_Record):
     resource_spec: Mapping[str, Any] = field(default_factory=dict)
     mandatory_clients: tuple[str, ...] = ()
     cloned_from: str | None = None
+    #: Why a SUBMITTED job still waits (e.g. ``waiting for sites: site-2 (deploy_map; not
+    #: connected) / 1 of 2 min_clients connected``); empty once it was dispatched.
+    schedule_reason: str = ""
     _data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -221,6 +224,7 @@ class JobMeta(_Record):
             resource_spec=MappingProxyType(_mapping(data.get("resource_spec"))),
             mandatory_clients=tuple(_strings(data.get("mandatory_clients"))),
             cloned_from=str(data["cloned_from"]) if data.get("cloned_from") else None,
+            schedule_reason=str(data.get("schedule_reason") or ""),
             _data=MappingProxyType(dict(data)),
         )
 

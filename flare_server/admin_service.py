@@ -147,6 +147,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         call.args = {"job_id": request.job_id}
         source = await self._job(call, request.job_id)
         self._require(call, Right.CLONE_JOB, source, "clone")
+        self.server.project_sites.check_job(source)  # the project may have lost a site since
         extra: dict[str, Any] = {}
         if request.initial_model_job_id:
             call.args["initial_model_job_id"] = request.initial_model_job_id

@@ -12,11 +12,19 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from flare_protocol.identity import ParticipantType, Role
-from flare_protocol.kit import load_kit
+from flare_protocol.kit import load_kit, project_sites
 from provisioning import ProvisionResult, provision
 
-ALL = ["localhost", "site-1", "site-2", "admin@org_a.com", "lead@org_a.com", "lead@org_b.com",
-       "orgadmin@org_a.com", "member@org_b.com"]
+ALL = [
+    "localhost",
+    "site-1",
+    "site-2",
+    "admin@org_a.com",
+    "lead@org_a.com",
+    "lead@org_b.com",
+    "orgadmin@org_a.com",
+    "member@org_b.com",
+]
 
 
 def _mode(path: Path) -> int:
@@ -27,13 +35,30 @@ def _files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
+def test_the_server_kit_lists_the_projects_sites(provisioned: ProvisionResult) -> None:
+    kit = load_kit(provisioned.kits["localhost"])
+    assert project_sites(kit) == ("site-1", "site-2")
+    data = json.loads((kit.startup / "participants.json").read_text())
+    assert data["sites"] == [
+        {"name": "site-1", "org": "org_a"},
+        {"name": "site-2", "org": "org_b"},
+    ]
+
+
 def test_server_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["localhost"]
     assert kit == provisioned.prod_dir / "localhost"
     assert _files(kit) == {"startup", "local", "transfer"}
     assert _files(kit / "startup") == {
-        "rootCA.pem", "server.crt", "server.key", "fed_server.json", "revoked.json",
-        "start.sh", "README.md", "signature.json",
+        "rootCA.pem",
+        "server.crt",
+        "server.key",
+        "fed_server.json",
+        "revoked.json",
+        "participants.json",
+        "start.sh",
+        "README.md",
+        "signature.json",
     }
     assert _files(kit / "local") == {"settings.json", "authorization.json.default"}
     assert _files(kit / "transfer") == set()
@@ -42,7 +67,12 @@ def test_server_kit_layout(provisioned: ProvisionResult) -> None:
 def test_site_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["site-1"]
     assert _files(kit / "startup") == {
-        "rootCA.pem", "client.crt", "client.key", "fed_client.json", "start.sh", "README.md",
+        "rootCA.pem",
+        "client.crt",
+        "client.key",
+        "fed_client.json",
+        "start.sh",
+        "README.md",
         "signature.json",
     }
     assert _files(kit / "local") == {"settings.json", "resources.json"}
@@ -52,7 +82,12 @@ def test_site_kit_layout(provisioned: ProvisionResult) -> None:
 def test_admin_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["lead@org_b.com"]
     assert _files(kit / "startup") == {
-        "rootCA.pem", "client.crt", "client.key", "fed_admin.json", "fl_admin.sh", "README.md",
+        "rootCA.pem",
+        "client.crt",
+        "client.key",
+        "fed_admin.json",
+        "fl_admin.sh",
+        "README.md",
         "signature.json",
     }
     assert _files(kit / "local") == {"settings.json"}
@@ -99,8 +134,11 @@ def test_first_run_has_an_empty_revocation_list(provisioned: ProvisionResult) ->
 
 @pytest.mark.parametrize(
     ("name", "script", "command"),
-    [("localhost", "start.sh", "flare server start"), ("site-1", "start.sh", "flare site start"),
-     ("member@org_b.com", "fl_admin.sh", "flare admin")],
+    [
+        ("localhost", "start.sh", "flare server start"),
+        ("site-1", "start.sh", "flare site start"),
+        ("member@org_b.com", "fl_admin.sh", "flare admin"),
+    ],
 )
 def test_launcher_runs_flare_on_the_kit(
     provisioned: ProvisionResult, name: str, script: str, command: str
@@ -158,7 +196,8 @@ def test_state_keeps_every_issued_certificate(provisioned: ProvisionResult) -> N
     for name, kit_dir in provisioned.kits.items():
         kit = load_kit(kit_dir)
         serial = format(
-            x509.load_pem_x509_certificate(kit.cert_path.read_bytes()).serial_number, "x")
+            x509.load_pem_x509_certificate(kit.cert_path.read_bytes()).serial_number, "x"
+        )
         assert issued[serial]["cert"].encode() == kit.cert_path.read_bytes()
         assert issued[serial]["name"] == name
 
@@ -198,6 +237,7 @@ def test_default_policy_file_is_the_servers_default(provisioned: ProvisionResult
     authz = pytest.importorskip("flare_server.authz")
     path = provisioned.kits["localhost"] / "local" / "authorization.json.default"
     policy = authz.Policy.from_mapping(json.loads(path.read_text()), source=str(path))
+
     def plain(table):  # type: ignore[no-untyped-def]
         return {role: dict(row) for role, row in table.items()}
 
