@@ -174,7 +174,9 @@ def _poll_metrics(session: Session, progress: _Progress, done: threading.Event) 
     while not done.wait(0.5):
         try:  # only the rows that arrived since the last look
             metrics = session.get_job_metrics(progress.job_id, start=len(progress.metrics))
-            validations = session.get_validations(progress.job_id, start=len(progress.validations))
+            validations = session.get_validations(
+                progress.job_id, start=len(progress.validations)
+            )
         except FlareError:
             continue  # a server without the readers, or busy: the final read reports it
         with progress.lock:
