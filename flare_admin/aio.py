@@ -411,7 +411,9 @@ class AsyncSession:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
         first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)
-        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
+        return await self._pages(
+            lambda offset: _ops.job_metrics(job_id, site, key, offset), first
+        )
 
     async def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0
