@@ -303,6 +303,7 @@ def test_09_shutdown_with_running_jobs_needs_force_which_aborts_them_and_sites_e
                 with pytest.raises(ClientsStillRunning) as caught:
                     stop()
                 assert job_id in str(caught.value) and "force=True" in str(caught.value)
+                assert caught.value.job_ids == job_id  # type: ignore[attr-defined]
             assert s.get_job_meta(job_id)["status"] == "RUNNING"
 
             reply = s.shutdown_system(force=True)
