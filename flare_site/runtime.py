@@ -99,7 +99,8 @@ class SiteSettings:
     reconnect_max: float = 30.0
     """Longest back-off delay."""
     stop_grace: float = 10.0
-    """Seconds user code gets to exit at ``job.end`` before its group is killed."""
+    """Seconds an idle Client API script gets to exit at ``job.end`` before its group is
+    killed (a task still running then is killed at once)."""
     max_outbox: int = 10_000
     """Outgoing messages kept while disconnected; the oldest are dropped beyond it."""
     transfer_timeout: float = 3600.0
