@@ -224,7 +224,10 @@ def project_sites(kit: Kit) -> tuple[str, ...] | None:
         raise KitError(
             f"{path} is malformed: it needs 'format': 1 and a 'sites' list", path=str(path)
         )
-    names = [s.get("name") if isinstance(s, dict) else None for s in sites]
-    if not all(isinstance(n, str) and n for n in names):
-        raise KitError(f"{path} is malformed: every site needs a 'name'", path=str(path))
-    return tuple(sorted(names))  # type: ignore[arg-type]
+    names: list[str] = []
+    for site in sites:
+        name = site.get("name") if isinstance(site, dict) else None
+        if not isinstance(name, str) or not name:
+            raise KitError(f"{path} is malformed: every site needs a 'name'", path=str(path))
+        names.append(name)
+    return tuple(sorted(names))
