@@ -414,12 +414,12 @@ class Commands:
                 )
                 running = await self._refuse_running_jobs(verb, "the server", force)
             result: dict[str, Any] = {}
+            aborted = await self._abort_for_stop(call, running, f"the server was {done}")
             for site in sites:
                 result[site] = await self._forward(site, name, {})
+            if aborted:
+                result["aborted_jobs"] = aborted
             if with_server:
-                aborted = await self._abort_for_stop(call, running, f"the server was {done}")
-                if aborted:
-                    result["aborted_jobs"] = aborted
                 self.server.request_stop(restart=(name == "restart"), by=call.identity.name)
                 result["server"] = "restarting" if name == "restart" else "stopping"
             return result
