@@ -16,9 +16,12 @@ server learns the limit at Register). User code runs only in the executor's subp
 (:mod:`flare_site.executors`); the manager never imports it. ``abort`` may come at any
 moment, also while the app is being extracted or the script is starting: it marks the
 job aborted first, then kills the executor's process group, so a deployment in progress
-fails instead of starting user code. A task whose user code died (non-zero exit, killed)
-fails the job and reaps its process group; a task whose output was merely unusable fails
-alone and the job goes on.
+fails instead of starting user code; an ``end`` or ``abort`` that comes before the
+deployment reached the manager (the archive still downloading) makes it refuse that
+deployment. ``end`` frees the job's slot at once and stops user code: an idle script gets
+``stop_grace`` seconds, a task still running is killed. A task whose user code died
+(non-zero exit, killed) fails the job and reaps its process group; a task whose output was
+merely unusable fails alone and the job goes on.
 
 The manager is confined to the site's event loop. It knows nothing of the network: the
 runtime (:mod:`flare_site.runtime`) turns messages into calls and results into messages.
