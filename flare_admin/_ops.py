@@ -464,10 +464,11 @@ def _options(
 
 
 def get_job_logs(jid: str, target: str = "server") -> Unary:
-    """The lines of ``target``'s log that mention the job (numbered, as ``grep -n``)."""
+    """The lines of ``target``'s log that mention the job (numbered, as ``grep -n``); the
+    right to download the job is enough (no shell commands)."""
     jid = job_id(jid)
-    args = {"target": _target(target), "path": log_file(target), "pattern": jid}
-    return command("grep", args, _file_text(target, args["path"]), jid)
+    args = {"job_id": jid, "target": _target(target)}
+    return command("job_logs", args, _file_text(target, log_file(target)), jid)
 
 
 def _sites_result(reply: Any) -> list[ClientJobStatus]:
@@ -582,10 +583,21 @@ def get_working_directory(target: str) -> Unary:
     return command("pwd", {"target": _target(target)}, _file_text(target, ""))
 
 
-def system_command(name: str, target_type: str | None, client_names: Iterable[str] | None) -> Unary:
+def system_command(
+    name: str,
+    target_type: str | None,
+    client_names: Iterable[str] | None,
+    *,
+    force: bool = False,
+) -> Unary:
+    """shutdown, restart, shutdown_system; ``force`` aborts the running jobs first."""
+    if not isinstance(force, bool):
+        raise InvalidArgumentError(f"force must be True or False, got {force!r}")
     args: dict[str, Any] = {"targets": _names(client_names, "client name")}
     if target_type is not None:
         args["target_type"] = _target_type(target_type)
+    if force:
+        args["force"] = True
     return command(name, args, _object(lambda d: SystemCommandResult.from_dict(name, d), name))
 
 

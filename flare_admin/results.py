@@ -266,6 +266,9 @@ class JobMeta(_Document):
     resource_spec: Mapping[str, Any] = field(default_factory=dict)
     mandatory_clients: tuple[str, ...] = ()
     cloned_from: str | None = None
+    #: Why a SUBMITTED job still waits (e.g. ``waiting for sites: site-2 (deploy_map; not
+    #: connected) / 1 of 2 min_clients connected``); empty once it was dispatched.
+    schedule_reason: str = ""
     _data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -288,6 +291,7 @@ class JobMeta(_Document):
             resource_spec=MappingProxyType(_mapping(data.get("resource_spec"))),
             mandatory_clients=tuple(_strings(data.get("mandatory_clients"))),
             cloned_from=str(data["cloned_from"]) if data.get("cloned_from") else None,
+            schedule_reason=str(data.get("schedule_reason") or ""),
             _data=MappingProxyType(dict(data)),
         )
 
@@ -600,6 +604,8 @@ class SystemCommandResult(_DictLike, _Document):
     command: str
     server: str | None = None
     sites: Mapping[str, str] = field(default_factory=dict)
+    #: Jobs that ``force=True`` aborted first.
+    aborted_jobs: tuple[str, ...] = ()
     _data: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -609,11 +615,12 @@ class SystemCommandResult(_DictLike, _Document):
         if isinstance(named, list):  # shutdown_system: the sites it told to stop
             sites = {str(n): "stopping" for n in named}
         else:
-            sites = {str(k): str(v) for k, v in data.items() if k != "server"}
+            sites = {str(k): str(v) for k, v in data.items() if k not in ("server", "aborted_jobs")}
         return cls(
             command=command,
             server=str(server) if server is not None else None,
             sites=MappingProxyType(sites),
+            aborted_jobs=_strs(data.get("aborted_jobs")),
             _data=MappingProxyType(dict(data)),
         )
 

@@ -670,20 +670,36 @@ class Session:
         self._unary(_ops.reset_errors(job_id, target_type, targets))
 
     def shutdown(
-        self, target_type: str, client_names: Iterable[str] | None = None
+        self,
+        target_type: str,
+        client_names: Iterable[str] | None = None,
+        *,
+        force: bool = False,
     ) -> SystemCommandResult:
-        """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``."""
-        return self._unary(_ops.system_command("shutdown", target_type, client_names))
+        """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``.
+
+        Stopping the server while jobs run raises ClientsStillRunning naming them;
+        ``force=True`` aborts them (``FINISHED:ABORTED``) and stops.
+        """
+        return self._unary(_ops.system_command("shutdown", target_type, client_names, force=force))
 
     def restart(
-        self, target_type: str, client_names: Iterable[str] | None = None
+        self,
+        target_type: str,
+        client_names: Iterable[str] | None = None,
+        *,
+        force: bool = False,
     ) -> SystemCommandResult:
-        """Restart the server, sites or all."""
-        return self._unary(_ops.system_command("restart", target_type, client_names))
+        """Restart the server, sites or all (``force`` as for :meth:`shutdown`)."""
+        return self._unary(_ops.system_command("restart", target_type, client_names, force=force))
 
-    def shutdown_system(self) -> SystemCommandResult:
-        """Stop every site and then the server."""
-        return self._unary(_ops.system_command("shutdown_system", None, None))
+    def shutdown_system(self, *, force: bool = False) -> SystemCommandResult:
+        """Stop every site and then the server.
+
+        Raises ClientsStillRunning while jobs run, naming them; ``force=True`` aborts
+        them (``FINISHED:ABORTED``) first.
+        """
+        return self._unary(_ops.system_command("shutdown_system", None, None, force=force))
 
     def set_timeout(self, value: float) -> None:
         """Use ``value`` seconds as the deadline of this session's calls."""

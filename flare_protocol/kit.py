@@ -5,7 +5,8 @@ A kit is ``<workspace>/<project>/prod_NN/<participant>/`` with:
 * ``startup/`` (signed by the project CA, see :mod:`flare_protocol.signature`):
   ``rootCA.pem``; ``server.crt``/``server.key`` (server) or ``client.crt``/``client.key``
   (sites and admins); one of ``fed_server.json``, ``fed_client.json``, ``fed_admin.json``;
-  ``revoked.json`` (server only); ``start.sh`` (server, sites) or ``fl_admin.sh`` (admins);
+  ``revoked.json`` and ``participants.json`` (server only); ``start.sh`` (server, sites)
+  or ``fl_admin.sh`` (admins);
   ``README.md``; ``signature.json``.
 * ``local/``: settings the participant may edit (not signed): ``settings.json``;
   ``authorization.json`` on the server overrides the default policy when present.
@@ -20,6 +21,12 @@ The ``fed_*.json`` config (format 1)::
       "server": {"name": "fl.example.org", "fed_learn_port": 8002, "admin_port": 8003,
                  "host_names": ["localhost", "127.0.0.1"]}
     }
+
+The server's ``participants.json`` lists the project's sites, so that the server can
+refuse a job naming a site the project does not have::
+
+    {"format": 1, "project": "hospital_consortium",
+     "sites": [{"name": "hospital-a", "org": "hospital_a"}, ...]}
 
 ``local/settings.json`` may hold ``"server_address": "host:port"`` to dial another
 address than the kit's (NAT, port forwarding, tests); TLS still verifies the kit's
@@ -43,6 +50,7 @@ TRANSFER = "transfer"
 ROOT_CA = "rootCA.pem"
 SIGNATURE = "signature.json"
 REVOKED = "revoked.json"
+PARTICIPANTS = "participants.json"
 SETTINGS = "settings.json"
 AUTHORIZATION = "authorization.json"
 KIT_README = "README.md"
@@ -198,3 +206,28 @@ def load_kit(kit_dir: str | Path, expected_type: ParticipantType | None = None) 
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise KitError(f"{cfg_path} is malformed: {exc!r}", path=str(cfg_path)) from exc
+
+
+def project_sites(kit: Kit) -> tuple[str, ...] | None:
+    """The site names of a server kit's ``startup/participants.json``, sorted; None when
+    the kit has none (provisioned before the file existed).
+
+    Raises:
+        KitError: the file is unreadable or malformed (naming it).
+    """
+    path = kit.startup / PARTICIPANTS
+    if not path.is_file():
+        return None
+    data = _read_json(path)
+    sites = data.get("sites")
+    if data.get("format") != CONFIG_FORMAT or not isinstance(sites, list):
+        raise KitError(
+            f"{path} is malformed: it needs 'format': 1 and a 'sites' list", path=str(path)
+        )
+    names: list[str] = []
+    for site in sites:
+        name = site.get("name") if isinstance(site, dict) else None
+        if not isinstance(name, str) or not name:
+            raise KitError(f"{path} is malformed: every site needs a 'name'", path=str(path))
+        names.append(name)
+    return tuple(sorted(names))

@@ -146,6 +146,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         call.args = {"job_id": request.job_id}
         source = await self._job(call, request.job_id)
         self._require(call, Right.CLONE_JOB, source, "clone")
+        self.server.project_sites.check_job(source)  # the project may have lost a site since
         extra: dict[str, Any] = {}
         # A clone starts from the same model as its source unless told otherwise; either
         # way the cloner must be allowed to read that model.

@@ -31,7 +31,7 @@ from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
 from flare_protocol.identity import ParticipantType, identity_from_certificate
-from flare_protocol.kit import REVOKED, Kit, load_kit
+from flare_protocol.kit import PARTICIPANTS, REVOKED, Kit, load_kit
 from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
 from flare_server.audit import AuditLog
 from flare_server.authz import Policy
@@ -41,6 +41,7 @@ from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobStore
 from flare_server.model_source import authorize_model_source
+from flare_server.project_sites import ProjectSites
 from flare_server.results import RowSignals
 from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
@@ -137,6 +138,7 @@ class Server:
         self.settings = settings or ServerSettings.from_kit(kit)
         self.workspace = (self.settings.workspace or kit.root / "workspace").resolve()
         self.policy = Policy.for_kit(kit.local)
+        self.project_sites = ProjectSites.for_kit(kit)
         revoked = load_revoked(kit.startup / REVOKED)
         root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
         self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
@@ -190,6 +192,14 @@ class Server:
             max_ratio=s.max_compression_ratio,
         )
         self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
+        self.store.definition_check = self.project_sites.check_job
+        if self.project_sites.names is None:
+            log.warning(
+                "%s has no %s (a kit provisioned by an older flare): jobs naming sites that "
+                "are not in the project are not refused; re-provision to get the file",
+                self.kit.startup,
+                PARTICIPANTS,
+            )
         if self.settings.extra:
             log.warning(
                 "%s: ignoring key(s) that are not server settings: %s",

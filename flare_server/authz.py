@@ -8,9 +8,11 @@ FLARE's default policy (rows are roles, columns are rights)::
     submit_job       any            none       any    none
     clone_job        any            none       own    none
     manage_job       any            org        own    none     abort, delete, reset_errors
-    download_job     any            org        own    none     download_job_result
+    download_job     any            org        own    none     download_job_result and the
+                                                               job's logs, errors, metrics,
+                                                               validations, summary, model
     view             any            any        any    any      list, meta, watch, stats,
-                                                               errors, system info, sites
+                                                               system info, sites
     operate          any            org        org    none     restart, shutdown, ...
     shell_commands   any            org        none   none     ls, cat, head, tail, grep, pwd
 

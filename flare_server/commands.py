@@ -8,8 +8,8 @@ command                 right             args -> result
 ======================  ================  ==========================================
 show_stats              view              ``{job_id?, target_type?, targets?}`` ->
                                           ``{"server": {...}, "<site>": {...}}``
-show_errors             view              ``{job_id?, target_type?, targets?}`` ->
-                                          ``{"server": [...], "<site>": [...]}``
+show_errors             view; download_   ``{job_id?, target_type?, targets?}`` ->
+                        job (job)         ``{"server": [...], "<site>": [...]}``
 reset_errors            manage_job (job)  ``{job_id, target_type?, targets?}`` ->
                                           ``{"reset": true}``
 get_client_job_status   view              ``{targets?}`` ->
@@ -24,8 +24,10 @@ grep                    shell_commands    ``{target, path, pattern, ignore_case=
                                           regex=false}`` -> ``{"text", "truncated"}``
 pwd                     shell_commands    ``{target}`` -> ``{"text": workspace path}``
 shutdown / restart      operate           ``{target_type: server|client|all, targets?,
-                                          force=false}`` -> ``{"server": "stopping"}``
-shutdown_system         operate (server)  ``{}`` -> ``{"server": "stopping", "sites"}``
+                                          force=false}`` -> ``{"<site>": ..., "server":
+                                          "stopping", "aborted_jobs"?: [ids]}``
+shutdown_system         operate (server)  ``{force=false}`` -> ``{"server": "stopping",
+                                          "sites", "aborted_jobs"}``
 job_metrics             download_job      ``{job_id, site?, key?, offset=0, limit=10000}`` ->
                                           ``{"rows": [{site, round, key, value, step,
                                           time}], "next_offset": int | null}``
@@ -33,7 +35,15 @@ job_validations         download_job      ``{job_id, site?, offset=0, limit=1000
                                           ``{"rows": [{site, round, metrics}],
                                           "next_offset": int | null}``
 job_summary             download_job      ``{job_id}`` -> the job's ``summary.json``
+job_logs                download_job      ``{job_id, target="server"}`` -> ``{"text",
+                                          "truncated"}``: the lines of the target's log
+                                          (``logs/server.log``, ``logs/site.log``)
+                                          naming the job, numbered
 ======================  ================  ==========================================
+
+A job-scoped read follows the job's rights: what user code wrote (its logs, errors,
+metrics, validations, summary) needs ``download_job`` on the job, as downloading its
+result does; its status (``show_stats``) needs ``view``.
 
 ``target_type`` is ``server`` (the default), ``client`` or ``all``; without ``targets``,
 ``client``/``all`` ask the connected sites the job was deployed to (every connected site
@@ -44,6 +54,12 @@ are never shown. Commands aimed at a site are forwarded over its Channel as
 ``site.command`` and answered by ``site.reply``; a site that is not connected is an
 ``InvalidTarget``, one that does not answer in time a ``NoReply``. Anything else is an
 ``InvalidArgumentError`` naming the command.
+
+``shutdown``/``restart`` authorize every target (each site, the server) and check the
+server's jobs before any target acts: a refused ``all`` leaves the sites alone. Stopping
+the server (or the system) while jobs are dispatched or running is ``ClientsStillRunning``
+naming them; ``force=true`` aborts them first (``FINISHED:ABORTED``, the reason naming
+who and why), then stops.
 """
 
 from __future__ import annotations
@@ -65,6 +81,9 @@ if TYPE_CHECKING:
     from flare_server.app import Server
 
 MAX_ARGS_BYTES = 64 * 1024
+#: Each target's own log, relative to its workspace.
+SERVER_LOG = "logs/server.log"
+SITE_LOG = "logs/site.log"
 
 Handler = Callable[[Call, dict[str, Any]], Awaitable[Any]]
 
@@ -82,6 +101,13 @@ def _int_arg(args: dict[str, Any], key: str, default: int, lo: int, hi: int) -> 
         raise errors.InvalidArgumentError(
             f"argument '{key}' must be an integer {lo}..{hi}, got {value!r}"
         )
+    return value
+
+
+def _bool_arg(args: dict[str, Any], key: str) -> bool:
+    value = args.get(key, False)
+    if not isinstance(value, bool):
+        raise errors.InvalidArgumentError(f"argument '{key}' must be true or false, got {value!r}")
     return value
 
 
@@ -116,6 +142,7 @@ class Commands:
             "job_metrics": self.job_metrics,
             "job_validations": self.job_validations,
             "job_summary": self.job_summary,
+            "job_logs": self.job_logs,
         }
 
     @property
@@ -241,7 +268,9 @@ class Commands:
         return stats
 
     async def show_errors(self, call: Call, args: dict[str, Any]) -> Any:
-        meta = await self._job_or_view(call, args, Right.VIEW, "view the errors")
+        # A job's errors carry what its user code wrote to stderr: the right of its logs.
+        right = Right.VIEW if args.get("job_id") is None else Right.DOWNLOAD_JOB
+        meta = await self._job_or_view(call, args, right, "view the errors")
         with_server, sites = self._scope(args, meta)
         result: dict[str, Any] = {}
         if with_server:
@@ -330,6 +359,16 @@ class Commands:
             ) from None
         return json.loads(text)
 
+    async def job_logs(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "logs")
+        target = _str_arg(args, "target", "server")
+        grep = {"path": SITE_LOG, "pattern": str(meta["job_id"])}
+        if target == "server":
+            return await asyncio.to_thread(
+                self._server_file_command, "grep", {**grep, "path": SERVER_LOG}
+            )
+        return await self._forward(target, "grep", grep)
+
     # -- shell commands ----------------------------------------------------------------
     def _file_command(self, name: str) -> Handler:
         async def handler(call: Call, args: dict[str, Any]) -> Any:
@@ -349,35 +388,39 @@ class Commands:
 
     # -- operate -----------------------------------------------------------------------
     def _control(self, name: str) -> Handler:
+        verb, done = ("restart", "restarted") if name == "restart" else ("shut down", "shut down")
+
         async def handler(call: Call, args: dict[str, Any]) -> Any:
             target_type = _str_arg(args, "target_type", "server")
             if target_type not in ("server", "client", "all"):
                 raise errors.InvalidTarget(
                     f"target_type must be server, client or all, got {target_type!r}"
                 )
-            result: dict[str, Any] = {}
+            force = _bool_arg(args, "force")
+            sites: list[str] = []
             if target_type in ("client", "all"):
-                sites = _targets(args)
-                if sites is None:
-                    sites = self.server.registry.names()
-                for site in sites:
-                    self.server.policy.require(
-                        call.identity, Right.OPERATE, self._site_resource(site), action=f"{name}"
-                    )
-                for site in sites:
-                    result[site] = await self._forward(site, name, {})
-            if target_type in ("server", "all"):
+                named = _targets(args)
+                sites = self.server.registry.names() if named is None else named
+            with_server = target_type in ("server", "all")
+            # Every part is authorized, and the server's jobs checked, before any part acts:
+            # a refused "all" must not have restarted or stopped the sites already.
+            for site in sites:
                 self.server.policy.require(
-                    call.identity, Right.OPERATE, Resource.server(), action=f"{name}"
+                    call.identity, Right.OPERATE, self._site_resource(site), action=name
                 )
-                running = await asyncio.to_thread(
-                    self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+            running: list[Any] = []
+            if with_server:
+                self.server.policy.require(
+                    call.identity, Right.OPERATE, Resource.server(), action=name
                 )
-                if running and not args.get("force", False):
-                    raise errors.ClientsStillRunning(
-                        f"cannot {name} the server: {len(running)} job(s) still dispatched or "
-                        "running; abort them first or pass force=true"
-                    )
+                running = await self._refuse_running_jobs(verb, "the server", force)
+            result: dict[str, Any] = {}
+            aborted = await self._abort_for_stop(call, running, f"the server was {done}")
+            for site in sites:
+                result[site] = await self._forward(site, name, {})
+            if aborted:
+                result["aborted_jobs"] = aborted
+            if with_server:
                 self.server.request_stop(restart=(name == "restart"), by=call.identity.name)
                 result["server"] = "restarting" if name == "restart" else "stopping"
             return result
@@ -388,10 +431,52 @@ class Commands:
         self.server.policy.require(
             call.identity, Right.OPERATE, Resource.server(), action="shut down the system"
         )
-        for site in self.server.registry.names():
+        force = _bool_arg(args, "force")
+        running = await self._refuse_running_jobs("shut down", "the system", force)
+        aborted = await self._abort_for_stop(call, running, "the system was shut down")
+        sites = self.server.registry.names()
+        for site in sites:
             self.server.registry.send_command(site, "shutdown")
         self.server.request_stop(restart=False, by=call.identity.name)
-        return {"server": "stopping", "sites": self.server.registry.names()}
+        return {"server": "stopping", "sites": sites, "aborted_jobs": aborted}
+
+    async def _refuse_running_jobs(self, verb: str, what: str, force: bool) -> list[Any]:
+        """The dispatched and running jobs; ClientsStillRunning if there are any, unless
+        ``force``."""
+        running = await asyncio.to_thread(
+            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+        )
+        if running and not force:
+            shown = ", ".join(f"{r.job_id} ({_status(r)})" for r in running[:10])
+            more = f" and {len(running) - 10} more" if len(running) > 10 else ""
+            raise errors.ClientsStillRunning(
+                f"cannot {verb} {what}: {len(running)} job(s) still dispatched or running: "
+                f"{shown}{more}; abort them first, or pass force=True to abort them and {verb}",
+                job_ids=",".join(r.job_id for r in running),
+            )
+        return list(running)
+
+    async def _abort_for_stop(self, call: Call, running: list[Any], why: str) -> list[str]:
+        """Abort the jobs a forced stop ends (FINISHED:ABORTED, naming who and why)."""
+        reason = f"aborted by {call.identity.name}: {why} with force=True"
+        aborted: list[str] = []
+        for row in running:
+            try:
+                meta = await asyncio.to_thread(
+                    self.server.store.set_status,
+                    row.job_id,
+                    JobStatus.FINISHED_ABORTED,
+                    reason=reason,
+                )
+            except (errors.InvalidTransition, errors.JobNotFound):
+                continue  # it ended meanwhile
+            self.server.notify_sites_abort(dict(meta), reason)
+            aborted.append(row.job_id)
+        return aborted
+
+
+def _status(row: Any) -> str:
+    return str(getattr(row.status, "value", row.status))
 
 
 def _job(meta: dict[str, Any]) -> Resource:

@@ -192,6 +192,8 @@ class JobRunner:
         self.buffers = BufferPool()
         self.blobs = BlobRegistry(self.buffers, server.settings.update_memory_bytes)
         self.runs: dict[str, JobRun] = {}
+        #: (site, job) -> when the site was last told to abort a job it should not run.
+        self._stray: dict[tuple[str, str], float] = {}
         self._trim: asyncio.TimerHandle | None = None
         server.registry.subscribe(self._on_site_event)
 
@@ -312,32 +314,51 @@ class JobRunner:
             self._trim.cancel()
 
     def _on_site_event(self, event: str, name: str) -> None:
-        for run in list(self.runs.values()):
-            if name in run.sites:
-                run.post((event, name))
-        if event != "connected":
-            return
+        if event in ("connected", "disconnected"):
+            for run in list(self.runs.values()):
+                if name in run.sites:
+                    run.post((event, name))
+        if event == "disconnected":
+            self._stray = {k: t for k, t in self._stray.items() if k[0] != name}
+        elif event in ("connected", "running_jobs"):
+            self._abort_stray_jobs(name, at_connect=event == "connected")
+
+    def _abort_stray_jobs(self, name: str, *, at_connect: bool) -> None:
+        """Tell ``name`` to abort every job it reports running that does not run there.
+
+        The site's own job end may have been lost, or it came back after the job ended
+        (or after a server restart): its processes must not live on. At Register, a job
+        whose run is ending counts too (the site missed its ``job.end``); on heartbeats it
+        does not (the site is ending it). Each stray job is told again at most every
+        ``heartbeat_timeout`` seconds while the site keeps reporting it.
+        """
         site = self.server.registry.get(name)
-        if site is None:
-            return
+        if site is None or getattr(self.server, "launcher", self) is not self:
+            return  # another launcher (a test seam) runs the jobs: it knows which are live
+        now = time.monotonic()
+        self._stray = {
+            k: t for k, t in self._stray.items() if k[0] != name or k[1] in site.running_jobs
+        }
         for job_id in site.running_jobs:
             owner = self.runs.get(job_id)
-            if owner is None or name not in owner.sites or owner.ending:
-                # e.g. after a server restart: the store ended it; the site must clean up.
-                log.info(
-                    "site %s still runs job %s, which is not running here: abort it",
+            if owner is not None and name in owner.sites and not (at_connect and owner.ending):
+                continue
+            told = self._stray.get((name, job_id))
+            if told is not None and now - told < self.server.settings.heartbeat_timeout:
+                continue
+            self._stray[(name, job_id)] = now
+            log.info(
+                "site %s still runs job %s, which is not running there: abort it",
+                name,
+                job_id[:64],
+            )
+            with contextlib.suppress(errors.InvalidTarget):
+                self.server.registry.send(
                     name,
-                    job_id[:64],
+                    _envelope(
+                        job_id, "job.abort", {"reason": "the server no longer runs this job"}
+                    ),
                 )
-                try:
-                    self.server.registry.send(
-                        name,
-                        _envelope(
-                            job_id, "job.abort", {"reason": "the server no longer runs this job"}
-                        ),
-                    )
-                except errors.InvalidTarget:
-                    pass
 
 
 class JobRun:

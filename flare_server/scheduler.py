@@ -3,7 +3,8 @@
 Theory of operation. A job is *runnable* when every site its ``deploy_map`` names (and
 every ``mandatory_clients`` site) is connected and at least ``min_clients`` sites are
 connected. Until then it stays SUBMITTED and its meta carries ``schedule_reason``, e.g.
-``waiting for sites: site-2 (deploy_map) / 1 of 2 min_clients connected``. The waiting
+``waiting for sites: site-2 (deploy_map; not connected) / 1 of 2 min_clients connected``
+(``list_jobs(detailed=True)``, ``get_job_meta`` and ``monitor_job`` show it). The waiting
 jobs are re-evaluated whenever a job is submitted and whenever a site connects or
 disconnects; evaluations are coalesced (one runs at a time, a request during a run
 triggers one more run). A site that announced a ``max_jobs`` resource at Register and
@@ -45,8 +46,14 @@ class JobLauncher(Protocol):
         ...
 
 
-def place(meta: Mapping[str, Any], connected: Collection[str]) -> Placement:
-    """Where a job can run given the connected sites, or why it must wait."""
+def place(
+    meta: Mapping[str, Any], connected: Collection[str], busy: Collection[str] = ()
+) -> Placement:
+    """Where a job can run given the sites that can take it, or why it must wait.
+
+    ``connected``: the sites that can take a job now; ``busy``: connected sites at their
+    ``max_jobs`` limit (the reason names them as such, not as not connected).
+    """
     deploy_map = meta.get("deploy_map") or {}
     named: list[str] = []
     wants_all = False
@@ -59,8 +66,11 @@ def place(meta: Mapping[str, Any], connected: Collection[str]) -> Placement:
     mandatory = [s for s in (meta.get("mandatory_clients") or ()) if s not in named]
     min_clients = int(meta.get("min_clients") or 1)
 
-    missing = [f"{s} (deploy_map)" for s in named if s not in connected]
-    missing += [f"{s} (mandatory_clients)" for s in mandatory if s not in connected]
+    def why(site: str) -> str:
+        return "at its max_jobs limit" if site in busy else "not connected"
+
+    missing = [f"{s} (deploy_map; {why(s)})" for s in named if s not in connected]
+    missing += [f"{s} (mandatory_clients; {why(s)})" for s in mandatory if s not in connected]
     if wants_all:
         sites = sorted(connected)
     else:
@@ -89,7 +99,7 @@ class Scheduler:
         self.launcher = launcher
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        registry.subscribe(lambda _event, _name: self.poke())
+        registry.subscribe(self._on_site_event)
 
     def start(self) -> None:
         if self._task is None:
@@ -104,6 +114,10 @@ class Scheduler:
             except asyncio.CancelledError:
                 pass
             self._task = None
+
+    def _on_site_event(self, event: str, _name: str) -> None:
+        if event in ("connected", "disconnected"):
+            self.poke()
 
     def poke(self) -> None:
         """Ask for a re-evaluation (coalesced; cheap to call often)."""
@@ -140,7 +154,7 @@ class Scheduler:
                 if meta.get("status") != JobStatus.SUBMITTED.value:
                     continue
                 full = sorted(s for s in connected if free.get(s, 1) <= 0)
-                placement = place(meta, connected - frozenset(full))
+                placement = place(meta, connected - frozenset(full), busy=full)
                 if placement.sites is not None:
                     runnable.append((job_id, meta, placement.sites))
                     for site in placement.sites:  # count it against the jobs after it

@@ -6,7 +6,8 @@ again (which replaces the old session). Each connected site owns an outbound que
 ``Envelope``s that its ``Channel`` stream drains: it is the seam through which the next
 issue pushes work, and through which :meth:`SiteRegistry.request` forwards a command and
 awaits the site's reply. Listeners are told of every connect and disconnect (the scheduler
-re-evaluates waiting jobs then).
+re-evaluates waiting jobs then), and of every heartbeat that lists running jobs (the job
+runner makes sure each is still running there).
 
 The registry is confined to the server's event loop: call it from coroutines or callbacks
 running on that loop only.
@@ -33,7 +34,9 @@ log = logging.getLogger("flare_server.sites")
 #: Put on a site's outbound queue to end its Channel stream.
 CLOSE = None
 
-SiteListener = Callable[[str, str], None]  # (event "connected" | "disconnected", site name)
+#: (event, site name); events: "connected", "disconnected", and "running_jobs" (a heartbeat
+#: that lists jobs the site runs: the job runner checks they are still running here).
+SiteListener = Callable[[str, str], None]
 
 
 @dataclass
@@ -146,6 +149,8 @@ class SiteRegistry:
         site = self.session(name, session_id)
         site.last_heartbeat = time.time()
         site.running_jobs = tuple(running_jobs)
+        if site.running_jobs:
+            self._notify("running_jobs", name)
         return site
 
     def disconnect(self, name: str, *, reason: str, session_id: str | None = None) -> bool:

@@ -11,6 +11,8 @@ command        args                                   result
 =============  =====================================  ===================================
 show_stats     ``job_id?``                            jobs, limits, uptime, connection
 show_errors    ``job_id?``                            ``[{time, job_id, error}]``
+reset_errors   ``job_id``                             ``{"reset": n}``: the job's errors
+                                                      forgotten (what show_errors shows)
 restart        (none)                                 ``"restarting"``; then it restarts
 shutdown       (none)                                 ``"stopping"``; then it stops
 =============  =====================================  ===================================
@@ -47,9 +49,10 @@ class CommandResult:
 
 
 class SiteCommands:
-    """Runs one ``site.command``; ``stats``/``errors`` come from the runtime."""
+    """Runs one ``site.command``; ``stats``/``errors``/``reset_errors`` come from the runtime."""
 
     FILE_COMMANDS = FILE_COMMANDS
+    COMMANDS = frozenset({"show_stats", "show_errors", "reset_errors", "restart", "shutdown"})
 
     def __init__(
         self,
@@ -57,10 +60,12 @@ class SiteCommands:
         *,
         stats: Callable[[str | None], Any],
         errors: Callable[[str | None], Any],
+        reset_errors: Callable[[str], int],
     ) -> None:
         self.root = Path(workspace).resolve()
         self._stats = stats
         self._errors = errors
+        self._reset_errors = reset_errors
 
     def run(self, command: object, args: object) -> CommandResult:
         """Answer ``command`` with ``args`` (a JSON object); never raises."""
@@ -80,13 +85,15 @@ class SiteCommands:
                 return CommandResult(self._stats(job_id))
             if command == "show_errors":
                 return CommandResult(self._errors(job_id))
+            if command == "reset_errors":
+                if job_id is None:
+                    raise InvalidArgumentError("reset_errors needs a job_id")
+                return CommandResult({"reset": self._reset_errors(job_id)})
             if command == "restart":
                 return CommandResult("restarting", then="restart")
             if command == "shutdown":
                 return CommandResult("stopping", then="shutdown")
-            known = sorted(
-                self.FILE_COMMANDS | {"show_stats", "show_errors", "restart", "shutdown"}
-            )
+            known = sorted(self.FILE_COMMANDS | {*self.COMMANDS})
             raise InvalidArgumentError(
                 f"unknown site command {command[:64]!r}; known: {', '.join(known)}"
             )

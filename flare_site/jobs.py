@@ -16,9 +16,12 @@ server learns the limit at Register). User code runs only in the executor's subp
 (:mod:`flare_site.executors`); the manager never imports it. ``abort`` may come at any
 moment, also while the app is being extracted or the script is starting: it marks the
 job aborted first, then kills the executor's process group, so a deployment in progress
-fails instead of starting user code. A task whose user code died (non-zero exit, killed)
-fails the job and reaps its process group; a task whose output was merely unusable fails
-alone and the job goes on.
+fails instead of starting user code; an ``end`` or ``abort`` that comes before the
+deployment reached the manager (the archive still downloading) makes it refuse that
+deployment. ``end`` frees the job's slot at once and stops user code: an idle script gets
+``stop_grace`` seconds, a task still running is killed. A task whose user code died
+(non-zero exit, killed) fails the job and reaps its process group; a task whose output was
+merely unusable fails alone and the job goes on.
 
 The manager is confined to the site's event loop. It knows nothing of the network: the
 runtime (:mod:`flare_site.runtime`) turns messages into calls and results into messages.
@@ -33,7 +36,7 @@ import logging
 import re
 import shutil
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,8 +183,14 @@ class JobRecord:
             "started": self.started,
             "ended": self.ended,
             "tasks_done": self.tasks_done,
-            "error": self.error,
+            "error": _headline(self.error),
         }
+
+
+def _headline(error: str) -> str:
+    """What failed, without user code's output: ``show_stats`` is for everyone who may view
+    the job; the stderr tail is in ``show_errors`` and the job's log."""
+    return error.split("\n", 1)[0].removesuffix("; last lines of stderr:")[:500]
 
 
 class JobManager:
@@ -210,6 +219,9 @@ class JobManager:
         self.app_limits = app_limits or AppLimits()
         self.max_log_bytes = max_log_bytes
         self._jobs: dict[str, JobRecord] = {}
+        #: Jobs ended or aborted before their deployment got this far (the archive was
+        #: still downloading): their deployment is refused when it arrives.
+        self._ended_early: OrderedDict[str, str] = OrderedDict()
         self._watchers: set[asyncio.Task[None]] = set()
         self.errors: deque[dict[str, Any]] = deque(maxlen=200)
 
@@ -255,6 +267,12 @@ class JobManager:
             InvalidJobDefinition: the archive or the client config is unsafe or invalid.
         """
         job_id = check_job_id(job_id)
+        if job_id in self._ended_early:
+            raise ExecutionError(
+                f"job {job_id} was {self._ended_early.pop(job_id)} before it was deployed",
+                job_id=job_id,
+                aborted=True,
+            )
         if job_id in self._jobs and self._jobs[job_id].state in _ACTIVE:
             raise ExecutionError(f"job {job_id} is already deployed on this site", job_id=job_id)
         active = self.running()
@@ -343,7 +361,10 @@ class JobManager:
     async def abort(self, job_id: str, reason: str = "") -> bool:
         """Kill the job's user code now; True if the job was active here."""
         job = self._jobs.get(job_id)
-        if job is None or job.state not in _ACTIVE:
+        if job is None:
+            self._remember_ended(job_id, "aborted")
+            return False
+        if job.state not in _ACTIVE:
             return False
         job.state = ABORTED
         job.error = reason or "aborted"
@@ -357,10 +378,18 @@ class JobManager:
         return True
 
     async def end(self, job_id: str, status: str = "") -> Path | None:
-        """The job is over: stop its executor gracefully; return its log's path."""
+        """The job is over: free its slot and stop its user code; return its log's path.
+
+        A script waiting for its next task gets ``stop`` and ``stop_grace`` seconds to
+        exit; a task still running is killed (its result is no longer wanted). A job still
+        deploying is aborted.
+        """
         job = self._jobs.get(job_id)
         if job is None:
+            self._remember_ended(job_id, "ended")
             return None
+        if job.state == DEPLOYING:
+            await self.abort(job_id, f"the job ended ({status or 'finished'}) while deploying")
         if job.state in _ACTIVE:
             job.state = FINISHED
             job.ended = time.time()
@@ -387,6 +416,14 @@ class JobManager:
             if job.log:
                 job.log.close()
         return active
+
+    def reset_errors(self, job_id: str) -> int:
+        """Forget the errors recorded for ``job_id`` (what ``show_errors`` lists); how many."""
+        kept = [e for e in self.errors if e["job_id"] != job_id]
+        dropped = len(self.errors) - len(kept)
+        self.errors.clear()
+        self.errors.extend(kept)
+        return dropped
 
     def forget(self, job_id: str, *, remove_files: bool = False) -> None:
         """Drop an ended job from memory (and its folder, if asked)."""
@@ -421,6 +458,12 @@ class JobManager:
             if self.on_failed is not None:
                 self.on_failed(job)
             return
+
+    def _remember_ended(self, job_id: str, how: str) -> None:
+        """A job we do not know yet was ended: its deployment may be on its way."""
+        self._ended_early[job_id] = how
+        while len(self._ended_early) > MAX_REMEMBERED:
+            self._ended_early.popitem(last=False)
 
     def _prune(self) -> None:
         """Forget the oldest ended jobs beyond ``MAX_REMEMBERED`` (their folders stay)."""

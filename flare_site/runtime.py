@@ -14,9 +14,12 @@ Theory of operation. :class:`SiteRuntime` runs one loop on one asyncio event loo
    point in the upper half of the delay) so that many sites do not dial in lockstep. A
    successful Register resets the delay. Jobs keep running while the site reconnects.
 3. **Work.** Messages from the server go through a topic allowlist (never a name looked
-   up) to handlers, each in its own task. Per job, ``job.deploy``, ``task.*`` and
-   ``job.end`` run in arrival order (a job lock covers download, run and upload);
-   ``job.abort`` and ``site.command`` never wait behind them. Blobs move through
+   up) to handlers, each in its own task. Per job, ``job.deploy`` and ``task.*`` run in
+   arrival order (a job lock covers download, run and upload); ``job.end``, ``job.abort``
+   and ``site.command`` never wait behind them: a task stuck in user code must not keep
+   its job alive. Ending a job frees its slot at once and stops its user code (a task
+   still out is killed: SIGTERM to the process group, SIGKILL two seconds later), then
+   ships the job's log. Blobs move through
    :mod:`flare_site.blobs` on the current connection; outgoing envelopes wait in a
    bounded outbox that survives reconnects, so a result computed during a network cut
    is delivered after it.
@@ -72,7 +75,6 @@ SERVER_TOPICS = frozenset(
     {"job.deploy", "task.train", "task.validate", "job.abort", "job.end", "site.command"}
 )
 RESOURCES = "resources.json"
-_JOB_TOPICS = frozenset({"job.deploy", "task.train", "task.validate", "job.end"})
 T = TypeVar("T")
 
 
@@ -98,7 +100,8 @@ class SiteSettings:
     reconnect_max: float = 30.0
     """Longest back-off delay."""
     stop_grace: float = 10.0
-    """Seconds user code gets to exit at ``job.end`` before its group is killed."""
+    """Seconds an idle Client API script gets to exit at ``job.end`` before its group is
+    killed (a task still running then is killed at once)."""
     max_outbox: int = 10_000
     """Outgoing messages kept while disconnected; the oldest are dropped beyond it."""
     transfer_timeout: float = 3600.0
@@ -240,7 +243,12 @@ class SiteRuntime:
             on_failed=self._on_job_failed,
             stop_grace=settings.stop_grace,
         )
-        self.commands = SiteCommands(self.workspace, stats=self._stats, errors=self._errors)
+        self.commands = SiteCommands(
+            self.workspace,
+            stats=self._stats,
+            errors=self._errors,
+            reset_errors=self.jobs.reset_errors,
+        )
         self.start_time = time.time()
         self.connections = 0
         self.session_id = ""
@@ -561,6 +569,10 @@ class SiteRuntime:
                 await self._command(envelope, body)
             elif topic == "job.abort":
                 await self._abort(envelope.job_id, body)
+            elif topic == "job.end":
+                # Not behind the job's lock: a task stuck in user code holds it, and ending
+                # the job is what ends that task (its processes are killed).
+                await self._end(envelope.job_id, body)
             elif topic in ("task.train", "task.validate") and self._seen_before(envelope, body):
                 return
             else:
@@ -570,8 +582,6 @@ class SiteRuntime:
                         await self._deploy(envelope, body)
                     elif topic == "task.train" or topic == "task.validate":
                         await self._task(envelope, body)
-                    elif topic == "job.end":
-                        await self._end(envelope.job_id, body)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -667,7 +677,8 @@ class SiteRuntime:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            if self.jobs.state(job_id) != ABORTED:
+            ended = isinstance(exc, ExecutionError) and exc.details.get("aborted")
+            if self.jobs.state(job_id) != ABORTED and not ended:
                 log.warning("job %s failed to deploy: %s", job_id, describe_error(exc))
                 self._status(job_id, "failed", exc)
             return

@@ -21,6 +21,7 @@ from flare_protocol.kit import (
     KIT_README,
     LAUNCHER,
     LOCAL,
+    PARTICIPANTS,
     REVOKED,
     ROOT_CA,
     SETTINGS,
@@ -65,7 +66,8 @@ def default_authorization_policy() -> dict[str, Any]:
             "Default policy written by flare provision. The server reads authorization.json in "
             "this folder when it exists; copy this file to authorization.json to change the "
             "policy. Scopes: any, own (jobs you submitted), org (jobs or sites of your org), "
-            "none. manage_job = abort, delete; view = list, meta, stats, errors, system info; "
+            "none. manage_job = abort, delete, reset_errors; download_job = a job's result, logs, "
+            "errors, metrics and model; view = list, meta, stats, system info; "
             "operate = restart, shutdown, set_timeout; shell_commands = ls, cat, head, tail, "
             "grep, pwd."
         ),
@@ -76,6 +78,16 @@ def default_authorization_policy() -> dict[str, Any]:
 
 def _json(data: Any) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode()
+
+
+def _participants(project: Project) -> bytes:
+    """The server's list of the project's sites (it refuses jobs naming any other)."""
+    sites = [
+        {"name": p.name, "org": p.org}
+        for p in project.participants
+        if p.type is ParticipantType.SITE
+    ]
+    return _json({"format": CONFIG_FORMAT, "project": project.name, "sites": sites})
 
 
 def _config(project: Project, p: Participant) -> bytes:
@@ -143,6 +155,7 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
     ]
     if p.type is ParticipantType.SERVER:
         lines.append(f"  `{REVOKED}` (serial numbers of revoked certificates),")
+        lines.append(f"  `{PARTICIPANTS}` (the project's sites: jobs naming others are refused),")
     lines += [
         f"  `{launcher}`, this README and `{SIGNATURE}` (the CA's signature over all of them).",
         f"- `{LOCAL}/` (not signed; yours to edit): `{SETTINGS}`"
@@ -201,6 +214,7 @@ def kit_files(
     local = {SETTINGS: _settings_json(p.type)}
     if p.type is ParticipantType.SERVER:
         startup[REVOKED] = _json({"serials": revoked_serials})
+        startup[PARTICIPANTS] = _participants(project)
         local[AUTHORIZATION_DEFAULT] = _json(default_authorization_policy())
     elif p.type is ParticipantType.SITE:
         local[RESOURCES] = _json({"max_concurrent_jobs": 1})

@@ -443,6 +443,9 @@ class JobStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         self._conn.executescript(_SCHEMA)
         self.recovery = RecoveryReport()
+        #: Called with a new job's checked meta.json before it is stored; may raise
+        #: InvalidJobDefinition (the server refuses sites outside its project here).
+        self.definition_check: Callable[[Mapping[str, Any]], None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -652,6 +655,8 @@ class JobStore:
         if cloned_from is not None:
             cloned_from = parse_job_id(cloned_from)
         definition = validate_job_archive(path, self.limits)
+        if self.definition_check is not None:
+            self.definition_check(definition.meta)
         job_id = str(uuid.uuid4())
         stage = self._tmp / f"stage-{job_id}"
         stage.mkdir(mode=0o700)

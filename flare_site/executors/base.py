@@ -5,7 +5,7 @@ The seam is asyncio (the site runtime is asyncio over grpc.aio). The runtime bui
 
     await host.start()                         # launch the script / run `startup`
     outcome = await host.run_task(task)        # per task: TrainOutcome | ValidateOutcome
-    await host.stop()                          # job over: let user code exit, then reap
+    await host.stop()                          # job over: let idle user code exit; reap
     await host.abort()                         # any time: kill the process group now
 
 Metrics stream through ``on_metric`` while a task runs; user code's output lines go to
@@ -237,6 +237,12 @@ class IpcServer:
                 task.add_done_callback(handlers.discard)
         except (asyncio.IncompleteReadError, ConnectionError, _ipc.FrameError):
             return
+        except asyncio.CancelledError:
+            # close() (the job ended, the site stops) cancels the connection. Nothing awaits
+            # this task, but asyncio's stream callback calls task.exception() on it, which
+            # raises for a cancelled task: the site would log "Exception in callback ...
+            # CancelledError" with a traceback (Python 3.11). So the task ends normally.
+            return
         finally:
             for task in handlers:
                 task.cancel()
@@ -311,7 +317,8 @@ class ExecutorHost(abc.ABC):
 
     @abc.abstractmethod
     async def stop(self, grace: float = 10.0) -> None:
-        """The job is over: let user code finish within ``grace`` seconds, then kill it."""
+        """The job is over: user code that waits for work gets ``grace`` seconds to exit;
+        a task still running is killed now (SIGTERM to the group, SIGKILL 2 s later)."""
 
     @abc.abstractmethod
     async def abort(self) -> None:

@@ -163,8 +163,10 @@ class CommandExecutor(ExecutorHost):
         return TrainOutcome(task.task_id, model_out, params_type, num, metrics, meta, digest)
 
     async def stop(self, grace: float = 10.0) -> None:
+        # A command still running when the job ends is a task nobody waits for: killed
+        # as at an abort (``grace`` is for user code that would exit by itself).
         if self._current is not None:
-            await self._current.kill_group(grace=grace)
+            await self._current.kill_group()
         await self._ipc.close()
 
     async def abort(self) -> None:

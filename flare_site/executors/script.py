@@ -5,7 +5,9 @@ The site launches ``python -u custom/train.py ARGS`` once per job and waits for 
 takes it, and its ``flare.send()`` (a ``result`` frame) resolves it after the site checked
 the update file. If the process exits while a task is outstanding, the task fails with
 the exit code and the last lines of stderr. ``stop()`` answers the script's next
-``next`` with ``stop`` (its ``is_running()`` turns False) and reaps the process group.
+``next`` with ``stop`` (its ``is_running()`` turns False) and reaps the process group; a
+script still busy with a task when the job ends is killed at once (SIGTERM to its group,
+SIGKILL two seconds later), since it would never ask.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ class ScriptExecutor(ExecutorHost):
         self._proc: UserProcess | None = None
         self._exited: asyncio.Future[int] | None = None
         self._aborted = False
+        self._ended = False  # stopped with a task still out (the job ended)
         # Tasks the runtime gave up on (cancelled run_task): not handed out if still
         # queued, and a late result for one is accepted and dropped, not an error.
         self._discarded: set[str] = set()
@@ -164,6 +167,8 @@ class ScriptExecutor(ExecutorHost):
         what = f"{self.config.script} ({task.kind} task of round {task.round})"
         if self._aborted:
             return ExecutionError(f"{what} was aborted", aborted=True)
+        if self._ended:
+            return ExecutionError(f"{what} was stopped: the job ended", aborted=True)
         code = self._proc.returncode if self._proc.returncode is not None else -1
         tail = self._proc.stderr_tail()
         if code == 0:
@@ -221,12 +226,18 @@ class ScriptExecutor(ExecutorHost):
 
     async def stop(self, grace: float = 10.0) -> None:
         if self._proc is not None and self._exited is not None:
-            await self._queue.put(None)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited), grace)
-            except asyncio.TimeoutError:
-                pass
-            await self._proc.kill_group(grace=1.0)
+            if self._pending:
+                # A task is still out: nobody wants its result, and a script busy with it
+                # (or hung in it) would not ask for the stop. End it now.
+                self._ended = True
+                await self._proc.kill_group()
+            else:
+                await self._queue.put(None)  # its next receive() gets "stop"
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._exited), grace)
+                except asyncio.TimeoutError:
+                    pass
+                await self._proc.kill_group(grace=1.0)
         await self._ipc.close()
 
     async def abort(self) -> None:

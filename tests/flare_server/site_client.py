@@ -31,6 +31,8 @@ class FakeSite:
         self.ended: grpc.RpcError | None | bool = False
         self._stop = threading.Event()
         self._beat = True
+        #: Jobs the heartbeats say this site runs.
+        self.heartbeat_jobs: tuple[str, ...] = ()
 
     def register(
         self, running_jobs: tuple[str, ...] = (), resources: dict[str, str] | None = None
@@ -68,7 +70,9 @@ class FakeSite:
             if self._beat:
                 self.outbox.put(
                     site_pb2.SiteMessage(
-                        heartbeat=site_pb2.Heartbeat(session_id=self.reply.session_id)
+                        heartbeat=site_pb2.Heartbeat(
+                            session_id=self.reply.session_id, running_jobs=self.heartbeat_jobs
+                        )
                     )
                 )
             self._stop.wait(self.heartbeat)

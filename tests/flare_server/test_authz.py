@@ -201,7 +201,7 @@ def _denied(call, *args, **kwargs):
 
 
 def test_member_may_view_but_not_abort_and_the_attempt_is_audited(stubs, server):
-    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=5))
+    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=2))
     member = stubs["member@org_b.com"]
     member.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5)
     detail = _denied(member.AbortJob, admin_pb2.JobRequest(job_id=job_id), timeout=5)
@@ -225,12 +225,12 @@ def test_member_may_not_submit_or_delete(stubs):
     from tests.flare_server.test_server_jobs import chunks
 
     _denied(stubs["member@org_b.com"].SubmitJob, chunks(job_zip()), timeout=5)
-    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=5))
+    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=2))
     _denied(stubs["member@org_b.com"].DeleteJob, admin_pb2.JobRequest(job_id=job_id), timeout=5)
 
 
 def test_lead_may_not_touch_another_orgs_job(stubs):
-    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=5))
+    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=2))
     lead_a = stubs["lead@org_a.com"]
     req = admin_pb2.JobRequest(job_id=job_id)
     _denied(lead_a.AbortJob, req, timeout=5)
@@ -244,7 +244,7 @@ def test_lead_may_not_touch_another_orgs_job(stubs):
 
 def test_lead_manages_and_clones_its_own_job(stubs):
     lead_a = stubs["lead@org_a.com"]
-    job_id = submit(lead_a, job_zip(min_clients=5))
+    job_id = submit(lead_a, job_zip(min_clients=2))
     clone = lead_a.CloneJob(admin_pb2.CloneJobRequest(job_id=job_id), timeout=5)
     meta = json.loads(
         lead_a.AbortJob(admin_pb2.JobRequest(job_id=clone.job_id), timeout=5).meta_json
@@ -256,8 +256,8 @@ def test_org_admin_manages_its_orgs_jobs_only_and_cannot_submit(stubs):
     from tests.flare_server.test_server_jobs import chunks
 
     org_admin = stubs["orgadmin@org_a.com"]
-    own_org = submit(stubs["lead@org_a.com"], job_zip(min_clients=5))
-    other_org = submit(stubs["lead@org_b.com"], job_zip(min_clients=5))
+    own_org = submit(stubs["lead@org_a.com"], job_zip(min_clients=2))
+    other_org = submit(stubs["lead@org_b.com"], job_zip(min_clients=2))
     org_admin.AbortJob(admin_pb2.JobRequest(job_id=own_org), timeout=5)
     _denied(org_admin.AbortJob, admin_pb2.JobRequest(job_id=other_org), timeout=5)
     _denied(org_admin.SubmitJob, chunks(job_zip()), timeout=5)
@@ -265,7 +265,7 @@ def test_org_admin_manages_its_orgs_jobs_only_and_cannot_submit(stubs):
 
 
 def test_project_admin_manages_every_job(stubs):
-    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=5))
+    job_id = submit(stubs["lead@org_b.com"], job_zip(min_clients=2))
     stubs["admin@org_a.com"].AbortJob(admin_pb2.JobRequest(job_id=job_id), timeout=5)
     stubs["admin@org_a.com"].DeleteJob(admin_pb2.JobRequest(job_id=job_id), timeout=5)
 
@@ -292,4 +292,4 @@ def test_server_kit_override_is_applied(provisioned, kits, tmp_path):
     with ServerThread(kit, tmp_path / "ws") as srv:
         stub, channel = admin_stub(kits["member@org_b.com"], srv.admin_address)
         with channel:
-            assert submit(stub, job_zip(min_clients=5))
+            assert submit(stub, job_zip(min_clients=2))

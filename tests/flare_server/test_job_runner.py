@@ -330,6 +330,22 @@ def test_a_site_reporting_a_job_the_server_does_not_run_is_told_to_abort_it(serv
         site.close()
 
 
+def test_a_job_a_site_still_reports_after_its_end_is_aborted_there_once(server, kits):
+    """Issue 8 item 7: the site's job.end was lost, so its heartbeats keep listing the job."""
+    stale = "11111111-2222-4333-8444-555555555555"
+    site = FakeSite(kits["site-1"], server.site_address).open()
+    try:
+        wait_until(lambda: site.acks > 0)
+        site.heartbeat_jobs = (stale,)
+        (abort,) = wait_until(lambda: _messages(site, "job.abort"))
+        assert abort.job_id == stale
+        acks = site.acks
+        wait_until(lambda: site.acks > acks + 5)  # more heartbeats listing it: told once
+        assert len(_messages(site, "job.abort")) == 1
+    finally:
+        site.close()
+
+
 def test_result_readers_are_authorized_like_download_and_page(server, kits, admin):
     job_id = submit(admin, job_zip())
     folder = server.server.store.result_dir(job_id)

@@ -21,7 +21,7 @@ def admin(server, kits):
 
 
 def test_download_job_result_sends_one_header_per_file_when_asked(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     store = server.server.store
     result = store.result_dir(job_id)
     (result / "models").mkdir()
@@ -53,7 +53,7 @@ def test_download_job_result_sends_one_header_per_file_when_asked(admin, server)
 
 
 def test_download_job_result_of_an_empty_folder_is_a_header_alone(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     server.server.store.set_status(job_id, JobStatus.FINISHED_ABORTED)
     stream = admin.DownloadJobResult(
         admin_pb2.JobRequest(job_id=job_id), timeout=10, metadata=((METADATA_KEY, FILES),)

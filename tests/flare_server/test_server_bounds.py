@@ -87,7 +87,7 @@ def test_a_message_over_4_mib_is_refused(server, kits):
 def test_rpcs_beyond_the_concurrency_cap_are_refused_at_once(bounded, kits):
     stub, channel = admin_stub(kits[ADMIN], bounded.admin_address)
     with channel:
-        job_id = submit(stub, job_zip(min_clients=5))
+        job_id = submit(stub, job_zip(min_clients=2))
         streams = [stub.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10) for _ in range(3)]
         for s in streams:
             next(s)

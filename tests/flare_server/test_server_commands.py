@@ -101,14 +101,14 @@ def test_malformed_arguments_are_refused(admin):
 
 
 def test_show_stats_counts_jobs_by_status(admin):
-    submit(admin, job_zip(min_clients=5))
+    submit(admin, job_zip(min_clients=2))
     stats = run(admin, "show_stats")
     assert stats["server"]["jobs"] == {"SUBMITTED": 1}
     assert stats["server"]["connected_sites"] == 0
 
 
 def test_show_and_reset_errors_of_a_job(admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     assert run(admin, "show_errors", job_id=job_id) == {"server": []}
     assert run(admin, "reset_errors", job_id=job_id) == {"reset": True}
 
@@ -118,7 +118,7 @@ def test_get_client_job_status_without_sites(admin):
 
 
 def test_shutdown_refuses_while_jobs_run_unless_forced(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     server.server.store.set_status(job_id, "DISPATCHED")
     code, detail = error_of(
         admin.Command,
@@ -127,9 +127,14 @@ def test_shutdown_refuses_while_jobs_run_unless_forced(admin, server):
         ),
         timeout=5,
     )
-    assert detail.type == "ClientsStillRunning"
-    assert run(admin, "shutdown", target_type="server", force=True) == {"server": "stopping"}
+    assert detail.type == "ClientsStillRunning" and job_id in detail.message
+    assert "force=True" in detail.message
+    reply = run(admin, "shutdown", target_type="server", force=True)
+    assert reply == {"server": "stopping", "aborted_jobs": [job_id]}
     assert server.call(server.server.wait_stop_requested()) is False
+    meta = server.server.store.get(job_id)
+    assert meta["status"] == "FINISHED:ABORTED"
+    assert "shut down with force=True" in meta["status_history"][-1]["reason"]
 
 
 def test_restart_asks_for_a_restart(admin, server):
@@ -154,7 +159,7 @@ def test_audit_log_is_private(server):
 
 
 def test_job_stats_for_all_targets_ask_only_the_sites_the_job_was_deployed_to(admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     stats = run(admin, "show_stats", job_id=job_id, target_type="all")
     assert list(stats) == ["server"] and stats["server"]["status"] == "SUBMITTED"
     assert run(admin, "show_errors", job_id=job_id, target_type="client") == {}

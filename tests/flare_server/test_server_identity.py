@@ -156,7 +156,7 @@ def test_revocation_at_runtime_drops_open_streams_and_refuses_new_calls(server, 
         from tests.flare_server.conftest import job_zip
         from tests.flare_server.test_server_jobs import submit
 
-        job_id = submit(stub, job_zip(min_clients=5))
+        job_id = submit(stub, job_zip(min_clients=2))
         stream = member.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10)
         next(stream)  # the current meta: the stream is open
         dropped = server.call(lambda: server.server.revoke([serial]))

@@ -232,7 +232,7 @@ def test_unknown_or_malformed_job_id(admin, job_id, code, kind):
 
 def test_list_jobs_filters_orders_and_limits(admin):
     ids = [
-        submit(admin, job_zip(name=n, min_clients=9, deploy_map={"app": ["@ALL"]}))
+        submit(admin, job_zip(name=n, min_clients=2, deploy_map={"app": ["@ALL"]}))
         for n in ("alpha", "beta", "alps")
     ]
     reply = admin.ListJobs(admin_pb2.ListJobsRequest(), timeout=5)
@@ -270,7 +270,7 @@ def test_get_job_meta_shows_the_scheduling_reason(admin):
 
 
 def test_watch_job_pushes_the_current_meta_then_every_change(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     stream = admin.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10)
     first = json.loads(next(stream).meta_json)
     assert first["status"] == "SUBMITTED"
@@ -301,7 +301,7 @@ def test_watch_job_pushes_the_current_meta_then_every_change(admin, server):
 
 
 def test_abort_job_finishes_a_waiting_job_and_refuses_a_finished_one(admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     meta = json.loads(admin.AbortJob(admin_pb2.JobRequest(job_id=job_id), timeout=5).meta_json)
     assert meta["status"] == "FINISHED:ABORTED"
     assert meta["status_history"][-1]["reason"] == f"aborted by {ADMIN}"
@@ -311,29 +311,29 @@ def test_abort_job_finishes_a_waiting_job_and_refuses_a_finished_one(admin):
 
 
 def test_delete_job_removes_it(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     admin.DeleteJob(admin_pb2.JobRequest(job_id=job_id), timeout=5)
     code, detail = error_of(admin.GetJobMeta, admin_pb2.JobRequest(job_id=job_id), timeout=5)
     assert detail.type == "JobNotFound"
 
 
 def test_delete_job_refuses_a_running_job(admin, server):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     server.server.store.set_status(job_id, JobStatus.DISPATCHED)
     code, detail = error_of(admin.DeleteJob, admin_pb2.JobRequest(job_id=job_id), timeout=5)
     assert detail.type == "JobNotDone"
 
 
 def test_clone_job_copies_the_definition_for_the_caller(admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     reply = admin.CloneJob(admin_pb2.CloneJobRequest(job_id=job_id), timeout=5)
     meta = json.loads(reply.meta_json)
     assert reply.job_id != job_id and meta["cloned_from"] == job_id
-    assert meta["status"] == "SUBMITTED" and meta["min_clients"] == 5
+    assert meta["status"] == "SUBMITTED" and meta["min_clients"] == 2
 
 
 def test_download_job_result_refuses_an_unfinished_job(admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     with pytest.raises(grpc.RpcError) as info:
         next(admin.DownloadJobResult(admin_pb2.JobRequest(job_id=job_id), timeout=5))
     detail = decode_detail(info.value.trailing_metadata())
@@ -341,7 +341,7 @@ def test_download_job_result_refuses_an_unfinished_job(admin):
 
 
 def test_download_job_result_streams_the_result_folder_as_a_zip(admin, server, tmp_path):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     store = server.server.store
     result = store.result_dir(job_id)
     (result / "models").mkdir()

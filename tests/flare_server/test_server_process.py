@@ -156,7 +156,7 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
 def test_sigterm_lets_an_in_flight_upload_finish_and_refuses_new_calls(kits, tmp_path):
     from tests.flare_server.test_server_jobs import chunks
 
-    messages = list(chunks(job_zip(min_clients=5)))
+    messages = list(chunks(job_zip(min_clients=2)))
     release = threading.Event()
 
     def slow_upload():
@@ -194,7 +194,7 @@ def test_sigterm_lets_an_in_flight_upload_finish_and_refuses_new_calls(kits, tmp
 def test_a_failing_store_is_an_internal_error_without_a_traceback(server, kits):
     stub, channel = admin_stub(kits[ADMIN], server.admin_address)
     with channel:
-        job_id = submit(stub, job_zip(min_clients=5))
+        job_id = submit(stub, job_zip(min_clients=2))
         server.call(lambda: server.server.store.close())
         with pytest.raises(grpc.RpcError) as info:
             stub.GetJobMeta(admin_pb2.JobRequest(job_id=job_id), timeout=5)
@@ -220,7 +220,7 @@ def test_the_restart_command_restarts_the_server_in_place(kits, tmp_path):
     with ServerProcess(kits["localhost"], tmp_path / "ws") as proc:
         stub, channel = admin_stub(kits[ADMIN], proc.admin_address)
         with channel:
-            job_id = submit(stub, job_zip(min_clients=5))
+            job_id = submit(stub, job_zip(min_clients=2))
             proc.ready_file.unlink()
             reply = stub.Command(
                 admin_pb2.CommandRequest(command="restart", args_json='{"target_type": "server"}'),

@@ -102,15 +102,16 @@ def test_job_waits_with_a_reason_until_its_sites_connect(server, kits, admin):
     wait_until(
         lambda: (
             meta().get("schedule_reason")
-            == "waiting for sites: site-1 (deploy_map), site-2 (deploy_map)"
-            " / 0 of 2 min_clients connected"
+            == "waiting for sites: site-1 (deploy_map; not connected), site-2 (deploy_map; "
+            "not connected) / 0 of 2 min_clients connected"
         )
     )
     with FakeSite(kits["site-1"], server.site_address):
         wait_until(
             lambda: (
                 meta().get("schedule_reason")
-                == "waiting for sites: site-2 (deploy_map) / 1 of 2 min_clients connected"
+                == "waiting for sites: site-2 (deploy_map; not connected) / 1 of 2 min_clients"
+                " connected"
             )
         )
         assert meta()["status"] == "SUBMITTED"
@@ -154,13 +155,23 @@ def test_a_job_for_all_sites_runs_once_min_clients_are_connected(server, kits, a
             {"deploy_map": {"a": ["@ALL"]}, "min_clients": 1, "mandatory_clients": ["s9"]},
             {"s1"},
             None,
-            "waiting for sites: s9 (mandatory_clients) / 1 of 1 min_clients connected",
+            "waiting for sites: s9 (mandatory_clients; not connected) / 1 of 1 min_clients "
+            "connected",
         ),
     ],
 )
 def test_placement_rules(meta, connected, sites, reason):
     placement = place(meta, connected)
     assert (placement.sites, placement.reason) == (sites, reason)
+
+
+def test_a_site_at_its_job_limit_is_named_as_busy_not_as_missing():
+    meta = {"deploy_map": {"a": ["s1", "s2"]}, "min_clients": 2}
+    placement = place(meta, {"s2"}, busy={"s1"})
+    assert placement.sites is None
+    assert placement.reason == (
+        "waiting for sites: s1 (deploy_map; at its max_jobs limit) / 1 of 2 min_clients connected"
+    )
 
 
 def test_forwarded_site_command_is_answered_over_the_channel(server, kits, admin):
@@ -259,7 +270,7 @@ def test_lead_operates_its_orgs_site_but_runs_no_shell_commands(server, kits, ad
 
 
 def test_stopping_the_server_ends_open_streams(server, kits, admin):
-    job_id = submit(admin, job_zip(min_clients=5))
+    job_id = submit(admin, job_zip(min_clients=2))
     stream = admin.WatchJob(admin_pb2.JobRequest(job_id=job_id), timeout=10)
     next(stream)
     with FakeSite(kits["site-1"], server.site_address) as site:

@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 import zipfile
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,72 @@ async def test_abort_kills_the_whole_process_group_within_seconds(
         await train
     assert elapsed < 5
     assert wait_gone(pids, 2.0) == []
+    assert manager.state(job_id) == ABORTED and manager.running() == []
+
+
+async def test_ending_a_job_whose_task_hangs_kills_its_group_and_frees_the_slot_at_once(
+    manager: JobManager, tmp_path: Path
+) -> None:
+    """Issue 8 item 7: the end of a job does not wait for a script stuck in a task."""
+    pid_file = tmp_path / "child.pid"
+    job_id = new_id()
+    job = await manager.deploy(
+        job_id, script_app(tmp_path, env={"MODE": "hang", "CHILD_PID_FILE": str(pid_file)})
+    )
+    train = asyncio.ensure_future(
+        manager.train(job_id, "t1", round=1, total_rounds=1, model_path=None)
+    )
+    deadline = time.monotonic() + 10
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    pids = [job.executor.pids[0], int(pid_file.read_text())]  # type: ignore[union-attr]
+    ending = asyncio.ensure_future(manager.end(job_id, "FINISHED:ABNORMAL"))
+    await asyncio.sleep(0)
+    assert manager.running() == []  # the slot is free before the processes are gone
+    started = time.monotonic()
+    await ending
+    assert time.monotonic() - started < manager.stop_grace  # not a graceful wait
+    assert wait_gone(pids, 2.0) == []
+    with pytest.raises(ExecutionError, match="the job ended"):
+        await train
+    assert manager.state(job_id) == FINISHED and manager.errors == deque()
+    assert "stopping user code" in job.log_path.read_text()
+
+
+@pytest.mark.parametrize("how", ["end", "abort"])
+async def test_a_job_ended_before_its_deployment_arrived_is_never_started(
+    manager: JobManager, tmp_path: Path, how: str
+) -> None:
+    job_id = new_id()
+    if how == "end":
+        assert await manager.end(job_id, "FINISHED:FAILED_TO_RUN") is None
+    else:
+        assert await manager.abort(job_id, "deployment failed elsewhere") is False
+    with pytest.raises(ExecutionError, match="before it was deployed"):
+        await manager.deploy(job_id, script_app(tmp_path))
+    assert manager.running() == [] and manager.get(job_id) is None
+
+
+async def test_ending_a_job_still_deploying_aborts_its_deployment(
+    manager: JobManager, tmp_path: Path
+) -> None:
+    job_id = new_id()
+    deploy = asyncio.ensure_future(
+        manager.deploy(job_id, script_app(tmp_path, SLOW_START, launch_timeout=60))
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        job = manager.get(job_id)
+        if job is not None and job.executor is not None and job.executor.pids:
+            break
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.02)
+    pid = job.executor.pids[0]
+    assert await manager.end(job_id, "FINISHED:FAILED_TO_RUN") == job.log_path
+    with pytest.raises(ExecutionError):
+        await deploy
+    assert wait_gone([pid], 3.0) == []
     assert manager.state(job_id) == ABORTED and manager.running() == []
 
 

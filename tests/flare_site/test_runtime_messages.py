@@ -89,11 +89,20 @@ class Received:
         ]
 
 
+class JobsPushedByTheTests:
+    """The server's JobLauncher here: these tests push job messages themselves, so the
+    server's job runner must not abort them as jobs it does not run."""
+
+    async def launch(self, job_id: str, meta: Any, sites: tuple[str, ...]) -> None:
+        raise AssertionError("no job is submitted to the server in these tests")
+
+
 @pytest.fixture
 def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
     with ServerThread(
         Path(provisioned.kits["localhost"]),
         tmp_path / "server-ws",
+        launcher=JobsPushedByTheTests(),
         heartbeat_interval=0.2,
         heartbeat_timeout=2.0,
         site_command_timeout=5.0,
@@ -319,6 +328,23 @@ async def test_an_unsafe_app_archive_from_the_server_is_refused(
     await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
     (status,) = await until(lambda: received.topic("job.status", job_id))
     assert status["status"] == "failed" and "'..'" in status["error"]
+
+
+async def test_reset_errors_forgets_one_jobs_errors_on_the_site(
+    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+) -> None:
+    service, _ = blobs
+    await start_site()
+    job_id = str(uuid.uuid4())
+    ref = service.put(app_zip({"config/config_fed_client.json": "{}", "../evil.py": "x"}))
+    await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
+    await until(lambda: received.topic("job.status", job_id))
+    (error,) = (await command(server, "show_errors", job_id=job_id))["result"]
+    assert error["job_id"] == job_id and "'..'" in error["error"]
+    assert (await command(server, "reset_errors", job_id=job_id))["result"] == {"reset": 1}
+    assert (await command(server, "show_errors", job_id=job_id))["result"] == []
+    missing = await command(server, "reset_errors")
+    assert "needs a job_id" in missing["error"]["message"]
 
 
 async def test_site_commands_answer_within_the_workspace_only(

@@ -93,3 +93,28 @@ async def test_an_oversized_frame_closes_the_connection() -> None:
         assert await asyncio.to_thread(attempt) == b""
     finally:
         await server.close()
+
+
+async def test_closing_the_channel_under_a_connected_script_logs_nothing() -> None:
+    """Issue 8 item 9: the site's loop reported the cancelled connection as an error
+    ("Exception in callback ... CancelledError") when a job ended or the site stopped."""
+
+    async def handler(message: dict) -> None:
+        return None
+
+    reported: list[dict] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: reported.append(ctx))
+    server = IpcServer(handler)
+    await server.start()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await asyncio.to_thread(sock.connect, server.path)
+        hello = _ipc.encode_frame({"op": "hello", "token": server.token, "pid": 1})
+        await asyncio.to_thread(sock.sendall, hello)
+        await asyncio.wait_for(server.connected.wait(), 10)
+        await server.close()  # the script is still connected, its handler waits for a frame
+        for _ in range(10):
+            await asyncio.sleep(0.01)
+    finally:
+        sock.close()
+    assert reported == []

@@ -12,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from flare_protocol.identity import ParticipantType, Role
-from flare_protocol.kit import load_kit
+from flare_protocol.kit import load_kit, project_sites
 from provisioning import ProvisionResult, provision
 
 ALL = ["localhost", "site-1", "site-2", "admin@org_a.com", "lead@org_a.com", "lead@org_b.com",
@@ -27,13 +27,23 @@ def _files(folder: Path) -> set[str]:
     return {p.name for p in folder.iterdir()}
 
 
+def test_the_server_kit_lists_the_projects_sites(provisioned: ProvisionResult) -> None:
+    kit = load_kit(provisioned.kits["localhost"])
+    assert project_sites(kit) == ("site-1", "site-2")
+    data = json.loads((kit.startup / "participants.json").read_text())
+    assert data["sites"] == [
+        {"name": "site-1", "org": "org_a"},
+        {"name": "site-2", "org": "org_b"},
+    ]
+
+
 def test_server_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["localhost"]
     assert kit == provisioned.prod_dir / "localhost"
     assert _files(kit) == {"startup", "local", "transfer"}
     assert _files(kit / "startup") == {
         "rootCA.pem", "server.crt", "server.key", "fed_server.json", "revoked.json",
-        "start.sh", "README.md", "signature.json",
+        "participants.json", "start.sh", "README.md", "signature.json",
     }
     assert _files(kit / "local") == {"settings.json", "authorization.json.default"}
     assert _files(kit / "transfer") == set()
