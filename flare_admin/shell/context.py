@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from flare_admin.results import JobMeta
 from flare_protocol import errors
+from flare_protocol.job_status import is_job_id, is_job_id_prefix
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -29,7 +30,6 @@ __all__ = ["CACHE_SECONDS", "Connection", "JobRef", "ShellContext"]
 
 #: How long completion reuses the job ids and site names it fetched.
 CACHE_SECONDS = 2.0
-_UUID_LEN = 36
 LAST_JOB = ("last", "latest")
 
 
@@ -111,9 +111,9 @@ class ShellContext:
             if not rows:
                 raise errors.JobNotFound("there is no job yet; submit one with submit_job PATH")
             return rows[0].job_id
-        if len(text) == _UUID_LEN:
+        if is_job_id(text):
             return text
-        if not text or any(c not in "0123456789abcdef-" for c in text):
+        if not is_job_id_prefix(text):
             raise errors.InvalidArgumentError(
                 f"{ref!r} is not a job id or the start of one (hex digits and '-'); "
                 "type list_jobs to see the ids, or use 'last'"

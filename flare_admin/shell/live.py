@@ -36,6 +36,7 @@ from flare_admin.shell.context import ShellContext
 from flare_admin.shell.render import duration_text, sparkline, status_text
 from flare_admin.shell.views import Done
 from flare_protocol import errors
+from flare_protocol.job_status import JobStatus
 
 __all__ = ["JobProgress", "follow_job"]
 
@@ -74,7 +75,8 @@ class JobProgress:
             for row in event.rows:
                 self._metric(row)
         elif isinstance(event, ValidationsArrived):
-            self.validations.extend(event.rows)
+            for val in event.rows:
+                self._validation(val)
 
     def _meta(self, meta: JobMeta) -> None:
         before = self.meta
@@ -93,6 +95,12 @@ class JobProgress:
             state.round = row.round
         state.metrics[row.key] = row.value
         state.updated = row.time or time.time()
+
+    def _validation(self, row: ValidationRow) -> None:
+        self.validations.append(row)
+        state = self.sites.setdefault(row.site, SiteState(row.site))
+        for key, value in row.metrics.items():
+            state.metrics[key if key.startswith("val") else f"val_{key}"] = value
 
     # -- reading ---------------------------------------------------------------------------
     def site_names(self) -> list[str]:
@@ -149,6 +157,14 @@ class JobProgress:
         name = self.meta.name if self.meta is not None else ""
         stamp = time.strftime("%H:%M:%S")
         return f"{stamp} job {self.job_id[:8]} {name}: {self.status}, {self.round_text()}"
+
+    def reason(self) -> str:
+        """The reason recorded with the latest status (first line), or ``""``."""
+        history = self.meta.get("status_history") if self.meta is not None else None
+        if isinstance(history, list) and history and isinstance(history[-1], dict):
+            lines = str(history[-1].get("reason") or "").splitlines()
+            return lines[0] if lines else ""
+        return ""
 
     def plot_key(self) -> str | None:
         keys = [r.key for r in self.metrics if r.round is not None]
@@ -210,8 +226,10 @@ class JobProgress:
             return Done(f"job {self.job_id} was not seen", data)
         took = duration_text(self.elapsed())
         if meta.finished:
+            reason = "" if meta.job_status is JobStatus.FINISHED_COMPLETED else self.reason()
             return Done(
-                f"job {self.job_id[:8]} {meta.name}: {meta.status} ({self.round_text()}, {took})",
+                f"job {self.job_id[:8]} {meta.name}: {meta.status} ({self.round_text()}, {took})"
+                + (f": {reason}" if reason else ""),
                 data,
             )
         return Done(
@@ -290,4 +308,3 @@ def _consume(inbox: queue.Queue[Any], progress: JobProgress, redraw: Any) -> Non
             raise item
         progress.apply(item)
         redraw()
-

@@ -19,7 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from flare_admin.results import JobMeta, JobSummary, SiteInfo, SystemInfo
+from flare_admin.results import JobMeta, JobRunSummary, JobSummary, SiteInfo, SystemInfo
 from flare_admin.shell.theme import status_style
 from flare_admin.shell.views import Done, MetricsView, SessionView, ValidationsView
 
@@ -343,6 +343,45 @@ def _grow(node: Tree, data: Any) -> None:
         node.add(_value_text(data))
 
 
+def summary_view(summary: JobRunSummary) -> RenderableType:
+    """``summary``: how a job's run went, and who contributed to each round."""
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="key", no_wrap=True)
+    head.add_column(overflow="fold")
+    failed_style = "error" if summary.failed_sites else ""
+    rounds = f"{summary.rounds_completed}" + (
+        f" of {summary.num_rounds}" if summary.num_rounds else ""
+    )
+    for key, value in (
+        ("job", Text.assemble((summary.job_id, "id"), f"  {summary.name}")),
+        ("status", status_text(summary.status)),
+        ("reason", Text(summary.reason or "-")),
+        ("workflow", Text(summary.workflow or "-")),
+        ("rounds", Text(rounds)),
+        ("sites", Text(", ".join(summary.sites) or "-")),
+        ("failed sites", Text(", ".join(summary.failed_sites) or "-", style=failed_style)),
+        ("final model", Text("yes" if summary.has_final_model else "no")),
+        ("took", Text(duration_text(summary.duration))),
+    ):
+        head.add_row(key, value)
+    if not summary.rounds:
+        return head
+    sites = sorted({s for r in summary.rounds for s in r.participants} | set(summary.sites))
+    table = Table(show_edge=False, pad_edge=False, title="examples per site and round")
+    table.add_column("ROUND", justify="right")
+    for site in sites:
+        table.add_column(site, justify="right", header_style="site")
+    table.add_column("LATE / LOST", style="warning")
+    for rnd in summary.rounds:
+        missing = [*(f"{s} late" for s in rnd.late_sites), *(f"{s} lost" for s in rnd.lost_sites)]
+        table.add_row(
+            str(rnd.round),
+            *(str(rnd.participants[s]) if s in rnd.participants else "-" for s in sites),
+            ", ".join(missing),
+        )
+    return Group(head, Text(""), table)
+
+
 def session_view(view: SessionView) -> RenderableType:
     table = Table.grid(padding=(0, 2))
     table.add_column(style="key")
@@ -380,6 +419,8 @@ def renderables(result: Any) -> list[RenderableType]:
         return [system_view(result)]
     if isinstance(result, JobMeta):
         return [meta_table(result)]
+    if isinstance(result, JobRunSummary):
+        return [summary_view(result)]
     if isinstance(result, str):
         return [text_block(result, bool(getattr(result, "truncated", False)))]
     if isinstance(result, list | tuple):
