@@ -171,11 +171,13 @@ class JobProgress:
         return keys[0] if keys else None
 
     def mean_per_round(self, key: str) -> list[float]:
-        rounds: dict[int, list[float]] = {}
+        """Per round, the mean over sites of each site's last value of ``key`` (as the
+        ``metrics`` table shows it)."""
+        last: dict[int, dict[str, float]] = {}
         for row in self.metrics:
             if row.key == key and row.round is not None:
-                rounds.setdefault(row.round, []).append(row.value)
-        return [sum(v) / len(v) for _, v in sorted(rounds.items())]
+                last.setdefault(row.round, {})[row.site] = row.value
+        return [sum(v.values()) / len(v) for _, v in sorted(last.items())]
 
     # -- drawing ---------------------------------------------------------------------------
     def render(self) -> RenderableType:

@@ -264,7 +264,8 @@ def metrics_view(view: MetricsView) -> RenderableType:
     key = view.plotted_key()
     parts: list[RenderableType] = []
     keys = view.keys()
-    parts.append(Text.assemble(("metrics: ", "muted"), ", ".join(keys)))
+    if len(keys) > 1:
+        parts.append(Text(f"metrics: {', '.join(keys)} (choose the table's with --key)", "muted"))
     if key is None:
         parts.append(Text("no metric carries a round number; showing none per round", "muted"))
         return Group(*parts)

@@ -89,7 +89,8 @@ def _system(result: Any, job: str) -> None:
 
 
 def _text(result: Any, job: str) -> None:
-    assert isinstance(result, str) and result
+    assert isinstance(result["text"], str) and result["text"]
+    assert result["truncated"] is False and result["target"] in ("server", "site-1", "site-2")
 
 
 def _targets(result: Any, job: str) -> None:

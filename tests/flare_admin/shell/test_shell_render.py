@@ -81,7 +81,7 @@ def test_metrics_show_a_round_by_site_table_and_a_sparkline_per_site():
         for site, value in (("site-1", a), ("site-2", b))
     ] + [MetricRow("site-1", None, "lr", 0.1)]
     out = render(MetricsView(JOB, tuple(rows)))
-    assert "metrics: loss, lr" in out
+    assert "metrics: loss, lr (choose the table's with --key)" in out
     table = [line for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]
     assert [line.split() for line in table] == [
         ["1", "│", "4", "│", "5", "│", "4.5"],

@@ -74,6 +74,7 @@ def test_a_session_at_the_terminal(cluster: Cluster, terminal: Terminal, tmp_pat
     term.send(f"y{ENTER}")
     term.expect(f"aborted job {hung_id}")
 
+    term.expect(r"testproj>")  # typed ahead of the prompt, Ctrl-D would be the tty's EOF
     term.send(CTRL_D)
     term.expect(r"bye")
     assert term.wait() == 0
