@@ -25,6 +25,7 @@ from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
+from flare_protocol.kit_workspace import check_default_workspace
 from flare_protocol.preflight import check_kit
 from flare_site.runtime import SiteRuntime, SiteSettings, load_site_settings
 
@@ -38,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start", help="start the site from its startup kit")
     start.add_argument("kit_dir", type=Path, help="the site's kit folder (prod_NN/<site>)")
-    start.add_argument("--workspace", type=Path, help="site workspace (default: KIT_DIR/workspace)")
+    where = start.add_mutually_exclusive_group()
+    where.add_argument("--workspace", type=Path, help="site workspace (default: KIT_DIR/workspace)")
+    where.add_argument(
+        "--new-workspace",
+        action="store_true",
+        help="use KIT_DIR/workspace even though an earlier prod_NN kit's workspace holds jobs",
+    )
     start.add_argument(
         "--server", metavar="HOST:PORT", help="server site endpoint to dial (default: the kit's)"
     )
@@ -127,6 +134,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
+        if args.workspace is None and not args.new_workspace:
+            check_default_workspace(load_checked_kit(args.kit_dir).root, "flare site start")
         while True:
             kit = load_checked_kit(args.kit_dir)
             settings = load_site_settings(
