@@ -216,7 +216,7 @@ class Server:
         self.scheduler.start()
         self.start_time = time.time()
         log.info(
-            "server %s of project %s listening: admin %s:%d, sites %s:%d, workspace %s",
+            "server %s of project %s listening: admin %s:%d, sites %s:%d, workspace %s, pid %d",
             self.kit.name,
             self.kit.project,
             s.host,
@@ -224,6 +224,7 @@ class Server:
             s.host,
             self.site_port,
             self.workspace,
+            os.getpid(),
         )
 
     def request_stop(self, *, restart: bool = False, by: str = "signal") -> None:
@@ -296,8 +297,39 @@ class Server:
         return self._apply_revoked(merged)
 
     def reload_revoked(self) -> int:
-        """Re-read ``startup/revoked.json`` (e.g. on SIGHUP after a re-provision)."""
-        return self._apply_revoked(load_revoked(self.kit.startup / REVOKED))
+        """Re-read ``startup/revoked.json`` (on SIGHUP, once a re-provisioned server kit's
+        ``startup/`` files were copied over this kit's); streams dropped. Logs the outcome;
+        an unreadable list leaves the one in force."""
+        from flare_protocol.signature import verify_kit
+
+        path = self.kit.startup / REVOKED
+        try:
+            serials = load_revoked(path)
+        except errors.FlareError as exc:
+            log.error("revocation list not reloaded, the previous one stays in force: %s", exc)
+            return 0
+        before = len(self.admin_checker.revoked)
+        dropped = self._apply_revoked(serials)
+        log.info(
+            "revocation list reloaded from %s: %d revoked serial(s) (before: %d), "
+            "%d open stream(s) dropped",
+            path,
+            len(serials),
+            before,
+            dropped,
+        )
+        try:
+            verify_kit(self.kit.root)
+        except errors.KitError as exc:
+            log.error(
+                "the kit %s no longer verifies (%s): the list is in force, but the server "
+                "will not start from this kit again; copy every file of the new kit's "
+                "startup/ folder, not only %s",
+                self.kit.root,
+                exc,
+                REVOKED,
+            )
+        return dropped
 
     def _apply_revoked(self, serials: frozenset[int]) -> int:
         self.admin_checker.set_revoked(serials)
