@@ -382,7 +382,9 @@ class AsyncSession:
             sink.discard()
             call.cancel()
             raise
-        return await asyncio.to_thread(sink.finish)
+        path = await asyncio.to_thread(sink.finish)
+        sink.warn_if_partial(path)
+        return path
 
     async def get_job_logs(self, job_id: str, target: str = "server") -> str:
         """The job's log on ``target``."""
@@ -411,9 +413,7 @@ class AsyncSession:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
         first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)
-        return await self._pages(
-            lambda offset: _ops.job_metrics(job_id, site, key, offset), first
-        )
+        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
 
     async def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0

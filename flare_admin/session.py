@@ -401,7 +401,9 @@ class Session:
             sink.discard()
             call.cancel()
             raise
-        return sink.finish()
+        path = sink.finish()
+        sink.warn_if_partial(path)
+        return path
 
     def get_job_logs(self, job_id: str, target: str = "server") -> str:
         """The lines of ``target``'s log (``"server"`` or a site name) that mention the job."""

@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flare_server.admin")
 
 _ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
+#: Seconds beyond ``log_wait`` a result download waits for a just-ended job's folder.
+RESULT_WAIT_MARGIN = 30.0
 _WATCH_END = object()
 _REVOKED = object()
 
@@ -308,20 +310,35 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 job_id=request.job_id,
                 status=status,
             )
+        # FINISHED is written when the end is decided (an abort at once); the runner then
+        # collects the sites' logs and writes summary.json: wait for that, bounded.
+        complete = await self.server.runner.wait_result(
+            request.job_id, self.server.settings.log_wait + RESULT_WAIT_MARGIN
+        )
+        if not complete:
+            log.warning(
+                "job %s: its result folder is still being written; sending it as partial",
+                request.job_id,
+            )
         result_dir = self.server.store.result_dir(request.job_id)
         if (result_format.METADATA_KEY, result_format.FILES) in (
             context.invocation_metadata() or ()
         ):  # one header per file: the client writes them as they come (result_stream)
-            async for message in files_stream(Path(result_dir), request.job_id):
+            async for message in files_stream(
+                Path(result_dir), request.job_id, partial=not complete
+            ):
                 yield message
             return
+        params = {"job_id": request.job_id}
+        if not complete:
+            params[result_format.PARTIAL] = "true"
         yield common_pb2.TransferChunk(
             header=common_pb2.TransferHeader(
                 name=f"{request.job_id}.zip",
                 size=-1,
                 sha256="",
                 content_type="application/zip",
-                params={"job_id": request.job_id},
+                params=params,
             )
         )
         async for chunk in zip_stream(Path(result_dir)):
