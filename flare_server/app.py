@@ -44,6 +44,7 @@ from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
 from flare_server.sites import SiteRegistry
+from flare_server.wrong_endpoint import ADMIN_SERVICE, SITE_SERVICE, WrongEndpoint
 
 log = logging.getLogger("flare_server")
 
@@ -203,8 +204,10 @@ class Server:
         options = server_options(s)
         admin = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), admin)
+        admin.add_generic_rpc_handlers((WrongEndpoint(SITE_SERVICE, self._site_at_admin_port),))
         site = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         site_pb2_grpc.add_SiteServicer_to_server(SiteService(self), site)
+        site.add_generic_rpc_handlers((WrongEndpoint(ADMIN_SERVICE, self._admin_at_site_port),))
         admin_port = self.kit.server.admin_port if s.admin_port is None else s.admin_port
         site_port = self.kit.server.fed_learn_port if s.fed_learn_port is None else s.fed_learn_port
         self.admin_port = _bind(admin, s.host, admin_port, creds, "admin")
@@ -470,6 +473,20 @@ class Server:
             self.runner.on_site_message(site, envelope)
 
     # -- internals ---------------------------------------------------------------------
+    def _admin_at_site_port(self) -> str:
+        return (
+            f"this is the site port (fed_learn_port {self.site_port}) of the flare server "
+            f"{self.kit.name}; the admin port is {self.admin_port}: open admin sessions there "
+            f"(server_address='<host>:{self.admin_port}', or leave it out to use the kit's)"
+        )
+
+    def _site_at_admin_port(self) -> str:
+        return (
+            f"this is the admin port (admin_port {self.admin_port}) of the flare server "
+            f"{self.kit.name}; the site port (fed_learn_port) is {self.site_port}: point the "
+            f"site there (--server <host>:{self.site_port}, or leave it out to use the kit's)"
+        )
+
     def _install_logging(self) -> None:
         logger = logging.getLogger("flare_server")
         logger.setLevel(self.settings.log_level.upper())
