@@ -8,9 +8,11 @@ blocking store work (SQLite, fsync, zip) to worker threads so the event loop sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,8 +124,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, call: Call, request: common_pb2.Empty, context: Any
     ) -> admin_pb2.SystemInfoReply:
         self._require(call, Right.VIEW, None, "view the system info")
+        store = self.server.store
         running = await asyncio.to_thread(
-            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+            lambda: live_durations(
+                store, store.list(statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING])
+            )
         )
         return admin_pb2.SystemInfoReply(
             server_name=self.server.kit.name,
@@ -190,6 +195,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 limit=request.limit or None,
                 reverse=request.reverse,
             )
+            rows = live_durations(store, rows)
             metas = (
                 [_meta_json(dict(store.get(r.job_id))) for r in rows] if request.detailed else []
             )
@@ -451,6 +457,21 @@ async def file_stream(
             yield common_pb2.TransferChunk(data=data)
     finally:
         fh.close()
+
+
+def live_durations(store: Any, rows: list[Any]) -> list[Any]:
+    """``rows`` with each running job's time so far as its duration (the store writes a
+    duration only when a job ends). Runs in a worker thread: it may read job metas."""
+    now = time.time()
+    out = []
+    for row in rows:
+        if row.duration is None and row.status is JobStatus.RUNNING:
+            with contextlib.suppress(errors.JobNotFound):  # deleted meanwhile: keep the row
+                start = store.get(row.job_id).get("start_time")
+                if isinstance(start, (int, float)):
+                    row = row._replace(duration=max(0.0, now - float(start)))
+        out.append(row)
+    return out
 
 
 def summary_pb(s: Any) -> admin_pb2.JobSummary:
