@@ -40,6 +40,11 @@ class ParticipantType(str, enum.Enum):
     SITE = "site"
     ADMIN = "admin"
 
+    @property
+    def with_article(self) -> str:
+        """``"a server"``, ``"a site"``, ``"an admin"``: for messages."""
+        return f"{'an' if self.value[0] in 'aeiou' else 'a'} {self.value}"
+
 
 class Role(str, enum.Enum):
     """An admin's role, NVIDIA FLARE's names."""
@@ -93,9 +98,7 @@ def identity_extensions(
     participant_type: ParticipantType, role: Role | None = None
 ) -> list[x509.UnrecognizedExtension]:
     """The extensions that bind type (and an admin's role) into a certificate."""
-    exts = [
-        x509.UnrecognizedExtension(OID_PARTICIPANT_TYPE, _der_utf8(participant_type.value))
-    ]
+    exts = [x509.UnrecognizedExtension(OID_PARTICIPANT_TYPE, _der_utf8(participant_type.value))]
     if participant_type is ParticipantType.ADMIN:
         if role is None:
             raise ValueError("an admin certificate needs a role")
@@ -161,7 +164,9 @@ def identity_from_certificate(
         else ExtendedKeyUsageOID.CLIENT_AUTH
     )
     if needed not in eku:
-        raise IdentityRejected(f"certificate of a {ptype.value} lacks the {needed._name} usage")
+        raise IdentityRejected(
+            f"certificate of {ptype.with_article} lacks the {needed._name} usage"
+        )
 
     role: Role | None = None
     raw_role = _custom_ext(cert, OID_ADMIN_ROLE)
@@ -177,7 +182,7 @@ def identity_from_certificate(
 
     if expected_type is not None and ptype is not expected_type:
         raise IdentityRejected(
-            f"a {ptype.value} certificate cannot call the {expected_type.value} endpoint"
+            f"{ptype.with_article} certificate cannot call the {expected_type.value} endpoint"
         )
 
     return Identity(

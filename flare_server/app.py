@@ -153,6 +153,7 @@ class Server:
         self._stop_requested = asyncio.Event()
         self._restart = False
         self._stopped = False
+        self._listening = False
         self._log_handlers: list[logging.Handler] = []
         self._grpc_servers: list[grpc.aio.Server] = []
         self.store: JobStore
@@ -215,6 +216,7 @@ class Server:
         self._grpc_servers = [admin, site]
         await admin.start()
         await site.start()
+        self._listening = True
         self.registry.start()
         self.scheduler.start()
         self.start_time = time.time()
@@ -270,7 +272,8 @@ class Server:
             await asyncio.to_thread(self.store.close)
         if self.audit is not None:
             self.audit.close()
-        log.info("server stopped")
+        if self._listening:  # a start that failed says why itself; nothing was serving
+            log.info("server stopped")
         for handler in self._log_handlers:
             logging.getLogger("flare_server").removeHandler(handler)
             handler.close()
