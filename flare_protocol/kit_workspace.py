@@ -21,7 +21,13 @@ from pathlib import Path
 
 from flare_protocol.errors import KitError
 
-__all__ = ["WORKSPACE", "check_default_workspace", "count_jobs", "earlier_workspace"]
+__all__ = [
+    "WORKSPACE",
+    "check_default_workspace",
+    "count_jobs",
+    "earlier_kits",
+    "earlier_workspace",
+]
 
 #: The workspace folder inside a kit when none is given.
 WORKSPACE = "workspace"
@@ -39,27 +45,33 @@ def count_jobs(workspace: Path) -> int:
     return sum(1 for p in entries if _JOB_ID.match(p.name) and p.is_dir())
 
 
-def earlier_workspace(kit_root: Path) -> tuple[Path, int] | None:
-    """The workspace of this participant's kit in the newest earlier ``prod_NN`` that holds
-    jobs, with their number; None when the kit is not in a ``prod_NN`` or none does."""
+def earlier_kits(kit_root: Path) -> list[Path]:
+    """The same participant's kits in the earlier ``prod_NN`` folders of the project,
+    newest first; empty when the kit is not in a ``prod_NN``."""
     kit = Path(kit_root).resolve()
     prod = _PROD.match(kit.parent.name)
     if prod is None:
-        return None
+        return []
     number = int(prod.group(1))
     earlier: list[tuple[int, Path]] = []
     try:
         siblings = list(kit.parent.parent.iterdir())
     except OSError:
-        return None
+        return []
     for sibling in siblings:
         match = _PROD.match(sibling.name)
-        if match is not None and int(match.group(1)) < number:
-            earlier.append((int(match.group(1)), sibling / kit.name / WORKSPACE))
-    for _, workspace in sorted(earlier, reverse=True):
-        jobs = count_jobs(workspace)
+        if match is not None and int(match.group(1)) < number and (sibling / kit.name).is_dir():
+            earlier.append((int(match.group(1)), sibling / kit.name))
+    return [path for _, path in sorted(earlier, reverse=True)]
+
+
+def earlier_workspace(kit_root: Path) -> tuple[Path, int] | None:
+    """The workspace of this participant's kit in the newest earlier ``prod_NN`` that holds
+    jobs, with their number; None when the kit is not in a ``prod_NN`` or none does."""
+    for kit in earlier_kits(kit_root):
+        jobs = count_jobs(kit / WORKSPACE)
         if jobs:
-            return workspace, jobs
+            return kit / WORKSPACE, jobs
     return None
 
 

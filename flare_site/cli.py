@@ -134,10 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
-        if args.workspace is None and not args.new_workspace:
-            check_default_workspace(load_checked_kit(args.kit_dir).root, "flare site start")
+        checked = args.workspace is not None or args.new_workspace
         while True:
             kit = load_checked_kit(args.kit_dir)
+            if not checked:  # once: a restart must not stop on the workspace it created
+                check_default_workspace(kit.root, "flare site start")
+                checked = True
             settings = load_site_settings(
                 kit, workspace=args.workspace, server=args.server, max_jobs=args.max_jobs
             )

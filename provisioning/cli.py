@@ -11,6 +11,7 @@ from pathlib import Path
 from flare_protocol.errors import FlareError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import STARTUP, detect_type
+from flare_protocol.kit_workspace import WORKSPACE, earlier_kits
 from provisioning.certs import DEFAULT_CA_DAYS, DEFAULT_CERT_DAYS, KEY_TYPES
 from provisioning.provisioner import ProvisionResult, provision
 
@@ -130,9 +131,10 @@ def revocation_next_step(result: ProvisionResult) -> str:
     )
     if server is None:  # pragma: no cover - a project always has its server
         return ""
-    running = _earlier_kit(result.prod_dir, server.name) or Path("<the running server's kit>")
+    earlier = earlier_kits(server)  # the one in use: most likely the newest one started
+    running = next((k for k in earlier if (k / WORKSPACE).is_dir()), next(iter(earlier), None))
     source = shlex.quote(str(server / STARTUP))
-    target = shlex.quote(str(running / STARTUP))
+    target = shlex.quote(str(running / STARTUP)) if running else "<the server's kit>/startup"
     return "\n".join(
         [
             "next step: the running server still accepts the revoked certificate(s) until it",
@@ -145,19 +147,6 @@ def revocation_next_step(result: ProvisionResult) -> str:
             f"  Or restart the server from {server} with --workspace <its current workspace>.",
         ]
     )
-
-
-def _earlier_kit(prod_dir: Path, name: str) -> Path | None:
-    """``name``'s kit in the newest ``prod_NN`` before ``prod_dir``, if there is one."""
-    number = int(prod_dir.name.rsplit("_", 1)[-1])
-    earlier = sorted(
-        (p for p in prod_dir.parent.glob("prod_*") if p.name.rsplit("_", 1)[-1].isdigit()),
-        key=lambda p: int(p.name.rsplit("_", 1)[-1]),
-    )
-    for prod in reversed(earlier):
-        if int(prod.name.rsplit("_", 1)[-1]) < number and (prod / name / STARTUP).is_dir():
-            return prod / name
-    return None
 
 
 if __name__ == "__main__":
