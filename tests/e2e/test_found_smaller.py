@@ -370,9 +370,17 @@ def test_19_a_killed_sites_ipc_folder_is_removed_when_the_site_starts_again(clus
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
         assert folder.is_dir()
+        restarted = time.time()
         cluster.start_site("site-1")  # the same kit and workspace
         wait_until(lambda: not folder.exists(), 30)
         killed.close()
+        wait_until(  # back for the tests that follow
+            lambda: any(
+                s.name == "site-1" and s.connected_since >= restarted
+                for s in cluster.session.get_connected_client_list()
+            ),
+            30,
+        )
     finally:
         cluster.session.abort_job(job_id)
 
