@@ -639,6 +639,8 @@ class JobRun:
                     self._keep_log(site, envelope, body)
         if failures:
             self._exclude_failed_deployments(failures, needed, mandatory)
+        # The total shows as "round k of n" in monitors, before the first round starts.
+        await asyncio.to_thread(self.store.update, self.job_id, num_rounds=plan.config.num_rounds)
         try:
             await asyncio.to_thread(
                 self.store.set_status,
