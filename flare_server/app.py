@@ -139,7 +139,7 @@ class Server:
         self.settings = settings or ServerSettings.from_kit(kit)
         self.workspace = (self.settings.workspace or kit.root / "workspace").resolve()
         self.policy = Policy.for_kit(kit.local)
-        self.project_sites = ProjectSites.for_kit(kit)
+        self.project_sites = ProjectSites.for_kit(kit, connected=lambda: self.registry.names())
         revoked = load_revoked(kit.startup / REVOKED)
         root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
         self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
@@ -351,6 +351,7 @@ class Server:
                 exc,
                 REVOKED,
             )
+        self.project_sites.reload(self.kit)
         return dropped
 
     def _apply_revoked(self, serials: frozenset[int]) -> int:
