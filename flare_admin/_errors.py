@@ -142,9 +142,14 @@ def map_rpc_error(
                 f"{action}: the server refused the upload as too large ({text})", **extra
             )
     if code is grpc.StatusCode.UNIMPLEMENTED:
+        hint = (
+            f"is {address} the server's admin port (admin_port), not its site port "
+            "(fed_learn_port)? Or is the server an older version than this library?"
+            if opening
+            else "is it an older version than this library?"
+        )
         return errors.InternalError(
-            f"{action}: the server at {address} does not implement this call ({text}); "
-            "is it an older version than this library?",
+            f"{action}: the server at {address} does not implement this call ({text}); {hint}",
             address=address,
             **extra,
         )

@@ -307,7 +307,17 @@ def list_jobs(
     id_prefix: str | None = None,
     name_prefix: str | None = None,
     reverse: bool = False,
+    *,
+    all: bool = False,
 ) -> Unary:
+    # ``all``: NVIDIA FLARE's FLARE API once had it ("every job, not the first few"); it
+    # was dropped there for limit=None, and its migration guide still shows it. Accepted.
+    if not isinstance(all, bool):
+        raise InvalidArgumentError(f"all must be True or False, got {all!r}")
+    if all and limit is not None:
+        raise InvalidArgumentError(
+            f"list_jobs(all=True, limit={limit!r}): all=True lists every job; pass one of them"
+        )
     if limit is not None and (
         isinstance(limit, bool) or not isinstance(limit, int) or not 0 <= limit < 2**31
     ):

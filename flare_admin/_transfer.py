@@ -27,6 +27,7 @@ import shutil
 import stat
 import tempfile
 import time
+import warnings
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -38,7 +39,7 @@ from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
 from flare_protocol.job_format import path_problem, validate_meta
-from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
+from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY, PARTIAL
 from flare_protocol.safe_zip import scan_entries, write_entries
 
 ProgressCallback = Callable[[int, int], object]
@@ -347,6 +348,8 @@ class ResultDownload:
         self.total = -1
         self._hash = hashlib.sha256()
         self._mode = ""  # "zip" or "files", set by the first header
+        #: The server said the result folder was still being written (see result_format).
+        self.partial = False
         try:
             self._staging = Path(tempfile.mkdtemp(prefix=f".{job_id}.", dir=folder))
         except OSError as exc:
@@ -375,6 +378,7 @@ class ResultDownload:
         if chunk.WhichOneof("item") == "header":
             head = chunk.header
             if not self._mode:
+                self.partial = head.params.get(PARTIAL) == "true"
                 if head.content_type == FILES_CONTENT_TYPE:
                     self._start_files(head.size, head.params.get("files", ""))
                 else:
@@ -430,6 +434,18 @@ class ResultDownload:
             self._part.unlink(missing_ok=True)
             self._part = None
         shutil.rmtree(self._staging, ignore_errors=True)
+
+    def warn_if_partial(self, path: str) -> None:
+        """A ``UserWarning`` for the caller of ``download_job_result`` when the result the
+        server sent was still being written."""
+        if self.partial:
+            warnings.warn(
+                f"the result of job {self.job_id} in {path} is partial: the server was still "
+                "writing it (the sites' logs, summary.json) when its wait ended; download it "
+                "again in a moment",
+                UserWarning,
+                stacklevel=3,
+            )
 
     def finish(self) -> str:
         """Check what arrived, put it in place; return the result folder.

@@ -353,9 +353,18 @@ class AsyncSession:
         id_prefix: str | None = None,
         name_prefix: str | None = None,
         reverse: bool = False,
+        *,
+        all: bool = False,
     ) -> list[JobSummary] | list[JobMeta]:
-        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``."""
-        return await self._unary(_ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse))
+        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``.
+
+        ``limit`` keeps the first N (the newest N with ``reverse``); ``all=True`` (NVIDIA
+        FLARE's older spelling of "no limit") lists every job and excludes ``limit``.
+        A running job's ``duration`` is the time it has run so far.
+        """
+        return await self._unary(
+            _ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse, all=all)
+        )
 
     async def get_job_meta(self, job_id: str) -> JobMeta:
         """A job's full meta."""
@@ -491,7 +500,9 @@ class AsyncSession:
             sink.discard()
             call.cancel()
             raise
-        return await asyncio.to_thread(sink.finish)
+        path = await asyncio.to_thread(sink.finish)
+        sink.warn_if_partial(path)
+        return path
 
     async def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
         """The job's log on ``target``."""

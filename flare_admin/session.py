@@ -356,9 +356,18 @@ class Session:
         id_prefix: str | None = None,
         name_prefix: str | None = None,
         reverse: bool = False,
+        *,
+        all: bool = False,
     ) -> list[JobSummary] | list[JobMeta]:
-        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``."""
-        return self._unary(_ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse))
+        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``.
+
+        ``limit`` keeps the first N (the newest N with ``reverse``); ``all=True`` (NVIDIA
+        FLARE's older spelling of "no limit") lists every job and excludes ``limit``.
+        A running job's ``duration`` is the time it has run so far.
+        """
+        return self._unary(
+            _ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse, all=all)
+        )
 
     def get_job_meta(self, job_id: str) -> JobMeta:
         """A job's full meta (``meta.status`` or ``meta["status"]``)."""
@@ -529,7 +538,9 @@ class Session:
             sink.discard()
             call.cancel()
             raise
-        return sink.finish()
+        path = sink.finish()
+        sink.warn_if_partial(path)
+        return path
 
     def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
         """The lines of ``target``'s log (``"server"`` or a site name) that mention the job

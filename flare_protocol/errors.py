@@ -208,5 +208,6 @@ WIRE_ERRORS: dict[str, type[APIError]] = {
         ClientsStillRunning,
         NoReply,
         InternalError,
+        NoConnection,
     )
 }

@@ -46,6 +46,11 @@ class ParticipantType(str, enum.Enum):
     SITE = "site"
     ADMIN = "admin"
 
+    @property
+    def with_article(self) -> str:
+        """``"a server"``, ``"a site"``, ``"an admin"``: for messages."""
+        return f"{'an' if self.value[0] in 'aeiou' else 'a'} {self.value}"
+
 
 class Role(str, enum.Enum):
     """An admin's role, NVIDIA FLARE's names."""
@@ -232,7 +237,9 @@ def _identity(cert: x509.Certificate, expected_type: ParticipantType | None) -> 
         else ExtendedKeyUsageOID.CLIENT_AUTH
     )
     if needed not in eku:
-        raise IdentityRejected(f"certificate of a {ptype.value} lacks the {needed._name} usage")
+        raise IdentityRejected(
+            f"certificate of {ptype.with_article} lacks the {needed._name} usage"
+        )
 
     role: Role | None = None
     raw_role = _custom_ext(cert, OID_ADMIN_ROLE)
@@ -248,7 +255,7 @@ def _identity(cert: x509.Certificate, expected_type: ParticipantType | None) -> 
 
     if expected_type is not None and ptype is not expected_type:
         raise IdentityRejected(
-            f"a {ptype.value} certificate cannot call the {expected_type.value} endpoint"
+            f"{ptype.with_article} certificate cannot call the {expected_type.value} endpoint"
         )
 
     return Identity(

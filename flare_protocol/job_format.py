@@ -101,6 +101,7 @@ SERVER_OWNED_KEYS = frozenset(
         "schedule_reason",
         "deployed_sites",
         "current_round",
+        "num_rounds",
         "rounds_completed",
         "errors",
     }

@@ -175,7 +175,7 @@ def load_kit(kit_dir: str | Path, expected_type: ParticipantType | None = None) 
     ptype = detect_type(root)
     if expected_type is not None and ptype is not expected_type:
         raise KitError(
-            f"{root} is a {ptype.value} kit, but a {expected_type.value} kit is needed",
+            f"{root} is {ptype.with_article} kit, but {expected_type.with_article} kit is needed",
             path=str(root),
         )
     cfg_path = root / STARTUP / CONFIG_FILE[ptype]

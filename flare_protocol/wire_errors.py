@@ -29,6 +29,7 @@ STATUS_CODES: dict[type[errors.APIError], grpc.StatusCode] = {
     errors.NoClientsAvailable: grpc.StatusCode.FAILED_PRECONDITION,
     errors.JobTimeout: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.NoReply: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.NoConnection: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
 }
 

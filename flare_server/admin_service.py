@@ -8,9 +8,11 @@ blocking store work (SQLite, fsync, zip) to worker threads so the event loop sta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("flare_server.admin")
 
 _ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
+#: Seconds beyond ``log_wait`` a result download waits for a just-ended job's folder.
+RESULT_WAIT_MARGIN = 30.0
 _WATCH_END = object()
 _REVOKED = object()
 _ROWS = object()  # WatchJobEvents: rows were appended to the job's metrics or validations
@@ -119,8 +123,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, call: Call, request: common_pb2.Empty, context: Any
     ) -> admin_pb2.SystemInfoReply:
         self._require(call, Right.VIEW, None, "view the system info")
+        store = self.server.store
         running = await asyncio.to_thread(
-            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+            lambda: live_durations(
+                store, store.list(statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING])
+            )
         )
         return admin_pb2.SystemInfoReply(
             server_name=self.server.kit.name,
@@ -200,6 +207,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 limit=request.limit or None,
                 reverse=request.reverse,
             )
+            rows = live_durations(store, rows)
             metas = (
                 [_meta_json(dict(store.get(r.job_id))) for r in rows] if request.detailed else []
             )
@@ -440,20 +448,35 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 job_id=request.job_id,
                 status=status,
             )
+        # FINISHED is written when the end is decided (an abort at once); the runner then
+        # collects the sites' logs and writes summary.json: wait for that, bounded.
+        complete = await self.server.runner.wait_result(
+            request.job_id, self.server.settings.log_wait + RESULT_WAIT_MARGIN
+        )
+        if not complete:
+            log.warning(
+                "job %s: its result folder is still being written; sending it as partial",
+                request.job_id,
+            )
         result_dir = self.server.store.result_dir(request.job_id)
         if (result_format.METADATA_KEY, result_format.FILES) in (
             context.invocation_metadata() or ()
         ):  # one header per file: the client writes them as they come (result_stream)
-            async for message in files_stream(Path(result_dir), request.job_id):
+            async for message in files_stream(
+                Path(result_dir), request.job_id, partial=not complete
+            ):
                 yield message
             return
+        params = {"job_id": request.job_id}
+        if not complete:
+            params[result_format.PARTIAL] = "true"
         yield common_pb2.TransferChunk(
             header=common_pb2.TransferHeader(
                 name=f"{request.job_id}.zip",
                 size=-1,
                 sha256="",
                 content_type="application/zip",
-                params={"job_id": request.job_id},
+                params=params,
             )
         )
         async for chunk in zip_stream(Path(result_dir)):
@@ -578,6 +601,21 @@ async def file_stream(
             yield common_pb2.TransferChunk(data=data)
     finally:
         fh.close()
+
+
+def live_durations(store: Any, rows: list[Any]) -> list[Any]:
+    """``rows`` with each running job's time so far as its duration (the store writes a
+    duration only when a job ends). Runs in a worker thread: it may read job metas."""
+    now = time.time()
+    out = []
+    for row in rows:
+        if row.duration is None and row.status is JobStatus.RUNNING:
+            with contextlib.suppress(errors.JobNotFound):  # deleted meanwhile: keep the row
+                start = store.get(row.job_id).get("start_time")
+                if isinstance(start, (int, float)):
+                    row = row._replace(duration=max(0.0, now - float(start)))
+        out.append(row)
+    return out
 
 
 def summary_pb(s: Any) -> admin_pb2.JobSummary:

@@ -47,6 +47,7 @@ from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
 from flare_server.sites import SiteRegistry
+from flare_server.wrong_endpoint import ADMIN_SERVICE, SITE_SERVICE, WrongEndpoint
 
 log = logging.getLogger("flare_server")
 
@@ -138,7 +139,7 @@ class Server:
         self.settings = settings or ServerSettings.from_kit(kit)
         self.workspace = (self.settings.workspace or kit.root / "workspace").resolve()
         self.policy = Policy.for_kit(kit.local)
-        self.project_sites = ProjectSites.for_kit(kit)
+        self.project_sites = ProjectSites.for_kit(kit, connected=lambda: self.registry.names())
         revoked = load_revoked(kit.startup / REVOKED)
         root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
         self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
@@ -159,6 +160,7 @@ class Server:
         self._stop_requested = asyncio.Event()
         self._restart = False
         self._stopped = False
+        self._listening = False
         self._log_handlers: list[logging.Handler] = []
         self._grpc_servers: list[grpc.aio.Server] = []
         self.store: JobStore
@@ -219,8 +221,10 @@ class Server:
         options = server_options(s)
         admin = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), admin)
+        admin.add_generic_rpc_handlers((WrongEndpoint(SITE_SERVICE, self._site_at_admin_port),))
         site = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         site_pb2_grpc.add_SiteServicer_to_server(SiteService(self), site)
+        site.add_generic_rpc_handlers((WrongEndpoint(ADMIN_SERVICE, self._admin_at_site_port),))
         admin_port = self.kit.server.admin_port if s.admin_port is None else s.admin_port
         site_port = self.kit.server.fed_learn_port if s.fed_learn_port is None else s.fed_learn_port
         self.admin_port = _bind(admin, s.host, admin_port, creds, "admin")
@@ -228,11 +232,12 @@ class Server:
         self._grpc_servers = [admin, site]
         await admin.start()
         await site.start()
+        self._listening = True
         self.registry.start()
         self.scheduler.start()
         self.start_time = time.time()
         log.info(
-            "server %s of project %s listening: admin %s:%d, sites %s:%d, workspace %s",
+            "server %s of project %s listening: admin %s:%d, sites %s:%d, workspace %s, pid %d",
             self.kit.name,
             self.kit.project,
             s.host,
@@ -240,6 +245,7 @@ class Server:
             s.host,
             self.site_port,
             self.workspace,
+            os.getpid(),
         )
 
     def request_stop(self, *, restart: bool = False, by: str = "signal") -> None:
@@ -282,7 +288,8 @@ class Server:
             await asyncio.to_thread(self.store.close)
         if self.audit is not None:
             self.audit.close()
-        log.info("server stopped")
+        if self._listening:  # a start that failed says why itself; nothing was serving
+            log.info("server stopped")
         for handler in self._log_handlers:
             logging.getLogger("flare_server").removeHandler(handler)
             handler.close()
@@ -312,8 +319,40 @@ class Server:
         return self._apply_revoked(merged)
 
     def reload_revoked(self) -> int:
-        """Re-read ``startup/revoked.json`` (e.g. on SIGHUP after a re-provision)."""
-        return self._apply_revoked(load_revoked(self.kit.startup / REVOKED))
+        """Re-read ``startup/revoked.json`` (on SIGHUP, once a re-provisioned server kit's
+        ``startup/`` files were copied over this kit's); streams dropped. Logs the outcome;
+        an unreadable list leaves the one in force."""
+        from flare_protocol.signature import verify_kit
+
+        path = self.kit.startup / REVOKED
+        try:
+            serials = load_revoked(path)
+        except errors.FlareError as exc:
+            log.error("revocation list not reloaded, the previous one stays in force: %s", exc)
+            return 0
+        before = len(self.admin_checker.revoked)
+        dropped = self._apply_revoked(serials)
+        log.info(
+            "revocation list reloaded from %s: %d revoked serial(s) (before: %d), "
+            "%d open stream(s) dropped",
+            path,
+            len(serials),
+            before,
+            dropped,
+        )
+        try:
+            verify_kit(self.kit.root)
+        except errors.KitError as exc:
+            log.error(
+                "the kit %s no longer verifies (%s): the list is in force, but the server "
+                "will not start from this kit again; copy every file of the new kit's "
+                "startup/ folder, not only %s",
+                self.kit.root,
+                exc,
+                REVOKED,
+            )
+        self.project_sites.reload(self.kit)
+        return dropped
 
     def _apply_revoked(self, serials: frozenset[int]) -> int:
         self.admin_checker.set_revoked(serials)
@@ -436,6 +475,20 @@ class Server:
             self.runner.on_site_message(site, envelope)
 
     # -- internals ---------------------------------------------------------------------
+    def _admin_at_site_port(self) -> str:
+        return (
+            f"this is the site port (fed_learn_port {self.site_port}) of the flare server "
+            f"{self.kit.name}; the admin port is {self.admin_port}: open admin sessions there "
+            f"(server_address='<host>:{self.admin_port}', or leave it out to use the kit's)"
+        )
+
+    def _site_at_admin_port(self) -> str:
+        return (
+            f"this is the admin port (admin_port {self.admin_port}) of the flare server "
+            f"{self.kit.name}; the site port (fed_learn_port) is {self.site_port}: point the "
+            f"site there (--server <host>:{self.site_port}, or leave it out to use the kit's)"
+        )
+
     def _install_logging(self) -> None:
         logger = logging.getLogger("flare_server")
         logger.setLevel(self.settings.log_level.upper())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
+from flare_protocol.kit_workspace import check_default_workspace
 from flare_server.app import Server, check_server_kit, load_server_kit
 from flare_server.settings import ServerSettings
 
@@ -23,8 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start", help="start the server from its startup kit")
     start.add_argument("kit_dir", type=Path, help="the server's kit folder (prod_NN/<server>)")
-    start.add_argument(
+    where = start.add_mutually_exclusive_group()
+    where.add_argument(
         "--workspace", type=Path, help="server workspace (default: KIT_DIR/workspace)"
+    )
+    where.add_argument(
+        "--new-workspace",
+        action="store_true",
+        help="use KIT_DIR/workspace even though an earlier prod_NN kit's workspace holds jobs",
     )
     start.add_argument("--admin-port", type=int, help="admin endpoint port (0: any free port)")
     start.add_argument("--fed-learn-port", type=int, help="site endpoint port (0: any free port)")
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             fed_learn_port=args.fed_learn_port,
             host=args.host,
         )
+        if settings.workspace is None and not args.new_workspace:
+            check_default_workspace(kit.root, "flare server start")
         while True:
             server = Server(kit, settings)
             restart = asyncio.run(_serve(server, args.ready_file))

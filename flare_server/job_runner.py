@@ -299,6 +299,15 @@ class JobRunner:
             run.abort_reason = reason
             run.post(("abort", reason))
 
+    async def wait_result(self, job_id: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the job's run (if one is active) to finish
+        its result folder; False when it is still being written."""
+        run = self.runs.get(job_id)
+        if run is None or run.task is None or run.task.done():
+            return True
+        done, _ = await asyncio.wait({run.task}, timeout=timeout)
+        return bool(done)
+
     async def stop(self) -> None:
         """The server is stopping: end every run ABNORMAL and tell its sites."""
         for run in list(self.runs.values()):
@@ -630,6 +639,8 @@ class JobRun:
                     self._keep_log(site, envelope, body)
         if failures:
             self._exclude_failed_deployments(failures, needed, mandatory)
+        # The total shows as "round k of n" in monitors, before the first round starts.
+        await asyncio.to_thread(self.store.update, self.job_id, num_rounds=plan.config.num_rounds)
         try:
             await asyncio.to_thread(
                 self.store.set_status,

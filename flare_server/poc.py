@@ -260,6 +260,7 @@ class LocalProject:
                 "server",
                 "start",
                 str(self.kits.server_kit),
+                "--new-workspace",  # a throw-away project: its prod_NN starts afresh
                 "--host",
                 "127.0.0.1",
                 "--admin-port",
@@ -293,7 +294,8 @@ class LocalProject:
         """Start one ``flare site start`` per site, dialling the server's site port."""
         for name, kit in self.kits.site_kits.items():
             self.sites[name] = self._spawn(
-                name, ["site", "start", str(kit), "--server", self.site_address]
+                name,
+                ["site", "start", str(kit), "--new-workspace", "--server", self.site_address],
             )
 
     def session(self, timeout: float = 10.0) -> Session:

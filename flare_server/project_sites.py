@@ -7,11 +7,16 @@ run on, would wait as SUBMITTED forever: it is refused at submission (and at clo
 an ``InvalidJobDefinition`` naming the unknown sites and listing the project's. A server
 kit provisioned before the file existed has no list: the check is skipped (the server
 logs a warning at start).
+
+A site added to the project later (``flare provision`` again) connects with a certificate
+the server already trusts; from then on it counts as known even before the server kit's
+new ``participants.json`` is copied over and re-read (SIGHUP, as for revocations).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flare_protocol.errors import InvalidJobDefinition
@@ -20,18 +25,40 @@ from flare_protocol.kit import Kit, project_sites
 
 __all__ = ["ProjectSites"]
 
+log = logging.getLogger("flare_server")
+
 
 class ProjectSites:
     """The site names a server was provisioned with (``None``: unknown, nothing checked)."""
 
-    def __init__(self, project: str, names: tuple[str, ...] | None) -> None:
+    def __init__(
+        self,
+        project: str,
+        names: tuple[str, ...] | None,
+        connected: Callable[[], Iterable[str]] = tuple,
+    ) -> None:
         self.project = project
         self.names = names
+        self._connected = connected
 
     @classmethod
-    def for_kit(cls, kit: Kit) -> ProjectSites:
-        """From the server kit's ``startup/participants.json`` (KitError if malformed)."""
-        return cls(kit.project, project_sites(kit))
+    def for_kit(cls, kit: Kit, connected: Callable[[], Iterable[str]] = tuple) -> ProjectSites:
+        """From the server kit's ``startup/participants.json`` (KitError if malformed);
+        ``connected()`` names the sites connected now (they are known too)."""
+        return cls(kit.project, project_sites(kit), connected)
+
+    def reload(self, kit: Kit) -> None:
+        """Re-read ``participants.json`` (SIGHUP); a malformed file keeps the list in force."""
+        from flare_protocol.errors import KitError
+
+        try:
+            names = project_sites(kit)
+        except KitError as exc:
+            log.error("project sites not reloaded, the previous list stays in force: %s", exc)
+            return
+        if names is not None:
+            self.names = names
+            log.info("project sites reloaded: %s", ", ".join(names) or "none")
 
     def check_job(self, meta: Mapping[str, Any]) -> None:
         """Refuse a job that names sites outside the project or needs more than it has.
@@ -41,7 +68,7 @@ class ProjectSites:
         """
         if self.names is None:
             return
-        known = set(self.names)
+        known = set(self.names) | set(self._connected())
         deploy_map = meta.get("deploy_map") or {}
         deployed = {
             str(t)
@@ -59,7 +86,7 @@ class ProjectSites:
         ):
             for name in names - known:
                 where.setdefault(name, []).append(field)
-        ours = f"the sites of project {self.project} are {', '.join(self.names) or 'none'}"
+        ours = f"the sites of project {self.project} are {', '.join(sorted(known)) or 'none'}"
         if where:
             shown = ", ".join(f"{s} ({', '.join(f)})" for s, f in sorted(where.items()))
             raise InvalidJobDefinition(

@@ -22,7 +22,7 @@ from typing import Any
 from flare_protocol import errors
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
-from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE
+from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, PARTIAL
 
 __all__ = ["QUEUE_DEPTH", "files_stream", "list_result_files", "thread_stream", "zip_stream"]
 
@@ -51,15 +51,18 @@ def list_result_files(root: Path) -> list[tuple[Path, str, int]]:
     return found
 
 
-def _produce(root: Path, job_id: str, put: Any) -> None:
+def _produce(root: Path, job_id: str, put: Any, partial: bool) -> None:
     files = list_result_files(root)
+    params = {"job_id": job_id, "format": FILES, "files": str(len(files))}
+    if partial:
+        params[PARTIAL] = "true"
     put(
         common_pb2.TransferChunk(
             header=common_pb2.TransferHeader(
                 name=job_id,
                 size=sum(size for _, _, size in files),
                 content_type=FILES_CONTENT_TYPE,
-                params={"job_id": job_id, "format": FILES, "files": str(len(files))},
+                params=params,
             )
         )
     )
@@ -87,9 +90,12 @@ def _produce(root: Path, job_id: str, put: Any) -> None:
             os.close(fd)
 
 
-def files_stream(root: Path, job_id: str) -> AsyncIterator[common_pb2.TransferChunk]:
-    """The messages of a ``files-v1`` stream of folder ``root``."""
-    return thread_stream(lambda put: _produce(root, job_id, put))
+def files_stream(
+    root: Path, job_id: str, *, partial: bool = False
+) -> AsyncIterator[common_pb2.TransferChunk]:
+    """The messages of a ``files-v1`` stream of folder ``root`` (``partial``: the folder
+    is still being written, and the header says so)."""
+    return thread_stream(lambda put: _produce(root, job_id, put, partial))
 
 
 class _ChunkWriter:

@@ -3,15 +3,20 @@
 It checks the job folder, provisions a local project with N sites (the sites the job's
 ``deploy_map`` names, topped up with ``site-1 .. site-N``), starts the server and the
 sites on 127.0.0.1 (:class:`flare_server.poc.LocalProject`), submits the job through the
-admin :class:`~flare_admin.Session`, shows its status, round and metrics while it runs,
-downloads the result, prints the per-round metrics and where the result went, and stops
-everything. The exit status is 0 only when the job ended ``FINISHED:COMPLETED``.
+admin :class:`~flare_admin.Session`, shows its status, round and metrics while it runs
+(a live table on a terminal, plain lines otherwise), downloads the result, prints the
+per-round metrics and where the result went, and stops everything. A job that does not
+finish within ``--timeout`` is aborted; what it logged and its result are still fetched and
+shown. Without ``-w`` the project lives in a temporary folder that is removed at the end
+(it holds the project's private keys) unless ``--keep`` is given. The exit status is 0
+only when the job ended ``FINISHED:COMPLETED``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import sys
 import tempfile
@@ -36,11 +41,18 @@ from flare_admin import (
     ValidationRow,
     rounds_table,
 )
-from flare_protocol.errors import FlareError
+from flare_protocol.errors import FlareError, JobNotRunning
 from flare_protocol.job_status import JobStatus
 from flare_server.poc import LocalProject, provision_local, sigterm_interrupts, site_names
 
-__all__ = ["SimulationResult", "main", "run_simulation", "simulation_sites"]
+__all__ = [
+    "SimulationResult",
+    "main",
+    "report",
+    "run_simulation",
+    "simulation_sites",
+    "temporary_workspace",
+]
 
 COMPLETED = JobStatus.FINISHED_COMPLETED.value
 
@@ -171,18 +183,28 @@ class _Progress:
             return Group(head, metrics_table(self.metrics, self.validations))
 
 
-def _poll_metrics(session: Session, progress: _Progress, done: threading.Event) -> None:
+def _poll_metrics(
+    session: Session,
+    progress: _Progress,
+    done: threading.Event,
+    say: Callable[[str], None] | None = None,
+) -> None:
+    """Fetch new metric and validation rows every half second; ``say`` (plain output)
+    gets one line per round and site with the latest values that arrived."""
     while not done.wait(0.5):
         try:  # only the rows that arrived since the last look
             metrics = session.get_job_metrics(progress.job_id, start=len(progress.metrics))
-            validations = session.get_validations(
-                progress.job_id, start=len(progress.validations)
-            )
+            validations = session.get_validations(progress.job_id, start=len(progress.validations))
         except FlareError:
             continue  # a server without the readers, or busy: the final read reports it
         with progress.lock:
             progress.metrics.extend(metrics)
             progress.validations.extend(validations)
+        if say is not None:
+            for rnd, per_site in rounds_table(metrics, validations).items():
+                for site in sorted(per_site):
+                    values = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(per_site[site].items()))
+                    say(f"round {rnd}  {site}  {values}")
 
 
 def run_simulation(
@@ -261,7 +283,14 @@ def _run_job(
     step(f"submitted {job_dir} as job {job_id}")
     progress = _Progress(job_id, job_dir.name)
     done = threading.Event()
-    poller = threading.Thread(target=_poll_metrics, args=(session, progress, done), daemon=True)
+    live = console.is_terminal  # else plain lines: a log file or a pipe shows progress too
+
+    def say(text: str) -> None:
+        console.print(f"  {time.monotonic() - progress.started:6.1f} s  {escape(text)}")
+
+    poller = threading.Thread(
+        target=_poll_metrics, args=(session, progress, done, None if live else say), daemon=True
+    )
     poller.start()
 
     def on_meta(_s: Any, _j: str, meta: JobMeta) -> bool:
@@ -269,23 +298,37 @@ def _run_job(
             previous, progress.meta = progress.meta, meta
         if previous is None or previous.status != meta.status:
             why = last_reason(meta)
-            console.print(
-                f"  {time.monotonic() - progress.started:6.1f} s  "
-                + escape(meta.status + (f"  ({why})" if why else ""))
-            )
+            say(meta.status + (f"  ({why})" if why else ""))
+        if not live:
+            for key, text in (
+                ("current_round", "round {} started"),
+                ("rounds_completed", "round {} completed"),
+            ):
+                value = meta.get(key)
+                if (
+                    isinstance(value, int)
+                    and value
+                    and (previous is None or previous.get(key) != value)
+                ):
+                    say(text.format(value))
         return True
 
     deadline = time.monotonic() + timeout if timeout else None
     with _deferred_interrupts() as interrupted:
         try:
             # transient: the final table is printed once by report(), not twice
-            with Live(
-                progress.render(),
-                console=console,
-                refresh_per_second=4,
-                get_renderable=progress.render,
-                transient=True,
-            ):
+            display = (
+                Live(
+                    progress.render(),
+                    console=console,
+                    refresh_per_second=4,
+                    get_renderable=progress.render,
+                    transient=True,
+                )
+                if live
+                else contextlib.nullcontext()
+            )
+            with display:
                 # Short slices so a Ctrl-C (which only sets `interrupted` here) is seen soon.
                 while not interrupted.is_set():
                     left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
@@ -299,19 +342,15 @@ def _run_job(
             done.set()
             poller.join(5)
     meta = session.get_job_meta(job_id)
+    reason = ""
     if not meta.finished:
         step(f"job {job_id} did not finish within {timeout:.0f} s ({meta.status}): aborting it")
-        session.abort_job(job_id)
+        with contextlib.suppress(JobNotRunning):  # it may have ended just now
+            session.abort_job(job_id)
         meta = session.wait_for_job(job_id, timeout=30)
-        return SimulationResult(
-            job_id,
-            meta.status,
-            f"did not finish within {timeout:.0f} s",
-            workspace,
-            None,
-            None,
-            seconds=time.monotonic() - begin,
-        )
+        if meta.status != COMPLETED:
+            reason = f"did not finish within {timeout:.0f} s"
+    # whatever it logged and its result, also when it was aborted
     metrics = session.get_job_metrics(job_id)
     validations = session.get_validations(job_id)
     results = workspace / "results"
@@ -322,7 +361,7 @@ def _run_job(
     return SimulationResult(
         job_id=job_id,
         status=meta.status,
-        reason=last_reason(meta),
+        reason=reason or last_reason(meta),
         workspace=workspace,
         result_dir=result_dir,
         model_path=model if model.is_file() else None,
@@ -332,17 +371,34 @@ def _run_job(
     )
 
 
-def report(result: SimulationResult, console: Console) -> int:
-    """Print the per-round metrics and where the result went; the exit status."""
+def report(result: SimulationResult, console: Console, *, removed: bool = False) -> int:
+    """Print the per-round metrics and where the result went; the exit status.
+
+    ``removed``: the (temporary) workspace, result included, is gone already.
+    """
     if rounds_table(result.metrics, result.validations):
         console.print(metrics_table(result.metrics, result.validations, "per-round metrics"))
+    elif result.metrics or result.validations:
+        console.print(
+            f"{len(result.metrics)} metric and {len(result.validations)} validation row(s) "
+            "were logged, none of them in a round (see metrics.jsonl in the result)"
+        )
     else:
         console.print("no per-round metrics were logged")
-    if result.result_dir is not None:
-        console.print(f"result      {escape(str(result.result_dir))}")
-    if result.model_path is not None:
-        console.print(f"final model {escape(str(result.model_path))}")
-    console.print(f"workspace   {escape(str(result.workspace))} (kits, logs; delete it when done)")
+    if removed:
+        console.print(
+            "workspace   removed with its result (it held the project's private keys); "
+            "run with --keep, or -w DIR, to keep the result and the final model"
+        )
+    else:
+        if result.result_dir is not None:
+            console.print(f"result      {escape(str(result.result_dir))}")
+        if result.model_path is not None:
+            console.print(f"final model {escape(str(result.model_path))}")
+        console.print(
+            f"workspace   {escape(str(result.workspace))} "
+            "(kits with private keys, logs; delete it when done)"
+        )
     if result.completed:
         console.print(
             f"[green]job {result.job_id} {result.status}[/green] in {result.seconds:.1f} s"
@@ -366,7 +422,13 @@ def _parser() -> argparse.ArgumentParser:
         "-w",
         "--workspace",
         type=Path,
-        help="where the project and the result go (default: a new temporary folder, kept)",
+        help="where the project and the result go, kept (default: a new temporary folder, "
+        "removed at the end unless --keep)",
+    )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the temporary workspace (kits, logs, result) instead of removing it",
     )
     parser.add_argument(
         "--timeout", type=float, default=600.0, help="seconds the job may run (600)"
@@ -374,19 +436,35 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def temporary_workspace(workspace: Path | None, prefix: str, keep: bool) -> Iterator[Path]:
+    """``workspace``, or a new temporary folder that is removed on leaving unless ``keep``
+    (it holds the project's CA and private keys)."""
+    if workspace is not None:
+        yield workspace
+        return
+    folder = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield folder
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(soft_wrap=True)  # paths stay whole lines, for copy and paste
+    removed = args.workspace is None and not args.keep
     try:
         with sigterm_interrupts():
             sites = simulation_sites(
                 args.job, args.sites_count, args.sites.split(",") if args.sites else None
             )
-            workspace = args.workspace or Path(tempfile.mkdtemp(prefix="flare-simulate-"))
-            result = run_simulation(
-                args.job, sites, workspace, console=console, timeout=args.timeout
-            )
-        return report(result, console)
+            with temporary_workspace(args.workspace, "flare-simulate-", args.keep) as workspace:
+                result = run_simulation(
+                    args.job, sites, workspace, console=console, timeout=args.timeout
+                )
+        return report(result, console, removed=removed)
     except FlareError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

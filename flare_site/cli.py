@@ -25,6 +25,7 @@ from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
+from flare_protocol.kit_workspace import check_default_workspace
 from flare_protocol.preflight import check_kit
 from flare_site.runtime import SiteRuntime, SiteSettings, load_site_settings
 
@@ -38,7 +39,13 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="action", required=True)
     start = sub.add_parser("start", help="start the site from its startup kit")
     start.add_argument("kit_dir", type=Path, help="the site's kit folder (prod_NN/<site>)")
-    start.add_argument("--workspace", type=Path, help="site workspace (default: KIT_DIR/workspace)")
+    where = start.add_mutually_exclusive_group()
+    where.add_argument("--workspace", type=Path, help="site workspace (default: KIT_DIR/workspace)")
+    where.add_argument(
+        "--new-workspace",
+        action="store_true",
+        help="use KIT_DIR/workspace even though an earlier prod_NN kit's workspace holds jobs",
+    )
     start.add_argument(
         "--server", metavar="HOST:PORT", help="server site endpoint to dial (default: the kit's)"
     )
@@ -127,8 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
     try:
+        checked = args.workspace is not None or args.new_workspace
         while True:
             kit = load_checked_kit(args.kit_dir)
+            if not checked:  # once: a restart must not stop on the workspace it created
+                check_default_workspace(kit.root, "flare site start")
+                checked = True
             settings = load_site_settings(
                 kit, workspace=args.workspace, server=args.server, max_jobs=args.max_jobs
             )

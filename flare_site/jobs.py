@@ -56,6 +56,7 @@ from flare_site.executors import (
     ValidateOutcome,
     create_executor,
 )
+from flare_site.executors.base import remove_stale_ipc_folders
 from flare_site.executors.script import describe_exit
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
@@ -211,6 +212,9 @@ class JobManager:
         self.workspace = Path(workspace)
         self.jobs_dir = self.workspace / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_ipc_folders(self.jobs_dir)  # left by a killed site
+        if stale:
+            log.info("removed %d IPC folder(s) a previous run of this site left behind", stale)
         self.site_name = site_name
         self.max_jobs = max(1, int(max_jobs))
         self.on_metric = on_metric

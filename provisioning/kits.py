@@ -110,11 +110,28 @@ def _config(project: Project, p: Participant) -> bytes:
     })
 
 
+#: The ``flare`` sub-command each kit's launcher runs.
 _LAUNCH = {
-    ParticipantType.SERVER: "flare server start",
-    ParticipantType.SITE: "flare site start",
-    ParticipantType.ADMIN: "flare admin",
+    ParticipantType.SERVER: "server start",
+    ParticipantType.SITE: "site start",
+    ParticipantType.ADMIN: "admin",
 }
+
+#: The launcher's body after its header: find ``flare`` (or $FLARE) or say how to.
+_FIND_FLARE = """\
+DIR="$(cd "$(dirname "$0")" && pwd)"
+FLARE="${FLARE:-flare}"
+if ! command -v "$FLARE" >/dev/null 2>&1; then
+    if [ "$FLARE" = flare ]; then
+        echo "error: flare is not on PATH: activate the environment where flare-admin is" \\
+            "installed (. /path/to/.venv/bin/activate), or set FLARE=/path/to/flare" >&2
+    else
+        echo "error: FLARE=$FLARE is not a program that can run: set FLARE=/path/to/flare," \\
+            "or unset FLARE to use flare from PATH" >&2
+    fi
+    exit 127
+fi
+"""
 
 
 def _launcher(p: Participant, project: Project) -> bytes:
@@ -123,8 +140,9 @@ def _launcher(p: Participant, project: Project) -> bytes:
         "#!/bin/sh\n"
         f"# Starts {what[p.type.value]} of project {project.name} from this kit.\n"
         "# The kit's signature and key permissions are checked before anything starts.\n"
-        'DIR="$(cd "$(dirname "$0")" && pwd)"\n'
-        f'exec {_LAUNCH[p.type]} "$DIR/.." "$@"\n'
+        "# Runs flare from PATH, or the program named by the FLARE environment variable.\n"
+        + _FIND_FLARE
+        + f'exec "$FLARE" {_LAUNCH[p.type]} "$DIR/.." "$@"\n'
     ).encode()
 
 

@@ -23,6 +23,7 @@ import math
 import os
 import secrets
 import shutil
+import stat
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
@@ -37,6 +38,7 @@ from flare_site.executors.process import OutputSink, safe_base_env
 from flare_site.update_check import verify_update
 
 __all__ = [
+    "IPC_RECORD",
     "ExecutorHost",
     "IpcServer",
     "JobContext",
@@ -45,6 +47,7 @@ __all__ = [
     "TaskSpec",
     "TrainOutcome",
     "ValidateOutcome",
+    "remove_stale_ipc_folders",
 ]
 
 
@@ -183,17 +186,31 @@ def check_update_file(path: Path, ctx: JobContext, where: str) -> tuple[str, int
 FrameHandler = Callable[[dict[str, Any]], Awaitable[dict[str, Any] | None]]
 
 
+#: In a job's folder: a symlink to the job's IPC folder (see :func:`remove_stale_ipc_folders`).
+IPC_RECORD = ".ipc-folder"
+_IPC_PREFIX = "flare-ipc-"
+
+
 class IpcServer:
     """The site's end of the channel: a Unix socket in a private temporary folder.
 
     Connections must say ``hello`` with the token first. Each later frame goes to
     ``handler`` and its reply (if any) is written back. Handlers run as tasks, so a
     ``next`` that waits for work does not block metrics arriving meanwhile.
+
+    The folder lives in the temporary directory (a socket path must stay short) for as
+    long as the job's executor: :meth:`close` removes it. ``record``, a path in the job's
+    folder, gets a symlink to it, so that the next start of a site killed before it could
+    close finds and removes it.
     """
 
-    def __init__(self, handler: FrameHandler) -> None:
+    def __init__(self, handler: FrameHandler, record: Path | None = None) -> None:
         self._handler = handler
-        self._dir = tempfile.mkdtemp(prefix="flare-ipc-")  # 0700, and short enough for AF_UNIX
+        self._dir = tempfile.mkdtemp(prefix=_IPC_PREFIX)  # 0700, and short enough for AF_UNIX
+        self._record = record
+        if record is not None:
+            with contextlib.suppress(OSError):
+                os.symlink(self._dir, record)
         self.path = os.path.join(self._dir, "s")
         self.token = secrets.token_hex(16)
         self._server: asyncio.AbstractServer | None = None
@@ -265,6 +282,42 @@ class IpcServer:
         for task in list(self._connections):
             task.cancel()
         shutil.rmtree(self._dir, ignore_errors=True)
+        if self._record is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._record)
+
+
+def remove_stale_ipc_folders(jobs_dir: Path) -> int:
+    """Remove the IPC folders that ``<jobs_dir>/*/`` records (:data:`IPC_RECORD`); how many.
+
+    For a site starting on its workspace (it holds the workspace lock, so no executor of
+    that workspace is alive): a site killed with SIGKILL cannot remove its jobs' folders.
+    Only a folder named like an IPC folder, owned by us and not a symlink, is removed.
+    """
+    removed = 0
+    try:
+        records = [p / IPC_RECORD for p in Path(jobs_dir).iterdir()]
+    except OSError:
+        return 0
+    for record in records:
+        try:
+            target = Path(os.readlink(record))
+        except OSError:
+            continue  # no record: the job's executor closed cleanly
+        try:
+            st = os.lstat(target)
+            if (
+                target.name.startswith(_IPC_PREFIX)
+                and stat.S_ISDIR(st.st_mode)
+                and st.st_uid == os.getuid()
+            ):
+                shutil.rmtree(target, ignore_errors=True)
+                removed += 1
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            os.unlink(record)
+    return removed
 
 
 def metric_from_frame(message: dict[str, Any]) -> MetricEvent | None:

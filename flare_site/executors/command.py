@@ -20,6 +20,7 @@ from flare_protocol.app_config import CommandExecutorConfig, substitute_argv
 from flare_protocol.errors import ExecutionError
 from flare_protocol.models import ParamsType, save_params
 from flare_site.executors.base import (
+    IPC_RECORD,
     ExecutorHost,
     IpcServer,
     JobContext,
@@ -50,7 +51,7 @@ class CommandExecutor(ExecutorHost):
     ) -> None:
         super().__init__(ctx, on_metric=on_metric, on_output=on_output)
         self.config = config
-        self._ipc = IpcServer(self._on_frame)
+        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD)
         self._current: UserProcess | None = None
         self._pgids: list[int] = []
         self._aborted = False

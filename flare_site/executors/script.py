@@ -20,6 +20,7 @@ from flare_protocol.app_config import ScriptExecutorConfig
 from flare_protocol.errors import ExecutionError
 from flare_protocol.models import ParamsType
 from flare_site.executors.base import (
+    IPC_RECORD,
     ExecutorHost,
     IpcServer,
     JobContext,
@@ -64,7 +65,7 @@ class ScriptExecutor(ExecutorHost):
     ) -> None:
         super().__init__(ctx, on_metric=on_metric, on_output=on_output)
         self.config = config
-        self._ipc = IpcServer(self._on_frame)
+        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD)
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending: dict[
             str, tuple[TaskSpec, asyncio.Future[TrainOutcome | ValidateOutcome]]

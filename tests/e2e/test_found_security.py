@@ -248,11 +248,16 @@ def test_02_every_key_the_server_writes_into_a_job_is_server_owned(
     )
     failed = _wait_done(lead_a, lead_a.submit_job(str(crash)))
     assert failed["status"] == "FINISHED:EXECUTION_EXCEPTION" and failed["errors"]
-    waiting = _with_meta(write_job(tmp_path / "w", tmp_path / "w-out", name="w"), min_clients=3)
-    queued = lead_a.submit_job(str(waiting))  # needs 3 sites of 2: waits with a reason
-    wait_until(lambda: lead_a.get_job_meta(queued).get("schedule_reason"), 10)
+    hang = write_job(tmp_path / "h", tmp_path / "h-out", name="h", extra_args=("--hang-round", "1"))
+    busy = lead_a.submit_job(str(hang))  # holds both sites' only job slot
+    wait_until(lambda: lead_a.get_job_meta(busy).status == "RUNNING", 30)
+    queued = lead_a.submit_job(str(write_job(tmp_path / "w", tmp_path / "w-out", name="w")))
+    wait_until(lambda: lead_a.get_job_meta(queued).get("schedule_reason"), 10)  # waits, says why
     metas = [failed, dict(lead_a.get_job_meta(queued)), dict(lead_a.get_job_meta(org_a_job))]
+    metas.append(dict(lead_a.get_job_meta(busy)))
     lead_a.abort_job(queued)
+    lead_a.abort_job(busy)
+    _wait_done(lead_a, busy)
     for meta in metas:
         unknown = set(meta) - META_KEYS - SERVER_OWNED_KEYS
         assert not unknown, f"the server wrote {sorted(unknown)}: add them to SERVER_OWNED_KEYS"

@@ -163,7 +163,15 @@ def test_list_jobs_detailed_gives_full_metas(session, job_folder):
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"limit": -1}, {"limit": "3"}, {"id_prefix": "../x"}, {"name_prefix": 5}]
+    "kwargs",
+    [
+        {"limit": -1},
+        {"limit": "3"},
+        {"id_prefix": "../x"},
+        {"name_prefix": 5},
+        {"all": True, "limit": 2},
+        {"all": "yes"},
+    ],
 )
 def test_list_jobs_refuses_malformed_arguments(session, kwargs):
     with pytest.raises(InvalidArgumentError):

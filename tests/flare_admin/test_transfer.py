@@ -16,7 +16,7 @@ from flare_admin._transfer import ExtractLimits, JobUpload, ResultDownload, chec
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
-from flare_protocol.result_format import FILES_CONTENT_TYPE
+from flare_protocol.result_format import FILES_CONTENT_TYPE, PARTIAL
 from tests.flare_admin.conftest import make_job
 
 JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
@@ -331,3 +331,23 @@ def test_a_stream_without_a_header_is_refused(tmp_path):
     with pytest.raises(InternalError, match="before its header"):
         receive_files(tmp_path, [])
     assert os.listdir(tmp_path) == []
+
+
+def test_a_result_the_server_marks_partial_is_kept_with_a_warning(tmp_path):
+    header, *rest = files_stream({"metrics.jsonl": b"{}\n"})
+    header.header.params[PARTIAL] = "true"
+    sink = ResultDownload(tmp_path, JOB)
+    for msg in [header, *rest]:
+        sink.feed(msg)
+    path = sink.finish()
+    with pytest.warns(UserWarning, match=f"result of job {JOB} .* is partial"):
+        sink.warn_if_partial(path)
+    assert (tmp_path / JOB / "metrics.jsonl").is_file()
+
+
+def test_a_complete_result_gives_no_warning(tmp_path, recwarn):
+    sink = ResultDownload(tmp_path, JOB)
+    for msg in files_stream({"summary.json": b"{}"}):
+        sink.feed(msg)
+    sink.warn_if_partial(sink.finish())
+    assert not recwarn.list

@@ -71,3 +71,14 @@ def test_a_server_kit_without_the_site_list_warns_and_checks_nothing(provisioned
     assert meta["status"] == "SUBMITTED"
     assert "site-9 (deploy_map; not connected)" in meta["schedule_reason"]
     assert json.dumps(meta["deploy_map"]) == '{"app": ["server", "site-9"]}'
+
+
+def test_a_site_added_later_is_known_once_it_connects():
+    """A re-provisioned project's new site holds a certificate the server trusts: jobs may
+    name it before the server kit's participants.json is updated."""
+    connected = ["site-1"]
+    sites = ProjectSites("proj", ("site-1", "site-2"), connected=lambda: connected)
+    with pytest.raises(InvalidJobDefinition, match="site-3"):
+        sites.check_job(_meta(deploy_map={"app": ["site-3"]}))
+    connected.append("site-3")
+    sites.check_job(_meta(deploy_map={"app": ["site-3"]}))

@@ -26,6 +26,7 @@ from flare_protocol.credentials import (
     server_credentials,
 )
 from flare_protocol.kit import load_kit
+from flare_site.executors.base import remove_stale_ipc_folders
 from tests.kit_factory import copy_kit
 from tests.server_harness import REPO
 
@@ -83,6 +84,9 @@ class SiteProcess:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        # what the next start of this site would do: a killed site leaves its jobs' IPC
+        # folders in the temporary directory (the suite must leave none behind)
+        remove_stale_ipc_folders(self.kit / "workspace" / "jobs")
         self._err.close()
 
     def __enter__(self) -> SiteProcess:

@@ -147,8 +147,10 @@ async def test_a_failing_startup_fails_start(ctx: JobContext) -> None:
         startup=("{python}", "-c", "import sys; sys.exit('no GPU')"),
         train=("{python}", "-c", "pass", "{model_out}", "{metadata_out}"),
     )
+    host = CommandExecutor(cfg, ctx)
     with pytest.raises(ExecutionError, match="(?s)startup command exited with code 1.*no GPU"):
-        await CommandExecutor(cfg, ctx).start()
+        await host.start()
+    await host.abort()  # its owner ends it, as the JobManager does (its IPC folder goes)
 
 
 async def test_a_missing_program_is_a_clear_error(ctx: JobContext) -> None:

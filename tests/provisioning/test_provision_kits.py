@@ -109,8 +109,8 @@ def test_first_run_has_an_empty_revocation_list(provisioned: ProvisionResult) ->
 
 @pytest.mark.parametrize(
     ("name", "script", "command"),
-    [("localhost", "start.sh", "flare server start"), ("site-1", "start.sh", "flare site start"),
-     ("member@org_b.com", "fl_admin.sh", "flare admin")],
+    [("localhost", "start.sh", "server start"), ("site-1", "start.sh", "site start"),
+     ("member@org_b.com", "fl_admin.sh", "admin")],
 )
 def test_launcher_runs_flare_on_the_kit(
     provisioned: ProvisionResult, name: str, script: str, command: str
@@ -118,7 +118,8 @@ def test_launcher_runs_flare_on_the_kit(
     path = provisioned.kits[name] / "startup" / script
     text = path.read_text()
     assert text.startswith("#!/bin/sh\n")
-    assert f'exec {command} "$DIR/.." "$@"' in text
+    assert f'exec "$FLARE" {command} "$DIR/.." "$@"' in text
+    assert 'FLARE="${FLARE:-flare}"' in text
     assert _mode(path) & 0o100
 
 
