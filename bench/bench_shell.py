@@ -74,7 +74,9 @@ def run(runs: int = 20) -> list[dict[str, Any]]:
             (job / "app" / "config").mkdir(parents=True)
             (job / "app" / "custom").mkdir()
             (job / "meta.json").write_text('{"name": "bench", "deploy_map": {"app": ["@ALL"]}}')
-            (job / "app" / "config" / "config_fed_server.json").write_text('{"workflow": "fedavg", "num_rounds": 1}')
+            (job / "app" / "config" / "config_fed_server.json").write_text(
+                '{"workflow": "fedavg", "num_rounds": 1}'
+            )
             (job / "app" / "config" / "config_fed_client.json").write_text(
                 '{"executor": "script", "script": "custom/train.py"}'
             )

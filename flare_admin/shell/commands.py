@@ -191,7 +191,14 @@ def delete_job(ctx: ShellContext, a: dict[str, Any]) -> Done:
 def monitor_job(ctx: ShellContext, a: dict[str, Any]) -> Any:
     from flare_admin.shell.live import follow_job
 
-    return follow_job(ctx, _job(ctx, a["job"]), timeout=a["timeout"])
+    return follow_job(
+        ctx.session,
+        ctx.console,
+        _job(ctx, a["job"]),
+        timeout=a["timeout"],
+        json_output=ctx.json_output,
+        interactive=ctx.interactive,
+    )
 
 
 @command(

@@ -16,10 +16,11 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -32,11 +33,14 @@ from flare_admin.results import (
     ValidationRow,
     ValidationsArrived,
 )
-from flare_admin.shell.context import ShellContext
 from flare_admin.shell.render import duration_text, sparkline, status_text
+from flare_admin.shell.theme import THEME
 from flare_admin.shell.views import Done
 from flare_protocol import errors
 from flare_protocol.job_status import JobStatus
+
+if TYPE_CHECKING:
+    from flare_admin.session import Session
 
 __all__ = ["JobProgress", "follow_job"]
 
@@ -87,6 +91,13 @@ class JobProgress:
         round_changed = before is None or self.current_round(before) != self.current_round(meta)
         if status_changed or round_changed:
             self.changes.append(self.line())
+        done = meta.get("rounds_completed") if "rounds_completed" in meta else None
+        if (
+            isinstance(done, int)
+            and done
+            and (before is None or before.get("rounds_completed") != done)
+        ):
+            self.changes.append(self.round_line(done))
 
     def _metric(self, row: MetricRow) -> None:
         self.metrics.append(row)
@@ -166,6 +177,21 @@ class JobProgress:
             return lines[0] if lines else ""
         return ""
 
+    def round_line(self, rnd: int) -> str:
+        """One plain line with each site's last metrics of round ``rnd``."""
+        per_site: dict[str, dict[str, float]] = {}
+        for row in self.metrics:
+            if row.round == rnd:
+                per_site.setdefault(row.site, {})[row.key] = row.value
+        values = "; ".join(
+            f"{site} " + " ".join(f"{k}={v:.4g}" for k, v in sorted(cells.items()))
+            for site, cells in sorted(per_site.items())
+        )
+        stamp = time.strftime("%H:%M:%S")
+        return f"{stamp} job {self.job_id[:8]}: round {rnd} aggregated" + (
+            f": {values}" if values else ""
+        )
+
     def plot_key(self) -> str | None:
         keys = [r.key for r in self.metrics if r.round is not None]
         return keys[0] if keys else None
@@ -239,64 +265,79 @@ class JobProgress:
         )
 
 
-def follow_job(ctx: ShellContext, job_id: str, *, timeout: float = 0.0) -> Done:
-    """Watch ``job_id`` until it finishes, ``timeout`` seconds pass (0: no limit) or Ctrl-C.
+def follow_job(
+    session: Session,
+    console: Console,
+    job_id: str,
+    *,
+    timeout: float = 0.0,
+    json_output: bool = False,
+    interactive: bool = False,
+) -> Done:
+    """Watch ``job_id`` until it finishes, ``timeout`` seconds pass (0: no limit) or Ctrl-C;
+    draw on ``console`` (a live table on a terminal, plain lines otherwise, nothing for
+    ``json_output``). The outcome's data is the last meta seen.
 
     Raises:
-        KeyboardInterrupt: Ctrl-C outside the interactive shell (a script stops).
+        KeyboardInterrupt: Ctrl-C, unless ``interactive`` (then it only stops watching).
         FlareError: the watch failed (unknown job, no right, connection lost).
     """
     progress = JobProgress(job_id)
-    events = ctx.session.watch_job(job_id, timeout=timeout or None)
-    inbox: queue.Queue[Any] = queue.Queue()
-    stop = threading.Event()
+    events = session.watch_job(job_id, timeout=timeout or None)
+    inbox = _read_in_background(events)
+    try:
+        with console.use_theme(THEME):  # any console: the caller's may not know our styles
+            if json_output:
+                _consume(inbox, progress, lambda: None)
+            elif console.is_terminal:
+                from rich.live import Live
 
-    def pump() -> None:
+                with Live(progress.render(), console=console, auto_refresh=False) as live:
+                    _consume(inbox, progress, lambda: live.update(progress.render(), refresh=True))
+            else:
+                _consume(inbox, progress, _printer(progress, console))
+    except errors.JobTimeout:
+        pass  # --timeout: stop watching; the outcome says the job keeps running
+    except KeyboardInterrupt:
+        if not interactive:
+            raise
+    finally:
+        events.cancel()  # the reader thread's next() then ends
+    return progress.outcome()
+
+
+def _read_in_background(events: Any) -> queue.Queue[Any]:
+    """A daemon thread moves the watch's events (then an exception, then the end) into a
+    queue, so the screen thread never blocks inside gRPC."""
+    inbox: queue.Queue[Any] = queue.Queue()
+
+    def read() -> None:
         try:
             for event in events:
                 inbox.put(event)
-                if stop.is_set():
-                    break
-        except BaseException as exc:  # handed to the screen thread, which raises it
+        except BaseException as exc:
             inbox.put(exc)
         finally:
             inbox.put(_END)
 
-    worker = threading.Thread(target=pump, name="flare-watch", daemon=True)
-    worker.start()
-    draw = not ctx.json_output and ctx.console.is_terminal
-    plain = not ctx.json_output and not ctx.console.is_terminal
-    try:
-        if draw:
-            from rich.live import Live
-
-            with Live(
-                progress.render(), console=ctx.console, auto_refresh=False, transient=False
-            ) as live:
-                _consume(inbox, progress, lambda: live.update(progress.render(), refresh=True))
-        else:
-            printed = 0
-
-            def echo() -> None:
-                nonlocal printed
-                if plain:
-                    for change in progress.changes[printed:]:
-                        ctx.console.print(change, markup=False, highlight=False)
-                    printed = len(progress.changes)
-
-            _consume(inbox, progress, echo)
-    except errors.JobTimeout:
-        pass  # --timeout: stop watching; the outcome says the job keeps running
-    except KeyboardInterrupt:
-        if not ctx.interactive:
-            raise
-    finally:
-        stop.set()
-        events.cancel()
-    return progress.outcome()
+    threading.Thread(target=read, name="flare-watch", daemon=True).start()
+    return inbox
 
 
-def _consume(inbox: queue.Queue[Any], progress: JobProgress, redraw: Any) -> None:
+def _printer(progress: JobProgress, console: Console) -> Callable[[], None]:
+    """Prints the view's new plain lines (a pipe or a log file: one line per change)."""
+    printed = 0
+
+    def echo() -> None:
+        nonlocal printed
+        for change in progress.changes[printed:]:
+            console.print(change, markup=False, highlight=False)
+        printed = len(progress.changes)
+
+    return echo
+
+
+def _consume(inbox: queue.Queue[Any], progress: JobProgress, redraw: Callable[[], None]) -> None:
     while True:
         try:
             item = inbox.get(timeout=_TICK)

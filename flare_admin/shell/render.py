@@ -19,7 +19,16 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from flare_admin.results import JobMeta, JobRunSummary, JobSummary, SiteInfo, SystemInfo
+from flare_admin.results import (
+    JobMeta,
+    JobRunSummary,
+    JobSummary,
+    MetricRow,
+    SiteInfo,
+    SystemInfo,
+    ValidationRow,
+    rounds_table,
+)
 from flare_admin.shell.theme import status_style
 from flare_admin.shell.views import Done, MetricsView, SessionView, ValidationsView
 
@@ -30,6 +39,7 @@ __all__ = [
     "meta_table",
     "metrics_view",
     "renderables",
+    "rounds_metrics_table",
     "sites_table",
     "sparkline",
     "status_text",
@@ -295,6 +305,22 @@ def metrics_view(view: MetricsView) -> RenderableType:
             lines.add_row(site, sparkline(series), f"{_number(series[0])} → {_number(series[-1])}")
     parts += [Text(""), lines]
     return Group(*parts)
+
+
+def rounds_metrics_table(
+    metrics: Iterable[MetricRow], validations: Iterable[ValidationRow] = (), title: str = ""
+) -> RenderableType:
+    """Every metric at once: per round and site, the last value of each key (validations
+    as ``val:`` keys), e.g. the end of ``flare simulate``."""
+    table = Table(title=title or None, title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("ROUND", justify="right")
+    table.add_column("SITE", style="site")
+    table.add_column("METRICS", overflow="fold")
+    for rnd, per_site in rounds_table(metrics, validations).items():
+        for site in sorted(per_site):
+            values = "  ".join(f"{k}={_number(v)}" for k, v in sorted(per_site[site].items()))
+            table.add_row(str(rnd), Text(site), Text(values))
+    return table
 
 
 def validations_table(view: ValidationsView) -> RenderableType:
