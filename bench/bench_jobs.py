@@ -1,6 +1,6 @@
 """Job-runner benchmarks: what the control plane adds to each round of a real job.
 
-A local project (``flare_server.poc``: ``flare server start`` and two ``flare site
+A local project (``flare_local.poc``: ``flare server start`` and two ``flare site
 start`` processes on 127.0.0.1, mutual TLS, real provisioning) runs FedAvg jobs whose
 Client API script records, per round, when ``flare.receive()`` returned and how long
 its own work took until it called ``flare.send()``. The time between two rounds' receives
@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from flare_local.poc import LocalProject, provision_local  # noqa: E402
 from flare_protocol.job_status import JobStatus  # noqa: E402
-from flare_server.poc import LocalProject, provision_local  # noqa: E402
 
 SCRIPT = textwrap.dedent(
     """

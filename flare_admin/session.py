@@ -132,6 +132,11 @@ class JobWatch(Iterator[JobEvent]):
     def __next__(self) -> JobEvent:
         return next(self._events)
 
+    def cancel(self) -> None:
+        """Cancel the server stream from any thread; the iterating thread's ``next()``
+        then raises (use :meth:`close` from the thread that iterates)."""
+        self._close()
+
     def close(self) -> None:
         """Stop watching: cancel the server stream (idempotent)."""
         self._close()

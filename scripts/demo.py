@@ -17,8 +17,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
+from flare_local.simulate import report, run_simulation, simulation_sites, temporary_workspace
 from flare_protocol.errors import FlareError
-from flare_server.simulate import report, run_simulation, simulation_sites, temporary_workspace
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "hello-numpy"
@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     console.print()
     code = report(result, console, removed=args.workspace is None and not args.keep)
     console.print(
-        "\nNext: [bold]flare poc[/bold] keeps a project running for you to use from Python "
-        "or [bold]flare simulate JOB -n N[/bold] runs your own job; see docs/quickstart.md."
+        "\nNext: [bold]flare poc[/bold] keeps a project running for you to use from the admin "
+        "shell ([bold]flare admin KIT[/bold]) or from Python; [bold]flare simulate JOB -n N"
+        "[/bold] runs your own job; see docs/quickstart.md and docs/shell.md."
     )
     return code
 

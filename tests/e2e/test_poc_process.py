@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from flare_admin import new_secure_session
+from flare_local.poc import ADMIN_NAME, provision_local, site_names
 from flare_protocol.errors import FlareError
-from flare_server.poc import ADMIN_NAME, provision_local, site_names
 
 REPO = Path(__file__).resolve().parents[2]
 READY_MARK = "Ctrl-C stops everything."
@@ -200,7 +200,7 @@ def test_a_second_poc_in_the_same_workspace_is_refused_and_the_first_keeps_runni
 
 
 def test_a_restarted_server_keeps_its_ports_and_the_sites_come_back(tmp_path):
-    from flare_server.poc import LocalProject
+    from flare_local.poc import LocalProject
 
     kits = provision_local(tmp_path, ["site-1", "site-2"])
     with LocalProject(kits) as project:

@@ -1,5 +1,5 @@
 """The Session's result readers against jobs that really ran: a local project (server and
-two site processes from ``flare_server.poc``), ``examples/hello-numpy`` (3 rounds FedAvg,
+two site processes from ``flare_local.poc``), ``examples/hello-numpy`` (3 rounds FedAvg,
 validation every round, metrics streamed per epoch)."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from flare_admin import (
     JobNotFound,
     Session,
 )
-from flare_server.poc import ADMIN_NAME, LocalProject, provision_local
+from flare_local.poc import ADMIN_NAME, LocalProject, provision_local
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from flare_local.simulate import simulation_sites
 from flare_protocol.errors import FlareError
-from flare_server.simulate import simulation_sites
 
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"

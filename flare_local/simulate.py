@@ -2,7 +2,7 @@
 
 It checks the job folder, provisions a local project with N sites (the sites the job's
 ``deploy_map`` names, topped up with ``site-1 .. site-N``), starts the server and the
-sites on 127.0.0.1 (:class:`flare_server.poc.LocalProject`), submits the job through the
+sites on 127.0.0.1 (:class:`flare_local.poc.LocalProject`), submits the job through the
 admin :class:`~flare_admin.Session`, shows its status, round and metrics while it runs
 (a live table on a terminal, plain lines otherwise), downloads the result, prints the
 per-round metrics and where the result went, and stops everything. A job that does not
@@ -17,33 +17,29 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
+from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
 
 from flare_admin import (
     JobMeta,
     MetricRow,
-    MonitorReturnCode,
     Session,
     ValidationRow,
     rounds_table,
 )
+from flare_admin.shell.live import follow_job
+from flare_admin.shell.render import rounds_metrics_table
+from flare_admin.shell.theme import THEME
+from flare_local.poc import LocalProject, provision_local, sigterm_interrupts, site_names
 from flare_protocol.errors import FlareError, JobNotRunning
 from flare_protocol.job_status import JobStatus
-from flare_server.poc import LocalProject, provision_local, sigterm_interrupts, site_names
 
 __all__ = [
     "SimulationResult",
@@ -122,91 +118,6 @@ def last_reason(meta: JobMeta) -> str:
     return ""
 
 
-def current_round(meta: JobMeta | None, metrics: Sequence[MetricRow]) -> int | None:
-    """The round a running job is in: from its meta when the server says, else the
-    highest round a metric was logged for."""
-    if meta is not None:
-        for key in ("current_round", "round"):
-            value = meta.get(key) if key in meta else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-    rounds = [m.round for m in metrics if m.round is not None]
-    return max(rounds) if rounds else None
-
-
-def _fmt(value: float) -> str:
-    return f"{value:.6g}"
-
-
-def metrics_table(
-    metrics: Sequence[MetricRow], validations: Sequence[ValidationRow], title: str = ""
-) -> Table:
-    """Per round and site, the last value of each metric (and each validation)."""
-    table = Table(title=title or None, title_justify="left")
-    table.add_column("round", justify="right")
-    table.add_column("site")
-    table.add_column("metrics")
-    for rnd, per_site in rounds_table(metrics, validations).items():
-        for site in sorted(per_site):
-            values = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(per_site[site].items()))
-            table.add_row(str(rnd), Text(site), Text(values))  # user text: no markup
-    return table
-
-
-class _Progress:
-    """What the live display shows; updated by the monitor and the metrics poller."""
-
-    def __init__(self, job_id: str, job_name: str) -> None:
-        self.job_id = job_id
-        self.job_name = job_name
-        self.meta: JobMeta | None = None
-        self.metrics: list[MetricRow] = []
-        self.validations: list[ValidationRow] = []
-        self.started = time.monotonic()
-        self.lock = threading.Lock()
-
-    def render(self) -> Group:
-        with self.lock:
-            status = self.meta.status if self.meta is not None else "SUBMITTED"
-            rnd = current_round(self.meta, self.metrics)
-            head = Text.assemble(
-                ("job ", "bold"),
-                f"{self.job_name} {self.job_id}  ",
-                ("status ", "bold"),
-                (status, "cyan"),
-                "  ",
-                ("round ", "bold"),
-                str(rnd if rnd is not None else "-"),
-                "  ",
-                f"{time.monotonic() - self.started:.1f} s",
-            )
-            return Group(head, metrics_table(self.metrics, self.validations))
-
-
-def _poll_metrics(
-    session: Session,
-    progress: _Progress,
-    done: threading.Event,
-    say: Callable[[str], None] | None = None,
-) -> None:
-    """Fetch new metric and validation rows every half second; ``say`` (plain output)
-    gets one line per round and site with the latest values that arrived."""
-    while not done.wait(0.5):
-        try:  # only the rows that arrived since the last look
-            metrics = session.get_job_metrics(progress.job_id, start=len(progress.metrics))
-            validations = session.get_validations(progress.job_id, start=len(progress.validations))
-        except FlareError:
-            continue  # a server without the readers, or busy: the final read reports it
-        with progress.lock:
-            progress.metrics.extend(metrics)
-            progress.validations.extend(validations)
-        if say is not None:
-            for rnd, per_site in rounds_table(metrics, validations).items():
-                for site in sorted(per_site):
-                    values = "  ".join(f"{k}={_fmt(v)}" for k, v in sorted(per_site[site].items()))
-                    say(f"round {rnd}  {site}  {values}")
-
-
 def run_simulation(
     job_dir: str | Path,
     sites: Sequence[str],
@@ -245,31 +156,6 @@ def run_simulation(
         step("stopped the sites and the server")
 
 
-@contextlib.contextmanager
-def _deferred_interrupts() -> Iterator[threading.Event]:
-    """Inside, SIGINT/SIGTERM only set the event; KeyboardInterrupt is raised on leaving.
-
-    Why: an interrupt raised asynchronously while rich's Live (or a lock it shares with
-    its refresh thread) is mid-update can leave that thread waiting forever, and Live's
-    exit joins it: the simulation then never stops. The monitor loop checks the event
-    between short slices instead.
-    """
-    event = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield event
-        return
-    previous = {
-        sig: signal.signal(sig, lambda *_: event.set()) for sig in (signal.SIGINT, signal.SIGTERM)
-    }
-    try:
-        yield event
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    if event.is_set():
-        raise KeyboardInterrupt
-
-
 def _run_job(
     session: Session,
     job_dir: Path,
@@ -281,66 +167,9 @@ def _run_job(
 ) -> SimulationResult:
     job_id = session.submit_job(job_dir)
     step(f"submitted {job_dir} as job {job_id}")
-    progress = _Progress(job_id, job_dir.name)
-    done = threading.Event()
-    live = console.is_terminal  # else plain lines: a log file or a pipe shows progress too
-
-    def say(text: str) -> None:
-        console.print(f"  {time.monotonic() - progress.started:6.1f} s  {escape(text)}")
-
-    poller = threading.Thread(
-        target=_poll_metrics, args=(session, progress, done, None if live else say), daemon=True
-    )
-    poller.start()
-
-    def on_meta(_s: Any, _j: str, meta: JobMeta) -> bool:
-        with progress.lock:
-            previous, progress.meta = progress.meta, meta
-        if previous is None or previous.status != meta.status:
-            why = last_reason(meta)
-            say(meta.status + (f"  ({why})" if why else ""))
-        if not live:
-            for key, text in (
-                ("current_round", "round {} started"),
-                ("rounds_completed", "round {} completed"),
-            ):
-                value = meta.get(key)
-                if (
-                    isinstance(value, int)
-                    and value
-                    and (previous is None or previous.get(key) != value)
-                ):
-                    say(text.format(value))
-        return True
-
-    deadline = time.monotonic() + timeout if timeout else None
-    with _deferred_interrupts() as interrupted:
-        try:
-            # transient: the final table is printed once by report(), not twice
-            display = (
-                Live(
-                    progress.render(),
-                    console=console,
-                    refresh_per_second=4,
-                    get_renderable=progress.render,
-                    transient=True,
-                )
-                if live
-                else contextlib.nullcontext()
-            )
-            with display:
-                # Short slices so a Ctrl-C (which only sets `interrupted` here) is seen soon.
-                while not interrupted.is_set():
-                    left = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
-                    if left <= 0:
-                        break
-                    if session.monitor_job(job_id, left, 2.0, on_meta) is (
-                        MonitorReturnCode.JOB_FINISHED
-                    ):
-                        break
-        finally:
-            done.set()
-            poller.join(5)
+    # A live table on a terminal, a plain line per change otherwise (a log, a pipe);
+    # watch_job is pushed by the server. Ctrl-C raises here and stops everything.
+    follow_job(session, console, job_id, timeout=timeout)
     meta = session.get_job_meta(job_id)
     reason = ""
     if not meta.finished:
@@ -377,7 +206,9 @@ def report(result: SimulationResult, console: Console, *, removed: bool = False)
     ``removed``: the (temporary) workspace, result included, is gone already.
     """
     if rounds_table(result.metrics, result.validations):
-        console.print(metrics_table(result.metrics, result.validations, "per-round metrics"))
+        with console.use_theme(THEME):
+            table = rounds_metrics_table(result.metrics, result.validations, "per-round metrics")
+            console.print(table)
     elif result.metrics or result.validations:
         console.print(
             f"{len(result.metrics)} metric and {len(result.validations)} validation row(s) "

@@ -22,7 +22,6 @@ import argparse
 import contextlib
 import ctypes
 import fcntl
-import importlib.util
 import json
 import os
 import re
@@ -509,9 +508,6 @@ def _announce(project: LocalProject) -> None:
     kits = project.kits
     sites = ", ".join(f"{n} (pid {p.pid})" for n, p in project.sites.items())
     assert project.server is not None
-    shell = ""
-    if importlib.util.find_spec("flare_admin.shell") is not None:
-        shell = f"Or the shell: flare admin {kits.admin_kit}\n\n"
     print(
         f"\nserver   localhost, admin {project.admin_address}, sites {project.site_address} "
         f"(pid {project.server.pid})\n"
@@ -519,8 +515,8 @@ def _announce(project: LocalProject) -> None:
         f"admin    {kits.admin_name}\n"
         f"kit      {kits.admin_kit}\n"
         f"logs     {project.log_dir}\n\n"
-        f"In Python:\n\n{snippet(kits)}\n\n"
-        f"{shell}"
+        f"The admin shell:\n\n    flare admin {kits.admin_kit}\n\n"
+        f"Or in Python:\n\n{snippet(kits)}\n\n"
         "Ctrl-C stops everything.",
         flush=True,
     )
