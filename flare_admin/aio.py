@@ -21,6 +21,7 @@ import grpc.aio
 from flare_admin import _ops
 from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
+from flare_admin._job_objects import ExportableJob, exported
 from flare_admin._transfer import (
     RESULT_FILES_METADATA,
     JobUpload,
@@ -219,16 +220,22 @@ class AsyncSession:
 
     async def submit_job(
         self,
-        job_definition_path: str | os.PathLike[str],
+        job_definition_path: str | os.PathLike[str] | ExportableJob,
         *,
         progress: ProgressCallback | None = None,
         initial_model_job_id: str | None = None,
     ) -> str:
-        """Upload a job folder or ``.zip``; return its id (see ``Session.submit_job``).
+        """Upload a job folder, a ``.zip`` or a job object; return its id (see
+        ``Session.submit_job``).
 
         ``progress`` is called from a worker thread.
         """
         self._check_open()
+        if isinstance(job_definition_path, ExportableJob):
+            with exported(job_definition_path) as folder:
+                return await self.submit_job(
+                    folder, progress=progress, initial_model_job_id=initial_model_job_id
+                )
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
         if source is not None:
