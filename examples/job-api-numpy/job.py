@@ -30,8 +30,8 @@ def define_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = define_parser().parse_args(argv)
+def build_job(args: argparse.Namespace) -> FedAvgJob:
+    """The job: FedAvg on n_clients sites from a 3x3 initial model, the script on each."""
     script = Path(args.script)
     if not script.exists() and (HERE / script).exists():
         script = HERE / script  # run from anywhere: the scripts sit next to this file
@@ -49,6 +49,12 @@ def main(argv: list[str] | None = None) -> int:
         files=[HERE / "train_full.py"] if script.name != "train_full.py" else [],
     )
     job.to_clients(runner)
+    return job
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = define_parser().parse_args(argv)
+    job = build_job(args)
 
     if args.export_config:
         path = job.export_job(args.job_root)
