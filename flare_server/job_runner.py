@@ -607,6 +607,8 @@ class JobRun:
                         waiting.discard(site)
                 elif envelope.topic == "job.log":
                     self._keep_log(site, envelope, body)
+                elif envelope.topic == "metrics":  # a started script may log before round 1
+                    self._metric(site, body)
         if failures:
             self._exclude_failed_deployments(failures, needed, mandatory)
         try:
@@ -865,8 +867,18 @@ class JobRun:
         except errors.InvalidModel as exc:
             raise errors.InvalidModel(f"{where}: {exc.message}") from exc
 
+    def _round_now(self, site: str, given: int | None) -> int:
+        """The round a streamed record belongs to: the one the site named, else the round
+        of its current task; 0 before round 1 (a script logging while others deploy)."""
+        if given is not None:
+            return given
+        if self.controller is None:
+            return 0
+        task = self.controller.current_task(site)
+        return task.round if task else self.controller.round
+
     def _metric(self, site: str, body: dict[str, Any]) -> None:
-        assert self.controller is not None and self.results is not None
+        assert self.results is not None
         if body.get("kind", METRIC) != METRIC:
             self._param(site, body)
             return
@@ -874,10 +886,8 @@ class JobRun:
         if not isinstance(key, str) or not key or len(key) > _KEY_MAX or value is None:
             return
         when = _number(body.get("time")) or time.time()
-        row = self.controller.metric_row(
-            site, key, value, _opt_int(body.get("step")), when, _opt_int(body.get("round"))
-        )
-        kept = self.results.add_metric(row.site, row.round, row.key, row.value, row.step, row.time)
+        rnd = self._round_now(site, _opt_int(body.get("round")))
+        kept = self.results.add_metric(site, rnd, key, value, _opt_int(body.get("step")), when)
         if not kept and self.results.metrics.dropped == 1:
             self.log.warning(
                 "job %s: metrics.jsonl reached %d bytes; further metrics are dropped",
@@ -887,7 +897,7 @@ class JobRun:
 
     def _param(self, site: str, body: dict[str, Any]) -> None:
         """A param, tag or text (MLflow's, or a WandB string) on the metrics channel."""
-        assert self.controller is not None and self.results is not None
+        assert self.results is not None
         kind, key, text = body.get("kind"), body.get("key"), body.get("text")
         if (
             kind not in RECORD_KINDS
@@ -898,10 +908,7 @@ class JobRun:
             or len(text) > MAX_RECORD_CHARS
         ):
             return
-        rnd = _opt_int(body.get("round"))
-        if rnd is None:
-            task = self.controller.current_task(site)
-            rnd = task.round if task else self.controller.round
+        rnd = self._round_now(site, _opt_int(body.get("round")))
         when = _number(body.get("time")) or time.time()
         step = _opt_int(body.get("step"))
         kept = self.results.add_param(site, rnd, str(kind), key, text, step, when)
