@@ -187,15 +187,16 @@ _MLFLOW_PARAM_CHARS = 6000
 _MLFLOW_BATCH = {"metrics": 1000, "params": 100, "tags": 100}
 
 
-def tracking_uri(target: str | os.PathLike[str]) -> str:
-    """An MLflow tracking URI: ``target`` itself when it has a scheme (``sqlite:``,
-    ``http:``, ``file:`` ...), else a local store ``sqlite:///<target>/mlflow.db``."""
+def tracking_store(target: str | os.PathLike[str]) -> tuple[str, str | None]:
+    """The MLflow tracking URI and artifact location for ``target``: a URI with a scheme
+    (``sqlite:``, ``http:``, ``file:`` ...) as it is, with the store's own artifact
+    location; a folder as ``sqlite:///<target>/mlflow.db`` with ``<target>/artifacts``."""
     text = os.fspath(target)
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", text):
-        return text
+        return text, None
     folder = Path(text).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{folder / 'mlflow.db'}"
+    return f"sqlite:///{folder / 'mlflow.db'}", (folder / "artifacts").as_uri()
 
 
 def export_mlflow(
@@ -214,10 +215,14 @@ def export_mlflow(
     """
     mlflow = _require("mlflow", "pip install mlflow")
     entities = importlib.import_module("mlflow.entities")
-    uri = tracking_uri(target)
+    uri, artifacts = tracking_store(target)
     client = mlflow.MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
-    exp_id = found.experiment_id if found else client.create_experiment(experiment)
+    exp_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, artifact_location=artifacts)
+    )
     for site, (rows, checks, records) in _by_site(metrics, validations, params).items():
         run = client.create_run(exp_id, run_name=site, tags={**(tags or {}), "flare.site": site})
         run_id = run.info.run_id

@@ -352,7 +352,7 @@ class FedOptJob(FedAvgJob):
         tau: float = 1e-4,
         **kwargs: Any,
     ) -> None:
-        self._optimizer = {
+        self._optimizer: dict[str, Any] = {
             "serveropt": serveropt,
             "learning_rate": learning_rate,
             "beta1": beta1,

@@ -137,6 +137,7 @@ def test_the_mlflow_export_logs_one_run_per_site(finished, tmp_path):
 
     cluster, job_id = finished
     uri = cluster.session.export_metrics(job_id, tmp_path / "mlruns", format="mlflow")
+    assert uri == f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
     (experiment,) = [e for e in client.search_experiments() if job_id in e.name]
     runs = client.search_runs([experiment.experiment_id])
@@ -145,6 +146,8 @@ def test_the_mlflow_export_logs_one_run_per_site(finished, tmp_path):
         site = run.info.run_name
         assert run.data.params == {"step_size": site[-1], "optimizer": "mock"}
         assert run.data.tags["site"] == site
+        notes = {a.path for a in client.list_artifacts(run.info.run_id, "notes")}
+        assert notes == {f"notes/round_{r}.txt" for r in range(1, ROUNDS + 1)}
         history = sorted(
             client.get_metric_history(run.info.run_id, "mean_weight"), key=lambda m: m.step
         )
