@@ -59,6 +59,8 @@ class FedJob:
         name: the job's name (``meta.json`` ``name`` and the exported folder's name).
         min_clients: sites that must be connected before the job starts.
         mandatory_clients: sites that must take part.
+        custom_props: your own properties, kept in the job's meta (``meta.json``
+            ``custom_props``); flare-admin does not use them.
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class FedJob:
         name: str = "fed_job",
         min_clients: int = 1,
         mandatory_clients: Sequence[str] | None = None,
+        custom_props: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(name, str) or not JOB_NAME_RE.match(name):
             raise InvalidArgumentError(
@@ -77,6 +80,7 @@ class FedJob:
         self.name = name
         self.min_clients = min_clients
         self.mandatory_clients = [_site(s) for s in (mandatory_clients or ())]
+        self.custom_props = dict(custom_props or {})
         self.workflow: Workflow | None = None
         self.initial_model: InitialModel | None = None
         self._clients = _SiteSide()
@@ -224,6 +228,8 @@ class FedJob:
         }
         if self.mandatory_clients:
             meta["mandatory_clients"] = list(self.mandatory_clients)
+        if self.custom_props:
+            meta["custom_props"] = dict(self.custom_props)
         return meta
 
     def export_job(self, job_root: str | os.PathLike[str]) -> str:
@@ -315,8 +321,9 @@ class FedAvgJob(FedJob):
         min_responses: int | None = None,
         round_timeout: float | None = None,
         validate_every_round: bool = False,
+        custom_props: Mapping[str, Any] | None = None,
     ) -> None:
-        super().__init__(name, min_clients or n_clients or 1, mandatory_clients)
+        super().__init__(name, min_clients or n_clients or 1, mandatory_clients, custom_props)
         self.n_clients = n_clients
         self.to_server(
             self._workflow(num_rounds, min_responses, round_timeout, validate_every_round)
