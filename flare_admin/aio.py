@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from flare_admin import _ops
+from flare_admin import _ops, tracking
 from flare_admin._connect import Target, confirm_identity, logger, prepare
 from flare_admin._errors import map_rpc_error
 from flare_admin._job_objects import ExportableJob, exported
@@ -50,6 +50,7 @@ from flare_admin.session import (
     not_a_header,
     submit_header,
 )
+from flare_admin.tracking import ParamRow
 from flare_protocol import errors
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 
@@ -418,9 +419,7 @@ class AsyncSession:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
         first = _ops.row_offset(start)
         _ops.job_metrics(job_id, site, key)
-        return await self._pages(
-            lambda offset: _ops.job_metrics(job_id, site, key, offset), first
-        )
+        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
 
     async def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0
@@ -574,6 +573,50 @@ class AsyncSession:
     ) -> str:
         op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
         return await self._unary(op)
+
+    # -- experiment tracking (issue 12) --------------------------------------------------------
+
+    async def get_job_params(
+        self,
+        job_id: str,
+        *,
+        site: str | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        start: int = 0,
+    ) -> list[ParamRow]:
+        """Params, tags and texts sites recorded (see ``Session.get_job_params``)."""
+        first = _ops.row_offset(start)
+        tracking.job_params(job_id, site, kind, key)
+        return await self._pages(
+            lambda offset: tracking.job_params(job_id, site, kind, key, offset), first
+        )
+
+    async def export_metrics(
+        self,
+        job_id: str,
+        logdir: str | os.PathLike[str],
+        *,
+        format: str = "tensorboard",  # noqa: A002 - the natural name
+    ) -> str:
+        """Export a job's tracking records (see ``Session.export_metrics``); files are
+        written in a worker thread."""
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        fmt = tracking.export_format(format)
+        meta = await self.get_job_meta(jid)
+        metrics = await self.get_job_metrics(jid)
+        validations = await self.get_validations(jid)
+        params = await self.get_job_params(jid)
+        if fmt == "tensorboard":
+            return await asyncio.to_thread(
+                tracking.export_tensorboard, logdir, metrics, validations, params
+            )
+        name = f"{meta.get('name') or 'job'} ({jid})"
+        tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
+        return await asyncio.to_thread(
+            tracking.export_mlflow, logdir, name, metrics, validations, params, tags
+        )
 
 
 async def new_secure_async_session(

@@ -161,3 +161,19 @@ def test_without_mlflow_the_mlflow_export_names_what_to_install(finished, tmp_pa
         cluster.session.export_metrics(job_id, tmp_path, format="mlflow")
     with pytest.raises(InvalidArgumentError, match="format must be one of tensorboard, mlflow"):
         cluster.session.export_metrics(job_id, tmp_path, format="csv")
+
+
+async def test_the_async_session_reads_and_exports_the_same(finished, provisioned, tmp_path):
+    from flare_admin import new_secure_async_session
+    from tests.e2e.jobs_helpers import ADMIN
+
+    cluster, job_id = finished
+    address = cluster.server.admin_address
+    async with await new_secure_async_session(
+        ADMIN, provisioned.kits[ADMIN], server_address=address
+    ) as s:
+        assert await s.get_job_params(job_id, kind="tag") == cluster.session.get_job_params(
+            job_id, kind="tag"
+        )
+        assert await s.export_metrics(job_id, tmp_path / "tb") == str(tmp_path / "tb")
+    assert sorted(p.name for p in (tmp_path / "tb").iterdir()) == list(SITES)
