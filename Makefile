@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin flare_cli
+	$(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin flare_cli flare_job
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -23,6 +23,7 @@ import grpc.aio
 from flare_admin import _ops
 from flare_admin._connect import Target, confirm_identity, log_open_failure, logger, prepare
 from flare_admin._errors import map_rpc_error
+from flare_admin._job_objects import ExportableJob, exported
 from flare_admin.results import (
     ClientJobStatus,
     DirListing,
@@ -55,6 +56,7 @@ from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:  # the transfer machinery is imported by the methods that move files
     from flare_admin._transfer import JobUpload, ProgressCallback
+    from flare_admin.tracking import ParamRow
 
 __all__ = ["AsyncJobWatch", "AsyncSession", "new_secure_async_session"]
 
@@ -278,18 +280,24 @@ class AsyncSession:
 
     async def submit_job(
         self,
-        job_definition_path: str | os.PathLike[str],
+        job_definition_path: str | os.PathLike[str] | ExportableJob,
         *,
         progress: ProgressCallback | None = None,
         initial_model_job_id: str | None = None,
     ) -> str:
-        """Upload a job folder or ``.zip``; return its id (see ``Session.submit_job``).
+        """Upload a job folder, a ``.zip`` or a job object; return its id (see
+        ``Session.submit_job``).
 
         ``progress`` is called from a worker thread.
         """
         from flare_admin._transfer import JobUpload
 
         self._check_open()
+        if isinstance(job_definition_path, ExportableJob):
+            with exported(job_definition_path) as folder:
+                return await self.submit_job(
+                    folder, progress=progress, initial_model_job_id=initial_model_job_id
+                )
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
         if source is not None:
@@ -710,6 +718,54 @@ class AsyncSession:
     ) -> FileText:
         op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
         return await self._unary(op)
+
+    # -- experiment tracking (issue 12) --------------------------------------------------------
+
+    async def get_job_params(
+        self,
+        job_id: str,
+        *,
+        site: str | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        start: int = 0,
+    ) -> list[ParamRow]:
+        """Params, tags and texts sites recorded (see ``Session.get_job_params``)."""
+        from flare_admin import tracking
+
+        first = _ops.row_offset(start)
+        tracking.job_params(job_id, site, kind, key)
+        return await self._pages(
+            lambda offset: tracking.job_params(job_id, site, kind, key, offset), first
+        )
+
+    async def export_metrics(
+        self,
+        job_id: str,
+        logdir: str | os.PathLike[str],
+        *,
+        format: str = "tensorboard",  # noqa: A002 - the natural name
+    ) -> str:
+        """Export a job's tracking records (see ``Session.export_metrics``); files are
+        written in a worker thread."""
+        from flare_admin import tracking
+
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        fmt = tracking.export_format(format)
+        meta = await self.get_job_meta(jid)
+        metrics = await self.get_job_metrics(jid)
+        validations = await self.get_validations(jid)
+        params = await self.get_job_params(jid)
+        if fmt == "tensorboard":
+            return await asyncio.to_thread(
+                tracking.export_tensorboard, logdir, metrics, validations, params
+            )
+        name = f"{meta.get('name') or 'job'} ({jid})"
+        tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
+        return await asyncio.to_thread(
+            tracking.export_mlflow, logdir, name, metrics, validations, params, tags
+        )
 
 
 async def new_secure_async_session(

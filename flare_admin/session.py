@@ -22,6 +22,7 @@ import grpc
 
 from flare_admin import _ops
 from flare_admin._errors import map_rpc_error
+from flare_admin._job_objects import ExportableJob, exported
 from flare_admin.results import (
     ClientJobStatus,
     DirListing,
@@ -46,6 +47,7 @@ from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 if TYPE_CHECKING:  # imported by the functions that need them: `import flare_admin` stays cheap
     from flare_admin._connect import Target
     from flare_admin._transfer import JobUpload, ProgressCallback
+    from flare_admin.tracking import ParamRow
 
 __all__ = ["JobWatch", "Session", "SessionState", "new_secure_session"]
 
@@ -288,12 +290,13 @@ class Session:
 
     def submit_job(
         self,
-        job_definition_path: str | os.PathLike[str],
+        job_definition_path: str | os.PathLike[str] | ExportableJob,
         *,
         progress: ProgressCallback | None = None,
         initial_model_job_id: str | None = None,
     ) -> str:
-        """Upload a job folder (zipped while streaming) or a ``.zip``; return its job id.
+        """Upload a job folder (zipped while streaming), a ``.zip``, or a job object (a
+        ``flare_job.FedJob``: exported to a temporary folder first); return its job id.
 
         ``progress(bytes_sent, total)`` is called as the upload advances (from gRPC's
         sending thread). The id is returned only once the job is durable on the server.
@@ -308,6 +311,11 @@ class Session:
         from flare_admin._transfer import JobUpload
 
         self._check_open()
+        if isinstance(job_definition_path, ExportableJob):
+            with exported(job_definition_path) as folder:
+                return self.submit_job(
+                    folder, progress=progress, initial_model_job_id=initial_model_job_id
+                )
         source = _ops.initial_model_job_id(initial_model_job_id)
         upload = JobUpload.from_path(job_definition_path)
         if source is not None:
@@ -775,6 +783,69 @@ class Session:
         """Lines matching ``pattern`` in a file of the target's workspace (numbered)."""
         op = _ops.grep_target(target, options=options, pattern=pattern, file=file)
         return self._unary(op)
+
+    # -- experiment tracking (issue 12) --------------------------------------------------------
+
+    def get_job_params(
+        self,
+        job_id: str,
+        *,
+        site: str | None = None,
+        kind: str | None = None,
+        key: str | None = None,
+        start: int = 0,
+    ) -> list[ParamRow]:
+        """The params, tags and texts sites recorded for a job (``MLflowWriter.log_param``,
+        ``set_tag``, ``log_text``; strings given to ``WandBWriter.log``), in arrival order.
+
+        Each row is a :class:`~flare_admin.tracking.ParamRow` (``site, round, kind, key,
+        value, step, time``; ``value`` a string). ``site``, ``kind`` (``"param"``,
+        ``"tag"``, ``"text"``) and ``key`` filter; ``start`` skips rows as in
+        :meth:`get_job_metrics`. Numbers stay in :meth:`get_job_metrics`.
+        """
+        from flare_admin import tracking
+
+        first = _ops.row_offset(start)
+        tracking.job_params(job_id, site, kind, key)  # argument checks before any call
+        return self._pages(
+            lambda offset: tracking.job_params(job_id, site, kind, key, offset), first
+        )
+
+    def export_metrics(
+        self,
+        job_id: str,
+        logdir: str | os.PathLike[str],
+        *,
+        format: str = "tensorboard",  # noqa: A002 - the natural name
+    ) -> str:
+        """Export a job's metrics, validations, params, tags and texts; return where.
+
+        ``format="tensorboard"``: event files, one run per site (``<logdir>/<site>/``),
+        tags = metric keys, step = the step the site gave (else the round); view them with
+        ``tensorboard --logdir LOGDIR``. Needs tensorboardX (``pip install
+        'flare-admin[tensorboard]'``). ``format="mlflow"``: one run per site in the
+        experiment ``<job name> (<job_id>)`` of the MLflow store ``logdir`` (a tracking URI,
+        or a folder for a local ``sqlite:///<logdir>/mlflow.db``); needs ``mlflow``.
+        Works while the job runs too (what arrived so far).
+
+        Raises:
+            MissingDependency: the format's library is not installed (naming the install).
+            InvalidArgumentError: an unknown format.
+        """
+        from flare_admin import tracking
+
+        self._check_open()
+        jid = _ops.job_id(job_id)
+        fmt = tracking.export_format(format)
+        meta = self.get_job_meta(jid)
+        metrics = self.get_job_metrics(jid)
+        validations = self.get_validations(jid)
+        params = self.get_job_params(jid)
+        if fmt == "tensorboard":
+            return tracking.export_tensorboard(logdir, metrics, validations, params)
+        name = f"{meta.get('name') or 'job'} ({jid})"
+        tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
+        return tracking.export_mlflow(logdir, name, metrics, validations, params, tags)
 
 
 def new_secure_session(

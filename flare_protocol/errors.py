@@ -19,6 +19,7 @@ scripts catch what they caught before::
     ├── InvalidTransition           an illegal job status change (a bug if it escapes)
     ├── InvalidModel                a model is not a safe .npz of numeric arrays (also a ValueError)
     ├── ExecutionError              user code on a site failed: crash, bad output, no result
+    ├── MissingDependency           an optional package a feature needs is not installed
     └── APIError                    raised by the admin Session
         ├── NoConnection            the server cannot be reached (also a ConnectionError)
         ├── SessionClosed           the Session was closed
@@ -115,6 +116,10 @@ class InvalidModel(FlareError, ValueError):
 
 class ExecutionError(FlareError):
     """A job's user code failed on a site; carries ``returncode`` and ``stderr_tail``."""
+
+
+class MissingDependency(FlareError, ImportError):
+    """An optional package a feature needs is not installed; names the extra to install."""
 
 
 class APIError(FlareError):

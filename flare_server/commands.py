@@ -31,6 +31,9 @@ shutdown_system         operate (server)  ``{force=false}`` -> ``{"server": "sto
 job_metrics             download_job      ``{job_id, site?, key?, offset=0, limit=10000}`` ->
                                           ``{"rows": [{site, round, key, value, step,
                                           time}], "next_offset": int | null}``
+job_params              download_job      ``{job_id, site?, kind?, key?, offset=0,
+                                          limit=10000}`` -> ``{"rows": [{site, round, kind,
+                                          key, value, step, time}], "next_offset"}``
 job_validations         download_job      ``{job_id, site?, offset=0, limit=10000}`` ->
                                           ``{"rows": [{site, round, metrics}],
                                           "next_offset": int | null}``
@@ -140,6 +143,7 @@ class Commands:
             "restart": self._control("restart"),
             "shutdown_system": self.shutdown_system,
             "job_metrics": self.job_metrics,
+            "job_params": self.job_params,
             "job_validations": self.job_validations,
             "job_summary": self.job_summary,
             "job_logs": self.job_logs,
@@ -339,6 +343,10 @@ class Commands:
     async def job_metrics(self, call: Call, args: dict[str, Any]) -> Any:
         meta = await self._result_job(call, args, "metrics")
         return await self._rows(meta, args, "metrics.jsonl", ("site", "key"))
+
+    async def job_params(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "params")
+        return await self._rows(meta, args, "params.jsonl", ("site", "kind", "key"))
 
     async def job_validations(self, call: Call, args: dict[str, Any]) -> Any:
         meta = await self._result_job(call, args, "validations")

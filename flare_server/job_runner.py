@@ -68,12 +68,14 @@ from flare_protocol.models import (
     save_params,
 )
 from flare_protocol.npz_layout import view_params
+from flare_protocol.tracking import MAX_RECORD_CHARS, METRIC, RECORD_KINDS
 from flare_server.authz import Principal
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
 from flare_server.jobs import JobStatus, safe_extract
 from flare_server.model_source import authorize_model_source
 from flare_server.results import (
     METRICS,
+    PARAMS,
     SUMMARY,
     VALIDATIONS,
     ResultFolder,
@@ -241,7 +243,7 @@ class JobRunner:
                 job_dir = self.store.job_dir(job_id)
                 shutil.rmtree(job_dir / "work", ignore_errors=True)
                 result = self.store.result_dir(job_id)
-                for name in (METRICS, VALIDATIONS):
+                for name in (METRICS, VALIDATIONS, PARAMS):
                     if (result / name).is_file():
                         seal_jsonl(result / name)
                 if (result / SUMMARY).exists():
@@ -637,6 +639,8 @@ class JobRun:
                         waiting.discard(site)
                 elif envelope.topic == "job.log":
                     self._keep_log(site, envelope, body)
+                elif envelope.topic == "metrics":  # a started script may log before round 1
+                    self._metric(site, body)
         if failures:
             self._exclude_failed_deployments(failures, needed, mandatory)
         # The total shows as "round k of n" in monitors, before the first round starts.
@@ -897,21 +901,56 @@ class JobRun:
         except errors.InvalidModel as exc:
             raise errors.InvalidModel(f"{where}: {exc.message}") from exc
 
+    def _round_now(self, site: str, given: int | None) -> int:
+        """The round a streamed record belongs to: the one the site named, else the round
+        of its current task; 0 before round 1 (a script logging while others deploy)."""
+        if given is not None:
+            return given
+        if self.controller is None:
+            return 0
+        task = self.controller.current_task(site)
+        return task.round if task else self.controller.round
+
     def _metric(self, site: str, body: dict[str, Any]) -> None:
-        assert self.controller is not None and self.results is not None
+        assert self.results is not None
+        if body.get("kind", METRIC) != METRIC:
+            self._param(site, body)
+            return
         key, value = body.get("key"), _number(body.get("value"))
         if not isinstance(key, str) or not key or len(key) > _KEY_MAX or value is None:
             return
         when = _number(body.get("time")) or time.time()
-        row = self.controller.metric_row(
-            site, key, value, _opt_int(body.get("step")), when, _opt_int(body.get("round"))
-        )
-        kept = self.results.add_metric(row.site, row.round, row.key, row.value, row.step, row.time)
+        rnd = self._round_now(site, _opt_int(body.get("round")))
+        kept = self.results.add_metric(site, rnd, key, value, _opt_int(body.get("step")), when)
         if not kept and self.results.metrics.dropped == 1:
             self.log.warning(
                 "job %s: metrics.jsonl reached %d bytes; further metrics are dropped",
                 self.job_id,
                 self.results.metrics.max_bytes,
+            )
+
+    def _param(self, site: str, body: dict[str, Any]) -> None:
+        """A param, tag or text (MLflow's, or a WandB string) on the metrics channel."""
+        assert self.results is not None
+        kind, key, text = body.get("kind"), body.get("key"), body.get("text")
+        if (
+            kind not in RECORD_KINDS
+            or not isinstance(key, str)
+            or not key
+            or len(key) > _KEY_MAX
+            or not isinstance(text, str)
+            or len(text) > MAX_RECORD_CHARS
+        ):
+            return
+        rnd = self._round_now(site, _opt_int(body.get("round")))
+        when = _number(body.get("time")) or time.time()
+        step = _opt_int(body.get("step"))
+        kept = self.results.add_param(site, rnd, str(kind), key, text, step, when)
+        if not kept and self.results.params.dropped == 1:
+            self.log.warning(
+                "job %s: params.jsonl reached %d bytes; further params are dropped",
+                self.job_id,
+                self.results.params.max_bytes,
             )
 
     def _keep_log(self, site: str, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:

@@ -5,13 +5,15 @@ Theory of operation. The folder (``JobStore.result_dir(job_id)``) holds::
     global_model.npz          the final global model (only when the job produced one)
     models/round_NNN.npz      the global model after round NNN (1-based, zero-padded)
     metrics.jsonl             one JSON object per metric: site, round, key, value, step, time
+    params.jsonl              one JSON object per param, tag or text: site, round, kind, key,
+                              value (a string), step, time
     validations.jsonl         one JSON object per validation: site, round, metrics
     logs/server.log           the job's server log
     logs/<site>.log           each site's job log, shipped back at the end of the job
     summary.json              workflow, rounds completed, final status, per-round participants
 
 Models, logs and ``summary.json`` are written atomically (temp file, fsync, rename), so a
-file that exists is whole. The two ``.jsonl`` files are append-only while the job runs;
+file that exists is whole. The ``.jsonl`` files are append-only while the job runs;
 when the job is over the runner appends the line ``{"complete": true}``. A reader skips a
 last line without its newline (a write in progress) and never returns the marker as a row.
 
@@ -41,6 +43,7 @@ __all__ = [
     "COMPLETE_MARKER",
     "FINAL_MODEL",
     "METRICS",
+    "PARAMS",
     "SUMMARY",
     "VALIDATIONS",
     "JsonlTail",
@@ -56,6 +59,9 @@ __all__ = [
 FINAL_MODEL = "global_model.npz"
 MODELS = "models"
 METRICS = "metrics.jsonl"
+#: Non-numeric tracking records (MLflow's params, tags and texts), kept apart from metrics
+#: so metrics.jsonl stays numbers only.
+PARAMS = "params.jsonl"
 VALIDATIONS = "validations.jsonl"
 LOGS = "logs"
 SUMMARY = "summary.json"
@@ -171,6 +177,7 @@ class ResultFolder:
         self.validations = JsonlWriter(
             self.root / VALIDATIONS, on_append=_hook(on_rows, "validations")
         )
+        self.params = JsonlWriter(self.root / PARAMS)
 
     def round_model_path(self, number: int) -> Path:
         return self.root / MODELS / round_model_name(number)
@@ -184,6 +191,29 @@ class ResultFolder:
     ) -> bool:
         return self.metrics.append(
             {"site": site, "round": round, "key": key, "value": value, "step": step, "time": time}
+        )
+
+    def add_param(
+        self,
+        site: str,
+        round: int | None,
+        kind: str,
+        key: str,
+        value: str,
+        step: int | None,
+        time: float,
+    ) -> bool:
+        """A param, tag or text (``kind``) a site recorded; False when it was dropped."""
+        return self.params.append(
+            {
+                "site": site,
+                "round": round,
+                "kind": kind,
+                "key": key,
+                "value": value,
+                "step": step,
+                "time": time,
+            }
         )
 
     def add_validation(self, site: str, round: int, metrics: Mapping[str, float]) -> None:
@@ -201,13 +231,15 @@ class ResultFolder:
         write_atomic(self.root / SUMMARY, text.encode())
 
     def complete(self) -> None:
-        """Mark both ``.jsonl`` files complete."""
+        """Mark every ``.jsonl`` file complete."""
         self.metrics.complete()
         self.validations.complete()
+        self.params.complete()
 
     def close(self) -> None:
         self.metrics.close()
         self.validations.close()
+        self.params.close()
 
 
 def read_rows(

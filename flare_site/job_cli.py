@@ -94,6 +94,9 @@ def _validate(path: Path) -> int:
 
 def _print_metric(event: MetricEvent) -> None:
     step = "" if event.step is None else f" step={event.step}"
+    if event.kind != "metric":
+        print(f"{event.kind} {event.key}={event.text!r}{step} round={event.round}", flush=True)
+        return
     print(f"metric {event.key}={event.value:g}{step} round={event.round}", flush=True)
 
 

@@ -523,6 +523,9 @@ class SiteRuntime:
             "step": event.step,
             "time": event.time,
         }
+        if event.kind != "metric":  # a param, tag or text: a string instead of a number
+            del body["value"]
+            body.update(kind=event.kind, text=event.text)
         try:
             self.send("metrics", job_id, body)
         except ValueError:  # NaN or infinity: not JSON, not a metric

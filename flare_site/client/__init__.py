@@ -12,6 +12,9 @@
         flare.send(flare.FLModel(params=weights, params_type="FULL",
                                  metrics={"accuracy": acc}, meta={"num_examples": n}))
 
+Metric writers with TensorBoard's, Weights & Biases' and MLflow's call shapes
+(``SummaryWriter``, ``WandBWriter``, ``MLflowWriter``) stream over the same channel.
+
 The script runs in a subprocess of the site; it talks to the site over a local socket
 (JSON frames, models as ``.npz`` files, never pickle).
 """
@@ -31,12 +34,14 @@ from flare_site.client._api import (
     shutdown,
 )
 from flare_site.client._model import FLModel, ParamsType
-from flare_site.client.tracking import SummaryWriter
+from flare_site.client.tracking import MLflowWriter, SummaryWriter, WandBWriter
 
 __all__ = [
     "FLModel",
+    "MLflowWriter",
     "ParamsType",
     "SummaryWriter",
+    "WandBWriter",
     "get_job_id",
     "get_site_name",
     "init",

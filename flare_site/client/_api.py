@@ -18,6 +18,7 @@ from typing import Any
 from flare_protocol import _malloc
 from flare_protocol.errors import FlareError, InvalidModel
 from flare_protocol.models import BufferPool, ParamsType, load_params, save_params
+from flare_protocol.tracking import MAX_RECORD_CHARS, RECORD_KINDS
 from flare_site.client import _ipc
 from flare_site.client._model import FLModel
 
@@ -29,6 +30,7 @@ __all__ = [
     "is_running",
     "is_train",
     "log_metric",
+    "log_record",
     "receive",
     "send",
     "shutdown",
@@ -239,6 +241,33 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
             "op": "metric",
             "key": str(key),
             "value": float(value),
+            "step": None if step is None else int(step),
+            "round": task["round"] if task else None,
+            "time": time.time(),
+        }
+    )
+
+
+def log_record(kind: str, key: str, text: str, step: int | None = None) -> None:
+    """Stream a param, tag or text (``kind``) to the server's params log (the writers use
+    it; see :mod:`flare_site.client.tracking`)."""
+    client = _get()
+    if kind not in RECORD_KINDS:
+        raise FlareError(f"record kind must be one of {sorted(RECORD_KINDS)}, got {kind!r}")
+    if not isinstance(text, str):
+        raise FlareError(f"{kind} {key!r} must be a string, got {type(text).__name__}")
+    if len(text) > MAX_RECORD_CHARS:
+        raise FlareError(
+            f"{kind} {key!r} is {len(text)} characters long; at most {MAX_RECORD_CHARS} are "
+            "recorded (write longer texts to a file in FLARE_JOB_WORKSPACE)"
+        )
+    task = client.current or client.task
+    client.post(
+        {
+            "op": "metric",
+            "kind": kind,
+            "key": str(key),
+            "text": text,
             "step": None if step is None else int(step),
             "round": task["round"] if task else None,
             "time": time.time(),

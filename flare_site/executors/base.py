@@ -33,6 +33,7 @@ from typing import Any
 
 from flare_protocol.errors import ExecutionError, InvalidModel
 from flare_protocol.models import MAX_MODEL_BYTES, ParamsType
+from flare_protocol.tracking import MAX_RECORD_CHARS, METRIC, RECORD_KINDS
 from flare_site.client import _ipc
 from flare_site.executors.process import OutputSink, safe_base_env
 from flare_site.update_check import verify_update
@@ -111,13 +112,20 @@ class ValidateOutcome:
 
 @dataclass(frozen=True)
 class MetricEvent:
-    """A metric streamed by user code (``flare.log_metric`` or the SummaryWriter)."""
+    """A metric streamed by user code (``flare.log_metric`` or a writer).
+
+    ``kind`` is ``"metric"`` (a number in ``value``) or ``"param"``, ``"tag"`` or
+    ``"text"`` (MLflowWriter's params, tags and texts, a WandB string: the string is in
+    ``text`` and ``value`` is 0).
+    """
 
     key: str
     value: float
     step: int | None
     round: int | None
     time: float
+    kind: str = "metric"
+    text: str | None = None
 
 
 MetricSink = Callable[[MetricEvent], None]
@@ -323,7 +331,13 @@ def remove_stale_ipc_folders(jobs_dir: Path) -> int:
 def metric_from_frame(message: dict[str, Any]) -> MetricEvent | None:
     """A MetricEvent from a ``metric`` frame, or None when it is malformed."""
     try:
-        value = float(message["value"])
+        kind = message.get("kind", METRIC)
+        text = message.get("text")
+        if kind != METRIC and (
+            kind not in RECORD_KINDS or not isinstance(text, str) or len(text) > MAX_RECORD_CHARS
+        ):
+            return None
+        value = float(message["value"]) if kind == METRIC else 0.0
         step = message.get("step")
         rnd = message.get("round")
         return MetricEvent(
@@ -332,6 +346,8 @@ def metric_from_frame(message: dict[str, Any]) -> MetricEvent | None:
             step=None if step is None else int(step),
             round=None if rnd is None else int(rnd),
             time=float(message.get("time", 0.0)),
+            kind=kind,
+            text=text if kind != METRIC else None,
         )
     except (KeyError, TypeError, ValueError):
         return None

@@ -172,6 +172,8 @@ CALLS = {
     "get_job_metrics": (JOB,),
     "get_validations": (JOB,),
     "get_job_summary": (JOB,),
+    "get_job_params": (JOB,),
+    "export_metrics": (JOB, "tb"),
     "download_model": (JOB,),
     "clone_job": (JOB,),
     "abort_job": (JOB,),

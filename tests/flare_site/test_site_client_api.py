@@ -19,8 +19,10 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(flare.__all__) == sorted(
         [
             "FLModel",
+            "MLflowWriter",
             "ParamsType",
             "SummaryWriter",
+            "WandBWriter",
             "get_job_id",
             "get_site_name",
             "init",
