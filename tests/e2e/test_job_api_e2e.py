@@ -11,9 +11,9 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from flare_local import simulate
 from flare_protocol.job_format import validate_job_folder
 from flare_protocol.models import load_params
-from flare_local import simulate
 from tests.e2e.jobs_helpers import Cluster
 
 pytestmark = pytest.mark.timeout(180)
