@@ -17,7 +17,13 @@ from typing import Any
 from flare_admin.shell.context import ShellContext
 from flare_admin.shell.params import Arg, Kind, Opt, UsageError
 from flare_admin.shell.registry import Registry
-from flare_admin.shell.views import Done, MetricsView, SessionView, ValidationsView
+from flare_admin.shell.views import (
+    Done,
+    MetricsView,
+    ParamsView,
+    SessionView,
+    ValidationsView,
+)
 from flare_protocol import errors
 
 __all__ = ["REGISTRY"]
@@ -330,6 +336,45 @@ def metrics(ctx: ShellContext, a: dict[str, Any]) -> MetricsView:
 def validations(ctx: ShellContext, a: dict[str, Any]) -> ValidationsView:
     job_id = _job(ctx, a["job"])
     return ValidationsView(job_id, tuple(ctx.session.get_validations(job_id, site=a["site"])))
+
+
+@command(
+    "params",
+    "the params, tags and texts a job's sites recorded (MLflowWriter, WandBWriter)",
+    args=(JOB,),
+    opts=(
+        Opt(("--site",), "site", "only this site's rows", Kind.SITE, metavar="SITE"),
+        Opt(("--kind",), "kind", "only params, tags or texts", Kind.CHOICE,
+            choices=("param", "tag", "text"), metavar="KIND"),
+    ),
+    group="results",
+    wraps=("get_job_params",),
+)  # fmt: skip
+def params(ctx: ShellContext, a: dict[str, Any]) -> ParamsView:
+    job_id = _job(ctx, a["job"])
+    rows = ctx.session.get_job_params(job_id, site=a["site"], kind=a["kind"])
+    return ParamsView(job_id, tuple(rows))
+
+
+@command(
+    "export_metrics",
+    "write a job's metrics as TensorBoard event files (or into MLflow)",
+    args=(JOB, Arg("logdir", Kind.LOCAL_PATH, "the folder (or MLflow tracking URI)")),
+    opts=(
+        Opt(("--format",), "format", "tensorboard or mlflow", Kind.CHOICE,
+            default="tensorboard", choices=("tensorboard", "mlflow"), metavar="FORMAT"),
+    ),
+    group="results",
+    wraps=("export_metrics",),
+)  # fmt: skip
+def export_metrics(ctx: ShellContext, a: dict[str, Any]) -> Done:
+    job_id = _job(ctx, a["job"])
+    logdir = os.path.expanduser(a["logdir"])
+    where = ctx.session.export_metrics(job_id, logdir, format=a["format"])
+    hint = f"; view it with: tensorboard --logdir {where}" if a["format"] == "tensorboard" else ""
+    return Done(
+        f"exported job {job_id[:8]}'s metrics to {where}{hint}", {"job_id": job_id, "path": where}
+    )
 
 
 @command(

@@ -30,7 +30,7 @@ from flare_admin.results import (
     rounds_table,
 )
 from flare_admin.shell.theme import status_style
-from flare_admin.shell.views import Done, MetricsView, SessionView, ValidationsView
+from flare_admin.shell.views import Done, MetricsView, ParamsView, SessionView, ValidationsView
 
 __all__ = [
     "duration_text",
@@ -323,6 +323,26 @@ def rounds_metrics_table(
     return table
 
 
+def params_table(view: ParamsView) -> RenderableType:
+    """``params``: each recorded param, tag or text (texts cut to one line)."""
+    if not view.rows:
+        return _empty(f"job {view.job_id[:SHORT_ID]} has recorded no params, tags or texts")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("SITE", "ROUND", "KIND", "KEY", "VALUE"):
+        table.add_column(col, overflow="fold" if col == "VALUE" else "ellipsis")
+    for row in view.rows:
+        lines = str(row.value).splitlines() or [""]
+        value = lines[0] + (" …" if len(lines) > 1 else "")
+        table.add_row(
+            Text(row.site, style="site"),
+            "-" if row.round is None else str(row.round),
+            row.kind,
+            Text(row.key, style="key"),
+            Text(value),
+        )
+    return table
+
+
 def validations_table(view: ValidationsView) -> RenderableType:
     """``validations``: per round and site, each validation metric."""
     if not view.rows:
@@ -442,6 +462,8 @@ def renderables(result: Any) -> list[RenderableType]:
         return [metrics_view(result)]
     if isinstance(result, ValidationsView):
         return [validations_table(result)]
+    if isinstance(result, ParamsView):
+        return [params_table(result)]
     if isinstance(result, SystemInfo):
         return [system_view(result)]
     if isinstance(result, JobMeta):

@@ -17,7 +17,7 @@ from typing import Any
 
 from flare_admin.results import MetricRow, ValidationRow
 
-__all__ = ["Done", "MetricsView", "SessionView", "ValidationsView", "jsonable"]
+__all__ = ["Done", "MetricsView", "ParamsView", "SessionView", "ValidationsView", "jsonable"]
 
 
 def jsonable(value: Any) -> Any:
@@ -108,6 +108,17 @@ class MetricsView:
             if row.key == key and row.round is not None:
                 table.setdefault(row.round, {})[row.site] = row.value
         return {r: table[r] for r in sorted(table)}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class ParamsView:
+    """A job's params, tags and texts (strings the sites recorded)."""
+
+    job_id: str
+    rows: Sequence[Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
