@@ -50,6 +50,7 @@ from flare_protocol.errors import (
     InvalidTarget,
     JobNotDone,
     JobTimeout,
+    NoConnection,
 )
 from flare_protocol.job_status import JobStatus, is_job_id, is_job_id_prefix
 
@@ -291,6 +292,17 @@ def _listing(target: str, path: str) -> Callable[[Any], DirListing]:
 
 
 # -- the operations ----------------------------------------------------------------------
+
+
+def ping_failed(exc: Any, address: str, seconds: float) -> NoConnection | None:
+    """A ping waits for the channel: running out of time means the server is not there."""
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return NoConnection(
+            f"the server at {address} did not answer within {seconds:g} s: is it running and "
+            "is the address right?",
+            address=address,
+        )
+    return None
 
 
 def hello() -> Unary:

@@ -220,6 +220,11 @@ class AsyncSession:
         return self._info
 
     @property
+    def timeout(self) -> float:
+        """Seconds each call may take now (``set_timeout`` changes it)."""
+        return self._timeout
+
+    @property
     def address(self) -> str:
         return self._target.address
 
@@ -664,6 +669,23 @@ class AsyncSession:
         them (``FINISHED:ABORTED``) first.
         """
         return await self._unary(_ops.system_command("shutdown_system", None, None, force=force))
+
+    async def ping(self, timeout: float | None = None) -> float:
+        """Round trip to the server, reconnecting first if the connection was lost; the
+        seconds it took. Waits up to ``timeout`` (default: the session's) for the server.
+
+        Raises:
+            NoConnection: the server did not answer in time.
+        """
+        self._check_open()
+        limit = self._timeout if timeout is None else _ops.timeout_value(timeout)
+        op = _ops.hello()
+        start = time.perf_counter()
+        try:
+            await self._stub.Hello(op.request, timeout=limit, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise _ops.ping_failed(exc, self.address, limit) or self._map(exc, "ping") from exc
+        return time.perf_counter() - start
 
     def set_timeout(self, value: float) -> None:
         """Use ``value`` seconds as the deadline of this session's calls."""

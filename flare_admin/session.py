@@ -226,6 +226,11 @@ class Session:
         return self._info
 
     @property
+    def timeout(self) -> float:
+        """Seconds each call may take now (``set_timeout`` changes it)."""
+        return self._timeout
+
+    @property
     def address(self) -> str:
         """The server address this session dialled."""
         return self._target.address
@@ -719,6 +724,23 @@ class Session:
         them (``FINISHED:ABORTED``) first.
         """
         return self._unary(_ops.system_command("shutdown_system", None, None, force=force))
+
+    def ping(self, timeout: float | None = None) -> float:
+        """Round trip to the server, reconnecting first if the connection was lost; the
+        seconds it took. Waits up to ``timeout`` (default: the session's) for the server.
+
+        Raises:
+            NoConnection: the server did not answer in time.
+        """
+        self._check_open()
+        limit = self._timeout if timeout is None else _ops.timeout_value(timeout)
+        op = _ops.hello()
+        start = time.perf_counter()
+        try:
+            self._stub.Hello(op.request, timeout=limit, wait_for_ready=True)
+        except grpc.RpcError as exc:
+            raise _ops.ping_failed(exc, self.address, limit) or self._map(exc, "ping") from exc
+        return time.perf_counter() - start
 
     def set_timeout(self, value: float) -> None:
         """Use ``value`` seconds as the deadline of this session's calls."""

@@ -641,7 +641,7 @@ def _session_view(ctx: ShellContext, full: bool) -> SessionView:
         server=ctx.session.address,
         server_version=info.server_version,
         kit=ctx.session.startup_kit_location,
-        timeout=getattr(ctx.session, "_timeout", None),
+        timeout=ctx.session.timeout,
         full=full,
     )
 
@@ -673,6 +673,18 @@ def info(ctx: ShellContext, a: dict[str, Any]) -> SessionView:
 def lpwd(ctx: ShellContext, a: dict[str, Any]) -> Done:
     cwd = os.getcwd()
     return Done(cwd, {"path": cwd})
+
+
+@command(
+    "ping",
+    "check the connection to the server (reconnecting if it was lost): the round trip",
+    group="session",
+    wraps=("ping",),
+)
+def ping(ctx: ShellContext, a: dict[str, Any]) -> Done:
+    seconds = ctx.session.ping()
+    text = f"{ctx.session.address} answered in {seconds * 1e3:.1f} ms"
+    return Done(text, {"server": ctx.session.address, "seconds": seconds})
 
 
 @command(

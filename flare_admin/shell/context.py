@@ -30,6 +30,8 @@ __all__ = ["CACHE_SECONDS", "Connection", "JobRef", "ShellContext"]
 
 #: How long completion reuses the job ids and site names it fetched.
 CACHE_SECONDS = 2.0
+#: How long a command waits for a lost server to come back before it runs anyway.
+RECONNECT_SECONDS = 3.0
 LAST_JOB = ("last", "latest")
 
 
@@ -184,6 +186,15 @@ class ShellContext:
         """Record the outcome of a call: connected, or disconnected with the reason."""
         self.connection = Connection.CONNECTED if ok else Connection.DISCONNECTED
         self.last_error = "" if ok else error
+
+    def reconnect(self, timeout: float = RECONNECT_SECONDS) -> None:
+        """After a lost connection: wait up to ``timeout`` for the server to be back (the
+        command that follows then runs at once, or fails fast if it is still away)."""
+        try:
+            self.session.ping(timeout=min(timeout, self.session.timeout))
+        except errors.FlareError:
+            return
+        self.mark(True)
 
     def refresh_status(self) -> None:
         """Update the toolbar's figures from the server (marks the connection state)."""

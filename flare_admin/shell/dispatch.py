@@ -14,7 +14,7 @@ import shlex
 import sys
 from typing import IO, Any
 
-from flare_admin.shell.context import ShellContext
+from flare_admin.shell.context import Connection, ShellContext
 from flare_admin.shell.params import UsageError
 from flare_admin.shell.registry import Registry
 from flare_admin.shell.views import jsonable
@@ -87,6 +87,8 @@ class Dispatcher:
         try:
             cmd = self.registry.get(name)
             args = cmd.parse(words)
+            if not cmd.offline and self.ctx.connection is Connection.DISCONNECTED:
+                self.ctx.reconnect()
             if cmd.confirm is not None and not args.get("yes"):
                 if not self.ctx.confirm(cmd.confirm(self.ctx, args)):
                     self.note(name, "cancelled: nothing was done")

@@ -22,6 +22,7 @@ from flare_admin import (
     TargetType,
 )
 from flare_protocol._generated import site_pb2
+from tests.flare_admin.conftest import ADMIN
 from tests.server_harness import site_stub, wait_until
 
 JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
@@ -196,6 +197,7 @@ CALLS = {
     "shutdown_system": (),
     "set_timeout": (5,),
     "unset_timeout": (),
+    "ping": (),
 }
 
 
@@ -279,3 +281,28 @@ def test_a_bad_kit_location_is_a_kit_error_or_invalid_argument(location):
 
     with pytest.raises(FlareError):
         new_secure_session("admin@org_a.com", location)
+
+
+def test_ping_reconnects_to_a_restarted_server_at_once(provisioned, admin_kit, tmp_path):
+    """An admin's channel retries a lost server within 2 s (grpc's default backs off to 120 s),
+    and ping waits for it: a server restart costs a session nothing."""
+    from flare_admin import NoConnection, new_secure_session
+    from tests.server_harness import ServerThread
+
+    kit = Path(provisioned.kits["localhost"])
+    first = ServerThread(kit, tmp_path / "ws").start()
+    port = first.server.admin_port
+    with new_secure_session(ADMIN, admin_kit, server_address=first.admin_address) as s:
+        assert s.ping() > 0
+        first.stop()
+        for _ in range(3):  # a while away: grpc's own backoff would have grown to 5+ s
+            with pytest.raises(NoConnection):
+                s.list_jobs()
+            time.sleep(1.5)
+        with pytest.raises(NoConnection):
+            s.ping(timeout=0.5)
+        with ServerThread(kit, tmp_path / "ws", admin_port=port):
+            start = time.monotonic()
+            s.ping(timeout=10)
+            assert time.monotonic() - start < 5
+            assert s.list_jobs() == []

@@ -21,6 +21,7 @@ NOT_A_COMMAND = {
     "address": "shown by info and the toolbar",
     "startup_kit_location": "shown by info",
     "state": "the shell's session is open while it runs",
+    "timeout": "shown by info; changed by set_timeout",
 }
 
 

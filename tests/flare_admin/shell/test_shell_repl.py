@@ -102,3 +102,31 @@ def test_the_toolbar_shows_the_server_and_what_runs(shell: Typed, session: Sessi
     shell.ctx.refresh_status()
     text = shell.repl.toolbar().value
     assert session.address in text and "connected" in text and "running jobs: 0" in text
+
+
+def test_a_server_restart_does_not_end_the_shell(provisioned, admin_kit, tmp_path):
+    """The toolbar says the connection was lost; the next command finds the server again."""
+    from flare_admin import new_secure_session
+    from flare_admin.shell.context import Connection
+    from flare_admin.shell.dispatch import ExitCode
+    from tests.server_harness import ServerThread
+
+    kit = Path(provisioned.kits["localhost"])
+    first = ServerThread(kit, tmp_path / "ws").start()
+    port = first.server.admin_port
+    session = new_secure_session("admin@org_a.com", admin_kit, server_address=first.admin_address)
+    with create_pipe_input() as pipe, create_app_session(input=pipe, output=DummyOutput()):
+        shell = Typed(session, pipe)
+        run = shell.repl.dispatcher.run_line
+        try:
+            assert run("list_clients") is ExitCode.OK
+            first.stop()
+            assert run("list_clients") is ExitCode.NO_CONNECTION
+            assert shell.ctx.connection is Connection.DISCONNECTED
+            assert "disconnected" in shell.repl.toolbar().value
+            assert "cannot reach the flare server" in shell.out.getvalue()
+            with ServerThread(kit, tmp_path / "ws", admin_port=port):
+                assert run("list_clients") is ExitCode.OK  # the next command reconnects
+                assert shell.ctx.connection is Connection.CONNECTED
+        finally:
+            session.close()
