@@ -158,6 +158,7 @@ CASES: dict[str, tuple[str, Check]] = {
     "whoami": ("whoami", _whoami),
     "info": ("info", lambda r, j: r["kit"] and r["timeout"] == 10.0),
     "lpwd": ("lpwd", lambda r, j: r["path"] == os.getcwd()),
+    "ping": ("ping", lambda r, j: r["seconds"] > 0),
     "set_timeout": ("set_timeout 30", lambda r, j: r["timeout"] == 30.0),
     "unset_timeout": ("unset_timeout", _message),
     "help": ("help", _help),
