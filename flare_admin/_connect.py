@@ -27,11 +27,12 @@ RECEIVE_WINDOW: list[tuple[str, object]] = [
     ("grpc.http2.bdp_probe", 0),
     ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
 ]
-#: An admin's channel retries a lost server every 0.25 s growing to 2 s at most (grpc's
+#: An admin's channel retries a lost server after 0.25 s, growing to 2 s at most (grpc's
 #: default grows to 120 s): after a server restart the next call (or ``ping``) finds it.
+#: Not ``min_reconnect_backoff_ms``: grpc also uses it as the connect timeout, and a TLS
+#: handshake over a slow link needs more than a quarter second.
 RECONNECT: list[tuple[str, object]] = [
     ("grpc.initial_reconnect_backoff_ms", 250),
-    ("grpc.min_reconnect_backoff_ms", 250),
     ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
