@@ -155,3 +155,15 @@ def test_a_status_history_reads_one_line_per_change():
     lines = [line.strip() for line in render(meta).splitlines()]
     assert any(line.endswith("SUBMITTED") and ":" in line for line in lines)
     assert any(line.endswith("DISPATCHED dispatched to site-1") for line in lines)
+
+
+def test_the_per_round_table_shows_every_metric_and_validation_of_each_site():
+    from flare_admin.shell.render import rounds_metrics_table
+
+    rows = [MetricRow("site-1", 1, "loss", 0.5), MetricRow("site-1", 1, "acc", 0.75)]
+    vals = [ValidationRow("site-1", 1, {"mse": 0.25})]
+    console = Console(file=io.StringIO(), width=80, color_system=None, theme=THEME)
+    console.print(rounds_metrics_table(rows, vals, "per-round metrics"))
+    out = console.file.getvalue()  # type: ignore[attr-defined]
+    assert "per-round metrics" in out
+    assert "acc=0.75  loss=0.5  val:mse=0.25" in out
