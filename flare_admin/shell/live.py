@@ -35,7 +35,7 @@ from flare_admin.results import (
 )
 from flare_admin.shell.render import duration_text, sparkline, status_text
 from flare_admin.shell.theme import THEME
-from flare_admin.shell.views import Done
+from flare_admin.shell.views import Done, last_per_round
 from flare_protocol import errors
 from flare_protocol.job_status import JobStatus
 
@@ -199,11 +199,7 @@ class JobProgress:
     def mean_per_round(self, key: str) -> list[float]:
         """Per round, the mean over sites of each site's last value of ``key`` (as the
         ``metrics`` table shows it)."""
-        last: dict[int, dict[str, float]] = {}
-        for row in self.metrics:
-            if row.key == key and row.round is not None:
-                last.setdefault(row.round, {})[row.site] = row.value
-        return [sum(v.values()) / len(v) for _, v in sorted(last.items())]
+        return [sum(v.values()) / len(v) for v in last_per_round(self.metrics, key).values()]
 
     # -- drawing ---------------------------------------------------------------------------
     def render(self) -> RenderableType:

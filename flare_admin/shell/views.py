@@ -10,14 +10,22 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from flare_admin.results import MetricRow, ValidationRow
 
-__all__ = ["Done", "MetricsView", "ParamsView", "SessionView", "ValidationsView", "jsonable"]
+__all__ = [
+    "Done",
+    "MetricsView",
+    "ParamsView",
+    "SessionView",
+    "ValidationsView",
+    "jsonable",
+    "last_per_round",
+]
 
 
 def jsonable(value: Any) -> Any:
@@ -81,11 +89,31 @@ class SessionView:
         return data
 
 
+def last_per_round(rows: Iterable[MetricRow], key: str) -> dict[int, dict[str, float]]:
+    """``{round: {site: last value of key}}``, rounds ascending (rows without a round
+    left out): what a site reported for a round, its last step's value."""
+    table: dict[int, dict[str, float]] = {}
+    for row in rows:
+        if row.key == key and row.round is not None:
+            table.setdefault(row.round, {})[row.site] = row.value
+    return {r: table[r] for r in sorted(table)}
+
+
 @dataclass(frozen=True)
-class MetricsView:
-    """A job's metrics: every row, and the key a plot should follow."""
+class _JobRows:
+    """A job's rows of one kind (metrics, validations, params), as the Session gave them."""
 
     job_id: str
+    rows: Sequence[Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
+
+
+@dataclass(frozen=True)
+class MetricsView(_JobRows):
+    """A job's metrics: every row, and the key a plot should follow."""
+
     rows: Sequence[MetricRow]
     key: str | None = None
     site: str | None = None
@@ -103,33 +131,16 @@ class MetricsView:
 
     def per_round(self, key: str) -> dict[int, dict[str, float]]:
         """``{round: {site: last value of key}}``, rounds ascending."""
-        table: dict[int, dict[str, float]] = {}
-        for row in self.rows:
-            if row.key == key and row.round is not None:
-                table.setdefault(row.round, {})[row.site] = row.value
-        return {r: table[r] for r in sorted(table)}
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
+        return last_per_round(self.rows, key)
 
 
 @dataclass(frozen=True)
-class ParamsView:
+class ParamsView(_JobRows):
     """A job's params, tags and texts (strings the sites recorded)."""
 
-    job_id: str
-    rows: Sequence[Any]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
-
 
 @dataclass(frozen=True)
-class ValidationsView:
+class ValidationsView(_JobRows):
     """A job's validation rows (each site's metrics of each round's global model)."""
 
-    job_id: str
     rows: Sequence[ValidationRow]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "rows": [r.to_dict() for r in self.rows]}
