@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -450,26 +450,25 @@ def _empty(message: str) -> Text:
     return Text(message, style="muted")
 
 
+_RENDERERS: tuple[tuple[type, Callable[[Any], RenderableType]], ...] = (
+    (Done, lambda done: Text(done.text, style="ok")),
+    (SessionView, session_view),
+    (MetricsView, metrics_view),
+    (ValidationsView, validations_table),
+    (ParamsView, params_table),
+    (SystemInfo, system_view),
+    (JobMeta, meta_table),
+    (JobRunSummary, summary_view),
+)
+
+
 def renderables(result: Any) -> list[RenderableType]:
     """What to print for a command's result (nothing for None)."""
     if result is None:
         return []
-    if isinstance(result, Done):
-        return [Text(result.text, style="ok")]
-    if isinstance(result, SessionView):
-        return [session_view(result)]
-    if isinstance(result, MetricsView):
-        return [metrics_view(result)]
-    if isinstance(result, ValidationsView):
-        return [validations_table(result)]
-    if isinstance(result, ParamsView):
-        return [params_table(result)]
-    if isinstance(result, SystemInfo):
-        return [system_view(result)]
-    if isinstance(result, JobMeta):
-        return [meta_table(result)]
-    if isinstance(result, JobRunSummary):
-        return [summary_view(result)]
+    for kind, render in _RENDERERS:
+        if isinstance(result, kind):
+            return [render(result)]
     if isinstance(result, str):
         return [text_block(result, bool(getattr(result, "truncated", False)))]
     if isinstance(result, list | tuple):
