@@ -183,6 +183,16 @@ def history_text(entries: Sequence[Any]) -> Text:
     return lines or Text("-")
 
 
+def peer_text(address: str) -> str:
+    """gRPC's peer string as a person writes it: ``ipv6:%5B::1%5D:5`` -> ``[::1]:5``."""
+    from urllib.parse import unquote
+
+    for scheme in ("ipv4:", "ipv6:"):
+        if address.startswith(scheme):
+            return unquote(address[len(scheme) :])
+    return address
+
+
 def sites_table(sites: Sequence[SiteInfo]) -> RenderableType:
     """Connected sites: name, org, address, connected since, last heartbeat, jobs."""
     if not sites:
@@ -194,7 +204,7 @@ def sites_table(sites: Sequence[SiteInfo]) -> RenderableType:
         table.add_row(
             Text(site.name, style="site"),
             Text(site.org),
-            Text(site.address),
+            Text(peer_text(site.address)),
             time_text(site.connected_since),
             time_text(site.last_connect_time),
             Text(", ".join(j[:SHORT_ID] for j in site.running_jobs) or "-"),

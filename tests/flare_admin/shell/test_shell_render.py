@@ -72,6 +72,7 @@ def test_sites_table():
     sites = [SiteInfo("site-1", "org_a", 0.0, 0.0, (JOB,), "ipv4:127.0.0.1:5000")]
     out = render(sites)
     assert "site-1" in out and "org_a" in out and "3f2c0a4e" in out
+    assert "127.0.0.1:5000" in out and "ipv4" not in out
 
 
 def test_metrics_show_a_round_by_site_table_and_a_sparkline_per_site():
@@ -167,3 +168,11 @@ def test_the_per_round_table_shows_every_metric_and_validation_of_each_site():
     out = console.file.getvalue()  # type: ignore[attr-defined]
     assert "per-round metrics" in out
     assert "acc=0.75  loss=0.5  val:mse=0.25" in out
+
+
+def test_peer_addresses_read_as_people_write_them():
+    from flare_admin.shell.render import peer_text
+
+    assert peer_text("ipv6:%5B::1%5D:55814") == "[::1]:55814"
+    assert peer_text("ipv4:127.0.0.1:5000") == "127.0.0.1:5000"
+    assert peer_text("unix:/tmp/x") == "unix:/tmp/x"
