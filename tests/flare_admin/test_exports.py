@@ -68,6 +68,7 @@ EXPECTED = {
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
@@ -121,7 +122,8 @@ def test_importing_flare_admin_leaves_heavy_machinery_unloaded():
     only when used."""
     script = (
         "import sys, flare_admin\n"
-        "heavy = ['flare_admin.aio', 'flare_admin._transfer', 'flare_admin._connect',\n"
+        "heavy = ['flare_admin.aio', 'flare_admin._upload', 'flare_admin._download',\n"
+        "         'flare_admin._connect', 'flare_protocol.transfer',\n"
         "         'zipfile', 'jsonschema', 'flare_protocol.job_format', 'cryptography.x509']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
