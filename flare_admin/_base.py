@@ -9,14 +9,16 @@ and :mod:`flare_admin._streams`.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
 import time
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import grpc
 
-from flare_admin import _ops
+from flare_admin import _ops, _streams
 from flare_admin._errors import map_rpc_error
 from flare_admin.results import SessionInfo
 from flare_protocol import errors
@@ -26,6 +28,7 @@ if TYPE_CHECKING:  # imported by the opening functions: `import flare_admin` sta
     from flare_admin._connect import Target
 
 logger = logging.getLogger("flare_admin")
+T = TypeVar("T")
 
 
 class SessionState(enum.Enum):
@@ -119,14 +122,27 @@ class SessionBase:
         if self._debug:
             logger.debug("%s took %.2f ms", action, (time.perf_counter() - start) * 1e3)
 
-    def _watch_error(
-        self, exc: grpc.RpcError, action: str, job_id: str, limit: float | None
-    ) -> errors.APIError | None:
-        """A failed watch's error; None when its own ``limit`` ran out (the caller says so
-        its way: a return code, a ``JobTimeout``)."""
-        if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-            return None
-        return self._map(exc, action, job_id)
+    def _watch_failed(self, exc: grpc.RpcError, watch: _streams.Watch, timed_out: T) -> T:
+        """What a failed watch ends with: ``timed_out`` when its own deadline ran out (a
+        return code, or an exception for the caller to raise); any other failure is
+        raised, mapped."""
+        if watch.limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            return timed_out
+        raise self._map(exc, watch.action, watch.job_id) from exc
+
+    @contextlib.contextmanager
+    def _receiving(self, call: Any, download: _streams.Download) -> Iterator[None]:
+        """Around a download's loop: after any failure nothing received is kept; a failed
+        call is mapped, anything else (Ctrl-C, a broken rule) cancels the call."""
+        try:
+            yield
+        except grpc.RpcError as exc:
+            download.sink.discard()
+            raise self._map(exc, download.action, download.job_id) from exc
+        except BaseException:
+            download.sink.discard()
+            call.cancel()
+            raise
 
     def _ping_limit(self, timeout: float | None) -> float:
         self._check_open()

@@ -27,6 +27,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -103,6 +104,50 @@ def model_target(
             raise InvalidArgumentError(f"destination {path} is a folder", path=str(path))
         return path
     return check_destination(destination, default_folder) / file_name
+
+
+class _PartFile:
+    """A temporary file beside where a download goes, written as the data arrives; a
+    failure to write it is a ``LocalIOError`` (``error``)."""
+
+    def __init__(
+        self, folder: Path, prefix: str, suffix: str, error: Callable[[OSError], LocalIOError]
+    ) -> None:
+        self._error = error
+        try:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+        except OSError as exc:
+            raise error(exc) from exc
+        self.path = Path(name)
+        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+
+    def write(self, data: bytes) -> None:
+        if self._fh is None:
+            raise InternalError("the download was already finished or discarded")
+        try:
+            self._fh.write(data)
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def close(self, *, fsync: bool = False) -> None:
+        """Flush what was written (``fsync``: to the disk) and close the file."""
+        fh, self._fh = self._fh, None
+        if fh is None:
+            raise InternalError("the download was already finished or discarded")
+        try:
+            with fh:
+                if fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def discard(self) -> None:
+        """Close and remove the file (after a failure, or once it was used); idempotent."""
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        self.path.unlink(missing_ok=True)
 
 
 class _Result:
@@ -231,14 +276,7 @@ class ZipFormat:
         self._result = result
         self._receiver = result.receiver(result.what, header)
         self.total = self._receiver.size
-        try:
-            fd, name = tempfile.mkstemp(
-                prefix=f".{result.job_id}.", suffix=".zip.part", dir=result.folder
-            )
-        except OSError as exc:
-            raise result.local_error(exc) from exc
-        self._part = Path(name)
-        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        self._part = _PartFile(result.folder, f".{result.job_id}.", ".zip.part", result.local_error)
 
     @property
     def received(self) -> int:
@@ -246,18 +284,13 @@ class ZipFormat:
 
     def feed(self, message: common_pb2.TransferChunk) -> None:
         data = self._receiver.feed(message)
-        if data and self._fh is not None:
-            try:
-                self._fh.write(data)
-            except OSError as exc:
-                raise self._result.local_error(exc) from exc
+        if data:
+            self._part.write(data)
 
     def finish(self) -> None:
         """Size and SHA-256 are right; every entry is checked, then extracted."""
         result = self._result
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self._part.close()
         self._receiver.finish()
 
         def refuse(message: str, _entry: str | None) -> InternalError:
@@ -265,7 +298,7 @@ class ZipFormat:
 
         limits = result.limits
         try:
-            with zipfile.ZipFile(self._part) as zf:
+            with zipfile.ZipFile(self._part.path) as zf:
                 entries = scan_entries(
                     zf,
                     max_entries=limits.max_entries,
@@ -285,10 +318,7 @@ class ZipFormat:
             raise result.local_error(exc, "extract") from exc
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._part.unlink(missing_ok=True)
+        self._part.discard()
         self._receiver.cancel()
 
 
@@ -397,14 +427,7 @@ class ModelDownload:
         self._receiver = ChunkReceiver(
             what, error=InternalError, max_bytes=max_bytes, remedy=_AGAIN
         )
-        try:
-            fd, name = tempfile.mkstemp(
-                prefix=f".{target.name}.", suffix=".part", dir=target.parent
-            )
-        except OSError as exc:
-            raise self._local_error(exc) from exc
-        self._part = Path(name)
-        self._fh: BinaryIO | None = os.fdopen(fd, "wb")
+        self._part = _PartFile(target.parent, f".{target.name}.", ".part", self._local_error)
 
     @property
     def received(self) -> int:
@@ -424,21 +447,12 @@ class ModelDownload:
             LocalIOError: the file cannot be written.
         """
         data = self._receiver.feed(message)
-        if not data:
-            return
-        if self._fh is None:
-            raise InternalError("the download was already finished or discarded")
-        try:
-            self._fh.write(data)
-        except OSError as exc:
-            raise self._local_error(exc) from exc
+        if data:
+            self._part.write(data)
 
     def discard(self) -> None:
         """Remove the partial file (after a failure)."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-        self._part.unlink(missing_ok=True)
+        self._part.discard()
 
     def finish(self) -> str:
         """Check what arrived and rename it into place; return the file's path.
@@ -448,19 +462,11 @@ class ModelDownload:
             LocalIOError: the file cannot be written.
         """
         try:
-            if self._fh is None:
-                raise InternalError("the download was already finished or discarded")
-            try:
-                self._fh.flush()
-                os.fsync(self._fh.fileno())
-                self._fh.close()
-                self._fh = None
-            except OSError as exc:
-                raise self._local_error(exc) from exc
+            self._part.close(fsync=True)
             self._receiver.finish()
             try:
-                os.chmod(self._part, 0o644)
-                os.replace(self._part, self.target)
+                os.chmod(self._part.path, 0o644)
+                os.replace(self._part.path, self.target)
             except OSError as exc:
                 raise self._local_error(exc) from exc
             return str(self.target)

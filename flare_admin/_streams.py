@@ -107,10 +107,12 @@ def model_what(job_id: str, round_number: int) -> str:
 
 @dataclass(frozen=True)
 class Watch:
-    """A checked ``monitor_job``: the job, its deadline (0: none) and the request."""
+    """A checked ``monitor_job`` or ``watch_job``: the job, the deadline (0 or None:
+    none) and the request."""
 
+    action: str
     job_id: str
-    limit: float
+    limit: float | None
     request: Any
 
 
@@ -119,7 +121,14 @@ def monitor(job_id: str, timeout: object, poll_interval: object) -> Watch:
     jid = _ops.job_id(job_id)
     limit = _ops.timeout_value(timeout)
     _ops.timeout_value(poll_interval, "poll_interval")
-    return Watch(jid, limit, admin_pb2.JobRequest(job_id=jid))
+    return Watch("monitor_job", jid, limit, admin_pb2.JobRequest(job_id=jid))
+
+
+def watch(job_id: str, timeout: object, metrics: object, validations: object) -> Watch:
+    """Check ``watch_job``'s arguments."""
+    jid = _ops.job_id(job_id)
+    limit = _ops.watch_timeout(timeout)
+    return Watch("watch_job", jid, limit, _ops.watch_request(jid, metrics, validations))
 
 
 class MonitorStep:

@@ -214,17 +214,10 @@ class AsyncSession(SessionBase):
         sink = download.sink
         call = getattr(self._stub, download.rpc)(download.request, metadata=download.metadata)
         report = _ops.Progress(progress)
-        try:
+        with self._receiving(call, download):
             async for message in areplies(call):
                 await asyncio.to_thread(sink.feed, message)
                 report(sink.received, sink.total)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, download.action, download.job_id) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
         return await asyncio.to_thread(sink.finish)
 
     # -- jobs -------------------------------------------------------------------------------
@@ -311,12 +304,7 @@ class AsyncSession(SessionBase):
         *,
         all: bool = False,
     ) -> list[JobSummary] | list[JobMeta]:
-        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``.
-
-        ``limit`` keeps the first N (the newest N with ``reverse``); ``all=True`` (NVIDIA
-        FLARE's older spelling of "no limit") lists every job and excludes ``limit``.
-        A running job's ``duration`` is the time it has run so far.
-        """
+        """Jobs ordered by submit time (see ``Session.list_jobs``)."""
         return await self._unary(
             _ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse, all=all)
         )
@@ -360,10 +348,7 @@ class AsyncSession(SessionBase):
                 if code is not None:
                     return code
         except grpc.RpcError as exc:
-            error = self._watch_error(exc, "monitor_job", watch.job_id, watch.limit)
-            if error is None:
-                return MonitorReturnCode.TIMEOUT
-            raise error from exc
+            return self._watch_failed(exc, watch, MonitorReturnCode.TIMEOUT)
         finally:
             call.cancel()
         raise _streams.stream_ended(self.address, watch.job_id)
@@ -389,29 +374,22 @@ class AsyncSession(SessionBase):
         The same events, end and errors as :meth:`flare_admin.Session.watch_job`.
         """
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.watch_timeout(timeout)
-        request = _ops.watch_request(jid, metrics, validations)
-        call = self._stub.WatchJobEvents(request, timeout=limit)
-        return AsyncJobWatch(self._job_events(call, jid, limit), call)
+        watch = _streams.watch(job_id, timeout, metrics, validations)
+        call = self._stub.WatchJobEvents(watch.request, timeout=watch.limit)
+        return AsyncJobWatch(self._job_events(call, watch), call)
 
-    async def _job_events(
-        self, call: Any, jid: str, limit: float | None
-    ) -> AsyncIterator[JobEvent]:
-        step = _ops.WatchStep(jid)
+    async def _job_events(self, call: Any, watch: _streams.Watch) -> AsyncIterator[JobEvent]:
+        step = _ops.WatchStep(watch.job_id)
         try:
             async for reply in areplies(call):
                 yield step.event(reply)
                 if step.finished:
                     return
         except grpc.RpcError as exc:
-            error = self._watch_error(exc, "watch_job", jid, limit)
-            if error is None:
-                raise step.timed_out(limit or 0.0) from None
-            raise error from exc
+            raise self._watch_failed(exc, watch, step.timed_out(watch.limit or 0.0)) from None
         finally:
             call.cancel()
-        raise _streams.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     async def download_job_result(
         self,
@@ -511,11 +489,7 @@ class AsyncSession(SessionBase):
         *,
         force: bool = False,
     ) -> SystemCommandResult:
-        """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``.
-
-        Stopping the server while jobs run raises ClientsStillRunning naming them;
-        ``force=True`` aborts them (``FINISHED:ABORTED``) and stops.
-        """
+        """Stop the server, sites or all (see ``Session.shutdown``)."""
         return await self._unary(
             _ops.system_command("shutdown", target_type, client_names, force=force)
         )
@@ -533,20 +507,11 @@ class AsyncSession(SessionBase):
         )
 
     async def shutdown_system(self, *, force: bool = False) -> SystemCommandResult:
-        """Stop every site and then the server.
-
-        Raises ClientsStillRunning while jobs run, naming them; ``force=True`` aborts
-        them (``FINISHED:ABORTED``) first.
-        """
+        """Stop every site and then the server (see ``Session.shutdown_system``)."""
         return await self._unary(_ops.system_command("shutdown_system", None, None, force=force))
 
     async def ping(self, timeout: float | None = None) -> float:
-        """Round trip to the server, reconnecting first if the connection was lost; the
-        seconds it took. Waits up to ``timeout`` (default: the session's) for the server.
-
-        Raises:
-            NoConnection: the server did not answer in time.
-        """
+        """Round trip to the server in seconds, reconnecting first (see ``Session.ping``)."""
         limit = self._ping_limit(timeout)
         start = time.perf_counter()
         try:

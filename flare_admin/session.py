@@ -181,17 +181,10 @@ class Session(SessionBase):
         sink = download.sink
         call = getattr(self._stub, download.rpc)(download.request, metadata=download.metadata)
         report = _ops.Progress(progress)
-        try:
+        with self._receiving(call, download):
             for message in replies(call):
                 sink.feed(message)  # checked, then written as it arrives (_download)
                 report(sink.received, sink.total)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, download.action, download.job_id) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
         return sink.finish()
 
     # -- jobs -------------------------------------------------------------------------------
@@ -332,10 +325,7 @@ class Session(SessionBase):
                 if code is not None:
                     return code
         except grpc.RpcError as exc:
-            error = self._watch_error(exc, "monitor_job", watch.job_id, watch.limit)
-            if error is None:
-                return MonitorReturnCode.TIMEOUT
-            raise error from exc
+            return self._watch_failed(exc, watch, MonitorReturnCode.TIMEOUT)
         finally:
             call.cancel()
         raise _streams.stream_ended(self.address, watch.job_id)
@@ -377,27 +367,22 @@ class Session(SessionBase):
             NoConnection: the server ended the stream early (e.g. it is stopping).
         """
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.watch_timeout(timeout)
-        request = _ops.watch_request(jid, metrics, validations)
-        call = self._stub.WatchJobEvents(request, timeout=limit)
-        return JobWatch(self._job_events(call, jid, limit), call)
+        watch = _streams.watch(job_id, timeout, metrics, validations)
+        call = self._stub.WatchJobEvents(watch.request, timeout=watch.limit)
+        return JobWatch(self._job_events(call, watch), call)
 
-    def _job_events(self, call: Any, jid: str, limit: float | None) -> Iterator[JobEvent]:
-        step = _ops.WatchStep(jid)
+    def _job_events(self, call: Any, watch: _streams.Watch) -> Iterator[JobEvent]:
+        step = _ops.WatchStep(watch.job_id)
         try:
             for reply in replies(call):
                 yield step.event(reply)
                 if step.finished:
                     return
         except grpc.RpcError as exc:
-            error = self._watch_error(exc, "watch_job", jid, limit)
-            if error is None:
-                raise step.timed_out(limit or 0.0) from None
-            raise error from exc
+            raise self._watch_failed(exc, watch, step.timed_out(watch.limit or 0.0)) from None
         finally:
             call.cancel()
-        raise _streams.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     def download_job_result(
         self,

@@ -235,10 +235,11 @@ class BlobRegistry:
         receiver.on_header(header)
         started = time.perf_counter()
         blob_id = secrets.token_hex(16)
-        sink = self._memory_sink(kind, header.size)
+        sink: _MemorySink | _FileSink | None = self._memory_sink(kind, header.size)
         if sink is None:
-            sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
-            await asyncio.to_thread(sink.open)
+            file_sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
+            await asyncio.to_thread(file_sink.open)
+            sink = file_sink
         try:
             async for message in chunks:
                 data = receiver.feed(message)
