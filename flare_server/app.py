@@ -28,6 +28,7 @@ import grpc
 from cryptography import x509
 
 from flare_protocol import errors
+from flare_protocol._direct_io import replace_file
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
 from flare_protocol.identity import ParticipantType, identity_from_certificate
@@ -51,6 +52,7 @@ from flare_server.uploads import receive_job
 from flare_server.wrong_endpoint import ADMIN_SERVICE, SITE_SERVICE, WrongEndpoint
 
 log = logging.getLogger("flare_server")
+
 
 def check_server_kit(kit: Kit) -> x509.Certificate:
     """Refuse a server kit that is tampered, has a loose key or a wrong certificate.
@@ -301,13 +303,7 @@ class Server:
             "pid": os.getpid(),
             "workspace": str(self.workspace),
         }
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_file(Path(path), json.dumps(data).encode(), mode=0o644)
 
     # -- revocation --------------------------------------------------------------------
     def revoke(self, serials: Iterable[int]) -> int:
