@@ -17,6 +17,7 @@ from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InternalError, InvalidArgumentError
 from flare_protocol.result_format import FILES_CONTENT_TYPE, PARTIAL
+from tests.flare_admin.conftest import drain
 
 JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
 
@@ -55,16 +56,9 @@ def receive(
     sha: str | None = None,
     limits: ExtractLimits | None = None,
 ) -> str:
-    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
     size = len(data) if size is None else size
     sha = hashlib.sha256(data).hexdigest() if sha is None else sha
-    try:
-        for message in zip_stream(data, size, sha):
-            sink.feed(message)
-    except BaseException:
-        sink.discard()
-        raise
-    return sink.finish()
+    return receive_files(folder, zip_stream(data, size, sha), limits)
 
 
 def test_a_result_is_extracted_into_its_job_folder(tmp_path):
@@ -173,14 +167,7 @@ def files_stream(files: dict[str, bytes], *, count: int | None = None, total: in
 
 
 def receive_files(folder: Path, messages, limits: ExtractLimits | None = None) -> str:
-    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
-    try:
-        for msg in messages:
-            sink.feed(msg)
-    except BaseException:
-        sink.discard()
-        raise
-    return sink.finish()
+    return drain(ResultDownload(folder, JOB, limits or ExtractLimits()), messages)
 
 
 def test_a_files_stream_is_written_file_by_file_into_the_job_folder(tmp_path):

@@ -30,6 +30,7 @@ from flare_admin import (
 from flare_admin._download import ModelDownload, model_target
 from flare_protocol._generated import common_pb2
 from flare_protocol.errors import InternalError
+from tests.flare_admin.conftest import drain
 
 JOB = str(uuid.uuid4())
 
@@ -208,14 +209,7 @@ def model_stream(data: bytes, size: int, sha: str) -> list[common_pb2.TransferCh
 
 
 def download_model_file(target: Path, messages: list[common_pb2.TransferChunk]) -> str:
-    sink = ModelDownload(target, "the model")
-    try:
-        for message in messages:
-            sink.feed(message)
-    except BaseException:
-        sink.discard()
-        raise
-    return sink.finish()
+    return drain(ModelDownload(target, "the model"), messages)
 
 
 def test_a_model_download_is_whole_or_absent(tmp_path: Path):
