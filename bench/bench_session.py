@@ -109,16 +109,16 @@ def child(mode: str, kit: str, address: str, arg: str) -> dict[str, Any]:
             "rss_mb": _peak_rss_mb(),
         }
     if mode == "download":
-        from flare_admin import _transfer
+        from flare_admin import _download
 
         phases: dict[str, float] = {}
-        finish = _transfer.ResultDownload.finish
+        finish = _download.ResultDownload.finish
 
         def timed_finish(self: Any) -> str:  # split receiving (and writing) from finishing
             phases["received"], phases["rss_received"] = time.perf_counter(), _peak_rss_mb()
             return finish(self)
 
-        _transfer.ResultDownload.finish = timed_finish  # type: ignore[method-assign]
+        _download.ResultDownload.finish = timed_finish  # type: ignore[method-assign]
         dest = tempfile.mkdtemp(prefix="dl-", dir=Path(kit).parent)
         t0, cpu0 = time.perf_counter(), time.process_time()
         path = session.download_job_result(arg, destination=dest)

@@ -18,7 +18,8 @@ Exception tree (one root, :class:`FlareError`; see :mod:`flare_protocol.errors`)
         ├── InvalidArgumentError (InvalidJobDefinition, InvalidTarget)
         ├── JobNotFound, JobNotRunning, JobNotDone, JobTimeout
         ├── NoClientsAvailable, ClientsStillRunning
-        └── NoReply, InternalError
+        ├── NoReply, InternalError
+        └── LocalIOError (a local file could not be read or written; also an OSError)
 
 Importing this package is kept cheap (a command-line tool starts with it): the asyncio
 Session is loaded on first use (``from flare_admin import AsyncSession`` works as
@@ -83,6 +84,7 @@ from flare_protocol.errors import (
     KitError,
     KitIncomplete,
     KitTampered,
+    LocalIOError,
     NoClientsAvailable,
     NoConnection,
     NoReply,
@@ -175,6 +177,7 @@ __all__ = [
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",

@@ -6,13 +6,15 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from flare_admin._ops import timeout_value
+from flare_admin._errors import map_rpc_error
+from flare_admin._ops import hello, timeout_value
 from flare_admin.results import SessionInfo
 from flare_protocol import _malloc, credentials
-from flare_protocol.errors import AuthenticationError, InvalidArgumentError, KitError
+from flare_protocol.errors import APIError, AuthenticationError, InvalidArgumentError, KitError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
 from flare_protocol.preflight import check_kit
@@ -106,6 +108,24 @@ def confirm_identity(target: Target, info: SessionInfo) -> None:
             username=target.username,
             server_name=info.name,
         )
+
+
+def opened(target: Target, reply: Any) -> SessionInfo:
+    """Who the server says we are, from the first call's (``Hello``) reply.
+
+    Raises:
+        AuthenticationError: the server sees someone else.
+    """
+    info = hello().parse(reply)
+    confirm_identity(target, info)
+    return info
+
+
+def open_failed(target: Target, exc: grpc.RpcError, debug: bool) -> APIError:
+    """The error of a failed first call (``debug``: logged with gRPC's own words)."""
+    if debug:
+        log_open_failure(target, exc)
+    return map_rpc_error(exc, address=target.address, action="open session", opening=True)
 
 
 def log_open_failure(target: Target, exc: grpc.RpcError) -> None:

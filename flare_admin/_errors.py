@@ -14,7 +14,7 @@ import re
 import grpc
 
 from flare_protocol import errors
-from flare_protocol.wire_errors import decode_detail
+from flare_protocol.wire_errors import decode_detail, wire_attributes
 
 #: The exception raised for a status code when the server sent no ErrorDetail.
 STATUS_FALLBACK: dict[grpc.StatusCode, type[errors.APIError]] = {
@@ -98,11 +98,12 @@ def map_rpc_error(
         cls = errors.WIRE_ERRORS.get(detail.type)
         if cls is not None:
             attrs = dict(extra)
-            attrs.update(
-                (k, v)
+            sent = {
+                k: v
                 for k, v in detail.details.items()
                 if _SAFE_ATTR.match(k) and k not in _RESERVED
-            )
+            }
+            attrs.update(wire_attributes(cls, sent))
             return cls(detail.message or text, **attrs)
 
     if code is grpc.StatusCode.UNAVAILABLE or (

@@ -15,7 +15,7 @@ import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 
@@ -57,10 +57,14 @@ from flare_protocol.job_status import JobStatus, is_job_id, is_job_id_prefix
 _SITE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,63}$")
 _EMPTY = common_pb2.Empty()
 
+T = TypeVar("T")
+R = TypeVar("R")
+
 
 @dataclass(frozen=True)
-class Unary:
-    """A unary call: the stub method's name, its request and how to read its reply.
+class Unary(Generic[T]):
+    """A unary call: the stub method's name, its request and how to read its reply (a
+    ``T``: each Session method is checked against the type it declares).
 
     ``split``/``merge`` (optional): when the reply would exceed the 4 MiB message cap, the
     transport runs the smaller operations ``split()`` returns and ``merge``s their results.
@@ -68,11 +72,18 @@ class Unary:
 
     rpc: str
     request: Any
-    parse: Callable[[Any], Any]
+    parse: Callable[[Any], T]
     action: str
     job_id: str | None = None
-    split: Callable[[], list[Unary]] | None = None
-    merge: Callable[[list[Any]], Any] | None = None
+    split: Callable[[], list[Unary[T]]] | None = None
+    merge: Callable[[list[T]], T] | None = None
+
+    def parts(self, exc: Any) -> list[Unary[T]] | None:
+        """The smaller calls to make instead, when ``exc`` says the reply was too big for
+        one message and this call can be split (None: it cannot)."""
+        if self.split is None or self.merge is None or not reply_too_large(exc):
+            return None
+        return self.split() or None
 
 
 class ReplyTooLarge(Exception):
@@ -305,11 +316,11 @@ def ping_failed(exc: Any, address: str, seconds: float) -> NoConnection | None:
     return None
 
 
-def hello() -> Unary:
+def hello() -> Unary[SessionInfo]:
     return Unary("Hello", _EMPTY, _hello, "open session")
 
 
-def get_system_info() -> Unary:
+def get_system_info() -> Unary[SystemInfo]:
     return Unary("GetSystemInfo", _EMPTY, _system_info, "get_system_info")
 
 
@@ -321,7 +332,7 @@ def list_jobs(
     reverse: bool = False,
     *,
     all: bool = False,
-) -> Unary:
+) -> Unary[list[Any]]:
     # ``all``: NVIDIA FLARE's FLARE API once had it ("every job, not the first few"); it
     # was dropped there for limit=None, and its migration guide still shows it. Accepted.
     if not isinstance(all, bool):
@@ -353,7 +364,7 @@ def list_jobs(
 _HEX = "0123456789abcdef"
 
 
-def _list_op(request: Any) -> Unary:
+def _list_op(request: Any) -> Unary[list[Any]]:
     """ListJobs, splittable by id prefix: a list too big for one reply (tens of thousands
     of jobs, or thousands of detailed metas) is fetched in up to 16 parts per level."""
 
@@ -384,7 +395,7 @@ def _list_op(request: Any) -> Unary:
     )
 
 
-def get_job_meta(jid: str) -> Unary:
+def get_job_meta(jid: str) -> Unary[JobMeta]:
     jid = job_id(jid)
     return Unary("GetJobMeta", admin_pb2.JobRequest(job_id=jid), parse_meta, "get_job_meta", jid)
 
@@ -412,24 +423,24 @@ def model_source_ready(meta: JobMeta) -> None:
         )
 
 
-def clone_job(jid: str, initial_model: str | None = None) -> Unary:
+def clone_job(jid: str, initial_model: str | None = None) -> Unary[str]:
     jid = job_id(jid)
     source = initial_model_job_id(initial_model)
     request = admin_pb2.CloneJobRequest(job_id=jid, initial_model_job_id=source or "")
     return Unary("CloneJob", request, _job_id_of, "clone_job", jid)
 
 
-def abort_job(jid: str) -> Unary:
+def abort_job(jid: str) -> Unary[None]:
     jid = job_id(jid)
     return Unary("AbortJob", admin_pb2.JobRequest(job_id=jid), _none, "abort_job", jid)
 
 
-def delete_job(jid: str) -> Unary:
+def delete_job(jid: str) -> Unary[None]:
     jid = job_id(jid)
     return Unary("DeleteJob", admin_pb2.JobRequest(job_id=jid), _none, "delete_job", jid)
 
 
-def get_connected_client_list() -> Unary:
+def get_connected_client_list() -> Unary[list[SiteInfo]]:
     def parse(reply: Any) -> list[SiteInfo]:
         return [_site(s) for s in reply.sites]
 
@@ -439,9 +450,9 @@ def get_connected_client_list() -> Unary:
 def command(
     name: str,
     args: Mapping[str, Any],
-    parse: Callable[[Any], Any] = _command_result,
+    parse: Callable[[Any], T],
     job: str | None = None,
-) -> Unary:
+) -> Unary[T]:
     """A named server command (``Command`` RPC); ``None`` arguments are left out."""
     payload = {k: v for k, v in args.items() if v is not None}
     request = admin_pb2.CommandRequest(command=name, args_json=json.dumps(payload))
@@ -485,7 +496,7 @@ def _options(
     return out
 
 
-def get_job_logs(jid: str, target: str = "server") -> Unary:
+def get_job_logs(jid: str, target: str = "server") -> Unary[FileText]:
     """The lines of ``target``'s log that mention the job (numbered, as ``grep -n``); the
     right to download the job is enough (no shell commands)."""
     jid = job_id(jid)
@@ -501,7 +512,7 @@ def _sites_result(reply: Any) -> list[ClientJobStatus]:
     return [ClientJobStatus.from_dict(s) for s in sites if isinstance(s, Mapping)]
 
 
-def _object(make: Callable[[Mapping[str, Any]], Any], what: str) -> Callable[[Any], Any]:
+def _object(make: Callable[[Mapping[str, Any]], R], what: str) -> Callable[[Any], R]:
     """A parse for a command whose result is one JSON object, read by ``make``."""
 
     def parse(reply: Any) -> Any:
@@ -513,7 +524,9 @@ def _object(make: Callable[[Mapping[str, Any]], Any], what: str) -> Callable[[An
     return parse
 
 
-def get_client_job_status(client_names: Iterable[str] | None = None) -> Unary:
+def get_client_job_status(
+    client_names: Iterable[str] | None = None,
+) -> Unary[list[ClientJobStatus]]:
     targets = _names(client_names, "client name")
     return command("get_client_job_status", {"targets": targets}, _sites_result)
 
@@ -523,8 +536,8 @@ def _job_command(
     jid: str,
     target_type: str,
     targets: Iterable[str] | None,
-    parse: Callable[[Any], Any],
-) -> Unary:
+    parse: Callable[[Any], T],
+) -> Unary[T]:
     jid = job_id(jid)
     args = {
         "job_id": jid,
@@ -534,17 +547,23 @@ def _job_command(
     return command(name, args, parse, jid)
 
 
-def show_stats(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
+def show_stats(
+    jid: str, target_type: str, targets: Iterable[str] | None = None
+) -> Unary[TargetStats]:
     parse = _object(TargetStats.from_dict, "statistics")
     return _job_command("show_stats", jid, target_type, targets, parse)
 
 
-def show_errors(jid: str, target_type: str, targets: Iterable[str] | None = None) -> Unary:
+def show_errors(
+    jid: str, target_type: str, targets: Iterable[str] | None = None
+) -> Unary[TargetErrors]:
     parse = _object(TargetErrors.from_dict, "an error report")
     return _job_command("show_errors", jid, target_type, targets, parse)
 
 
-def reset_errors(jid: str, target_type: str = "all", targets: Iterable[str] | None = None) -> Unary:
+def reset_errors(
+    jid: str, target_type: str = "all", targets: Iterable[str] | None = None
+) -> Unary[None]:
     return _job_command("reset_errors", jid, target_type, targets, _none)
 
 
@@ -555,26 +574,30 @@ def _file_arg(value: object, what: str) -> str:
     return text
 
 
-def ls_target(target: str, options: str | None = None, path: str | None = None) -> Unary:
+def ls_target(
+    target: str, options: str | None = None, path: str | None = None
+) -> Unary[DirListing]:
     args = {"target": _target(target), "path": _opt_str(path, "path") or "."}
     args.update(_options(options, {"-l": "long", "-a": "all"}))
     return command("ls", args, _listing(target, args["path"]))
 
 
-def cat_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
+def cat_target(target: str, options: str | None = None, file: str | None = None) -> Unary[FileText]:
     args = {"target": _target(target), "path": _file_arg(file, "file"), **_options(options, {})}
     return command("cat", args, _file_text(target, args["path"]))
 
 
 def head_target(
     target: str, options: str | None = None, file: str | None = None, *, name: str = "head"
-) -> Unary:
+) -> Unary[FileText]:
     args = {"target": _target(target), "path": _file_arg(file, "file")}
     args.update(_options(options, {}, numeric="lines"))
     return command(name, args, _file_text(target, args["path"]))
 
 
-def tail_target(target: str, options: str | None = None, file: str | None = None) -> Unary:
+def tail_target(
+    target: str, options: str | None = None, file: str | None = None
+) -> Unary[FileText]:
     return head_target(target, options, file, name="tail")
 
 
@@ -582,17 +605,17 @@ def log_file(target: str) -> str:
     return LOG_FILES.get(_target(target), SITE_LOG_FILE)
 
 
-def head_target_log(target: str, options: str | None = None) -> Unary:
+def head_target_log(target: str, options: str | None = None) -> Unary[FileText]:
     return head_target(target, options, log_file(target))
 
 
-def tail_target_log(target: str, options: str | None = None) -> Unary:
+def tail_target_log(target: str, options: str | None = None) -> Unary[FileText]:
     return tail_target(target, options, log_file(target))
 
 
 def grep_target(
     target: str, options: str | None = None, pattern: str | None = None, file: str | None = None
-) -> Unary:
+) -> Unary[FileText]:
     if not isinstance(pattern, str) or not pattern:
         raise InvalidArgumentError(f"pattern must be a non-empty string, got {pattern!r}")
     args = {"target": _target(target), "path": _file_arg(file, "file"), "pattern": pattern}
@@ -601,7 +624,7 @@ def grep_target(
     return command("grep", args, _file_text(target, args["path"]))
 
 
-def get_working_directory(target: str) -> Unary:
+def get_working_directory(target: str) -> Unary[FileText]:
     return command("pwd", {"target": _target(target)}, _file_text(target, ""))
 
 
@@ -611,7 +634,7 @@ def system_command(
     client_names: Iterable[str] | None,
     *,
     force: bool = False,
-) -> Unary:
+) -> Unary[SystemCommandResult]:
     """shutdown, restart, shutdown_system; ``force`` aborts the running jobs first."""
     if not isinstance(force, bool):
         raise InvalidArgumentError(f"force must be True or False, got {force!r}")
@@ -630,15 +653,35 @@ PAGE_ROWS = 10_000
 
 
 @dataclass(frozen=True)
-class Page:
+class Page(Generic[R]):
     """One reply of a paged command: rows, and where the next page starts (None: done)."""
 
-    rows: list[Any]
+    rows: list[R]
     next_offset: int | None
 
 
-def _page_of(make: Callable[[Mapping[str, Any]], Any]) -> Callable[[Any], Page]:
-    def parse(reply: Any) -> Page:
+class Pages(Generic[R]):
+    """Every row of a paged command from ``start``: the transport makes the call
+    :meth:`next` gives until it gives None, passing each reply to :meth:`add`."""
+
+    def __init__(self, make: Callable[[int], Unary[Page[R]]], start: int) -> None:
+        self._make = make
+        self._offset: int | None = start
+        self.rows: list[R] = []
+
+    def next(self) -> Unary[Page[R]] | None:
+        return None if self._offset is None else self._make(self._offset)
+
+    def add(self, page: Page[R]) -> None:
+        self.rows.extend(page.rows)
+        nxt = page.next_offset
+        self._offset = (
+            nxt if nxt is not None and self._offset is not None and nxt > self._offset else None
+        )
+
+
+def _page_of(make: Callable[[Mapping[str, Any]], R]) -> Callable[[Any], Page[R]]:
+    def parse(reply: Any) -> Page[R]:
         result = _command_result(reply)
         if not isinstance(result, Mapping) or not isinstance(result.get("rows"), list):
             raise InternalError("the server sent a page without a 'rows' list")
@@ -668,7 +711,7 @@ def row_offset(value: object) -> int:
 
 def job_metrics(
     jid: str, site: str | None = None, key: str | None = None, offset: int = 0
-) -> Unary:
+) -> Unary[Page[MetricRow]]:
     """One page of a job's metrics log, optionally only one site's or one key's rows."""
     jid = job_id(jid)
     args = {
@@ -681,14 +724,30 @@ def job_metrics(
     return command("job_metrics", args, _page_of(MetricRow.from_dict), jid)
 
 
-def job_validations(jid: str, site: str | None = None, offset: int = 0) -> Unary:
+def job_validations(
+    jid: str, site: str | None = None, offset: int = 0
+) -> Unary[Page[ValidationRow]]:
     """One page of a job's validation results."""
     jid = job_id(jid)
     args = {"job_id": jid, "site": _site_name(site), "offset": offset, "limit": PAGE_ROWS}
     return command("job_validations", args, _page_of(ValidationRow.from_dict), jid)
 
 
-def job_summary(jid: str) -> Unary:
+def metric_pages(jid: str, site: str | None, key: str | None, start: object) -> Pages[MetricRow]:
+    """Every page of ``get_job_metrics`` (arguments checked before any call)."""
+    first = row_offset(start)
+    job_metrics(jid, site, key)
+    return Pages(lambda offset: job_metrics(jid, site, key, offset), first)
+
+
+def validation_pages(jid: str, site: str | None, start: object) -> Pages[ValidationRow]:
+    """Every page of ``get_validations`` (arguments checked before any call)."""
+    first = row_offset(start)
+    job_validations(jid, site)
+    return Pages(lambda offset: job_validations(jid, site, offset), first)
+
+
+def job_summary(jid: str) -> Unary[JobRunSummary]:
     """The server's summary of a job's run (``summary.json``: workflow, rounds, participants)."""
     jid = job_id(jid)
     parse = _object(JobRunSummary.from_dict, "a job summary")

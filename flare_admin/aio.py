@@ -13,17 +13,18 @@ import inspect
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import grpc.aio
 
-from flare_admin import _ops
-from flare_admin._connect import Target, confirm_identity, log_open_failure, logger, prepare
-from flare_admin._errors import map_rpc_error
+from flare_admin import _ops, _streams
+from flare_admin._base import SessionBase, SessionState
+from flare_admin._connect import open_failed, opened, prepare
 from flare_admin._job_objects import ExportableJob, exported
+from flare_admin._streams import MonitorCallback
 from flare_admin.results import (
     ClientJobStatus,
     DirListing,
@@ -34,7 +35,6 @@ from flare_admin.results import (
     JobSummary,
     MetricRow,
     MonitorReturnCode,
-    SessionInfo,
     SiteInfo,
     SystemCommandResult,
     SystemInfo,
@@ -42,24 +42,16 @@ from flare_admin.results import (
     TargetStats,
     ValidationRow,
 )
-from flare_admin.session import (
-    MonitorCallback,
-    MonitorStep,
-    SessionState,
-    model_request,
-    model_what,
-    not_a_header,
-    submit_header,
-)
-from flare_protocol import errors
-from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+from flare_protocol._generated import admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:  # the transfer machinery is imported by the methods that move files
-    from flare_admin._transfer import JobUpload, ProgressCallback
+    from flare_admin._upload import JobUpload, ProgressCallback
     from flare_admin.tracking import ParamRow
 
 __all__ = ["AsyncJobWatch", "AsyncSession", "new_secure_async_session"]
 
+T = TypeVar("T")
+R = TypeVar("R")
 _END = object()
 
 
@@ -145,37 +137,14 @@ class AsyncJobWatch(AsyncIterator[JobEvent]):
         await self.aclose()
 
 
-class _AsyncMonitorStep(MonitorStep):
-    async def decide_async(
-        self, session: Any, job_id: str, meta: JobMeta
-    ) -> MonitorReturnCode | None:
-        self.last = meta
-        if self.cb is not None:
-            keep = self.cb(session, job_id, meta, *self.args, **self.kwargs)
-            if inspect.isawaitable(keep):
-                keep = await keep
-            if not keep:
-                return MonitorReturnCode.ENDED_BY_CB
-        if meta.finished:
-            return MonitorReturnCode.JOB_FINISHED
-        return None
-
-
-class AsyncSession:
+class AsyncSession(SessionBase):
     """An open asyncio admin session; create it with ``await AsyncSession.open(...)``.
 
     ``async with await AsyncSession.open(...) as s:`` closes it on exit; after
     :meth:`close` every method raises :class:`SessionClosed`.
     """
 
-    def __init__(self, target: Target, channel: grpc.aio.Channel, info: SessionInfo, debug: bool):
-        self._target = target
-        self._channel = channel
-        self._stub = admin_pb2_grpc.AdminStub(channel)
-        self._info = info
-        self._debug = debug
-        self._timeout = target.timeout
-        self._state = SessionState.OPEN
+    _open_again = "AsyncSession.open()"
 
     @classmethod
     async def open(
@@ -190,47 +159,18 @@ class AsyncSession:
         """Check the kit, connect and return an open session (see ``new_secure_session``)."""
         target = prepare(username, startup_kit_location, timeout, server_address, debug)
         channel = grpc.aio.secure_channel(target.address, target.credentials, target.options)
-        op = _ops.hello()
         try:
-            reply = await admin_pb2_grpc.AdminStub(channel).Hello(
-                op.request, timeout=target.timeout
-            )
-            info = op.parse(reply)
-            confirm_identity(target, info)
+            hello = admin_pb2_grpc.AdminStub(channel).Hello
+            info = opened(target, await hello(_ops.hello().request, timeout=target.timeout))
         except grpc.RpcError as exc:
             await channel.close()
-            if debug:
-                log_open_failure(target, exc)
-            raise map_rpc_error(
-                exc, address=target.address, action=op.action, opening=True
-            ) from exc
+            raise open_failed(target, exc, debug) from exc
         except BaseException:
             await channel.close()
             raise
         return cls(target, channel, info, debug)
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def state(self) -> SessionState:
-        return self._state
-
-    @property
-    def info(self) -> SessionInfo:
-        return self._info
-
-    @property
-    def timeout(self) -> float:
-        """Seconds each call may take now (``set_timeout`` changes it)."""
-        return self._timeout
-
-    @property
-    def address(self) -> str:
-        return self._target.address
-
-    @property
-    def startup_kit_location(self) -> str:
-        return str(self._target.kit.root)
 
     async def close(self) -> None:
         """Close the session and its connection (idempotent)."""
@@ -246,40 +186,39 @@ class AsyncSession:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def __repr__(self) -> str:
-        return (
-            f"<AsyncSession {self._target.username} @ {self._target.address} {self._state.value}>"
-        )
+    # -- the transport -----------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._state is SessionState.CLOSED:
-            raise errors.SessionClosed(
-                f"this session of {self._target.username} was closed; open a new one with "
-                "AsyncSession.open()"
-            )
-
-    def _map(
-        self, exc: grpc.RpcError, action: str, job_id: str | None = None, **kw: Any
-    ) -> Exception:
-        if self._state is SessionState.CLOSED:
-            return errors.SessionClosed(f"{action}: the session was closed during the call")
-        return map_rpc_error(exc, address=self._target.address, action=action, job_id=job_id, **kw)
-
-    async def _unary(self, op: _ops.Unary) -> Any:
+    async def _unary(self, op: _ops.Unary[T]) -> T:
         self._check_open()
         start = time.perf_counter()
         try:
             reply = await getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            if op.split is not None and op.merge is not None and _ops.reply_too_large(exc):
-                parts = op.split()
-                if parts:
-                    return op.merge([await self._unary(part) for part in parts])
+            parts = op.parts(exc)
+            if parts is not None and op.merge is not None:
+                return op.merge([await self._unary(part) for part in parts])
             raise self._map(exc, op.action, op.job_id) from exc
         finally:
-            if self._debug:
-                logger.debug("%s took %.2f ms", op.action, (time.perf_counter() - start) * 1e3)
+            self._took(op.action, start)
         return op.parse(reply)
+
+    async def _collect(self, pages: _ops.Pages[R]) -> list[R]:
+        while (op := pages.next()) is not None:
+            pages.add(await self._unary(op))
+        return pages.rows
+
+    async def _download(
+        self, download: _streams.Download, progress: ProgressCallback | None
+    ) -> str:
+        """Each message is checked and written in a worker thread: the loop stays free."""
+        sink = download.sink
+        call = getattr(self._stub, download.rpc)(download.request, metadata=download.metadata)
+        report = _ops.Progress(progress)
+        with self._receiving(call, download):
+            async for message in areplies(call):
+                await asyncio.to_thread(sink.feed, message)
+                report(sink.received, sink.total)
+        return await asyncio.to_thread(sink.finish)
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -295,16 +234,13 @@ class AsyncSession:
 
         ``progress`` is called from a worker thread.
         """
-        from flare_admin._transfer import JobUpload
-
         self._check_open()
         if isinstance(job_definition_path, ExportableJob):
             with exported(job_definition_path) as folder:
                 return await self.submit_job(
                     folder, progress=progress, initial_model_job_id=initial_model_job_id
                 )
-        source = _ops.initial_model_job_id(initial_model_job_id)
-        upload = JobUpload.from_path(job_definition_path)
+        upload, source = _streams.job_upload(job_definition_path, initial_model_job_id)
         if source is not None:
             _ops.model_source_ready(await self.get_job_meta(source))
         for _ in range(_WRITE_RACE_ATTEMPTS - 1):
@@ -322,18 +258,17 @@ class AsyncSession:
     ) -> str:
         failure: list[BaseException] = []
         holder: list[Any] = []
-        chunks = upload.chunks(progress)
+        messages = upload.messages(progress, source)
 
         async def requests() -> AsyncIterator[common_pb2.TransferChunk]:
-            yield submit_header(upload, source)
             try:
                 while True:
-                    chunk = await asyncio.to_thread(next, chunks, _END)
-                    if chunk is _END or holder[0].done():
+                    message = await asyncio.to_thread(next, messages, _END)
+                    if message is _END or holder[0].done():
                         # done: refused (e.g. at the header) while this chunk was read; a
                         # write now would make grpc.aio report INTERNAL, not the refusal
                         return
-                    yield common_pb2.TransferChunk(data=chunk)  # type: ignore[arg-type]
+                    yield message  # type: ignore[misc]
             except GeneratorExit:  # the call ended first (e.g. refused at the header)
                 raise
             except BaseException as exc:  # cancel: a truncated upload must never commit
@@ -369,12 +304,7 @@ class AsyncSession:
         *,
         all: bool = False,
     ) -> list[JobSummary] | list[JobMeta]:
-        """Jobs ordered by submit time: summary rows, or full metas when ``detailed``.
-
-        ``limit`` keeps the first N (the newest N with ``reverse``); ``all=True`` (NVIDIA
-        FLARE's older spelling of "no limit") lists every job and excludes ``limit``.
-        A running job's ``duration`` is the time it has run so far.
-        """
+        """Jobs ordered by submit time (see ``Session.list_jobs``)."""
         return await self._unary(
             _ops.list_jobs(detailed, limit, id_prefix, name_prefix, reverse, all=all)
         )
@@ -406,43 +336,30 @@ class AsyncSession:
     ) -> MonitorReturnCode:
         """Follow a job's pushed changes; ``cb`` may be a function or a coroutine function."""
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.timeout_value(timeout)
-        _ops.timeout_value(poll_interval, "poll_interval")
-        step = _AsyncMonitorStep(cb, cb_args, cb_kwargs)
-        call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
+        watch = _streams.monitor(job_id, timeout, poll_interval)
+        step = _streams.MonitorStep(self, watch.job_id, cb, cb_args, cb_kwargs)
+        call = self._stub.WatchJob(watch.request, timeout=watch.limit or None)
         try:
             async for reply in areplies(call):
-                code = await step.decide_async(self, jid, _ops.parse_meta(reply))
+                meta, keep = step.call(reply)
+                if inspect.isawaitable(keep):
+                    keep = await keep
+                code = step.verdict(meta, keep)
                 if code is not None:
                     return code
         except grpc.RpcError as exc:
-            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                return MonitorReturnCode.TIMEOUT
-            raise self._map(exc, "monitor_job", jid) from exc
+            return self._watch_failed(exc, watch, MonitorReturnCode.TIMEOUT)
         finally:
             call.cancel()
-        raise step.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     async def wait_for_job(
         self, job_id: str, timeout: float = 0.0, poll_interval: float = 2.0
     ) -> JobMeta:
         """Wait until the job finishes; return its final meta (JobTimeout after ``timeout``)."""
-        seen: list[JobMeta] = []
-
-        def keep(_s: Any, _j: str, meta: JobMeta) -> bool:
-            seen.append(meta)
-            return True
-
-        code = await self.monitor_job(job_id, timeout, poll_interval, keep)
-        if code is MonitorReturnCode.TIMEOUT:
-            last = seen[-1].status if seen else "unknown"
-            raise errors.JobTimeout(
-                f"job {job_id} did not finish within {timeout} s (status {last})",
-                job_id=job_id,
-                status=last,
-            )
-        return seen[-1]
+        last = _streams.LastMeta()
+        code = await self.monitor_job(job_id, timeout, poll_interval, last)
+        return last.result(code, job_id, timeout)
 
     def watch_job(
         self,
@@ -457,29 +374,22 @@ class AsyncSession:
         The same events, end and errors as :meth:`flare_admin.Session.watch_job`.
         """
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.watch_timeout(timeout)
-        request = _ops.watch_request(jid, metrics, validations)
-        call = self._stub.WatchJobEvents(request, timeout=limit)
-        return AsyncJobWatch(self._job_events(call, jid, limit), call)
+        watch = _streams.watch(job_id, timeout, metrics, validations)
+        call = self._stub.WatchJobEvents(watch.request, timeout=watch.limit)
+        return AsyncJobWatch(self._job_events(call, watch), call)
 
-    async def _job_events(
-        self, call: Any, jid: str, limit: float | None
-    ) -> AsyncIterator[JobEvent]:
-        step = _ops.WatchStep(jid)
+    async def _job_events(self, call: Any, watch: _streams.Watch) -> AsyncIterator[JobEvent]:
+        step = _ops.WatchStep(watch.job_id)
         try:
             async for reply in areplies(call):
-                event = step.event(reply)
-                yield event
+                yield step.event(reply)
                 if step.finished:
                     return
         except grpc.RpcError as exc:
-            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                raise step.timed_out(limit) from None
-            raise self._map(exc, "watch_job", jid) from exc
+            raise self._watch_failed(exc, watch, step.timed_out(watch.limit or 0.0)) from None
         finally:
             call.cancel()
-        raise MonitorStep.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     async def download_job_result(
         self,
@@ -492,29 +402,10 @@ class AsyncSession:
 
         ``progress(bytes_received, total)`` is called from the event loop as data arrives.
         """
-        from flare_admin._transfer import RESULT_FILES_METADATA, ResultDownload, check_destination
-
         self._check_open()
-        jid = _ops.job_id(job_id)
-        folder = check_destination(destination, self._target.kit.transfer)
-        sink = ResultDownload(folder, jid)
-        call = self._stub.DownloadJobResult(
-            admin_pb2.JobRequest(job_id=jid), metadata=RESULT_FILES_METADATA
-        )
-        report = _ops.Progress(progress)
-        try:
-            async for chunk in areplies(call):
-                sink.feed(chunk)  # files written as they arrive (_transfer, result_format)
-                report(sink.received, sink.total)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, "download_job_result", jid) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
-        path = await asyncio.to_thread(sink.finish)
-        sink.warn_if_partial(path)
+        download = _streams.result_download(job_id, destination, self._target.kit.transfer)
+        path = await self._download(download, progress)
+        download.sink.warn_if_partial(path)  # type: ignore[union-attr]
         return path
 
     async def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
@@ -522,16 +413,6 @@ class AsyncSession:
         return await self._unary(_ops.get_job_logs(job_id, target))
 
     # -- results ------------------------------------------------------------------------------
-
-    async def _pages(self, make: Callable[[int], _ops.Unary], start: int = 0) -> list[Any]:
-        rows: list[Any] = []
-        offset = start
-        while True:
-            page: _ops.Page = await self._unary(make(offset))
-            rows.extend(page.rows)
-            if page.next_offset is None or page.next_offset <= offset:
-                return rows
-            offset = page.next_offset
 
     async def get_job_metrics(
         self,
@@ -542,17 +423,13 @@ class AsyncSession:
         start: int = 0,
     ) -> list[MetricRow]:
         """A job's streamed metrics (see ``Session.get_job_metrics``)."""
-        first = _ops.row_offset(start)
-        _ops.job_metrics(job_id, site, key)
-        return await self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
+        return await self._collect(_ops.metric_pages(job_id, site, key, start))
 
     async def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0
     ) -> list[ValidationRow]:
         """The sites' validations of each round's global model."""
-        first = _ops.row_offset(start)
-        _ops.job_validations(job_id, site)
-        return await self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
+        return await self._collect(_ops.validation_pages(job_id, site, start))
 
     async def get_job_summary(self, job_id: str) -> JobRunSummary:
         """The server's summary of a finished job's run (see ``Session.get_job_summary``)."""
@@ -567,38 +444,9 @@ class AsyncSession:
         progress: ProgressCallback | None = None,
     ) -> str:
         """Download a job's final (or a round's) global model; its path (see ``Session``)."""
-        from flare_admin._transfer import ModelDownload, model_target
-
         self._check_open()
-        jid = _ops.job_id(job_id)
-        rnd = _ops.model_round(round)
-        name = _ops.model_file_name(jid, rnd)
-        target = model_target(destination, self._target.kit.transfer, name)
-        request = model_request(jid, rnd)
-        sink = ModelDownload(target, model_what(jid, rnd))
-        call = self._stub.DownloadModel(request)  # type: ignore[attr-defined]
-        report = _ops.Progress(progress)
-        try:
-            first = True
-            async for chunk in areplies(call):
-                if first:
-                    if chunk.WhichOneof("item") != "header":
-                        raise not_a_header(jid)
-                    sink.header(chunk.header.size, chunk.header.sha256)
-                    first = False
-                else:
-                    await asyncio.to_thread(sink.write, chunk.data)
-                report(sink.received, sink.expected_size)
-            if first:
-                raise not_a_header(jid)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, "download_model", jid) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
-        return await asyncio.to_thread(sink.finish)
+        download = _streams.model_download(job_id, destination, self._target.kit.transfer, round)
+        return await self._download(download, progress)
 
     # -- system -------------------------------------------------------------------------------
 
@@ -641,11 +489,7 @@ class AsyncSession:
         *,
         force: bool = False,
     ) -> SystemCommandResult:
-        """Stop the server (``"server"``), sites (``"client"``, optionally named) or ``"all"``.
-
-        Stopping the server while jobs run raises ClientsStillRunning naming them;
-        ``force=True`` aborts them (``FINISHED:ABORTED``) and stops.
-        """
+        """Stop the server, sites or all (see ``Session.shutdown``)."""
         return await self._unary(
             _ops.system_command("shutdown", target_type, client_names, force=force)
         )
@@ -663,42 +507,18 @@ class AsyncSession:
         )
 
     async def shutdown_system(self, *, force: bool = False) -> SystemCommandResult:
-        """Stop every site and then the server.
-
-        Raises ClientsStillRunning while jobs run, naming them; ``force=True`` aborts
-        them (``FINISHED:ABORTED``) first.
-        """
+        """Stop every site and then the server (see ``Session.shutdown_system``)."""
         return await self._unary(_ops.system_command("shutdown_system", None, None, force=force))
 
     async def ping(self, timeout: float | None = None) -> float:
-        """Round trip to the server, reconnecting first if the connection was lost; the
-        seconds it took. Waits up to ``timeout`` (default: the session's) for the server.
-
-        Raises:
-            NoConnection: the server did not answer in time.
-        """
-        self._check_open()
-        limit = self._timeout if timeout is None else _ops.timeout_value(timeout)
-        op = _ops.hello()
+        """Round trip to the server in seconds, reconnecting first (see ``Session.ping``)."""
+        limit = self._ping_limit(timeout)
         start = time.perf_counter()
         try:
-            await self._stub.Hello(op.request, timeout=limit, wait_for_ready=True)
+            await self._stub.Hello(_ops.hello().request, timeout=limit, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _ops.ping_failed(exc, self.address, limit) or self._map(exc, "ping") from exc
+            raise self._ping_error(exc, limit) from exc
         return time.perf_counter() - start
-
-    def set_timeout(self, value: float) -> None:
-        """Use ``value`` seconds as the deadline of this session's calls."""
-        value = _ops.timeout_value(value, "value")
-        if value == 0:
-            raise errors.InvalidArgumentError("the timeout must be > 0 seconds")
-        self._check_open()
-        self._timeout = value
-
-    def unset_timeout(self) -> None:
-        """Go back to the timeout the session was opened with."""
-        self._check_open()
-        self._timeout = self._target.timeout
 
     # -- files on a target -------------------------------------------------------------------
 
@@ -755,11 +575,7 @@ class AsyncSession:
         """Params, tags and texts sites recorded (see ``Session.get_job_params``)."""
         from flare_admin import tracking
 
-        first = _ops.row_offset(start)
-        tracking.job_params(job_id, site, kind, key)
-        return await self._pages(
-            lambda offset: tracking.job_params(job_id, site, kind, key, offset), first
-        )
+        return await self._collect(tracking.param_pages(job_id, site, kind, key, start))
 
     async def export_metrics(
         self,
@@ -779,14 +595,8 @@ class AsyncSession:
         metrics = await self.get_job_metrics(jid)
         validations = await self.get_validations(jid)
         params = await self.get_job_params(jid)
-        if fmt == "tensorboard":
-            return await asyncio.to_thread(
-                tracking.export_tensorboard, logdir, metrics, validations, params
-            )
-        name = f"{meta.get('name') or 'job'} ({jid})"
-        tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
         return await asyncio.to_thread(
-            tracking.export_mlflow, logdir, name, metrics, validations, params, tags
+            tracking.export_records, fmt, logdir, jid, meta, metrics, validations, params
         )
 
 

@@ -8,21 +8,21 @@ Every method checks its arguments, then runs one operation from :mod:`flare_admi
 from __future__ import annotations
 
 import atexit
-import enum
 import logging
 import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from flare_admin import _ops
-from flare_admin._errors import map_rpc_error
+from flare_admin import _ops, _streams
+from flare_admin._base import SessionBase, SessionState
 from flare_admin._job_objects import ExportableJob, exported
+from flare_admin._streams import MonitorCallback
 from flare_admin.results import (
     ClientJobStatus,
     DirListing,
@@ -33,7 +33,6 @@ from flare_admin.results import (
     JobSummary,
     MetricRow,
     MonitorReturnCode,
-    SessionInfo,
     SiteInfo,
     SystemCommandResult,
     SystemInfo,
@@ -42,25 +41,17 @@ from flare_admin.results import (
     ValidationRow,
 )
 from flare_protocol import errors
-from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
+from flare_protocol._generated import admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:  # imported by the functions that need them: `import flare_admin` stays cheap
-    from flare_admin._connect import Target
-    from flare_admin._transfer import JobUpload, ProgressCallback
+    from flare_admin._upload import JobUpload, ProgressCallback
     from flare_admin.tracking import ParamRow
 
 __all__ = ["JobWatch", "Session", "SessionState", "new_secure_session"]
 
-MonitorCallback = Callable[..., bool]
+T = TypeVar("T")
+R = TypeVar("R")
 logger = logging.getLogger("flare_admin")
-
-
-class SessionState(enum.Enum):
-    """A Session is OPEN from creation until :meth:`Session.close`, then CLOSED for good."""
-
-    OPEN = "open"
-    CLOSED = "closed"
-
 
 _live_sessions: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -73,31 +64,6 @@ def _close_forgotten_sessions() -> None:
             session.close()
         except Exception:
             pass
-
-
-class MonitorStep:
-    """The monitor's decision for each meta pushed by the server (shared sync/async)."""
-
-    def __init__(self, cb: MonitorCallback | None, args: tuple[Any, ...], kwargs: dict[str, Any]):
-        self.cb, self.args, self.kwargs = cb, args, kwargs
-        self.last: JobMeta | None = None
-
-    def decide(self, session: Any, job_id: str, meta: JobMeta) -> MonitorReturnCode | None:
-        self.last = meta
-        if self.cb is not None and not self.cb(session, job_id, meta, *self.args, **self.kwargs):
-            return MonitorReturnCode.ENDED_BY_CB
-        if meta.finished:
-            return MonitorReturnCode.JOB_FINISHED
-        return None
-
-    @staticmethod
-    def stream_ended(address: str, job_id: str) -> errors.NoConnection:
-        return errors.NoConnection(
-            f"the server at {address} ended the watch of job {job_id} before it finished "
-            "(is it shutting down?); call monitor_job again once it is back",
-            address=address,
-            job_id=job_id,
-        )
 
 
 def replies(call: Any) -> Iterator[Any]:
@@ -158,87 +124,19 @@ class JobWatch(Iterator[JobEvent]):
         self.close()
 
 
-def submit_header(
-    upload: JobUpload, initial_model_job_id: str | None = None
-) -> common_pb2.TransferChunk:
-    params = {"initial_model_job_id": initial_model_job_id} if initial_model_job_id else {}
-    return common_pb2.TransferChunk(
-        header=common_pb2.TransferHeader(
-            name=upload.name,
-            size=upload.total if upload.is_zip else -1,
-            content_type="application/zip",
-            params=params,
-        )
-    )
-
-
-def model_request(job_id: str, round_number: int) -> Any:
-    """The DownloadModel request (the RPC is newer than some servers: say so clearly)."""
-    request_type = getattr(admin_pb2, "ModelRequest", None)
-    if request_type is None:
-        raise errors.InternalError(
-            "this flare-admin build has no DownloadModel RPC; update flare-admin"
-        )
-    return request_type(job_id=job_id, round=round_number)
-
-
-def model_what(job_id: str, round_number: int) -> str:
-    if round_number:
-        return f"the global model of round {round_number} of job {job_id}"
-    return f"the final global model of job {job_id}"
-
-
-def not_a_header(job_id: str) -> errors.InternalError:
-    return errors.InternalError(
-        f"the server's result stream for job {job_id} did not start with a header",
-        job_id=job_id,
-    )
-
-
-class Session:
+class Session(SessionBase):
     """An open admin session. Create it with :func:`new_secure_session`.
 
     Use it as a context manager (``with new_secure_session(...) as s:``) or call
     :meth:`close`; after closing, every method raises :class:`SessionClosed`.
     """
 
-    def __init__(self, target: Target, channel: grpc.Channel, info: SessionInfo, debug: bool):
-        self._target = target
-        self._channel = channel
-        self._stub = admin_pb2_grpc.AdminStub(channel)
-        self._info = info
-        self._debug = debug
-        self._timeout = target.timeout
-        self._state = SessionState.OPEN
+    def __init__(self, target: Any, channel: grpc.Channel, info: Any, debug: bool) -> None:
+        super().__init__(target, channel, info, debug)
         self._lock = threading.Lock()
         _live_sessions.add(self)
 
     # -- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def state(self) -> SessionState:
-        """OPEN or CLOSED."""
-        return self._state
-
-    @property
-    def info(self) -> SessionInfo:
-        """Who the server says we are: name, org, role, project, server version."""
-        return self._info
-
-    @property
-    def timeout(self) -> float:
-        """Seconds each call may take now (``set_timeout`` changes it)."""
-        return self._timeout
-
-    @property
-    def address(self) -> str:
-        """The server address this session dialled."""
-        return self._target.address
-
-    @property
-    def startup_kit_location(self) -> str:
-        """The admin kit this session was opened with."""
-        return str(self._target.kit.root)
 
     def close(self) -> None:
         """Close the session and its connection (idempotent)."""
@@ -256,40 +154,38 @@ class Session:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<Session {self._target.username} @ {self._target.address} {self._state.value}>"
+    # -- the transport -----------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._state is SessionState.CLOSED:
-            raise errors.SessionClosed(
-                f"this session of {self._target.username} was closed; open a new one with "
-                "new_secure_session()"
-            )
-
-    def _map(
-        self, exc: grpc.RpcError, action: str, job_id: str | None = None, **kw: Any
-    ) -> Exception:
-        if self._state is SessionState.CLOSED:
-            return errors.SessionClosed(f"{action}: the session was closed during the call")
-        return map_rpc_error(exc, address=self._target.address, action=action, job_id=job_id, **kw)
-
-    def _unary(self, op: _ops.Unary) -> Any:
+    def _unary(self, op: _ops.Unary[T]) -> T:
         self._check_open()
         start = time.perf_counter()
         try:
             reply = getattr(self._stub, op.rpc)(op.request, timeout=self._timeout)
         except grpc.RpcError as exc:
-            if op.split is not None and op.merge is not None and _ops.reply_too_large(exc):
-                parts = op.split()  # too big for one 4 MiB reply: fetch it in parts
-                if parts:
-                    return op.merge([self._unary(part) for part in parts])
+            parts = op.parts(exc)  # too big for one 4 MiB reply: fetch it in parts
+            if parts is not None and op.merge is not None:
+                return op.merge([self._unary(part) for part in parts])
             raise self._map(exc, op.action, op.job_id) from exc
         except KeyboardInterrupt:
             raise KeyboardInterrupt from None  # no gRPC frames on the user's terminal
         finally:
-            if self._debug:
-                logger.debug("%s took %.2f ms", op.action, (time.perf_counter() - start) * 1e3)
+            self._took(op.action, start)
         return op.parse(reply)
+
+    def _collect(self, pages: _ops.Pages[R]) -> list[R]:
+        while (op := pages.next()) is not None:
+            pages.add(self._unary(op))
+        return pages.rows
+
+    def _download(self, download: _streams.Download, progress: ProgressCallback | None) -> str:
+        sink = download.sink
+        call = getattr(self._stub, download.rpc)(download.request, metadata=download.metadata)
+        report = _ops.Progress(progress)
+        with self._receiving(call, download):
+            for message in replies(call):
+                sink.feed(message)  # checked, then written as it arrives (_download)
+                report(sink.received, sink.total)
+        return sink.finish()
 
     # -- jobs -------------------------------------------------------------------------------
 
@@ -313,27 +209,27 @@ class Session:
                 per the server), naming the path, entry or field.
             AuthorizationError: our role may not submit jobs.
         """
-        from flare_admin._transfer import JobUpload
-
         self._check_open()
         if isinstance(job_definition_path, ExportableJob):
             with exported(job_definition_path) as folder:
                 return self.submit_job(
                     folder, progress=progress, initial_model_job_id=initial_model_job_id
                 )
-        source = _ops.initial_model_job_id(initial_model_job_id)
-        upload = JobUpload.from_path(job_definition_path)
+        upload, source = _streams.job_upload(job_definition_path, initial_model_job_id)
         if source is not None:
             _ops.model_source_ready(self.get_job_meta(source))
+        return self._submit(upload, progress, source)
+
+    def _submit(
+        self, upload: JobUpload, progress: ProgressCallback | None, source: str | None
+    ) -> str:
         failure: list[BaseException] = []
         holder: list[Any] = []
         started = threading.Event()
 
         def requests() -> Iterator[common_pb2.TransferChunk]:
-            yield submit_header(upload, source)
             try:
-                for chunk in upload.chunks(progress):
-                    yield common_pb2.TransferChunk(data=chunk)
+                yield from upload.messages(progress, source)
             except GeneratorExit:  # the call ended first (e.g. refused at the header)
                 raise
             except BaseException as exc:  # cancel: a truncated upload must never commit
@@ -420,23 +316,19 @@ class Session:
         compatibility and unused. Exceptions raised by ``cb`` propagate unchanged.
         """
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.timeout_value(timeout)
-        _ops.timeout_value(poll_interval, "poll_interval")
-        step = MonitorStep(cb, cb_args, cb_kwargs)
-        call = self._stub.WatchJob(admin_pb2.JobRequest(job_id=jid), timeout=limit or None)
+        watch = _streams.monitor(job_id, timeout, poll_interval)
+        step = _streams.MonitorStep(self, watch.job_id, cb, cb_args, cb_kwargs)
+        call = self._stub.WatchJob(watch.request, timeout=watch.limit or None)
         try:
             for reply in replies(call):
-                code = step.decide(self, jid, _ops.parse_meta(reply))
+                code = step.verdict(*step.call(reply))
                 if code is not None:
                     return code
         except grpc.RpcError as exc:
-            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                return MonitorReturnCode.TIMEOUT
-            raise self._map(exc, "monitor_job", jid) from exc
+            return self._watch_failed(exc, watch, MonitorReturnCode.TIMEOUT)
         finally:
             call.cancel()
-        raise step.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     def wait_for_job(
         self, job_id: str, timeout: float = 0.0, poll_interval: float = 2.0
@@ -446,21 +338,8 @@ class Session:
         Raises:
             JobTimeout: it did not finish within ``timeout`` seconds (0 = wait forever).
         """
-        step_meta: list[JobMeta] = []
-
-        def keep(_s: Any, _j: str, meta: JobMeta) -> bool:
-            step_meta.append(meta)
-            return True
-
-        code = self.monitor_job(job_id, timeout, poll_interval, keep)
-        if code is MonitorReturnCode.TIMEOUT:
-            last = step_meta[-1].status if step_meta else "unknown"
-            raise errors.JobTimeout(
-                f"job {job_id} did not finish within {timeout} s (status {last})",
-                job_id=job_id,
-                status=last,
-            )
-        return step_meta[-1]
+        last = _streams.LastMeta()
+        return last.result(self.monitor_job(job_id, timeout, poll_interval, last), job_id, timeout)
 
     def watch_job(
         self,
@@ -488,27 +367,22 @@ class Session:
             NoConnection: the server ended the stream early (e.g. it is stopping).
         """
         self._check_open()
-        jid = _ops.job_id(job_id)
-        limit = _ops.watch_timeout(timeout)
-        request = _ops.watch_request(jid, metrics, validations)
-        call = self._stub.WatchJobEvents(request, timeout=limit)
-        return JobWatch(self._job_events(call, jid, limit), call)
+        watch = _streams.watch(job_id, timeout, metrics, validations)
+        call = self._stub.WatchJobEvents(watch.request, timeout=watch.limit)
+        return JobWatch(self._job_events(call, watch), call)
 
-    def _job_events(self, call: Any, jid: str, limit: float | None) -> Iterator[JobEvent]:
-        step = _ops.WatchStep(jid)
+    def _job_events(self, call: Any, watch: _streams.Watch) -> Iterator[JobEvent]:
+        step = _ops.WatchStep(watch.job_id)
         try:
             for reply in replies(call):
-                event = step.event(reply)
-                yield event
+                yield step.event(reply)
                 if step.finished:
                     return
         except grpc.RpcError as exc:
-            if limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                raise step.timed_out(limit) from None
-            raise self._map(exc, "watch_job", jid) from exc
+            raise self._watch_failed(exc, watch, step.timed_out(watch.limit or 0.0)) from None
         finally:
             call.cancel()
-        raise MonitorStep.stream_ended(self.address, jid)
+        raise _streams.stream_ended(self.address, watch.job_id)
 
     def download_job_result(
         self,
@@ -530,29 +404,10 @@ class Session:
             JobNotDone: the job has not finished.
             InvalidArgumentError: ``destination`` is not an existing folder.
         """
-        from flare_admin._transfer import RESULT_FILES_METADATA, ResultDownload, check_destination
-
         self._check_open()
-        jid = _ops.job_id(job_id)
-        folder = check_destination(destination, self._target.kit.transfer)
-        sink = ResultDownload(folder, jid)
-        call = self._stub.DownloadJobResult(
-            admin_pb2.JobRequest(job_id=jid), metadata=RESULT_FILES_METADATA
-        )
-        report = _ops.Progress(progress)
-        try:
-            for chunk in replies(call):
-                sink.feed(chunk)  # files written as they arrive (_transfer, result_format)
-                report(sink.received, sink.total)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, "download_job_result", jid) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
-        path = sink.finish()
-        sink.warn_if_partial(path)
+        download = _streams.result_download(job_id, destination, self._target.kit.transfer)
+        path = self._download(download, progress)
+        download.sink.warn_if_partial(path)  # type: ignore[union-attr]
         return path
 
     def get_job_logs(self, job_id: str, target: str = "server") -> FileText:
@@ -561,16 +416,6 @@ class Session:
         return self._unary(_ops.get_job_logs(job_id, target))
 
     # -- results ------------------------------------------------------------------------------
-
-    def _pages(self, make: Callable[[int], _ops.Unary], start: int = 0) -> list[Any]:
-        rows: list[Any] = []
-        offset = start
-        while True:
-            page: _ops.Page = self._unary(make(offset))
-            rows.extend(page.rows)
-            if page.next_offset is None or page.next_offset <= offset:
-                return rows
-            offset = page.next_offset
 
     def get_job_metrics(
         self,
@@ -587,18 +432,14 @@ class Session:
         follows a running job. Each row is a :class:`MetricRow` (``site, round, key,
         value, step, time``); :func:`flare_admin.rounds_table` arranges them per round.
         """
-        first = _ops.row_offset(start)
-        _ops.job_metrics(job_id, site, key)  # argument checks before any call
-        return self._pages(lambda offset: _ops.job_metrics(job_id, site, key, offset), first)
+        return self._collect(_ops.metric_pages(job_id, site, key, start))
 
     def get_validations(
         self, job_id: str, *, site: str | None = None, start: int = 0
     ) -> list[ValidationRow]:
         """The sites' validations of each round's global model (:class:`ValidationRow`);
         ``start`` skips the first rows, as in :meth:`get_job_metrics`."""
-        first = _ops.row_offset(start)
-        _ops.job_validations(job_id, site)
-        return self._pages(lambda offset: _ops.job_validations(job_id, site, offset), first)
+        return self._collect(_ops.validation_pages(job_id, site, start))
 
     def get_job_summary(self, job_id: str) -> JobRunSummary:
         """The server's summary of a finished job's run (:class:`JobRunSummary`): workflow,
@@ -626,38 +467,9 @@ class Session:
             JobNotDone: the job has no final model yet (not finished, or it failed).
             InvalidArgumentError: no such round, or ``destination`` is unusable.
         """
-        from flare_admin._transfer import ModelDownload, model_target
-
         self._check_open()
-        jid = _ops.job_id(job_id)
-        rnd = _ops.model_round(round)
-        name = _ops.model_file_name(jid, rnd)
-        target = model_target(destination, self._target.kit.transfer, name)
-        request = model_request(jid, rnd)
-        sink = ModelDownload(target, model_what(jid, rnd))
-        call = self._stub.DownloadModel(request, timeout=None)  # type: ignore[attr-defined]
-        report = _ops.Progress(progress)
-        try:
-            first = True
-            for chunk in replies(call):
-                if first:
-                    if chunk.WhichOneof("item") != "header":
-                        raise not_a_header(jid)
-                    sink.header(chunk.header.size, chunk.header.sha256)
-                    first = False
-                else:
-                    sink.write(chunk.data)
-                report(sink.received, sink.expected_size)
-            if first:
-                raise not_a_header(jid)
-        except grpc.RpcError as exc:
-            sink.discard()
-            raise self._map(exc, "download_model", jid) from exc
-        except BaseException:
-            sink.discard()
-            call.cancel()
-            raise
-        return sink.finish()
+        download = _streams.model_download(job_id, destination, self._target.kit.transfer, round)
+        return self._download(download, progress)
 
     # -- system -------------------------------------------------------------------------------
 
@@ -732,28 +544,13 @@ class Session:
         Raises:
             NoConnection: the server did not answer in time.
         """
-        self._check_open()
-        limit = self._timeout if timeout is None else _ops.timeout_value(timeout)
-        op = _ops.hello()
+        limit = self._ping_limit(timeout)
         start = time.perf_counter()
         try:
-            self._stub.Hello(op.request, timeout=limit, wait_for_ready=True)
+            self._stub.Hello(_ops.hello().request, timeout=limit, wait_for_ready=True)
         except grpc.RpcError as exc:
-            raise _ops.ping_failed(exc, self.address, limit) or self._map(exc, "ping") from exc
+            raise self._ping_error(exc, limit) from exc
         return time.perf_counter() - start
-
-    def set_timeout(self, value: float) -> None:
-        """Use ``value`` seconds as the deadline of this session's calls."""
-        value = _ops.timeout_value(value, "value")
-        if value == 0:
-            raise errors.InvalidArgumentError("the timeout must be > 0 seconds")
-        self._check_open()
-        self._timeout = value
-
-    def unset_timeout(self) -> None:
-        """Go back to the timeout the session was opened with."""
-        self._check_open()
-        self._timeout = self._target.timeout
 
     # -- files on a target -------------------------------------------------------------------
 
@@ -827,11 +624,7 @@ class Session:
         """
         from flare_admin import tracking
 
-        first = _ops.row_offset(start)
-        tracking.job_params(job_id, site, kind, key)  # argument checks before any call
-        return self._pages(
-            lambda offset: tracking.job_params(job_id, site, kind, key, offset), first
-        )
+        return self._collect(tracking.param_pages(job_id, site, kind, key, start))
 
     def export_metrics(
         self,
@@ -863,11 +656,7 @@ class Session:
         metrics = self.get_job_metrics(jid)
         validations = self.get_validations(jid)
         params = self.get_job_params(jid)
-        if fmt == "tensorboard":
-            return tracking.export_tensorboard(logdir, metrics, validations, params)
-        name = f"{meta.get('name') or 'job'} ({jid})"
-        tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
-        return tracking.export_mlflow(logdir, name, metrics, validations, params, tags)
+        return tracking.export_records(fmt, logdir, jid, meta, metrics, validations, params)
 
 
 def new_secure_session(
@@ -893,26 +682,20 @@ def new_secure_session(
         NoConnection: the server is unreachable within ``timeout`` (naming the address).
         AuthenticationError: the server refused our certificate.
     """
-    from flare_admin._connect import confirm_identity, log_open_failure, prepare
+    from flare_admin._connect import open_failed, opened, prepare
 
     target = prepare(username, startup_kit_location, timeout, server_address, debug)
     channel = grpc.secure_channel(target.address, target.credentials, target.options)
-    op = _ops.hello()
     try:
-        reply = admin_pb2_grpc.AdminStub(channel).Hello(op.request, timeout=target.timeout)
-        info = op.parse(reply)
-        confirm_identity(target, info)
+        hello = admin_pb2_grpc.AdminStub(channel).Hello
+        info = opened(target, hello(_ops.hello().request, timeout=target.timeout))
     except grpc.RpcError as exc:
         channel.close()
-        if debug:
-            log_open_failure(target, exc)
-        raise map_rpc_error(exc, address=target.address, action=op.action, opening=True) from exc
+        raise open_failed(target, exc, debug) from exc
     except KeyboardInterrupt:
         channel.close()
         raise KeyboardInterrupt from None
     except BaseException:
         channel.close()
         raise
-    if debug:
-        logger.debug("session of %s open at %s", username, target.address)
     return Session(target, channel, info, debug)

@@ -71,7 +71,7 @@ def job_params(
     kind: str | None = None,
     key: str | None = None,
     offset: int = 0,
-) -> _ops.Unary:
+) -> _ops.Unary[_ops.Page[ParamRow]]:
     """One page of a job's params log (command ``job_params``)."""
     jid = _ops.job_id(jid)
     if kind is not None and kind not in RECORD_KINDS:
@@ -87,6 +87,33 @@ def job_params(
         "limit": _ops.PAGE_ROWS,
     }
     return _ops.command("job_params", args, _ops._page_of(ParamRow.from_dict), jid)
+
+
+def param_pages(
+    jid: str, site: str | None, kind: str | None, key: str | None, start: object
+) -> _ops.Pages[ParamRow]:
+    """Every page of ``get_job_params`` (arguments checked before any call)."""
+    first = _ops.row_offset(start)
+    job_params(jid, site, kind, key)
+    return _ops.Pages(lambda offset: job_params(jid, site, kind, key, offset), first)
+
+
+def export_records(
+    fmt: str,
+    logdir: str | os.PathLike[str],
+    jid: str,
+    meta: Mapping[str, Any],
+    metrics: Sequence[MetricRow],
+    validations: Sequence[ValidationRow],
+    params: Sequence[ParamRow],
+) -> str:
+    """``export_metrics`` once the records are read: TensorBoard event files, or one MLflow
+    run per site in the experiment ``<job name> (<job_id>)``; return where."""
+    if fmt == "tensorboard":
+        return export_tensorboard(logdir, metrics, validations, params)
+    name = f"{meta.get('name') or 'job'} ({jid})"
+    tags = {"flare.job_id": jid, "flare.job_name": str(meta.get("name") or "")}
+    return export_mlflow(logdir, name, metrics, validations, params, tags)
 
 
 def export_format(value: object) -> str:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flare_protocol._direct_io import replace_file
 from flare_protocol.errors import FlareError
 
 if TYPE_CHECKING:
@@ -157,13 +158,7 @@ def set_server_address(kit_dir: Path, address: str) -> None:
     if not isinstance(data, dict):
         data = {}
     data["server_address"] = address
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    replace_file(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
 
 
 def _die_with_parent() -> Callable[[], None] | None:

@@ -23,6 +23,8 @@ import mmap
 import os
 from pathlib import Path
 
+from flare_protocol._fsync import fsync_dir
+
 __all__ = ["BLOCK", "DirectWriter", "replace_file"]
 
 #: Bytes gathered per direct write (a multiple of every block size in use).
@@ -126,13 +128,25 @@ class DirectWriter:
         return os.write(self._fd, view)
 
 
-def replace_file(path: Path, data: bytes | memoryview, *, durable: bool = True) -> None:
-    """Write ``data`` to ``path`` whole or not at all: a temp file beside it (mode 0600,
+def replace_file(
+    path: Path,
+    data: bytes | memoryview,
+    *,
+    durable: bool = True,
+    mode: int = 0o600,
+    sync_folder: bool = False,
+) -> None:
+    """Write ``data`` to ``path`` whole or not at all: a temp file beside it (``mode``,
     ``O_EXCL``, never through a link), written directly when it is at least a block,
-    fsynced when ``durable``, then renamed over ``path``."""
+    fsynced when ``durable``, then renamed over ``path`` (``sync_folder``: and the folder
+    fsynced, so that the rename survives a crash too).
+
+    The one atomic write of every package (JSON files included: pass their bytes).
+    """
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
     writer = DirectWriter(
-        tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, direct=len(data) >= BLOCK
+        tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode, direct=len(data) >= BLOCK
     )
     try:
         writer.write(data)
@@ -142,3 +156,5 @@ def replace_file(path: Path, data: bytes | memoryview, *, durable: bool = True) 
         writer.close()
         tmp.unlink(missing_ok=True)
         raise
+    if sync_folder:
+        fsync_dir(path.parent)

@@ -4,10 +4,14 @@ The server reports every failure it means as ``(status code, message)`` and a tr
 metadata entry ``flare-error-bin`` holding a serialised ``ErrorDetail`` whose ``type`` is
 a name from :data:`flare_protocol.errors.WIRE_ERRORS` and whose ``details`` carry the
 exception's attributes (``job_id``, ``site``, ``status`` ...). The Session maps the
-detail back through that allowlist; without a detail it falls back to the status code.
+detail back through that allowlist (:func:`wire_attributes` turns each attribute back
+into the type its class declares); without a detail it falls back to the status code.
 """
 
 from __future__ import annotations
+
+import typing
+from collections.abc import Mapping
 
 import grpc
 
@@ -70,3 +74,31 @@ def decode_detail(trailing_metadata: object) -> common_pb2.ErrorDetail | None:
                 return None
             return detail
     return None
+
+
+_INT_ATTRIBUTES: dict[type, frozenset[str]] = {}
+
+
+def _int_attributes(cls: type[errors.FlareError]) -> frozenset[str]:
+    found = _INT_ATTRIBUTES.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = frozenset(
+            name for name, hint in hints.items() if hint is int or int in typing.get_args(hint)
+        )
+        _INT_ATTRIBUTES[cls] = found
+    return found
+
+
+def wire_attributes(cls: type[errors.FlareError], details: Mapping[str, str]) -> dict[str, object]:
+    """The attributes of an ``ErrorDetail`` as ``cls`` declares them: every value crossed
+    the wire as text; those the class declares as ``int`` become numbers again (one that
+    is not a number is left out: the message still says it)."""
+    numbers = _int_attributes(cls)
+    out: dict[str, object] = {}
+    for name, text in details.items():
+        if name not in numbers:
+            out[name] = text
+        elif text.lstrip("-").isdigit():
+            out[name] = int(text)
+    return out

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
-from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol._transfer_aio import file_messages
 from flare_protocol.hashing import sha256_file
 from flare_protocol.job_status import is_finished
+from flare_protocol.transfer import ChunkSender
 from flare_server.authz import Resource, Right
 from flare_server.calls import Call, streaming, unary
 from flare_server.jobs import JobMeta, JobStatus, Submitter
@@ -470,17 +471,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         params = {"job_id": request.job_id}
         if not complete:
             params[result_format.PARTIAL] = "true"
-        yield common_pb2.TransferChunk(
-            header=common_pb2.TransferHeader(
-                name=f"{request.job_id}.zip",
-                size=-1,
-                sha256="",
-                content_type="application/zip",
-                params=params,
-            )
+        sender = ChunkSender(
+            f"the result of job {request.job_id}",
+            name=f"{request.job_id}.zip",
+            content_type="application/zip",
+            params=params,
         )
+        yield sender.header()
         async for chunk in zip_stream(Path(result_dir)):
-            yield common_pb2.TransferChunk(data=chunk)
+            yield sender.data(chunk)
 
     @streaming("download_model")
     async def DownloadModel(
@@ -587,18 +586,9 @@ async def file_stream(
     fh = await asyncio.to_thread(open, path, "rb")
     try:
         sha, size = await asyncio.to_thread(sha256_file, fh)
-        yield common_pb2.TransferChunk(
-            header=common_pb2.TransferHeader(
-                name=name, size=size, sha256=sha, content_type=content_type
-            )
-        )
-        sent = 0
-        while sent < size:
-            data = await asyncio.to_thread(fh.read, min(CHUNK_SIZE, size - sent))
-            if not data:
-                raise errors.InternalError(f"{name} shrank while it was being sent")
-            sent += len(data)
-            yield common_pb2.TransferChunk(data=data)
+        sender = ChunkSender(name, name=name, size=size, sha256=sha, content_type=content_type)
+        async for message in file_messages(sender, fh):
+            yield message
     finally:
         fh.close()
 

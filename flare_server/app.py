@@ -28,11 +28,12 @@ import grpc
 from cryptography import x509
 
 from flare_protocol import errors
+from flare_protocol._direct_io import replace_file
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
 from flare_protocol.identity import ParticipantType, identity_from_certificate
 from flare_protocol.kit import PARTICIPANTS, REVOKED, Kit, load_kit
-from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb, submitter_of
+from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb
 from flare_server.audit import AuditLog
 from flare_server.authz import Policy
 from flare_server.calls import Call, StreamTracker
@@ -47,12 +48,10 @@ from flare_server.scheduler import JobLauncher, Scheduler
 from flare_server.settings import ServerSettings
 from flare_server.site_service import SiteService
 from flare_server.sites import SiteRegistry
+from flare_server.uploads import receive_job
 from flare_server.wrong_endpoint import ADMIN_SERVICE, SITE_SERVICE, WrongEndpoint
 
 log = logging.getLogger("flare_server")
-
-#: Header params a SubmitJob stream may carry (anything else is refused).
-SUBMIT_PARAMS = frozenset({"initial_model_job_id"})
 
 
 def check_server_kit(kit: Kit) -> x509.Certificate:
@@ -304,13 +303,7 @@ class Server:
             "pid": os.getpid(),
             "workspace": str(self.workspace),
         }
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        replace_file(Path(path), json.dumps(data).encode(), mode=0o644)
 
     # -- revocation --------------------------------------------------------------------
     def revoke(self, serials: Iterable[int]) -> int:
@@ -370,75 +363,14 @@ class Server:
     async def receive_job(
         self, call: Call, chunks: AsyncIterator[common_pb2.TransferChunk]
     ) -> dict[str, Any]:
-        """Stream a SubmitJob upload into the store; returns the committed job meta."""
-        cap = self.settings.max_upload_bytes
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            raise errors.InvalidJobDefinition("the upload was empty: no header, no job") from None
-        if first.WhichOneof("item") != "header":
-            raise errors.InvalidArgumentError("a job upload must start with a TransferHeader")
-        header = first.header
-        call.args = {"name": header.name[:128], "size": header.size}
-        if header.size > cap:
-            raise errors.InvalidJobDefinition(
-                f"the job archive is {header.size} bytes; the server accepts at most {cap}",
-                size=header.size,
-            )
-        params = dict(header.params)
-        unknown = sorted(set(params) - SUBMIT_PARAMS)
-        if unknown:
-            raise errors.InvalidArgumentError(f"unknown submit parameter(s): {', '.join(unknown)}")
-        model_job = params.get("initial_model_job_id")
-        if model_job:
-            await self.check_model_source(call, model_job)
-        upload = await asyncio.to_thread(self.store.begin_upload)
-        loop = asyncio.get_running_loop()
-        writing: asyncio.Future[None] | None = None
-        try:
-            total = 0
-            # One write in flight while the next chunk arrives: hashing and writing (in a
-            # worker thread, GIL released) overlap with receiving (on the loop).
-            async for msg in chunks:
-                if msg.WhichOneof("item") != "data":
-                    raise errors.InvalidArgumentError("a job upload carries one header only")
-                data = msg.data  # one copy out of the message (each access copies)
-                total += len(data)
-                if total > cap:
-                    raise errors.InvalidJobDefinition(
-                        f"the job archive exceeds the server's upload cap of {cap} bytes",
-                        size=total,
-                    )
-                if writing is not None:
-                    await writing
-                writing = loop.run_in_executor(None, upload.write, data)
-            if writing is not None:
-                await writing
-                writing = None
-            if header.size >= 0 and total != header.size:
-                raise errors.InvalidArgumentError(
-                    f"the upload ended after {total} of the announced {header.size} bytes"
-                )
-            if header.sha256 and upload.sha256 != header.sha256.lower():
-                raise errors.InvalidArgumentError(
-                    "the job archive's SHA-256 does not match its header; the upload was damaged"
-                )
-            received = time.perf_counter()
-            job = await asyncio.to_thread(upload.commit, submitter_of(call), params=params or None)
-            log.debug(
-                "upload of %d bytes: commit (validate, store durably) took %.3f s",
-                total,
-                time.perf_counter() - received,
-            )
-        except BaseException:
-            if writing is not None:
-                await asyncio.gather(writing, return_exceptions=True)
-            await asyncio.to_thread(upload.abort)
-            raise
-        meta = dict(job)
-        call.job_id = str(meta["job_id"])
-        log.info(
-            "job %s (%s) submitted by %s", meta["job_id"], meta.get("name"), call.identity.name
+        """Stream a SubmitJob upload into the store (:mod:`flare_server.uploads`); returns
+        the committed job meta."""
+        meta = await receive_job(
+            self.store,
+            call,
+            chunks,
+            max_bytes=self.settings.max_upload_bytes,
+            check_model_source=self.check_model_source,
         )
         self.scheduler.poke()
         return meta

@@ -21,7 +21,6 @@ handed over only once whole and verified. Beyond the budget, updates go to files
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import os
 import secrets
@@ -36,8 +35,10 @@ import numpy as np
 from flare_protocol import errors
 from flare_protocol._direct_io import DirectWriter
 from flare_protocol._generated import common_pb2
+from flare_protocol._transfer_aio import file_messages
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.models import BufferPool
+from flare_protocol.transfer import ChunkReceiver, ChunkSender
 
 log = logging.getLogger("flare_server.blobs")
 
@@ -157,31 +158,22 @@ class BlobRegistry:
         return blob
 
     async def stream(self, blob: ServedBlob) -> AsyncIterator[common_pb2.TransferChunk]:
-        """A header, then the file in 1 MiB chunks (read off the event loop)."""
-        yield common_pb2.TransferChunk(
-            header=common_pb2.TransferHeader(
-                name=blob.name,
-                size=blob.size,
-                sha256=blob.sha256,
-                content_type=blob.content_type,
-            )
+        """A header, then the blob in 1 MiB chunks (a file is read off the event loop)."""
+        sender = ChunkSender(
+            f"blob {blob.blob_id}",
+            name=blob.name,
+            size=blob.size,
+            sha256=blob.sha256,
+            content_type=blob.content_type,
         )
-        if blob.data is not None:
-            view = memoryview(blob.data)
-            for start in range(0, len(view), CHUNK_SIZE):
-                yield common_pb2.TransferChunk(data=bytes(view[start : start + CHUNK_SIZE]))
+        if blob.data is None:
+            async for message in file_messages(sender, blob.path):
+                yield message
             return
-        fh = await asyncio.to_thread(open, blob.path, "rb")
-        try:
-            sent = 0
-            while sent < blob.size:
-                data = await asyncio.to_thread(fh.read, CHUNK_SIZE)
-                if not data:
-                    raise errors.InternalError(f"blob {blob.blob_id} is shorter than announced")
-                sent += len(data)
-                yield common_pb2.TransferChunk(data=data)
-        finally:
-            fh.close()
+        yield sender.header()
+        for message in sender.split(blob.data):
+            yield message
+        sender.finish()
 
     # -- uploads ---------------------------------------------------------------------------
     def allow_uploads(self, job_id: str, policy: UploadPolicy) -> None:
@@ -224,13 +216,11 @@ class BlobRegistry:
                 SHA-256 that does not match the header, or more bytes than the cap.
             AuthorizationError: the job does not run on this site.
         """
-        try:
-            first = await chunks.__anext__()
-        except StopAsyncIteration:
-            raise errors.InvalidArgumentError("an upload must start with a header") from None
-        if first.WhichOneof("item") != "header":
-            raise errors.InvalidArgumentError("an upload must start with a TransferHeader")
-        header = first.header
+        receiver = ChunkReceiver(
+            f"the upload from {site}", require_size=True, require_sha256=True, max_chunk=CHUNK_SIZE
+        )
+        first = await anext(aiter(chunks), None)
+        header = receiver.first_header(first)
         params: Mapping[str, str] = dict(header.params)
         job_id = params.get("job_id", "")
         kind = params.get("kind", "")
@@ -241,43 +231,24 @@ class BlobRegistry:
                 f"job {job_id[:64]!r} accepts no uploads (it is not running on this server)"
             )
         folder, cap = policy.upload_target(site, kind, task_id)
-        if header.size < 0 or header.size > cap:
-            raise errors.InvalidArgumentError(
-                f"an upload must announce its exact size, at most {cap} bytes; got {header.size}"
-            )
-        expected_sha = header.sha256.lower()
-        if len(expected_sha) != 64:
-            raise errors.InvalidArgumentError("an upload must announce its SHA-256 (hex)")
+        receiver.what, receiver.max_bytes = f"the {kind} upload from {site}", cap
+        receiver.on_header(header)
         started = time.perf_counter()
         blob_id = secrets.token_hex(16)
-        sink = self._memory_sink(kind, header.size)
+        sink: _MemorySink | _FileSink | None = self._memory_sink(kind, header.size)
         if sink is None:
-            sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
-            await asyncio.to_thread(sink.open)
-        digest = hashlib.sha256()
-        received = 0
+            file_sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
+            await asyncio.to_thread(file_sink.open)
+            sink = file_sink
         try:
-            async for msg in chunks:
-                if msg.WhichOneof("item") != "data":
-                    raise errors.InvalidArgumentError("an upload carries one header only")
-                data = msg.data
-                received += len(data)
-                if len(data) > CHUNK_SIZE or received > header.size:
-                    raise errors.InvalidArgumentError(
-                        f"the upload exceeds its announced {header.size} bytes"
-                    )
-                digest.update(data)
-                await sink.write(data)
-            if received != header.size:
-                raise errors.InvalidArgumentError(
-                    f"the upload ended after {received} of the announced {header.size} bytes"
-                )
-            if digest.hexdigest() != expected_sha:
-                raise errors.InvalidArgumentError(
-                    "the upload's SHA-256 does not match its header; it was damaged"
-                )
+            async for message in chunks:
+                data = receiver.feed(message)
+                if data is not None:
+                    await sink.write(data)
+            receiver.finish()
             final, data_view = await sink.finish()
         except BaseException:
+            receiver.cancel()
             await sink.abandon()
             if isinstance(sink, _MemorySink):
                 self.memory_used -= header.size
@@ -285,13 +256,21 @@ class BlobRegistry:
         log.debug(
             "upload %s of %d bytes from %s received %s in %.3f s",
             kind,
-            received,
+            receiver.received,
             site,
             "into memory" if data_view is not None else "to a file",
             time.perf_counter() - started,
         )
         blob = UploadedBlob(
-            blob_id, job_id, site, kind, task_id, final, received, expected_sha, data_view
+            blob_id,
+            job_id,
+            site,
+            kind,
+            task_id,
+            final,
+            receiver.received,
+            header.sha256.lower(),
+            data_view,
         )
         self._uploaded[blob_id] = blob
         policy.on_uploaded(blob)

@@ -23,6 +23,7 @@ from flare_protocol import errors
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, PARTIAL
+from flare_protocol.transfer import ChunkSender
 
 __all__ = ["QUEUE_DEPTH", "files_stream", "list_result_files", "thread_stream", "zip_stream"]
 
@@ -56,15 +57,15 @@ def _produce(root: Path, job_id: str, put: Any, partial: bool) -> None:
     params = {"job_id": job_id, "format": FILES, "files": str(len(files))}
     if partial:
         params[PARTIAL] = "true"
+    total = sum(size for _, _, size in files)
     put(
-        common_pb2.TransferChunk(
-            header=common_pb2.TransferHeader(
-                name=job_id,
-                size=sum(size for _, _, size in files),
-                content_type=FILES_CONTENT_TYPE,
-                params=params,
-            )
-        )
+        ChunkSender(
+            f"the result of job {job_id}",
+            name=job_id,
+            size=total,
+            content_type=FILES_CONTENT_TYPE,
+            params=params,
+        ).header()
     )
     for path, name, listed in files:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -72,20 +73,16 @@ def _produce(root: Path, job_id: str, put: Any, partial: bool) -> None:
             size = os.fstat(fd).st_size
             if size != listed:
                 raise errors.InternalError(f"result file {name} changed while it was being sent")
-            put(
-                common_pb2.TransferChunk(
-                    header=common_pb2.TransferHeader(
-                        name=name, size=size, content_type="application/octet-stream"
-                    )
-                )
+            sender = ChunkSender(
+                f"result file {name}", name=name, size=size, content_type="application/octet-stream"
             )
-            left = size
-            while left:
-                block = os.read(fd, min(CHUNK_SIZE, left))
+            put(sender.header())
+            while want := sender.next_read():
+                block = os.read(fd, want)
                 if not block:
-                    raise errors.InternalError(f"result file {name} shrank while it was being sent")
-                left -= len(block)
-                put(common_pb2.TransferChunk(data=block))
+                    break
+                put(sender.data(block))
+            sender.finish()
         finally:
             os.close(fd)
 

@@ -22,10 +22,9 @@ reference.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +34,10 @@ import grpc
 from flare_protocol._direct_io import DirectWriter
 from flare_protocol._fsync import fsync_dir
 from flare_protocol._generated import common_pb2, site_pb2
-from flare_protocol.credentials import CHUNK_SIZE
-from flare_protocol.errors import FlareError
+from flare_protocol._transfer_aio import file_messages
+from flare_protocol.errors import BlobError
 from flare_protocol.hashing import sha256_file
+from flare_protocol.transfer import ChunkReceiver, ChunkSender
 
 __all__ = ["Blob", "BlobError", "download", "sha256_file", "upload"]
 
@@ -45,10 +45,6 @@ __all__ = ["Blob", "BlobError", "download", "sha256_file", "upload"]
 MAX_DOWNLOAD_BYTES = 4 * 1024**3
 #: A transfer that failed with one of these may succeed on the next connection.
 _RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-
-
-class BlobError(FlareError):
-    """A blob transfer failed or delivered something other than announced."""
 
 
 @dataclass(frozen=True)
@@ -77,10 +73,10 @@ def _open_temp(dest: Path) -> tuple[DirectWriter, Path]:
     return DirectWriter(tmp, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600), tmp
 
 
-def _absorb(digest: Any, writer: DirectWriter, data: bytes) -> None:
+def _absorb(receiver: ChunkReceiver, writer: DirectWriter, data: bytes) -> None:
     # In a worker thread: hashlib and os.write release the GIL, so the event loop keeps
     # receiving the next chunks meanwhile instead of hashing 100 MB itself.
-    digest.update(data)
+    receiver.hash(data)
     writer.write(data)
 
 
@@ -88,6 +84,14 @@ def _finish(tmp: Path, dest: Path, durable: bool) -> None:
     os.replace(tmp, dest)
     if durable:
         fsync_dir(dest.parent)
+
+
+def _failed(what: str, exc: grpc.RpcError) -> BlobError:
+    code = exc.code()  # type: ignore[attr-defined]
+    return BlobError(
+        f"{what} failed: {code.name}: {exc.details()}",  # type: ignore[attr-defined]
+        retryable=code in _RETRYABLE,
+    )
 
 
 async def download(
@@ -113,73 +117,34 @@ async def download(
     Raises:
         BlobError: the stream broke, or the blob is not what was announced.
     """
+    receiver = ChunkReceiver(
+        f"blob {blob.blob_id}",
+        error=BlobError,
+        max_bytes=max_bytes,
+        size=blob.size,
+        sha256=blob.sha256,
+        hash_data=False,  # hashed in the writing thread
+    )
     call = stub.Download(site_pb2.BlobRequest(blob_id=blob.blob_id, job_id=job_id), timeout=timeout)
     writer, tmp = await asyncio.to_thread(_open_temp, dest)
-    digest = hashlib.sha256()
-    received = 0
-    header: common_pb2.TransferHeader | None = None
     try:
         try:
-            async for chunk in call:
-                kind = chunk.WhichOneof("item")
-                if kind == "header":
-                    if header is not None or received:
-                        raise BlobError(f"blob {blob.blob_id}: a second header in the stream")
-                    header = chunk.header
-                    if header.size > max_bytes:
-                        raise BlobError(
-                            f"blob {blob.blob_id} announces {header.size} bytes; the site "
-                            f"accepts at most {max_bytes}"
-                        )
-                    continue
-                if kind != "data":
-                    continue
-                received += len(chunk.data)
-                if received > max_bytes:
-                    raise BlobError(
-                        f"blob {blob.blob_id} exceeds the cap of {max_bytes} bytes; stopped"
-                    )
-                await asyncio.to_thread(_absorb, digest, writer, chunk.data)
+            async for message in call:
+                data = receiver.feed(message)
+                if data is not None:
+                    await asyncio.to_thread(_absorb, receiver, writer, data)
         except grpc.RpcError as exc:
-            raise BlobError(
-                f"download of blob {blob.blob_id} failed: {exc.code().name}: {exc.details()}",
-                retryable=exc.code() in _RETRYABLE,
-            ) from None
-        actual = digest.hexdigest()
-        expected_size = header.size if header is not None and header.size >= 0 else blob.size
-        if expected_size >= 0 and received != expected_size:
-            raise BlobError(
-                f"blob {blob.blob_id}: received {received} bytes, {expected_size} were announced"
-            )
-        for announced in (blob.sha256, header.sha256 if header is not None else ""):
-            if announced and announced.lower() != actual:
-                raise BlobError(
-                    f"blob {blob.blob_id}: SHA-256 {actual} does not match the announced "
-                    f"{announced}; the transfer was damaged"
-                )
+            raise _failed(f"download of blob {blob.blob_id}", exc) from None
+        receiver.finish()
         await asyncio.to_thread(writer.finish, fsync=durable)
         await asyncio.to_thread(_finish, tmp, dest, durable)
     except BaseException:
+        receiver.cancel()
         writer.close()
         tmp.unlink(missing_ok=True)
         call.cancel()
         raise
     return dest
-
-
-async def _chunks(
-    path: Path, header: common_pb2.TransferHeader
-) -> AsyncIterator[common_pb2.TransferChunk]:
-    yield common_pb2.TransferChunk(header=header)
-    fh = await asyncio.to_thread(open, path, "rb")
-    try:
-        while True:
-            data = await asyncio.to_thread(fh.read, CHUNK_SIZE)
-            if not data:
-                return
-            yield common_pb2.TransferChunk(data=data)
-    finally:
-        fh.close()
 
 
 async def upload(
@@ -200,17 +165,21 @@ async def upload(
     file is hashed first); the server refuses the blob if the bytes sent differ.
 
     Raises:
-        BlobError: the server refused the upload or the stream broke.
+        BlobError: the server refused the upload, the stream broke, or the file changed
+            size while it was sent.
     """
     sha, size = digest if digest is not None else await asyncio.to_thread(sha256_file, path)
-    header = common_pb2.TransferHeader(
-        name=name, size=size, sha256=sha, content_type=content_type, params=dict(params or {})
+    sender = ChunkSender(
+        name,
+        name=name,
+        size=size,
+        sha256=sha,
+        content_type=content_type,
+        params=params,
+        error=BlobError,
     )
     try:
-        ref = await stub.Upload(_chunks(path, header), timeout=timeout)
+        ref = await stub.Upload(file_messages(sender, path), timeout=timeout)
     except grpc.RpcError as exc:
-        raise BlobError(
-            f"upload of {name} failed: {exc.code().name}: {exc.details()}",
-            retryable=exc.code() in _RETRYABLE,
-        ) from None
+        raise _failed(f"upload of {name}", exc) from None
     return Blob.from_pb(ref)

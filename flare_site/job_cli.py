@@ -21,6 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from flare_protocol._direct_io import replace_file
 from flare_protocol.app_config import (
     CLIENT_CONFIG,
     SERVER_CONFIG,
@@ -118,9 +119,8 @@ def _copy_atomic(source: Path, target: Path) -> None:
 
 def _write_json(target: Path, data: object) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", "utf-8")
-    os.replace(tmp, target)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    replace_file(target, text.encode(), durable=False, mode=0o644)
 
 
 async def _run(args: argparse.Namespace) -> int:

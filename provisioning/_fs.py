@@ -23,6 +23,7 @@ import ctypes.util
 import os
 from pathlib import Path
 
+from flare_protocol._direct_io import replace_file
 from flare_protocol._fsync import fsync_dir
 
 __all__ = ["FLUSH_STRATEGIES", "FileBatch", "fsync_dir", "write_atomic"]
@@ -41,16 +42,7 @@ def _write_fd(fd: int, data: bytes) -> None:
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data``: temp file with ``mode``, fsync, rename, fsync folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | _O_NOFOLLOW | _O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        _write_fd(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    replace_file(path, data, mode=mode, sync_folder=True)
 
 
 def _syncfs(path: Path) -> bool:

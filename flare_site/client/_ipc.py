@@ -20,6 +20,8 @@ import socket
 import struct
 from typing import Any
 
+from flare_protocol.errors import FrameError
+
 ENV_SOCKET = "FLARE_IPC_SOCKET"
 ENV_TOKEN = "FLARE_IPC_TOKEN"
 ENV_MODE = "FLARE_IPC_MODE"  # "script": tasks and metrics; "command": metrics only
@@ -30,10 +32,6 @@ ENV_APP_DIR = "FLARE_APP_DIR"
 
 MAX_FRAME = 1024 * 1024
 _HEADER = struct.Struct(">I")
-
-
-class FrameError(Exception):
-    """The peer sent something that is not a valid frame (internal to the IPC layer)."""
 
 
 def encode_frame(message: dict[str, Any]) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,18 @@ def make_job(folder: Path, name: str = "hello", **meta: Any) -> Path:
 @pytest.fixture
 def job_folder(tmp_path: Path) -> Path:
     return make_job(tmp_path / "hello")
+
+
+def drain(sink: Any, messages: Iterable[Any]) -> str:
+    """Feed a download sink every message as a Session does, then finish it (discarding
+    what arrived when a message is refused)."""
+    try:
+        for message in messages:
+            sink.feed(message)
+    except BaseException:
+        sink.discard()
+        raise
+    return str(sink.finish())
 
 
 def advance(server: ServerThread, job_id: str, *statuses: JobStatus, pause: float = 0.0) -> None:

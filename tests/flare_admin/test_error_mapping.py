@@ -165,3 +165,12 @@ def test_a_busy_server_is_no_reply():
 def test_a_deadline_tells_how_to_raise_the_timeout():
     exc = map_rpc_error(rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED), address=ADDRESS, action="x")
     assert "set_timeout" in str(exc)
+
+
+def test_declared_numbers_come_back_as_numbers_across_the_wire():
+    sent = errors.InvalidJobDefinition("too big", size=3_000_000_000, path="job.zip", field="x")
+    code, message, trailer = encode_error(sent)
+    got = map_rpc_error(rpc_error(code, message, trailer), address=ADDRESS, action="submit_job")
+    assert isinstance(got, errors.InvalidJobDefinition)
+    assert got.size == 3_000_000_000 and got.path == "job.zip" and got.field == "x"
+    assert got.status_code == grpc.StatusCode.INVALID_ARGUMENT.name

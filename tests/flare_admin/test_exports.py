@@ -68,6 +68,7 @@ EXPECTED = {
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
@@ -121,7 +122,8 @@ def test_importing_flare_admin_leaves_heavy_machinery_unloaded():
     only when used."""
     script = (
         "import sys, flare_admin\n"
-        "heavy = ['flare_admin.aio', 'flare_admin._transfer', 'flare_admin._connect',\n"
+        "heavy = ['flare_admin.aio', 'flare_admin._upload', 'flare_admin._download',\n"
+        "         'flare_admin._connect', 'flare_protocol.transfer',\n"
         "         'zipfile', 'jsonschema', 'flare_protocol.job_format', 'cryptography.x509']\n"
         "print([m for m in heavy if m in sys.modules])\n"
     )
@@ -130,3 +132,12 @@ def test_importing_flare_admin_leaves_heavy_machinery_unloaded():
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("package", ["flare_admin", "flare_job", "flare_site", "flare_protocol"])
+def test_the_packages_users_import_say_they_are_typed(package: str):
+    """PEP 561: the marker at a package's top level makes type checkers read its hints
+    (flare_site's covers the Client API, flare_site.client)."""
+    from importlib.resources import files
+
+    assert files(package).joinpath("py.typed").is_file()

@@ -27,8 +27,10 @@ from flare_admin import (
     _ops,
     rounds_table,
 )
-from flare_admin._transfer import ModelDownload, model_target
+from flare_admin._download import ModelDownload, model_target
+from flare_protocol._generated import common_pb2
 from flare_protocol.errors import InternalError
+from tests.flare_admin.conftest import drain
 
 JOB = str(uuid.uuid4())
 
@@ -198,33 +200,39 @@ def test_models_go_next_to_results_never_inside_them(tmp_path: Path):
     assert model_target(tmp_path / "m.npz", tmp_path / "x", "ignored") == tmp_path / "m.npz"
 
 
+def model_stream(data: bytes, size: int, sha: str) -> list[common_pb2.TransferChunk]:
+    head = common_pb2.TransferHeader(name="m.npz", size=size, sha256=sha)
+    return [common_pb2.TransferChunk(header=head)] + [
+        common_pb2.TransferChunk(data=data[:500]),
+        common_pb2.TransferChunk(data=data[500:]),
+    ]
+
+
+def download_model_file(target: Path, messages: list[common_pb2.TransferChunk]) -> str:
+    return drain(ModelDownload(target, "the model"), messages)
+
+
 def test_a_model_download_is_whole_or_absent(tmp_path: Path):
     import hashlib
 
     data = b"PK" + bytes(1000)
-    ok = ModelDownload(tmp_path / "ok.npz", "the model")
-    ok.header(len(data), hashlib.sha256(data).hexdigest())
-    ok.write(data[:500])
-    ok.write(data[500:])
-    assert Path(ok.finish()).read_bytes() == data
-
-    short = ModelDownload(tmp_path / "short.npz", "the model")
-    short.header(len(data), "")
-    short.write(data[:10])
+    sha = hashlib.sha256(data).hexdigest()
+    assert (
+        Path(
+            download_model_file(tmp_path / "ok.npz", model_stream(data, len(data), sha))
+        ).read_bytes()
+        == data
+    )
     with pytest.raises(InternalError, match="cut short"):
-        short.finish()
-
-    corrupt = ModelDownload(tmp_path / "bad.npz", "the model")
-    corrupt.header(len(data), "0" * 64)
-    corrupt.write(data)
+        download_model_file(tmp_path / "short.npz", model_stream(data, len(data) + 1, ""))
     with pytest.raises(InternalError, match="corrupt"):
-        corrupt.finish()
-
-    too_much = ModelDownload(tmp_path / "big.npz", "the model")
-    too_much.header(4, "")
-    with pytest.raises(InternalError, match="more bytes"):
-        too_much.write(data)
-    too_much.discard()
+        download_model_file(tmp_path / "bad.npz", model_stream(data, len(data), "0" * 64))
+    with pytest.raises(InternalError, match="longer than its announced 4 bytes"):
+        download_model_file(tmp_path / "big.npz", model_stream(data, 4, ""))
+    with pytest.raises(InternalError, match="did not start with a header"):
+        download_model_file(tmp_path / "nohead.npz", model_stream(data, 4, "")[1:])
+    with pytest.raises(InternalError, match="ended before its header"):
+        download_model_file(tmp_path / "empty.npz", [])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.npz"]
 
 

@@ -24,6 +24,7 @@ from flare_admin import (
     JobSummary,
     JobTimeout,
     MonitorReturnCode,
+    new_secure_session,
 )
 from flare_server.jobs import JobStatus
 from tests.flare_admin.conftest import ADMIN, advance, finish_with_result, make_job
@@ -386,6 +387,54 @@ def test_download_into_a_missing_folder_is_invalid_argument(session, server, job
     finish_with_result(server, job_id, {"a.txt": b"a"})
     with pytest.raises(InvalidArgumentError, match="not an existing folder"):
         session.download_job_result(job_id, destination=tmp_path / "missing")
+
+
+_FULL_DISK_SCRIPT = """
+import json, resource, sys
+from flare_admin import LocalIOError, new_secure_session
+kit, address, job_id, dest = sys.argv[1:]
+with new_secure_session("admin@org_a.com", kit, server_address=address) as s:
+    # Files over 1 MiB fail with EFBIG, as on a full disk (CPython ignores SIGXFSZ).
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, resource.RLIM_INFINITY))
+    for download in (s.download_job_result, s.download_model):
+        try:
+            download(job_id, dest)
+        except LocalIOError as exc:
+            print(json.dumps([type(exc).__name__, str(exc), exc.path, exc.errno, exc.job_id]))
+"""
+
+
+def test_a_local_disk_failure_during_a_download_is_a_local_io_error_naming_the_path(
+    server, job_folder, admin_kit, tmp_path
+):
+    import errno
+    import subprocess
+    import sys
+
+    session_job = None
+    with new_secure_session(ADMIN, admin_kit, server_address=server.admin_address) as s:
+        session_job = s.submit_job(job_folder)
+    big = os.urandom(3 * 1024 * 1024)
+    finish_with_result(server, session_job, {"model.npz": big, "global_model.npz": big})
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    args = [str(admin_kit), server.admin_address, session_job, str(dest)]
+    done = subprocess.run(
+        [sys.executable, "-c", _FULL_DISK_SCRIPT, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    result, model = (json.loads(line) for line in done.stdout.splitlines())
+    assert result[0] == model[0] == "LocalIOError"
+    assert result[1].startswith(f"cannot write the result of job {session_job} into {dest}: ")
+    assert result[1].endswith("File too large") and result[2] == str(dest)
+    assert result[3] == errno.EFBIG and result[4] == session_job
+    assert model[1] == (
+        f"cannot write the final global model of job {session_job} into {dest}: File too large"
+    )
+    assert sorted(os.listdir(dest)) == []  # nothing half-written is left
 
 
 def test_a_list_too_big_for_one_reply_is_fetched_in_parts(

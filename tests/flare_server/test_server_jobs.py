@@ -209,7 +209,7 @@ def test_submit_job_refuses_a_stream_without_header(admin):
     code, detail = error_of(
         admin.SubmitJob, iter([common_pb2.TransferChunk(data=b"PK")]), timeout=10
     )
-    assert detail.type == "InvalidArgumentError" and "Header" in detail.message
+    assert detail.type == "InvalidArgumentError" and "did not start with a header" in detail.message
 
 
 @pytest.mark.parametrize(

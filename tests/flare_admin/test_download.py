@@ -1,4 +1,5 @@
-"""Upload zips a job folder while streaming; download checks every entry before extracting."""
+"""A download checks every name, size and entry before anything is kept; nothing half-written
+remains after a failure, and a local disk failure is a LocalIOError naming the path."""
 
 from __future__ import annotations
 
@@ -6,105 +7,19 @@ import hashlib
 import io
 import os
 import stat
-import tracemalloc
 import zipfile
 from pathlib import Path
 
 import pytest
 
-from flare_admin._transfer import ExtractLimits, JobUpload, ResultDownload, check_destination
+from flare_admin._download import ExtractLimits, ResultDownload, check_destination
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
-from flare_protocol.errors import InternalError, InvalidArgumentError, InvalidJobDefinition
+from flare_protocol.errors import InternalError, InvalidArgumentError
 from flare_protocol.result_format import FILES_CONTENT_TYPE, PARTIAL
-from tests.flare_admin.conftest import make_job
+from tests.flare_admin.conftest import drain
 
 JOB = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"
-
-
-def streamed_zip(upload: JobUpload) -> zipfile.ZipFile:
-    chunks = list(upload.chunks())
-    assert all(len(c) <= CHUNK_SIZE for c in chunks)
-    return zipfile.ZipFile(io.BytesIO(b"".join(chunks)))
-
-
-# -- upload ------------------------------------------------------------------------------
-
-
-def test_a_folder_streams_as_a_zip_under_its_own_name(tmp_path):
-    job = make_job(tmp_path / "hello")
-    weights = os.urandom(3 * CHUNK_SIZE + 17)
-    (job / "app" / "custom" / "weights.bin").write_bytes(weights)
-    zf = streamed_zip(JobUpload.from_path(job))
-    names = zf.namelist()
-    assert "hello/meta.json" in names and "hello/app/custom/weights.bin" in names
-    assert zf.read("hello/app/custom/weights.bin") == weights
-    assert zf.testzip() is None
-
-
-def test_small_files_are_deflated_and_large_ones_stored(tmp_path):
-    job = make_job(tmp_path / "hello")
-    (job / "app" / "big.bin").write_bytes(bytes(5 * CHUNK_SIZE))
-    zf = streamed_zip(JobUpload.from_path(job))
-    assert zf.getinfo("hello/meta.json").compress_type == zipfile.ZIP_DEFLATED
-    assert zf.getinfo("hello/app/big.bin").compress_type == zipfile.ZIP_STORED
-
-
-def test_an_existing_zip_is_streamed_byte_for_byte(tmp_path):
-    archive = tmp_path / "job.zip"
-    with zipfile.ZipFile(archive, "w") as zf:
-        zf.writestr("job/meta.json", "{}")
-        zf.writestr("job/blob", os.urandom(CHUNK_SIZE * 2))
-    upload = JobUpload.from_path(archive)
-    assert upload.is_zip and upload.total == archive.stat().st_size
-    assert b"".join(upload.chunks()) == archive.read_bytes()
-
-
-def test_progress_counts_source_bytes_up_to_the_total(tmp_path):
-    job = make_job(tmp_path / "hello")
-    (job / "data.bin").write_bytes(bytes(2 * CHUNK_SIZE + 5))
-    upload = JobUpload.from_path(job)
-    seen: list[tuple[int, int]] = []
-    list(upload.chunks(lambda sent, total: seen.append((sent, total))))
-    assert seen[0][0] == 0 and seen[-1] == (upload.total, upload.total)
-
-
-def test_a_fifo_in_the_folder_is_refused(tmp_path):
-    job = make_job(tmp_path / "hello")
-    os.mkfifo(job / "pipe")
-    with pytest.raises(InvalidJobDefinition, match="not a regular file"):
-        JobUpload.from_path(job)
-
-
-def test_a_symlinked_folder_is_refused(tmp_path):
-    job = make_job(tmp_path / "hello")
-    (job / "outside").symlink_to(tmp_path, target_is_directory=True)
-    with pytest.raises(InvalidJobDefinition, match="symbolic link"):
-        JobUpload.from_path(job)
-
-
-def test_a_file_that_vanishes_during_upload_is_an_invalid_job_definition(tmp_path):
-    job = make_job(tmp_path / "hello")
-    upload = JobUpload.from_path(job)
-    (job / "app" / "custom" / "train.py").unlink()
-    with pytest.raises(InvalidJobDefinition, match="train.py"):
-        list(upload.chunks())
-
-
-def test_upload_memory_stays_bounded(tmp_path):
-    job = make_job(tmp_path / "hello")
-    with open(job / "big.bin", "wb") as fh:
-        for _ in range(48):
-            fh.write(os.urandom(CHUNK_SIZE))
-    upload = JobUpload.from_path(job)
-    tracemalloc.start()
-    try:
-        for _ in upload.chunks():
-            pass
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 8 * CHUNK_SIZE, f"peak {peak} bytes for a 48 MiB job"
 
 
 # -- download ----------------------------------------------------------------------------
@@ -122,6 +37,17 @@ def zip_bytes(entries: dict[str, bytes], link: str | None = None) -> bytes:
     return buf.getvalue()
 
 
+def zip_stream(data: bytes, size: int, sha: str) -> list[common_pb2.TransferChunk]:
+    """What an older server sends: one header, then the zip."""
+    head = common_pb2.TransferHeader(
+        name=f"{JOB}.zip", size=size, sha256=sha, content_type="application/zip"
+    )
+    chunks = [data[i : i + 1000] for i in range(0, len(data), 1000)]
+    return [common_pb2.TransferChunk(header=head)] + [
+        common_pb2.TransferChunk(data=c) for c in chunks
+    ]
+
+
 def receive(
     folder: Path,
     data: bytes,
@@ -130,14 +56,9 @@ def receive(
     sha: str | None = None,
     limits: ExtractLimits | None = None,
 ) -> str:
-    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
-    sink.header(
-        len(data) if size is None else size,
-        hashlib.sha256(data).hexdigest() if sha is None else sha,
-    )
-    for i in range(0, len(data), 1000):
-        sink.write(data[i : i + 1000])
-    return sink.finish()
+    size = len(data) if size is None else size
+    sha = hashlib.sha256(data).hexdigest() if sha is None else sha
+    return receive_files(folder, zip_stream(data, size, sha), limits)
 
 
 def test_a_result_is_extracted_into_its_job_folder(tmp_path):
@@ -246,14 +167,7 @@ def files_stream(files: dict[str, bytes], *, count: int | None = None, total: in
 
 
 def receive_files(folder: Path, messages, limits: ExtractLimits | None = None) -> str:
-    sink = ResultDownload(folder, JOB, limits or ExtractLimits())
-    try:
-        for msg in messages:
-            sink.feed(msg)
-    except BaseException:
-        sink.discard()
-        raise
-    return sink.finish()
+    return drain(ResultDownload(folder, JOB, limits or ExtractLimits()), messages)
 
 
 def test_a_files_stream_is_written_file_by_file_into_the_job_folder(tmp_path):
