@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import os
@@ -39,7 +40,7 @@ from flare_server.calls import Call, StreamTracker
 from flare_server.commands import Commands
 from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
-from flare_server.jobs import ArchiveLimits, JobStore
+from flare_server.jobs import ArchiveLimits, JobRepository, JobStore
 from flare_server.model_source import authorize_model_source
 from flare_server.project_sites import ProjectSites
 from flare_server.results import RowSignals
@@ -163,7 +164,7 @@ class Server:
         self._listening = False
         self._log_handlers: list[logging.Handler] = []
         self._grpc_servers: list[grpc.aio.Server] = []
-        self.store: JobStore
+        self.store: JobRepository
         self.audit: AuditLog | None = None
         self.commands = Commands(self)
 
@@ -193,8 +194,14 @@ class Server:
             max_entries=s.max_entries,
             max_ratio=s.max_compression_ratio,
         )
-        self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
-        self.store.definition_check = self.project_sites.check_job
+        self.store = await asyncio.to_thread(
+            functools.partial(
+                JobStore.open,
+                self.workspace / "jobs",
+                limits=limits,
+                definition_check=self.project_sites.check_job,
+            )
+        )
         if self.project_sites.names is None:
             log.warning(
                 "%s has no %s (a kit provisioned by an older flare): jobs naming sites that "

@@ -14,13 +14,15 @@ from pathlib import Path
 
 from flare_protocol.errors import JobNotDone
 from flare_server.authz import Policy, Resource, Right, Subject
-from flare_server.jobs import JobStatus, JobStore
+from flare_server.jobs import JobRepository, JobStatus
 from flare_server.results import FINAL_MODEL
 
 __all__ = ["authorize_model_source"]
 
 
-def authorize_model_source(store: JobStore, policy: Policy, who: Subject, model_job: str) -> Path:
+def authorize_model_source(
+    store: JobRepository, policy: Policy, who: Subject, model_job: str
+) -> Path:
     """The final model of ``model_job``, if ``who`` may start a job from it: they hold the
     download right on that job, and it completed with a final model.
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flare_protocol.errors import InvalidTransition, JobNotFound
-from flare_server.jobs import JobStatus, JobStore
+from flare_server.jobs import JobRepository, JobStatus
 from flare_server.sites import SiteRegistry
 
 log = logging.getLogger("flare_server.scheduler")
@@ -93,7 +93,7 @@ def place(
 class Scheduler:
     """Re-evaluates waiting jobs on submit and on site connect/disconnect."""
 
-    def __init__(self, store: JobStore, registry: SiteRegistry, launcher: JobLauncher) -> None:
+    def __init__(self, store: JobRepository, registry: SiteRegistry, launcher: JobLauncher) -> None:
         self.store = store
         self.registry = registry
         self.launcher = launcher
