@@ -44,10 +44,10 @@ import shutil
 import time
 import uuid
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flare_protocol import errors
 from flare_protocol._generated import site_pb2
@@ -69,9 +69,9 @@ from flare_protocol.models import (
 )
 from flare_protocol.npz_layout import view_params
 from flare_protocol.tracking import MAX_RECORD_CHARS, METRIC, RECORD_KINDS
-from flare_server.authz import Principal
+from flare_server.authz import Policy, Principal
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
-from flare_server.jobs import JobStatus, safe_extract
+from flare_server.jobs import JobRepository, JobStatus, safe_extract
 from flare_server.model_source import authorize_model_source
 from flare_server.results import (
     METRICS,
@@ -79,10 +79,13 @@ from flare_server.results import (
     SUMMARY,
     VALIDATIONS,
     ResultFolder,
+    RowSignals,
     round_model_name,
     seal_jsonl,
     write_atomic,
 )
+from flare_server.settings import ServerSettings
+from flare_server.sites import SiteRegistry
 from flare_server.workflows import (
     ABNORMAL,
     ABORTED,
@@ -97,9 +100,6 @@ from flare_server.workflows import (
     StartTimer,
     ValidationRecorded,
 )
-
-if TYPE_CHECKING:
-    from flare_server.app import Server
 
 __all__ = ["FAILED_TO_RUN", "JobRun", "JobRunner"]
 
@@ -183,25 +183,57 @@ def _opt_int(value: Any) -> int | None:
 
 
 class JobRunner:
-    """The scheduler's launcher: one :class:`JobRun` per running job."""
+    """The scheduler's launcher: one :class:`JobRun` per running job.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    ``owns_jobs``: False when another launcher (a test seam) runs the jobs; then the jobs
+    a site reports running are not aborted as strays (that launcher knows which are live).
+    """
+
+    def __init__(
+        self,
+        store: JobRepository,
+        registry: SiteRegistry,
+        settings: ServerSettings,
+        policy: Policy,
+        result_rows: RowSignals,
+        *,
+        owns_jobs: bool = True,
+    ) -> None:
+        self.store = store
+        self.registry = registry
+        self.settings = settings
+        self.policy = policy
+        #: Told when a job's run appends metric or validation rows (its watchers).
+        self.result_rows = result_rows
+        self.owns_jobs = owns_jobs
         #: Model-sized buffers shared by the jobs: updates are received or loaded into
         #: them, round models aggregated and serialized into them, so a round does not
         #: fault in ~100s of MB of fresh memory (a buffer is reused only once nothing
         #: refers to it; see BufferPool).
         self.buffers = BufferPool()
-        self.blobs = BlobRegistry(self.buffers, server.settings.update_memory_bytes)
+        self.blobs = BlobRegistry(self.buffers, settings.update_memory_bytes)
         self.runs: dict[str, JobRun] = {}
         #: (site, job) -> when the site was last told to abort a job it should not run.
         self._stray: dict[tuple[str, str], float] = {}
         self._trim: asyncio.TimerHandle | None = None
-        server.registry.subscribe(self._on_site_event)
+        self._run_ended: tuple[Callable[[], None], ...] = ()
+        registry.subscribe(self._on_site_event)
+        registry.subscribe_messages(self.on_site_message)
 
-    @property
-    def store(self) -> Any:
-        return self.server.store
+    def subscribe_run_ended(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` each time a run ended and freed its sites' slots (the
+        scheduler looks at the waiting jobs again)."""
+        self._run_ended = (*self._run_ended, callback)
+
+    def run_ended(self, job_id: str) -> None:
+        """A run is over (called by the run itself, last)."""
+        self.runs.pop(job_id, None)
+        self.trim_when_idle()
+        for callback in self._run_ended:
+            try:
+                callback()
+            except Exception:
+                log.exception("a run-ended callback failed")
 
     def trim_when_idle(self, delay: float = IDLE_TRIM_SECONDS) -> None:
         """Once no job has run for ``delay`` seconds, give the model buffers back: a
@@ -270,8 +302,8 @@ class JobRunner:
     def free_slots(self) -> dict[str, int]:
         """Jobs each connected site with a ``max_jobs`` resource can still take."""
         free: dict[str, int] = {}
-        for name in self.server.registry.names():
-            site = self.server.registry.get(name)
+        for name in self.registry.names():
+            site = self.registry.get(name)
             try:
                 limit = int(site.resources.get("max_jobs", "")) if site else 0
             except ValueError:
@@ -300,6 +332,14 @@ class JobRunner:
         if run is not None:
             run.abort_reason = reason
             run.post(("abort", reason))
+
+    def notify_abort(self, meta: Mapping[str, Any], reason: str = "aborted by an admin") -> None:
+        """Tell the job's run and its sites that it was aborted (best effort)."""
+        job_id = str(meta["job_id"])
+        self.abort(job_id, reason)
+        for site in meta.get("deployed_sites") or ():
+            if site in self.registry:
+                self.registry.send(site, _envelope(job_id, "job.abort", {"reason": reason}))
 
     async def wait_result(self, job_id: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the job's run (if one is active) to finish
@@ -343,8 +383,8 @@ class JobRunner:
         does not (the site is ending it). Each stray job is told again at most every
         ``heartbeat_timeout`` seconds while the site keeps reporting it.
         """
-        site = self.server.registry.get(name)
-        if site is None or getattr(self.server, "launcher", self) is not self:
+        site = self.registry.get(name)
+        if site is None or not self.owns_jobs:
             return  # another launcher (a test seam) runs the jobs: it knows which are live
         now = time.monotonic()
         self._stray = {
@@ -355,7 +395,7 @@ class JobRunner:
             if owner is not None and name in owner.sites and not (at_connect and owner.ending):
                 continue
             told = self._stray.get((name, job_id))
-            if told is not None and now - told < self.server.settings.heartbeat_timeout:
+            if told is not None and now - told < self.settings.heartbeat_timeout:
                 continue
             self._stray[(name, job_id)] = now
             log.info(
@@ -364,7 +404,7 @@ class JobRunner:
                 job_id[:64],
             )
             with contextlib.suppress(errors.InvalidTarget):
-                self.server.registry.send(
+                self.registry.send(
                     name,
                     _envelope(
                         job_id, "job.abort", {"reason": "the server no longer runs this job"}
@@ -379,10 +419,9 @@ class JobRun:
         self, runner: JobRunner, job_id: str, meta: dict[str, Any], sites: tuple[str, ...]
     ) -> None:
         self.runner = runner
-        self.server = runner.server
-        self.registry = runner.server.registry
-        self.settings = runner.server.settings
-        self.store = runner.server.store
+        self.registry = runner.registry
+        self.settings = runner.settings
+        self.store = runner.store
         self.blobs = runner.blobs
         self.job_id = job_id
         self.meta = meta
@@ -486,7 +525,7 @@ class JobRun:
         self.log.addHandler(handler)
         self._log_handler = handler
         result_dir = await asyncio.to_thread(self.store.result_dir, self.job_id)
-        on_rows = functools.partial(self.server.result_rows.notify, self.job_id)  # watchers
+        on_rows = functools.partial(self.runner.result_rows.notify, self.job_id)  # watchers
         self.results = await asyncio.to_thread(ResultFolder, result_dir, on_rows)
         self.blobs.allow_uploads(self.job_id, self)
         self.log.info("job %s: preparing for %s", self.job_id, ", ".join(self.sites))
@@ -541,7 +580,7 @@ class JobRun:
             # since the job was submitted (a changed policy), or the source job with it.
             who = Principal.submitter_of(self.meta)
             try:
-                path = authorize_model_source(self.store, self.server.policy, who, str(model_job))
+                path = authorize_model_source(self.store, self.runner.policy, who, str(model_job))
             except errors.FlareError as exc:
                 raise errors.FlareError(
                     f"initial_model_job_id {model_job}: {exc.message}", job_id=self.job_id
@@ -1248,11 +1287,7 @@ class JobRun:
             return status
 
     def _cleanup(self) -> None:
-        self.runner.runs.pop(self.job_id, None)
-        self.runner.trim_when_idle()
-        scheduler = getattr(self.server, "scheduler", None)
-        if scheduler is not None:
-            scheduler.poke()  # the job's sites may have room for a waiting job now
+        self.runner.run_ended(self.job_id)  # its sites may have room for a waiting job now
         self.blobs.forget_job(self.job_id)
         if self.results is not None:
             self.results.close()

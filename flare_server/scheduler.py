@@ -45,6 +45,10 @@ class JobLauncher(Protocol):
         """Take over a SUBMITTED job; must move it out of SUBMITTED (or raise)."""
         ...
 
+    def free_slots(self) -> Mapping[str, int]:
+        """Jobs each connected site with a job limit can still take (others: no limit)."""
+        ...
+
 
 def place(
     meta: Mapping[str, Any], connected: Collection[str], busy: Collection[str] = ()
@@ -125,8 +129,7 @@ class Scheduler:
 
     async def evaluate(self) -> None:
         """One pass over every SUBMITTED job (store work in one worker-thread call)."""
-        free_slots = getattr(self.launcher, "free_slots", None)
-        free = dict(free_slots()) if free_slots is not None else {}
+        free = dict(self.launcher.free_slots())
         connected = frozenset(self.registry.names())
         runnable = await asyncio.to_thread(self._plan, connected, free)
         for job_id, meta, sites in runnable:

@@ -7,7 +7,9 @@ again (which replaces the old session). Each connected site owns an outbound que
 issue pushes work, and through which :meth:`SiteRegistry.request` forwards a command and
 awaits the site's reply. Listeners are told of every connect and disconnect (the scheduler
 re-evaluates waiting jobs then), and of every heartbeat that lists running jobs (the job
-runner makes sure each is still running there).
+runner makes sure each is still running there). Envelopes a site sends are
+:meth:`SiteRegistry.deliver`-ed: a reply resolves the request it answers, anything else
+goes to the message listeners (the job runner routes job traffic to the job's run).
 
 The registry is confined to the server's event loop: call it from coroutines or callbacks
 running on that loop only.
@@ -37,6 +39,8 @@ CLOSE = None
 #: (event, site name); events: "connected", "disconnected", and "running_jobs" (a heartbeat
 #: that lists jobs the site runs: the job runner checks they are still running here).
 SiteListener = Callable[[str, str], None]
+#: (site name, envelope): a message from a connected site that answers no request.
+MessageListener = Callable[[str, site_pb2.Envelope], None]
 
 
 @dataclass
@@ -86,6 +90,7 @@ class SiteRegistry:
         self.heartbeat_timeout = heartbeat_timeout
         self._sites: dict[str, ConnectedSite] = {}
         self._listeners: list[SiteListener] = []
+        self._message_listeners: tuple[MessageListener, ...] = ()
         self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
@@ -105,7 +110,20 @@ class SiteRegistry:
             self.disconnect(name, reason="server stopping")
 
     def subscribe(self, listener: SiteListener) -> None:
+        """Tell ``listener(event, name)`` of connects, disconnects and running-job lists."""
         self._listeners.append(listener)
+
+    def subscribe_messages(self, listener: MessageListener) -> Callable[[], None]:
+        """Give ``listener(site, envelope)`` every message :meth:`deliver` does not take
+        as a reply; returns the function that unsubscribes."""
+        self._message_listeners = (*self._message_listeners, listener)
+
+        def unsubscribe() -> None:
+            self._message_listeners = tuple(
+                cb for cb in self._message_listeners if cb is not listener
+            )
+
+        return unsubscribe
 
     # -- sessions ----------------------------------------------------------------------
     def register(
@@ -237,6 +255,17 @@ class SiteRegistry:
             ) from None
         finally:
             self._pending.pop(message_id, None)
+
+    def deliver(self, site_name: str, envelope: site_pb2.Envelope) -> None:
+        """A message from ``site_name``: the reply to a pending request resolves it;
+        anything else (job traffic) goes to the message listeners."""
+        if envelope.reply_to and self.deliver_reply(site_name, envelope):
+            return
+        for listener in self._message_listeners:
+            try:
+                listener(site_name, envelope)
+            except Exception:  # a listener bug must not break the site's channel
+                log.exception("message listener failed on %s from %s", envelope.topic, site_name)
 
     def deliver_reply(self, site_name: str, envelope: site_pb2.Envelope) -> bool:
         """Resolve the request an incoming envelope answers; False if it answers none."""

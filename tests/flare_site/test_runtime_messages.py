@@ -96,6 +96,9 @@ class JobsPushedByTheTests:
     async def launch(self, job_id: str, meta: Any, sites: tuple[str, ...]) -> None:
         raise AssertionError("no job is submitted to the server in these tests")
 
+    def free_slots(self) -> dict[str, int]:
+        return {}
+
 
 @pytest.fixture
 def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
@@ -113,7 +116,7 @@ def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
 @pytest.fixture
 def received(server: ServerThread) -> Received:
     recorder = Received()
-    server.server.on_site_message = recorder  # type: ignore[method-assign]
+    server.call(lambda: server.server.registry.subscribe_messages(recorder))
     return recorder
 
 
