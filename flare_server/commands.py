@@ -76,6 +76,7 @@ from pathlib import Path
 from typing import Any
 
 from flare_protocol import errors
+from flare_protocol.site_topics import SiteCommand
 from flare_protocol.workspace_files import run_file_command
 from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call
@@ -217,16 +218,13 @@ class Commands:
     async def _forward(self, site: str, command: str, args: dict[str, Any]) -> Any:
         self._connected(site)
         reply = await self.registry.request(
-            site,
-            "site.command",
-            {"command": command, "args": args},
-            timeout=self.context.site_command_timeout,
+            site, SiteCommand(command, args), timeout=self.context.site_command_timeout
         )
-        error = reply.get("error")
-        if isinstance(error, dict) and error:
+        error = reply.error
+        if error:
             cls = errors.WIRE_ERRORS.get(str(error.get("type")), errors.InternalError)
             raise cls(f"site {site}: {error.get('message', 'failed')}", site=site)
-        return reply.get("result")
+        return reply.result
 
     # -- view --------------------------------------------------------------------------
     def _scope(self, args: dict[str, Any], meta: dict[str, Any] | None) -> tuple[bool, list[str]]:

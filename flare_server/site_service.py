@@ -21,15 +21,13 @@ from typing import Any
 
 from flare_protocol import errors
 from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
+from flare_protocol.site_topics import Sender, topic_from
 from flare_server.blobs import BlobRegistry, ref_of
 from flare_server.calls import Call, StreamTracker, streaming, unary
 from flare_server.identity_check import IdentityChecker
 from flare_server.sites import CLOSE, SiteRegistry
 
 log = logging.getLogger("flare_server.site_service")
-
-#: Topics a site may send; anything else is logged and dropped (never dispatched by name).
-SITE_TOPICS = frozenset({"job.status", "task.result", "metrics", "job.log", "site.reply"})
 
 _ACK = site_pb2.ServerMessage(heartbeat_ack=common_pb2.Empty())
 
@@ -142,7 +140,9 @@ class SiteService(site_pb2_grpc.SiteServicer):
             self.registry.disconnect(name, reason="channel ended", session_id=session_id)
 
     def _incoming(self, name: str, envelope: site_pb2.Envelope) -> None:
-        if envelope.topic not in SITE_TOPICS:
+        # Only the topics a site may send (flare_protocol.site_topics); anything else is
+        # logged and dropped, never dispatched by name.
+        if topic_from(envelope.topic, Sender.SITE) is None:
             log.warning("site %s sent unknown topic %r; dropped", name, envelope.topic[:64])
             return
         self.registry.deliver(name, envelope)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -28,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flare_protocol._generated import site_pb2
-from flare_protocol.errors import InvalidTarget, NoReply, SessionExpired
+from flare_protocol.errors import InvalidTarget, MessageError, NoReply, SessionExpired
 from flare_protocol.identity import Identity
+from flare_protocol.site_topics import SiteCommand, SiteReply
 
 log = logging.getLogger("flare_server.sites")
 
@@ -91,7 +91,7 @@ class SiteRegistry:
         self._sites: dict[str, ConnectedSite] = {}
         self._listeners: list[SiteListener] = []
         self._message_listeners: tuple[MessageListener, ...] = ()
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[str, asyncio.Future[SiteReply]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -226,26 +226,27 @@ class SiteRegistry:
     def send_command(self, name: str, command: str, args: dict[str, Any] | None = None) -> None:
         """Queue a ``site.command`` that expects no reply (best effort)."""
         if name in self._sites:
-            body = json.dumps({"command": command, "args": args or {}})
+            body = SiteCommand(command, args or {})
             self.send(
                 name,
                 site_pb2.Envelope(
-                    message_id=uuid.uuid4().hex, topic="site.command", body_json=body
+                    message_id=uuid.uuid4().hex, topic=body.TOPIC.value, body_json=body.to_json()
                 ),
             )
 
     async def request(
-        self, name: str, topic: str, body: dict[str, Any], *, timeout: float, job_id: str = ""
-    ) -> dict[str, Any]:
-        """Send ``topic`` to a site and await the body of its reply (NoReply on timeout)."""
+        self, name: str, command: SiteCommand, *, timeout: float, job_id: str = ""
+    ) -> SiteReply:
+        """Send ``command`` to a site and await its reply (NoReply on timeout)."""
         message_id = uuid.uuid4().hex
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[SiteReply] = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
+        topic = command.TOPIC.value
         try:
             self.send(
                 name,
                 site_pb2.Envelope(
-                    message_id=message_id, job_id=job_id, topic=topic, body_json=json.dumps(body)
+                    message_id=message_id, job_id=job_id, topic=topic, body_json=command.to_json()
                 ),
             )
             return await asyncio.wait_for(future, timeout)
@@ -273,13 +274,10 @@ class SiteRegistry:
         if future is None or future.done():
             return False
         try:
-            body = json.loads(envelope.body_json or "{}")
-        except json.JSONDecodeError:
-            body = {"error": {"type": "InternalError", "message": "malformed reply body"}}
-        if not isinstance(body, dict):
-            body = {"result": body}
-        body.setdefault("site", site_name)
-        future.set_result(body)
+            reply = SiteReply.from_json(envelope.body_json)
+        except MessageError as exc:
+            reply = SiteReply(error={"type": "InternalError", "message": exc.message})
+        future.set_result(reply)
         return True
 
     # -- internals ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from flare_admin import new_secure_session
 from flare_protocol._generated import site_pb2
 from flare_protocol.kit import load_kit
 from flare_protocol.models import dump_params, load_params, save_params
+from flare_protocol.site_topics import SiteCommand
 from flare_server.blobs import UploadedBlob
 from flare_site.runtime import SiteRuntime, load_site_settings
 from tests.flare_site.runtime_helpers import app_zip, site_kit
@@ -233,9 +234,9 @@ async def apush(server: ServerThread, *args: Any) -> None:
 
 
 async def command(server: ServerThread, name: str, **args: Any) -> dict[str, Any]:
-    body = {"command": name, "args": args}
-    request = server.server.registry.request("site-1", "site.command", body, timeout=5)
-    return await asyncio.to_thread(server.call, request)  # type: ignore[no-any-return]
+    request = server.server.registry.request("site-1", SiteCommand(name, args), timeout=5)
+    reply = await asyncio.to_thread(server.call, request)
+    return reply.to_dict()  # type: ignore[no-any-return]
 
 
 def app_blob(blobs: ServerBlobs, job_id: str, **env: str) -> Any:
@@ -453,6 +454,25 @@ async def test_unknown_topics_are_ignored_and_the_site_stays_connected(
     await apush(server, "job.deploy", str(uuid.uuid4()), {})  # no archive: failed, not a crash
     await until(lambda: received.topic("job.status"))
     assert received.topic("job.status")[0]["status"] == "failed"
+    assert site.runtime.connected and not site.task.done()
+
+
+async def test_a_malformed_server_message_is_answered_where_the_server_waits(
+    server: ServerThread, received: Received, start_site: Any
+) -> None:
+    site = await start_site()
+    job_id = str(uuid.uuid4())
+    await apush(server, "job.deploy", job_id, {"app": "app", "client_config": "x"})
+    (status,) = await until(lambda: received.topic("job.status", job_id))
+    assert status["status"] == "failed"
+    assert "job.deploy: 'client_config' must be a JSON object" in status["error"]
+    await apush(server, "site.command", "", {"command": 5})
+    (reply,) = await until(lambda: received.topic("site.reply"))
+    assert reply["error"]["type"] == "InvalidArgumentError"
+    assert "site.command: 'command' must be a string" in reply["error"]["message"]
+    await apush(server, "task.train", job_id, {"round": 1})  # no task id: nothing to answer
+    await apush(server, "job.end", job_id, {"status": "FINISHED:COMPLETED"})
+    await until(lambda: received.topic("job.log", job_id))
     assert site.runtime.connected and not site.task.done()
 
 
