@@ -28,7 +28,7 @@ from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call, StreamTracker, streaming, unary
 from flare_server.commands import Commands
 from flare_server.identity_check import IdentityChecker
-from flare_server.jobs import JobMeta, JobRepository, JobStatus, Submitter
+from flare_server.jobs import JobMeta, JobRepository, JobStatus, JobSummary, Submitter
 from flare_server.model_source import check_model_source
 from flare_server.parts import JobWaker, RunControl
 from flare_server.result_stream import files_stream, zip_stream
@@ -239,7 +239,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             raise errors.InvalidArgumentError(f"limit must be >= 0, got {request.limit}")
         store = self.store
 
-        def work() -> tuple[list[Any], list[str]]:
+        def work() -> tuple[list[JobSummary], list[str]]:
             rows = store.list(
                 id_prefix=request.id_prefix or None,
                 name_prefix=request.name_prefix or None,
@@ -640,7 +640,7 @@ async def file_stream(
         fh.close()
 
 
-def live_durations(store: Any, rows: list[Any]) -> list[Any]:
+def live_durations(store: JobRepository, rows: list[JobSummary]) -> list[JobSummary]:
     """``rows`` with each running job's time so far as its duration (the store writes a
     duration only when a job ends). Runs in a worker thread: it may read job metas."""
     now = time.time()
