@@ -9,7 +9,7 @@ Public API (imported lazily, so ``import flare_server.jobs`` stays light)::
     load_server_kit(kit_dir)                       load a server kit's config (server_kit.py)
     Policy, Right, Scope, DEFAULT_POLICY           authorization (authz.py)
     JobLauncher                                    the scheduling seam (scheduler.py)
-    JobRunner                                      runs jobs on sites (job_runner.py)
+    JobRunner                                      runs jobs on sites (job_runner/)
 """
 
 from __future__ import annotations

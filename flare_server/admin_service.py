@@ -655,12 +655,12 @@ def live_durations(store: JobRepository, rows: list[JobSummary]) -> list[JobSumm
     return out
 
 
-def summary_pb(s: Any) -> admin_pb2.JobSummary:
+def summary_pb(s: JobSummary) -> admin_pb2.JobSummary:
     """A store JobSummary as its wire message."""
     return admin_pb2.JobSummary(
         job_id=s.job_id,
         name=s.name,
-        status=str(getattr(s.status, "value", s.status)),
+        status=s.status.value,
         submit_time=float(s.submit_time or 0.0),
         duration=float(s.duration or 0.0),
         submitter_name=s.submitter_name or "",

@@ -80,7 +80,7 @@ from flare_protocol.site_topics import SiteCommand
 from flare_protocol.workspace_files import run_file_command
 from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call
-from flare_server.jobs import JobRepository, JobStatus
+from flare_server.jobs import JobRepository, JobStatus, JobSummary
 from flare_server.parts import RunControl, StopControl
 from flare_server.sites import SiteRegistry
 
@@ -277,7 +277,7 @@ class Commands:
         elif with_server:
             counts: dict[str, int] = {}
             for row in await asyncio.to_thread(self.store.list):
-                key = str(getattr(row.status, "value", row.status))
+                key = row.status.value
                 counts[key] = counts.get(key, 0) + 1
             stats["server"] = {
                 "uptime": time.time() - self.context.start_time,
@@ -499,8 +499,8 @@ class Commands:
         return aborted
 
 
-def _status(row: Any) -> str:
-    return str(getattr(row.status, "value", row.status))
+def _status(row: JobSummary) -> str:
+    return row.status.value
 
 
 def _job(meta: dict[str, Any]) -> Resource:
