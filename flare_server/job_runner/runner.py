@@ -98,7 +98,8 @@ class JobRunner:
         self._run_ended = (*self._run_ended, callback)
 
     def run_ended(self, job_id: str) -> None:
-        """A run is over (called by the run itself, last)."""
+        """A run is over: forget it, and tell the subscribers (called by the run as it
+        releases what it held)."""
         self.runs.pop(job_id, None)
         self.trim_when_idle()
         for callback in self._run_ended:
