@@ -16,8 +16,9 @@ scripts catch what they caught before::
     │   ├── CertificateExpired      the certificate's validity ended
     │   └── CertificateNotYetValid  the certificate's validity has not started
     ├── IdentityRejected            a peer certificate is not acceptable (server side)
-    ├── InvalidTransition           an illegal job status change (a bug if it escapes)
+    ├── InvalidTransition           an illegal job or server state change (a bug if it escapes)
     ├── InvalidModel                a model is not a safe .npz of numeric arrays (also a ValueError)
+    ├── MessageError                a site message's body is malformed (also a ValueError)
     ├── ExecutionError              user code on a site failed: crash, bad output, no result
     ├── MissingDependency           an optional package a feature needs is not installed
     ├── BlobError                   a site's blob transfer failed or delivered something else
@@ -140,7 +141,7 @@ class IdentityRejected(FlareError):
 
 
 class InvalidTransition(FlareError):
-    """A job status change that the lifecycle table forbids."""
+    """A job status (or server state) change that the lifecycle table forbids."""
 
     old: str | None = None
     new: str | None = None
@@ -152,6 +153,10 @@ class InvalidModel(FlareError, ValueError):
     path: str | None = None
     #: The array at fault.
     name: str | None = None
+
+
+class MessageError(FlareError, ValueError):
+    """A message between server and site is malformed; names its ``topic`` and the field."""
 
 
 class ExecutionError(FlareError):

@@ -3,12 +3,13 @@
 Public API (imported lazily, so ``import flare_server.jobs`` stays light)::
 
     Server(kit, settings=None, *, launcher=None)   the server process (app.py)
+    ServerState                                    its lifecycle (server_state.py)
     ServerSettings                                 settings from local/settings.json
-    check_server_kit(kit)                          start-up checks of a server kit
-    load_server_kit(kit_dir)                       load a server kit's config
+    check_server_kit(kit)                          start-up checks of a server kit (server_kit.py)
+    load_server_kit(kit_dir)                       load a server kit's config (server_kit.py)
     Policy, Right, Scope, DEFAULT_POLICY           authorization (authz.py)
     JobLauncher                                    the scheduling seam (scheduler.py)
-    JobRunner                                      runs jobs on sites (job_runner.py)
+    JobRunner                                      runs jobs on sites (job_runner/)
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ __all__ = [
     "Scope",
     "Server",
     "ServerSettings",
+    "ServerState",
     "check_server_kit",
     "load_server_kit",
 ]
 
 _WHERE = {
     "Server": "flare_server.app",
-    "check_server_kit": "flare_server.app",
-    "load_server_kit": "flare_server.app",
+    "ServerState": "flare_server.server_state",
+    "check_server_kit": "flare_server.server_kit",
+    "load_server_kit": "flare_server.server_kit",
     "ServerSettings": "flare_server.settings",
     "Policy": "flare_server.authz",
     "Right": "flare_server.authz",

@@ -13,9 +13,10 @@ import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
@@ -23,21 +24,25 @@ from flare_protocol._transfer_aio import file_messages
 from flare_protocol.hashing import sha256_file
 from flare_protocol.job_status import is_finished
 from flare_protocol.transfer import ChunkSender
-from flare_server.authz import Resource, Right
-from flare_server.calls import Call, streaming, unary
-from flare_server.jobs import JobMeta, JobStatus, Submitter
+from flare_server.audit import AuditLog
+from flare_server.authz import Policy, Resource, Right
+from flare_server.calls import Call, StreamTracker, streaming, unary
+from flare_server.commands import Commands
+from flare_server.identity_check import IdentityChecker
+from flare_server.jobs import JobMeta, JobRepository, JobStatus, JobSummary, Submitter
+from flare_server.model_source import check_model_source
+from flare_server.parts import JobWaker, RunControl
 from flare_server.result_stream import files_stream, zip_stream
-from flare_server.results import METRICS, VALIDATIONS, JsonlTail
-
-if TYPE_CHECKING:
-    from flare_server.app import Server
+from flare_server.results import METRICS, VALIDATIONS, JsonlTail, RowSignals
+from flare_server.sites import SiteRegistry
 
 log = logging.getLogger("flare_server.admin")
 
 _ACTIVE = (JobStatus.SUBMITTED, JobStatus.DISPATCHED, JobStatus.RUNNING)
 #: Seconds beyond ``log_wait`` a result download waits for a just-ended job's folder.
 RESULT_WAIT_MARGIN = 30.0
-_WATCH_END = object()
+#: Put on a watch stream's queue to end it (the server is stopping).
+WATCH_END = object()
 _REVOKED = object()
 _ROWS = object()  # WatchJobEvents: rows were appended to the job's metrics or validations
 
@@ -71,14 +76,48 @@ def submitter_of(call: Call) -> Submitter:
     return Submitter(name=call.identity.name, org=call.identity.org, role=role)
 
 
+#: Receives a SubmitJob stream into the store; the committed job's meta.
+ReceiveJob = Callable[[Call, AsyncIterator[common_pb2.TransferChunk]], Awaitable[dict[str, Any]]]
+
+
+@dataclass(frozen=True)
+class AdminContext:
+    """What the Admin service uses of the server."""
+
+    checker: IdentityChecker
+    """Admin certificates only."""
+    audit: AuditLog
+    streams: StreamTracker
+    store: JobRepository
+    policy: Policy
+    registry: SiteRegistry
+    scheduler: JobWaker
+    runs: RunControl
+    commands: Commands
+    receive_job: ReceiveJob
+    check_job_sites: Callable[[Mapping[str, Any]], None]
+    """Refuses a job naming a site outside the project (a clone's source may)."""
+    watchers: set[asyncio.Queue[Any]]
+    """The queues of open watch streams (each ends on :data:`WATCH_END`)."""
+    result_rows: RowSignals
+    project: str
+    server_name: str
+    start_time: float
+    result_wait: float
+    """Seconds a result download waits for a just-ended job's folder."""
+
+
 class AdminService(admin_pb2_grpc.AdminServicer):
     """Implements every Admin RPC on top of the server's store, registry and policy."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.checker = server.admin_checker
-        self.audit = server.audit
-        self.streams = server.streams
+    def __init__(self, context: AdminContext) -> None:
+        self.context = context
+        self.store = context.store
+        self.policy = context.policy
+        self.watchers = context.watchers
+        self.checker = context.checker
+        self.audit = context.audit
+        self.streams = context.streams
 
     # -- helpers -----------------------------------------------------------------------
     async def _job(self, call: Call, job_id: str) -> dict[str, Any]:
@@ -89,14 +128,14 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         if not job_id:
             raise errors.InvalidArgumentError("a job id is required", job_id=job_id)
         # A meta in the store's memory costs a dict lookup; only a miss (SQLite) needs a thread.
-        meta = self.server.store.cached(job_id)
-        return meta if meta is not None else await asyncio.to_thread(self.server.store.get, job_id)
+        meta = self.store.cached(job_id)
+        return meta if meta is not None else await asyncio.to_thread(self.store.get, job_id)
 
     def _require(
         self, call: Call, right: Right, meta: Mapping[str, Any] | None, action: str
     ) -> None:
         resource = job_resource(meta) if meta is not None else Resource("none")
-        self.server.policy.require(
+        self.policy.require(
             call.identity,
             right,
             resource,
@@ -115,7 +154,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             name=ident.name,
             org=ident.org,
             role=ident.role.value if ident.role else "",
-            project=self.server.kit.project,
+            project=self.context.project,
             server_version=server_version(),
         )
 
@@ -124,17 +163,17 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, call: Call, request: common_pb2.Empty, context: Any
     ) -> admin_pb2.SystemInfoReply:
         self._require(call, Right.VIEW, None, "view the system info")
-        store = self.server.store
+        store = self.store
         running = await asyncio.to_thread(
             lambda: live_durations(
                 store, store.list(statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING])
             )
         )
         return admin_pb2.SystemInfoReply(
-            server_name=self.server.kit.name,
-            project=self.server.kit.project,
-            start_time=self.server.start_time,
-            sites=self.server.site_infos(),
+            server_name=self.context.server_name,
+            project=self.context.project,
+            start_time=self.context.start_time,
+            sites=site_infos(self.context.registry),
             running_jobs=[summary_pb(s) for s in running],
             server_version=server_version(),
         )
@@ -144,7 +183,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
     ) -> admin_pb2.JobReply:
         self._require(call, Right.SUBMIT_JOB, None, "submit jobs")
-        meta = await self.server.receive_job(call, request_iterator)
+        meta = await self.context.receive_job(call, request_iterator)
         return _job_reply(meta)
 
     @unary("clone_job")
@@ -154,7 +193,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         call.args = {"job_id": request.job_id}
         source = await self._job(call, request.job_id)
         self._require(call, Right.CLONE_JOB, source, "clone")
-        self.server.project_sites.check_job(source)  # the project may have lost a site since
+        self.context.check_job_sites(source)  # the project may have lost a site since
         extra: dict[str, Any] = {}
         # A clone starts from the same model as its source unless told otherwise; either
         # way the cloner must be allowed to read that model.
@@ -163,7 +202,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             call.args["initial_model_job_id"] = str(model_job)
             call.job_id = request.job_id
             try:
-                await self.server.check_model_source(call, str(model_job))
+                await check_model_source(self.store, self.policy, call.identity, str(model_job))
             except errors.APIError as exc:
                 if request.initial_model_job_id:
                     raise
@@ -174,11 +213,11 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 ) from exc
             extra["initial_model_job_id"] = str(model_job)
         meta = await asyncio.to_thread(
-            self.server.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
+            self.store.clone_job, request.job_id, submitter_of(call), extra=extra or None
         )
         cloned = dict(meta)
         call.args["new_job_id"] = cloned["job_id"]
-        self.server.scheduler.poke()
+        self.context.scheduler.poke()
         return _job_reply(cloned)
 
     @unary("list_jobs")
@@ -199,9 +238,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self._require(call, Right.VIEW, None, "list jobs")
         if request.limit < 0:
             raise errors.InvalidArgumentError(f"limit must be >= 0, got {request.limit}")
-        store = self.server.store
+        store = self.store
 
-        def work() -> tuple[list[Any], list[str]]:
+        def work() -> tuple[list[JobSummary], list[str]]:
             rows = store.list(
                 id_prefix=request.id_prefix or None,
                 name_prefix=request.name_prefix or None,
@@ -241,8 +280,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 except RuntimeError:  # the loop closed under us: the stream is gone
                     pass
 
-        unsubscribe = self.server.store.subscribe(on_change)
-        self.server.watchers.add(queue)
+        unsubscribe = self.store.subscribe(on_change)
+        self.watchers.add(queue)
         untrack = self.streams.add(call.identity.serial, lambda: queue.put_nowait(_REVOKED))
         try:
             meta = await self._job(call, job_id)
@@ -255,7 +294,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 while not queue.empty():
                     batch.append(queue.get_nowait())
                 for item in _status_changes(batch):
-                    if item is _WATCH_END:
+                    if item is WATCH_END:
                         return
                     if item is _REVOKED:
                         raise errors.AuthenticationError(
@@ -274,7 +313,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         finally:
             unsubscribe()
             untrack()
-            self.server.watchers.discard(queue)
+            self.watchers.discard(queue)
 
     @streaming("watch_job")
     async def WatchJobEvents(
@@ -320,10 +359,10 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 rows_pending[0] = True
                 wake(_ROWS)
 
-        unsubscribe = self.server.store.subscribe(on_change)
+        unsubscribe = self.store.subscribe(on_change)
         want_rows = request.want_metrics or request.want_validations
-        unrows = self.server.result_rows.subscribe(job_id, on_rows) if want_rows else _nothing
-        self.server.watchers.add(queue)
+        unrows = self.context.result_rows.subscribe(job_id, on_rows) if want_rows else _nothing
+        self.watchers.add(queue)
         untrack = self.streams.add(call.identity.serial, lambda: queue.put_nowait(_REVOKED))
         try:
             meta = await self._job(call, job_id)
@@ -338,7 +377,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 while not queue.empty():
                     batch.append(queue.get_nowait())
                 for item in _status_changes(batch):
-                    if item is _WATCH_END:
+                    if item is WATCH_END:
                         return
                     if item is _REVOKED:
                         raise errors.AuthenticationError(
@@ -370,7 +409,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             unsubscribe()
             unrows()
             untrack()
-            self.server.watchers.discard(queue)
+            self.watchers.discard(queue)
 
     async def _row_tails(
         self, call: Call, meta: Mapping[str, Any], request: admin_pb2.WatchRequest
@@ -386,7 +425,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 "its status",
                 **exc.details,
             ) from None
-        folder = Path(await asyncio.to_thread(self.server.store.result_dir, str(meta["job_id"])))
+        folder = Path(await asyncio.to_thread(self.store.result_dir, str(meta["job_id"])))
         tails = []
         if request.want_metrics:
             tails.append(("metrics_json", JsonlTail(folder / METRICS, request.metrics_offset)))
@@ -411,7 +450,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         try:
             updated = await asyncio.to_thread(
-                self.server.store.set_status,
+                self.store.set_status,
                 request.job_id,
                 JobStatus.FINISHED_ABORTED,
                 reason=f"aborted by {call.identity.name}",
@@ -423,7 +462,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
                 job_id=request.job_id,
                 status=str(current),
             ) from None
-        self.server.notify_sites_abort(meta, f"aborted by {call.identity.name}")
+        self.context.runs.notify_abort(meta, f"aborted by {call.identity.name}")
         return _job_reply(dict(updated))
 
     @unary("delete_job")
@@ -432,7 +471,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> common_pb2.Empty:
         meta = await self._job(call, request.job_id)
         self._require(call, Right.MANAGE_JOB, meta, "delete")
-        await asyncio.to_thread(self.server.store.delete, request.job_id)
+        await asyncio.to_thread(self.store.delete, request.job_id)
         return common_pb2.Empty()
 
     @streaming("download_job_result")
@@ -451,15 +490,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             )
         # FINISHED is written when the end is decided (an abort at once); the runner then
         # collects the sites' logs and writes summary.json: wait for that, bounded.
-        complete = await self.server.runner.wait_result(
-            request.job_id, self.server.settings.log_wait + RESULT_WAIT_MARGIN
-        )
+        complete = await self.context.runs.wait_result(request.job_id, self.context.result_wait)
         if not complete:
             log.warning(
                 "job %s: its result folder is still being written; sending it as partial",
                 request.job_id,
             )
-        result_dir = self.server.store.result_dir(request.job_id)
+        result_dir = self.store.result_dir(request.job_id)
         if (result_format.METADATA_KEY, result_format.FILES) in (
             context.invocation_metadata() or ()
         ):  # one header per file: the client writes them as they come (result_stream)
@@ -488,7 +525,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         meta = await self._job(call, request.job_id)
         call.args = {"round": request.round}
         self._require(call, Right.DOWNLOAD_JOB, meta, "download the model of")
-        result_dir = Path(await asyncio.to_thread(self.server.store.result_dir, request.job_id))
+        result_dir = Path(await asyncio.to_thread(self.store.result_dir, request.job_id))
         path, name = await asyncio.to_thread(model_file, result_dir, meta, request.round)
         async for chunk in file_stream(path, name, "application/x-npz"):
             yield chunk
@@ -498,13 +535,13 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self, call: Call, request: common_pb2.Empty, context: Any
     ) -> admin_pb2.SitesReply:
         self._require(call, Right.VIEW, None, "list connected sites")
-        return admin_pb2.SitesReply(sites=self.server.site_infos())
+        return admin_pb2.SitesReply(sites=site_infos(self.context.registry))
 
     @unary("command")
     async def Command(
         self, call: Call, request: admin_pb2.CommandRequest, context: Any
     ) -> admin_pb2.CommandReply:
-        result = await self.server.commands.run(call, request.command, request.args_json)
+        result = await self.context.commands.run(call, request.command, request.args_json)
         return admin_pb2.CommandReply(result_json=json.dumps(result, default=str))
 
 
@@ -593,7 +630,7 @@ async def file_stream(
         fh.close()
 
 
-def live_durations(store: Any, rows: list[Any]) -> list[Any]:
+def live_durations(store: JobRepository, rows: list[JobSummary]) -> list[JobSummary]:
     """``rows`` with each running job's time so far as its duration (the store writes a
     duration only when a job ends). Runs in a worker thread: it may read job metas."""
     now = time.time()
@@ -608,17 +645,22 @@ def live_durations(store: Any, rows: list[Any]) -> list[Any]:
     return out
 
 
-def summary_pb(s: Any) -> admin_pb2.JobSummary:
+def summary_pb(s: JobSummary) -> admin_pb2.JobSummary:
     """A store JobSummary as its wire message."""
     return admin_pb2.JobSummary(
         job_id=s.job_id,
         name=s.name,
-        status=str(getattr(s.status, "value", s.status)),
+        status=s.status.value,
         submit_time=float(s.submit_time or 0.0),
         duration=float(s.duration or 0.0),
         submitter_name=s.submitter_name or "",
         submitter_org=s.submitter_org or "",
     )
+
+
+def site_infos(registry: SiteRegistry) -> list[admin_pb2.SiteInfo]:
+    """The connected sites as wire messages."""
+    return [site_info_pb(s) for s in registry.snapshots()]
 
 
 def site_info_pb(snapshot: Any) -> admin_pb2.SiteInfo:

@@ -1,24 +1,30 @@
 """The server process: two mutual-TLS endpoints over one job store, registry and policy.
 
-Theory of operation. :func:`check_server_kit` refuses a kit whose signature, key mode or
-certificate is wrong before anything listens. :class:`Server` then opens the job store
-(which runs crash recovery), binds the admin endpoint (``admin_port``, admin certificates
-only) and the site endpoint (``fed_learn_port``, site certificates only) as two grpc.aio
-servers, each with ``require_client_auth=True`` and the project root as the only trust
-anchor. Both are bounded before authentication by grpc core channel arguments (see
-:func:`server_options`). ``request_stop`` (SIGTERM, Ctrl-C, the shutdown command) ends
-:meth:`Server.run`: new calls are refused, in-flight calls get ``grace_period`` seconds,
-long-lived streams are ended, and the store is closed.
+Theory of operation. :func:`~flare_server.server_kit.check_server_kit` refuses a kit whose
+signature, key mode or certificate is wrong before anything listens. :class:`Server` is
+the composition root: it builds each part with only what that part uses (see
+:mod:`flare_server.parts`), and walks one lifecycle (:mod:`flare_server.server_state`).
+``start()`` opens the job store (which runs crash recovery), builds the job runner, the
+scheduler, the commands and the two services, binds the admin endpoint (``admin_port``,
+admin certificates only) and the site endpoint (``fed_learn_port``, site certificates
+only) as two grpc.aio servers, each with ``require_client_auth=True`` and the project
+root as the only trust anchor, bounded before authentication by grpc core channel
+arguments (:func:`~flare_server.endpoints.server_options`). Every part started registers
+how it stops; ``stop()`` stops them in reverse order, so a start that failed half-way
+stops exactly what it started. ``request_stop`` (SIGTERM, Ctrl-C, the shutdown command)
+ends :meth:`Server.run`: the scheduler stops, running jobs end, watch streams end, sites
+are disconnected, in-flight calls get ``grace_period`` seconds, and the store is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
+import functools
 import json
 import logging
 import os
-import stat
 import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
@@ -29,88 +35,39 @@ from cryptography import x509
 
 from flare_protocol import errors
 from flare_protocol._direct_io import replace_file
-from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2, site_pb2, site_pb2_grpc
+from flare_protocol._generated import admin_pb2_grpc, common_pb2, site_pb2_grpc
 from flare_protocol.credentials import server_credentials
-from flare_protocol.identity import ParticipantType, identity_from_certificate
-from flare_protocol.kit import PARTICIPANTS, REVOKED, Kit, load_kit
-from flare_server.admin_service import _WATCH_END, AdminService, site_info_pb
+from flare_protocol.identity import ParticipantType
+from flare_protocol.kit import PARTICIPANTS, REVOKED, Kit
+from flare_server.admin_service import (
+    RESULT_WAIT_MARGIN,
+    WATCH_END,
+    AdminContext,
+    AdminService,
+)
 from flare_server.audit import AuditLog
 from flare_server.authz import Policy
 from flare_server.calls import Call, StreamTracker
-from flare_server.commands import Commands
+from flare_server.commands import CommandContext, Commands
+from flare_server.endpoints import bind, server_options
 from flare_server.identity_check import IdentityChecker, load_revoked
 from flare_server.job_runner import JobRunner
-from flare_server.jobs import ArchiveLimits, JobStore
-from flare_server.model_source import authorize_model_source
+from flare_server.jobs import ArchiveLimits, JobRepository, JobStore
+from flare_server.model_source import check_model_source
 from flare_server.project_sites import ProjectSites
 from flare_server.results import RowSignals
 from flare_server.scheduler import JobLauncher, Scheduler
+from flare_server.server_kit import check_server_kit, load_server_kit
+from flare_server.server_state import ServerState, check_server_transition
 from flare_server.settings import ServerSettings
-from flare_server.site_service import SiteService
+from flare_server.site_service import SiteContext, SiteService
 from flare_server.sites import SiteRegistry
 from flare_server.uploads import receive_job
 from flare_server.wrong_endpoint import ADMIN_SERVICE, SITE_SERVICE, WrongEndpoint
 
+__all__ = ["Server", "ServerState", "check_server_kit", "load_server_kit", "server_options"]
+
 log = logging.getLogger("flare_server")
-
-
-def check_server_kit(kit: Kit) -> x509.Certificate:
-    """Refuse a server kit that is tampered, has a loose key or a wrong certificate.
-
-    Raises:
-        KitError (a subclass naming the file and the fix).
-    """
-    from flare_protocol.signature import verify_kit
-
-    verify_kit(kit.root)
-    key = kit.key_path
-    try:
-        mode = stat.S_IMODE(os.stat(key).st_mode)
-    except FileNotFoundError:
-        raise errors.KitIncomplete(f"missing server key {key}", path=str(key)) from None
-    if mode & 0o077:
-        raise errors.KeyFilePermissions(
-            f"{key} is readable by group or others (mode {mode:04o}); run: chmod 600 {key}",
-            path=str(key),
-        )
-    try:
-        from flare_protocol.preflight import check_kit
-    except ImportError:  # pragma: no cover - pre-flight lands with the Session
-        cert = x509.load_pem_x509_certificate(kit.cert_path.read_bytes())
-    else:
-        cert = check_kit(kit)
-    try:
-        identity_from_certificate(cert, ParticipantType.SERVER)
-    except errors.IdentityRejected as exc:
-        raise errors.KitError(
-            f"{kit.cert_path} is not a usable server certificate: {exc.message}",
-            path=str(kit.cert_path),
-        ) from None
-    return cert
-
-
-def server_options(s: ServerSettings) -> list[tuple[str, Any]]:
-    """grpc core channel arguments that bound every connection, before authentication."""
-    return [
-        ("grpc.so_reuseport", 0),  # a second server on the same port fails instead of sharing it
-        ("grpc.max_receive_message_length", s.max_message_bytes),
-        ("grpc.max_send_message_length", s.max_message_bytes),
-        ("grpc.max_metadata_size", s.max_metadata_bytes),
-        ("grpc.absolute_max_metadata_size", s.max_metadata_bytes),
-        ("grpc.max_concurrent_streams", s.max_concurrent_streams),
-        ("grpc.server_handshake_timeout_ms", s.handshake_timeout_ms),
-        ("grpc.max_allowed_incoming_connections", s.max_connections),
-        ("grpc.max_connection_idle_ms", s.max_connection_idle_ms),
-        ("grpc.keepalive_time_ms", 60_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_ping_interval_without_data_ms", s.min_ping_interval_ms),
-        ("grpc.http2.max_ping_strikes", 3),
-        # A fixed 4 MiB receive window per stream instead of a BDP-probed one: an upload
-        # whose disk is slower than the network cannot make the server buffer more.
-        ("grpc.http2.bdp_probe", 0),
-        ("grpc.http2.lookahead_bytes", 4 * 1024 * 1024),
-    ]
 
 
 class _ErrorLog(logging.Handler):
@@ -125,7 +82,13 @@ class _ErrorLog(logging.Handler):
 
 
 class Server:
-    """The flare server: build with a loaded, checked kit; ``await start()``; ``await stop()``."""
+    """The flare server: build with a loaded, checked kit; ``await start()``; ``await stop()``.
+
+    ``launcher``: who runs the jobs the scheduler finds runnable (a test seam; default the
+    :class:`~flare_server.job_runner.JobRunner`). The parts built by :meth:`start`
+    (``store``, ``runner``, ``scheduler``, ``commands``, ``audit``) exist from
+    ``STARTING`` on.
+    """
 
     def __init__(
         self,
@@ -138,62 +101,83 @@ class Server:
         self.settings = settings or ServerSettings.from_kit(kit)
         self.workspace = (self.settings.workspace or kit.root / "workspace").resolve()
         self.policy = Policy.for_kit(kit.local)
-        self.project_sites = ProjectSites.for_kit(kit, connected=lambda: self.registry.names())
+        self.registry = SiteRegistry(
+            heartbeat_interval=self.settings.heartbeat_interval,
+            heartbeat_timeout=self.settings.heartbeat_timeout,
+        )
+        self.project_sites = ProjectSites.for_kit(kit, connected=self.registry.names)
         revoked = load_revoked(kit.startup / REVOKED)
         root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
         self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
         self.site_checker = IdentityChecker(ParticipantType.SITE, root, revoked)
         self.streams = StreamTracker()
+        #: The queues of open watch streams (ended when the server stops).
         self.watchers: set[asyncio.Queue[Any]] = set()
         #: Wakes WatchJobEvents streams when a job's runner appends metric/validation rows.
         self.result_rows = RowSignals()
         self.errors: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
-        self.registry = SiteRegistry(
-            heartbeat_interval=self.settings.heartbeat_interval,
-            heartbeat_timeout=self.settings.heartbeat_timeout,
-        )
+        self.state = ServerState.NEW
         self.start_time = time.time()
         self.admin_port = 0
         self.site_port = 0
         self._launcher = launcher
         self._stop_requested = asyncio.Event()
         self._restart = False
-        self._stopped = False
-        self._listening = False
+        self._grace = self.settings.grace_period
+        #: How each started part stops, pushed as it starts, unwound in reverse by stop().
+        self._parts = contextlib.AsyncExitStack()
         self._log_handlers: list[logging.Handler] = []
-        self._grpc_servers: list[grpc.aio.Server] = []
-        self.store: JobStore
-        self.audit: AuditLog | None = None
-        self.commands = Commands(self)
+        self.store: JobRepository
+        self.audit: AuditLog
+        self.runner: JobRunner
+        self.launcher: JobLauncher
+        self.scheduler: Scheduler
+        self.commands: Commands
 
     # -- lifecycle ---------------------------------------------------------------------
+    def _move(self, new: ServerState) -> None:
+        self.state = check_server_transition(self.state, new)
+
     async def start(self) -> None:
         """Open the store and listen on both endpoints (ports are known afterwards).
 
         Raises:
             FlareError: a port cannot be bound, or the store cannot be opened (whatever
                 was already started is stopped again).
+            InvalidTransition: the server was started before.
         """
+        self._move(ServerState.STARTING)
         try:
             await self._start()
         except BaseException:
             await self.stop(grace=0)
             raise
+        self._move(ServerState.SERVING)
 
     async def _start(self) -> None:
         s = self.settings
+        parts = self._parts
         for sub in ("", "logs", "jobs"):
             (self.workspace / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._install_logging()
         self.audit = AuditLog(self.workspace / "logs" / "audit.log")
+        parts.callback(self.audit.close)
         limits = ArchiveLimits(
             max_upload_bytes=s.max_upload_bytes,
             max_uncompressed_bytes=s.max_uncompressed_bytes,
             max_entries=s.max_entries,
             max_ratio=s.max_compression_ratio,
         )
-        self.store = await asyncio.to_thread(JobStore.open, self.workspace / "jobs", limits=limits)
-        self.store.definition_check = self.project_sites.check_job
+        store: JobRepository = await asyncio.to_thread(
+            functools.partial(
+                JobStore.open,
+                self.workspace / "jobs",
+                limits=limits,
+                definition_check=self.project_sites.check_job,
+            )
+        )
+        self.store = store
+        parts.push_async_callback(asyncio.to_thread, store.close)
         if self.project_sites.names is None:
             log.warning(
                 "%s has no %s (a kit provisioned by an older flare): jobs naming sites that "
@@ -207,34 +191,88 @@ class Server:
                 self.kit.local / "settings.json",
                 ", ".join(self.settings.unknown_keys()),
             )
-        recovery = getattr(self.store, "recovery", None)
-        if recovery is not None:
-            log.info("job store recovery: %s", recovery)
-        self.runner = JobRunner(self)
+        log.info("job store recovery: %s", store.recovery)
+        self.runner = JobRunner(
+            store,
+            self.registry,
+            s,
+            self.policy,
+            self.result_rows,
+            owns_jobs=self._launcher is None,
+        )
         self.launcher = self._launcher or self.runner
-        if recovery is not None and recovery.jobs_ended:
-            await asyncio.to_thread(self.runner.close_interrupted, recovery.jobs_ended)
-        self.scheduler = Scheduler(self.store, self.registry, self.launcher)
+        if store.recovery.jobs_ended:
+            await asyncio.to_thread(self.runner.close_interrupted, store.recovery.jobs_ended)
+        self.scheduler = Scheduler(store, self.registry, self.launcher)
+        self.runner.subscribe_run_ended(self.scheduler.poke)
+        self.start_time = time.time()
+        self.commands = Commands(
+            CommandContext(
+                store=store,
+                registry=self.registry,
+                policy=self.policy,
+                runs=self.runner,
+                server=self,
+                workspace=self.workspace,
+                errors=self.errors,
+                start_time=self.start_time,
+                site_command_timeout=s.site_command_timeout,
+            )
+        )
+        admin_service = AdminService(
+            AdminContext(
+                checker=self.admin_checker,
+                audit=self.audit,
+                streams=self.streams,
+                store=store,
+                policy=self.policy,
+                registry=self.registry,
+                scheduler=self.scheduler,
+                runs=self.runner,
+                commands=self.commands,
+                receive_job=self.receive_job,
+                check_job_sites=self.project_sites.check_job,
+                watchers=self.watchers,
+                result_rows=self.result_rows,
+                project=self.kit.project,
+                server_name=self.kit.name,
+                start_time=self.start_time,
+                result_wait=s.log_wait + RESULT_WAIT_MARGIN,
+            )
+        )
+        site_service = SiteService(
+            SiteContext(
+                checker=self.site_checker,
+                streams=self.streams,
+                registry=self.registry,
+                blobs=self.runner.blobs,
+                project=self.kit.project,
+            )
+        )
 
         creds = server_credentials(self.kit)
         options = server_options(s)
         admin = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminService(self), admin)
+        admin_pb2_grpc.add_AdminServicer_to_server(admin_service, admin)
         admin.add_generic_rpc_handlers((WrongEndpoint(SITE_SERVICE, self._site_at_admin_port),))
         site = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
-        site_pb2_grpc.add_SiteServicer_to_server(SiteService(self), site)
+        site_pb2_grpc.add_SiteServicer_to_server(site_service, site)
         site.add_generic_rpc_handlers((WrongEndpoint(ADMIN_SERVICE, self._admin_at_site_port),))
         admin_port = self.kit.server.admin_port if s.admin_port is None else s.admin_port
         site_port = self.kit.server.fed_learn_port if s.fed_learn_port is None else s.fed_learn_port
-        self.admin_port = _bind(admin, s.host, admin_port, creds, "admin")
-        self.site_port = _bind(site, s.host, site_port, creds, "site")
-        self._grpc_servers = [admin, site]
+        self.admin_port = bind(admin, s.host, admin_port, creds, "admin")
+        self.site_port = bind(site, s.host, site_port, creds, "site")
+        parts.push_async_callback(self._stop_grpc, admin, site)
         await admin.start()
         await site.start()
-        self._listening = True
+        # Stopped in reverse: the scheduler first, then the runs (they tell their sites),
+        # then the watch streams, then the sites' channels; the grpc servers after them.
         self.registry.start()
+        parts.push_async_callback(self.registry.stop)
+        parts.callback(self._end_watches)
+        parts.push_async_callback(self.runner.stop)
         self.scheduler.start()
-        self.start_time = time.time()
+        parts.push_async_callback(self.scheduler.stop)
         log.info(
             "server %s of project %s listening: admin %s:%d, sites %s:%d, workspace %s, pid %d",
             self.kit.name,
@@ -270,29 +308,35 @@ class Server:
             await self.stop()
 
     async def stop(self, grace: float | None = None) -> None:
-        """Graceful stop: refuse new calls, let in-flight ones finish, close the store."""
-        if self._stopped:
+        """Graceful stop: refuse new calls, let in-flight ones finish, close the store.
+
+        Idempotent; a server that never started just ends ``STOPPED``.
+        """
+        if self.state in (ServerState.STOPPING, ServerState.STOPPED):
             return
-        self._stopped = True
-        grace = self.settings.grace_period if grace is None else grace
-        if hasattr(self, "scheduler"):
-            await self.scheduler.stop()
-        if hasattr(self, "runner"):
-            await self.runner.stop()
+        if self.state is ServerState.NEW:
+            self._move(ServerState.STOPPED)
+            return
+        serving = self.state is ServerState.SERVING
+        self._move(ServerState.STOPPING)
+        self._grace = self.settings.grace_period if grace is None else grace
+        try:
+            await self._parts.aclose()
+        finally:
+            if serving:  # a start that failed says why itself; nothing was serving
+                log.info("server stopped")
+            for handler in self._log_handlers:
+                logging.getLogger("flare_server").removeHandler(handler)
+                handler.close()
+            self._log_handlers.clear()
+            self._move(ServerState.STOPPED)
+
+    async def _stop_grpc(self, *servers: grpc.aio.Server) -> None:
+        await asyncio.gather(*(srv.stop(self._grace) for srv in servers))
+
+    def _end_watches(self) -> None:
         for queue in list(self.watchers):
-            queue.put_nowait(_WATCH_END)
-        await self.registry.stop()
-        await asyncio.gather(*(srv.stop(grace) for srv in self._grpc_servers))
-        if hasattr(self, "store"):
-            await asyncio.to_thread(self.store.close)
-        if self.audit is not None:
-            self.audit.close()
-        if self._listening:  # a start that failed says why itself; nothing was serving
-            log.info("server stopped")
-        for handler in self._log_handlers:
-            logging.getLogger("flare_server").removeHandler(handler)
-            handler.close()
-        self._log_handlers.clear()
+            queue.put_nowait(WATCH_END)
 
     def write_ready_file(self, path: Path) -> None:
         """``{"admin_port", "fed_learn_port", "host", "pid", "workspace"}``, written atomically."""
@@ -357,9 +401,6 @@ class Server:
         return dropped
 
     # -- used by the services ----------------------------------------------------------
-    def site_infos(self) -> list[admin_pb2.SiteInfo]:
-        return [site_info_pb(s) for s in self.registry.snapshots()]
-
     async def receive_job(
         self, call: Call, chunks: AsyncIterator[common_pb2.TransferChunk]
     ) -> dict[str, Any]:
@@ -382,29 +423,7 @@ class Server:
         Raises:
             JobNotFound, AuthorizationError, JobNotDone (with the job's status).
         """
-        await asyncio.to_thread(
-            authorize_model_source, self.store, self.policy, call.identity, model_job
-        )
-
-    def notify_sites_abort(self, meta: dict[str, Any], reason: str = "aborted by an admin") -> None:
-        """Tell the job's run and its sites that it was aborted (best effort)."""
-        if hasattr(self, "runner"):
-            self.runner.abort(str(meta["job_id"]), reason)
-        for site in meta.get("deployed_sites") or ():
-            if site in self.registry:
-                self.registry.send(
-                    site,
-                    site_pb2.Envelope(
-                        job_id=str(meta["job_id"]),
-                        topic="job.abort",
-                        body_json=json.dumps({"reason": reason}),
-                    ),
-                )
-
-    def on_site_message(self, site: str, envelope: site_pb2.Envelope) -> None:
-        """Job traffic from sites (status, results, metrics, logs) goes to the job's run."""
-        if hasattr(self, "runner"):
-            self.runner.on_site_message(site, envelope)
+        await check_model_source(self.store, self.policy, call.identity, model_job)
 
     # -- internals ---------------------------------------------------------------------
     def _admin_at_site_port(self) -> str:
@@ -430,25 +449,3 @@ class Server:
         for h in (handler, errors_handler):
             logger.addHandler(h)
             self._log_handlers.append(h)
-
-
-def _bind(
-    server: grpc.aio.Server, host: str, port: int, creds: grpc.ServerCredentials, what: str
-) -> int:
-    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    try:
-        bound = server.add_secure_port(address, creds)
-    except RuntimeError as exc:
-        raise errors.FlareError(
-            f"cannot listen on {address} for the {what} endpoint: {exc}"
-        ) from None
-    if not bound:
-        raise errors.FlareError(
-            f"cannot listen on {address} for the {what} endpoint (port in use or not allowed)"
-        )
-    return bound
-
-
-def load_server_kit(kit_dir: str | Path) -> Kit:
-    """Load a server kit (config only; :func:`check_server_kit` does the checks)."""
-    return load_kit(kit_dir, ParticipantType.SERVER)

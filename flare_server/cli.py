@@ -13,7 +13,8 @@ from pathlib import Path
 from flare_protocol import _malloc
 from flare_protocol.errors import FlareError
 from flare_protocol.kit_workspace import check_default_workspace
-from flare_server.app import Server, check_server_kit, load_server_kit
+from flare_server.app import Server
+from flare_server.server_kit import check_server_kit, load_server_kit
 from flare_server.settings import ServerSettings
 
 log = logging.getLogger("flare_server")

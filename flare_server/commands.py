@@ -70,18 +70,19 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from flare_protocol import errors
+from flare_protocol.site_topics import SiteCommand
 from flare_protocol.workspace_files import run_file_command
-from flare_server.authz import Resource, Right
+from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call
-from flare_server.jobs import JobStatus
-
-if TYPE_CHECKING:
-    from flare_server.app import Server
+from flare_server.jobs import JobRepository, JobStatus, JobSummary
+from flare_server.parts import RunControl, StopControl
+from flare_server.sites import SiteRegistry
 
 MAX_ARGS_BYTES = 64 * 1024
 #: Each target's own log, relative to its workspace.
@@ -123,11 +124,33 @@ def _targets(args: dict[str, Any]) -> list[str] | None:
     return targets
 
 
+@dataclass(frozen=True)
+class CommandContext:
+    """What the commands use of the server."""
+
+    store: JobRepository
+    registry: SiteRegistry
+    policy: Policy
+    runs: RunControl
+    """Running jobs (a forced stop aborts them)."""
+    server: StopControl
+    """``shutdown``/``restart`` of the server itself."""
+    workspace: Path
+    """The server workspace: file commands are confined to it."""
+    errors: Collection[dict[str, Any]]
+    """The server's recent errors (``show_errors``)."""
+    start_time: float
+    site_command_timeout: float
+
+
 class Commands:
     """Dispatches the Command RPC to one handler per name."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    def __init__(self, context: CommandContext) -> None:
+        self.context = context
+        self.store = context.store
+        self.registry = context.registry
+        self.policy = context.policy
         self._table: dict[str, Handler] = {
             "show_stats": self.show_stats,
             "show_errors": self.show_errors,
@@ -179,32 +202,29 @@ class Commands:
 
     # -- helpers -----------------------------------------------------------------------
     async def _job_meta(self, job_id: str) -> dict[str, Any]:
-        meta = await asyncio.to_thread(self.server.store.get, job_id)
+        meta = await asyncio.to_thread(self.store.get, job_id)
         return dict(meta)  # read-only: a shallow copy is enough
 
     def _site_resource(self, name: str) -> Resource:
-        site = self.server.registry.get(name)
+        site = self.registry.get(name)
         if site is None:
             raise errors.InvalidTarget(f"site {name!r} is not connected", site=name)
         return Resource.site(name, site.org)
 
     def _connected(self, name: str) -> None:
-        if name not in self.server.registry:
+        if name not in self.registry:
             raise errors.InvalidTarget(f"site {name!r} is not connected", site=name)
 
     async def _forward(self, site: str, command: str, args: dict[str, Any]) -> Any:
         self._connected(site)
-        reply = await self.server.registry.request(
-            site,
-            "site.command",
-            {"command": command, "args": args},
-            timeout=self.server.settings.site_command_timeout,
+        reply = await self.registry.request(
+            site, SiteCommand(command, args), timeout=self.context.site_command_timeout
         )
-        error = reply.get("error")
-        if isinstance(error, dict) and error:
+        error = reply.error
+        if error:
             cls = errors.WIRE_ERRORS.get(str(error.get("type")), errors.InternalError)
             raise cls(f"site {site}: {error.get('message', 'failed')}", site=site)
-        return reply.get("result")
+        return reply.result
 
     # -- view --------------------------------------------------------------------------
     def _scope(self, args: dict[str, Any], meta: dict[str, Any] | None) -> tuple[bool, list[str]]:
@@ -221,23 +241,21 @@ class Commands:
         targets = _targets(args)
         if targets is None and target_type != "server":
             if meta is None:
-                targets = self.server.registry.names()
+                targets = self.registry.names()
             else:
                 deployed = meta.get("deployed_sites") or []
-                targets = [s for s in deployed if s in self.server.registry]
+                targets = [s for s in deployed if s in self.registry]
         return target_type in ("server", "all"), list(targets or [])
 
     async def _job_or_view(
         self, call: Call, args: dict[str, Any], right: Right, action: str
     ) -> dict[str, Any] | None:
         if args.get("job_id") is None:
-            self.server.policy.require(call.identity, right, action=action)
+            self.policy.require(call.identity, right, action=action)
             return None
         job_id = _str_arg(args, "job_id")
         meta = await self._job_meta(job_id)
-        self.server.policy.require(
-            call.identity, right, _job(meta), action=f"{action} of", job_id=job_id
-        )
+        self.policy.require(call.identity, right, _job(meta), action=f"{action} of", job_id=job_id)
         return meta
 
     async def show_stats(self, call: Call, args: dict[str, Any]) -> Any:
@@ -258,13 +276,13 @@ class Commands:
             stats["server"] = {k: meta.get(k) for k in keys if k in meta}
         elif with_server:
             counts: dict[str, int] = {}
-            for row in await asyncio.to_thread(self.server.store.list):
-                key = str(getattr(row.status, "value", row.status))
+            for row in await asyncio.to_thread(self.store.list):
+                key = row.status.value
                 counts[key] = counts.get(key, 0) + 1
             stats["server"] = {
-                "uptime": time.time() - self.server.start_time,
+                "uptime": time.time() - self.context.start_time,
                 "jobs": counts,
-                "connected_sites": len(self.server.registry),
+                "connected_sites": len(self.registry),
             }
         job_id = meta["job_id"] if meta else None
         for site in sites:
@@ -279,7 +297,7 @@ class Commands:
         result: dict[str, Any] = {}
         if with_server:
             result["server"] = list(
-                (meta.get("errors") or []) if meta is not None else self.server.errors
+                (meta.get("errors") or []) if meta is not None else self.context.errors
             )
         job_id = meta["job_id"] if meta else None
         for site in sites:
@@ -293,15 +311,15 @@ class Commands:
         assert meta is not None
         with_server, sites = self._scope(args, meta)
         if with_server and meta.get("errors"):
-            await asyncio.to_thread(self.server.store.update, meta["job_id"], errors=[])
+            await asyncio.to_thread(self.store.update, meta["job_id"], errors=[])
         for site in sites:
             await self._forward(site, "reset_errors", {"job_id": meta["job_id"]})
         return {"reset": True}
 
     async def get_client_job_status(self, call: Call, args: dict[str, Any]) -> Any:
-        self.server.policy.require(call.identity, Right.VIEW, action="view site job status")
+        self.policy.require(call.identity, Right.VIEW, action="view site job status")
         wanted = _targets(args)
-        sites = self.server.registry.snapshots()
+        sites = self.registry.snapshots()
         if wanted is not None:
             unknown = [t for t in wanted if t not in {s.name for s in sites}]
             if unknown:
@@ -313,7 +331,7 @@ class Commands:
     async def _result_job(self, call: Call, args: dict[str, Any], what: str) -> dict[str, Any]:
         job_id = _str_arg(args, "job_id")
         meta = await self._job_meta(job_id)
-        self.server.policy.require(
+        self.policy.require(
             call.identity,
             Right.DOWNLOAD_JOB,
             _job(meta),
@@ -334,7 +352,7 @@ class Commands:
                 where[key] = _str_arg(args, key)
         offset = _int_arg(args, "offset", 0, 0, 2**53)
         limit = _int_arg(args, "limit", 10_000, 1, 10_000)
-        folder = await asyncio.to_thread(self.server.store.result_dir, meta["job_id"])
+        folder = await asyncio.to_thread(self.store.result_dir, meta["job_id"])
         rows, nxt = await asyncio.to_thread(
             read_rows, Path(folder) / file, offset=offset, limit=limit, where=where
         )
@@ -354,7 +372,7 @@ class Commands:
 
     async def job_summary(self, call: Call, args: dict[str, Any]) -> Any:
         meta = await self._result_job(call, args, "summary")
-        folder = await asyncio.to_thread(self.server.store.result_dir, meta["job_id"])
+        folder = await asyncio.to_thread(self.store.result_dir, meta["job_id"])
         path = Path(folder) / "summary.json"
         try:
             text = await asyncio.to_thread(path.read_text, encoding="utf-8")
@@ -382,7 +400,7 @@ class Commands:
         async def handler(call: Call, args: dict[str, Any]) -> Any:
             target = _str_arg(args, "target", "server")
             resource = Resource.server() if target == "server" else self._site_resource(target)
-            self.server.policy.require(
+            self.policy.require(
                 call.identity, Right.SHELL_COMMANDS, resource, action=f"run {name} on"
             )
             if target != "server":
@@ -392,7 +410,7 @@ class Commands:
         return handler
 
     def _server_file_command(self, name: str, args: dict[str, Any]) -> Any:
-        return run_file_command(self.server.workspace, name, args)
+        return run_file_command(self.context.workspace, name, args)
 
     # -- operate -----------------------------------------------------------------------
     def _control(self, name: str) -> Handler:
@@ -408,19 +426,17 @@ class Commands:
             sites: list[str] = []
             if target_type in ("client", "all"):
                 named = _targets(args)
-                sites = self.server.registry.names() if named is None else named
+                sites = self.registry.names() if named is None else named
             with_server = target_type in ("server", "all")
             # Every part is authorized, and the server's jobs checked, before any part acts:
             # a refused "all" must not have restarted or stopped the sites already.
             for site in sites:
-                self.server.policy.require(
+                self.policy.require(
                     call.identity, Right.OPERATE, self._site_resource(site), action=name
                 )
             running: list[Any] = []
             if with_server:
-                self.server.policy.require(
-                    call.identity, Right.OPERATE, Resource.server(), action=name
-                )
+                self.policy.require(call.identity, Right.OPERATE, Resource.server(), action=name)
                 running = await self._refuse_running_jobs(verb, "the server", force)
             result: dict[str, Any] = {}
             aborted = await self._abort_for_stop(call, running, f"the server was {done}")
@@ -429,30 +445,30 @@ class Commands:
             if aborted:
                 result["aborted_jobs"] = aborted
             if with_server:
-                self.server.request_stop(restart=(name == "restart"), by=call.identity.name)
+                self.context.server.request_stop(restart=(name == "restart"), by=call.identity.name)
                 result["server"] = "restarting" if name == "restart" else "stopping"
             return result
 
         return handler
 
     async def shutdown_system(self, call: Call, args: dict[str, Any]) -> Any:
-        self.server.policy.require(
+        self.policy.require(
             call.identity, Right.OPERATE, Resource.server(), action="shut down the system"
         )
         force = _bool_arg(args, "force")
         running = await self._refuse_running_jobs("shut down", "the system", force)
         aborted = await self._abort_for_stop(call, running, "the system was shut down")
-        sites = self.server.registry.names()
+        sites = self.registry.names()
         for site in sites:
-            self.server.registry.send_command(site, "shutdown")
-        self.server.request_stop(restart=False, by=call.identity.name)
+            self.registry.send_command(site, "shutdown")
+        self.context.server.request_stop(restart=False, by=call.identity.name)
         return {"server": "stopping", "sites": sites, "aborted_jobs": aborted}
 
     async def _refuse_running_jobs(self, verb: str, what: str, force: bool) -> list[Any]:
         """The dispatched and running jobs; ClientsStillRunning if there are any, unless
         ``force``."""
         running = await asyncio.to_thread(
-            self.server.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
+            self.store.list, statuses=[JobStatus.DISPATCHED, JobStatus.RUNNING]
         )
         if running and not force:
             shown = ", ".join(f"{r.job_id} ({_status(r)})" for r in running[:10])
@@ -471,20 +487,20 @@ class Commands:
         for row in running:
             try:
                 meta = await asyncio.to_thread(
-                    self.server.store.set_status,
+                    self.store.set_status,
                     row.job_id,
                     JobStatus.FINISHED_ABORTED,
                     reason=reason,
                 )
             except (errors.InvalidTransition, errors.JobNotFound):
                 continue  # it ended meanwhile
-            self.server.notify_sites_abort(dict(meta), reason)
+            self.context.runs.notify_abort(meta, reason)
             aborted.append(row.job_id)
         return aborted
 
 
-def _status(row: Any) -> str:
-    return str(getattr(row.status, "value", row.status))
+def _status(row: JobSummary) -> str:
+    return row.status.value
 
 
 def _job(meta: dict[str, Any]) -> Resource:

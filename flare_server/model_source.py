@@ -10,17 +10,20 @@ ends the job ``FINISHED:FAILED_TO_RUN`` instead of reading the model.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from flare_protocol.errors import JobNotDone
 from flare_server.authz import Policy, Resource, Right, Subject
-from flare_server.jobs import JobStatus, JobStore
+from flare_server.jobs import JobRepository, JobStatus
 from flare_server.results import FINAL_MODEL
 
-__all__ = ["authorize_model_source"]
+__all__ = ["authorize_model_source", "check_model_source"]
 
 
-def authorize_model_source(store: JobStore, policy: Policy, who: Subject, model_job: str) -> Path:
+def authorize_model_source(
+    store: JobRepository, policy: Policy, who: Subject, model_job: str
+) -> Path:
     """The final model of ``model_job``, if ``who`` may start a job from it: they hold the
     download right on that job, and it completed with a final model.
 
@@ -50,3 +53,14 @@ def authorize_model_source(store: JobStore, policy: Policy, who: Subject, model_
             status=status.value,
         )
     return path
+
+
+async def check_model_source(
+    store: JobRepository, policy: Policy, who: Subject, model_job: str
+) -> None:
+    """:func:`authorize_model_source` from the event loop (the store work in a thread).
+
+    Raises:
+        JobNotFound, AuthorizationError, JobNotDone (with the job's status).
+    """
+    await asyncio.to_thread(authorize_model_source, store, policy, who, model_job)

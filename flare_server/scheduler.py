@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from flare_protocol.errors import InvalidTransition, JobNotFound
-from flare_server.jobs import JobStatus, JobStore
+from flare_server.jobs import JobRepository, JobStatus
 from flare_server.sites import SiteRegistry
 
 log = logging.getLogger("flare_server.scheduler")
@@ -43,6 +43,10 @@ class JobLauncher(Protocol):
 
     async def launch(self, job_id: str, meta: Mapping[str, Any], sites: tuple[str, ...]) -> None:
         """Take over a SUBMITTED job; must move it out of SUBMITTED (or raise)."""
+        ...
+
+    def free_slots(self) -> Mapping[str, int]:
+        """Jobs each connected site with a job limit can still take (others: no limit)."""
         ...
 
 
@@ -93,7 +97,7 @@ def place(
 class Scheduler:
     """Re-evaluates waiting jobs on submit and on site connect/disconnect."""
 
-    def __init__(self, store: JobStore, registry: SiteRegistry, launcher: JobLauncher) -> None:
+    def __init__(self, store: JobRepository, registry: SiteRegistry, launcher: JobLauncher) -> None:
         self.store = store
         self.registry = registry
         self.launcher = launcher
@@ -125,8 +129,7 @@ class Scheduler:
 
     async def evaluate(self) -> None:
         """One pass over every SUBMITTED job (store work in one worker-thread call)."""
-        free_slots = getattr(self.launcher, "free_slots", None)
-        free = dict(free_slots()) if free_slots is not None else {}
+        free = dict(self.launcher.free_slots())
         connected = frozenset(self.registry.names())
         runnable = await asyncio.to_thread(self._plan, connected, free)
         for job_id, meta, sites in runnable:

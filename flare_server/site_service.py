@@ -2,9 +2,9 @@
 
 A site calls ``Register`` (identity = its certificate), then opens one ``Channel`` whose
 first message is a heartbeat carrying the session id. From then on heartbeats update the
-registry and are acknowledged; envelopes answering a forwarded request resolve it; job
-traffic goes to the job runner (:meth:`Server.on_site_message`); blobs move through
-:mod:`flare_server.blobs`. Messages queued for the site
+registry and are acknowledged; envelopes go to :meth:`SiteRegistry.deliver` (a reply
+resolves the forwarded request it answers; job traffic goes to the job runner, which
+listens there); blobs move through :mod:`flare_server.blobs`. Messages queued for the site
 (:meth:`SiteRegistry.send`) are written to the Channel as they arrive. The stream ends
 when the site closes it, when its session is replaced or times out, or when the server
 stops.
@@ -16,34 +16,45 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from flare_protocol import errors
 from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
-from flare_server.blobs import ref_of
-from flare_server.calls import Call, streaming, unary
-from flare_server.sites import CLOSE
-
-if TYPE_CHECKING:
-    from flare_server.app import Server
+from flare_protocol.site_topics import Sender, topic_from
+from flare_server.blobs import BlobRegistry, ref_of
+from flare_server.calls import Call, StreamTracker, streaming, unary
+from flare_server.identity_check import IdentityChecker
+from flare_server.sites import CLOSE, SiteRegistry
 
 log = logging.getLogger("flare_server.site_service")
 
-#: Topics a site may send; anything else is logged and dropped (never dispatched by name).
-SITE_TOPICS = frozenset({"job.status", "task.result", "metrics", "job.log", "site.reply"})
-
 _ACK = site_pb2.ServerMessage(heartbeat_ack=common_pb2.Empty())
+
+
+@dataclass(frozen=True)
+class SiteContext:
+    """What the Site service uses of the server."""
+
+    checker: IdentityChecker
+    """Site certificates only."""
+    streams: StreamTracker
+    registry: SiteRegistry
+    blobs: BlobRegistry
+    """The running jobs' blobs (the job runner's)."""
+    project: str
 
 
 class SiteService(site_pb2_grpc.SiteServicer):
     """Register, Channel, and the blobs of running jobs (Download/Upload)."""
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.registry = server.registry
-        self.checker = server.site_checker
+    def __init__(self, context: SiteContext) -> None:
+        self.registry = context.registry
+        self.blobs = context.blobs
+        self.project = context.project
+        self.checker = context.checker
         self.audit = None  # site traffic goes to the server log, not the admin audit log
-        self.streams = server.streams
+        self.streams = context.streams
 
     @unary("register")
     async def Register(
@@ -59,7 +70,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
             session_id=site.session_id,
             heartbeat_interval=self.registry.heartbeat_interval,
             heartbeat_timeout=self.registry.heartbeat_timeout,
-            project=self.server.kit.project,
+            project=self.project,
         )
 
     @streaming("channel")
@@ -129,25 +140,24 @@ class SiteService(site_pb2_grpc.SiteServicer):
             self.registry.disconnect(name, reason="channel ended", session_id=session_id)
 
     def _incoming(self, name: str, envelope: site_pb2.Envelope) -> None:
-        if envelope.topic not in SITE_TOPICS:
+        # Only the topics a site may send (flare_protocol.site_topics); anything else is
+        # logged and dropped, never dispatched by name.
+        if topic_from(envelope.topic, Sender.SITE) is None:
             log.warning("site %s sent unknown topic %r; dropped", name, envelope.topic[:64])
             return
-        if envelope.reply_to and self.registry.deliver_reply(name, envelope):
-            return
-        self.server.on_site_message(name, envelope)
+        self.registry.deliver(name, envelope)
 
     @streaming("download")
     async def Download(
         self, call: Call, request: site_pb2.BlobRequest, context: Any
     ) -> AsyncIterator[common_pb2.TransferChunk]:
-        blobs = self.server.runner.blobs
-        blob = blobs.served(call.identity.name, request.blob_id, request.job_id)
-        async for chunk in blobs.stream(blob):
+        blob = self.blobs.served(call.identity.name, request.blob_id, request.job_id)
+        async for chunk in self.blobs.stream(blob):
             yield chunk
 
     @unary("upload")
     async def Upload(
         self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
     ) -> common_pb2.BlobRef:
-        blob = await self.server.runner.blobs.receive(call.identity.name, request_iterator)
+        blob = await self.blobs.receive(call.identity.name, request_iterator)
         return ref_of(blob)

@@ -7,7 +7,9 @@ again (which replaces the old session). Each connected site owns an outbound que
 issue pushes work, and through which :meth:`SiteRegistry.request` forwards a command and
 awaits the site's reply. Listeners are told of every connect and disconnect (the scheduler
 re-evaluates waiting jobs then), and of every heartbeat that lists running jobs (the job
-runner makes sure each is still running there).
+runner makes sure each is still running there). Envelopes a site sends are
+:meth:`SiteRegistry.deliver`-ed: a reply resolves the request it answers, anything else
+goes to the message listeners (the job runner routes job traffic to the job's run).
 
 The registry is confined to the server's event loop: call it from coroutines or callbacks
 running on that loop only.
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -26,8 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flare_protocol._generated import site_pb2
-from flare_protocol.errors import InvalidTarget, NoReply, SessionExpired
+from flare_protocol.errors import InvalidTarget, MessageError, NoReply, SessionExpired
 from flare_protocol.identity import Identity
+from flare_protocol.site_topics import SiteCommand, SiteReply
 
 log = logging.getLogger("flare_server.sites")
 
@@ -37,6 +39,8 @@ CLOSE = None
 #: (event, site name); events: "connected", "disconnected", and "running_jobs" (a heartbeat
 #: that lists jobs the site runs: the job runner checks they are still running here).
 SiteListener = Callable[[str, str], None]
+#: (site name, envelope): a message from a connected site that answers no request.
+MessageListener = Callable[[str, site_pb2.Envelope], None]
 
 
 @dataclass
@@ -86,7 +90,8 @@ class SiteRegistry:
         self.heartbeat_timeout = heartbeat_timeout
         self._sites: dict[str, ConnectedSite] = {}
         self._listeners: list[SiteListener] = []
-        self._pending: dict[str, asyncio.Future[dict[str, Any]]] = {}
+        self._message_listeners: tuple[MessageListener, ...] = ()
+        self._pending: dict[str, asyncio.Future[SiteReply]] = {}
         self._reaper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -105,7 +110,20 @@ class SiteRegistry:
             self.disconnect(name, reason="server stopping")
 
     def subscribe(self, listener: SiteListener) -> None:
+        """Tell ``listener(event, name)`` of connects, disconnects and running-job lists."""
         self._listeners.append(listener)
+
+    def subscribe_messages(self, listener: MessageListener) -> Callable[[], None]:
+        """Give ``listener(site, envelope)`` every message :meth:`deliver` does not take
+        as a reply; returns the function that unsubscribes."""
+        self._message_listeners = (*self._message_listeners, listener)
+
+        def unsubscribe() -> None:
+            self._message_listeners = tuple(
+                cb for cb in self._message_listeners if cb is not listener
+            )
+
+        return unsubscribe
 
     # -- sessions ----------------------------------------------------------------------
     def register(
@@ -208,26 +226,27 @@ class SiteRegistry:
     def send_command(self, name: str, command: str, args: dict[str, Any] | None = None) -> None:
         """Queue a ``site.command`` that expects no reply (best effort)."""
         if name in self._sites:
-            body = json.dumps({"command": command, "args": args or {}})
+            body = SiteCommand(command, args or {})
             self.send(
                 name,
                 site_pb2.Envelope(
-                    message_id=uuid.uuid4().hex, topic="site.command", body_json=body
+                    message_id=uuid.uuid4().hex, topic=body.TOPIC.value, body_json=body.to_json()
                 ),
             )
 
     async def request(
-        self, name: str, topic: str, body: dict[str, Any], *, timeout: float, job_id: str = ""
-    ) -> dict[str, Any]:
-        """Send ``topic`` to a site and await the body of its reply (NoReply on timeout)."""
+        self, name: str, command: SiteCommand, *, timeout: float, job_id: str = ""
+    ) -> SiteReply:
+        """Send ``command`` to a site and await its reply (NoReply on timeout)."""
         message_id = uuid.uuid4().hex
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[SiteReply] = asyncio.get_running_loop().create_future()
         self._pending[message_id] = future
+        topic = command.TOPIC.value
         try:
             self.send(
                 name,
                 site_pb2.Envelope(
-                    message_id=message_id, job_id=job_id, topic=topic, body_json=json.dumps(body)
+                    message_id=message_id, job_id=job_id, topic=topic, body_json=command.to_json()
                 ),
             )
             return await asyncio.wait_for(future, timeout)
@@ -238,19 +257,27 @@ class SiteRegistry:
         finally:
             self._pending.pop(message_id, None)
 
+    def deliver(self, site_name: str, envelope: site_pb2.Envelope) -> None:
+        """A message from ``site_name``: the reply to a pending request resolves it;
+        anything else (job traffic) goes to the message listeners."""
+        if envelope.reply_to and self.deliver_reply(site_name, envelope):
+            return
+        for listener in self._message_listeners:
+            try:
+                listener(site_name, envelope)
+            except Exception:  # a listener bug must not break the site's channel
+                log.exception("message listener failed on %s from %s", envelope.topic, site_name)
+
     def deliver_reply(self, site_name: str, envelope: site_pb2.Envelope) -> bool:
         """Resolve the request an incoming envelope answers; False if it answers none."""
         future = self._pending.get(envelope.reply_to)
         if future is None or future.done():
             return False
         try:
-            body = json.loads(envelope.body_json or "{}")
-        except json.JSONDecodeError:
-            body = {"error": {"type": "InternalError", "message": "malformed reply body"}}
-        if not isinstance(body, dict):
-            body = {"result": body}
-        body.setdefault("site", site_name)
-        future.set_result(body)
+            reply = SiteReply.from_json(envelope.body_json)
+        except MessageError as exc:
+            reply = SiteReply(error={"type": "InternalError", "message": exc.message})
+        future.set_result(reply)
         return True
 
     # -- internals ---------------------------------------------------------------------

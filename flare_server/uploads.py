@@ -22,7 +22,7 @@ from flare_protocol._generated import common_pb2
 from flare_protocol.transfer import ChunkReceiver
 from flare_server.admin_service import submitter_of
 from flare_server.calls import Call
-from flare_server.jobs import JobStore
+from flare_server.jobs import JobRepository
 
 log = logging.getLogger("flare_server")
 
@@ -33,7 +33,7 @@ SUBMIT_PARAMS = frozenset({"initial_model_job_id"})
 
 
 async def receive_job(
-    store: JobStore,
+    store: JobRepository,
     call: Call,
     chunks: AsyncIterator[common_pb2.TransferChunk],
     *,

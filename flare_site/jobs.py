@@ -45,6 +45,7 @@ from typing import Any
 from flare_protocol.app_config import CLIENT_CONFIG, parse_client_config
 from flare_protocol.errors import ExecutionError, FlareError, InvalidJobDefinition
 from flare_protocol.job_status import is_job_id
+from flare_protocol.site_topics import TaskResult
 from flare_site.archive import AppLimits, extract_app
 from flare_site.executors import (
     ExecutorHost,
@@ -549,25 +550,18 @@ class JobManager:
 
 def task_result_body(
     task_id: str, round: int, outcome: TrainOutcome | ValidateOutcome
-) -> dict[str, Any]:
+) -> TaskResult:
     """The ``task.result`` body of a successful task (docs/site-protocol.md)."""
     if isinstance(outcome, TrainOutcome):
-        return {
-            "task_id": task_id,
-            "round": round,
-            "kind": "train",
-            "params_type": outcome.params_type.value,
-            "num_examples": outcome.num_examples,
-            "metrics": dict(outcome.metrics),
-            "error": None,
-        }
-    return {
-        "task_id": task_id,
-        "round": round,
-        "kind": "validate",
-        "metrics": dict(outcome.metrics),
-        "error": None,
-    }
+        return TaskResult(
+            task_id,
+            "train",
+            round,
+            params_type=outcome.params_type.value,
+            num_examples=outcome.num_examples,
+            metrics=dict(outcome.metrics),
+        )
+    return TaskResult(task_id, "validate", round, metrics=dict(outcome.metrics))
 
 
 def describe_error(exc: BaseException) -> str:

@@ -39,18 +39,38 @@ import shutil
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import grpc
 
 from flare_protocol._generated import site_pb2, site_pb2_grpc
 from flare_protocol.credentials import channel_credentials, channel_options
-from flare_protocol.errors import ExecutionError, KitError
+from flare_protocol.errors import ExecutionError, KitError, MessageError
 from flare_protocol.kit import Kit
 from flare_protocol.known_keys import unknown_keys
+from flare_protocol.site_topics import (
+    SERVER_TOPICS,
+    JobAbort,
+    JobDeploy,
+    JobEnd,
+    JobLog,
+    JobStatusReport,
+    JobStatusValue,
+    Metric,
+    Sender,
+    SiteBody,
+    SiteCommand,
+    SiteReply,
+    SiteTopic,
+    TaskResult,
+    TrainTask,
+    ValidateTask,
+    parse_body,
+    topic_from,
+)
 from flare_site.blobs import Blob, BlobError, download, upload
 from flare_site.commands import SiteCommands
 from flare_site.executors import MetricEvent
@@ -61,7 +81,6 @@ from flare_site.jobs import (
     JobRecord,
     check_job_id,
     describe_error,
-    dumps,
     task_result_body,
 )
 from flare_site.task_ledger import SentResult, TaskLedger
@@ -70,10 +89,6 @@ __all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
 
 log = logging.getLogger("flare_site")
 
-#: Topics the server may send; anything else is logged and dropped.
-SERVER_TOPICS = frozenset(
-    {"job.deploy", "task.train", "task.validate", "job.abort", "job.end", "site.command"}
-)
 RESOURCES = "resources.json"
 T = TypeVar("T")
 
@@ -339,7 +354,7 @@ class SiteRuntime:
     async def _shutdown_jobs(self) -> None:
         aborted = await self.jobs.shutdown("the site stopped")
         for job_id in aborted:
-            self.send("job.status", job_id, {"status": "aborted", "error": "the site stopped"})
+            self.send(job_id, JobStatusReport("aborted", "the site stopped"))
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -486,20 +501,23 @@ class SiteRuntime:
     # -- outgoing ------------------------------------------------------------------------
     def send(
         self,
-        topic: str,
         job_id: str,
-        body: Mapping[str, Any],
+        body: SiteBody,
         *,
         blobs: tuple[Blob, ...] = (),
         reply_to: str = "",
     ) -> None:
-        """Queue an envelope for the server (delivered in order, across reconnects)."""
+        """Queue a message for the server (delivered in order, across reconnects).
+
+        Raises:
+            ValueError: the body holds what JSON cannot carry (NaN, infinity).
+        """
         envelope = site_pb2.Envelope(
             message_id=uuid.uuid4().hex,
             job_id=job_id,
-            topic=topic,
+            topic=body.TOPIC.value,
             reply_to=reply_to,
-            body_json=dumps(body),
+            body_json=body.to_json(),
             blobs=[b.to_pb() for b in blobs],
         )
         if len(self._outbox) >= self.settings.max_outbox:
@@ -510,24 +528,21 @@ class SiteRuntime:
 
     def _on_job_failed(self, job: JobRecord) -> None:
         log.warning("job %s failed: %s", job.job_id, job.error)
-        body: dict[str, Any] = {"status": "failed", "error": job.error}
-        if job.stderr_tail:
-            body["stderr_tail"] = job.stderr_tail
-        self.send("job.status", job.job_id, body)
+        self.send(job.job_id, JobStatusReport("failed", job.error, job.stderr_tail or None))
 
     def _on_metric(self, job_id: str, event: MetricEvent) -> None:
-        body = {
-            "round": event.round,
-            "key": event.key,
-            "value": event.value,
-            "step": event.step,
-            "time": event.time,
-        }
-        if event.kind != "metric":  # a param, tag or text: a string instead of a number
-            del body["value"]
-            body.update(kind=event.kind, text=event.text)
+        # a metric is a number; a param, tag or text a string instead
+        body = Metric(
+            key=event.key,
+            value=event.value if event.kind == "metric" else None,
+            round=event.round,
+            step=event.step,
+            time=event.time,
+            kind=event.kind,
+            text=event.text if event.kind != "metric" else None,
+        )
         try:
-            self.send("metrics", job_id, body)
+            self.send(job_id, body)
         except ValueError:  # NaN or infinity: not JSON, not a metric
             log.warning("job %s: dropped non-finite metric %s", job_id, event.key)
 
@@ -550,49 +565,57 @@ class SiteRuntime:
 
     # -- incoming ------------------------------------------------------------------------
     def _dispatch(self, envelope: site_pb2.Envelope) -> None:
-        topic = envelope.topic
-        if topic not in SERVER_TOPICS:
-            log.warning("server sent unknown topic %r; dropped", topic[:64])
+        topic = topic_from(envelope.topic, Sender.SERVER)  # only what the server may send
+        if topic is None:
+            log.warning("server sent unknown topic %r; dropped", envelope.topic[:64])
             return
-        task = asyncio.get_running_loop().create_task(self._handle(envelope))
+        task = asyncio.get_running_loop().create_task(self._handle(envelope, topic))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, envelope: site_pb2.Envelope) -> None:
-        topic = envelope.topic
+    async def _handle(self, envelope: site_pb2.Envelope, topic: SiteTopic) -> None:
         try:
-            body = json.loads(envelope.body_json or "{}")
-        except json.JSONDecodeError:
-            body = None
-        if not isinstance(body, dict):
-            log.warning("server sent %s with a body that is not a JSON object; dropped", topic)
+            body = parse_body(topic, envelope.body_json)
+        except MessageError as exc:
+            self._malformed(envelope, topic, exc)
             return
         try:
-            if topic == "site.command":
-                await self._command(envelope, body)
-            elif topic == "job.abort":
-                await self._abort(envelope.job_id, body)
-            elif topic == "job.end":
-                # Not behind the job's lock: a task stuck in user code holds it, and ending
-                # the job is what ends that task (its processes are killed).
-                await self._end(envelope.job_id, body)
-            elif topic in ("task.train", "task.validate") and self._seen_before(envelope, body):
-                return
-            else:
-                lock = self._job_locks.setdefault(envelope.job_id, asyncio.Lock())
-                async with lock:
-                    if topic == "job.deploy":
+            match body:
+                case SiteCommand():
+                    await self._command(envelope, body)
+                case JobAbort():
+                    await self._abort(envelope.job_id, body)
+                case JobEnd():
+                    # Not behind the job's lock: a task stuck in user code holds it, and
+                    # ending the job is what ends that task (its processes are killed).
+                    await self._end(envelope.job_id, body)
+                case TrainTask() | ValidateTask():
+                    if not self._seen_before(envelope, body):
+                        async with self._job_locks.setdefault(envelope.job_id, asyncio.Lock()):
+                            await self._task(envelope, body)
+                case JobDeploy():
+                    async with self._job_locks.setdefault(envelope.job_id, asyncio.Lock()):
                         await self._deploy(envelope, body)
-                    elif topic == "task.train" or topic == "task.validate":
-                        await self._task(envelope, body)
+                case _:  # a topic a site sends: topic_from let through only the server's
+                    raise AssertionError(f"not a server message: {body!r}")
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("handling %s for job %s failed", topic, envelope.job_id)
+            log.exception("handling %s for job %s failed", topic.value, envelope.job_id)
 
-    def _seen_before(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> bool:
+    def _malformed(self, envelope: site_pb2.Envelope, topic: SiteTopic, exc: MessageError) -> None:
+        """A server message whose body is not what its topic needs: answered where the
+        server waits for an answer (a deployment fails, a command replies an error)."""
+        log.warning("server sent a malformed %s: %s", topic.value, exc.message)
+        if topic is SiteTopic.JOB_DEPLOY:
+            self._status(envelope.job_id, "failed", exc)
+        elif topic is SiteTopic.SITE_COMMAND:
+            error = {"type": "InvalidArgumentError", "message": exc.message}
+            self.send(envelope.job_id, SiteReply(error=error), reply_to=envelope.message_id)
+
+    def _seen_before(self, envelope: site_pb2.Envelope, body: TrainTask | ValidateTask) -> bool:
         """A task received before is not run again: its result is re-sent, or it is running."""
-        task_id = str(body.get("task_id", ""))[:128]
+        task_id = body.task_id[:128]
         if not task_id:
             return False
         known = self._ledger.claim(envelope.job_id, task_id)
@@ -602,7 +625,7 @@ class SiteRuntime:
             log.info(
                 "job %s: task %s received again; its result is sent again", envelope.job_id, task_id
             )
-            self.send("task.result", envelope.job_id, known.body, blobs=known.blobs)
+            self.send(envelope.job_id, known.body, blobs=known.blobs)
         else:
             log.info(
                 "job %s: task %s received again while it runs; ignored", envelope.job_id, task_id
@@ -610,39 +633,40 @@ class SiteRuntime:
         return True
 
     def _task_result(
-        self, job_id: str, task_id: str, body: dict[str, Any], blobs: tuple[Blob, ...] = ()
+        self, job_id: str, task_id: str, body: TaskResult, blobs: tuple[Blob, ...] = ()
     ) -> None:
-        self.send("task.result", job_id, body, blobs=blobs)
+        self.send(job_id, body, blobs=blobs)
         if task_id:
             self._ledger.done(job_id, task_id, SentResult(body, blobs))
 
-    async def _command(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
-        name, args = body.get("command"), body.get("args")
+    async def _command(self, envelope: site_pb2.Envelope, body: SiteCommand) -> None:
+        name, args = body.command, body.args
         if name in SiteCommands.FILE_COMMANDS:  # disk reads: off the loop
             result = await asyncio.to_thread(self.commands.run, name, args)
         else:  # stats read the job table: on the loop that owns it
             result = self.commands.run(name, args)
-        self.send("site.reply", envelope.job_id, result.body(), reply_to=envelope.message_id)
+        reply = SiteReply(result.result, result.error)
+        self.send(envelope.job_id, reply, reply_to=envelope.message_id)
         if result.then:
             self.request_stop(restart=result.then == "restart", reason="asked by the server")
 
-    async def _abort(self, job_id: str, body: dict[str, Any]) -> None:
-        reason = str(body.get("reason") or "aborted by the server")[:1000]
+    async def _abort(self, job_id: str, body: JobAbort) -> None:
+        reason = (body.reason or "aborted by the server")[:1000]
         ran = await self.jobs.abort(job_id, reason)
         if ran:
             log.info("job %s aborted: %s", job_id, reason)
-        self.send("job.status", job_id, {"status": "aborted", "error": reason})
+        self.send(job_id, JobStatusReport("aborted", reason))
 
-    def _status(self, job_id: str, status: str, exc: BaseException | None = None) -> None:
-        body: dict[str, Any] = {"status": status}
-        if exc is not None:
-            body["error"] = describe_error(exc)
-            tail = getattr(exc, "stderr_tail", "") or ""
-            if tail:
-                body["stderr_tail"] = str(tail)
-        self.send("job.status", job_id, body)
+    def _status(
+        self, job_id: str, status: JobStatusValue, exc: BaseException | None = None
+    ) -> None:
+        if exc is None:
+            self.send(job_id, JobStatusReport(status))
+            return
+        tail = getattr(exc, "stderr_tail", "") or ""
+        self.send(job_id, JobStatusReport(status, describe_error(exc), str(tail) or None))
 
-    async def _deploy(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
+    async def _deploy(self, envelope: site_pb2.Envelope, body: JobDeploy) -> None:
         job_id = envelope.job_id
         tmp_dir = self.workspace / "tmp"
         archive = tmp_dir / f"{uuid.uuid4().hex}.app.zip"
@@ -659,10 +683,6 @@ class SiteRuntime:
                     f"site {self.name} already runs {len(self.jobs.running())} job(s); "
                     f"its limit is {self.jobs.max_jobs}"
                 )
-            client_config = body.get("client_config")
-            if client_config is not None and not isinstance(client_config, dict):
-                raise ExecutionError("job.deploy: 'client_config' must be a JSON object")
-            total = body.get("total_rounds", 0)
             tmp_dir.mkdir(mode=0o700, exist_ok=True)
             blob = Blob.from_pb(envelope.blobs[0])
             await self._on_connection(
@@ -673,9 +693,9 @@ class SiteRuntime:
             await self.jobs.deploy(
                 job_id,
                 archive,
-                client_config=client_config,
-                app=str(body.get("app", ""))[:128],
-                total_rounds=total if isinstance(total, int) and not isinstance(total, bool) else 0,
+                client_config=body.client_config,
+                app=body.app[:128],
+                total_rounds=body.total_rounds,
             )
         except asyncio.CancelledError:
             raise
@@ -690,12 +710,11 @@ class SiteRuntime:
         log.info("job %s deployed", job_id)
         self._status(job_id, "deployed")
 
-    async def _task(self, envelope: site_pb2.Envelope, body: dict[str, Any]) -> None:
+    async def _task(self, envelope: site_pb2.Envelope, body: TrainTask | ValidateTask) -> None:
         job_id = envelope.job_id
-        kind = "train" if envelope.topic == "task.train" else "validate"
-        task_id = str(body.get("task_id", ""))[:128]
-        rnd = body.get("round", 0)
-        rnd = rnd if isinstance(rnd, int) and not isinstance(rnd, bool) else 0
+        kind: Literal["train", "validate"] = "train" if isinstance(body, TrainTask) else "validate"
+        task_id = body.task_id[:128]
+        rnd = body.round
         job = self.jobs.get(job_id)
         model: Path | None = None
         update: Path | None = None
@@ -718,13 +737,13 @@ class SiteRuntime:
                     )
                 )
                 downloaded = time.perf_counter()
-            if kind == "train":
-                total = body.get("total_rounds", job.total_rounds)
+            if isinstance(body, TrainTask):
+                total = job.total_rounds if body.total_rounds is None else body.total_rounds
                 outcome: Any = await self.jobs.train(
                     job_id,
                     task_id,
                     round=rnd,
-                    total_rounds=total if isinstance(total, int) else job.total_rounds,
+                    total_rounds=total,
                     model_path=model,
                 )
                 ran = time.perf_counter()
@@ -757,9 +776,7 @@ class SiteRuntime:
             raise
         except Exception as exc:
             self._task_result(
-                job_id,
-                task_id,
-                {"task_id": task_id, "round": rnd, "kind": kind, "error": describe_error(exc)},
+                job_id, task_id, TaskResult(task_id, kind, rnd, error=describe_error(exc))
             )
             if self.jobs.state(job_id) == FAILED:
                 self._status(job_id, "failed", exc)
@@ -770,12 +787,12 @@ class SiteRuntime:
                 if used is not None:
                     used.unlink(missing_ok=True)
 
-    async def _end(self, job_id: str, body: dict[str, Any]) -> None:
+    async def _end(self, job_id: str, body: JobEnd) -> None:
         self._job_locks.pop(job_id, None)  # later messages for this job need no ordering
         self._ledger.forget(job_id)
-        log_path = await self.jobs.end(job_id, str(body.get("status", ""))[:64])
+        log_path = await self.jobs.end(job_id, body.status[:64])
         if log_path is None or not log_path.is_file():
-            self.send("job.log", job_id, {})
+            self.send(job_id, JobLog())
             return
         try:
             ref = await self._on_connection(
@@ -790,9 +807,9 @@ class SiteRuntime:
             )
         except BlobError as exc:
             log.warning("job %s: the site log could not be uploaded: %s", job_id, exc)
-            self.send("job.log", job_id, {"error": describe_error(exc)})
+            self.send(job_id, JobLog(describe_error(exc)))
             return
-        self.send("job.log", job_id, {}, blobs=(ref,))
+        self.send(job_id, JobLog(), blobs=(ref,))
         job = self.jobs.get(job_id)
         if job is not None:
             shutil.rmtree(job.downloads, ignore_errors=True)

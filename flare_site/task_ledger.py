@@ -11,10 +11,9 @@ and the jobs least recently touched are forgotten first.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from flare_protocol.site_topics import TaskResult
 from flare_site.blobs import Blob
 
 __all__ = ["RUNNING", "SentResult", "TaskLedger"]
@@ -24,7 +23,7 @@ __all__ = ["RUNNING", "SentResult", "TaskLedger"]
 class SentResult:
     """The ``task.result`` body and blobs sent for a task."""
 
-    body: Mapping[str, Any]
+    body: TaskResult
     blobs: tuple[Blob, ...] = field(default=())
 
 

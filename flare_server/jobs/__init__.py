@@ -1,4 +1,5 @@
-"""The server's job store: lifecycle table, archive validation and durable storage."""
+"""The server's jobs: lifecycle table, archive validation, the repository seam and its
+SQLite backend (:class:`JobStore`)."""
 
 from __future__ import annotations
 
@@ -15,24 +16,22 @@ from flare_server.jobs.lifecycle import (
     is_finished,
     parse_status,
 )
-from flare_server.jobs.store import (
-    JobMeta,
-    JobStore,
-    JobSummary,
-    RecoveryReport,
-    Submitter,
-    Upload,
-    parse_job_id,
-)
+from flare_server.jobs.meta import JobMeta, JobSummary, Submitter, parse_job_id
+from flare_server.jobs.recovery import RecoveryReport
+from flare_server.jobs.repository import JobRepository, JobUpload
+from flare_server.jobs.store import JobStore
+from flare_server.jobs.uploads import Upload
 
 __all__ = [
     "TRANSITIONS",
     "ArchiveLimits",
     "JobDefinition",
     "JobMeta",
+    "JobRepository",
     "JobStatus",
     "JobStore",
     "JobSummary",
+    "JobUpload",
     "RecoveryReport",
     "Submitter",
     "Upload",

@@ -1,5 +1,9 @@
 """The server's durable job store: SQLite (WAL, synchronous=FULL) plus one folder per job.
 
+:class:`JobStore` is the SQLite backend of :class:`~flare_server.jobs.repository.JobRepository`
+(the meta views are in :mod:`~flare_server.jobs.meta`, archive uploads in
+:mod:`~flare_server.jobs.uploads`, crash recovery in :mod:`~flare_server.jobs.recovery`).
+
 Theory of operation. Layout under ``root`` (the server workspace's ``jobs/``)::
 
     jobs.db (+ -wal, -shm)   one row per job: summary columns + the full meta as JSON
@@ -27,11 +31,8 @@ that lock, in commit order, so they must be quick (e.g. ``loop.call_soon_threads
 
 from __future__ import annotations
 
-import concurrent.futures
 import copy
 import fcntl
-import functools
-import hashlib
 import json
 import logging
 import os
@@ -43,14 +44,11 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any
 
-from flare_protocol._direct_io import DirectWriter
 from flare_protocol._fsync import fsync_dir
 from flare_protocol.errors import (
     FlareError,
@@ -61,19 +59,20 @@ from flare_protocol.errors import (
     JobNotFound,
 )
 from flare_protocol.job_format import SERVER_OWNED_KEYS
-from flare_protocol.job_status import JOB_ID_RE
+from flare_server.jobs._errors import storage_errors
 from flare_server.jobs.archive import ArchiveLimits, validate_job_archive
 from flare_server.jobs.lifecycle import JobStatus, check_transition, is_finished, parse_status
+from flare_server.jobs.meta import JobMeta, JobSummary, Submitter, iso_time, parse_job_id
+from flare_server.jobs.recovery import (
+    RecoveryReport,
+    clean_temp,
+    plan_recovery,
+    remove_orphans,
+)
+from flare_server.jobs.repository import JobRepository
+from flare_server.jobs.uploads import Upload
 
-__all__ = [
-    "JobMeta",
-    "JobStore",
-    "JobSummary",
-    "RecoveryReport",
-    "Submitter",
-    "Upload",
-    "parse_job_id",
-]
+__all__ = ["JobStore"]
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +89,6 @@ CREATION_FIELDS = frozenset({"initial_model_job_id"})
 META_CACHE_SIZE = 4096
 _DEFAULT_LIMITS = ArchiveLimits()
 _STATUS_BY_VALUE = {status.value: status for status in JobStatus}
-_UUID_RE = JOB_ID_RE
 _PREFIX_RE = re.compile(r"^[0-9a-fA-F-]{0,36}$")
 #: Fields :meth:`JobStore.update` may not touch (status has its own method).
 _NOT_UPDATABLE = frozenset(
@@ -129,302 +127,16 @@ CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
 """
 
 
-_F = TypeVar("_F", bound=Callable[..., Any])
-
-
-def _storage_errors(method: _F) -> _F:
-    """Turn a disk or database failure (disk full, I/O error) into one clear InternalError."""
-
-    @functools.wraps(method)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return method(*args, **kwargs)
-        except (OSError, sqlite3.Error) as exc:
-            what = method.__name__.strip("_").replace("_", " ")
-            raise InternalError(
-                f"job store: {what} failed: {exc}; check the server's disk (space, permissions)"
-            ) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def parse_job_id(job_id: object) -> str:
-    """The canonical (lower-case, hyphenated) form of a job id.
-
-    Raises:
-        InvalidArgumentError: ``job_id`` is not a UUID (it is never used as a path first).
-    """
-    if isinstance(job_id, str) and len(job_id) <= 36 and _UUID_RE.match(job_id.lower()):
-        return job_id.lower()
-    shown = repr(job_id) if len(repr(job_id)) <= 80 else repr(job_id)[:77] + "..."
-    raise InvalidArgumentError(
-        f"job id {shown} is malformed: job ids are UUIDs like 3f2c1b9e-...; "
-        "use list_jobs to see them",
-        job_id=job_id,
-    )
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat()
-
-
-@dataclass(frozen=True)
-class Submitter:
-    """Who submitted a job, from their verified certificate."""
-
-    name: str
-    org: str
-    role: str
-
-
-class JobMeta(Mapping[str, Any]):
-    """A read-only view of one job's FLARE-style meta dict.
-
-    Keys: job_id, name, status, submitter_name/org/role, deploy_map, resource_spec,
-    min_clients, mandatory_clients, submit_time (unix), submit_time_iso, start_time,
-    end_time, duration (seconds or None), cloned_from, status_history
-    (``[{status, time, reason}]``), schedule_history, archive_size, archive_sha256, the
-    other meta.json keys (:data:`~flare_protocol.job_format.META_KEYS`) and the fields the
-    server sets later (:data:`~flare_protocol.job_format.SERVER_OWNED_KEYS`).
-    ``deleted`` is True only in the notification sent when the job was deleted.
-    """
-
-    __slots__ = ("_data", "_wire", "deleted")
-
-    def __init__(self, data: Mapping[str, Any], *, deleted: bool = False) -> None:
-        self._data = dict(data)
-        self._wire: str | None = None
-        self.deleted = deleted
-
-    def __getitem__(self, key: str) -> Any:
-        value = self._data[key]
-        # Containers are copied so that no reader (e.g. one subscriber) can change what others see.
-        return copy.deepcopy(value) if isinstance(value, (dict, list)) else value
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __repr__(self) -> str:
-        return f"JobMeta(job_id={self.job_id!r}, name={self.name!r}, status={self.status.value!r})"
-
-    @property
-    def job_id(self) -> str:
-        return str(self._data["job_id"])
-
-    @property
-    def name(self) -> str:
-        return str(self._data["name"])
-
-    @property
-    def status(self) -> JobStatus:
-        return JobStatus(self._data["status"])
-
-    @property
-    def submit_time(self) -> float:
-        return float(self._data["submit_time"])
-
-    @property
-    def submitter(self) -> Submitter:
-        d = self._data
-        return Submitter(d["submitter_name"], d["submitter_org"], d["submitter_role"])
-
-    @property
-    def cloned_from(self) -> str | None:
-        value = self._data.get("cloned_from")
-        return None if value is None else str(value)
-
-    @property
-    def status_history(self) -> list[dict[str, Any]]:
-        return copy.deepcopy(self._data.get("status_history", []))
-
-    def to_dict(self) -> dict[str, Any]:
-        """A deep copy of the meta dict (safe to modify)."""
-        return copy.deepcopy(self._data)
-
-    def to_json(self) -> str:
-        """The meta dict as JSON."""
-        return json.dumps(self._data, sort_keys=True)
-
-    def wire_json(self) -> str:
-        """The meta dict as compact JSON (what the Admin service sends); computed once."""
-        if self._wire is None:
-            self._wire = json.dumps(self._data, separators=(",", ":"), default=str)
-        return self._wire
-
-
-class JobSummary(NamedTuple):
-    """One row of :meth:`JobStore.list` (immutable).
-
-    A NamedTuple rather than a frozen dataclass: building 10,000 of them is about 6 times
-    faster, which is most of the cost of listing a large store.
-    """
-
-    job_id: str
-    name: str
-    status: JobStatus
-    submit_time: float
-    duration: float | None
-    submitter_name: str
-    submitter_org: str
-
-    def to_dict(self) -> dict[str, Any]:
-        out = self._asdict()
-        out["status"] = self.status.value
-        return out
-
-
-@dataclass(frozen=True)
-class RecoveryReport:
-    """What :meth:`JobStore.open` found and repaired."""
-
-    #: Names removed from ``tmp/`` (unfinished uploads and staging folders).
-    temp_files_removed: tuple[str, ...] = ()
-    #: Job folders without a committed row (a crash before the commit), removed.
-    orphan_dirs_removed: tuple[str, ...] = ()
-    #: ``(job_id, status it had)`` for jobs ended FINISHED:ABNORMAL because the server restarted.
-    jobs_ended: tuple[tuple[str, str], ...] = ()
-    #: Jobs whose archive is missing or truncated (ended ABNORMAL unless already finished).
-    jobs_missing_files: tuple[str, ...] = ()
-    #: SUBMITTED jobs that stay queued.
-    jobs_queued: tuple[str, ...] = ()
-
-    @property
-    def clean(self) -> bool:
-        """True when nothing had to be removed or ended."""
-        return not (
-            self.temp_files_removed
-            or self.orphan_dirs_removed
-            or self.jobs_ended
-            or self.jobs_missing_files
-        )
-
-
-class Upload:
-    """A job archive being received; obtained from :meth:`JobStore.begin_upload`.
-
-    ``write()`` chunks as they arrive; ``commit()`` validates and stores the job (or raises and
-    discards everything); ``abort()`` discards. As a context manager it aborts unless committed.
-    """
-
-    def __init__(self, store: JobStore, path: Path) -> None:
-        self._store = store
-        self._path = path
-        # O_DIRECT: a GiB upload must not cost a GiB of fresh page-cache pages (_direct_io)
-        self._file = DirectWriter(path, os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        self._hash = hashlib.sha256()
-        # Hashing a chunk (~0.7 ms/MiB, GIL released) overlaps with writing it (the same).
-        self._hasher = concurrent.futures.ThreadPoolExecutor(1, "upload-sha256")
-        self._hashing: concurrent.futures.Future[None] | None = None
-        self._size = 0
-        self._done = False
-
-    @property
-    def size(self) -> int:
-        """Bytes written so far."""
-        return self._size
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of the bytes written so far."""
-        self._hashed()
-        return self._hash.hexdigest()
-
-    def _hashed(self) -> None:
-        if self._hashing is not None:
-            self._hashing.result()
-            self._hashing = None
-
-    @_storage_errors
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append a chunk.
-
-        Raises:
-            InvalidJobDefinition: the upload exceeds ``max_upload_bytes`` (it is discarded).
-        """
-        if self._done:
-            raise InvalidArgumentError("this upload was already committed or aborted")
-        cap = self._store.limits.max_upload_bytes
-        if self._size + len(data) > cap:
-            self.abort()
-            raise InvalidJobDefinition(
-                f"upload is larger than the {cap} bytes allowed for a job archive"
-            )
-        self._hashed()  # the previous chunk's: at most one chunk is being hashed
-        if isinstance(data, bytes):  # immutable: safe to hash while it is written
-            self._hashing = self._hasher.submit(self._hash.update, data)
-        else:
-            self._hash.update(data)
-        try:
-            self._file.write(data)
-        except OSError:
-            self.abort()
-            raise
-        self._size += len(data)
-
-    @_storage_errors
-    def commit(
-        self,
-        submitter: Submitter,
-        *,
-        cloned_from: str | None = None,
-        params: Mapping[str, Any] | None = None,
-        extra: Mapping[str, Any] | None = None,
-    ) -> JobMeta:
-        """Validate the archive and store the job durably; returns its meta (SUBMITTED).
-
-        ``params``/``extra``: fields of :data:`CREATION_FIELDS` (anything else is refused).
-        Raises:
-            InvalidJobDefinition: the archive or its meta.json is invalid (nothing is kept).
-        """
-        if self._done:
-            raise InvalidArgumentError("this upload was already committed or aborted")
-        self._done = True
-        try:
-            self._file.finish()  # the tail, then fsync
-            fields = {**(params or {}), **(extra or {})}
-            return self._store._commit_upload(
-                self._path, self._size, self.sha256, submitter, cloned_from, fields
-            )
-        finally:
-            self._discard()
-
-    def abort(self) -> None:
-        """Discard the upload (idempotent)."""
-        self._done = True
-        self._discard()
-
-    def _discard(self) -> None:
-        self._hasher.shutdown(wait=True, cancel_futures=True)
-        if not self._file.closed:
-            try:
-                self._file.close()
-            except OSError:  # the file is removed anyway
-                pass
-        try:
-            self._path.unlink()
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self) -> Upload:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._done:
-            self.abort()
-
-
 class JobStore:
     """The durable job store (see the module docstring for the guarantees)."""
 
-    def __init__(self, root: Path, limits: ArchiveLimits, lock_fd: int) -> None:
+    def __init__(
+        self,
+        root: Path,
+        limits: ArchiveLimits,
+        lock_fd: int,
+        definition_check: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> None:
         """Use :meth:`open`."""
         self.root = root
         self.limits = limits
@@ -445,13 +157,23 @@ class JobStore:
         self.recovery = RecoveryReport()
         #: Called with a new job's checked meta.json before it is stored; may raise
         #: InvalidJobDefinition (the server refuses sites outside its project here).
-        self.definition_check: Callable[[Mapping[str, Any]], None] | None = None
+        self.definition_check = definition_check
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, root: Path, *, limits: ArchiveLimits = _DEFAULT_LIMITS) -> JobStore:
+    def open(
+        cls,
+        root: Path,
+        *,
+        limits: ArchiveLimits = _DEFAULT_LIMITS,
+        definition_check: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> JobStore:
         """Open (creating if needed) the store at ``root`` and run crash recovery.
+
+        ``definition_check``: called with each new job's checked meta.json before it is
+        stored; may raise InvalidJobDefinition (the server refuses sites outside its
+        project there).
 
         Raises:
             FlareError: another process holds the store open, or the database is unusable.
@@ -469,7 +191,7 @@ class JobStore:
                 path=str(root),
             ) from None
         try:
-            store = cls(root, limits, lock_fd)
+            store = cls(root, limits, lock_fd, definition_check)
             store.recovery = store._recover()
         except sqlite3.DatabaseError as exc:
             os.close(lock_fd)
@@ -509,76 +231,45 @@ class JobStore:
     # -- recovery ----------------------------------------------------------------------------
 
     def _recover(self) -> RecoveryReport:
-        removed_tmp = []
-        for entry in sorted(self._tmp.iterdir()):
-            removed_tmp.append(entry.name)
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        if removed_tmp:
-            fsync_dir(self._tmp)
+        """Clean up after a crash (:mod:`flare_server.jobs.recovery`), in one transaction."""
+        removed_tmp = clean_temp(self._tmp)
         with self._lock:
             rows = self._db.execute("SELECT job_id, status, archive_size FROM jobs").fetchall()
-            known = {row[0] for row in rows}
-            orphans = []
-            for entry in sorted(self.root.iterdir()):
-                if _UUID_RE.match(entry.name) and entry.name not in known:
-                    orphans.append(entry.name)
-                    if entry.is_dir() and not entry.is_symlink():
-                        shutil.rmtree(entry)
-                    else:
-                        entry.unlink()
-            if orphans:
-                fsync_dir(self.root)
-            ended: list[tuple[str, str]] = []
-            missing: list[str] = []
-            queued: list[str] = []
+            orphans = remove_orphans(self.root, {row[0] for row in rows})
+            plan = plan_recovery(rows, lambda job_id: self.root / job_id / ARCHIVE_FILE)
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for job_id, status, archive_size in rows:
-                    archive = self.root / job_id / ARCHIVE_FILE
-                    try:
-                        intact = archive.stat().st_size == archive_size
-                    except OSError:
-                        intact = False
-                    if not intact:
-                        missing.append(job_id)
-                        if not is_finished(status):
-                            reason = f"job files missing or incomplete ({archive} on restart)"
-                            self._write_status(
-                                job_id, JobStatus.FINISHED_ABNORMAL, reason, force=True
-                            )
-                            ended.append((job_id, status))
-                    elif status in (JobStatus.DISPATCHED.value, JobStatus.RUNNING.value):
-                        reason = f"server restarted while the job was {status}"
-                        self._write_status(job_id, JobStatus.FINISHED_ABNORMAL, reason, force=True)
-                        ended.append((job_id, status))
-                    elif status == JobStatus.SUBMITTED.value:
-                        queued.append(job_id)
+                for ending in plan.endings:
+                    self._write_status(
+                        ending.job_id, JobStatus.FINISHED_ABNORMAL, ending.reason, force=True
+                    )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        for job_id in missing:
+        for job_id in plan.missing_files:
             log.error("job %s: archive missing or truncated; it is not served", job_id)
         return RecoveryReport(
-            temp_files_removed=tuple(removed_tmp),
-            orphan_dirs_removed=tuple(orphans),
-            jobs_ended=tuple(ended),
-            jobs_missing_files=tuple(missing),
-            jobs_queued=tuple(queued),
+            temp_files_removed=removed_tmp,
+            orphan_dirs_removed=orphans,
+            jobs_ended=tuple((e.job_id, e.was) for e in plan.endings),
+            jobs_missing_files=plan.missing_files,
+            jobs_queued=plan.queued,
         )
 
     # -- creating jobs -----------------------------------------------------------------------
 
-    @_storage_errors
+    @storage_errors
     def begin_upload(self) -> Upload:
         """Start receiving a job archive (written under ``tmp/``, removed on abort or crash)."""
         self._db  # noqa: B018 - raises if closed
-        return Upload(self, self._tmp / f"upload-{secrets.token_hex(8)}.zip")
+        return Upload(
+            self._tmp / f"upload-{secrets.token_hex(8)}.zip",
+            max_bytes=self.limits.max_upload_bytes,
+            commit=self._commit_upload,
+        )
 
-    @_storage_errors
+    @storage_errors
     def create_job_from_archive(
         self,
         zip_path: Path,
@@ -603,7 +294,7 @@ class JobStore:
                 upload.write(chunk)
             return upload.commit(submitter, cloned_from=cloned_from, extra=extra)
 
-    @_storage_errors
+    @storage_errors
     def clone_job(
         self, job_id: str, submitter: Submitter, *, extra: Mapping[str, Any] | None = None
     ) -> JobMeta:
@@ -690,7 +381,7 @@ class JobStore:
             submitter_org=submitter.org,
             submitter_role=submitter.role,
             submit_time=now,
-            submit_time_iso=_iso(now),
+            submit_time_iso=iso_time(now),
             start_time=None,
             end_time=None,
             duration=None,
@@ -732,7 +423,7 @@ class JobStore:
 
     # -- reading -----------------------------------------------------------------------------
 
-    @_storage_errors
+    @storage_errors
     def get(self, job_id: str) -> JobMeta:
         """The job's meta.
 
@@ -770,7 +461,7 @@ class JobStore:
         while len(metas) > META_CACHE_SIZE:
             metas.popitem(last=False)  # O(1); next(iter(dict)) after many pops is not
 
-    @_storage_errors
+    @storage_errors
     def list(
         self,
         *,
@@ -829,12 +520,12 @@ class JobStore:
             raise InvalidArgumentError(f"job id {job_id!r} is malformed", job_id=job_id)
         return path
 
-    @_storage_errors
+    @storage_errors
     def job_dir(self, job_id: str) -> Path:
         """The job's folder inside the store root."""
         return self._job_path(job_id)
 
-    @_storage_errors
+    @storage_errors
     def job_archive(self, job_id: str) -> Path:
         """The job's validated archive (read-only: never modify it).
 
@@ -854,7 +545,7 @@ class JobStore:
             )
         return path
 
-    @_storage_errors
+    @storage_errors
     def result_dir(self, job_id: str) -> Path:
         """The folder for the job's results (created with the job)."""
         path = self._job_path(job_id) / RESULT_DIR
@@ -863,7 +554,7 @@ class JobStore:
 
     # -- changing jobs -----------------------------------------------------------------------
 
-    @_storage_errors
+    @storage_errors
     def set_status(
         self, job_id: str, status: JobStatus | str, *, reason: str | None = None
     ) -> JobMeta:
@@ -904,7 +595,7 @@ class JobStore:
         self._save(job_id, meta)
         return JobMeta(meta)
 
-    @_storage_errors
+    @storage_errors
     def update(self, job_id: str, /, **fields: Any) -> JobMeta:
         """Set meta fields the server writes (e.g. ``schedule_reason``); never the status.
 
@@ -958,7 +649,7 @@ class JobStore:
             ),
         )
 
-    @_storage_errors
+    @storage_errors
     def delete(self, job_id: str) -> None:
         """Delete a job that is SUBMITTED or finished (its row, archive and results).
 
@@ -1029,3 +720,7 @@ def _check_extra(fields: Mapping[str, Any] | None) -> dict[str, Any]:
         fields["initial_model_job_id"] = parse_job_id(fields["initial_model_job_id"])
     _check_json(fields)
     return fields
+
+
+if TYPE_CHECKING:  # mypy checks that the SQLite store is a JobRepository
+    _backend: type[JobRepository] = JobStore

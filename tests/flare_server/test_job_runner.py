@@ -526,3 +526,32 @@ def test_a_torn_metrics_log_is_sealed_without_losing_the_marker(tmp_path):
     seal_jsonl(path)
     assert path.read_text().endswith('\n{"complete": true}\n')
     assert read_rows(path) == ([{"site": "a", "value": 1}], None)
+
+
+def test_a_malformed_task_result_fails_its_task_naming_the_field(server, kits, admin):
+    with FakeSite(kits["site-1"], server.site_address) as s1:
+        job_id = _deployed_one_site_job(server, admin, s1)
+        task = json.loads(wait_until(lambda: _messages(s1, "task.train"))[0].body_json)
+        _send(s1, job_id, "task.result", {"task_id": task["task_id"], "kind": "guess"})
+        wait_until(lambda: _messages(s1, "job.end"))
+        _send(s1, job_id, "job.log", {})
+        wait_until(lambda: _meta(admin, job_id)["status"].startswith("FINISHED"))
+    meta = _meta(admin, job_id)
+    assert meta["status"] == "FINISHED:EXECUTION_EXCEPTION"
+    reason = meta["status_history"][-1]["reason"]
+    assert "its result is malformed: task.result: 'kind' must be one of" in reason
+
+
+def test_an_event_no_phase_knows_ends_the_job_loudly(server, kits, admin):
+    with FakeSite(kits["site-1"], server.site_address) as s1:
+        job_id = _deployed_one_site_job(server, admin, s1)
+        wait_until(lambda: _messages(s1, "task.train"))
+        runner = server.server.runner
+        server.call(lambda: runner.runs[job_id].post(("message", "site-1", None)))  # type: ignore[arg-type]
+        wait_until(lambda: _meta(admin, job_id)["status"].startswith("FINISHED"))
+    meta = _meta(admin, job_id)
+    assert meta["status"] == "FINISHED:ABNORMAL"
+    reason = meta["status_history"][-1]["reason"]
+    assert reason.startswith("the server failed running the job: AssertionError: unhandled")
+    log = (server.server.workspace / "logs" / "server.log").read_text()
+    assert "Traceback" in log and "unhandled job event ('message', 'site-1', None)" in log

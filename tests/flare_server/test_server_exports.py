@@ -18,6 +18,7 @@ def test_public_api_is_pinned():
         "Scope",
         "Server",
         "ServerSettings",
+        "ServerState",
         "check_server_kit",
         "load_server_kit",
     ]

@@ -105,11 +105,13 @@ def app_zip(files: dict[str, str | bytes]) -> bytes:
     return buffer.getvalue()
 
 
-class BlobService(site_pb2_grpc.SiteServicer):
-    """Download/Upload as docs/site-protocol.md describes them, over real mutual TLS.
+class FaultInjectingBlobService(site_pb2_grpc.SiteServicer):
+    """Download/Upload as docs/site-protocol.md describes them, over real mutual TLS, with
+    faults the real server never makes on purpose: for tests of the site's blob client.
 
-    A stand-in until the server serves blobs. ``cut_after`` chunks, a download aborts
-    with UNAVAILABLE (a broken stream); ``lie_size`` announces another size in the header.
+    ``cut_after`` chunks, a download aborts with UNAVAILABLE (a broken stream);
+    ``lie_size`` announces another size in the header; ``put(data, sha256=...)`` announces
+    another digest. Tests of anything else use the server's own blobs.
     """
 
     def __init__(self) -> None:
@@ -151,9 +153,12 @@ class BlobService(site_pb2_grpc.SiteServicer):
 
 
 @contextlib.asynccontextmanager
-async def blob_server(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
-    """A BlobService with the server's kit on 127.0.0.1:0, and a site-1 stub dialling it."""
-    service = BlobService()
+async def fault_injecting_blob_server(
+    provisioned: Any,
+) -> AsyncIterator[tuple[FaultInjectingBlobService, Any]]:
+    """A FaultInjectingBlobService with the server's kit on 127.0.0.1:0, and a site-1 stub
+    dialling it."""
+    service = FaultInjectingBlobService()
     server = grpc.aio.server()
     site_pb2_grpc.add_SiteServicer_to_server(service, server)
     port = server.add_secure_port(

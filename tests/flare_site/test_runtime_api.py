@@ -29,7 +29,7 @@ def test_the_public_names_of_the_site_runtime_modules() -> None:
 
 
 def test_the_server_may_send_only_the_documented_topics() -> None:
-    assert flare_site.runtime.SERVER_TOPICS == {
+    assert {topic.value for topic in flare_site.runtime.SERVER_TOPICS} == {
         "job.deploy",
         "task.train",
         "task.validate",

@@ -12,19 +12,22 @@ import pytest
 
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_site.blobs import Blob, BlobError, download, upload
-from tests.flare_site.runtime_helpers import BlobService, blob_server
+from tests.flare_site.runtime_helpers import (
+    FaultInjectingBlobService,
+    fault_injecting_blob_server,
+)
 
 DATA = os.urandom(2 * CHUNK_SIZE + 12345)  # three chunks
 
 
 @pytest.fixture
-async def blobs(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
-    async with blob_server(provisioned) as pair:
+async def blobs(provisioned: Any) -> AsyncIterator[tuple[FaultInjectingBlobService, Any]]:
+    async with fault_injecting_blob_server(provisioned) as pair:
         yield pair
 
 
 async def test_a_multi_chunk_download_arrives_whole_and_private(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     ref = Blob.from_pb(service.put(DATA))
@@ -35,7 +38,7 @@ async def test_a_multi_chunk_download_arrives_whole_and_private(
 
 
 async def test_a_sha256_mismatch_leaves_nothing_behind(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     ref = Blob.from_pb(service.put(DATA, sha256="ab" * 32))
@@ -45,7 +48,7 @@ async def test_a_sha256_mismatch_leaves_nothing_behind(
 
 
 async def test_a_stream_cut_midway_leaves_nothing_and_may_be_retried(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     service.cut_after = 1
@@ -57,7 +60,7 @@ async def test_a_stream_cut_midway_leaves_nothing_and_may_be_retried(
 
 
 async def test_a_blob_over_the_cap_is_refused_by_its_announced_size(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     ref = Blob.from_pb(service.put(DATA))
@@ -67,7 +70,7 @@ async def test_a_blob_over_the_cap_is_refused_by_its_announced_size(
 
 
 async def test_a_blob_that_sends_more_than_announced_is_stopped_at_its_first_extra_chunk(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     service.lie_size = 10
@@ -78,7 +81,7 @@ async def test_a_blob_that_sends_more_than_announced_is_stopped_at_its_first_ext
 
 
 async def test_an_upload_streams_chunks_with_size_and_digest_up_front(
-    blobs: tuple[BlobService, Any], tmp_path: Path
+    blobs: tuple[FaultInjectingBlobService, Any], tmp_path: Path
 ) -> None:
     service, stub = blobs
     path = tmp_path / "update.npz"

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from flare_admin import new_secure_session
+from flare_protocol.site_topics import SiteCommand
 from flare_site.cli import main
 from tests.flare_site.runtime_helpers import SiteProcess, site_kit
 from tests.kit_factory import copy_kit, loose_key_kit
@@ -130,14 +131,12 @@ def test_a_restart_command_restarts_the_site_process_in_place(
 ) -> None:
     with SiteProcess(kit, server.site_address) as site:
         up(site, server)
-        request = registry(server).request(
-            "site-1", "site.command", {"command": "restart", "args": {}}, timeout=5
-        )
+        request = registry(server).request("site-1", SiteCommand("restart"), timeout=5)
         reply = server.call(request)
         wait_until(lambda: site.stderr().count("registered with") == 2, timeout=15)
         assert site.proc.poll() is None
         assert site.terminate() == 0
-    assert reply["result"] == "restarting"
+    assert reply.result == "restarting"
     assert "site site-1 restarting" in site.stderr()
 
 

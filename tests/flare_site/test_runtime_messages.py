@@ -1,16 +1,17 @@
 """The site runtime at its boundary: messages pushed by the real server, answers it receives.
 
 The site runs in-process (``SiteRuntime.run()`` on the test's event loop) against the real
-server in a thread. The server pushes with ``registry.send``/``registry.request``; what the
-site sends back is recorded at the server's documented seam ``on_site_message``. Until the
-server serves Download/Upload, blobs go to a small blob service in this file (real gRPC,
-real mutual TLS with the project's kits), handed to the runtime through its ``blob_stub``
-seam.
+server in a thread. Most tests push job messages themselves (``registry.send``/
+``registry.request``) and record what the site sends back as one more listener of the
+server's site messages (``SiteRegistry.subscribe_messages``); blobs go through the server's
+own Download/Upload (its ``BlobRegistry``, with an upload policy for each pushed job). The
+last tests submit real jobs, so that what a site reports reaches the real job runner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import threading
 import time
@@ -25,9 +26,11 @@ import pytest
 from flare_admin import new_secure_session
 from flare_protocol._generated import site_pb2
 from flare_protocol.kit import load_kit
-from flare_protocol.models import dump_params, load_params
+from flare_protocol.models import dump_params, load_params, save_params
+from flare_protocol.site_topics import SiteCommand
+from flare_server.blobs import UploadedBlob
 from flare_site.runtime import SiteRuntime, load_site_settings
-from tests.flare_site.runtime_helpers import BlobService, app_zip, blob_server, site_kit
+from tests.flare_site.runtime_helpers import app_zip, site_kit
 from tests.flare_site.site_helpers import wait_gone
 from tests.server_harness import ServerThread
 
@@ -51,18 +54,13 @@ while flare.is_running():
         time.sleep(600)
     if os.environ.get("MODE") == "slow":
         time.sleep(1.0)
+    time.sleep(float(os.environ.get("SLEEP", "0")))
     flare.log_metric("loss", 0.5, step=1)
     flare.send(flare.FLModel(params={"w": model.params["w"] * 10}, meta={"num_examples": 4}))
     if os.environ.get("MODE") == "die-after-send":
         print("out of memory while saving", file=sys.stderr, flush=True)
         sys.exit(4)
 """
-
-
-@pytest.fixture
-async def blobs(provisioned: Any) -> AsyncIterator[tuple[BlobService, Any]]:
-    async with blob_server(provisioned) as pair:
-        yield pair
 
 
 # -- the real server, with what sites send recorded -----------------------------------
@@ -96,6 +94,9 @@ class JobsPushedByTheTests:
     async def launch(self, job_id: str, meta: Any, sites: tuple[str, ...]) -> None:
         raise AssertionError("no job is submitted to the server in these tests")
 
+    def free_slots(self) -> dict[str, int]:
+        return {}
+
 
 @pytest.fixture
 def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
@@ -110,10 +111,60 @@ def server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
         yield srv
 
 
+class ServerBlobs:
+    """The server's own blobs for the jobs these tests push: what they serve is registered
+    with the server's BlobRegistry, and each pushed job accepts uploads (this is its
+    UploadPolicy), kept for the tests to read."""
+
+    def __init__(self, server: ServerThread, folder: Path) -> None:
+        self.server = server
+        self.folder = folder
+        self.uploads: dict[str, UploadedBlob] = {}
+
+    def put(self, job_id: str, data: bytes, *, sha256: str | None = None) -> Any:
+        """Serve ``data`` to site-1 for ``job_id`` (announced with ``sha256``, if given)."""
+        digest = hashlib.sha256(data).hexdigest() if sha256 is None else sha256
+        registry = self.server.server.runner.blobs
+        return self.server.call(
+            lambda: registry.serve(
+                job_id,
+                Path(),
+                ["site-1"],
+                name="blob",
+                sha256=digest,
+                size=len(data),
+                content_type="application/octet-stream",
+                data=data,
+            ).ref()
+        )
+
+    def accept_uploads(self, job_id: str) -> None:
+        registry = self.server.server.runner.blobs
+        self.server.call(lambda: registry.allow_uploads(job_id, self))
+
+    def content(self, blob_id: str) -> bytes:
+        blob = self.uploads[blob_id]
+        return bytes(blob.data) if blob.data is not None else blob.path.read_bytes()
+
+    # UploadPolicy
+    def upload_target(self, site: str, kind: str, task_id: str) -> tuple[Path, int]:
+        return self.folder, 1 << 30
+
+    def on_uploaded(self, blob: UploadedBlob) -> None:
+        self.uploads[blob.blob_id] = blob
+
+
+@pytest.fixture
+def blobs(server: ServerThread, tmp_path: Path) -> ServerBlobs:
+    folder = tmp_path / "uploads"
+    folder.mkdir()
+    return ServerBlobs(server, folder)
+
+
 @pytest.fixture
 def received(server: ServerThread) -> Received:
     recorder = Received()
-    server.server.on_site_message = recorder  # type: ignore[method-assign]
+    server.call(lambda: server.server.registry.subscribe_messages(recorder))
     return recorder
 
 
@@ -146,7 +197,7 @@ class Site:
 
 @pytest.fixture
 async def start_site(
-    provisioned: Any, tmp_path: Path, server: ServerThread, blobs: tuple[BlobService, Any]
+    provisioned: Any, tmp_path: Path, server: ServerThread
 ) -> AsyncIterator[Callable[..., Any]]:
     started: list[Site] = []
 
@@ -156,7 +207,7 @@ async def start_site(
         config = load_site_settings(kit, server=address or server.site_address).replace(
             max_jobs=2, **settings
         )
-        site = Site(SiteRuntime(kit, config, blob_stub=blobs[1]))
+        site = Site(SiteRuntime(kit, config))
         started.append(site)
         await until(lambda: site.runtime.connected)
         return site
@@ -183,22 +234,24 @@ async def apush(server: ServerThread, *args: Any) -> None:
 
 
 async def command(server: ServerThread, name: str, **args: Any) -> dict[str, Any]:
-    body = {"command": name, "args": args}
-    request = server.server.registry.request("site-1", "site.command", body, timeout=5)
-    return await asyncio.to_thread(server.call, request)  # type: ignore[no-any-return]
+    request = server.server.registry.request("site-1", SiteCommand(name, args), timeout=5)
+    reply = await asyncio.to_thread(server.call, request)
+    return reply.to_dict()  # type: ignore[no-any-return]
 
 
-def app_blob(service: BlobService, **env: str) -> Any:
+def app_blob(blobs: ServerBlobs, job_id: str, **env: str) -> Any:
     config = {**SCRIPT_CONFIG, "env": env}
-    return service.put(
-        app_zip({"config/config_fed_client.json": json.dumps(config), "custom/train.py": TRAINER})
+    return blobs.put(
+        job_id,
+        app_zip({"config/config_fed_client.json": json.dumps(config), "custom/train.py": TRAINER}),
     )
 
 
-async def deploy(server: ServerThread, service: BlobService, received: Received, **env: str) -> str:
+async def deploy(server: ServerThread, blobs: ServerBlobs, received: Received, **env: str) -> str:
     job_id = str(uuid.uuid4())
+    blobs.accept_uploads(job_id)
     body = {"app": "app", "client_config": {**SCRIPT_CONFIG, "env": env}, "total_rounds": 1}
-    await apush(server, "job.deploy", job_id, body, app_blob(service, **env))
+    await apush(server, "job.deploy", job_id, body, app_blob(blobs, job_id, **env))
     statuses = await until(lambda: received.topic("job.status", job_id))
     assert statuses[0]["status"] == "deployed", statuses
     return job_id
@@ -208,27 +261,23 @@ async def deploy(server: ServerThread, service: BlobService, received: Received,
 
 
 async def test_a_job_deploys_trains_and_ends_over_the_channel(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     site = await start_site()
-    job_id = await deploy(server, service, received)
+    job_id = await deploy(server, blobs, received)
     await until(lambda: site.runtime.jobs.running() == [job_id])
 
-    model = service.put(dump_params({"w": np.arange(3.0)}))
+    model = blobs.put(job_id, dump_params({"w": np.arange(3.0)}))
     train = {"task_id": "r1-train", "round": 1, "total_rounds": 1, "params_type_expected": "FULL"}
     await apush(server, "task.train", job_id, train, model)
     (result,) = await until(lambda: received.topic("task.result", job_id))
     assert result["kind"] == "train" and result["error"] is None
     assert result["num_examples"] == 4 and result["params_type"] == "FULL"
     (ref,) = result["_blobs"]
-    update = load_params(service.blobs[ref.blob_id])
+    update = load_params(blobs.content(ref.blob_id))
     np.testing.assert_array_equal(update["w"], np.arange(3.0) * 10)
-    assert dict(service.headers[ref.blob_id].params) == {
-        "job_id": job_id,
-        "task_id": "r1-train",
-        "kind": "update",
-    }
+    uploaded = blobs.uploads[ref.blob_id]
+    assert (uploaded.job_id, uploaded.task_id, uploaded.kind) == (job_id, "r1-train", "update")
     (metric,) = await until(lambda: received.topic("metrics", job_id))
     assert (metric["key"], metric["value"], metric["step"]) == ("loss", 0.5, 1)
     # The round's model and update are gone once the task is answered (no disk growth
@@ -240,17 +289,17 @@ async def test_a_job_deploys_trains_and_ends_over_the_channel(
     await apush(server, "job.end", job_id, {"status": "FINISHED:COMPLETED"})
     (log_msg,) = await until(lambda: received.topic("job.log", job_id))
     (log_ref,) = log_msg["_blobs"]
-    text = service.blobs[log_ref.blob_id].decode()
+    text = blobs.content(log_ref.blob_id).decode()
     assert "[stdout] hello from the trainer" in text
     assert site.runtime.jobs.running() == []
     await until(lambda: site.runtime.jobs.get(job_id).state == "finished")
 
 
 async def test_heartbeats_carry_the_running_jobs(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
     await start_site()
-    job_id = await deploy(server, blobs[0], received)
+    job_id = await deploy(server, blobs, received)
     await until(
         lambda: server.call(
             lambda: getattr(server.server.registry.get("site-1"), "running_jobs", ())
@@ -260,17 +309,16 @@ async def test_heartbeats_carry_the_running_jobs(
 
 
 async def test_an_abort_pushed_by_the_server_kills_the_job_and_is_confirmed(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     site = await start_site()
-    job_id = await deploy(server, service, received, MODE="hang")
+    job_id = await deploy(server, blobs, received, MODE="hang")
     await apush(
         server,
         "task.train",
         job_id,
         {"task_id": "t1", "round": 1, "total_rounds": 1},
-        service.put(dump_params({"w": np.zeros(2)})),
+        blobs.put(job_id, dump_params({"w": np.zeros(2)})),
     )
     await asyncio.sleep(0.3)
     pids = site.runtime.jobs.get(job_id).executor.pids
@@ -286,12 +334,11 @@ async def test_an_abort_pushed_by_the_server_kills_the_job_and_is_confirmed(
 
 
 async def test_a_crashing_script_reports_failed_with_its_stderr_tail(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     site = await start_site()
-    job_id = await deploy(server, service, received, MODE="crash")
-    model = service.put(dump_params({"w": np.zeros(2)}))
+    job_id = await deploy(server, blobs, received, MODE="crash")
+    model = blobs.put(job_id, dump_params({"w": np.zeros(2)}))
     await apush(server, "task.train", job_id, {"task_id": "t1", "round": 1}, model)
     failed = await until(
         lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "failed"]
@@ -305,12 +352,11 @@ async def test_a_crashing_script_reports_failed_with_its_stderr_tail(
 
 
 async def test_an_app_archive_damaged_in_transit_is_refused(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     site = await start_site()
     job_id = str(uuid.uuid4())
-    ref = service.put(b"PK not really a zip", sha256="0" * 64)
+    ref = blobs.put(job_id, b"PK not really a zip", sha256="0" * 64)  # announced wrong
     await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
     (status,) = await until(lambda: received.topic("job.status", job_id))
     assert status["status"] == "failed" and "SHA-256" in status["error"]
@@ -319,24 +365,22 @@ async def test_an_app_archive_damaged_in_transit_is_refused(
 
 
 async def test_an_unsafe_app_archive_from_the_server_is_refused(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     await start_site()
     job_id = str(uuid.uuid4())
-    ref = service.put(app_zip({"config/config_fed_client.json": "{}", "../../evil.py": "x"}))
+    ref = blobs.put(job_id, app_zip({"config/config_fed_client.json": "{}", "../../evil.py": "x"}))
     await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
     (status,) = await until(lambda: received.topic("job.status", job_id))
     assert status["status"] == "failed" and "'..'" in status["error"]
 
 
 async def test_reset_errors_forgets_one_jobs_errors_on_the_site(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     await start_site()
     job_id = str(uuid.uuid4())
-    ref = service.put(app_zip({"config/config_fed_client.json": "{}", "../evil.py": "x"}))
+    ref = blobs.put(job_id, app_zip({"config/config_fed_client.json": "{}", "../evil.py": "x"}))
     await apush(server, "job.deploy", job_id, {"app": "app"}, ref)
     await until(lambda: received.topic("job.status", job_id))
     (error,) = (await command(server, "show_errors", job_id=job_id))["result"]
@@ -413,16 +457,35 @@ async def test_unknown_topics_are_ignored_and_the_site_stays_connected(
     assert site.runtime.connected and not site.task.done()
 
 
+async def test_a_malformed_server_message_is_answered_where_the_server_waits(
+    server: ServerThread, received: Received, start_site: Any
+) -> None:
+    site = await start_site()
+    job_id = str(uuid.uuid4())
+    await apush(server, "job.deploy", job_id, {"app": "app", "client_config": "x"})
+    (status,) = await until(lambda: received.topic("job.status", job_id))
+    assert status["status"] == "failed"
+    assert "job.deploy: 'client_config' must be a JSON object" in status["error"]
+    await apush(server, "site.command", "", {"command": 5})
+    (reply,) = await until(lambda: received.topic("site.reply"))
+    assert reply["error"]["type"] == "InvalidArgumentError"
+    assert "site.command: 'command' must be a string" in reply["error"]["message"]
+    await apush(server, "task.train", job_id, {"round": 1})  # no task id: nothing to answer
+    await apush(server, "job.end", job_id, {"status": "FINISHED:COMPLETED"})
+    await until(lambda: received.topic("job.log", job_id))
+    assert site.runtime.connected and not site.task.done()
+
+
 async def test_after_a_server_restart_the_site_registers_again_with_its_running_jobs(
     provisioned: Any,
     tmp_path: Path,
     server: ServerThread,
     received: Received,
-    blobs: tuple[BlobService, Any],
+    blobs: ServerBlobs,
     start_site: Any,
 ) -> None:
     site = await start_site()
-    job_id = await deploy(server, blobs[0], received)
+    job_id = await deploy(server, blobs, received)
     port = server.server.site_port
     await asyncio.to_thread(server.stop)
     await until(lambda: not site.runtime.connected)
@@ -501,10 +564,10 @@ async def test_a_silent_network_is_detected_by_the_heartbeat_timeout_and_healed(
 
 
 async def test_stopping_the_site_aborts_its_jobs_and_tells_the_server(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
     site = await start_site()
-    job_id = await deploy(server, blobs[0], received)
+    job_id = await deploy(server, blobs, received)
     pids = site.runtime.jobs.get(job_id).executor.pids
     assert await site.stop() == "stop"
     assert await asyncio.to_thread(wait_gone, pids, 3.0) == []
@@ -515,12 +578,12 @@ async def test_stopping_the_site_aborts_its_jobs_and_tells_the_server(
 
 
 async def test_a_repeated_deployment_of_a_running_job_is_answered_not_redone(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
     site = await start_site()
-    job_id = await deploy(server, blobs[0], received)
+    job_id = await deploy(server, blobs, received)
     pids = site.runtime.jobs.get(job_id).executor.pids
-    await apush(server, "job.deploy", job_id, {"app": "app"}, app_blob(blobs[0]))
+    await apush(server, "job.deploy", job_id, {"app": "app"}, app_blob(blobs, job_id))
     statuses = await until(
         lambda: (
             len(received.topic("job.status", job_id)) == 2 and received.topic("job.status", job_id)
@@ -531,12 +594,11 @@ async def test_a_repeated_deployment_of_a_running_job_is_answered_not_redone(
 
 
 async def test_a_script_that_dies_between_tasks_is_reported_failed_at_once(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     site = await start_site()
-    job_id = await deploy(server, service, received, MODE="die-after-send")
-    model = service.put(dump_params({"w": np.zeros(2)}))
+    job_id = await deploy(server, blobs, received, MODE="die-after-send")
+    model = blobs.put(job_id, dump_params({"w": np.zeros(2)}))
     await apush(server, "task.train", job_id, {"task_id": "t1", "round": 1}, model)
     failed = await until(
         lambda: [s for s in received.topic("job.status", job_id) if s["status"] == "failed"]
@@ -549,16 +611,15 @@ async def test_a_script_that_dies_between_tasks_is_reported_failed_at_once(
 
 
 async def test_a_task_received_again_after_its_result_is_answered_with_that_result(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     await start_site()
-    job_id = await deploy(server, service, received)
-    model = service.put(dump_params({"w": np.arange(3.0)}))
+    job_id = await deploy(server, blobs, received)
+    model = blobs.put(job_id, dump_params({"w": np.arange(3.0)}))
     train = {"task_id": "r1-train", "round": 1, "total_rounds": 1}
     await apush(server, "task.train", job_id, train, model)
     (first,) = await until(lambda: received.topic("task.result", job_id))
-    uploads = len(service.blobs)
+    uploads = len(blobs.uploads)
 
     await apush(server, "task.train", job_id, train, model)
     results = await until(
@@ -568,17 +629,16 @@ async def test_a_task_received_again_after_its_result_is_answered_with_that_resu
         )
     )
     assert results[1] == results[0]  # the same body and the same update blob
-    assert len(service.blobs) == uploads  # nothing trained or uploaded again
+    assert len(blobs.uploads) == uploads  # nothing trained or uploaded again
     assert len(received.topic("metrics", job_id)) == 1
 
 
 async def test_a_task_received_again_while_it_runs_is_ignored(
-    server: ServerThread, received: Received, blobs: tuple[BlobService, Any], start_site: Any
+    server: ServerThread, received: Received, blobs: ServerBlobs, start_site: Any
 ) -> None:
-    service, _ = blobs
     await start_site()
-    job_id = await deploy(server, service, received, MODE="slow")
-    model = service.put(dump_params({"w": np.arange(3.0)}))
+    job_id = await deploy(server, blobs, received, MODE="slow")
+    model = blobs.put(job_id, dump_params({"w": np.arange(3.0)}))
     train = {"task_id": "r1-train", "round": 1, "total_rounds": 1}
     await apush(server, "task.train", job_id, train, model)
     await apush(server, "task.train", job_id, train, model)
@@ -587,3 +647,133 @@ async def test_a_task_received_again_while_it_runs_is_ignored(
     await asyncio.sleep(1.5)  # a second run would have answered by now (it sleeps 1 s)
     assert len(received.topic("task.result", job_id)) == 1
     assert len(received.topic("metrics", job_id)) == 1
+
+
+# -- what a site reports reaches the real job runner -------------------------------------
+
+
+@pytest.fixture
+def job_server(provisioned: Any, tmp_path: Path) -> Iterator[ServerThread]:
+    """The real server with its own job runner. A lost site would get 60 s to come back,
+    so whatever ends these jobs at once is what the site said, not its disconnect."""
+    with ServerThread(
+        Path(provisioned.kits["localhost"]),
+        tmp_path / "job-server-ws",
+        heartbeat_interval=0.2,
+        heartbeat_timeout=30.0,
+        reconnect_grace=60.0,
+        log_wait=5.0,
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def run_site(
+    provisioned: Any, tmp_path: Path, job_server: ServerThread
+) -> AsyncIterator[Callable[..., Any]]:
+    started: list[Site] = []
+
+    async def start(name: str) -> Site:
+        kit = load_kit(site_kit(provisioned, tmp_path / f"{name}-kit", name))
+        config = load_site_settings(kit, server=job_server.site_address)
+        site = Site(SiteRuntime(kit, config))
+        started.append(site)
+        await until(lambda: site.runtime.connected)
+        return site
+
+    yield start
+    for site in started:
+        if not site.task.done():
+            await site.stop()
+
+
+def job_folder(root: Path, rounds: int, sites: dict[str, dict[str, str]]) -> Path:
+    """A job whose sites run TRAINER, each with its own env (one app per site)."""
+    deploy_map = {f"app-{site}": [site] for site in sites}
+    first = f"app-{next(iter(sites))}"
+    deploy_map[first].append("server")
+    (root / "meta.json").parent.mkdir(parents=True)
+    (root / "meta.json").write_text(
+        json.dumps({"name": "reports", "min_clients": len(sites), "deploy_map": deploy_map})
+    )
+    server_config = {
+        "workflow": "fedavg",
+        "num_rounds": rounds,
+        "min_responses": len(sites),
+        "round_timeout": 120,
+        "initial_model": "initial.npz",
+    }
+    for site, env in sites.items():
+        app = root / f"app-{site}"
+        (app / "config").mkdir(parents=True)
+        (app / "custom").mkdir()
+        (app / "custom" / "train.py").write_text(TRAINER)
+        client = {**SCRIPT_CONFIG, "env": env}
+        (app / "config" / "config_fed_client.json").write_text(json.dumps(client))
+        (app / "config" / "config_fed_server.json").write_text(json.dumps(server_config))
+        save_params({"w": np.ones(3)}, app / "initial.npz")
+    return root
+
+
+def admin_session(provisioned: Any, server: ServerThread) -> Any:
+    return new_secure_session(ADMIN, provisioned.kits[ADMIN], server_address=server.admin_address)
+
+
+async def test_a_site_reporting_its_script_died_ends_the_job_at_once_with_its_stderr(
+    provisioned: Any, tmp_path: Path, job_server: ServerThread, run_site: Any
+) -> None:
+    await run_site("site-1")
+    await run_site("site-2")
+    # site-1 answers round 1, then its script dies and the site reports job.status
+    # "failed"; site-2 is still training round 1 (for 30 s): only that report can end
+    # the job now, with site-1's stderr tail.
+    job = job_folder(
+        tmp_path / "job",
+        rounds=2,
+        sites={"site-1": {"MODE": "die-after-send"}, "site-2": {"SLEEP": "30"}},
+    )
+
+    def run() -> Any:
+        with admin_session(provisioned, job_server) as session:
+            job_id = session.submit_job(job)
+            return session.wait_for_job(job_id, timeout=20)
+
+    meta = await asyncio.to_thread(run)
+    assert meta["status"] == "FINISHED:EXECUTION_EXCEPTION", meta["status_history"]
+    reason = meta["status_history"][-1]["reason"]
+    # Between tasks the job ends naming the user code; if the report overtook the
+    # site's result, site-1's current task fails with it. Either way, with its stderr.
+    assert "user code failed on site-1: " in reason or "failed on site-1: " in reason
+    assert "code 4" in reason and "out of memory while saving" in reason
+    (error,) = meta["errors"]
+    assert error["sites"] == ["site-1"] and "out of memory while saving" in error["message"]
+
+
+async def test_a_site_reporting_it_aborted_a_running_job_is_lost_to_it(
+    provisioned: Any, tmp_path: Path, job_server: ServerThread, run_site: Any
+) -> None:
+    heard = Received()
+    job_server.call(lambda: job_server.server.registry.subscribe_messages(heard))
+    site = await run_site("site-1")
+    await run_site("site-2")
+    job = job_folder(tmp_path / "job", rounds=2, sites={"site-1": {}, "site-2": {"SLEEP": "2"}})
+    with admin_session(provisioned, job_server) as session:
+        job_id = await asyncio.to_thread(session.submit_job, job)
+        # Once the server has site-1's round-1 result, site-1 stops: it aborts the job it
+        # still runs (its script waits for round 2) and reports job.status "aborted"
+        # before its channel closes. It would get 60 s to come back after a mere
+        # disconnect; the report makes the runner count it lost at once, so round 2
+        # cannot have its two responses.
+        await until(
+            lambda: [r for r in heard.topic("task.result", job_id) if r["_site"] == "site-1"], 30
+        )
+        assert await site.stop() == "stop"
+        meta = await asyncio.to_thread(session.wait_for_job, job_id, 30)
+    assert [s["status"] for s in heard.topic("job.status", job_id) if s["_site"] == "site-1"][
+        -1
+    ] == "aborted"
+    assert meta["status"] == "FINISHED:ABNORMAL", meta["status_history"]
+    reason = meta["status_history"][-1]["reason"]
+    assert reason.startswith("after round 1: 1 site(s) left, 2 response(s) needed")
+    assert "lost site-1 (the job was aborted on the site: the site stopped)" in reason
+    assert meta["rounds_completed"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flare_protocol.site_topics import TaskResult
 from flare_site.blobs import Blob
 from flare_site.task_ledger import RUNNING, SentResult, TaskLedger
 
@@ -15,7 +16,7 @@ def test_a_new_task_is_claimed_and_then_known_as_running() -> None:
 def test_a_finished_task_returns_the_result_that_was_sent() -> None:
     ledger = TaskLedger()
     ledger.claim("job", "r1")
-    sent = SentResult({"task_id": "r1", "error": None}, (Blob("b1", "r1.npz", 3, "ab"),))
+    sent = SentResult(TaskResult("r1", "train", 1), (Blob("b1", "r1.npz", 3, "ab"),))
     ledger.done("job", "r1", sent)
     assert ledger.claim("job", "r1") == sent
 

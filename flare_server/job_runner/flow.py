@@ -1,0 +1,43 @@
+"""A run from start to end: prepare, deploy, rounds, finish, whatever goes wrong."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flare_server.job_runner.deploy import Deployment
+from flare_server.job_runner.finish import finish
+from flare_server.job_runner.prepare import prepare
+from flare_server.job_runner.rounds import Rounds
+from flare_server.job_runner.run import Finish, JobRun
+from flare_server.workflows import ABNORMAL, JobFinished
+
+__all__ = ["run_job"]
+
+
+async def run_job(run: JobRun) -> None:
+    """Run the job through its phases; it always ends with a final status and a released
+    run (an unexpected error ends it ``FINISHED:ABNORMAL``, logged with its traceback)."""
+    finished: JobFinished | None = None
+    try:
+        try:
+            await prepare(run)
+            await Deployment(run)()
+            finished = await Rounds(run)()
+        except Finish as stop:
+            model = run.controller.global_model if run.controller else None
+            finished = JobFinished(stop.status, stop.reason, model or None, stop.failed_sites)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            run.log.exception("job %s: the server failed running it", run.job_id)
+            finished = JobFinished(
+                ABNORMAL,
+                f"the server failed running the job: {type(exc).__name__}: {exc}",
+                None,
+            )
+        try:
+            await finish(run, finished)
+        except Exception:
+            run.log.exception("job %s: ending it failed", run.job_id)
+    finally:
+        run.cleanup()
