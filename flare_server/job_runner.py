@@ -52,9 +52,10 @@ from typing import TYPE_CHECKING, Any
 from flare_protocol import errors
 from flare_protocol._generated import site_pb2
 from flare_protocol.app_config import (
-    CLIENT_CONFIG,
     SERVER_CONFIG,
     ServerConfig,
+    client_config_json,
+    folder_reader,
     parse_server_config,
 )
 from flare_protocol.hashing import sha256_file
@@ -529,7 +530,8 @@ class JobRun:
         client_configs: dict[str, Any] = {}
         app_zips: dict[str, tuple[Path, str, int]] = {}
         for app in sorted(set(site_apps.values())):
-            client_configs[app] = json.loads((extracted / app / CLIENT_CONFIG).read_bytes())
+            # None for a compute package: the site reads its scaleout.yaml from the app
+            client_configs[app] = client_config_json(folder_reader(extracted / app))
             target = self.work / "apps" / f"{app}.zip"
             sha, size = _zip_folder(extracted / app, target)
             app_zips[app] = (target, sha, size)
