@@ -55,14 +55,32 @@ class PackageExecutor(CommandExecutor):
         self._stop_waiting = asyncio.Event()
 
     async def start(self) -> None:
-        spec = self.package.python_env
-        if spec is not None:
-            env = self.python_env = await self._environment(spec)
-            self.ctx = replace(self.ctx, python=str(env.python))
-            path = safe_base_env(self.ctx.base_env).get("PATH", os.defpath)
-            activated = {"VIRTUAL_ENV": str(env.path), "PATH": f"{env.bin_dir}{os.pathsep}{path}"}
-            self.config = replace(self.config, env={**self.config.env, **activated})
+        await self._activate()
         await super().start()
+
+    async def build(self) -> None:
+        """Run the package's ``build`` entry point (the seed model) in its environment, as
+        ``flare job run build`` does; sites never run it.
+
+        Raises:
+            ExecutionError: the package has no ``build``, or it failed.
+        """
+        words = self.package.entry("build")
+        if words is None:
+            raise ExecutionError(f"{self.package.path} has no 'build' entry point")
+        await self._activate()
+        await self._run("build", words, {}, "build command")
+
+    async def _activate(self) -> None:
+        """Build or find the job's python_env (once) and run later commands in it."""
+        spec = self.package.python_env
+        if spec is None or self.python_env is not None:
+            return
+        env = self.python_env = await self._environment(spec)
+        self.ctx = replace(self.ctx, python=str(env.python))
+        path = safe_base_env(self.ctx.base_env).get("PATH", os.defpath)
+        activated = {"VIRTUAL_ENV": str(env.path), "PATH": f"{env.bin_dir}{os.pathsep}{path}"}
+        self.config = replace(self.config, env={**self.config.env, **activated})
 
     async def _environment(self, spec: PythonEnvSpec) -> PythonEnv:
         if self.python_envs is None:

@@ -221,8 +221,10 @@ class PythonEnvs:
         on_output: OutputSink | None,
     ) -> PythonEnv:
         started = time.monotonic()
-        counts = f"{len(spec.build_dependencies)} build dependencies, {len(spec.dependencies)}"
-        say(f"building environment {path} for {spec.path} ({counts} dependencies)")
+        counts = f"build_dependencies: {len(spec.build_dependencies)}, "
+        say(
+            f"building environment {path} for {spec.path} ({counts}dependencies: {len(spec.dependencies)})"
+        )
         venv = [sys.executable, "-m", "venv"]
         if self.system_site_packages:
             venv.append("--system-site-packages")
