@@ -33,6 +33,7 @@ import hashlib
 import json
 import os
 import shutil
+import site
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -95,7 +96,8 @@ class PythonEnvs:
                 needs another fails at once.
             pip_options: added to every ``pip install`` (``--index-url URL``,
                 ``--no-index --find-links DIR``, ``--proxy URL`` ...).
-            system_site_packages: environments also see the packages of the site's Python.
+            system_site_packages: environments also see the packages of the site's Python
+                (those of its virtualenv too, when it runs in one).
             env: the environment pip runs in; None: the allowlist user code gets from the
                 site's (PATH, HOME, LANG ...), so pip reads the site user's pip.conf.
         """
@@ -221,14 +223,14 @@ class PythonEnvs:
         on_output: OutputSink | None,
     ) -> PythonEnv:
         started = time.monotonic()
-        counts = f"build_dependencies: {len(spec.build_dependencies)}, "
-        say(
-            f"building environment {path} for {spec.path} ({counts}dependencies: {len(spec.dependencies)})"
-        )
+        counts = f"{len(spec.build_dependencies)} + {len(spec.dependencies)} requirements"
+        say(f"building environment {path} for {spec.path} ({counts})")
         venv = [sys.executable, "-m", "venv"]
         if self.system_site_packages:
             venv.append("--system-site-packages")
         await self._step([*venv, str(path)], "creating the virtualenv", spec, on_output)
+        if self.system_site_packages:
+            await asyncio.to_thread(_see_site_packages, path)
         python = str(path / "bin" / "python")
         pip = [python, "-m", "pip", "install", *self.pip_options]
         if spec.build_dependencies:
@@ -275,6 +277,18 @@ class PythonEnvs:
                 returncode=code,
                 stderr_tail=tail,
             )
+
+
+def _see_site_packages(env: Path) -> None:
+    """Let ``env`` see the packages of the site's own Python, also when the site itself runs
+    in a virtualenv (``--system-site-packages`` alone shows only the base installation's).
+    The env's own packages come first; ``site.addsitedir`` also reads the folders' ``.pth``
+    files (editable installs)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    lines = [f"import site; site.addsitedir({folder!r})\n" for folder in site.getsitepackages()]
+    (env / "lib" / version / "site-packages" / "_flare_site_packages.pth").write_text(
+        "".join(lines)
+    )
 
 
 class _Say:

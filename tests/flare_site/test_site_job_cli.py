@@ -15,7 +15,13 @@ from flare_protocol.models import load_params, save_params
 from flare_site.job_cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-JOBS = ["hello-numpy", "hello-numpy-fedopt", "hello-numpy-command", "pytorch-cifar-like"]
+JOBS = [
+    "hello-numpy",
+    "hello-numpy-fedopt",
+    "hello-numpy-command",
+    "pytorch-cifar-like",
+    "scaleout-numpy",
+]
 
 
 @pytest.mark.parametrize("job", JOBS)
