@@ -164,6 +164,8 @@ def _load_yaml(data: bytes | str, source: str) -> object:
         ) from None
     except yaml.YAMLError as exc:
         raise InvalidJobDefinition(f"{source}: not valid YAML: {exc}", path=source) from None
+    except RecursionError:
+        raise InvalidJobDefinition(f"{source}: nested too deeply", path=source) from None
 
 
 def _refuse(source: str, field_name: str | None, text: str) -> InvalidJobDefinition:

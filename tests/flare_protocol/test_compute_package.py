@@ -191,6 +191,11 @@ def test_predict_is_accepted_but_its_script_is_not_required():
     validate_app("app", _reader(files), deployed_to_server=False, deployed_to_sites=True)
 
 
+def test_deeply_nested_yaml_is_refused_not_a_crash():
+    message = _refusal(_app(scaleout_yaml="[" * 100_000 + "]" * 100_000))
+    assert message == "app/scaleout.yaml: nested too deeply"
+
+
 def test_a_python_version_written_as_a_number_is_kept_as_text():
     assert parse_python_env("python: 3.11\n").python == "3.11"
 

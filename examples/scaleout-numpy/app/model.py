@@ -3,7 +3,8 @@
 Weights are a list of numpy arrays saved as Scaleout's numpyhelper saves them: a
 compressed .npz whose members are named "0", "1", ... in order.
 
-    flare job run build --path examples/scaleout-numpy/app --output examples/scaleout-numpy/app/seed.npz
+    cd examples/scaleout-numpy
+    flare job run build --path app --output app/seed.npz
 """
 
 import numpy as np
