@@ -10,11 +10,13 @@ is built for the whole module, and the two site processes must take turns buildi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from flare_protocol.errors import InvalidJobDefinition
 from flare_protocol.models import load_params
 from flare_site.executors.python_env import MARKER
 from flare_site.job_cli import main as job_main
@@ -166,6 +168,18 @@ def test_a_broken_python_env_fails_the_job_with_pips_error(
     assert "site-1" in text and "No matching distribution found for fedn==9.9.9" in text, meta
     assert _env_folders(envs) == before  # the failed build left no folder behind
     assert "ERROR: No matching distribution found" in _site_log(cluster, job_id, "site-1")
+
+
+def test_the_server_refuses_a_package_as_strictly_as_flare_job_validate(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    job = _job(tmp_path, "scaleout-typo", rounds=1)
+    yaml_file = job / "app" / "scaleout.yaml"
+    yaml_file.write_text(yaml_file.read_text().replace("  train:", "  trian:"))
+    expected = "field 'entry_points' has unknown key 'trian' (did you mean 'train'?)"
+    assert job_main(["validate", str(job)]) == 1
+    with pytest.raises(InvalidJobDefinition, match=re.escape(expected)):
+        cluster.submit(job)
 
 
 def test_flare_job_run_build_writes_the_seed_in_the_environment_the_sites_built(
