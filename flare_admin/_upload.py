@@ -26,6 +26,7 @@ from pathlib import Path
 from flare_protocol._generated import common_pb2
 from flare_protocol.credentials import CHUNK_SIZE
 from flare_protocol.errors import InvalidJobDefinition
+from flare_protocol.ignore_files import IgnoreRules
 from flare_protocol.job_format import path_problem, validate_meta
 from flare_protocol.transfer import ChunkSender
 
@@ -162,8 +163,10 @@ class JobUpload:
         top = root.name
         files: list[_SourceFile] = []
         total = 0
+        ignore = IgnoreRules(root)  # .flareignore/.ignore/.fednignore: not part of the job
         try:
             for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+                ignore.prune(dirpath, dirnames, filenames)
                 here = Path(dirpath)
                 dirnames.sort()
                 for name in dirnames + sorted(filenames):

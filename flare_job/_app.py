@@ -19,6 +19,7 @@ from typing import Any
 
 from flare_protocol.app_config import CLIENT_CONFIG, SERVER_CONFIG
 from flare_protocol.errors import InvalidJobDefinition
+from flare_protocol.ignore_files import IgnoreRules
 from flare_protocol.job_format import path_problem
 
 __all__ = ["AppContent", "Content"]
@@ -69,7 +70,8 @@ class AppContent:
     def add_tree(
         self, folder: Path, under: str = "", *, skip: frozenset[str] = frozenset()
     ) -> None:
-        """Copy every regular file below ``folder`` to ``under/...`` (caches left out).
+        """Copy every regular file below ``folder`` to ``under/...`` (caches, and what the
+        folder's ignore files list, left out).
 
         ``skip`` holds paths relative to ``folder`` to leave out.
 
@@ -77,7 +79,9 @@ class AppContent:
             InvalidJobDefinition: a symlink that leaves ``folder``, or a special file.
         """
         root = Path(folder).resolve()
+        ignore = IgnoreRules(root)
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            ignore.prune(dirpath, dirnames, filenames)  # .flareignore, .ignore, .fednignore
             dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
             for name in sorted(filenames):
                 if name.endswith(_SKIPPED_SUFFIXES):

@@ -1,9 +1,9 @@
 """What runs on a site: a Client API script, command entry points, or an existing app folder.
 
 Every executor is an object with ``add_to_app(app)`` (the :class:`SiteExecutor` protocol):
-it adds its files and its ``config/config_fed_client.json`` to the app being built. That is
-the whole seam, so another kind (a Scaleout compute package with its ``scaleout.yaml``, say)
-is one more class with that method; :class:`~flare_job.FedJob` does not change.
+it adds its files and its site config (``config/config_fed_client.json``, or a compute
+package's ``scaleout.yaml``) to the app being built. That is the whole seam, so another
+kind is one more class with that method; :class:`~flare_job.FedJob` does not change.
 
 Paths given to an executor (``script``, ``files``, a package folder) are resolved when the
 executor is created, against the current directory, so a missing file is named at once.
@@ -176,16 +176,18 @@ class CommandRunner:
 class PackageRunner:
     """An existing app folder (a compute package): copied into the job as it is.
 
-    The folder holds ``config/config_fed_client.json`` and the code it names, as the app of
-    a job folder does; a ``config/config_fed_server.json`` in it is left out (the job's
-    workflow provides the server side).
+    The folder holds ``config/config_fed_client.json`` or a Scaleout ``scaleout.yaml`` (with
+    its ``python_env``), and the code they name, as the app of a job folder does; a
+    ``config/config_fed_server.json`` in it is left out (the job's workflow provides the
+    server side), and so is what the folder's ``.ignore``/``.flareignore`` lists.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = _existing(path, "package folder")
         if not self.path.is_dir():
             raise InvalidArgumentError(
-                f"package {os.fspath(path)!r} must be a folder (an app with config/)",
+                f"package {os.fspath(path)!r} must be a folder "
+                "(an app with config/ or scaleout.yaml)",
                 path=str(self.path),
             )
         if (self.path / META_FILE).is_file():

@@ -1,12 +1,15 @@
 """A job app's configs: the server workflow and the site executor.
 
-An app folder holds ``config/config_fed_server.json`` (when deployed to the server) and
-``config/config_fed_client.json`` (when deployed to sites), plus user code under ``custom/``.
-Both files are checked against the JSON Schemas in ``flare_protocol/schemas/`` (published in
-docs/jobs.md), then by rules a schema cannot express (files that must exist, placeholders
-each entry point needs). Every failure is one :class:`InvalidJobDefinition` line naming the
-app, the file and the field. Parsing returns frozen dataclasses that the server workflow and
-the site executors consume, so neither re-reads raw JSON.
+An app folder holds ``config/config_fed_server.json`` (when deployed to the server) and,
+when deployed to sites, either ``config/config_fed_client.json`` or a Scaleout compute
+package's ``scaleout.yaml`` (:mod:`flare_protocol.compute_package`; never both), plus user
+code. The JSON files are checked against the JSON Schemas in ``flare_protocol/schemas/``
+(published in docs/jobs.md), then by rules a schema cannot express (files that must exist,
+placeholders each entry point needs); ``scaleout.yaml`` gets the same strictness. Every
+failure is one :class:`InvalidJobDefinition` line naming the app, the file and the field.
+Parsing returns frozen dataclasses that the server workflow and the site executors
+consume, so neither re-reads raw files. :func:`load_site_config` is the one place that
+decides which file an app's site config is in.
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 from flare_protocol.errors import InvalidJobDefinition, InvalidModel
+
+if TYPE_CHECKING:
+    from flare_protocol.compute_package import PackageExecutorConfig
 
 __all__ = [
     "CLIENT_CONFIG",
@@ -30,7 +37,10 @@ __all__ = [
     "ScriptExecutorConfig",
     "ServerConfig",
     "check_relpath",
+    "client_config_json",
     "client_config_schema",
+    "folder_reader",
+    "load_site_config",
     "parse_client_config",
     "parse_server_config",
     "server_config_schema",
@@ -107,7 +117,8 @@ class CommandExecutorConfig:
     executor: Literal["command"] = "command"
 
 
-ClientConfig = ScriptExecutorConfig | CommandExecutorConfig
+#: What a site runs; a compute package (``scaleout.yaml``) runs as commands too.
+ClientConfig = Union[ScriptExecutorConfig, CommandExecutorConfig, "PackageExecutorConfig"]
 
 
 # -- schemas ---------------------------------------------------------------------------
@@ -361,6 +372,59 @@ def parse_client_config(data: bytes | str | object, *, source: str = CLIENT_CONF
     )
 
 
+def folder_reader(root: str | Path) -> Callable[[str], bytes | None]:
+    """``read(relpath)`` for an app folder on disk: the file's bytes, or None when it is
+    missing, not a regular file, or would resolve outside ``root``."""
+    base = Path(root).resolve()
+
+    def read(relpath: str) -> bytes | None:
+        target = (base / relpath).resolve()
+        if base not in target.parents or not target.is_file():
+            return None
+        return target.read_bytes()
+
+    return read
+
+
+def load_site_config(read: Callable[[str], bytes | None], *, app_name: str = "") -> ClientConfig:
+    """The app's site config: ``config/config_fed_client.json`` or a compute package's
+    ``scaleout.yaml`` (``fedn.yaml``), whichever the app has, checked and parsed.
+
+    Raises:
+        InvalidJobDefinition: neither file or more than one, or the one is invalid.
+    """
+    from flare_protocol.compute_package import PACKAGE_FILES, parse_package_config
+
+    prefix = f"{app_name}/" if app_name else ""
+    found = {
+        name: raw for name in (CLIENT_CONFIG, *PACKAGE_FILES) if (raw := read(name)) is not None
+    }
+    if not found:
+        raise InvalidJobDefinition(
+            f"{prefix}{CLIENT_CONFIG}: missing; an app deployed to sites needs its executor "
+            f"config, or a compute package's {PACKAGE_FILES[0]}",
+            path=f"{prefix}{CLIENT_CONFIG}",
+        )
+    if len(found) > 1:
+        names = " and ".join(found)
+        raise InvalidJobDefinition(
+            f"app {app_name or '.'!r} has {names}: keep one, so that sites know what to run",
+            path=f"{prefix}{next(iter(found))}",
+        )
+    name, raw = next(iter(found.items()))
+    if name == CLIENT_CONFIG:
+        return parse_client_config(raw, source=prefix + name)
+    return parse_package_config(raw, read, source=prefix + name, app_name=app_name)
+
+
+def client_config_json(read: Callable[[str], bytes | None]) -> object | None:
+    """The app's ``config_fed_client.json`` as decoded JSON (what the server sends a site
+    with the app), or None for a compute package (the site reads ``scaleout.yaml`` itself).
+    """
+    raw = read(CLIENT_CONFIG)
+    return None if raw is None else _decode(raw, CLIENT_CONFIG)
+
+
 def validate_app(
     app_name: str,
     read: Callable[[str], bytes | None],
@@ -407,30 +471,28 @@ def validate_app(
                     path=f"{app_name}/{config.initial_model}",
                 ) from exc
     if deployed_to_sites:
+        from flare_protocol.compute_package import PackageExecutorConfig, package_app_files
+
+        client = load_site_config(read, app_name=app_name)
         source = f"{app_name}/{CLIENT_CONFIG}"
-        raw = read(CLIENT_CONFIG)
-        if raw is None:
+        needed: list[tuple[str, str]]
+        no_validate = ""
+        if isinstance(client, ScriptExecutorConfig):
+            needed = [("script", client.script)]
+        elif isinstance(client, CommandExecutorConfig):
+            needed = command_app_files(client)
+            no_validate = "" if client.validate else "validate"
+        else:
+            assert isinstance(client, PackageExecutorConfig)
+            source = f"{app_name}/{client.path}"
+            needed = package_app_files(client)
+            no_validate = "" if client.entry("validate") else "entry_points.validate"
+        if server_config is not None and server_config.validate_every_round and no_validate:
             raise InvalidJobDefinition(
-                f"{source}: missing; an app deployed to sites needs its executor config",
-                path=source,
-            )
-        client = parse_client_config(raw, source=source)
-        needed = (
-            [("script", client.script)]
-            if isinstance(client, ScriptExecutorConfig)
-            else command_app_files(client)
-        )
-        if (
-            server_config is not None
-            and server_config.validate_every_round
-            and isinstance(client, CommandExecutorConfig)
-            and not client.validate
-        ):
-            raise InvalidJobDefinition(
-                f"{source}: field 'validate' is needed: {app_name}/{SERVER_CONFIG} sets "
+                f"{source}: field '{no_validate}' is needed: {app_name}/{SERVER_CONFIG} sets "
                 "validate_every_round, so sites must be able to validate the global model",
                 path=source,
-                field="validate",
+                field=no_validate,
             )
         for field_name, relpath in needed:
             check_relpath(relpath, source=source, field_name=field_name)

@@ -33,6 +33,7 @@ from typing import Any
 
 from flare_protocol import app_config
 from flare_protocol.errors import InvalidJobDefinition
+from flare_protocol.ignore_files import IgnoreRules
 from flare_protocol.known_keys import unknown_keys
 
 __all__ = [
@@ -351,8 +352,10 @@ def validate_job_files(
 def validate_job_folder(path: Path) -> JobDefinition:
     """Validate a job folder on disk (what ``flare job validate PATH`` and the Session run).
 
-    Symlinks to files inside the folder are read through; a symlink that leaves the folder,
-    a symlinked directory, and devices, FIFOs or sockets are refused.
+    Files the folder's ignore files leave out (:mod:`flare_protocol.ignore_files`) are not
+    part of the job and are not looked at. Symlinks to files inside the folder are read
+    through; a symlink that leaves the folder, a symlinked directory, and devices, FIFOs
+    or sockets are refused.
     Raises:
         InvalidJobDefinition: naming the file at fault.
     """
@@ -362,7 +365,9 @@ def validate_job_folder(path: Path) -> JobDefinition:
     real_root = os.path.realpath(root)
     files: dict[str, Path] = {}
     total = 0
+    ignore = IgnoreRules(root)  # what the ignore files leave out is not part of the job
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        ignore.prune(dirpath, dirnames, filenames)
         for dirname in dirnames:
             full = Path(dirpath, dirname)
             if full.is_symlink():

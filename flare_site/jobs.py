@@ -42,8 +42,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flare_protocol.app_config import CLIENT_CONFIG, parse_client_config
-from flare_protocol.errors import ExecutionError, FlareError, InvalidJobDefinition
+from flare_protocol.app_config import (
+    CLIENT_CONFIG,
+    folder_reader,
+    load_site_config,
+    parse_client_config,
+)
+from flare_protocol.errors import ExecutionError, FlareError
 from flare_protocol.job_status import is_job_id
 from flare_protocol.site_topics import TaskResult
 from flare_site.archive import AppLimits, extract_app
@@ -58,6 +63,7 @@ from flare_site.executors import (
     create_executor,
 )
 from flare_site.executors.base import remove_stale_ipc_folders
+from flare_site.executors.python_env import PythonEnvs
 from flare_site.executors.script import describe_exit
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
@@ -209,6 +215,7 @@ class JobManager:
         stop_grace: float = 10.0,
         app_limits: AppLimits | None = None,
         max_log_bytes: int = 64 * 1024 * 1024,
+        python_envs: PythonEnvs | None = None,
     ) -> None:
         self.workspace = Path(workspace)
         self.jobs_dir = self.workspace / "jobs"
@@ -223,6 +230,8 @@ class JobManager:
         self.stop_grace = stop_grace
         self.app_limits = app_limits or AppLimits()
         self.max_log_bytes = max_log_bytes
+        #: Compute packages' python_env virtualenvs (default: ``<workspace>/envs``).
+        self.python_envs = python_envs or PythonEnvs(self.workspace / "envs")
         self._jobs: dict[str, JobRecord] = {}
         #: Jobs ended or aborted before their deployment got this far (the archive was
         #: still downloading): their deployment is refused when it arrives.
@@ -303,9 +312,11 @@ class JobManager:
         try:
             await asyncio.to_thread(extract_app, app_archive, job.app_dir, self.app_limits)
             self._check_not_aborted(job)
-            config = parse_client_config(
-                dict(client_config) if client_config is not None else self._read_config(job),
-                source=f"{app or 'app'}/{CLIENT_CONFIG}",
+            config = (
+                parse_client_config(dict(client_config), source=f"{app or 'app'}/{CLIENT_CONFIG}")
+                if client_config is not None
+                # a compute package: the server sends none, its scaleout.yaml is in the app
+                else load_site_config(folder_reader(job.app_dir), app_name=app or "app")
             )
             ctx = JobContext(
                 job_id=job_id,
@@ -319,6 +330,7 @@ class JobManager:
                 ctx,
                 on_metric=lambda event: self._metric(job_id, event),
                 on_output=job.log.output,
+                python_envs=self.python_envs,
             )
             self._check_not_aborted(job)
             await job.executor.start()
@@ -416,6 +428,7 @@ class JobManager:
         await asyncio.gather(*(self.abort(j, reason) for j in active), return_exceptions=True)
         for watcher in list(self._watchers):
             watcher.cancel()
+        await self.python_envs.close()
         for job_id in active:
             job = self._jobs[job_id]
             if job.log:
@@ -475,15 +488,6 @@ class JobManager:
         ended = [j for j in self._jobs.values() if j.state not in _ACTIVE]
         for job in ended[: max(0, len(ended) - MAX_REMEMBERED)]:
             del self._jobs[job.job_id]
-
-    def _read_config(self, job: JobRecord) -> bytes:
-        path = job.app_dir / CLIENT_CONFIG
-        if not path.is_file():
-            raise InvalidJobDefinition(
-                f"the app has no {CLIENT_CONFIG} and the server sent no client_config",
-                path=CLIENT_CONFIG,
-            )
-        return path.read_bytes()
 
     @staticmethod
     def _check_not_aborted(job: JobRecord) -> None:

@@ -74,6 +74,7 @@ from flare_protocol.site_topics import (
 from flare_site.blobs import Blob, BlobError, download, upload
 from flare_site.commands import SiteCommands
 from flare_site.executors import MetricEvent
+from flare_site.executors.python_env import PythonEnvs
 from flare_site.jobs import (
     ABORTED,
     FAILED,
@@ -121,6 +122,15 @@ class SiteSettings:
     """Outgoing messages kept while disconnected; the oldest are dropped beyond it."""
     transfer_timeout: float = 3600.0
     """Seconds one blob download or upload may take."""
+    python_env_builds: bool = True
+    """Build the virtualenvs compute packages ask for (``python_env``); False: only those
+    built already may be used, and a job needing another fails at once."""
+    python_env_dir: str = "envs"
+    """Where those virtualenvs live; relative to the workspace. Sites may share one."""
+    python_env_pip_options: tuple[str, ...] = ()
+    """Added to every ``pip install`` of an environment (index, find-links, proxy)."""
+    python_env_system_site_packages: bool = False
+    """Environments also see the packages installed for the site's own Python."""
 
     def replace(self, **changes: Any) -> SiteSettings:
         return replace(self, **changes)
@@ -134,6 +144,10 @@ _SETTING_KEYS: dict[str, tuple[str, type]] = {
     "reconnect_initial_s": ("reconnect_initial", float),
     "reconnect_max_s": ("reconnect_max", float),
     "stop_grace_s": ("stop_grace", float),
+    "python_env_builds": ("python_env_builds", bool),
+    "python_env_dir": ("python_env_dir", str),
+    "python_env_pip_options": ("python_env_pip_options", tuple),
+    "python_env_system_site_packages": ("python_env_system_site_packages", bool),
 }
 #: Every key a site's ``local/settings.json`` may hold (others are named in a warning).
 SETTINGS_KEYS = frozenset({*_SETTING_KEYS, "server_address"})
@@ -173,13 +187,18 @@ def load_site_settings(
         if key not in kit.settings:
             continue
         raw = kit.settings[key]
-        ok = (
-            isinstance(raw, str)
-            if kind is str
-            else (isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0)
-        )
+        if kind is bool:
+            ok = isinstance(raw, bool)
+        elif kind is tuple:
+            ok = isinstance(raw, list) and all(isinstance(item, str) for item in raw)
+        elif kind is str:
+            ok = isinstance(raw, str)
+        else:
+            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0
         if not ok:
-            want = "a string" if kind is str else "a positive number"
+            want = {str: "a string", bool: "true or false", tuple: "a list of strings"}.get(
+                kind, "a positive number"
+            )
             raise KitError(
                 f"{settings_path}: '{key}' must be {want}, got {raw!r}", path=str(settings_path)
             )
@@ -257,6 +276,12 @@ class SiteRuntime:
             on_metric=self._on_metric,
             on_failed=self._on_job_failed,
             stop_grace=settings.stop_grace,
+            python_envs=PythonEnvs(
+                self.workspace / settings.python_env_dir,
+                allow_builds=settings.python_env_builds,
+                pip_options=settings.python_env_pip_options,
+                system_site_packages=settings.python_env_system_site_packages,
+            ),
         )
         self.commands = SiteCommands(
             self.workspace,

@@ -85,7 +85,8 @@ class APIClient:
     Args:
         session: an open admin Session.
         package: the default package for :meth:`start_session` (an app folder with
-            ``config/config_fed_client.json``); :meth:`set_active_package` sets it too.
+            ``scaleout.yaml`` or ``config/config_fed_client.json``);
+            :meth:`set_active_package` sets it too.
     """
 
     def __init__(self, session: Any, package: str | os.PathLike[str] | None = None) -> None:
@@ -384,7 +385,7 @@ class APIClient:
         if folder is None:
             raise InvalidArgumentError(
                 "no package: call set_active_package(path) or pass package=PATH (an app "
-                "folder with config/config_fed_client.json)"
+                "folder with scaleout.yaml or config/config_fed_client.json)"
             )
         kwargs = dict(aggregator_kwargs or {})
         job_name = name or f"{folder.name}-session"

@@ -9,7 +9,6 @@ submitter's right to it is checked again: :mod:`flare_server.model_source`).
 
 from __future__ import annotations
 
-import json
 import os
 import zipfile
 from collections.abc import Mapping
@@ -19,9 +18,10 @@ from typing import Any
 
 from flare_protocol import errors
 from flare_protocol.app_config import (
-    CLIENT_CONFIG,
     SERVER_CONFIG,
     ServerConfig,
+    client_config_json,
+    folder_reader,
     parse_server_config,
 )
 from flare_protocol.hashing import sha256_file
@@ -100,7 +100,8 @@ def make_plan(
     client_configs: dict[str, Any] = {}
     app_zips: dict[str, tuple[Path, str, int]] = {}
     for app in sorted(set(site_apps.values())):
-        client_configs[app] = json.loads((extracted / app / CLIENT_CONFIG).read_bytes())
+        # None for a compute package: the site reads its scaleout.yaml from the app
+        client_configs[app] = client_config_json(folder_reader(extracted / app))
         target = work / "apps" / f"{app}.zip"
         sha, size = zip_folder(extracted / app, target)
         app_zips[app] = (target, sha, size)

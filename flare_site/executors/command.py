@@ -41,6 +41,9 @@ __all__ = ["CommandExecutor"]
 class CommandExecutor(ExecutorHost):
     """Runs the app's ``startup``/``train``/``validate`` commands as subprocesses."""
 
+    #: Appended to the update's name for ``{metadata_out}``, the file read after ``train``.
+    metadata_suffix = ".metadata.json"
+
     def __init__(
         self,
         config: CommandExecutorConfig,
@@ -136,7 +139,7 @@ class CommandExecutor(ExecutorHost):
                 task.task_id, clean_metrics(self.read_json(metrics_out, where), where)
             )
         model_out = self.output_path(task, ".npz")
-        metadata_out = self.output_path(task, ".metadata.json")
+        metadata_out = self.output_path(task, self.metadata_suffix)
         for stale in (model_out, metadata_out):
             with contextlib.suppress(FileNotFoundError):
                 stale.unlink()

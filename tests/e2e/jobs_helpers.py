@@ -193,7 +193,10 @@ def sent(out: Path, site: str, rnd: int) -> tuple[dict[str, np.ndarray], int]:
 
 
 class Cluster:
-    """A ServerThread, site processes for ``sites`` and an admin Session (context manager)."""
+    """A ServerThread, site processes for ``sites`` and an admin Session (context manager).
+
+    ``site_settings``: more keys for every site's ``local/settings.json``.
+    """
 
     def __init__(
         self,
@@ -202,6 +205,7 @@ class Cluster:
         sites: tuple[str, ...] = SITES,
         *,
         relay: bool = False,
+        site_settings: dict[str, Any] | None = None,
         **server: Any,
     ) -> None:
         self.use_relay = relay
@@ -212,7 +216,9 @@ class Cluster:
         self.server = ServerThread(
             provisioned.kits["localhost"], tmp / "server-ws", **{**FAST_SERVER, **server}
         )
-        self.kits = {s: site_kit(provisioned, tmp / "kits", s) for s in sites}
+        self.kits = {
+            s: site_kit(provisioned, tmp / "kits", s, **(site_settings or {})) for s in sites
+        }
         self.sites: dict[str, SiteProcess] = {}
         self.session: Session
 

@@ -222,6 +222,22 @@ def test_command_runner_and_package_runner_export_valid_apps(tmp_path, script):
         PackageRunner(package.parent)
 
 
+def test_package_runner_takes_a_scaleout_package_without_what_its_ignore_file_lists(tmp_path):
+    from tests.compute_package import write_package
+
+    package = write_package(tmp_path / "client")
+    (package / "data").mkdir()
+    (package / "data" / "split.npz").write_bytes(b"local data")
+    (package / "package.tgz").write_bytes(b"an old package")
+    job = FedAvgJob("scaleout", num_rounds=1, initial_model={"0": np.zeros(4)})
+    job.to_clients(PackageRunner(package))
+    folder = Path(job.export_job(tmp_path / "jobs"))
+    validate_job_folder(folder)
+    app = sorted(p.relative_to(folder / "app").as_posix() for p in (folder / "app").rglob("*"))
+    assert "scaleout.yaml" in app and "python_env.yaml" in app
+    assert not any(p.startswith("data/") or p.endswith(".tgz") for p in app), app
+
+
 def test_a_job_missing_a_part_names_what_to_add(tmp_path, script):
     out = tmp_path / "out"
     no_executor = FedAvgJob("no-exec")

@@ -271,6 +271,12 @@ def test_the_kits_start_script_starts_the_site(server: ServerThread, kit: Path) 
         ("settings.json", {"heartbeat_interval_s": "fast"}, "'heartbeat_interval_s'"),
         ("settings.json", {"reconnect_max_s": -1}, "'reconnect_max_s'"),
         ("resources.json", {"max_concurrent_jobs": 0}, "'max_concurrent_jobs'"),
+        ("settings.json", {"python_env_builds": "no"}, "'python_env_builds' must be true or false"),
+        (
+            "settings.json",
+            {"python_env_pip_options": "--no-index"},
+            "'python_env_pip_options' must be a list of strings",
+        ),
     ],
 )
 def test_a_bad_local_setting_stops_start_up_naming_the_file_and_key(

@@ -15,7 +15,13 @@ from flare_protocol.models import load_params, save_params
 from flare_site.job_cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-JOBS = ["hello-numpy", "hello-numpy-fedopt", "hello-numpy-command", "pytorch-cifar-like"]
+JOBS = [
+    "hello-numpy",
+    "hello-numpy-fedopt",
+    "hello-numpy-command",
+    "pytorch-cifar-like",
+    "scaleout-numpy",
+]
 
 
 @pytest.mark.parametrize("job", JOBS)
@@ -147,3 +153,92 @@ def test_flare_job_validate_as_a_real_command() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("OK: job 'hello-numpy'")
+
+
+def _package_job(tmp_path: Path) -> Path:
+    """A job whose app is the Scaleout compute package, with local files .ignore lists."""
+    from tests.compute_package import write_package
+
+    job = tmp_path / "scaleout-job"
+    app = write_package(job / "app")
+    np.savez_compressed(app / "seed.npz", **{"0": np.zeros(4), "1": np.zeros(1)})
+    (app / "config").mkdir()
+    (app / "config/config_fed_server.json").write_text(
+        json.dumps({"workflow": "fedavg", "num_rounds": 1, "initial_model": "seed.npz"})
+    )
+    (job / "meta.json").write_text(
+        json.dumps({"name": "scaleout", "deploy_map": {"app": ["@ALL"]}})
+    )
+    for local in ("data/split.npz", "__pycache__/model.pyc", "notes/todo.txt", "old.tgz"):
+        (app / local).parent.mkdir(exist_ok=True)
+        (app / local).write_bytes(b"stays home")
+    return job
+
+
+def test_pack_writes_what_submit_job_sends_leaving_out_what_ignore_files_list(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import io
+    import zipfile
+
+    from flare_admin._transfer import JobUpload
+
+    job = _package_job(tmp_path)
+    out = tmp_path / "out" / "job.zip"
+    assert main(["pack", str(job), "-o", str(out)]) == 0
+    assert "4 file(s) left out by ignore files" in capsys.readouterr().out
+    names = sorted(zipfile.ZipFile(out).namelist())
+    app = "scaleout-job/app/"
+    assert names == sorted(
+        ["scaleout-job/meta.json", f"{app}config/config_fed_server.json", f"{app}seed.npz"]
+        + [app + n for n in (".ignore", "scaleout.yaml", "python_env.yaml")]
+        + [app + n for n in ("model.py", "data.py", "train.py", "validate.py", "predict.py")]
+    )
+    sent = b"".join(JobUpload.from_path(job).chunks())  # what the Session streams
+    assert sorted(zipfile.ZipFile(io.BytesIO(sent)).namelist()) == names
+
+
+def test_pack_refuses_a_package_folder_and_what_the_server_would_refuse(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _package_job(tmp_path)
+    assert main(["pack", str(job / "app"), "-o", str(tmp_path / "x.zip")]) == 1
+    assert "no meta.json; flare job pack packs a job folder" in capsys.readouterr().err
+    (job / "app/.ignore").write_text("train.py\n")  # leaves out what scaleout.yaml runs
+    assert main(["pack", str(job), "-o", str(tmp_path / "x.zip")]) == 1
+    assert "names 'train.py', which is not in app 'app'" in capsys.readouterr().err
+    assert main(["validate", str(job)]) == 1  # validate checks what would be sent, too
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_a_package_folder_validates_as_an_app_and_build_needs_a_package(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    job = _package_job(tmp_path)
+    assert main(["validate", str(job / "app")]) == 0
+    assert main(["validate", str(job)]) == 0
+    capsys.readouterr()
+    app = str(EXAMPLES / "hello-numpy-command/app")
+    assert main(["run", "build", "--path", app]) == 1
+    assert "no build entry point; build belongs to compute packages" in capsys.readouterr().err
+
+
+def test_flare_job_pack_as_a_real_command(tmp_path: Path) -> None:
+    out = tmp_path / "hello.zip"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "flare_cli.main",
+            "job",
+            "pack",
+            str(EXAMPLES / "hello-numpy"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith(f"OK: wrote {out}: job 'hello-numpy'")

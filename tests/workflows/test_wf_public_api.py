@@ -45,6 +45,7 @@ def test_executors_exports() -> None:
             "MetricEvent",
             "MetricSink",
             "OutputSink",
+            "PackageExecutor",
             "ScriptExecutor",
             "TaskSpec",
             "TrainOutcome",
