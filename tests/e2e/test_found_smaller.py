@@ -354,14 +354,16 @@ def test_19_the_demo_removes_its_temporary_folder(tmp_path):
 def test_19_a_killed_sites_ipc_folder_is_removed_when_the_site_starts_again(cluster, tmp_path):
     job_id = cluster.submit(write_job(tmp_path, tmp_path / "out", extra_args=("--hang-round", "1")))
     try:
-        pids = wait_until(lambda: cluster.site_job_pids("site-1"), 30)
-        environ = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
-        socket = next(
-            v.split(b"=", 1)[1].decode()
-            for v in environ
-            if v.startswith(_ipc.ENV_SOCKET.encode() + b"=")
-        )
-        folder = Path(socket).parent
+        def ipc_socket() -> str | None:  # a job process's environment, once it has exec'd
+            for pid in cluster.site_job_pids("site-1"):
+                with contextlib.suppress(OSError):
+                    for var in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                        if var.startswith(_ipc.ENV_SOCKET.encode() + b"="):
+                            return var.split(b"=", 1)[1].decode()
+            return None
+
+        folder = Path(wait_until(ipc_socket, 30)).parent
+        pids = cluster.site_job_pids("site-1")
         assert folder.is_dir()
         killed = cluster.sites["site-1"]
         killed.proc.kill()  # SIGKILL: the site cannot clean up

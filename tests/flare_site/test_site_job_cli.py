@@ -181,7 +181,7 @@ def test_pack_writes_what_submit_job_sends_leaving_out_what_ignore_files_list(
     import io
     import zipfile
 
-    from flare_admin._transfer import JobUpload
+    from flare_admin._upload import JobUpload
 
     job = _package_job(tmp_path)
     out = tmp_path / "out" / "job.zip"
