@@ -97,6 +97,7 @@ class ErrorCode:
     MESSAGE_UNAVAILABLE = 3
     REPLY_MESSAGE_UNAVAILABLE = 4
     NODE_UNAVAILABLE = 5
+    CLIENT_APP_CRASHED = 8
     #: The message's TTL ended before its destination replied.
     TTL_EXPIRED = 100
     #: The destination site refused or could not take the message.

@@ -32,6 +32,7 @@ from flare_server.job_runner.messages import envelope, job_message
 from flare_server.job_runner.run import JobRun, RunContext
 from flare_server.jobs import JobRepository, JobStatus
 from flare_server.results import (
+    MESSAGES,
     METRICS,
     PARAMS,
     SUMMARY,
@@ -148,7 +149,7 @@ class JobRunner:
                 job_dir = self.store.job_dir(job_id)
                 shutil.rmtree(job_dir / "work", ignore_errors=True)
                 result = self.store.result_dir(job_id)
-                for name in (METRICS, VALIDATIONS, PARAMS):
+                for name in (METRICS, VALIDATIONS, PARAMS, MESSAGES):
                     if (result / name).is_file():
                         seal_jsonl(result / name)
                 if (result / SUMMARY).exists():
