@@ -39,6 +39,7 @@ from flare_protocol.records import (
 
 __all__ = [
     "DRIVER_NODE_ID",
+    "INLINE_NPZ_BYTES",
     "MAX_JSON_BYTES",
     "Error",
     "ErrorCode",
@@ -46,6 +47,7 @@ __all__ = [
     "MessageType",
     "Metadata",
     "check_message_type",
+    "error_reply_wire",
     "from_wire",
     "node_id",
     "npz_of",
@@ -56,6 +58,9 @@ __all__ = [
 DRIVER_NODE_ID = 0
 #: Largest JSON part of one message (metadata, metrics, configs; arrays travel apart).
 MAX_JSON_BYTES = 512 * 1024
+#: Arrays (``.npz``) up to this many bytes travel inside a message's JSON (base64); bigger
+#: ones as a transfer of their own, so a small message costs no extra round trip.
+INLINE_NPZ_BYTES = 256 * 1024
 _ACTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _ID = re.compile(r"^[A-Za-z0-9_.:-]{0,128}$")
 
@@ -334,6 +339,37 @@ def to_wire(message: Message) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             f"{MAX_JSON_BYTES}: put large data in a ParametersRecord"
         )
     return data, arrays
+
+
+def error_reply_wire(message: Mapping[str, Any], code: int, reason: str) -> dict[str, Any]:
+    """The JSON of an error reply to ``message`` (an instruction's JSON object, maybe
+    malformed: only what is well formed is taken from it)."""
+
+    def text(key: str, default: str = "") -> str:
+        value = message.get(key)
+        return value if isinstance(value, str) else default
+
+    def number(key: str) -> int:
+        value = message.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+    try:
+        kind = check_message_type(message.get("message_type"))
+    except InvalidArgumentError:
+        kind = MessageType.QUERY
+    return {
+        "message_id": "",
+        "run_id": text("run_id"),
+        "src_node_id": number("dst_node_id"),
+        "dst_node_id": number("src_node_id"),
+        "reply_to_message_id": text("message_id")[:128],
+        "group_id": text("group_id")[:256],
+        "created_at": time.time(),
+        "ttl": 0.0,
+        "message_type": kind,
+        "content": None,
+        "error": {"code": int(code), "reason": reason[:8000]},
+    }
 
 
 def npz_of(arrays: Mapping[str, np.ndarray]) -> bytes | None:

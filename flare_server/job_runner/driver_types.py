@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from flare_protocol.errors import InvalidArgumentError, InvalidModel, MessageError
-from flare_protocol.message import MAX_JSON_BYTES, metadata_from
+from flare_protocol.message import INLINE_NPZ_BYTES, MAX_JSON_BYTES, metadata_from
 from flare_protocol.models import MAX_ARRAYS, load_params
 from flare_protocol.npz_layout import array_regions
 from flare_protocol.records import decode_content, dumps
@@ -35,9 +35,8 @@ __all__ = [
     "decode_b64",
 ]
 
-#: Arrays up to this many bytes travel inside the message (base64 in its JSON); bigger
-#: ones as a blob of their own (a transfer), so a small message costs no extra round trip.
-INLINE_BYTES = 256 * 1024
+#: Arrays up to this many bytes travel inside the message (base64 in its JSON).
+INLINE_BYTES = INLINE_NPZ_BYTES
 
 
 @dataclass(eq=False)

@@ -24,7 +24,7 @@ from flare_protocol.job_status import JobStatus
 from flare_protocol.models import BufferPool
 from flare_server.authz import Policy
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
-from flare_server.job_runner.events import Event, SiteLost
+from flare_server.job_runner.events import DRIVER_EVENTS, Event, SiteLost, refuse_driver
 from flare_server.job_runner.plan import Plan
 from flare_server.jobs import JobRepository
 from flare_server.results import ResultFolder, RowSignals
@@ -213,6 +213,13 @@ class JobRun:
     # -- the end ---------------------------------------------------------------------------
     def cleanup(self) -> None:
         """Release everything the run held (last thing it does, whatever happened)."""
+        while not self.events.empty():  # a driver waiting on an event gets its answer
+            event = self.events.get_nowait()
+            if isinstance(event, DRIVER_EVENTS):
+                refuse_driver(
+                    event,
+                    errors.JobNotRunning(f"job {self.job_id} has ended", job_id=self.job_id),
+                )
         self.context.run_ended(self.job_id)  # its sites may have room for a waiting job now
         self.blobs.forget_job(self.job_id)
         if self.results is not None:

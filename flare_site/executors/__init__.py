@@ -10,6 +10,8 @@ from flare_protocol.app_config import ClientConfig, ScriptExecutorConfig
 from flare_site.executors.base import (
     ExecutorHost,
     JobContext,
+    MessageOutcome,
+    MessageSpec,
     MetricEvent,
     MetricSink,
     TaskSpec,
@@ -24,6 +26,8 @@ __all__ = [
     "CommandExecutor",
     "ExecutorHost",
     "JobContext",
+    "MessageOutcome",
+    "MessageSpec",
     "MetricEvent",
     "MetricSink",
     "OutputSink",
