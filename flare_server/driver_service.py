@@ -123,8 +123,6 @@ class DriverCalls:
             without ``wait``), InvalidArgumentError (not a driver job).
         """
         call.job_id = job_id or None
-        meta = await self.context.job_meta(call, job_id)
-        self._require(call, meta, action)
         changed = asyncio.Event()
         loop = asyncio.get_running_loop()
 
@@ -135,8 +133,12 @@ class DriverCalls:
                 except RuntimeError:
                     pass
 
+        # Subscribed before the meta is read, and the flag cleared before each read: no
+        # change can slip between a read and the wait.
         unsubscribe = self.context.store.subscribe(on_change) if wait else None
         try:
+            meta = await self.context.job_meta(call, job_id)
+            self._require(call, meta, action)
             while True:
                 status = str(meta.get("status"))
                 if is_finished(status):
@@ -162,8 +164,8 @@ class DriverCalls:
                         job_id=job_id,
                         status=status,
                     )
-                changed.clear()
                 await changed.wait()
+                changed.clear()
                 meta = await self.context.job_meta(call, job_id)
         finally:
             if unsubscribe is not None:
