@@ -78,6 +78,9 @@ def load_app(spec: str, app_dir: str | os.PathLike[str] = ".") -> Any:
     folder = str(Path(app_dir).resolve())
     if folder not in sys.path:
         sys.path.insert(0, folder)
+    loaded = sys.modules.get(module_name)
+    if loaded is not None and not str(getattr(loaded, "__file__", "")).startswith(folder):
+        del sys.modules[module_name]  # another app of that name, from elsewhere
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
