@@ -386,3 +386,45 @@ def test_the_async_driver_does_the_same(server, sites, kits, tmp_path):
     assert {r.metadata.src_node_id % 7 for r in replies} == {
         int(r.content["m"]["value"]) for r in replies
     }
+
+
+def test_a_site_that_comes_back_gets_its_unanswered_message_again(
+    server, session, sites, kits, tmp_path
+):
+    job_id = deploy(session, sites, driver_job(tmp_path))
+    driver = session.get_driver(job_id, timeout=20)
+    msg = driver.create_message(content(1), "query", node_id("site-1"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(driver.send_and_receive, [msg], timeout=30)
+        inbox(sites["site-1"])
+        sites["site-1"].close()  # the connection breaks before the site replied
+        back = FakeSite(kits["site-1"], server.site_address).open(running_jobs=(job_id,))
+        try:  # back within reconnect_grace, still running the job
+            ((body, _),) = inbox(back)  # the same message, sent again
+            assert body["message"]["message_id"] == msg.metadata.message_id
+            _send(back, job_id, "driver.reply", reply_body(body, content(9)))
+            (reply,) = waiting.result(30)
+        finally:
+            back.close()
+    assert reply.content["m"]["value"] == 9
+
+
+def test_a_site_that_does_not_come_back_is_gone_and_the_last_one_ends_the_job(
+    session, sites, tmp_path
+):
+    job_id = deploy(session, sites, driver_job(tmp_path))
+    driver = session.get_driver(job_id, timeout=20)
+    msg = driver.create_message(content(1), "query", node_id("site-2"))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(driver.send_and_receive, [msg], timeout=30)
+        inbox(sites["site-2"])
+        sites["site-2"].close()  # and it stays away longer than reconnect_grace
+        (reply,) = waiting.result(30)
+    assert reply.error.code == ErrorCode.NODE_UNAVAILABLE
+    assert "site-2: the site is gone" in reply.error.reason
+    assert driver.get_node_ids() == [node_id("site-1")]
+    report = {"status": "failed", "error": "exited with code 1"}
+    _send(sites["site-1"], job_id, "job.status", report)
+    meta = session.wait_for_job(job_id, timeout=30)
+    assert meta.status == "FINISHED:EXECUTION_EXCEPTION"
+    assert "every site of the job is gone" in meta["status_history"][-1]["reason"]
