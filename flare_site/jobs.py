@@ -50,8 +50,6 @@ from flare_site.archive import AppLimits, extract_app
 from flare_site.executors import (
     ExecutorHost,
     JobContext,
-    MessageOutcome,
-    MessageSpec,
     MetricEvent,
     ScriptExecutor,
     TaskSpec,
@@ -59,7 +57,7 @@ from flare_site.executors import (
     ValidateOutcome,
     create_executor,
 )
-from flare_site.executors.base import remove_stale_ipc_folders
+from flare_site.executors.base import MessageOutcome, MessageSpec, remove_stale_ipc_folders
 from flare_site.executors.script import describe_exit
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]

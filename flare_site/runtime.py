@@ -82,7 +82,8 @@ from flare_protocol.site_topics import (
 )
 from flare_site.blobs import Blob, BlobError, download, upload
 from flare_site.commands import SiteCommands
-from flare_site.executors import MessageSpec, MetricEvent
+from flare_site.executors import MetricEvent
+from flare_site.executors.base import MessageSpec
 from flare_site.jobs import (
     ABORTED,
     FAILED,

@@ -10,8 +10,6 @@ from flare_protocol.app_config import ClientConfig, ScriptExecutorConfig
 from flare_site.executors.base import (
     ExecutorHost,
     JobContext,
-    MessageOutcome,
-    MessageSpec,
     MetricEvent,
     MetricSink,
     TaskSpec,
@@ -26,8 +24,6 @@ __all__ = [
     "CommandExecutor",
     "ExecutorHost",
     "JobContext",
-    "MessageOutcome",
-    "MessageSpec",
     "MetricEvent",
     "MetricSink",
     "OutputSink",
