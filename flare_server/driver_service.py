@@ -66,8 +66,10 @@ FINAL_STATUSES = {
     "FAILED": JobStatus.FINISHED_EXECUTION_EXCEPTION.value,
     "ABORTED": JobStatus.FINISHED_ABORTED.value,
 }
-#: Most messages one push may carry.
+#: Most messages one push may carry, and most bytes of their JSON together (the server
+#: holds them in memory until they are sent).
 MAX_PUSH = 10_000
+MAX_PUSH_JSON = 64 * 1024 * 1024
 _REVOKED = object()
 T = TypeVar("T")
 
@@ -404,6 +406,7 @@ class _Push:
         self.messages: list[Outgoing] = []
         self.receiver: ChunkReceiver | None = None
         self.sink: FileSink | bytearray | None = None
+        self.json_bytes = 0
 
     async def feed(self, item: admin_pb2.DriverPushItem) -> None:
         kind = item.WhichOneof("item")
@@ -489,8 +492,12 @@ class _Push:
     async def _message(self, text: str) -> None:
         number = len(self.messages) + 1
         where = f"message {number} of the push"
-        if number > MAX_PUSH:
-            raise errors.InvalidArgumentError(f"a push carries at most {MAX_PUSH} messages")
+        self.json_bytes += len(text)
+        if number > MAX_PUSH or self.json_bytes > MAX_PUSH_JSON:
+            raise errors.InvalidArgumentError(
+                f"a push carries at most {MAX_PUSH} messages and {MAX_PUSH_JSON >> 20} MiB of "
+                "their JSON: push fewer messages at once"
+            )
         try:
             item = json.loads(text)
         except ValueError as exc:

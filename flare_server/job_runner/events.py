@@ -27,12 +27,14 @@ from flare_server.job_runner.driver_types import Outgoing
 
 __all__ = [
     "DRIVER_EVENTS",
+    "END",
     "Aborted",
     "DriverFinished",
     "DriverLeft",
     "DriverPushed",
     "DriverSeen",
     "DriverWatch",
+    "DriverEvent",
     "Event",
     "JobMessage",
     "MalformedMessage",
@@ -42,6 +44,7 @@ __all__ = [
     "SiteLost",
     "SiteMessage",
     "TimerFired",
+    "refuse_driver",
     "unhandled",
 ]
 
