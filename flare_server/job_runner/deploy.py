@@ -152,8 +152,10 @@ class Deployment:
                     unhandled(event)
         if self.failures:
             self._exclude_failed(needed, mandatory)
-        # The total shows as "round k of n" in monitors, before the first round starts.
-        await asyncio.to_thread(run.store.update, run.job_id, num_rounds=plan.config.num_rounds)
+        # The total shows as "round k of n" in monitors, before the first round starts (a
+        # driver decides its rounds as it goes: it has no total).
+        if plan.config.workflow != "driver":
+            await asyncio.to_thread(run.store.update, run.job_id, num_rounds=plan.config.num_rounds)
         failed = (
             f"; deployment failed on {', '.join(sorted(run.deploy_failures))}"
             if run.deploy_failures
