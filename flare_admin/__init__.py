@@ -44,6 +44,7 @@ from flare_admin.results import (
     JobRunSummary,
     JobStatus,
     JobSummary,
+    MessageRow,
     MetaChanged,
     MetricRow,
     MetricsArrived,
@@ -95,12 +96,48 @@ from flare_protocol.errors import (
 
 if TYPE_CHECKING:
     from flare_admin.aio import AsyncJobWatch, AsyncSession, new_secure_async_session
+    from flare_admin.driver import AsyncDriver, Driver, ServerApp
+    from flare_protocol.message import Error, ErrorCode, Message, MessageType, Metadata
+    from flare_protocol.records import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        ConfigsRecord,
+        Context,
+        MetricRecord,
+        MetricsRecord,
+        ParametersRecord,
+        RecordDict,
+        RecordSet,
+    )
 
-#: Names loaded on first access (PEP 562): the asyncio Session pulls in grpc.aio.
+#: Names loaded on first access (PEP 562): the asyncio Session pulls in grpc.aio, the
+#: Driver API its records (numpy).
 _LAZY = {
     "AsyncJobWatch": "flare_admin.aio",
     "AsyncSession": "flare_admin.aio",
     "new_secure_async_session": "flare_admin.aio",
+    "AsyncDriver": "flare_admin.driver",
+    "Driver": "flare_admin.driver",
+    "ServerApp": "flare_admin.driver",
+    **dict.fromkeys(
+        ("Error", "ErrorCode", "Message", "MessageType", "Metadata"), "flare_protocol.message"
+    ),
+    **dict.fromkeys(
+        (
+            "Array",
+            "ArrayRecord",
+            "ConfigRecord",
+            "ConfigsRecord",
+            "Context",
+            "MetricRecord",
+            "MetricsRecord",
+            "ParametersRecord",
+            "RecordDict",
+            "RecordSet",
+        ),
+        "flare_protocol.records",
+    ),
 }
 
 
@@ -128,6 +165,25 @@ __all__ = [
     "SessionState",
     "new_secure_async_session",
     "new_secure_session",
+    # the Driver API (docs/driver.md), with Flower's names
+    "Array",
+    "ArrayRecord",
+    "AsyncDriver",
+    "ConfigRecord",
+    "ConfigsRecord",
+    "Context",
+    "Driver",
+    "Error",
+    "ErrorCode",
+    "Message",
+    "MessageType",
+    "Metadata",
+    "MetricRecord",
+    "MetricsRecord",
+    "ParametersRecord",
+    "RecordDict",
+    "RecordSet",
+    "ServerApp",
     # results
     "ClientInfo",
     "ClientJobStatus",
@@ -139,6 +195,7 @@ __all__ = [
     "JobRunSummary",
     "JobStatus",
     "JobSummary",
+    "MessageRow",
     "MetaChanged",
     "MetricRow",
     "MetricsArrived",

@@ -28,6 +28,7 @@ from flare_admin.results import (
     JobMeta,
     JobRunSummary,
     JobSummary,
+    MessageRow,
     MetaChanged,
     MetricRow,
     MetricsArrived,
@@ -745,6 +746,24 @@ def validation_pages(jid: str, site: str | None, start: object) -> Pages[Validat
     first = row_offset(start)
     job_validations(jid, site)
     return Pages(lambda offset: job_validations(jid, site, offset), first)
+
+
+def job_messages(jid: str, event: str | None = None, offset: int = 0) -> Unary[Page[MessageRow]]:
+    """One page of a driver job's message log, optionally only one kind of row."""
+    jid = job_id(jid)
+    if event is not None and event not in ("sent", "reply", "refused"):
+        raise InvalidArgumentError(
+            f"event must be 'sent', 'reply', 'refused' or None, got {event!r}"
+        )
+    args = {"job_id": jid, "event": event, "offset": offset, "limit": PAGE_ROWS}
+    return command("job_messages", args, _page_of(MessageRow.from_dict), jid)
+
+
+def message_pages(jid: str, event: str | None, start: object) -> Pages[MessageRow]:
+    """Every page of ``get_job_messages`` (arguments checked before any call)."""
+    first = row_offset(start)
+    job_messages(jid, event)
+    return Pages(lambda offset: job_messages(jid, event, offset), first)
 
 
 def job_summary(jid: str) -> Unary[JobRunSummary]:

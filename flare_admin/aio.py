@@ -33,6 +33,7 @@ from flare_admin.results import (
     JobMeta,
     JobRunSummary,
     JobSummary,
+    MessageRow,
     MetricRow,
     MonitorReturnCode,
     SiteInfo,
@@ -46,6 +47,7 @@ from flare_protocol._generated import admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:  # the transfer machinery is imported by the methods that move files
     from flare_admin._upload import JobUpload, ProgressCallback
+    from flare_admin.driver import AsyncDriver
     from flare_admin.tracking import ParamRow
 
 __all__ = ["AsyncJobWatch", "AsyncSession", "new_secure_async_session"]
@@ -430,6 +432,26 @@ class AsyncSession(SessionBase):
     ) -> list[ValidationRow]:
         """The sites' validations of each round's global model."""
         return await self._collect(_ops.validation_pages(job_id, site, start))
+
+    async def get_job_messages(
+        self, job_id: str, *, event: str | None = None, start: int = 0
+    ) -> list[MessageRow]:
+        """As :meth:`Session.get_job_messages`."""
+        return await self._collect(_ops.message_pages(job_id, event, start))
+
+    async def get_driver(self, job_id: str, *, timeout: float | None = None) -> AsyncDriver:
+        """As :meth:`Session.get_driver`: an :class:`~flare_admin.driver.AsyncDriver`."""
+        from flare_admin._driver import DriverInfo
+        from flare_admin.driver import AsyncDriver, connect_failed, connect_request
+
+        self._check_open()
+        request = connect_request(job_id)
+        limit = _ops.watch_timeout(timeout)
+        try:
+            reply = await self._stub.DriverConnect(request, timeout=limit)
+        except grpc.RpcError as exc:
+            raise connect_failed(exc, self, request.job_id, limit) from exc
+        return AsyncDriver(self, DriverInfo.from_reply(reply))
 
     async def get_job_summary(self, job_id: str) -> JobRunSummary:
         """The server's summary of a finished job's run (see ``Session.get_job_summary``)."""

@@ -343,6 +343,49 @@ class MetricRow(_Record):
 
 
 @dataclass(frozen=True, eq=True)
+class MessageRow(_Record):
+    """One row of a driver job's message log (docs/driver.md): a message the driver sent
+    (``event`` "sent"), a reply (``"reply"``: from a site, or an error reply from the
+    server) or a refused reply (``"refused"``, with the ``reason``)."""
+
+    time: float
+    event: str
+    message_id: str | None = None
+    reply_to: str | None = None
+    message_type: str | None = None
+    group_id: str | None = None
+    src: str | None = None
+    dst: str | None = None
+    bytes: int = 0
+    latency: float | None = None
+    error: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> MessageRow:
+        """From one row of the server's message log (untrusted JSON: types coerced)."""
+
+        def text(key: str) -> str | None:
+            value = data.get(key)
+            return None if value is None else str(value)
+
+        return cls(
+            time=_opt_float(data.get("time")) or 0.0,
+            event=str(data.get("event", "")),
+            message_id=text("message_id"),
+            reply_to=text("reply_to"),
+            message_type=text("message_type"),
+            group_id=text("group_id"),
+            src=text("src"),
+            dst=text("dst"),
+            bytes=_opt_int(data.get("bytes")) or 0,
+            latency=_opt_float(data.get("latency")),
+            error=text("error"),
+            reason=text("reason"),
+        )
+
+
+@dataclass(frozen=True, eq=True)
 class ValidationRow(_Record):
     """A site's validation of the global model of ``round``: metric name -> value."""
 

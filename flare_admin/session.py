@@ -31,6 +31,7 @@ from flare_admin.results import (
     JobMeta,
     JobRunSummary,
     JobSummary,
+    MessageRow,
     MetricRow,
     MonitorReturnCode,
     SiteInfo,
@@ -45,6 +46,7 @@ from flare_protocol._generated import admin_pb2_grpc, common_pb2
 
 if TYPE_CHECKING:  # imported by the functions that need them: `import flare_admin` stays cheap
     from flare_admin._upload import JobUpload, ProgressCallback
+    from flare_admin.driver import Driver
     from flare_admin.tracking import ParamRow
 
 __all__ = ["JobWatch", "Session", "SessionState", "new_secure_session"]
@@ -440,6 +442,41 @@ class Session(SessionBase):
         """The sites' validations of each round's global model (:class:`ValidationRow`);
         ``start`` skips the first rows, as in :meth:`get_job_metrics`."""
         return self._collect(_ops.validation_pages(job_id, site, start))
+
+    def get_job_messages(
+        self, job_id: str, *, event: str | None = None, start: int = 0
+    ) -> list[MessageRow]:
+        """A driver job's message log (docs/driver.md), in order: every message its driver
+        sent (``event`` "sent"), every reply (``"reply"``, with its latency, or the error
+        of an error reply) and every refused reply (``"refused"``, with the reason).
+        ``event`` keeps one kind; ``start`` skips rows as in :meth:`get_job_metrics`."""
+        return self._collect(_ops.message_pages(job_id, event, start))
+
+    def get_driver(self, job_id: str, *, timeout: float | None = None) -> Driver:
+        """The driver of a job whose config says ``"workflow": "driver"`` (docs/driver.md):
+        a :class:`~flare_admin.driver.Driver` to send its sites messages and receive their
+        replies. Waits until the job runs (``timeout`` seconds; None: no limit). For the
+        job's submitter, or a role that may manage it.
+
+        Raises:
+            AuthorizationError: we may not drive this job.
+            InvalidArgumentError: the job runs a built-in workflow.
+            JobNotRunning: the job has finished.
+            JobTimeout: it did not run within ``timeout``.
+        """
+        from flare_admin._driver import DriverInfo
+        from flare_admin.driver import Driver, connect_failed, connect_request
+
+        self._check_open()
+        request = connect_request(job_id)
+        limit = _ops.watch_timeout(timeout)
+        try:
+            reply = self._stub.DriverConnect(request, timeout=limit)
+        except grpc.RpcError as exc:
+            raise connect_failed(exc, self, request.job_id, limit) from exc
+        except KeyboardInterrupt:
+            raise KeyboardInterrupt from None
+        return Driver(self, DriverInfo.from_reply(reply))
 
     def get_job_summary(self, job_id: str) -> JobRunSummary:
         """The server's summary of a finished job's run (:class:`JobRunSummary`): workflow,

@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "server": ("flare_server.cli", "run the server: flare server start KIT_DIR"),
     "site": ("flare_site.cli", "run a site: flare site start KIT_DIR"),
     "admin": ("flare_admin.shell.cli", "interactive admin shell: flare admin KIT_DIR"),
+    "driver": ("flare_admin.driver_cli", "drive a driver job: flare driver run MODULE:ATTR ..."),
     "job": ("flare_site.job_cli", "check or try a job locally: flare job validate PATH"),
     "poc": ("flare_local.poc", "a local project with a server and sites on 127.0.0.1"),
     "simulate": ("flare_local.simulate", "run a job end to end on a throw-away project"),

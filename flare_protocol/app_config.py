@@ -33,6 +33,7 @@ __all__ = [
     "SERVER_CONFIG",
     "CommandExecutorConfig",
     "ClientConfig",
+    "DriverConfig",
     "FedOptConfig",
     "ScriptExecutorConfig",
     "ServerConfig",
@@ -79,11 +80,41 @@ class FedOptConfig:
     tau: float = 1e-4
 
 
+#: Keys only the driver workflow takes, and those only the built-in ones take.
+DRIVER_KEYS = ("driver_idle_timeout", "default_ttl", "max_message_bytes", "run_config")
+ROUND_KEYS = (
+    "num_rounds",
+    "min_responses",
+    "round_timeout",
+    "initial_model",
+    "validate_every_round",
+    "fedopt",
+)
+DEFAULT_TTL = 3600.0
+DEFAULT_MAX_MESSAGE_BYTES = 1024**3
+
+
+@dataclass(frozen=True)
+class DriverConfig:
+    """The driver workflow's settings (docs/driver.md): the server relays the messages of
+    the job's driver, an admin, to its sites; it runs no rounds itself."""
+
+    #: Seconds without the driver before the job ends; None: the server's setting.
+    idle_timeout: float | None = None
+    #: TTL of a message created without one.
+    default_ttl: float = DEFAULT_TTL
+    #: Largest ``.npz`` of one message, either way (capped by the server's max_blob_bytes).
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    #: Given to the ServerApp as ``context.run_config``.
+    run_config: Mapping[str, Any] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """``config_fed_server.json``: which workflow, how many rounds, how tolerant."""
 
-    workflow: Literal["fedavg", "fedopt"]
+    workflow: Literal["fedavg", "fedopt", "driver"]
+    #: 0 for the driver workflow (its driver decides).
     num_rounds: int
     #: None: every site the job starts with must answer each round.
     min_responses: int | None = None
@@ -93,6 +124,8 @@ class ServerConfig:
     validate_every_round: bool = False
     #: Set (with defaults filled in) exactly when ``workflow == "fedopt"``.
     fedopt: FedOptConfig | None = None
+    #: Set (with defaults filled in) exactly when ``workflow == "driver"``.
+    driver: DriverConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -315,6 +348,16 @@ def parse_server_config(data: bytes | str | object, *, source: str = SERVER_CONF
     _schema_check("server_config.schema.json", obj, source)
     assert isinstance(obj, dict)
     workflow = obj["workflow"]
+    if workflow == "driver":
+        return _driver_config(obj, source)
+    for key in DRIVER_KEYS:
+        if key in obj:
+            raise InvalidJobDefinition(
+                f"{source}: field '{key}' is only allowed with workflow 'driver', "
+                f"got workflow {workflow!r}",
+                path=source,
+                field=key,
+            )
     if "fedopt" in obj and workflow != "fedopt":
         raise InvalidJobDefinition(
             f"{source}: field 'fedopt' is only allowed with workflow 'fedopt', "
@@ -335,6 +378,25 @@ def parse_server_config(data: bytes | str | object, *, source: str = SERVER_CONF
         validate_every_round=bool(obj.get("validate_every_round", False)),
         fedopt=fedopt,
     )
+
+
+def _driver_config(obj: Mapping[str, Any], source: str) -> ServerConfig:
+    for key in ROUND_KEYS:
+        if key in obj:
+            raise InvalidJobDefinition(
+                f"{source}: field '{key}' is not used by workflow 'driver' (the job's driver "
+                "decides the rounds, see docs/driver.md); remove it",
+                path=source,
+                field=key,
+            )
+    idle = obj.get("driver_idle_timeout")
+    driver = DriverConfig(
+        idle_timeout=float(idle) if idle is not None else None,
+        default_ttl=float(obj.get("default_ttl", DEFAULT_TTL)),
+        max_message_bytes=int(obj.get("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES)),
+        run_config=dict(obj.get("run_config", {})),
+    )
+    return ServerConfig(workflow="driver", num_rounds=0, driver=driver)
 
 
 def parse_client_config(data: bytes | str | object, *, source: str = CLIENT_CONFIG) -> ClientConfig:

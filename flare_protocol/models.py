@@ -144,9 +144,11 @@ def _write_npz(target: IO[bytes], params: Params, compress: bool) -> None:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
-def dump_params(params: Mapping[str, object], *, compress: bool = False) -> bytes:
+def dump_params(
+    params: Mapping[str, object], *, compress: bool = False, allow_nonfinite: bool = False
+) -> bytes:
     """Serialize a model to ``.npz`` bytes (checked first, see :func:`check_params`)."""
-    checked = check_params(params)
+    checked = check_params(params, allow_nonfinite=allow_nonfinite)
     buffer = io.BytesIO()
     _write_npz(buffer, checked, compress)
     return buffer.getvalue()

@@ -30,6 +30,8 @@ __all__ = [
     "BODIES",
     "SERVER_TOPICS",
     "SITE_TOPICS",
+    "DriverMessage",
+    "DriverReply",
     "JobAbort",
     "JobDeploy",
     "JobEnd",
@@ -67,12 +69,14 @@ class SiteTopic(str, enum.Enum):
     JOB_ABORT = "job.abort"
     JOB_END = "job.end"
     SITE_COMMAND = "site.command"
+    DRIVER_MESSAGE = "driver.message"
     # site -> server
     JOB_STATUS = "job.status"
     TASK_RESULT = "task.result"
     METRICS = "metrics"
     JOB_LOG = "job.log"
     SITE_REPLY = "site.reply"
+    DRIVER_REPLY = "driver.reply"
 
     @property
     def sender(self) -> Sender:
@@ -87,11 +91,13 @@ _SENDERS = {
     SiteTopic.JOB_ABORT: Sender.SERVER,
     SiteTopic.JOB_END: Sender.SERVER,
     SiteTopic.SITE_COMMAND: Sender.SERVER,
+    SiteTopic.DRIVER_MESSAGE: Sender.SERVER,
     SiteTopic.JOB_STATUS: Sender.SITE,
     SiteTopic.TASK_RESULT: Sender.SITE,
     SiteTopic.METRICS: Sender.SITE,
     SiteTopic.JOB_LOG: Sender.SITE,
     SiteTopic.SITE_REPLY: Sender.SITE,
+    SiteTopic.DRIVER_REPLY: Sender.SITE,
 }
 
 #: Topics the server sends and a site accepts.
@@ -309,6 +315,37 @@ class SiteCommand(_Body):
         return cls(r.string("command"), r.opt_object("args") or {})
 
 
+@dataclass(frozen=True)
+class DriverMessage(_Body):
+    """``driver.message``: a Driver API message for one of the job's user code
+    (:mod:`flare_protocol.message`'s JSON object); its arrays are the envelope's blob, or
+    ``npz_b64`` when small. ``ttl_left``: seconds it stays valid from when it was sent
+    (the site does not run it later)."""
+
+    TOPIC: ClassVar[SiteTopic] = SiteTopic.DRIVER_MESSAGE
+    message: dict[str, Any]
+    ttl_left: float = 0.0
+    npz_b64: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"message": self.message, "ttl_left": self.ttl_left}
+        if self.npz_b64 is not None:
+            out["npz_b64"] = self.npz_b64
+        return out
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DriverMessage:
+        r = _Reader(cls.TOPIC, _object(cls.TOPIC, text))
+        message = r.opt_object("message")
+        if message is None:
+            raise MessageError(
+                f"{cls.TOPIC.value}: the body has no 'message'",
+                topic=cls.TOPIC.value,
+                key="message",
+            )
+        return cls(message, r.opt_number("ttl_left") or 0.0, r.opt_string("npz_b64"))
+
+
 # -- site -> server --------------------------------------------------------------------
 
 JobStatusValue = Literal["deployed", "running", "failed", "aborted", "finished"]
@@ -456,8 +493,39 @@ class SiteReply(_Body):
         return cls(r.data.get("result"), r.opt_object("error"))
 
 
-ServerBody = JobDeploy | TrainTask | ValidateTask | JobAbort | JobEnd | SiteCommand
-SiteBody = JobStatusReport | TaskResult | Metric | JobLog | SiteReply
+@dataclass(frozen=True)
+class DriverReply(_Body):
+    """``driver.reply``: the reply of the job's user code to the Driver API message
+    ``reply_to`` (a :mod:`flare_protocol.message` JSON object); its arrays are the
+    envelope's blob (an upload of kind ``reply``), or ``npz_b64`` when small."""
+
+    TOPIC: ClassVar[SiteTopic] = SiteTopic.DRIVER_REPLY
+    reply_to: str
+    message: dict[str, Any]
+    npz_b64: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reply_to": self.reply_to, "message": self.message}
+        if self.npz_b64 is not None:
+            out["npz_b64"] = self.npz_b64
+        return out
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DriverReply:
+        r = _Reader(cls.TOPIC, _object(cls.TOPIC, text))
+        reply_to = r.string("reply_to")
+        message = r.opt_object("message")
+        if message is None:
+            raise MessageError(
+                f"{cls.TOPIC.value}: the body has no 'message'",
+                topic=cls.TOPIC.value,
+                key="message",
+            )
+        return cls(reply_to, message, r.opt_string("npz_b64"))
+
+
+ServerBody = JobDeploy | TrainTask | ValidateTask | JobAbort | JobEnd | SiteCommand | DriverMessage
+SiteBody = JobStatusReport | TaskResult | Metric | JobLog | SiteReply | DriverReply
 
 #: The body of each topic.
 BODIES: Mapping[SiteTopic, type[ServerBody] | type[SiteBody]] = {
@@ -469,11 +537,13 @@ BODIES: Mapping[SiteTopic, type[ServerBody] | type[SiteBody]] = {
         JobAbort,
         JobEnd,
         SiteCommand,
+        DriverMessage,
         JobStatusReport,
         TaskResult,
         Metric,
         JobLog,
         SiteReply,
+        DriverReply,
     )
 }
 

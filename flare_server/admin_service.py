@@ -28,6 +28,7 @@ from flare_server.audit import AuditLog
 from flare_server.authz import Policy, Resource, Right
 from flare_server.calls import Call, StreamTracker, streaming, unary
 from flare_server.commands import Commands
+from flare_server.driver_service import DriverCalls, DriverContext
 from flare_server.identity_check import IdentityChecker
 from flare_server.jobs import JobMeta, JobRepository, JobStatus, JobSummary, Submitter
 from flare_server.model_source import check_model_source
@@ -118,6 +119,18 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.checker = context.checker
         self.audit = context.audit
         self.streams = context.streams
+        self.drivers = DriverCalls(
+            DriverContext(
+                store=context.store,
+                policy=context.policy,
+                runs=context.runs,
+                streams=context.streams,
+                watchers=context.watchers,
+                watch_end=WATCH_END,
+                job_meta=self._job,
+                result_wait=context.result_wait,
+            )
+        )
 
     # -- helpers -----------------------------------------------------------------------
     async def _job(self, call: Call, job_id: str) -> dict[str, Any]:
@@ -536,6 +549,32 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.SitesReply:
         self._require(call, Right.VIEW, None, "list connected sites")
         return admin_pb2.SitesReply(sites=site_infos(self.context.registry))
+
+    # -- the Driver API (docs/driver.md; flare_server.driver_service) -------------------------
+    @unary("driver_connect")
+    async def DriverConnect(
+        self, call: Call, request: admin_pb2.JobRequest, context: Any
+    ) -> admin_pb2.DriverInfo:
+        return await self.drivers.connect(call, request)
+
+    @unary("driver_push")
+    async def DriverPush(
+        self, call: Call, request_iterator: AsyncIterator[admin_pb2.DriverPushItem], context: Any
+    ) -> admin_pb2.DriverPushReply:
+        return await self.drivers.push(call, request_iterator)
+
+    @streaming("driver_replies")
+    async def DriverReplies(
+        self, call: Call, request: admin_pb2.DriverRepliesRequest, context: Any
+    ) -> AsyncIterator[admin_pb2.DriverRepliesItem]:
+        async for item in self.drivers.replies(call, request):
+            yield item
+
+    @unary("driver_finish")
+    async def DriverFinish(
+        self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
+    ) -> admin_pb2.JobReply:
+        return await self.drivers.finish(call, request_iterator)
 
     @unary("command")
     async def Command(

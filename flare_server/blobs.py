@@ -42,7 +42,7 @@ from flare_protocol.transfer import ChunkReceiver, ChunkSender
 
 log = logging.getLogger("flare_server.blobs")
 
-__all__ = ["BlobRegistry", "ServedBlob", "UploadPolicy", "UploadedBlob"]
+__all__ = ["BlobRegistry", "FileSink", "ServedBlob", "UploadPolicy", "UploadedBlob"]
 
 
 @dataclass(frozen=True)
@@ -235,9 +235,11 @@ class BlobRegistry:
         receiver.on_header(header)
         started = time.perf_counter()
         blob_id = secrets.token_hex(16)
-        sink: _MemorySink | _FileSink | None = self._memory_sink(kind, header.size)
+        sink: _MemorySink | FileSink | None = self._memory_sink(kind, header.size)
         if sink is None:
-            file_sink = _FileSink(folder, f"{kind}-{blob_id}", durable=kind != "update")
+            # Updates and driver replies live in the work area for a round at most.
+            durable = kind not in ("update", "reply")
+            file_sink = FileSink(folder, f"{kind}-{blob_id}", durable=durable)
             await asyncio.to_thread(file_sink.open)
             sink = file_sink
         try:
@@ -309,8 +311,9 @@ class _MemorySink:
             self._view = None
 
 
-class _FileSink:
-    """Receives an upload into a temp file beside ``folder/name``, renamed when whole."""
+class FileSink:
+    """Receives an upload into a temp file beside ``folder/name``, renamed when whole
+    (``open`` in a worker thread first; ``durable``: fsynced before the rename)."""
 
     def __init__(self, folder: Path, name: str, *, durable: bool) -> None:
         self.final = folder / name

@@ -37,6 +37,11 @@ job_params              download_job      ``{job_id, site?, kind?, key?, offset=
 job_validations         download_job      ``{job_id, site?, offset=0, limit=10000}`` ->
                                           ``{"rows": [{site, round, metrics}],
                                           "next_offset": int | null}``
+job_messages            download_job      ``{job_id, event?, offset=0, limit=10000}`` ->
+                                          ``{"rows": [{time, event, message_id, reply_to?,
+                                          message_type, group_id, src, dst, bytes,
+                                          latency?, error?}], "next_offset"}``: a driver
+                                          job's message log (docs/driver.md)
 job_summary             download_job      ``{job_id}`` -> the job's ``summary.json``
 job_logs                download_job      ``{job_id, target="server"}`` -> ``{"text",
                                           "truncated"}``: the lines of the target's log
@@ -167,6 +172,7 @@ class Commands:
             "shutdown_system": self.shutdown_system,
             "job_metrics": self.job_metrics,
             "job_params": self.job_params,
+            "job_messages": self.job_messages,
             "job_validations": self.job_validations,
             "job_summary": self.job_summary,
             "job_logs": self.job_logs,
@@ -369,6 +375,10 @@ class Commands:
     async def job_validations(self, call: Call, args: dict[str, Any]) -> Any:
         meta = await self._result_job(call, args, "validations")
         return await self._rows(meta, args, "validations.jsonl", ("site",))
+
+    async def job_messages(self, call: Call, args: dict[str, Any]) -> Any:
+        meta = await self._result_job(call, args, "messages")
+        return await self._rows(meta, args, "messages.jsonl", ("event",))
 
     async def job_summary(self, call: Call, args: dict[str, Any]) -> Any:
         meta = await self._result_job(call, args, "summary")

@@ -17,7 +17,10 @@ be built and tested on their own and the module graph has no cycle
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from flare_server.job_runner.driver import DriverRelay
 
 __all__ = ["JobWaker", "RunControl", "StopControl"]
 
@@ -41,6 +44,14 @@ class RunControl(Protocol):
     async def wait_result(self, job_id: str, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds for the job's run to finish its result folder;
         False when it is still being written."""
+        ...
+
+    def driver(self, job_id: str) -> DriverRelay | None:
+        """The relay of a running driver job (None: no such run, or not a driver job)."""
+        ...
+
+    def workflow(self, job_id: str) -> str | None:
+        """The workflow of a running job once it is prepared (None before, or no run)."""
         ...
 
 

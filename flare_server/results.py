@@ -8,6 +8,8 @@ Theory of operation. The folder (``JobStore.result_dir(job_id)``) holds::
     params.jsonl              one JSON object per param, tag or text: site, round, kind, key,
                               value (a string), step, time
     validations.jsonl         one JSON object per validation: site, round, metrics
+    messages.jsonl            driver jobs: one JSON object per Driver API message or reply
+                              (ids, type, group, ends, sizes, timing, error; docs/driver.md)
     logs/server.log           the job's server log
     logs/<site>.log           each site's job log, shipped back at the end of the job
     summary.json              workflow, rounds completed, final status, per-round participants
@@ -42,6 +44,7 @@ from flare_protocol.errors import InvalidArgumentError
 __all__ = [
     "COMPLETE_MARKER",
     "FINAL_MODEL",
+    "MESSAGES",
     "METRICS",
     "PARAMS",
     "SUMMARY",
@@ -63,6 +66,8 @@ METRICS = "metrics.jsonl"
 #: so metrics.jsonl stays numbers only.
 PARAMS = "params.jsonl"
 VALIDATIONS = "validations.jsonl"
+#: Driver jobs: every message the driver sent and every reply (docs/driver.md).
+MESSAGES = "messages.jsonl"
 LOGS = "logs"
 SUMMARY = "summary.json"
 COMPLETE_MARKER = {"complete": True}
@@ -178,6 +183,14 @@ class ResultFolder:
             self.root / VALIDATIONS, on_append=_hook(on_rows, "validations")
         )
         self.params = JsonlWriter(self.root / PARAMS)
+        #: Opened by a driver job (:meth:`open_messages`).
+        self.messages: JsonlWriter | None = None
+
+    def open_messages(self) -> JsonlWriter:
+        """The message log of a driver job (created on first use)."""
+        if self.messages is None:
+            self.messages = JsonlWriter(self.root / MESSAGES)
+        return self.messages
 
     def round_model_path(self, number: int) -> Path:
         return self.root / MODELS / round_model_name(number)
@@ -235,11 +248,15 @@ class ResultFolder:
         self.metrics.complete()
         self.validations.complete()
         self.params.complete()
+        if self.messages is not None:
+            self.messages.complete()
 
     def close(self) -> None:
         self.metrics.close()
         self.validations.close()
         self.params.close()
+        if self.messages is not None:
+            self.messages.close()
 
 
 def read_rows(

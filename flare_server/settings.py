@@ -50,6 +50,9 @@ class ServerSettings:
     """Seconds the runner waits for the sites' job logs when a job ends."""
     max_blob_bytes: int = 4 * 1024**3
     """Largest model update a site may upload."""
+    driver_idle_timeout: float = 600.0
+    """Seconds a driver job waits without its driver (no Driver API call, no reply stream
+    open) before it ends FINISHED:ABNORMAL; a job's config may set its own."""
     update_memory_bytes: int = 1024**3
     """Model updates are received into memory while those held there total at most this
     many bytes; beyond it they are written to files in the job's work area."""

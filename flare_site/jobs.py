@@ -62,7 +62,7 @@ from flare_site.executors import (
     ValidateOutcome,
     create_executor,
 )
-from flare_site.executors.base import remove_stale_ipc_folders
+from flare_site.executors.base import MessageOutcome, MessageSpec, remove_stale_ipc_folders
 from flare_site.executors.python_env import PythonEnvs
 from flare_site.executors.script import describe_exit
 
@@ -373,6 +373,41 @@ class JobManager:
         total = job.total_rounds if job else 0
         outcome = await self._task(job_id, task_id, "validate", round, total, model_path)
         assert isinstance(outcome, ValidateOutcome)
+        return outcome
+
+    async def message(self, job_id: str, spec: MessageSpec) -> MessageOutcome:
+        """Hand a Driver API message to the job's user code; its reply.
+
+        Raises:
+            ExecutionError: the job is not running here, or user code failed; when it
+                died, the job is ``failed`` afterwards (see :meth:`state`).
+        """
+        job = self._jobs.get(job_id)
+        if job is None or job.state != RUNNING or job.executor is None:
+            state = job.state if job else "not deployed"
+            raise ExecutionError(
+                f"cannot take a message for job {job_id} on this site: it is {state}",
+                job_id=job_id,
+            )
+        check_task_id(spec.message_id)
+        assert job.log is not None
+        kind = str(spec.message.get("message_type", "?"))[:80]
+        job.log.event(f"message {spec.message_id} ({kind}) started")
+        job.busy = True
+        try:
+            outcome = await job.executor.run_message(spec)
+        except ExecutionError as exc:
+            job.log.event(f"message {spec.message_id} failed: {exc.message}")
+            died = exc.details.get("returncode") is not None or exc.details.get("aborted")
+            if died and job.state == RUNNING:
+                await self._fail(job, exc)
+            elif job.state == RUNNING:
+                self._record_error(job, exc.message)
+            raise
+        finally:
+            job.busy = False
+        job.tasks_done += 1
+        job.log.event(f"message {spec.message_id} answered")
         return outcome
 
     async def abort(self, job_id: str, reason: str = "") -> bool:

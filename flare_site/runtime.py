@@ -31,6 +31,7 @@ Theory of operation. :class:`SiteRuntime` runs one loop on one asyncio event loo
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -51,8 +52,16 @@ from flare_protocol.credentials import channel_credentials, channel_options
 from flare_protocol.errors import ExecutionError, KitError, MessageError
 from flare_protocol.kit import Kit
 from flare_protocol.known_keys import unknown_keys
+from flare_protocol.message import (
+    INLINE_NPZ_BYTES,
+    ErrorCode,
+    error_reply_wire,
+    metadata_from,
+)
 from flare_protocol.site_topics import (
     SERVER_TOPICS,
+    DriverMessage,
+    DriverReply,
     JobAbort,
     JobDeploy,
     JobEnd,
@@ -74,6 +83,7 @@ from flare_protocol.site_topics import (
 from flare_site.blobs import Blob, BlobError, download, upload
 from flare_site.commands import SiteCommands
 from flare_site.executors import MetricEvent
+from flare_site.executors.base import MessageSpec
 from flare_site.executors.python_env import PythonEnvs
 from flare_site.jobs import (
     ABORTED,
@@ -227,6 +237,16 @@ def load_site_settings(
         max_jobs=jobs,
         **values,
     )
+
+
+def _inline_npz(text: str) -> bytes:
+    """The arrays a message carries inline (base64), at most INLINE_NPZ_BYTES."""
+    if len(text) > INLINE_NPZ_BYTES * 4 // 3 + 8:
+        raise MessageError("a message's inline arrays are too big to be inline")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (ValueError, UnicodeEncodeError) as exc:
+        raise MessageError(f"a message's inline arrays are not base64: {exc}") from None
 
 
 def _site_version() -> str:
@@ -615,9 +635,17 @@ class SiteRuntime:
                     # ending the job is what ends that task (its processes are killed).
                     await self._end(envelope.job_id, body)
                 case TrainTask() | ValidateTask():
-                    if not self._seen_before(envelope, body):
+                    if not self._seen_before(envelope, body.task_id):
                         async with self._job_locks.setdefault(envelope.job_id, asyncio.Lock()):
                             await self._task(envelope, body)
+                case DriverMessage():
+                    received = time.monotonic()
+                    message_id = body.message.get("message_id")
+                    if not isinstance(message_id, str) or not self._seen_before(
+                        envelope, message_id
+                    ):
+                        async with self._job_locks.setdefault(envelope.job_id, asyncio.Lock()):
+                            await self._driver_message(envelope, body, received)
                 case JobDeploy():
                     async with self._job_locks.setdefault(envelope.job_id, asyncio.Lock()):
                         await self._deploy(envelope, body)
@@ -638,9 +666,10 @@ class SiteRuntime:
             error = {"type": "InvalidArgumentError", "message": exc.message}
             self.send(envelope.job_id, SiteReply(error=error), reply_to=envelope.message_id)
 
-    def _seen_before(self, envelope: site_pb2.Envelope, body: TrainTask | ValidateTask) -> bool:
-        """A task received before is not run again: its result is re-sent, or it is running."""
-        task_id = body.task_id[:128]
+    def _seen_before(self, envelope: site_pb2.Envelope, task_id: str) -> bool:
+        """A task (or Driver API message) received before is not run again: its result is
+        re-sent, or it is running."""
+        task_id = task_id[:128]
         if not task_id:
             return False
         known = self._ledger.claim(envelope.job_id, task_id)
@@ -658,7 +687,11 @@ class SiteRuntime:
         return True
 
     def _task_result(
-        self, job_id: str, task_id: str, body: TaskResult, blobs: tuple[Blob, ...] = ()
+        self,
+        job_id: str,
+        task_id: str,
+        body: TaskResult | DriverReply,
+        blobs: tuple[Blob, ...] = (),
     ) -> None:
         self.send(job_id, body, blobs=blobs)
         if task_id:
@@ -811,6 +844,83 @@ class SiteRuntime:
             for used in (model, update):
                 if used is not None:
                     used.unlink(missing_ok=True)
+
+    async def _driver_message(
+        self, envelope: site_pb2.Envelope, body: DriverMessage, received: float
+    ) -> None:
+        """Hand a Driver API message to the job's user code and send its reply (an error
+        reply when it cannot run or fails). Not run once its TTL ended: the server has
+        answered it already."""
+        job_id = envelope.job_id
+        data = body.message
+        message_id = str(data.get("message_id", ""))[:128]
+        job = self.jobs.get(job_id)
+        npz: Path | None = None
+        reply_npz: Path | None = None
+        try:
+            if body.ttl_left and time.monotonic() - received > body.ttl_left:
+                log.info("job %s: message %s expired before it could run", job_id, message_id)
+                return
+            if job is None:
+                raise ExecutionError(f"job {job_id} is not deployed on this site")
+            metadata_from(data, where=f"message {message_id}")
+            if body.npz_b64 is not None:
+                npz = job.downloads / f"{uuid.uuid4().hex}.message.npz"
+                raw = await asyncio.to_thread(_inline_npz, body.npz_b64)
+                await asyncio.to_thread(npz.write_bytes, raw)
+            elif envelope.blobs:
+                blob = Blob.from_pb(envelope.blobs[0])
+                npz = job.downloads / f"{uuid.uuid4().hex}.message.npz"
+                target = npz
+                await self._on_connection(
+                    lambda stub: download(
+                        stub,
+                        blob,
+                        target,
+                        job_id=job_id,
+                        timeout=self.settings.transfer_timeout,
+                        durable=False,
+                    )
+                )
+            spec = MessageSpec(
+                message_id, data, npz, job.folder / "models" / f"{message_id}.reply.npz"
+            )
+            outcome = await self.jobs.message(job_id, spec)
+            reply_npz = outcome.npz_path
+            inline: str | None = None
+            blobs: tuple[Blob, ...] = ()
+            if reply_npz is not None:
+                size = reply_npz.stat().st_size
+                if size <= INLINE_NPZ_BYTES:
+                    inline = base64.b64encode(reply_npz.read_bytes()).decode("ascii")
+                else:
+                    path = reply_npz
+                    ref = await self._on_connection(
+                        lambda stub: upload(
+                            stub,
+                            path,
+                            name=f"{message_id}.npz",
+                            content_type="application/x-npz",
+                            params={"job_id": job_id, "task_id": message_id, "kind": "reply"},
+                            timeout=self.settings.transfer_timeout,
+                        )
+                    )
+                    blobs = (ref,)
+            reply = DriverReply(message_id, dict(outcome.reply), inline)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            failed = self.jobs.state(job_id) == FAILED
+            code = ErrorCode.CLIENT_APP_CRASHED if failed else ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            reply = DriverReply(message_id, error_reply_wire(data, code, describe_error(exc)))
+            blobs = ()
+            if failed:
+                self._status(job_id, "failed", exc)
+        finally:
+            for used in (npz, reply_npz):
+                if used is not None:
+                    used.unlink(missing_ok=True)
+        self._task_result(job_id, message_id, reply, blobs)
 
     async def _end(self, job_id: str, body: JobEnd) -> None:
         self._job_locks.pop(job_id, None)  # later messages for this job need no ordering

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from flare_protocol.site_topics import TaskResult
+from flare_protocol.site_topics import DriverReply, TaskResult
 from flare_site.blobs import Blob
 
 __all__ = ["RUNNING", "SentResult", "TaskLedger"]
@@ -21,9 +21,10 @@ __all__ = ["RUNNING", "SentResult", "TaskLedger"]
 
 @dataclass(frozen=True)
 class SentResult:
-    """The ``task.result`` body and blobs sent for a task."""
+    """The ``task.result`` body (a ``driver.reply`` for a Driver API message) and blobs sent
+    for a task."""
 
-    body: TaskResult
+    body: TaskResult | DriverReply
     blobs: tuple[Blob, ...] = field(default=())
 
 

@@ -19,6 +19,7 @@ from flare_admin.shell.params import Arg, Kind, Opt, UsageError
 from flare_admin.shell.registry import Registry
 from flare_admin.shell.views import (
     Done,
+    MessagesView,
     MetricsView,
     ParamsView,
     SessionView,
@@ -354,6 +355,22 @@ def params(ctx: ShellContext, a: dict[str, Any]) -> ParamsView:
     job_id = _job(ctx, a["job"])
     rows = ctx.session.get_job_params(job_id, site=a["site"], kind=a["kind"])
     return ParamsView(job_id, tuple(rows))
+
+
+@command(
+    "messages",
+    "a driver job's message log: each message sent, each reply, each refused reply",
+    args=(JOB,),
+    opts=(
+        Opt(("--event",), "event", "only sent messages, replies or refused replies", Kind.CHOICE,
+            choices=("sent", "reply", "refused"), metavar="EVENT"),
+    ),
+    group="results",
+    wraps=("get_job_messages",),
+)  # fmt: skip
+def messages(ctx: ShellContext, a: dict[str, Any]) -> MessagesView:
+    job_id = _job(ctx, a["job"])
+    return MessagesView(job_id, tuple(ctx.session.get_job_messages(job_id, event=a["event"])))
 
 
 @command(

@@ -30,12 +30,20 @@ from flare_admin.results import (
     rounds_table,
 )
 from flare_admin.shell.theme import status_style
-from flare_admin.shell.views import Done, MetricsView, ParamsView, SessionView, ValidationsView
+from flare_admin.shell.views import (
+    Done,
+    MessagesView,
+    MetricsView,
+    ParamsView,
+    SessionView,
+    ValidationsView,
+)
 
 __all__ = [
     "duration_text",
     "jobs_table",
     "mapping_tree",
+    "messages_table",
     "meta_table",
     "metrics_view",
     "renderables",
@@ -353,6 +361,32 @@ def params_table(view: ParamsView) -> RenderableType:
     return table
 
 
+def messages_table(view: MessagesView) -> RenderableType:
+    """``messages``: a driver job's message log, one line per message or reply."""
+    if not view.rows:
+        return _empty(f"job {view.job_id[:SHORT_ID]} has no driver messages")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("TIME", "EVENT", "TYPE", "GROUP", "FROM", "TO", "BYTES", "LATENCY", "ID / ERROR"):
+        right = col in ("BYTES", "LATENCY")
+        table.add_column(col, justify="right" if right else "left", overflow="fold")
+    for row in view.rows:
+        ident = (row.message_id or row.reply_to or "")[:SHORT_ID]
+        detail = row.error or row.reason
+        style = "error" if detail else ("key" if row.event == "sent" else "")
+        table.add_row(
+            time_text(row.time),
+            Text(row.event, style=style),
+            row.message_type or "-",
+            row.group_id or "-",
+            Text(row.src or "-", style="site"),
+            Text(row.dst or "-", style="site"),
+            str(row.bytes),
+            "-" if row.latency is None else f"{row.latency * 1000:.1f} ms",
+            Text(detail.splitlines()[0][:120], style="error") if detail else ident,
+        )
+    return table
+
+
 def validations_table(view: ValidationsView) -> RenderableType:
     """``validations``: per round and site, each validation metric."""
     if not view.rows:
@@ -466,6 +500,7 @@ _RENDERERS: tuple[tuple[type, Callable[[Any], RenderableType]], ...] = (
     (MetricsView, metrics_view),
     (ValidationsView, validations_table),
     (ParamsView, params_table),
+    (MessagesView, messages_table),
     (SystemInfo, system_view),
     (JobMeta, meta_table),
     (JobRunSummary, summary_view),

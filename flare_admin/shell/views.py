@@ -19,6 +19,7 @@ from flare_admin.results import MetricRow, ValidationRow
 
 __all__ = [
     "Done",
+    "MessagesView",
     "MetricsView",
     "ParamsView",
     "SessionView",
@@ -137,6 +138,11 @@ class MetricsView(_JobRows):
 @dataclass(frozen=True)
 class ParamsView(_JobRows):
     """A job's params, tags and texts (strings the sites recorded)."""
+
+
+@dataclass(frozen=True)
+class MessagesView(_JobRows):
+    """A driver job's message log: messages sent, replies, refused replies."""
 
 
 @dataclass(frozen=True)

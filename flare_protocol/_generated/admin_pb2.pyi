@@ -166,3 +166,73 @@ class CommandReply(_message.Message):
     RESULT_JSON_FIELD_NUMBER: _ClassVar[int]
     result_json: str
     def __init__(self, result_json: _Optional[str] = ...) -> None: ...
+
+class DriverNode(_message.Message):
+    __slots__ = ("node_id", "name", "connected")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    node_id: int
+    name: str
+    connected: bool
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., connected: _Optional[bool] = ...) -> None: ...
+
+class DriverInfo(_message.Message):
+    __slots__ = ("job_id", "nodes", "run_config_json", "default_ttl", "max_message_bytes", "idle_timeout")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    RUN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TTL_FIELD_NUMBER: _ClassVar[int]
+    MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    nodes: _containers.RepeatedCompositeFieldContainer[DriverNode]
+    run_config_json: str
+    default_ttl: float
+    max_message_bytes: int
+    idle_timeout: float
+    def __init__(self, job_id: _Optional[str] = ..., nodes: _Optional[_Iterable[_Union[DriverNode, _Mapping]]] = ..., run_config_json: _Optional[str] = ..., default_ttl: _Optional[float] = ..., max_message_bytes: _Optional[int] = ..., idle_timeout: _Optional[float] = ...) -> None: ...
+
+class DriverPushStart(_message.Message):
+    __slots__ = ("job_id", "ack")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    ack: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., ack: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DriverPushItem(_message.Message):
+    __slots__ = ("start", "content", "message_json")
+    START_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_JSON_FIELD_NUMBER: _ClassVar[int]
+    start: DriverPushStart
+    content: _common_pb2.TransferChunk
+    message_json: str
+    def __init__(self, start: _Optional[_Union[DriverPushStart, _Mapping]] = ..., content: _Optional[_Union[_common_pb2.TransferChunk, _Mapping]] = ..., message_json: _Optional[str] = ...) -> None: ...
+
+class DriverPushReply(_message.Message):
+    __slots__ = ("message_ids",)
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DriverRepliesRequest(_message.Message):
+    __slots__ = ("job_id", "message_ids", "wait", "ack")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    message_ids: _containers.RepeatedScalarFieldContainer[str]
+    wait: bool
+    ack: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, job_id: _Optional[str] = ..., message_ids: _Optional[_Iterable[str]] = ..., wait: _Optional[bool] = ..., ack: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DriverRepliesItem(_message.Message):
+    __slots__ = ("reply_json", "content")
+    REPLY_JSON_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    reply_json: str
+    content: _common_pb2.TransferChunk
+    def __init__(self, reply_json: _Optional[str] = ..., content: _Optional[_Union[_common_pb2.TransferChunk, _Mapping]] = ...) -> None: ...

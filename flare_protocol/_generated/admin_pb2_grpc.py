@@ -101,6 +101,26 @@ class AdminStub:
                 request_serializer=common__pb2.Empty.SerializeToString,
                 response_deserializer=admin__pb2.SitesReply.FromString,
                 _registered_method=True)
+        self.DriverConnect = channel.unary_unary(
+                '/flare.v1.Admin/DriverConnect',
+                request_serializer=admin__pb2.JobRequest.SerializeToString,
+                response_deserializer=admin__pb2.DriverInfo.FromString,
+                _registered_method=True)
+        self.DriverPush = channel.stream_unary(
+                '/flare.v1.Admin/DriverPush',
+                request_serializer=admin__pb2.DriverPushItem.SerializeToString,
+                response_deserializer=admin__pb2.DriverPushReply.FromString,
+                _registered_method=True)
+        self.DriverReplies = channel.unary_stream(
+                '/flare.v1.Admin/DriverReplies',
+                request_serializer=admin__pb2.DriverRepliesRequest.SerializeToString,
+                response_deserializer=admin__pb2.DriverRepliesItem.FromString,
+                _registered_method=True)
+        self.DriverFinish = channel.stream_unary(
+                '/flare.v1.Admin/DriverFinish',
+                request_serializer=common__pb2.TransferChunk.SerializeToString,
+                response_deserializer=admin__pb2.JobReply.FromString,
+                _registered_method=True)
         self.Command = channel.unary_unary(
                 '/flare.v1.Admin/Command',
                 request_serializer=admin__pb2.CommandRequest.SerializeToString,
@@ -199,6 +219,44 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DriverConnect(self, request, context):
+        """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
+        (its submitter, or a role that may manage it) who sends messages to the job's sites and
+        gets their replies; the server relays them, enforces TTLs and runs no user code.
+        Waits (up to the call's deadline) until the job runs; its sites and settings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DriverPush(self, request_iterator, context):
+        """A DriverPushStart, then the arrays of the messages that do not travel inline (each a
+        transfer: a TransferChunk header named by its SHA-256, then its data), then one
+        message_json per message. The reply gives the ids of the messages, in order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DriverReplies(self, request, context):
+        """The replies to the given messages that arrived, then, with wait, each one the moment
+        it arrives, until every message has its reply (an error reply when its site is gone
+        or its TTL ended). A reply is its reply_json, then, unless inline, its arrays as a
+        transfer (a TransferChunk header, then data).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DriverFinish(self, request_iterator, context):
+        """Ends the job: a TransferChunk header (params: job_id, status COMPLETED | FAILED |
+        ABORTED, reason), then the final global model's .npz (size 0: none). Returns the
+        final meta once the job's result folder is complete.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Command(self, request, context):
         """Everything else (stats, errors, target file commands, shutdown, restart ...) is a
         named command with JSON arguments and a JSON result; see flare_server.commands.
@@ -274,6 +332,26 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetConnectedSites,
                     request_deserializer=common__pb2.Empty.FromString,
                     response_serializer=admin__pb2.SitesReply.SerializeToString,
+            ),
+            'DriverConnect': grpc.unary_unary_rpc_method_handler(
+                    servicer.DriverConnect,
+                    request_deserializer=admin__pb2.JobRequest.FromString,
+                    response_serializer=admin__pb2.DriverInfo.SerializeToString,
+            ),
+            'DriverPush': grpc.stream_unary_rpc_method_handler(
+                    servicer.DriverPush,
+                    request_deserializer=admin__pb2.DriverPushItem.FromString,
+                    response_serializer=admin__pb2.DriverPushReply.SerializeToString,
+            ),
+            'DriverReplies': grpc.unary_stream_rpc_method_handler(
+                    servicer.DriverReplies,
+                    request_deserializer=admin__pb2.DriverRepliesRequest.FromString,
+                    response_serializer=admin__pb2.DriverRepliesItem.SerializeToString,
+            ),
+            'DriverFinish': grpc.stream_unary_rpc_method_handler(
+                    servicer.DriverFinish,
+                    request_deserializer=common__pb2.TransferChunk.FromString,
+                    response_serializer=admin__pb2.JobReply.SerializeToString,
             ),
             'Command': grpc.unary_unary_rpc_method_handler(
                     servicer.Command,
@@ -632,6 +710,114 @@ class Admin:
             '/flare.v1.Admin/GetConnectedSites',
             common__pb2.Empty.SerializeToString,
             admin__pb2.SitesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriverConnect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flare.v1.Admin/DriverConnect',
+            admin__pb2.JobRequest.SerializeToString,
+            admin__pb2.DriverInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriverPush(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/flare.v1.Admin/DriverPush',
+            admin__pb2.DriverPushItem.SerializeToString,
+            admin__pb2.DriverPushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriverReplies(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flare.v1.Admin/DriverReplies',
+            admin__pb2.DriverRepliesRequest.SerializeToString,
+            admin__pb2.DriverRepliesItem.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DriverFinish(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/flare.v1.Admin/DriverFinish',
+            common__pb2.TransferChunk.SerializeToString,
+            admin__pb2.JobReply.FromString,
             options,
             channel_credentials,
             insecure,

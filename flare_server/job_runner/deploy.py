@@ -17,6 +17,7 @@ import time
 from flare_protocol import errors
 from flare_protocol._generated import site_pb2
 from flare_protocol.site_topics import (
+    DriverReply,
     JobAbort,
     JobDeploy,
     JobLog,
@@ -26,6 +27,11 @@ from flare_protocol.site_topics import (
 )
 from flare_server.job_runner.events import (
     Aborted,
+    DriverFinished,
+    DriverLeft,
+    DriverPushed,
+    DriverSeen,
+    DriverWatch,
     MalformedMessage,
     ServerStopping,
     SiteConnected,
@@ -33,6 +39,7 @@ from flare_server.job_runner.events import (
     SiteLost,
     SiteMessage,
     TimerFired,
+    refuse_driver,
     unhandled,
 )
 from flare_server.job_runner.messages import envelope
@@ -131,12 +138,24 @@ class Deployment:
                     )
                 case TimerFired():
                     pass  # no workflow timer exists before the rounds start
+                case (
+                    DriverPushed() | DriverWatch() | DriverLeft() | DriverSeen() | DriverFinished()
+                ):
+                    refuse_driver(
+                        event,
+                        errors.JobNotRunning(
+                            f"job {run.job_id} is still being deployed; wait until it runs",
+                            job_id=run.job_id,
+                        ),
+                    )
                 case _:
                     unhandled(event)
         if self.failures:
             self._exclude_failed(needed, mandatory)
-        # The total shows as "round k of n" in monitors, before the first round starts.
-        await asyncio.to_thread(run.store.update, run.job_id, num_rounds=plan.config.num_rounds)
+        # The total shows as "round k of n" in monitors, before the first round starts (a
+        # driver decides its rounds as it goes: it has no total).
+        if plan.config.workflow != "driver":
+            await asyncio.to_thread(run.store.update, run.job_id, num_rounds=plan.config.num_rounds)
         failed = (
             f"; deployment failed on {', '.join(sorted(run.deploy_failures))}"
             if run.deploy_failures
@@ -171,8 +190,8 @@ class Deployment:
                 keep_log(run, site, body, message.blob_ids)
             case Metric():  # a started script may log before round 1
                 keep_record(run, site, body)
-            case TaskResult():
-                pass  # no task was sent yet
+            case TaskResult() | DriverReply():
+                pass  # no task or driver message was sent yet
             case _:
                 unhandled(body)
 

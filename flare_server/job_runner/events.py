@@ -10,13 +10,31 @@ event of a kind no phase knows is a bug that fails loudly (an AssertionError end
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
-from flare_protocol.site_topics import JobLog, JobStatusReport, Metric, SiteTopic, TaskResult
+from flare_protocol.models import Params
+from flare_protocol.site_topics import (
+    DriverReply,
+    JobLog,
+    JobStatusReport,
+    Metric,
+    SiteTopic,
+    TaskResult,
+)
+from flare_server.job_runner.driver_types import Outgoing
 
 __all__ = [
+    "DRIVER_EVENTS",
+    "END",
     "Aborted",
+    "DriverFinished",
+    "DriverLeft",
+    "DriverPushed",
+    "DriverSeen",
+    "DriverWatch",
+    "DriverEvent",
     "Event",
     "JobMessage",
     "MalformedMessage",
@@ -26,11 +44,12 @@ __all__ = [
     "SiteLost",
     "SiteMessage",
     "TimerFired",
+    "refuse_driver",
     "unhandled",
 ]
 
 #: The bodies of the messages a site sends about a job.
-JobMessage = JobStatusReport | TaskResult | Metric | JobLog
+JobMessage = JobStatusReport | TaskResult | Metric | JobLog | DriverReply
 
 
 @dataclass(frozen=True)
@@ -97,6 +116,62 @@ class ServerStopping:
     reason: str
 
 
+# -- the job's driver (the Driver API; only a driver job's relay acts on these) ----------
+
+
+@dataclass(frozen=True, eq=False)
+class DriverPushed:
+    """The driver pushed checked messages; the run answers their ids through ``done``."""
+
+    who: str
+    messages: tuple[Outgoing, ...]
+    #: Replies the driver already has (the run drops them).
+    acks: tuple[str, ...]
+    done: asyncio.Future[list[str]]
+
+
+@dataclass(frozen=True, eq=False)
+class DriverWatch:
+    """A driver stream wants the replies to ``message_ids``: the run puts those that
+    arrived on ``sink``, then (``wait``) each as it arrives, then :data:`END`."""
+
+    who: str
+    message_ids: tuple[str, ...]
+    acks: tuple[str, ...]
+    wait: bool
+    sink: asyncio.Queue[Any]
+
+
+@dataclass(frozen=True, eq=False)
+class DriverLeft:
+    """A driver stream ended (its ``sink`` wants nothing more)."""
+
+    sink: asyncio.Queue[Any]
+
+
+@dataclass(frozen=True)
+class DriverSeen:
+    """The driver called (it is there: the idle timeout starts again)."""
+
+    who: str
+
+
+@dataclass(frozen=True, eq=False)
+class DriverFinished:
+    """The driver ends the job with ``status`` (a final job status) and, optionally, the
+    final global model; ``done`` resolves once the run took it."""
+
+    who: str
+    status: str
+    reason: str
+    model: Params | None
+    done: asyncio.Future[None]
+
+
+#: Put on a driver stream's sink after its last reply.
+END = object()
+
+
 Event = (
     SiteMessage
     | MalformedMessage
@@ -106,7 +181,24 @@ Event = (
     | TimerFired
     | Aborted
     | ServerStopping
+    | DriverPushed
+    | DriverWatch
+    | DriverLeft
+    | DriverSeen
+    | DriverFinished
 )
+DriverEvent = DriverPushed | DriverWatch | DriverLeft | DriverSeen | DriverFinished
+DRIVER_EVENTS = (DriverPushed, DriverWatch, DriverLeft, DriverSeen, DriverFinished)
+
+
+def refuse_driver(event: DriverEvent, error: Exception) -> None:
+    """Answer a driver event in a phase (or a job) that takes none: whoever waits on it
+    gets ``error``."""
+    if isinstance(event, (DriverPushed, DriverFinished)):
+        if not event.done.done():
+            event.done.set_exception(error)
+    elif isinstance(event, DriverWatch):
+        event.sink.put_nowait(error)
 
 
 def unhandled(event: NoReturn) -> NoReturn:

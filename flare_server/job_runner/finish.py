@@ -15,12 +15,26 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from typing import Protocol, runtime_checkable
 
 from flare_protocol import errors
 from flare_protocol.models import Params, save_params
-from flare_protocol.site_topics import JobAbort, JobEnd, JobLog, JobStatusReport, Metric, TaskResult
+from flare_protocol.site_topics import (
+    DriverReply,
+    JobAbort,
+    JobEnd,
+    JobLog,
+    JobStatusReport,
+    Metric,
+    TaskResult,
+)
 from flare_server.job_runner.events import (
     Aborted,
+    DriverFinished,
+    DriverLeft,
+    DriverPushed,
+    DriverSeen,
+    DriverWatch,
     MalformedMessage,
     ServerStopping,
     SiteConnected,
@@ -28,6 +42,7 @@ from flare_server.job_runner.events import (
     SiteLost,
     SiteMessage,
     TimerFired,
+    refuse_driver,
     unhandled,
 )
 from flare_server.job_runner.messages import envelope
@@ -86,9 +101,9 @@ async def finish(run: JobRun, finished: JobFinished) -> None:
 
 
 def _save_final(run: JobRun, model: Params) -> None:
-    assert run.results is not None and run.controller is not None
+    assert run.results is not None
     target = run.results.final_model_path
-    history = run.controller.history
+    history = run.controller.history if run.controller is not None else []
     if history and history[-1].global_model is model:
         source = run.results.round_model_path(history[-1].round)
         if source.is_file():
@@ -136,8 +151,8 @@ async def _end_sites(run: JobRun, status: str) -> None:
                     case JobStatusReport(stderr_tail=tail):
                         if tail:
                             run.site_errors[site] = tail[-8000:]
-                    case TaskResult():
-                        pass  # too late: the job is ending
+                    case TaskResult() | DriverReply():
+                        pass  # too late: the job is ending (its uploads go with the run)
                     case _:
                         unhandled(body)
             case SiteDisconnected(site):
@@ -152,6 +167,13 @@ async def _end_sites(run: JobRun, status: str) -> None:
                 | ServerStopping()
             ):
                 pass  # the job's end is decided
+            case DriverPushed() | DriverWatch() | DriverLeft() | DriverSeen() | DriverFinished():
+                refuse_driver(
+                    event,
+                    errors.JobNotRunning(
+                        f"job {run.job_id} is ending ({status})", job_id=run.job_id, status=status
+                    ),
+                )
             case _:
                 unhandled(event)
     for site in ended:
@@ -188,7 +210,7 @@ def _write_summary(run: JobRun, finished: JobFinished, status: str) -> None:
             "job_id": run.job_id,
             "name": run.meta.get("name"),
             "workflow": config.workflow if config else None,
-            "num_rounds": config.num_rounds if config else None,
+            "num_rounds": config.num_rounds if config and config.workflow != "driver" else None,
             "rounds_completed": len(run.rounds),
             "status": status,
             "reason": finished.reason,
@@ -198,6 +220,7 @@ def _write_summary(run: JobRun, finished: JobFinished, status: str) -> None:
             "initial_model": run.plan.initial_source if run.plan else None,
             "has_final_model": run.results.final_model_path.is_file(),
             "rounds": run.rounds,
+            **({"driver": run.driver.summary()} if isinstance(run.driver, _Summarized) else {}),
             "site_errors": run.site_errors,
             "metrics_dropped": run.results.metrics.dropped,
             "start_time": run.started,
@@ -205,6 +228,11 @@ def _write_summary(run: JobRun, finished: JobFinished, status: str) -> None:
             "complete": True,
         }
     )
+
+
+@runtime_checkable
+class _Summarized(Protocol):
+    def summary(self) -> dict[str, object]: ...
 
 
 def _add_error(run: JobRun, entry: dict[str, object]) -> None:

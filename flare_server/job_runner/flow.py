@@ -1,10 +1,12 @@
-"""A run from start to end: prepare, deploy, rounds, finish, whatever goes wrong."""
+"""A run from start to end: prepare, deploy, rounds (or a driver job's relay), finish,
+whatever goes wrong."""
 
 from __future__ import annotations
 
 import asyncio
 
 from flare_server.job_runner.deploy import Deployment
+from flare_server.job_runner.driver import DriverRelay
 from flare_server.job_runner.finish import finish
 from flare_server.job_runner.prepare import prepare
 from flare_server.job_runner.rounds import Rounds
@@ -21,8 +23,12 @@ async def run_job(run: JobRun) -> None:
     try:
         try:
             await prepare(run)
+            assert run.plan is not None
+            # Made before the deployment, so that the Admin service finds a driver job's
+            # relay as soon as the job shows RUNNING.
+            relay = DriverRelay(run) if run.plan.config.workflow == "driver" else None
             await Deployment(run)()
-            finished = await Rounds(run)()
+            finished = await (relay or Rounds(run))()
         except Finish as stop:
             model = run.controller.global_model if run.controller else None
             finished = JobFinished(stop.status, stop.reason, model or None, stop.failed_sites)

@@ -8,6 +8,7 @@ import uuid
 from flare_protocol._generated import common_pb2, site_pb2
 from flare_protocol.errors import MessageError
 from flare_protocol.site_topics import (
+    DriverReply,
     JobLog,
     JobStatusReport,
     Metric,
@@ -44,7 +45,7 @@ def job_message(site: str, message: site_pb2.Envelope) -> SiteMessage | Malforme
         body = parse_body(topic, message.body_json)
     except MessageError as exc:
         return MalformedMessage(site, topic, exc.message, _task_id(topic, message.body_json))
-    assert isinstance(body, JobStatusReport | TaskResult | Metric | JobLog)
+    assert isinstance(body, JobStatusReport | TaskResult | Metric | JobLog | DriverReply)
     return SiteMessage(site, body, tuple(ref.blob_id for ref in message.blobs))
 
 

@@ -35,6 +35,7 @@ from flare_protocol.models import (
 )
 from flare_protocol.npz_layout import view_params
 from flare_protocol.site_topics import (
+    DriverReply,
     JobLog,
     JobStatusReport,
     Metric,
@@ -45,6 +46,11 @@ from flare_protocol.site_topics import (
 from flare_server.blobs import ServedBlob, UploadedBlob
 from flare_server.job_runner.events import (
     Aborted,
+    DriverFinished,
+    DriverLeft,
+    DriverPushed,
+    DriverSeen,
+    DriverWatch,
     Event,
     MalformedMessage,
     ServerStopping,
@@ -53,6 +59,7 @@ from flare_server.job_runner.events import (
     SiteLost,
     SiteMessage,
     TimerFired,
+    refuse_driver,
     unhandled,
 )
 from flare_server.job_runner.messages import envelope
@@ -148,6 +155,9 @@ class Rounds:
                     return []
                 run.log.warning("job %s: site %s lost: %s", run.job_id, site, reason)
                 return await asyncio.to_thread(controller.on_site_lost, site, reason)
+            case DriverPushed() | DriverWatch() | DriverLeft() | DriverSeen() | DriverFinished():
+                refuse_driver(event, not_a_driver_job(run.job_id, self.plan.config.workflow))
+                return []
             case _:
                 unhandled(event)
 
@@ -187,6 +197,12 @@ class Rounds:
                 return await self._status(site, body)
             case TaskResult():
                 return await self._result(site, body, message.blob_ids)
+            case DriverReply():
+                for blob_id in message.blob_ids:  # no driver here: nothing awaits it
+                    blob = run.blobs.uploaded(blob_id, run.job_id, site)
+                    if blob is not None:
+                        run.blobs.discard(blob.blob_id)
+                return []
             case _:
                 unhandled(body)
 
@@ -413,6 +429,15 @@ class Rounds:
                 ", ".join(t.site for t in action.tasks),
             )
             await asyncio.to_thread(run.store.update, run.job_id, current_round=rnd)
+
+
+def not_a_driver_job(job_id: str, workflow: str) -> errors.InvalidArgumentError:
+    """What the Driver API gets for a job of a built-in workflow."""
+    return errors.InvalidArgumentError(
+        f"job {job_id} runs the {workflow} workflow, not a driver: the Driver API needs a "
+        'job whose config_fed_server.json says "workflow": "driver"',
+        job_id=job_id,
+    )
 
 
 def _number(value: Any) -> float | None:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from flare_protocol import errors
 from flare_protocol._generated import site_pb2
@@ -24,7 +24,7 @@ from flare_protocol.job_status import JobStatus
 from flare_protocol.models import BufferPool
 from flare_server.authz import Policy
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
-from flare_server.job_runner.events import Event, SiteLost
+from flare_server.job_runner.events import DRIVER_EVENTS, Event, SiteLost, refuse_driver
 from flare_server.job_runner.plan import Plan
 from flare_server.jobs import JobRepository
 from flare_server.results import ResultFolder, RowSignals
@@ -32,7 +32,15 @@ from flare_server.settings import ServerSettings
 from flare_server.sites import SiteRegistry
 from flare_server.workflows import JobFinished, RoundController
 
-__all__ = ["FAILED_TO_RUN", "LOG_CAP", "MAX_LOG_UPLOADS", "Finish", "JobRun", "RunContext"]
+__all__ = [
+    "FAILED_TO_RUN",
+    "LOG_CAP",
+    "MAX_LOG_UPLOADS",
+    "Finish",
+    "JobRun",
+    "ReplyUploads",
+    "RunContext",
+]
 
 FAILED_TO_RUN = JobStatus.FINISHED_FAILED_TO_RUN.value
 #: The largest job log a site may upload, and how many per site and job.
@@ -48,6 +56,18 @@ class Finish(Exception):
         self.status = status
         self.reason = reason
         self.failed_sites = failed_sites
+
+
+class ReplyUploads(Protocol):
+    """Where a driver job's sites upload the arrays of their replies (the relay)."""
+
+    def upload_target(self, site: str, message_id: str) -> tuple[Path, int]:
+        """The folder and byte cap for the reply to ``message_id``; raise to refuse."""
+        ...
+
+    def on_uploaded(self, blob: UploadedBlob) -> None:
+        """A reply's arrays arrived whole."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -90,6 +110,8 @@ class JobRun:
         self.server_stopping = False
         self.abort_reason: str | None = None
         self.controller: RoundController | None = None
+        #: A driver job's relay (set by the relay; None for the built-in workflows).
+        self.driver: ReplyUploads | None = None
         self.plan: Plan | None = None
         self.results: ResultFolder | None = None
         self.work = Path()
@@ -133,6 +155,12 @@ class JobRun:
                     f"from {site}"
                 )
             return self.work / "uploads", self.settings.max_blob_bytes
+        if kind == "reply":
+            if self.driver is None:
+                raise errors.InvalidArgumentError(
+                    f"job {self.job_id} is not a driver job: it takes no reply uploads"
+                )
+            return self.driver.upload_target(site, task_id)
         if kind == "log":
             if self.log_uploads.get(site, 0) >= MAX_LOG_UPLOADS:
                 raise errors.InvalidArgumentError(
@@ -140,11 +168,13 @@ class JobRun:
                 )
             return self.work / "uploads", LOG_CAP
         raise errors.InvalidArgumentError(
-            f"unknown upload kind {kind[:32]!r}; expected update or log"
+            f"unknown upload kind {kind[:32]!r}; expected update, log or reply"
         )
 
     def on_uploaded(self, blob: UploadedBlob) -> None:
-        if blob.kind == "update":
+        if blob.kind == "reply" and self.driver is not None:
+            self.driver.on_uploaded(blob)
+        elif blob.kind == "update":
             self.uploaded_tasks.add(blob.task_id)
         else:
             self.log_uploads[blob.site] = self.log_uploads.get(blob.site, 0) + 1
@@ -183,6 +213,13 @@ class JobRun:
     # -- the end ---------------------------------------------------------------------------
     def cleanup(self) -> None:
         """Release everything the run held (last thing it does, whatever happened)."""
+        while not self.events.empty():  # a driver waiting on an event gets its answer
+            event = self.events.get_nowait()
+            if isinstance(event, DRIVER_EVENTS):
+                refuse_driver(
+                    event,
+                    errors.JobNotRunning(f"job {self.job_id} has ended", job_id=self.job_id),
+                )
         self.context.run_ended(self.job_id)  # its sites may have room for a waiting job now
         self.blobs.forget_job(self.job_id)
         if self.results is not None:

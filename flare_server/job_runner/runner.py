@@ -21,6 +21,7 @@ from flare_protocol.models import BufferPool
 from flare_protocol.site_topics import JobAbort
 from flare_server.authz import Policy
 from flare_server.blobs import BlobRegistry
+from flare_server.job_runner.driver import DriverRelay
 from flare_server.job_runner.events import (
     Aborted,
     ServerStopping,
@@ -32,6 +33,7 @@ from flare_server.job_runner.messages import envelope, job_message
 from flare_server.job_runner.run import JobRun, RunContext
 from flare_server.jobs import JobRepository, JobStatus
 from flare_server.results import (
+    MESSAGES,
     METRICS,
     PARAMS,
     SUMMARY,
@@ -148,7 +150,7 @@ class JobRunner:
                 job_dir = self.store.job_dir(job_id)
                 shutil.rmtree(job_dir / "work", ignore_errors=True)
                 result = self.store.result_dir(job_id)
-                for name in (METRICS, VALIDATIONS, PARAMS):
+                for name in (METRICS, VALIDATIONS, PARAMS, MESSAGES):
                     if (result / name).is_file():
                         seal_jsonl(result / name)
                 if (result / SUMMARY).exists():
@@ -200,6 +202,17 @@ class JobRunner:
         event = job_message(site, message)
         if event is not None:
             run.post(event)
+
+    def driver(self, job_id: str) -> DriverRelay | None:
+        """The relay of a running driver job (None: no such run, or not a driver job)."""
+        run = self.runs.get(job_id)
+        relay = run.driver if run is not None else None
+        return relay if isinstance(relay, DriverRelay) else None
+
+    def workflow(self, job_id: str) -> str | None:
+        """The workflow of a running job once it is prepared (None before, or no run)."""
+        run = self.runs.get(job_id)
+        return run.plan.config.workflow if run is not None and run.plan is not None else None
 
     def abort(self, job_id: str, reason: str) -> None:
         """An admin aborted the job (its status is already FINISHED:ABORTED)."""

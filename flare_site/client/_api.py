@@ -16,8 +16,21 @@ from pathlib import Path
 from typing import Any
 
 from flare_protocol import _malloc
-from flare_protocol.errors import FlareError, InvalidModel
+from flare_protocol.errors import FlareError, InvalidModel, MessageError
+from flare_protocol.message import (
+    DRIVER_NODE_ID,
+    Error,
+    Message,
+    MessageType,
+    Metadata,
+    error_reply_wire,
+    from_wire,
+    node_id,
+    npz_of,
+    to_wire,
+)
 from flare_protocol.models import BufferPool, ParamsType, load_params, save_params
+from flare_protocol.records import ConfigsRecord, ParametersRecord, RecordSet
 from flare_protocol.tracking import MAX_RECORD_CHARS, RECORD_KINDS
 from flare_site.client import _ipc
 from flare_site.client._model import FLModel
@@ -32,7 +45,9 @@ __all__ = [
     "log_metric",
     "log_record",
     "receive",
+    "receive_message",
     "send",
+    "send_reply",
     "shutdown",
 ]
 
@@ -81,8 +96,10 @@ class _Client:
         reply = self._channel.recv()
         if reply.get("op") != "welcome":
             raise FlareError(f"the flare site refused this script: {reply.get('message', reply)}")
+        # A task or a Driver API message ("op": "task" | "message"):
         self.task: dict[str, Any] | None = None  # fetched by is_running(), not yet received
         self.current: dict[str, Any] | None = None  # received, not yet answered
+        self.message: Message | None = None  # the current item as a Message (receive_message)
         self.last_kind: str | None = None
         self.stopped = False
 
@@ -100,7 +117,7 @@ class _Client:
             if self.mode != "script":
                 raise FlareError("receive() is only available to the script executor")
             reply = self.request({"op": "next"})
-            if reply["op"] == "task":
+            if reply["op"] in ("task", "message"):
                 self.task = reply
             else:
                 self.stopped = True
@@ -155,6 +172,11 @@ def receive() -> FLModel | None:
     client.fetch()
     if client.stopped or client.task is None:
         return None
+    if client.task["op"] == "message":
+        raise FlareError(
+            "a Driver API message is waiting (this is a driver job): read it with "
+            "flare.receive_message() and answer with flare.send_reply()"
+        )
     task, client.task = client.task, None
     client.current = task
     client.last_kind = task["kind"]
@@ -235,14 +257,13 @@ def log_metric(key: str, value: float, step: int | None = None) -> None:
     client = _get()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise FlareError(f"metric {key!r} must be a finite number, got {value!r}")
-    task = client.current or client.task
     client.post(
         {
             "op": "metric",
             "key": str(key),
             "value": float(value),
             "step": None if step is None else int(step),
-            "round": task["round"] if task else None,
+            "round": _round_now(client),
             "time": time.time(),
         }
     )
@@ -261,7 +282,6 @@ def log_record(kind: str, key: str, text: str, step: int | None = None) -> None:
             f"{kind} {key!r} is {len(text)} characters long; at most {MAX_RECORD_CHARS} are "
             "recorded (write longer texts to a file in FLARE_JOB_WORKSPACE)"
         )
-    task = client.current or client.task
     client.post(
         {
             "op": "metric",
@@ -269,9 +289,189 @@ def log_record(kind: str, key: str, text: str, step: int | None = None) -> None:
             "key": str(key),
             "text": text,
             "step": None if step is None else int(step),
-            "round": task["round"] if task else None,
+            "round": _round_now(client),
             "time": time.time(),
         }
+    )
+
+
+def _round_now(client: _Client) -> int | None:
+    """The round of the item being worked on: a task's, or a message's group id when it
+    is a number (the round, as Flower's examples use it)."""
+    item = client.current or client.task
+    if item is None:
+        return None
+    if item["op"] == "task":
+        return int(item["round"])
+    group = item.get("message", {}).get("group_id")
+    return int(group) if isinstance(group, str) and group.isdigit() else None
+
+
+def receive_message() -> Message | None:
+    """The next Driver API message for this site (Flower's ``Message``), or None when the
+    job is over. Answer it with :func:`send_reply`.
+
+    In a job of a built-in workflow (FedAvg, FedOpt) each task arrives as a message too:
+    a ``train`` or ``evaluate`` message whose content holds the global model as the
+    ParametersRecord ``"arrays"`` and the ConfigsRecord ``"config"`` (``server-round``,
+    ``num-rounds``), so a ClientApp serves both kinds of job (docs/driver.md).
+
+    Raises:
+        FlareError: a message is still unanswered, or what arrived is malformed.
+    """
+    client = _get()
+    if client.current is not None:
+        raise FlareError(
+            "receive_message() called twice: answer the current message with send_reply() first"
+        )
+    client.fetch()
+    if client.stopped or client.task is None:
+        return None
+    item, client.task = client.task, None
+    if item["op"] == "task":
+        client.current = item
+        client.last_kind = item["kind"]
+        client.message = _task_message(client, item)
+        return client.message
+    npz = item.get("npz_path")
+    try:
+        message = from_wire(
+            item.get("message"), Path(npz) if npz else None, where=f"message {item['task_id']}"
+        )
+    except MessageError as exc:
+        raw = item.get("message")
+        data = error_reply_wire(
+            raw if isinstance(raw, dict) else {}, 0, f"the message is malformed: {exc.message}"
+        )
+        client.request({"op": "reply", "message_id": item["task_id"], "message": data})
+        raise FlareError(
+            f"a malformed message arrived and was answered with an error: {exc.message}"
+        ) from None
+    client.current = item
+    kind = message.metadata.message_type.split(".", 1)[0]
+    client.last_kind = {"evaluate": "validate"}.get(kind, kind)
+    client.message = message
+    return message
+
+
+def _task_message(client: _Client, task: dict[str, Any]) -> Message:
+    """A built-in workflow's task as a Driver API message (see receive_message)."""
+    model = load_params(task["model_path"], pool=client.buffers) if task.get("model_path") else {}
+    content = RecordSet(
+        {
+            "arrays": ParametersRecord(model),
+            "config": ConfigsRecord(
+                {"server-round": task["round"], "num-rounds": task["total_rounds"]}
+            ),
+        }
+    )
+    metadata = Metadata(
+        run_id=client.job_id,
+        message_id=task["task_id"],
+        src_node_id=DRIVER_NODE_ID,
+        dst_node_id=node_id(client.site),
+        reply_to_message_id="",
+        group_id=str(task["round"]),
+        created_at=time.time(),
+        ttl=0.0,
+        message_type=MessageType.TRAIN if task["kind"] == "train" else MessageType.EVALUATE,
+    )
+    return Message(metadata=metadata, content=content)
+
+
+def send_reply(reply: Message | RecordSet | Error) -> None:
+    """Answer the current message: a reply ``Message`` (``Message(content, reply_to=msg)``),
+    or just its content (a RecordSet) or an ``Error``.
+
+    For a built-in workflow's task (see :func:`receive_message`), a ``train`` reply gives
+    its update as its one ParametersRecord (``"arrays"`` when there are several), its
+    weight as the MetricsRecord entry ``num-examples`` (Flower's key; ``num_examples``
+    too), and optionally ``params-type`` ``"DIFF"`` in a ConfigsRecord; its other numbers
+    are its metrics.
+
+    Raises:
+        FlareError: no message was received, or the site refused the reply.
+        InvalidArgumentError: the reply cannot travel (its JSON is too big).
+    """
+    client = _get()
+    item, message = client.current, client.message
+    if item is None or message is None:
+        raise FlareError(
+            "send_reply() called without a message: call flare.receive_message() first"
+        )
+    if isinstance(reply, RecordSet):
+        reply = message.create_reply(reply)
+    elif isinstance(reply, Error):
+        reply = message.create_error_reply(reply)
+    elif not isinstance(reply, Message):
+        raise FlareError(
+            f"send_reply() takes a Message, a RecordSet or an Error, got {type(reply).__name__}"
+        )
+    if item["op"] == "task":
+        _answer_task(client, item, reply)
+        client.message = None
+        return
+    data, arrays = to_wire(reply)
+    npz = npz_of(arrays)
+    if npz is not None:
+        Path(item["reply_path"]).write_bytes(npz)
+    answer = client.request(
+        {"op": "reply", "message_id": item["task_id"], "message": data, "npz": npz is not None}
+    )
+    if answer["op"] != "ok":
+        raise FlareError(f"the site refused the reply: {answer.get('message', answer)}")
+    client.current = None
+    client.message = None
+
+
+def _answer_task(client: _Client, task: dict[str, Any], reply: Message) -> None:
+    """A reply to a task-as-message, sent as the task's result (see send_reply)."""
+    if reply.has_error():
+        answer = client.request(
+            {
+                "op": "result",
+                "task_id": task["task_id"],
+                "error": f"{reply.error.code}: {reply.error.reason or ''}",
+            }
+        )
+        if answer["op"] != "ok":
+            raise FlareError(f"the site refused the result: {answer.get('message', answer)}")
+        client.current = None
+        return
+    content = reply.content
+    metrics: dict[str, float] = {}
+    num: object = None
+    for metrics_record in content.metrics_records.values():
+        for key, value in metrics_record.items():
+            if key in ("num-examples", "num_examples"):
+                num = value
+            elif isinstance(value, (int, float)):
+                metrics[key] = float(value)
+    if task["kind"] != "train":
+        send(FLModel(metrics=metrics))
+        return
+    records = content.parameters_records
+    record = records.get("arrays") or (next(iter(records.values())) if len(records) == 1 else None)
+    if record is None:
+        raise FlareError(
+            "a training reply needs its update as one ParametersRecord (named 'arrays' when "
+            f"the reply holds several); it holds {sorted(records)}"
+        )
+    params_type = "FULL"
+    for configs in content.configs_records.values():
+        params_type = str(configs.get("params-type", configs.get("params_type", params_type)))
+    if isinstance(num, bool) or not isinstance(num, int):
+        raise FlareError(
+            "a training reply needs its number of examples as an integer in a MetricsRecord "
+            f"under 'num-examples' (the FedAvg weight), got {num!r}"
+        )
+    send(
+        FLModel(
+            params=dict(record),
+            params_type=params_type,
+            metrics=metrics,
+            meta={"num_examples": num},
+        )
     )
 
 

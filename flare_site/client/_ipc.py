@@ -8,9 +8,12 @@ to an ``.npz`` file in the job workspace and names the file the script must writ
 update to, so frames stay small and large models cost one file write each way.
 
 Script -> site: ``hello`` (token, pid), ``next`` (give me a task), ``result`` (task_id,
-params_type, metrics, meta), ``metric`` (key, value, step, round, time; no reply).
+params_type, metrics, meta; or ``error``: the task failed), ``reply`` (message_id, message:
+a Driver API reply's JSON, npz: whether its arrays were written to reply_path), ``metric``
+(key, value, step, round, time; no reply).
 Site -> script: ``welcome``, ``task`` (task_id, kind, round, total_rounds, model_path,
-output_path), ``stop``, ``ok``, ``error`` (message).
+output_path), ``message`` (task_id: the message id, message: its JSON, npz_path: its
+arrays or null, reply_path), ``stop``, ``ok``, ``error`` (message).
 """
 
 from __future__ import annotations

@@ -43,6 +43,8 @@ __all__ = [
     "ExecutorHost",
     "IpcServer",
     "JobContext",
+    "MessageOutcome",
+    "MessageSpec",
     "MetricEvent",
     "MetricSink",
     "TaskSpec",
@@ -108,6 +110,26 @@ class ValidateOutcome:
 
     task_id: str
     metrics: Mapping[str, float]
+
+
+@dataclass(frozen=True)
+class MessageSpec:
+    """A Driver API message for user code: its JSON (:mod:`flare_protocol.message`), its
+    arrays' ``.npz`` (None: none), and where user code writes its reply's arrays."""
+
+    message_id: str
+    message: Mapping[str, Any]
+    npz_path: Path | None
+    reply_path: Path
+
+
+@dataclass(frozen=True)
+class MessageOutcome:
+    """User code's reply: its JSON, and its arrays' ``.npz`` (None: none)."""
+
+    message_id: str
+    reply: Mapping[str, Any]
+    npz_path: Path | None
 
 
 @dataclass(frozen=True)
@@ -383,6 +405,18 @@ class ExecutorHost(abc.ABC):
         Raises:
             ExecutionError: user code crashed or produced an unusable result.
         """
+
+    async def run_message(self, message: MessageSpec) -> MessageOutcome:
+        """Hand a Driver API message to user code; its reply (docs/driver.md). Only a
+        script, which lives for the whole job, takes messages.
+
+        Raises:
+            ExecutionError: this executor takes no messages, or user code failed.
+        """
+        raise ExecutionError(
+            f"the {type(self).__name__} takes no Driver API messages: a driver job needs a "
+            "Client API script (executor 'script') that calls flare.receive_message()"
+        )
 
     @abc.abstractmethod
     async def stop(self, grace: float = 10.0) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 from typing import Any
 
 from flare_protocol.app_config import ScriptExecutorConfig
@@ -24,6 +25,8 @@ from flare_site.executors.base import (
     ExecutorHost,
     IpcServer,
     JobContext,
+    MessageOutcome,
+    MessageSpec,
     MetricSink,
     TaskSpec,
     TrainOutcome,
@@ -77,6 +80,8 @@ class ScriptExecutor(ExecutorHost):
         # Tasks the runtime gave up on (cancelled run_task): not handed out if still
         # queued, and a late result for one is accepted and dropped, not an error.
         self._discarded: set[str] = set()
+        #: Driver API messages handed out and not yet answered: id -> (spec, reply).
+        self._messages: dict[str, tuple[MessageSpec, asyncio.Future[MessageOutcome]]] = {}
 
     @property
     def pids(self) -> list[int]:
@@ -163,9 +168,63 @@ class ScriptExecutor(ExecutorHost):
         future.cancel()
         raise self._exit_error(task)
 
-    def _exit_error(self, task: TaskSpec) -> ExecutionError:
+    async def run_message(self, message: MessageSpec) -> MessageOutcome:
+        if self._proc is None or self._exited is None:
+            raise ExecutionError("the script executor was not started")
+        what = f"{self.config.script} (message {message.message_id})"
+        if self._exited.done() or self._aborted:
+            raise self._exit_error(None, what)
+        future: asyncio.Future[MessageOutcome] = asyncio.get_running_loop().create_future()
+        self._messages[message.message_id] = (message, future)
+        await self._queue.put(
+            {
+                "op": "message",
+                "task_id": message.message_id,
+                "message": dict(message.message),
+                "npz_path": str(message.npz_path) if message.npz_path else None,
+                "reply_path": str(message.reply_path),
+            }
+        )
+        try:
+            waiting: set[asyncio.Future[Any]] = {future, self._exited}
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            self._discarded.add(message.message_id)
+            raise
+        finally:
+            self._messages.pop(message.message_id, None)
+        if future.done():
+            return future.result()
+        future.cancel()
+        raise self._exit_error(None, what)
+
+    def _on_reply(self, frame: dict[str, Any]) -> dict[str, Any]:
+        message_id = str(frame.get("message_id"))
+        entry = self._messages.get(message_id)
+        if entry is None:
+            if message_id in self._discarded:
+                return {"op": "ok"}
+            return {"op": "error", "message": f"no message {message_id[:64]!r} awaits a reply"}
+        spec, future = entry
+        reply = frame.get("message")
+        if not isinstance(reply, dict):
+            return {"op": "error", "message": "a reply's 'message' must be a JSON object"}
+        npz: Path | None = None
+        if frame.get("npz"):
+            npz = spec.reply_path
+            if not npz.is_file():
+                return {"op": "error", "message": f"no arrays were written to {npz.name}"}
+            if npz.stat().st_size > self.ctx.max_model_bytes:
+                cap = self.ctx.max_model_bytes
+                return {"op": "error", "message": f"the reply's arrays exceed {cap} bytes"}
+        if not future.done():
+            future.set_result(MessageOutcome(message_id, reply, npz))
+        return {"op": "ok"}
+
+    def _exit_error(self, task: TaskSpec | None, what: str = "") -> ExecutionError:
         assert self._proc is not None
-        what = f"{self.config.script} ({task.kind} task of round {task.round})"
+        if task is not None:
+            what = f"{self.config.script} ({task.kind} task of round {task.round})"
         if self._aborted:
             return ExecutionError(f"{what} was aborted", aborted=True)
         if self._ended:
@@ -173,7 +232,8 @@ class ScriptExecutor(ExecutorHost):
         code = self._proc.returncode if self._proc.returncode is not None else -1
         tail = self._proc.stderr_tail()
         if code == 0:
-            text = f"{what} exited with code 0 without sending a result (call flare.send())"
+            call = "flare.send()" if task is not None else "flare.send_reply()"
+            text = f"{what} exited with code 0 without sending a result (call {call})"
             return ExecutionError(text, returncode=0, stderr_tail=tail)
         return ExecutionError(describe_exit(what, code, tail), returncode=code, stderr_tail=tail)
 
@@ -191,6 +251,8 @@ class ScriptExecutor(ExecutorHost):
                     return item
         if op == "result":
             return await self._on_result(message)
+        if op == "reply":
+            return self._on_reply(message)
         return {"op": "error", "message": f"unknown request {op!r}"}
 
     async def _on_result(self, message: dict[str, Any]) -> dict[str, Any]:
@@ -201,6 +263,11 @@ class ScriptExecutor(ExecutorHost):
             return {"op": "error", "message": f"no task {message.get('task_id')!r} is waiting"}
         task, future = entry
         where = f"{self.config.script} ({task.kind} task of round {task.round})"
+        if isinstance(message.get("error"), str):  # the script reports the task failed
+            if not future.done():
+                text = message["error"][:8000]
+                future.set_exception(ExecutionError(f"{where} reported an error: {text}"))
+            return {"op": "ok"}
         try:
             metrics = clean_metrics(message.get("metrics", {}), where)
             outcome: TrainOutcome | ValidateOutcome
@@ -227,7 +294,7 @@ class ScriptExecutor(ExecutorHost):
 
     async def stop(self, grace: float = 10.0) -> None:
         if self._proc is not None and self._exited is not None:
-            if self._pending:
+            if self._pending or self._messages:
                 # A task is still out: nobody wants its result, and a script busy with it
                 # (or hung in it) would not ask for the stop. End it now.
                 self._ended = True

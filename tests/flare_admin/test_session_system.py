@@ -174,6 +174,8 @@ CALLS = {
     "get_validations": (JOB,),
     "get_job_summary": (JOB,),
     "get_job_params": (JOB,),
+    "get_job_messages": (JOB,),
+    "get_driver": (JOB,),
     "export_metrics": (JOB, "tb"),
     "download_model": (JOB,),
     "clone_job": (JOB,),

@@ -14,6 +14,8 @@ from flare_protocol.site_topics import (
     BODIES,
     SERVER_TOPICS,
     SITE_TOPICS,
+    DriverMessage,
+    DriverReply,
     JobAbort,
     JobDeploy,
     JobEnd,
@@ -40,6 +42,7 @@ def test_the_allowlists_are_the_documented_topics_of_each_side() -> None:
         "job.abort",
         "job.end",
         "site.command",
+        "driver.message",
     }
     assert {t.value for t in SITE_TOPICS} == {
         "job.status",
@@ -47,6 +50,7 @@ def test_the_allowlists_are_the_documented_topics_of_each_side() -> None:
         "metrics",
         "job.log",
         "site.reply",
+        "driver.reply",
     }
     assert SERVER_TOPICS | SITE_TOPICS == set(SiteTopic)
     assert not SERVER_TOPICS & SITE_TOPICS
@@ -87,6 +91,10 @@ SAMPLES: list[Any] = [
     JobLog("the upload failed"),
     SiteReply({"text": "a\n"}),
     SiteReply(error={"type": "InvalidArgumentError", "message": "bad path"}),
+    DriverMessage({"message_id": "m1", "message_type": "train"}, 30.0),
+    DriverMessage({"message_id": "m1"}, 1.5, "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="),
+    DriverReply("m1", {"message_id": "", "error": {"code": 2, "reason": "boom"}}),
+    DriverReply("m1", {"message_id": ""}, "UEsFBgAAAAAAAAAAAAAAAAAAAAAAAA=="),
 ]
 
 
@@ -183,6 +191,10 @@ def test_defaults_fill_optional_keys() -> None:
         (TrainTask, '{"round": 1}', "task.train: the body has no 'task_id'"),
         (SiteCommand, '{"command": ["ls"]}', "site.command: 'command' must be a string"),
         (SiteReply, '{"error": "boom"}', "site.reply: 'error' must be a JSON object"),
+        (DriverMessage, '{"ttl_left": 3}', "driver.message: the body has no 'message'"),
+        (DriverMessage, '{"message": {}, "npz_b64": 3}', "'npz_b64' must be a string or null"),
+        (DriverReply, '{"message": {}}', "driver.reply: the body has no 'reply_to'"),
+        (DriverReply, '{"reply_to": "m", "message": 1}', "'message' must be a JSON object"),
     ],
 )
 def test_a_malformed_body_is_a_message_error_naming_topic_and_key(

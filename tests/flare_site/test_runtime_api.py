@@ -36,4 +36,5 @@ def test_the_server_may_send_only_the_documented_topics() -> None:
         "job.abort",
         "job.end",
         "site.command",
+        "driver.message",
     }

@@ -18,6 +18,26 @@ from flare_site.executors.base import IpcServer
 def test_the_public_api_is_pinned() -> None:
     assert sorted(flare.__all__) == sorted(
         [
+            # Driver API messages (docs/driver.md), with Flower's names
+            "Array",
+            "ArrayRecord",
+            "ClientApp",
+            "ConfigRecord",
+            "ConfigsRecord",
+            "Context",
+            "Error",
+            "ErrorCode",
+            "Message",
+            "MessageType",
+            "Metadata",
+            "MetricRecord",
+            "MetricsRecord",
+            "ParametersRecord",
+            "RecordDict",
+            "RecordSet",
+            "receive_message",
+            "send_reply",
+            # the Client API
             "FLModel",
             "MLflowWriter",
             "ParamsType",

@@ -140,6 +140,7 @@ CASES: dict[str, tuple[str, Check]] = {
     "validations": ("validations {job}", _validations),
     "summary": ("summary {job}", _summary),
     "params": ("params {job} --kind param", lambda r, j: r["job_id"] == j and r["rows"] == []),
+    "messages": ("messages {job}", lambda r, j: r["job_id"] == j and r["rows"] == []),
     "export_metrics": ("export_metrics {job} {dest}/tb", _message),
     "show_stats": ("show_stats {job} all", _targets),
     "show_errors": ("show_errors {job} server", _targets),

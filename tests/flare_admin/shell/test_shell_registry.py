@@ -22,6 +22,8 @@ NOT_A_COMMAND = {
     "startup_kit_location": "shown by info",
     "state": "the shell's session is open while it runs",
     "timeout": "shown by info; changed by set_timeout",
+    "get_driver": "returns a Driver object to program against (docs/driver.md); the shell "
+    "shows a driver job's messages with 'messages'",
 }
 
 
