@@ -126,7 +126,7 @@ class SessionBase:
         """What a failed watch ends with: ``timed_out`` when its own deadline ran out (a
         return code, or an exception for the caller to raise); any other failure is
         raised, mapped."""
-        if watch.limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+        if watch.limit and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
             return timed_out
         raise self._map(exc, watch.action, watch.job_id) from exc
 

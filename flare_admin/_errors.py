@@ -46,7 +46,7 @@ _HANDSHAKE_HINTS = ("ssl", "tls", "handshake", "certificate", "socket closed", "
 
 def _code(exc: grpc.RpcError) -> grpc.StatusCode:
     try:
-        code = exc.code()  # type: ignore[attr-defined]
+        code = exc.code()
     except Exception:  # a bare RpcError without a status
         return grpc.StatusCode.UNKNOWN
     return code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
@@ -54,7 +54,7 @@ def _code(exc: grpc.RpcError) -> grpc.StatusCode:
 
 def _details(exc: grpc.RpcError) -> str:
     try:
-        text = exc.details()  # type: ignore[attr-defined]
+        text = exc.details()
     except Exception:
         return ""
     return text or ""
@@ -62,7 +62,7 @@ def _details(exc: grpc.RpcError) -> str:
 
 def _trailer(exc: grpc.RpcError) -> object:
     try:
-        return exc.trailing_metadata()  # type: ignore[attr-defined]
+        return exc.trailing_metadata()
     except Exception:
         return None
 

@@ -291,4 +291,4 @@ class JobUpload:
 
 def _zip_time(mtime: float) -> tuple[int, int, int, int, int, int]:
     t = time.gmtime(mtime)[:6]
-    return max(t, _MIN_ZIP_TIME)  # type: ignore[return-value]
+    return max(t, _MIN_ZIP_TIME)

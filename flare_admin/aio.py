@@ -80,7 +80,7 @@ class _WriteRace(Exception):
 
 def _is_write_race(exc: grpc.RpcError) -> bool:
     try:
-        code, details = exc.code(), exc.details() or ""  # type: ignore[attr-defined]
+        code, details = exc.code(), exc.details() or ""
     except Exception:
         return False
     return code is grpc.StatusCode.INTERNAL and "Internal error from Core" in details

@@ -128,10 +128,10 @@ class _DictLike(_Record):
                 if f.compare
             )
         if isinstance(other, Mapping) and not isinstance(other, _Record):
-            return self.to_dict() == _plain(other)
+            return bool(self.to_dict() == _plain(other))
         return NotImplemented
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
 
 class _Document(_Record):

@@ -6,6 +6,8 @@ project's root CA as the only trust anchor.
 
 from __future__ import annotations
 
+import os
+
 import grpc
 
 from flare_protocol.kit import Kit
@@ -16,7 +18,7 @@ CHUNK_SIZE = 1024 * 1024
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
-def _read(path) -> bytes:  # type: ignore[no-untyped-def]
+def _read(path: str | os.PathLike[str]) -> bytes:
     with open(path, "rb") as fh:
         return fh.read()
 

@@ -22,7 +22,7 @@ import io
 import struct
 import zipfile
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, cast
 
 import numpy as np
 
@@ -97,8 +97,10 @@ def view_params(
     Raises:
         InvalidModel: as :func:`array_regions`.
     """
+    # A raw file is a binary file for zipfile (read, seek, tell); typeshed types them apart.
+    reader = cast(IO[bytes], _MemoryFile(buffer))
     regions = array_regions(
-        _MemoryFile(buffer), len(buffer), max_bytes=max_bytes, max_arrays=max_arrays, where=where
+        reader, len(buffer), max_bytes=max_bytes, max_arrays=max_arrays, where=where
     )
     if regions is None:
         return None
@@ -160,7 +162,7 @@ def _member_start(fh: IO[bytes], member: zipfile.ZipInfo, size: int, where: str)
     start = offset + _LOCAL_HEADER.size + name_len + extra_len
     if member.compress_size != member.file_size or start + member.file_size > size:
         raise InvalidModel(f"{where}: member {member.filename!r} is truncated", path=where)
-    return start
+    return int(start)
 
 
 def _array_region(fh: IO[bytes], name: str, start: int, length: int, where: str) -> ArrayRegion:

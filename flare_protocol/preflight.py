@@ -33,6 +33,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import NameOID
 
 from flare_protocol.errors import (
@@ -92,8 +93,8 @@ def _load_cert(path: Path, data: bytes) -> x509.Certificate:
         raise KitError(f"{path} is not a PEM certificate: {exc}", path=str(path)) from exc
 
 
-def _spki(public_key: object) -> bytes:
-    return public_key.public_bytes(  # type: ignore[attr-defined, no-any-return]
+def _spki(public_key: PublicKeyTypes) -> bytes:
+    return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
 

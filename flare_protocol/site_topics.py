@@ -220,7 +220,7 @@ class _Body:
 
     def to_dict(self) -> dict[str, Any]:
         """The body as the JSON object it travels as."""
-        return asdict(self)  # type: ignore[call-overload, no-any-return]
+        return asdict(self)  # type: ignore[call-overload, no-any-return]  # bodies are dataclasses
 
     def to_json(self) -> str:
         """The body's wire text (compact JSON)."""

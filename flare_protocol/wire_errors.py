@@ -41,7 +41,7 @@ STATUS_CODES: dict[type[errors.APIError], grpc.StatusCode] = {
 def status_code_for(exc: errors.APIError) -> grpc.StatusCode:
     """The gRPC status code an API error is reported with."""
     for cls in type(exc).__mro__:
-        code = STATUS_CODES.get(cls)  # type: ignore[arg-type]
+        code = STATUS_CODES.get(cls)
         if code is not None:
             return code
     return grpc.StatusCode.UNKNOWN

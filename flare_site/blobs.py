@@ -87,9 +87,9 @@ def _finish(tmp: Path, dest: Path, durable: bool) -> None:
 
 
 def _failed(what: str, exc: grpc.RpcError) -> BlobError:
-    code = exc.code()  # type: ignore[attr-defined]
+    code = exc.code()
     return BlobError(
-        f"{what} failed: {code.name}: {exc.details()}",  # type: ignore[attr-defined]
+        f"{what} failed: {code.name}: {exc.details()}",
         retryable=code in _RETRYABLE,
     )
 

@@ -256,7 +256,7 @@ class State:
                                      path=str(path)) from None
             self._bundles[record.bundle] = bundle
         try:
-            return bundle[record.serial]  # type: ignore[no-any-return]
+            return bundle[record.serial]
         except KeyError:
             raise ProvisionError(
                 f"{path}: has no certificate {record.serial} for {record.name}", path=str(path)

@@ -29,6 +29,14 @@ _IMPORT = re.compile(r"^import (\w+_pb2) as (\w+)$", re.MULTILINE)
 _FROM_IMPORT = re.compile(r"^(from) (\w+_pb2) (import .*)$", re.MULTILINE)
 
 
+def _plugin(name: str) -> str:
+    """A protoc plugin installed beside this interpreter (the dev extra's mypy-protobuf)."""
+    found = Path(sys.executable).parent / name
+    if not found.is_file():
+        raise SystemExit(f"{name} is missing: install the dev extra (pip install -e '.[dev]')")
+    return str(found)
+
+
 def generate(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     protos = sorted(str(p.name) for p in PROTO_DIR.glob("*.proto"))
@@ -40,6 +48,9 @@ def generate(out: Path) -> None:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
+        # type stubs of the service modules (mypy-protobuf), so stubs and servicers are checked
+        f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
+        f"--mypy_grpc_out=quiet:{out}",
         *protos,
     ]
     if protoc.main(args) != 0:

@@ -185,7 +185,7 @@ def _check_placement(zf: zipfile.ZipFile, zip_path: Path, files: list[zipfile.Zi
     """Every entry's local header is where the central directory says, names the same
     file, and its data lies inside the archive without overlapping the next entry."""
     entries = sorted(files, key=lambda i: i.header_offset)
-    end_of_data = zf.start_dir  # type: ignore[attr-defined]
+    end_of_data = zf.start_dir
     with open(zip_path, "rb") as fh:
         for n, info in enumerate(entries):
             name = info.orig_filename

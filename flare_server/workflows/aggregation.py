@@ -83,8 +83,10 @@ def accumulator_dtype(dtype: np.dtype) -> np.dtype:
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Cast an accumulator back to a model dtype, rounding for integer and bool arrays."""
     if dtype.kind in "biu":
-        return np.rint(values.real).astype(dtype)
-    return values.astype(dtype)
+        rounded: np.ndarray = np.rint(values.real).astype(dtype)
+        return rounded
+    cast: np.ndarray = values.astype(dtype)
+    return cast
 
 
 def check_update(global_model: Params, update: ModelUpdate, site: str) -> None:
