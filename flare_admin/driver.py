@@ -60,7 +60,7 @@ def connect_request(job_id: str) -> Any:
 
 def connect_failed(exc: grpc.RpcError, session: Any, job_id: str, limit: float | None) -> Exception:
     """``get_driver``'s error: JobTimeout when the job did not run within ``limit``."""
-    if limit is not None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+    if limit is not None and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         return JobTimeout(
             f"job {job_id} did not run within {limit:g} s: get_driver waits until a driver job "
             "runs (is it waiting for its sites? see get_job_meta(job_id).schedule_reason)",
@@ -214,7 +214,7 @@ class Driver(_DriverBase):
                     out.append(message)
             reader.finish()
         except grpc.RpcError as exc:
-            if wait and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            if wait and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return out  # the caller's timeout: the replies that arrived
             raise session._map(exc, action, self.job_id) from exc
         finally:
@@ -323,7 +323,7 @@ class AsyncDriver(_DriverBase):
                     out.append(message)
             reader.finish()
         except grpc.RpcError as exc:
-            if wait and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+            if wait and exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
                 return out
             raise session._map(exc, action, self.job_id) from exc
         finally:

@@ -101,7 +101,7 @@ def _ndarray(key: str, value: object) -> np.ndarray:
     elif isinstance(value, np.ndarray):
         array = value
     elif hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
-        array = np.asarray(value.detach().cpu().numpy())  # type: ignore[attr-defined]
+        array = np.asarray(value.detach().cpu().numpy())
     elif isinstance(value, (bool, int, float, complex, np.generic, list, tuple)):
         array = np.asarray(value)
     else:
@@ -152,7 +152,7 @@ class _Record(MutableMapping[str, V], Generic[V]):
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._equal(other)  # type: ignore[arg-type]
+        return self._equal(other)
 
     def _equal(self, other: _Record[V]) -> bool:
         return self._data == other._data
@@ -234,7 +234,7 @@ class MetricsRecord(_Record[MetricValue]):
         if isinstance(value, np.ndarray) and value.ndim == 1:
             value = value.tolist()
         if isinstance(value, (list, tuple)):
-            return [_number(key, v, "metric") for v in value]  # type: ignore[return-value]
+            return [_number(key, v, "metric") for v in value]
         return _number(key, value, "metric")
 
 

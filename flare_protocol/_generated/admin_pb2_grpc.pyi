@@ -58,6 +58,28 @@ class AdminStub:
     round 0 = the final global_model.npz; round N >= 1 = the model after round N.
     """
     GetConnectedSites: _grpc.UnaryUnaryMultiCallable[_common_pb2.Empty, _admin_pb2.SitesReply]
+    DriverConnect: _grpc.UnaryUnaryMultiCallable[_admin_pb2.JobRequest, _admin_pb2.DriverInfo]
+    """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
+    (its submitter, or a role that may manage it) who sends messages to the job's sites and
+    gets their replies; the server relays them, enforces TTLs and runs no user code.
+    Waits (up to the call's deadline) until the job runs; its sites and settings.
+    """
+    DriverPush: _grpc.StreamUnaryMultiCallable[_admin_pb2.DriverPushItem, _admin_pb2.DriverPushReply]
+    """A DriverPushStart, then the arrays of the messages that do not travel inline (each a
+    transfer: a TransferChunk header named by its SHA-256, then its data), then one
+    message_json per message. The reply gives the ids of the messages, in order.
+    """
+    DriverReplies: _grpc.UnaryStreamMultiCallable[_admin_pb2.DriverRepliesRequest, _admin_pb2.DriverRepliesItem]
+    """The replies to the given messages that arrived, then, with wait, each one the moment
+    it arrives, until every message has its reply (an error reply when its site is gone
+    or its TTL ended). A reply is its reply_json, then, unless inline, its arrays as a
+    transfer (a TransferChunk header, then data).
+    """
+    DriverFinish: _grpc.StreamUnaryMultiCallable[_common_pb2.TransferChunk, _admin_pb2.JobReply]
+    """Ends the job: a TransferChunk header (params: job_id, status COMPLETED | FAILED |
+    ABORTED, reason), then the final global model's .npz (size 0: none). Returns the
+    final meta once the job's result folder is complete.
+    """
     Command: _grpc.UnaryUnaryMultiCallable[_admin_pb2.CommandRequest, _admin_pb2.CommandReply]
     """Everything else (stats, errors, target file commands, shutdown, restart ...) is a
     named command with JSON arguments and a JSON result; see flare_server.commands.
@@ -92,6 +114,28 @@ class AdminAsyncStub(AdminStub):
     round 0 = the final global_model.npz; round N >= 1 = the model after round N.
     """
     GetConnectedSites: _aio.UnaryUnaryMultiCallable[_common_pb2.Empty, _admin_pb2.SitesReply]  # type: ignore[assignment]
+    DriverConnect: _aio.UnaryUnaryMultiCallable[_admin_pb2.JobRequest, _admin_pb2.DriverInfo]  # type: ignore[assignment]
+    """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
+    (its submitter, or a role that may manage it) who sends messages to the job's sites and
+    gets their replies; the server relays them, enforces TTLs and runs no user code.
+    Waits (up to the call's deadline) until the job runs; its sites and settings.
+    """
+    DriverPush: _aio.StreamUnaryMultiCallable[_admin_pb2.DriverPushItem, _admin_pb2.DriverPushReply]  # type: ignore[assignment]
+    """A DriverPushStart, then the arrays of the messages that do not travel inline (each a
+    transfer: a TransferChunk header named by its SHA-256, then its data), then one
+    message_json per message. The reply gives the ids of the messages, in order.
+    """
+    DriverReplies: _aio.UnaryStreamMultiCallable[_admin_pb2.DriverRepliesRequest, _admin_pb2.DriverRepliesItem]  # type: ignore[assignment]
+    """The replies to the given messages that arrived, then, with wait, each one the moment
+    it arrives, until every message has its reply (an error reply when its site is gone
+    or its TTL ended). A reply is its reply_json, then, unless inline, its arrays as a
+    transfer (a TransferChunk header, then data).
+    """
+    DriverFinish: _aio.StreamUnaryMultiCallable[_common_pb2.TransferChunk, _admin_pb2.JobReply]  # type: ignore[assignment]
+    """Ends the job: a TransferChunk header (params: job_id, status COMPLETED | FAILED |
+    ABORTED, reason), then the final global model's .npz (size 0: none). Returns the
+    final meta once the job's result folder is complete.
+    """
     Command: _aio.UnaryUnaryMultiCallable[_admin_pb2.CommandRequest, _admin_pb2.CommandReply]  # type: ignore[assignment]
     """Everything else (stats, errors, target file commands, shutdown, restart ...) is a
     named command with JSON arguments and a JSON result; see flare_server.commands.
@@ -201,6 +245,52 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.Empty,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SitesReply, _abc.Awaitable[_admin_pb2.SitesReply]]: ...
+
+    @_abc_1.abstractmethod
+    def DriverConnect(
+        self,
+        request: _admin_pb2.JobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DriverInfo, _abc.Awaitable[_admin_pb2.DriverInfo]]:
+        """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
+        (its submitter, or a role that may manage it) who sends messages to the job's sites and
+        gets their replies; the server relays them, enforces TTLs and runs no user code.
+        Waits (up to the call's deadline) until the job runs; its sites and settings.
+        """
+
+    @_abc_1.abstractmethod
+    def DriverPush(
+        self,
+        request_iterator: _MaybeAsyncIterator[_admin_pb2.DriverPushItem],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.DriverPushReply, _abc.Awaitable[_admin_pb2.DriverPushReply]]:
+        """A DriverPushStart, then the arrays of the messages that do not travel inline (each a
+        transfer: a TransferChunk header named by its SHA-256, then its data), then one
+        message_json per message. The reply gives the ids of the messages, in order.
+        """
+
+    @_abc_1.abstractmethod
+    def DriverReplies(
+        self,
+        request: _admin_pb2.DriverRepliesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_admin_pb2.DriverRepliesItem], _abc.AsyncIterator[_admin_pb2.DriverRepliesItem]]:
+        """The replies to the given messages that arrived, then, with wait, each one the moment
+        it arrives, until every message has its reply (an error reply when its site is gone
+        or its TTL ended). A reply is its reply_json, then, unless inline, its arrays as a
+        transfer (a TransferChunk header, then data).
+        """
+
+    @_abc_1.abstractmethod
+    def DriverFinish(
+        self,
+        request_iterator: _MaybeAsyncIterator[_common_pb2.TransferChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.JobReply, _abc.Awaitable[_admin_pb2.JobReply]]:
+        """Ends the job: a TransferChunk header (params: job_id, status COMPLETED | FAILED |
+        ABORTED, reason), then the final global model's .npz (size 0: none). Returns the
+        final meta once the job's result folder is complete.
+        """
 
     @_abc_1.abstractmethod
     def Command(
