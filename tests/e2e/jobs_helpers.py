@@ -257,6 +257,28 @@ class Cluster:
         if failures and not any(exc):
             raise AssertionError("site shutdown failed:\n" + "\n".join(failures))
 
+    def ready(self) -> Cluster:
+        """Bring a shared cluster back to its start state, whatever an earlier test did:
+        stopped or exited sites running and connected again, no job still running, no
+        user process left. Tests sharing a cluster call it first, so that none depends on
+        what ran before it."""
+        import signal
+
+        for site in self.site_names:
+            proc = self.sites[site]
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
+            else:
+                kill_pids(self.site_job_pids(site))  # a killed site could not clean up
+                proc.close()
+                self.start_site(site)
+        self.wait_connected(self.site_names)
+        for meta in self.session.list_jobs():
+            if not str(meta["status"]).startswith("FINISHED"):
+                self.session.abort_job(meta.job_id)
+        wait_until(lambda: not any(self.site_job_pids(s) for s in self.site_names), 20)
+        return self
+
     def start_site(self, site: str) -> SiteProcess:
         address = self.relay.address if self.relay else self.server.site_address
         proc = SiteProcess(self.kits[site], address)
