@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,3 +70,19 @@ def provisioned(
     from provisioning import provision
 
     return provision(project_yml, tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that leaves the admin library's logger changed (its level or handlers, e.g.
+    ``new_secure_session(debug=True)`` outside ``caplog.at_level``) fails, and the change
+    is undone, so that it cannot turn DEBUG on for every later test."""
+    logger = logging.getLogger("flare_admin")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    left = (logger.level, list(logger.handlers))
+    logger.setLevel(level)
+    for handler in left[1]:
+        if handler not in handlers:
+            logger.removeHandler(handler)
+    assert left == (level, handlers), f"the test left the flare_admin logger at {left}"

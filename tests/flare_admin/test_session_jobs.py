@@ -391,7 +391,8 @@ def test_download_into_a_missing_folder_is_invalid_argument(session, server, job
 def test_a_list_too_big_for_one_reply_is_fetched_in_parts(
     open_session, admin_kit, server, job_folder, caplog
 ):
-    session = open_session(ADMIN, admin_kit, debug=True)
+    with caplog.at_level("DEBUG", logger="flare_admin"):  # restores the level afterwards
+        session = open_session(ADMIN, admin_kit, debug=True)
     first = session.submit_job(job_folder)
     store = server.server.store
     submitter = store.get(first).to_dict()
