@@ -16,10 +16,19 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 # Stale stubs and lint errors fail the suite too; pytest exits non-zero (5) on no tests.
+# The suite runs in random order (pytest-randomly: the seed is in pytest's header, and
+# repeated after a failure) under branch coverage of every Python process it starts
+# (pyproject.toml [tool.coverage.run]); the total is printed last, per file in
+# .coverage-data/report.txt.
+COV := FLARE_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/coverage
 test: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	$(COV) run -m pytest
+	$(COV) combine -q
+	$(COV) report > .coverage-data/report.txt
+	@echo "Branch coverage, server and site processes included: $$($(COV) report --format=total) % (per file: .coverage-data/report.txt)"
 
 bench: $(STAMP)
 	$(PY) bench/run.py

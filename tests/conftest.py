@@ -72,6 +72,18 @@ def provisioned(
     return provision(project_yml, tmp_path_factory.mktemp("workspace"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_ipc_folder_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every job's IPC folder (in the temporary directory, recorded by a link in the job's
+    folder) is gone when the suite ends: the suite leaves no ``flare-ipc-*`` behind."""
+    yield
+    from flare_site.executors.base import IPC_RECORD
+
+    base = tmp_path_factory.getbasetemp()
+    left = [p for p in base.rglob(IPC_RECORD) if p.is_symlink() and p.resolve().is_dir()]
+    assert not left, f"IPC folders left behind: {[str(p.resolve()) for p in left]}"
+
+
 @pytest.fixture(autouse=True)
 def _logging_left_as_found() -> Iterator[None]:
     """A test that leaves the admin library's logger changed (its level or handlers, e.g.
@@ -86,3 +98,15 @@ def _logging_left_as_found() -> Iterator[None]:
         if handler not in handlers:
             logger.removeHandler(handler)
     assert left == (level, handlers), f"the test left the flare_admin logger at {left}"
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """After a failure, the line that replays this run's random test order."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if exitstatus != 0 and isinstance(seed, int):
+        terminalreporter.write_line(
+            f"tests ran in random order: replay it with the same arguments and "
+            f"--randomly-seed={seed}"
+        )
