@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,6 +51,15 @@ participants:
     org: org_b
     role: member
 """
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C must work in the processes the tests start and interrupt with SIGINT. A suite
+    started in the background by a shell without job control (``cmd &`` in a script)
+    inherits SIGINT *ignored*, and so would every child (Python then installs no
+    KeyboardInterrupt handler): give the test process Python's own handler back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
