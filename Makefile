@@ -26,9 +26,10 @@ test: $(STAMP)
 # Branch coverage of the suite and of every Python process it starts (servers, sites,
 # CLIs: pyproject.toml [tool.coverage.run]); the total is printed last, per file in
 # .coverage-data/report.txt, and the target fails when a test fails. Not part of
-# `make test`: measured on this 2-core VM, it makes the suite about 40 % slower (4.5 to 5
-# minutes become 6.5 to 7 when other work shares the box), too close to the 10-minute
-# budget.
+# `make test`: on this shared 2-core VM it makes the suite 15 to 30 % slower (3.9 to 4.4
+# minutes became 5.0 in the same hour, 6.8 to 7.1 when other work loaded the box), and
+# the `flare admin`-in-a-terminal test does not pass under it yet (its pty child prints
+# nothing in time): a suite must not fail because it is measured.
 COV := FLARE_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/coverage
 coverage: $(STAMP)
 	rm -rf .coverage-data && mkdir -p .coverage-data
