@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench proto proto-check lint typecheck clean
+.PHONY: demo test coverage bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,27 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 # Stale stubs and lint errors fail the suite too; pytest exits non-zero (5) on no tests.
+# The suite runs in random order (pytest-randomly: the seed is in pytest's header and is
+# repeated after a failure; `pytest --randomly-seed=N` replays that order).
 test: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
+
+# Branch coverage of the suite and of every Python process it starts (servers, sites,
+# CLIs: pyproject.toml [tool.coverage.run]); the total is printed last, per file in
+# .coverage-data/report.txt, and the target fails when a test fails. Not part of
+# `make test`: on this shared 2-core VM it makes the suite 15 to 30 % slower (3.9 to 4.4
+# minutes became 5.0 in the same hour, 6.8 to 7.1 when other work loaded the box), and
+# the `flare admin`-in-a-terminal test does not pass under it yet (its pty child prints
+# nothing in time): a suite must not fail because it is measured.
+COV := FLARE_COVERAGE_DIR=$(CURDIR)/.coverage-data $(VENV)/bin/coverage
+coverage: $(STAMP)
+	rm -rf .coverage-data && mkdir -p .coverage-data
+	$(COV) run -m pytest; status=$$?; \
+	$(COV) combine -q && $(COV) report > .coverage-data/report.txt && \
+	echo "Branch coverage, server and site processes included: $$($(COV) report --format=total) % (per file: .coverage-data/report.txt)"; \
+	exit $$status
 
 bench: $(STAMP)
 	$(PY) bench/run.py
@@ -39,4 +56,4 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin flare_cli flare_job
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .coverage-data

@@ -81,7 +81,7 @@ def prepare(
         raise InvalidArgumentError(
             f"startup_kit_location must be a path, got {startup_kit_location!r}"
         ) from exc
-    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
+    _malloc.tune_if_requested()  # a user's process: malloc is theirs unless they opt in
     kit = load_kit(location, ParticipantType.ADMIN)
     check_kit(kit, username=username)
     address = server_address or kit.server_address(kit.server.admin_port)

@@ -14,9 +14,16 @@ size), keeps freed heap memory for reuse instead of trimming it (``M_TRIM_THRESH
 and caps the number of arenas, so that buffers freed by one gRPC thread are reused by
 another instead of each thread's arena holding its own freed megabytes
 (``M_ARENA_MAX``). Peak RSS stays below what the defaults reach (the heap is reused,
-not grown). It is called once at start by the server, the site and the admin Session;
-it is a no-op (returning False) on anything but Linux with glibc, and when the
-environment sets ``FLARE_MALLOC_TUNING=0``.
+not grown).
+
+The settings hold for the whole process, so they are applied only in processes we own:
+the ``flare server`` and ``flare site`` daemons call :func:`tune` at start. A Session
+(in a user's notebook) and the Client API (in a user's training script) call
+:func:`tune_if_requested`, which changes nothing unless the user asks for it.
+``FLARE_MALLOC_TUNING`` decides: unset, the daemons tune and other processes do not;
+``1`` tunes every flare process (a script or notebook that moves big models may want
+it); ``0`` tunes none. Either way it is a no-op (returning False) on anything but Linux
+with glibc.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ import os
 import sys
 import threading
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "ARENA_MAX", "tune"]
+__all__ = [
+    "ARENA_MAX",
+    "ENV",
+    "MMAP_THRESHOLD",
+    "TRIM_THRESHOLD",
+    "applied",
+    "tune",
+    "tune_if_requested",
+]
 
 # mallopt parameter numbers from glibc's <malloc.h>
 _M_TRIM_THRESHOLD = -1
@@ -41,12 +56,21 @@ TRIM_THRESHOLD = 64 * 1024 * 1024
 #: At most this many malloc arenas (glibc's default is 8 per core).
 ARENA_MAX = 2
 
+#: The environment variable that turns the tuning on (``1``) or off (``0``) everywhere.
+ENV = "FLARE_MALLOC_TUNING"
+
 _lock = threading.Lock()
 _result: bool | None = None
 
 
 def tune() -> bool:
-    """Apply the settings once per process; True when glibc accepted all of them."""
+    """Apply the settings once per process, unless ``FLARE_MALLOC_TUNING=0``.
+
+    For the daemons (``flare server``, ``flare site``). Returns True when glibc accepted
+    all of them.
+    """
+    if os.environ.get(ENV) == "0":
+        return False
     global _result
     with _lock:
         if _result is None:
@@ -54,20 +78,35 @@ def tune() -> bool:
         return _result
 
 
-def _apply() -> bool:
-    if os.environ.get("FLARE_MALLOC_TUNING", "1") == "0" or not sys.platform.startswith("linux"):
+def tune_if_requested() -> bool:
+    """Apply the settings only when ``FLARE_MALLOC_TUNING=1``: for processes users own."""
+    return os.environ.get(ENV) == "1" and tune()
+
+
+def applied() -> bool:
+    """True when this process's malloc settings were changed by :func:`tune`."""
+    return bool(_result)
+
+
+_SETTINGS = (
+    (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+    (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+    (_M_ARENA_MAX, ARENA_MAX),
+)
+
+
+def _apply(library: str | None = None, settings: tuple[tuple[int, int], ...] = _SETTINGS) -> bool:
+    """``mallopt`` each (parameter, value) through ``library`` (the C library by default);
+    False when the library is not glibc or refuses a value (the seams the tests use)."""
+    if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        name = library or ctypes.util.find_library("c") or "libc.so.6"
+        libc = ctypes.CDLL(name, use_errno=True)
         mallopt = libc.mallopt
         libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (musl's mallopt is a stub)
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    settings = (
-        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-        (_M_TRIM_THRESHOLD, TRIM_THRESHOLD),
-        (_M_ARENA_MAX, ARENA_MAX),
-    )
     return all(mallopt(param, value) == 1 for param, value in settings)

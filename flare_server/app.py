@@ -441,11 +441,15 @@ class Server:
         )
 
     def _install_logging(self) -> None:
+        from flare_server import log_owner
+
         logger = logging.getLogger("flare_server")
         logger.setLevel(self.settings.log_level.upper())
         handler = logging.FileHandler(self.workspace / "logs" / "server.log", encoding="utf-8")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         errors_handler = _ErrorLog(self.errors)
+        log_owner.claim(self)  # another Server in this process must not get our records
         for h in (handler, errors_handler):
+            h.addFilter(log_owner.OwnRecords(self))
             logger.addHandler(h)
             self._log_handlers.append(h)

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import logging
 import random
 import shutil
@@ -41,7 +40,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -49,9 +48,8 @@ import grpc
 
 from flare_protocol._generated import site_pb2, site_pb2_grpc
 from flare_protocol.credentials import channel_credentials, channel_options
-from flare_protocol.errors import ExecutionError, KitError, MessageError
+from flare_protocol.errors import ExecutionError, MessageError
 from flare_protocol.kit import Kit
-from flare_protocol.known_keys import unknown_keys
 from flare_protocol.message import (
     INLINE_NPZ_BYTES,
     ErrorCode,
@@ -94,149 +92,14 @@ from flare_site.jobs import (
     describe_error,
     task_result_body,
 )
+from flare_site.settings import SiteSettings, load_site_settings
 from flare_site.task_ledger import SentResult, TaskLedger
 
 __all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
 
 log = logging.getLogger("flare_site")
 
-RESOURCES = "resources.json"
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SiteSettings:
-    """How a site connects and what it runs (``local/settings.json``, resources, flags)."""
-
-    server_address: str
-    """``host:port`` of the server's site endpoint."""
-    workspace: Path
-    """Site workspace: ``jobs/<job_id>/`` and ``logs/site.log`` live here."""
-    max_jobs: int = 1
-    """Jobs run at once (``max_concurrent_jobs`` in ``local/resources.json``)."""
-    log_level: str = "INFO"
-    heartbeat_interval: float = 5.0
-    """Used only when the server's Register reply gives none."""
-    heartbeat_timeout: float = 30.0
-    """Used only when the server's Register reply gives none."""
-    connect_timeout: float = 10.0
-    """Seconds a Register may take before the attempt counts as failed."""
-    reconnect_initial: float = 1.0
-    """First back-off delay after a failed or lost connection (seconds)."""
-    reconnect_max: float = 30.0
-    """Longest back-off delay."""
-    stop_grace: float = 10.0
-    """Seconds an idle Client API script gets to exit at ``job.end`` before its group is
-    killed (a task still running then is killed at once)."""
-    max_outbox: int = 10_000
-    """Outgoing messages kept while disconnected; the oldest are dropped beyond it."""
-    transfer_timeout: float = 3600.0
-    """Seconds one blob download or upload may take."""
-    python_env_builds: bool = True
-    """Build the virtualenvs compute packages ask for (``python_env``); False: only those
-    built already may be used, and a job needing another fails at once."""
-    python_env_dir: str = "envs"
-    """Where those virtualenvs live; relative to the workspace. Sites may share one."""
-    python_env_pip_options: tuple[str, ...] = ()
-    """Added to every ``pip install`` of an environment (index, find-links, proxy)."""
-    python_env_system_site_packages: bool = False
-    """Environments also see the packages installed for the site's own Python."""
-
-    def replace(self, **changes: Any) -> SiteSettings:
-        return replace(self, **changes)
-
-
-_SETTING_KEYS: dict[str, tuple[str, type]] = {
-    "log_level": ("log_level", str),
-    "heartbeat_interval_s": ("heartbeat_interval", float),
-    "heartbeat_timeout_s": ("heartbeat_timeout", float),
-    "connect_timeout_s": ("connect_timeout", float),
-    "reconnect_initial_s": ("reconnect_initial", float),
-    "reconnect_max_s": ("reconnect_max", float),
-    "stop_grace_s": ("stop_grace", float),
-    "python_env_builds": ("python_env_builds", bool),
-    "python_env_dir": ("python_env_dir", str),
-    "python_env_pip_options": ("python_env_pip_options", tuple),
-    "python_env_system_site_packages": ("python_env_system_site_packages", bool),
-}
-#: Every key a site's ``local/settings.json`` may hold (others are named in a warning).
-SETTINGS_KEYS = frozenset({*_SETTING_KEYS, "server_address"})
-
-
-def _read_json_object(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(f"cannot read {path}: {exc}", path=str(path)) from None
-    if not isinstance(data, dict):
-        raise KitError(f"{path} must hold a JSON object", path=str(path))
-    return data
-
-
-def load_site_settings(
-    kit: Kit,
-    *,
-    workspace: Path | None = None,
-    server: str | None = None,
-    max_jobs: int | None = None,
-) -> SiteSettings:
-    """Settings from the kit's ``local/`` folder; the arguments (CLI flags) win.
-
-    A key that is not a site setting is named in a warning, with the closest setting.
-    Raises:
-        KitError: a setting has the wrong type or value, naming the file and key.
-    """
-    settings_path = kit.local / "settings.json"
-    unknown = unknown_keys(kit.settings, SETTINGS_KEYS)
-    if unknown:
-        log.warning(
-            "%s: ignoring key(s) that are not site settings: %s", settings_path, ", ".join(unknown)
-        )
-    values: dict[str, Any] = {}
-    for key, (name, kind) in _SETTING_KEYS.items():
-        if key not in kit.settings:
-            continue
-        raw = kit.settings[key]
-        if kind is bool:
-            ok = isinstance(raw, bool)
-        elif kind is tuple:
-            ok = isinstance(raw, list) and all(isinstance(item, str) for item in raw)
-        elif kind is str:
-            ok = isinstance(raw, str)
-        else:
-            ok = isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0
-        if not ok:
-            want = {str: "a string", bool: "true or false", tuple: "a list of strings"}.get(
-                kind, "a positive number"
-            )
-            raise KitError(
-                f"{settings_path}: '{key}' must be {want}, got {raw!r}", path=str(settings_path)
-            )
-        values[name] = kind(raw)
-    jobs = 1
-    resources_path = kit.local / RESOURCES
-    if resources_path.is_file():
-        raw_jobs = _read_json_object(resources_path).get("max_concurrent_jobs", 1)
-        if isinstance(raw_jobs, bool) or not isinstance(raw_jobs, int) or raw_jobs < 1:
-            raise KitError(
-                f"{resources_path}: 'max_concurrent_jobs' must be an integer >= 1, "
-                f"got {raw_jobs!r}",
-                path=str(resources_path),
-            )
-        jobs = raw_jobs
-    if max_jobs is not None:
-        if max_jobs < 1:
-            raise KitError(f"--max-jobs must be at least 1, got {max_jobs}")
-        jobs = max_jobs
-    address = server or kit.server_address(kit.server.fed_learn_port)
-    if ":" not in address:
-        raise KitError(f"server address {address!r} must be HOST:PORT")
-    return SiteSettings(
-        server_address=address,
-        workspace=Path(workspace) if workspace else kit.root / "workspace",
-        max_jobs=jobs,
-        **values,
-    )
 
 
 def _inline_npz(text: str) -> bytes:

@@ -194,7 +194,7 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
 
 
 #: Default ``local/settings.json`` per type; the keys are the ones the server
-#: (``flare_server.settings``) and the site (``flare_site.runtime``) read.
+#: (``flare_server.settings``) and the site (``flare_site.settings``) read.
 _SETTINGS: dict[ParticipantType, dict[str, Any]] = {
     ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout": 30.0,
                              "grace_period": 5.0},

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,6 +53,15 @@ participants:
 """
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C must work in the processes the tests start and interrupt with SIGINT. A suite
+    started in the background by a shell without job control (``cmd &`` in a script)
+    inherits SIGINT *ignored*, and so would every child (Python then installs no
+    KeyboardInterrupt handler): give the test process Python's own handler back."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def project_yml(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("project") / "project.yml"
@@ -68,3 +80,43 @@ def provisioned(
     from provisioning import provision
 
     return provision(project_yml, tmp_path_factory.mktemp("workspace"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_ipc_folder_left(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Every job's IPC folder (in the temporary directory, recorded by a link in the job's
+    folder) is gone when the suite ends: the suite leaves no ``flare-ipc-*`` behind."""
+    yield
+    from flare_site.executors.base import IPC_RECORD
+
+    base = tmp_path_factory.getbasetemp()
+    left = [p for p in base.rglob(IPC_RECORD) if p.is_symlink() and p.resolve().is_dir()]
+    assert not left, f"IPC folders left behind: {[str(p.resolve()) for p in left]}"
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found() -> Iterator[None]:
+    """A test that leaves the admin library's logger changed (its level or handlers, e.g.
+    ``new_secure_session(debug=True)`` outside ``caplog.at_level``) fails, and the change
+    is undone, so that it cannot turn DEBUG on for every later test."""
+    logger = logging.getLogger("flare_admin")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    left = (logger.level, list(logger.handlers))
+    logger.setLevel(level)
+    for handler in left[1]:
+        if handler not in handlers:
+            logger.removeHandler(handler)
+    assert left == (level, handlers), f"the test left the flare_admin logger at {left}"
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
+) -> None:
+    """After a failure, the line that replays this run's random test order."""
+    seed = getattr(config.option, "randomly_seed", None)
+    if exitstatus != 0 and isinstance(seed, int):
+        terminalreporter.write_line(
+            f"tests ran in random order: replay it with the same arguments and "
+            f"--randomly-seed={seed}"
+        )

@@ -340,6 +340,8 @@ def tampered_extensions_kit(
     *,
     values: Mapping[x509.ObjectIdentifier, bytes] | None = None,
     duplicate: x509.ObjectIdentifier | None = None,
+    drop: Sequence[x509.ObjectIdentifier] = (),
+    subject: x509.Name | None = None,
 ) -> Path:
     """The kit's certificate with hand-made extensions, signed by the project CA.
 
@@ -348,6 +350,8 @@ def tampered_extensions_kit(
             ``{OID_ADMIN_ROLE: b"\\x0c\\x02\\xff\\xfe"}`` (a UTF8String that is not UTF-8).
         duplicate: an OID whose extension appears twice (RFC 5280 forbids it; the
             ``cryptography`` builder refuses it, so the DER is patched and re-signed).
+        drop: OIDs whose extensions are left out.
+        subject: another subject name than the kit certificate's.
     """
     kit_dir = copy_kit(result, name, dest)
     kit = load_kit(kit_dir)
@@ -355,6 +359,8 @@ def tampered_extensions_kit(
     values = dict(values or {})
     extensions: list[x509.Extension[x509.ExtensionType]] = []
     for ext in old.extensions:
+        if ext.oid in drop:
+            continue
         raw = values.pop(ext.oid, None)
         value = ext.value if raw is None else x509.UnrecognizedExtension(ext.oid, raw)
         extensions.append(x509.Extension(ext.oid, ext.critical, value))
@@ -367,7 +373,7 @@ def tampered_extensions_kit(
         extensions.append(x509.Extension(stand_in, twin.critical, _raw_value(old, twin)))
     builder = x509.CertificateBuilder(
         issuer_name=old.issuer,
-        subject_name=old.subject,
+        subject_name=subject or old.subject,
         public_key=old.public_key(),
         serial_number=x509.random_serial_number(),
         not_valid_before=old.not_valid_before_utc,

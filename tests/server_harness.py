@@ -65,6 +65,11 @@ class ServerThread:
             finally:
                 self._loop.call_soon_threadsafe(self._loop.stop)
                 self._thread.join(5)
+        if not self._thread.is_alive() and not self._loop.is_closed():
+            # Its worker threads and descriptors (epoll, self-pipe) go with it: a suite that
+            # starts hundreds of servers must not run out of them.
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
 
     def __enter__(self) -> ServerThread:
         return self.start()

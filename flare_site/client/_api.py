@@ -138,16 +138,16 @@ def _get() -> _Client:
 def init() -> None:
     """Connect to the site that launched this script (idempotent).
 
-    Also keeps this process's freed transfer-sized buffers for reuse (glibc malloc
-    settings, see ``flare_protocol._malloc``; ``FLARE_MALLOC_TUNING=0`` turns that off).
+    Leaves this process's malloc settings alone unless ``FLARE_MALLOC_TUNING=1`` asks
+    for the daemons' tuning (keep freed transfer-sized buffers for reuse; see
+    ``flare_protocol._malloc``).
 
     Raises:
         FlareError: the script was not launched by a flare site.
     """
     global _client
     if _client is None:
-        # The script loads and saves a model per round: reuse those buffers (see _malloc).
-        _malloc.tune()
+        _malloc.tune_if_requested()  # the user's process: tuned only if they ask
         _client = _Client()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import textwrap
 import threading
 import time
@@ -234,24 +235,55 @@ class Cluster:
                 ADMIN, self.provisioned.kits[ADMIN], server_address=self.server.admin_address
             )
         except BaseException:
-            self.__exit__()
+            self.__exit__(*sys.exc_info())
             raise
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Stop everything; a site that does not stop cleanly (SIGTERM: exit 0 within 15 s)
+        fails the test once all is cleaned up, unless the test failed already."""
+        failures: list[str] = []
         if hasattr(self, "session"):
             self.session.close()
-        for proc in self.sites.values():
+        for site, proc in self.sites.items():
             try:
-                proc.terminate(15)
-            except Exception:
-                pass
-            proc.close()
+                code = proc.terminate(15)
+                if code != 0:
+                    tail = proc.stderr()[-2000:]
+                    failures.append(f"{site} exited with {code} on SIGTERM: {tail}")
+            except Exception as error:
+                failures.append(f"{site} did not stop on SIGTERM: {error!r}")
+            finally:
+                proc.close()
         for site in self.site_names:
             kill_pids(self.site_job_pids(site))
         if self.relay is not None:
             self.relay.close()
         self.server.stop()
+        if failures and not any(exc):
+            raise AssertionError("site shutdown failed:\n" + "\n".join(failures))
+
+    def ready(self) -> Cluster:
+        """Bring a shared cluster back to its start state, whatever an earlier test did:
+        stopped or exited sites running and connected again, no job still running, no
+        user process left. Tests sharing a cluster call it first, so that none depends on
+        what ran before it."""
+        import signal
+
+        for site in self.site_names:
+            proc = self.sites[site]
+            if proc.proc.poll() is None:
+                proc.proc.send_signal(signal.SIGCONT)  # a test may have frozen it
+            else:
+                kill_pids(self.site_job_pids(site))  # a killed site could not clean up
+                proc.close()
+                self.start_site(site)
+        self.wait_connected(self.site_names)
+        for meta in self.session.list_jobs():
+            if not str(meta["status"]).startswith("FINISHED"):
+                self.session.abort_job(meta.job_id)
+        wait_until(lambda: not any(self.site_job_pids(s) for s in self.site_names), 20)
+        return self
 
     def start_site(self, site: str) -> SiteProcess:
         address = self.relay.address if self.relay else self.server.site_address

@@ -14,9 +14,15 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
-def cluster(provisioned, tmp_path_factory):
+def shared_cluster(provisioned, tmp_path_factory):
     with Cluster(provisioned, tmp_path_factory.mktemp("failures"), relay=True) as c:
         yield c
+
+
+@pytest.fixture
+def cluster(shared_cluster):
+    """The module's cluster as it was started, whatever the tests before this one did."""
+    return shared_cluster.ready()
 
 
 def _meta(cluster, job_id):
@@ -158,7 +164,12 @@ def test_admin_commands_reach_the_real_sites_of_a_running_job(cluster, tmp_path)
     wait_until(lambda: not any(cluster.site_job_pids(x) for x in SITES), 15)
 
 
-def test_sites_restart_and_shut_down_when_told(cluster):
+def test_sites_restart_and_shut_down_when_told(provisioned, tmp_path):
+    with Cluster(provisioned, tmp_path) as cluster:  # its own: it shuts the system down
+        _restart_and_shut_down(cluster)
+
+
+def _restart_and_shut_down(cluster):
     s = cluster.session
     registry = cluster.server.server.registry
     before = cluster.server.call(lambda: registry.get("site-1").session_id)

@@ -29,10 +29,6 @@ REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"
 SITES = ["site-1", "site-2"]
 
-pytestmark = pytest.mark.skipif(
-    importlib.util.find_spec("flare_server.job_runner") is None,
-    reason="jobs run only once the server's job runner is in this tree",
-)
 
 
 def _train_module() -> Any:

@@ -22,10 +22,6 @@ from flare_protocol.errors import FlareError
 REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"
 
-runner_landed = pytest.mark.skipif(
-    importlib.util.find_spec("flare_server.job_runner") is None,
-    reason="jobs run only once the server's job runner is in this tree",
-)
 
 
 def _simulate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -79,7 +75,6 @@ def test_a_job_that_does_not_finish_in_time_is_aborted_and_the_exit_names_it(tmp
     assert "stopped the sites and the server" in done.stdout
 
 
-@runner_landed
 def test_simulate_hello_numpy_with_two_sites_completes(tmp_path):
     done = _simulate(str(HELLO), "-n", "2", "-w", str(tmp_path / "ws"))
     out = done.stdout
@@ -94,7 +89,6 @@ def test_simulate_hello_numpy_with_two_sites_completes(tmp_path):
         assert re.search(rf"^\S*\s*{rnd}\s.*site-1", out, re.M), out
 
 
-@runner_landed
 def test_the_demo_runs_the_whole_story_in_process(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("demo", REPO / "scripts" / "demo.py")
     assert spec is not None and spec.loader is not None
@@ -107,7 +101,6 @@ def test_the_demo_runs_the_whole_story_in_process(tmp_path, capsys):
     assert str(tmp_path / "ws" / "results") in out.replace("\n", "")
 
 
-@runner_landed
 def test_a_failing_job_exits_1_naming_its_status_and_reason(tmp_path):
     job = tmp_path / "crash"
     shutil.copytree(HELLO, job)

@@ -132,8 +132,8 @@ async def test_open_failures(kits):
         address = f"127.0.0.1:{sock.getsockname()[1]}"
     start = time.monotonic()
     with pytest.raises(NoConnection, match=address):
-        await new_secure_async_session(ADMIN, kits[ADMIN], server_address=address, timeout=2)
-    assert time.monotonic() - start < 2.5
+        await new_secure_async_session(ADMIN, kits[ADMIN], server_address=address, timeout=60)
+    assert time.monotonic() - start < 30  # refused at once, not after the timeout
     with pytest.raises(UsernameMismatch):
         await new_secure_async_session("x@y.z", kits[ADMIN], server_address=address)
 

@@ -309,7 +309,7 @@ def test_monitor_job_times_out(session, job_folder):
     job_id = session.submit_job(job_folder)
     start = time.monotonic()
     assert session.monitor_job(job_id, timeout=0.3) is MonitorReturnCode.TIMEOUT
-    assert 0.25 < time.monotonic() - start < 2.0
+    assert 0.25 < time.monotonic() - start < 15  # honoured; the ceiling is generous
 
 
 def test_monitor_of_a_finished_job_returns_at_once(session, server, job_folder):
@@ -440,7 +440,8 @@ def test_a_local_disk_failure_during_a_download_is_a_local_io_error_naming_the_p
 def test_a_list_too_big_for_one_reply_is_fetched_in_parts(
     open_session, admin_kit, server, job_folder, caplog
 ):
-    session = open_session(ADMIN, admin_kit, debug=True)
+    with caplog.at_level("DEBUG", logger="flare_admin"):  # restores the level afterwards
+        session = open_session(ADMIN, admin_kit, debug=True)
     first = session.submit_job(job_folder)
     store = server.server.store
     submitter = store.get(first).to_dict()
@@ -490,7 +491,7 @@ def test_a_server_that_stops_during_a_monitor_ends_it_with_no_connection(
             start = time.monotonic()
             with pytest.raises(NoConnection):
                 s.monitor_job(job_id)
-            assert time.monotonic() - start < 5
+            assert time.monotonic() - start < 30  # ended by the lost server, not a timeout
             stopper.join()
     finally:
         srv.stop()

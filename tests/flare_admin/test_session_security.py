@@ -81,8 +81,10 @@ def test_a_kit_of_another_project_fails_the_handshake_with_likely_causes(
     other = kit_factory.foreign_project(provisioned, tmp_path)
     start = time.monotonic()
     with pytest.raises(NoConnection) as info:
-        new_secure_session(ADMIN, other.kits[ADMIN], server_address=server.admin_address)
-    assert time.monotonic() - start < 5
+        new_secure_session(
+            ADMIN, other.kits[ADMIN], server_address=server.admin_address, timeout=60
+        )
+    assert time.monotonic() - start < 30  # refused by the handshake, not after the timeout
     assert server.admin_address in str(info.value)
     assert "root CA differs" in str(info.value)
 
@@ -102,8 +104,8 @@ def test_a_revoked_admin_is_refused_by_the_server(tmp_path):
 def test_a_closed_port_is_no_connection_naming_the_address(kits, closed_port):
     start = time.monotonic()
     with pytest.raises(NoConnection) as info:
-        new_secure_session(ADMIN, kits[ADMIN], server_address=closed_port, timeout=5)
-    assert time.monotonic() - start < 5
+        new_secure_session(ADMIN, kits[ADMIN], server_address=closed_port, timeout=60)
+    assert time.monotonic() - start < 30  # refused at once, not after the timeout
     assert closed_port in str(info.value) and info.value.address == closed_port
     assert isinstance(info.value, ConnectionError)
 
@@ -117,7 +119,7 @@ def test_a_server_that_never_answers_is_no_connection_within_the_timeout(kits):
         with pytest.raises(NoConnection) as info:
             new_secure_session(ADMIN, kits[ADMIN], server_address=address, timeout=0.5)
         elapsed = time.monotonic() - start
-    assert 0.4 < elapsed < 2.0
+    assert 0.4 < elapsed < 15  # the timeout is honoured (a generous ceiling: not a benchmark)
     assert address in str(info.value)
 
 
@@ -134,14 +136,11 @@ def test_a_script_that_never_closes_its_session_exits_promptly(server, kits):
         print("non-daemon:", names)
         """
     )
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30
+    done = subprocess.run(  # a process kept alive by the Session would hit the timeout
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
-    elapsed = time.monotonic() - start
     assert done.returncode == 0, done.stderr
     assert "non-daemon: []" in done.stdout
-    assert elapsed < 2.0, f"took {elapsed:.2f} s"
 
 
 def test_debug_logs_every_call(open_session, caplog):
@@ -165,9 +164,7 @@ def test_an_async_script_that_never_closes_its_session_exits_promptly(server, ki
         asyncio.run(main())
         """
     )
-    start = time.monotonic()
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=30
+    done = subprocess.run(  # a process kept alive by the session would hit the timeout
+        [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0 and done.stderr == "", done.stderr
-    assert time.monotonic() - start < 2.0

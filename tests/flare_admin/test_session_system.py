@@ -151,7 +151,7 @@ def test_set_timeout_bounds_every_call_and_unset_restores_it(session, site_1):
     start = time.monotonic()
     with pytest.raises(NoReply, match="set_timeout"):
         session.ls_target(site_1)
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 8  # the 0.3 s, not the server's 10 s
     session.unset_timeout()
     assert session.list_jobs() == []
     with pytest.raises(InvalidArgumentError):
@@ -233,7 +233,7 @@ def test_closing_from_another_thread_ends_a_running_monitor(session, job_folder)
     start = time.monotonic()
     with pytest.raises(SessionClosed):
         session.monitor_job(job_id)
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 30  # ended by the close, not by a timeout
 
 
 JOB_ID_ARG = "3f2c0a4e-9b1d-4c6e-8f00-5a7b2c1d9e11"

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,23 @@ def _run(script: str, env: dict[str, str] | None = None) -> subprocess.Completed
         timeout=60,
         env={**os.environ, **(env or {})},
     )
+
+
+def _wait_idle(pid: int, quiet: float = 0.5, timeout: float = 30) -> None:
+    """Wait until process ``pid`` has used no CPU for ``quiet`` seconds (it is blocked)."""
+
+    def cpu() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+
+    deadline = time.monotonic() + timeout
+    last, since = cpu(), time.monotonic()
+    while time.monotonic() - since < quiet:
+        assert time.monotonic() < deadline, f"process {pid} never went idle"
+        time.sleep(0.05)
+        now = cpu()
+        if now != last:
+            last, since = now, time.monotonic()
 
 
 def _env_without_grpc_settings() -> dict[str, str]:
@@ -126,8 +144,11 @@ def test_ctrl_c_while_following_a_job_is_a_plain_keyboard_interrupt(server, kits
         text=True,
     )
     try:
-        # Interrupt once the server holds the stream open (the call is blocked on it).
+        # Interrupt once the server holds the stream open and the child is blocked on it:
+        # a Ctrl-C while grpc is still setting the call up lands inside grpc (its frames in
+        # the traceback, or a hang), which is not what this test is about.
         wait_until(lambda: server.call(lambda: bool(server.server.watchers)), 30)
+        _wait_idle(proc.pid)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:

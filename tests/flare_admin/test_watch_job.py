@@ -132,7 +132,7 @@ def test_a_watch_that_outlives_its_timeout_raises_job_timeout(session, job_folde
     start = time.monotonic()
     with pytest.raises(JobTimeout) as info:
         next(watch)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 30  # a generous ceiling: the 0.5 s timeout ends it
     assert info.value.job_id == job_id and info.value.status == "SUBMITTED"
 
 

@@ -34,32 +34,46 @@ def _raw_stub(kit_dir, address, **options):
     return admin_pb2_grpc.AdminStub(channel), channel
 
 
-def test_a_client_that_never_handshakes_neither_blocks_others_nor_stays(bounded, kits):
+def _readable(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    poller = select.poll()  # not select(): no limit on the descriptors' numbers
+    for sock in socks:
+        poller.register(sock, select.POLLIN)
+    ready = {fd for fd, _ in poller.poll(timeout * 1000)}
+    return [sock for sock in socks if sock.fileno() in ready]
+
+
+def _still_open(sock: socket.socket) -> bool:
+    return not _readable([sock], 0)  # a closed connection reads as EOF at once
+
+
+def test_a_client_that_never_handshakes_does_not_block_others(server_kit, tmp_path, kits):
+    # A long handshake timeout: the silent connections are all still pending during the call.
+    with ServerThread(server_kit, tmp_path / "ws", handshake_timeout_ms=60_000) as srv:
+        host, port = srv.admin_address.split(":")
+        silent = [socket.create_connection((host, int(port))) for _ in range(20)]
+        try:
+            stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
+            with channel:
+                assert stub.Hello(common_pb2.Empty(), timeout=30).name == ADMIN
+            assert all(_still_open(sock) for sock in silent)
+        finally:
+            for sock in silent:
+                sock.close()
+
+
+def test_a_client_that_never_handshakes_does_not_stay(bounded):
     host, port = bounded.admin_address.split(":")
-    silent = [socket.create_connection((host, int(port))) for _ in range(20)]
-    try:
-        stub, channel = admin_stub(kits[ADMIN], bounded.admin_address)
-        with channel:
-            start = time.monotonic()
-            assert stub.Hello(common_pb2.Empty(), timeout=5).name == ADMIN
-            assert time.monotonic() - start < 2
-        silent[0].settimeout(5)
-        start = time.monotonic()
-        assert silent[0].recv(1) == b""  # the server closed it: handshake timeout
-        assert time.monotonic() - start < 3
-    finally:
-        for sock in silent:
-            sock.close()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.settimeout(30)  # the server closes it (handshake timeout 0.5 s), or recv times out
+        assert sock.recv(1) == b""
 
 
 def test_a_slow_partial_handshake_is_cut_off(bounded):
     host, port = bounded.admin_address.split(":")
     with socket.create_connection((host, int(port))) as sock:
         sock.sendall(b"\x16\x03\x01\x00\xff")  # a TLS record header, then nothing
-        sock.settimeout(5)
-        start = time.monotonic()
+        sock.settimeout(30)  # the server closes it (handshake timeout 0.5 s), or recv times out
         assert sock.recv(1) == b""
-        assert time.monotonic() - start < 3
 
 
 def test_oversized_metadata_is_refused(server, kits):
@@ -102,23 +116,23 @@ def test_connections_beyond_the_cap_are_closed_and_slots_free_up_after_the_hands
     server_kit, kits, tmp_path
 ):
     with ServerThread(
-        server_kit, tmp_path / "ws", max_connections=3, handshake_timeout_ms=2000
+        server_kit, tmp_path / "ws", max_connections=3, handshake_timeout_ms=4000
     ) as srv:
         host, port = srv.admin_address.split(":")
         opened = time.monotonic()
         socks = [socket.create_connection((host, int(port))) for _ in range(5)]
         try:
             closed: set[int] = set()
-            while time.monotonic() - opened < 1.2:  # well before the handshake timeout
-                readable, _, _ = select.select(socks, [], [], 0.05)
-                for sock in readable:
+            while len(closed) < 2 and time.monotonic() - opened < 3:  # before the timeout
+                for sock in _readable(socks, 0.05):
                     if sock.recv(1) == b"":
                         closed.add(socks.index(sock))
             assert len(closed) == 2  # the two over the cap, at once
+            assert all(_still_open(s) for i, s in enumerate(socks) if i not in closed)
         finally:
             for sock in socks:
                 sock.close()
-        time.sleep(max(0.0, opened + 2.4 - time.monotonic()))  # held slots expire
+        time.sleep(max(0.0, opened + 4.5 - time.monotonic()))  # held slots expire
         stub, channel = admin_stub(kits[ADMIN], srv.admin_address)
         with channel:
             assert stub.Hello(common_pb2.Empty(), timeout=5).name == ADMIN

@@ -2,13 +2,16 @@
 
 Each row uses a kit made by tests/kit_factory.py (real certificates from our builder)
 and raw generated stubs over real mutual TLS. A rejection either fails the TLS handshake
-(the client sees UNAVAILABLE) or is refused by the server's identity check after the
-handshake (UNAUTHENTICATED with an AuthenticationError detail, and a log line naming the
-peer address).
+(the client sees only UNAVAILABLE, "Socket closed", as it would from a server that is
+down, so these rows run ``flare server start`` as a process and read the reason from the
+line grpc logs there: ``Handshake failed ... CERTIFICATE_VERIFY_FAILED: <reason>``), or
+is refused by the server's identity check after the handshake (UNAUTHENTICATED with an
+AuthenticationError detail, and a log line naming the peer address).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -18,7 +21,7 @@ import tests.kit_factory as kf
 from flare_protocol._generated import common_pb2, site_pb2
 from flare_protocol.identity import ParticipantType
 from flare_protocol.wire_errors import decode_detail
-from tests.server_harness import ServerThread, admin_stub, site_stub, wait_until
+from tests.server_harness import ServerProcess, ServerThread, admin_stub, site_stub, wait_until
 
 ADMIN = "admin@org_a.com"
 
@@ -51,28 +54,57 @@ def _refused_by_identity_check(err: grpc.RpcError | None, needle: str) -> None:
     assert needle in detail.message
 
 
-def _refused_by_handshake(err: grpc.RpcError | None) -> None:
+@pytest.fixture(scope="module")
+def server_process(provisioned, tmp_path_factory) -> Iterator[ServerProcess]:
+    """``flare server start`` in a process whose grpc logs its failed handshakes (INFO)."""
+    workspace = tmp_path_factory.mktemp("handshakes") / "ws"
+    with ServerProcess(
+        provisioned.kits["localhost"], workspace, env={"GRPC_VERBOSITY": "INFO"}
+    ) as srv:
+        yield srv
+
+
+def _refused_by_handshake(
+    server: ServerProcess, call: Callable[[], grpc.RpcError | None], reason: str
+) -> None:
+    """The call fails with UNAVAILABLE, and the server logs a failed handshake for ``reason``."""
+    seen = len(_handshake_failures(server))
+    err = call()
     assert err is not None, "the call was accepted"
     assert err.code() is grpc.StatusCode.UNAVAILABLE, err
+    new = wait_until(lambda: _handshake_failures(server)[seen:], timeout=10)
+    assert any(f"CERTIFICATE_VERIFY_FAILED: {reason}" in line for line in new), new
+
+
+def _handshake_failures(server: ServerProcess) -> list[str]:
+    path = server.workspace.parent / f"{server.workspace.name}.stderr"
+    return [ln for ln in path.read_text(errors="replace").splitlines() if "Handshake failed" in ln]
 
 
 def test_valid_admin_kit_is_accepted(server, kits):
     assert _hello(kits[ADMIN], server.admin_address) is None
 
 
-def test_certificate_from_a_foreign_ca_fails_the_handshake(server, provisioned, tmp_path):
+def test_certificate_from_a_foreign_ca_fails_the_handshake(server_process, provisioned, tmp_path):
     kit = kf.foreign_ca_kit(provisioned, ADMIN, tmp_path)
-    _refused_by_handshake(_hello(kit, server.admin_address))
+    address = server_process.admin_address
+    _refused_by_handshake(
+        server_process, lambda: _hello(kit, address), "unable to get local issuer certificate"
+    )
 
 
-def test_expired_certificate_fails_the_handshake(server, provisioned, tmp_path):
+def test_expired_certificate_fails_the_handshake(server_process, provisioned, tmp_path):
     kit = kf.expired_kit(provisioned, ADMIN, tmp_path)
-    _refused_by_handshake(_hello(kit, server.admin_address))
+    address = server_process.admin_address
+    _refused_by_handshake(server_process, lambda: _hello(kit, address), "certificate has expired")
 
 
-def test_not_yet_valid_certificate_fails_the_handshake(server, provisioned, tmp_path):
+def test_not_yet_valid_certificate_fails_the_handshake(server_process, provisioned, tmp_path):
     kit = kf.not_yet_valid_kit(provisioned, ADMIN, tmp_path)
-    _refused_by_handshake(_hello(kit, server.admin_address))
+    address = server_process.admin_address
+    _refused_by_handshake(
+        server_process, lambda: _hello(kit, address), "certificate is not yet valid"
+    )
 
 
 def test_ca_true_leaf_is_rejected_by_the_identity_check(server, provisioned, tmp_path):
@@ -85,11 +117,14 @@ def test_leaf_without_eku_is_rejected_by_the_identity_check(server, provisioned,
     _refused_by_identity_check(_hello(kit, server.admin_address), "extended key usage")
 
 
-def test_server_auth_only_leaf_fails_the_handshake(server, provisioned, tmp_path):
+def test_server_auth_only_leaf_fails_the_handshake(server_process, provisioned, tmp_path):
     # BoringSSL refuses it for the client purpose; the identity check is the second line
     # (see test_identity_check_refuses_a_server_auth_only_leaf).
     kit = kf.server_auth_only_kit(provisioned, ADMIN, tmp_path)
-    _refused_by_handshake(_hello(kit, server.admin_address))
+    address = server_process.admin_address
+    _refused_by_handshake(
+        server_process, lambda: _hello(kit, address), "unsupported certificate purpose"
+    )
 
 
 def test_site_certificate_on_the_admin_endpoint_is_rejected(server, kits):
@@ -109,9 +144,11 @@ def test_site_certificate_in_an_admin_kit_is_rejected(server, provisioned, tmp_p
     _refused_by_identity_check(_hello(kit, server.admin_address), "site certificate")
 
 
-def test_server_certificate_as_a_client_fails_the_handshake(server, kits):
-    _refused_by_handshake(_hello(kits["localhost"], server.admin_address))
-    _refused_by_handshake(_register(kits["localhost"], server.site_address))
+def test_server_certificate_as_a_client_fails_the_handshake(server_process, kits):
+    kit, srv = kits["localhost"], server_process
+    purpose = "unsupported certificate purpose"
+    _refused_by_handshake(srv, lambda: _hello(kit, srv.admin_address), purpose)
+    _refused_by_handshake(srv, lambda: _register(kit, srv.site_address), purpose)
 
 
 def test_rejections_are_logged_with_the_peer_address(server, kits):

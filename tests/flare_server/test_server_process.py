@@ -105,7 +105,7 @@ def test_kill_9_loses_no_acknowledged_job_and_ends_in_flight_ones_abnormal(kits,
         worker = threading.Thread(target=_hammer, args=(stub, acked, stop))
         worker.start()
         wait_until(lambda: len(acked) >= 3, timeout=10)  # the load got going
-        time.sleep(0.3 * random.random())
+        time.sleep(0.3 * random.Random(cycle).random())  # reproducible per cycle
         proc.kill()
         stop.set()
         worker.join(10)

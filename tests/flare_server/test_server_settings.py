@@ -50,7 +50,12 @@ def test_seconds_may_be_spelled_with_an_s_suffix_and_nested_server_wins(provisio
         ({"heartbeat_timeout": "soon"}, "'heartbeat_timeout' must be a number"),
         ({"max_entries": 1.5}, "'max_entries' must be an integer"),
         ({"max_entries": 0}, "'max_entries' must be positive"),
-        ({"admin_port": 70000}, "'admin_port' must be a port"),
+        ({"admin_port": 70000}, "'admin_port' must be in 0..65535"),
+        ({"log_level": 3}, "'log_level' must be one of DEBUG, INFO, WARNING, ERROR"),
+        ({"grace_period_s": "soon"}, "'grace_period_s' must be a number of seconds"),
+        ({"max_entries": True}, "'max_entries' must be an integer"),
+        ({"server": "x"}, "'server' must be an object of server settings"),
+        ({"log_wait": 1, "log_wait_s": 2}, "give 'log_wait' or 'log_wait_s', not both"),
         ({"log_level": "LOUD"}, "'log_level'"),
         ({"workspace": 3}, "'workspace' must be a path"),
         ({"max_compression_ratio": 0}, "'max_compression_ratio' must be positive"),
@@ -71,6 +76,16 @@ def test_the_compression_ratio_cap_is_a_setting_that_reaches_the_job_store(provi
     kit = _kit_with(provisioned, tmp_path / "kit", {"max_compression_ratio": 50})
     with ServerThread(kit, tmp_path / "ws") as server:
         assert server.server.store.limits.max_ratio == 50.0
+
+
+def test_only_durations_take_the_seconds_suffix(provisioned, tmp_path):
+    doc = {"max_entries_s": 50, "max_compression_ratio_s": 10, "log_wait_s": 7}
+    settings = ServerSettings.from_kit(load_server_kit(_kit_with(provisioned, tmp_path, doc)))
+    assert (settings.max_entries, settings.log_wait) == (10_000, 7.0)
+    assert settings.unknown_keys() == [
+        "'max_compression_ratio_s' (did you mean 'max_compression_ratio'?)",
+        "'max_entries_s' (did you mean 'max_entries'?)",
+    ]
 
 
 def test_unknown_keys_are_named_with_the_closest_setting(provisioned, tmp_path):

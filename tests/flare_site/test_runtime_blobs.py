@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from tests.flare_site.runtime_helpers import (
     fault_injecting_blob_server,
 )
 
-DATA = os.urandom(2 * CHUNK_SIZE + 12345)  # three chunks
+DATA = random.Random(17).randbytes(2 * CHUNK_SIZE + 12345)  # three chunks
 
 
 @pytest.fixture

@@ -117,12 +117,9 @@ def test_site_waits_for_a_server_that_is_not_up_yet(
 def test_sigterm_stops_the_site_cleanly(server: ServerThread, kit: Path) -> None:
     with SiteProcess(kit, server.site_address) as site:
         up(site, server)
-        started = time.monotonic()
-        code = site.terminate()
-        elapsed = time.monotonic() - started
-        wait_until(lambda: "site-1" not in connected(server), timeout=5)
+        code = site.terminate(timeout=30)  # a site that does not stop fails here
+        wait_until(lambda: "site-1" not in connected(server), timeout=15)
     assert code == 0
-    assert elapsed < 5
     assert "stopped" in site.stderr()
 
 
@@ -240,10 +237,10 @@ def test_sigterm_while_dialling_a_server_that_never_answers_exits_at_once(
             wait_until(lambda: "starting" in site.stderr(), timeout=15)
             time.sleep(0.5)
             started = time.monotonic()
-            code = site.terminate()
+            code = site.terminate(timeout=50)
             elapsed = time.monotonic() - started
     assert code == 0
-    assert elapsed < 3
+    assert elapsed < 30  # at once, not after the 60 s connect timeout (a generous ceiling)
 
 
 def test_the_kits_start_script_starts_the_site(server: ServerThread, kit: Path) -> None:

@@ -94,7 +94,7 @@ async def manager(tmp_path: Path):  # type: ignore[no-untyped-def]
         "site-1",
         max_jobs=2,
         on_metric=lambda job, event: metrics.append((job, event)),
-        stop_grace=3.0,
+        stop_grace=30.0,  # far above the kill-at-once path (SIGKILL after 2 s)
     )
     mgr.metrics = metrics  # type: ignore[attr-defined]
     yield mgr
@@ -207,8 +207,8 @@ async def test_abort_kills_the_whole_process_group_within_seconds(
     elapsed = time.monotonic() - started
     with pytest.raises(ExecutionError):
         await train
-    assert elapsed < 5
-    assert wait_gone(pids, 2.0) == []
+    assert elapsed < 30  # not after the hung script (a generous ceiling)
+    assert wait_gone(pids, 15.0) == []
     assert manager.state(job_id) == ABORTED and manager.running() == []
 
 
@@ -235,7 +235,7 @@ async def test_ending_a_job_whose_task_hangs_kills_its_group_and_frees_the_slot_
     started = time.monotonic()
     await ending
     assert time.monotonic() - started < manager.stop_grace  # not a graceful wait
-    assert wait_gone(pids, 2.0) == []
+    assert wait_gone(pids, 15.0) == []
     with pytest.raises(ExecutionError, match="the job ended"):
         await train
     assert manager.state(job_id) == FINISHED and manager.errors == deque()

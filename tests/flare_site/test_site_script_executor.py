@@ -179,8 +179,8 @@ async def test_abort_kills_the_whole_process_group_within_seconds(ctx: JobContex
     await host.abort()
     with pytest.raises(ExecutionError, match="aborted"):
         await running
-    assert wait_gone([leader, child], timeout=3.0) == []
-    assert time.monotonic() - started < 5.0
+    assert wait_gone([leader, child], timeout=15.0) == []
+    assert time.monotonic() - started < 30  # not after the hung script (a generous ceiling)
 
 
 async def test_user_code_gets_an_explicit_environment(ctx: JobContext) -> None:

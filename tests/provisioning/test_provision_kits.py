@@ -206,7 +206,7 @@ def test_no_temporary_folder_is_left_behind(provisioned: ProvisionResult) -> Non
 
 def test_default_policy_file_is_the_servers_default(provisioned: ProvisionResult) -> None:
     """The .default file parses with the server's loader and equals its built-in table."""
-    authz = pytest.importorskip("flare_server.authz")
+    from flare_server import authz
     path = provisioned.kits["localhost"] / "local" / "authorization.json.default"
     policy = authz.Policy.from_mapping(json.loads(path.read_text()), source=str(path))
     def plain(table):  # type: ignore[no-untyped-def]
@@ -216,8 +216,9 @@ def test_default_policy_file_is_the_servers_default(provisioned: ProvisionResult
 
 
 def test_default_settings_load_in_server_and_site(provisioned: ProvisionResult) -> None:
-    settings = pytest.importorskip("flare_server.settings")
-    server = settings.ServerSettings.from_kit(load_kit(provisioned.kits["localhost"]))
+    from flare_server.settings import ServerSettings
+    from flare_site.settings import load_site_settings
+
+    server = ServerSettings.from_kit(load_kit(provisioned.kits["localhost"]))
     assert server.extra == {} and server.log_level == "INFO"
-    runtime = pytest.importorskip("flare_site.runtime")
-    runtime.load_site_settings(load_kit(provisioned.kits["site-1"]))
+    load_site_settings(load_kit(provisioned.kits["site-1"]))

@@ -64,7 +64,6 @@ def test_nvidia_flare_fields_are_read(tmp_path: Path) -> None:
     assert project.get("hospital-a").type is ParticipantType.SITE  # type: ignore[union-attr]
 
 
-@pytest.mark.skipif(not EXAMPLE.exists(), reason="example project not written yet")
 def test_documented_example_project_provisions(tmp_path: Path) -> None:
     result = provision(EXAMPLE, tmp_path)
     roles = {p.role for p in load_project(EXAMPLE).participants if p.role}

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -190,3 +191,83 @@ def test_verification_does_not_need_write_access(kit: Path) -> None:
         verify_kit(kit)
     finally:
         os.chmod(kit / "startup", 0o700)
+
+
+# -- a malformed signature.json, and a root CA that cannot be the signer (issue 10) --------
+
+
+def _edit_signature(kit: Path, edit: Any) -> Path:
+    """Edit signature.json's object in place (``edit`` returns None), or replace its text
+    (``edit`` returns the new text)."""
+    sig = kit / "startup" / "signature.json"
+    doc = json.loads(sig.read_text())
+    text = edit(doc)
+    sig.write_text(text if text is not None else json.dumps(doc))
+    return sig
+
+
+MEMBERS = "does not have the signature.json format 1 members"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda doc: "{not json", "is not valid JSON"),
+        (lambda doc: "[1, 2]", "does not have the signature.json format 1 members"),
+        (
+            lambda doc: doc.__delitem__("algorithm"),
+            "does not have the signature.json format 1 members",
+        ),
+        (lambda doc: doc.update(extra=1), "does not have the signature.json format 1 members"),
+        (lambda doc: doc.update(format=2), "unsupported signature format 2"),
+        (lambda doc: doc.update(files=["README.md"]), "'files' must map file names to SHA-256"),
+        (lambda doc: doc["files"].update({"x": 1}), "'files' must map file names to SHA-256"),
+        (lambda doc: doc["files"].update({"../x": "00"}), "lists an invalid file name '../x'"),
+        (lambda doc: doc["files"].update({"a/b": "00"}), "lists an invalid file name 'a/b'"),
+        (
+            lambda doc: doc["files"].update({"signature.json": "00"}),
+            "lists an invalid file name 'signature.json'",
+        ),
+        (lambda doc: doc.update(signature="not base64!"), "'signature' is not base64"),
+        (lambda doc: doc.update(signature=7), "'signature' is not base64"),
+        (lambda doc: " " * (1024 * 1024 + 1), "is too large"),
+    ],
+)
+def test_a_malformed_signature_json_is_refused_naming_it(
+    kit: Path, edit: Any, message: str
+) -> None:
+    sig = _edit_signature(kit, edit)
+    exc = _tampered(kit)
+    assert exc.path == str(sig)
+    assert str(exc).startswith(f"{sig}: ") and message in str(exc)
+
+
+def test_another_algorithm_than_the_root_keys_fails_the_signature(kit: Path) -> None:
+    sig = _edit_signature(kit, lambda doc: doc.update(algorithm="rsa-pss-sha256"))  # EC root
+    exc = _tampered(kit)
+    assert exc.path == str(sig) and "does not verify with the kit's root CA" in str(exc)
+
+
+def test_a_kit_whose_root_ca_is_not_signed_is_refused(kit: Path) -> None:
+    root = kit / "startup" / "rootCA.pem"
+    root.unlink()
+    _edit_signature(kit, lambda doc: doc["files"].__delitem__("rootCA.pem"))
+    exc = _tampered(kit)
+    assert exc.path == str(root) and "the root CA is not among the signed files" in str(exc)
+
+
+def test_a_root_ca_that_is_not_a_certificate_is_refused(kit: Path) -> None:
+    import hashlib
+
+    root = kit / "startup" / "rootCA.pem"
+    root.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    digest = hashlib.sha256(root.read_bytes()).hexdigest()
+    _edit_signature(kit, lambda doc: doc["files"].update({"rootCA.pem": digest}))
+    exc = _tampered(kit)
+    assert exc.path == str(root) and "is not a PEM certificate" in str(exc)
+
+
+def test_a_startup_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "startup").write_text("not a folder")
+    exc = _tampered(tmp_path)
+    assert exc.path == str(tmp_path / "startup") and "is not a folder" in str(exc)

@@ -12,6 +12,12 @@ from flare_server.workflows import ModelUpdate, ServerOptimizer, fedavg
 RNG = np.random.default_rng(7)
 
 
+@pytest.fixture(autouse=True)
+def _same_numbers_in_any_order() -> None:
+    """Each test draws the same numbers from RNG, whatever ran before it."""
+    RNG.bit_generator.state = np.random.default_rng(7).bit_generator.state
+
+
 def _model(dtype: type = np.float32) -> dict[str, np.ndarray]:
     return {
         "w": RNG.normal(size=(4, 3)).astype(dtype),

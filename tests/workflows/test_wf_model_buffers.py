@@ -24,6 +24,12 @@ from flare_server.workflows.aggregation import cast_like
 RNG = np.random.default_rng(11)
 
 
+@pytest.fixture(autouse=True)
+def _same_numbers_in_any_order() -> None:
+    """Each test draws the same numbers from RNG, whatever ran before it."""
+    RNG.bit_generator.state = np.random.default_rng(11).bit_generator.state
+
+
 def _varied_model() -> dict[str, np.ndarray]:
     return {
         "w": RNG.normal(size=(30, 7)).astype(np.float32),

@@ -2,7 +2,7 @@
 
 Only the standard library: ``os.openpty``, the child made a session leader with the pty as
 its controlling terminal (so Ctrl-C typed while a command runs becomes SIGINT, as in a
-real terminal), and output read with ``select``. Escape sequences are stripped before
+real terminal), and output read with ``poll``. Escape sequences are stripped before
 matching, so tests read what a person would see (roughly: no screen emulation).
 """
 
@@ -68,7 +68,9 @@ class Terminal:
         os.write(self.master, keys.encode())
 
     def _read(self, timeout: float) -> bool:
-        ready, _, _ = select.select([self.master], [], [], timeout)
+        poller = select.poll()  # not select(): no limit on the descriptor's number
+        poller.register(self.master, select.POLLIN)
+        ready = poller.poll(timeout * 1000)
         if not ready:
             return False
         try:

@@ -1,18 +1,14 @@
-"""The upload spool writer (O_DIRECT when possible) and the malloc settings of big transfers."""
+"""The upload spool writer (O_DIRECT when possible); fallbacks in tests/flare_protocol/."""
 
 from __future__ import annotations
 
 import os
-import platform
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from flare_protocol import _malloc
 from flare_protocol._direct_io import BLOCK, DirectWriter, replace_file
 from flare_protocol.models import BufferPool, load_params, save_params
 
@@ -51,10 +47,6 @@ def test_direct_writer_closed_after_a_failure_is_harmless(tmp_path: Path) -> Non
     assert writer.closed
 
 
-@pytest.mark.skipif(
-    not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc",
-    reason="mallopt tuning applies to glibc only",
-)
 @pytest.mark.parametrize("size", [10, BLOCK + 7])
 def test_replace_file_swaps_in_the_whole_file_private_to_the_owner(
     tmp_path: Path, size: int
@@ -85,17 +77,3 @@ def test_a_model_saved_through_a_pool_has_the_bytes_of_a_plain_save(tmp_path: Pa
     pooled = save_params(model, tmp_path / "pooled.npz", pool=BufferPool(), durable=False)
     assert pooled.read_bytes() == plain.read_bytes()
     assert load_params(pooled)["w"].tolist() == model["w"].tolist()
-
-
-def test_malloc_tuning_is_applied_once_on_glibc() -> None:
-    assert _malloc.tune() is True
-    assert _malloc.tune() is True
-
-
-def test_malloc_tuning_can_be_turned_off() -> None:
-    code = "from flare_protocol import _malloc; print(_malloc.tune())"
-    env = {**os.environ, "FLARE_MALLOC_TUNING": "0"}
-    out = subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
-    )
-    assert out.stdout.strip() == "False"

@@ -8,7 +8,6 @@ half-written (archive complete, checksum matches), no orphan folder and no temp 
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import signal
 import subprocess
@@ -55,7 +54,7 @@ def run_writer_until_killed(root: Path, archive: Path, seed: int, rng: random.Ra
 def test_store_survives_sigkill_during_uploads_and_status_changes(tmp_path: Path) -> None:
     rng = random.Random(20261123)
     files = valid_job_files()
-    files["app/custom/weights.bin"] = os.urandom(300 * 1024)  # uploads take several chunks
+    files["app/custom/weights.bin"] = rng.randbytes(300 * 1024)  # uploads take several chunks
     archive = write_zip(tmp_path / "job.zip", files)
     root = tmp_path / "jobs"
     expected: dict[str, JobStatus] = {}
