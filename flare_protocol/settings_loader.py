@@ -240,7 +240,7 @@ def _check(
             return value.upper()
         return value
     if typing.get_origin(kind) is tuple:  # tuple[str, ...]: a JSON list of strings
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise refuse("a list of strings")
         return tuple(value)
     if kind is Path:

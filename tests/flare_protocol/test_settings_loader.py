@@ -125,3 +125,16 @@ def test_an_unsupported_field_type_is_a_bug_in_the_class() -> None:
 
     with pytest.raises(TypeError, match="unsupported type"):
         read_settings(Odd, {"items": [1]}, source=SOURCE)
+
+
+def test_a_list_of_strings_setting_takes_a_json_list_and_keeps_a_tuple_default() -> None:
+    @dataclass(frozen=True)
+    class Pip:
+        options: tuple[str, ...] = setting(())
+
+    assert read_settings(Pip, {"options": ["--no-index"]}, source="s.json").values == {
+        "options": ("--no-index",)
+    }
+    check_settings(Pip(), source="s.json")  # the default passes its own check
+    with pytest.raises(KitError, match="'options' must be a list of strings, got"):
+        read_settings(Pip, {"options": "--no-index"}, source="s.json")
