@@ -240,12 +240,15 @@ class Cluster:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Stop everything; a site that does not stop cleanly (SIGTERM: exit 0 within 15 s)
-        fails the test once all is cleaned up, unless the test failed already."""
+        """Stop everything; a site still running that does not stop cleanly (SIGTERM: exit 0
+        within 15 s) fails the test once all is cleaned up, unless the test failed already."""
         failures: list[str] = []
         if hasattr(self, "session"):
             self.session.close()
         for site, proc in self.sites.items():
+            if proc.proc.poll() is not None:  # the test stopped or killed it on purpose
+                proc.close()
+                continue
             try:
                 code = proc.terminate(15)
                 if code != 0:
