@@ -76,6 +76,7 @@ class ScriptExecutor(ExecutorHost):
         self._proc: UserProcess | None = None
         self._exited: asyncio.Future[int] | None = None
         self._aborted = False
+        self._abort_requested = asyncio.Event()
         self._ended = False  # stopped with a task still out (the job ended)
         # Tasks the runtime gave up on (cancelled run_task): not handed out if still
         # queued, and a late result for one is accepted and dropped, not an error.
@@ -106,15 +107,20 @@ class ScriptExecutor(ExecutorHost):
             raise ExecutionError(f"cannot start {self.config.script}: {exc}") from exc
         self._exited = asyncio.ensure_future(self._proc.wait())
         connected = asyncio.ensure_future(self._ipc.connected.wait())
+        # An abort that came while the process was being spawned found no process to kill:
+        # it is seen here, and one that comes during the wait ends the wait at once.
+        aborting = asyncio.ensure_future(self._abort_requested.wait())
         done, _ = await asyncio.wait(
-            {connected, self._exited},
+            {connected, self._exited, aborting},
             timeout=self.config.launch_timeout,
             return_when=asyncio.FIRST_COMPLETED,
         )
-        if connected in done:
+        aborting.cancel()
+        if connected in done and not self._aborted:
             return
         connected.cancel()
         if self._aborted:
+            await self._proc.kill_group(grace=2.0)
             await self._ipc.close()
             raise ExecutionError(f"{self.config.script} was aborted while starting", aborted=True)
         if self._exited in done:
@@ -310,6 +316,7 @@ class ScriptExecutor(ExecutorHost):
 
     async def abort(self) -> None:
         self._aborted = True
+        self._abort_requested.set()
         if self._proc is not None:
             await self._proc.kill_group(grace=2.0)
         await self._ipc.close()

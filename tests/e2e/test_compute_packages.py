@@ -88,6 +88,16 @@ def _env_folders(envs: Path) -> list[Path]:
     return sorted(p for p in envs.iterdir() if p.is_dir())
 
 
+def _sites_built_the_env(cluster: Cluster, tmp_path: Path, envs: Path) -> Path:
+    """The module's one environment, built by the sites for a job if no test did yet
+    (tests run in random order)."""
+    if not _env_folders(envs):
+        job_id = cluster.submit(_job(tmp_path / "first", "scaleout-first", rounds=1))
+        assert cluster.wait_done(job_id, timeout=120)["status"] == "FINISHED:COMPLETED"
+    (env,) = _env_folders(envs)
+    return env
+
+
 def test_an_unmodified_compute_package_trains_three_rounds_to_the_fedavg_model(
     cluster: Cluster, tmp_path: Path, envs: Path
 ) -> None:
@@ -124,21 +134,22 @@ def test_an_unmodified_compute_package_trains_three_rounds_to_the_fedavg_model(
     assert all(r.metrics["val_mse"] > 0 for r in rows)
 
     # one environment, built once: one site built it (pip's output in its job log), the
-    # other waited for it or found it built
+    # other waited for it or found it built; or both found it built by an earlier test
     (env,) = _env_folders(envs)
     assert (env / MARKER).is_file()
     logs = {site: _site_log(cluster, job_id, site) for site in SITES}
     builders = [site for site, text in logs.items() if "[python_env] building environment" in text]
-    assert len(builders) == 1, logs
-    assert "Successfully installed fedn-0.0.1" in logs[builders[0]]
-    (other,) = set(SITES) - set(builders)
-    assert "reusing environment" in logs[other] or "waiting" in logs[other]
+    assert len(builders) <= 1, logs
+    for site in set(SITES) - set(builders):
+        assert "reusing environment" in logs[site] or "waiting" in logs[site]
+    for site in builders:
+        assert "Successfully installed fedn-0.0.1" in logs[site]
 
 
 def test_a_second_job_with_the_same_python_env_reuses_the_environment(
     cluster: Cluster, tmp_path: Path, envs: Path
 ) -> None:
-    (env,) = _env_folders(envs)
+    env = _sites_built_the_env(cluster, tmp_path, envs)
     built = (env / MARKER).read_text()
     stamp = (env / MARKER).stat().st_mtime_ns
     job_id = cluster.submit(_job(tmp_path, "scaleout-again", rounds=1))
@@ -183,8 +194,14 @@ def test_the_server_refuses_a_package_as_strictly_as_flare_job_validate(
 
 
 def test_flare_job_run_build_writes_the_seed_in_the_environment_the_sites_built(
-    tmp_path: Path, envs: Path, wheels: Path, monkeypatch: pytest.MonkeyPatch, capsys
+    cluster: Cluster,
+    tmp_path: Path,
+    envs: Path,
+    wheels: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    env = _sites_built_the_env(cluster, tmp_path, envs)
     app = write_package(tmp_path / "job" / "app")
     # pip settings for `flare job run` are yours: here, the same local folder
     monkeypatch.setenv("PIP_NO_INDEX", "1")
@@ -192,7 +209,7 @@ def test_flare_job_run_build_writes_the_seed_in_the_environment_the_sites_built(
     argv = ["run", "build", "--path", str(app), "--envs", str(envs), "--system-site-packages"]
     assert job_main([*argv, "--output", str(app / "seed.npz")]) == 0
     out = capsys.readouterr().out
-    assert "reusing environment" in out  # same interpreter, same spec: the sites' env
+    assert f"reusing environment {env}" in out  # same interpreter, same spec: the sites' env
     assert (tmp_path / "job" / "seed.npz").is_file()  # where model.py writes it: ../seed.npz
     seed = load_params(app / "seed.npz")
     np.testing.assert_array_equal(seed["0"], SEED_W)

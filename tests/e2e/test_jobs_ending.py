@@ -62,12 +62,6 @@ def _wait_running(cluster, job_id):
     wait_until(lambda: all(cluster.site_job_pids(s) for s in SITES), 30)
 
 
-@pytest.mark.xfail(
-    reason="found by issue 10, not fixed here: a site that gets job.abort while it is still "
-    "starting the job's script (flare_site ScriptExecutor.start has spawned the process but "
-    "not yet stored it) kills nothing, and the script outlives the abort",
-    strict=False,
-)
 def test_an_abort_while_a_frozen_site_is_still_deploying_leaves_no_user_process(
     provisioned, tmp_path
 ):

@@ -131,7 +131,8 @@ def test_a_watch_that_outlives_its_timeout_raises_job_timeout(session, job_folde
     assert next(watch).meta.status == "SUBMITTED"
     start = time.monotonic()
     with pytest.raises(JobTimeout) as info:
-        next(watch)
+        for event in watch:  # a job no site can run may change (its waiting reason) first
+            assert event.meta.status == "SUBMITTED"
     assert time.monotonic() - start < 30  # a generous ceiling: the 0.5 s timeout ends it
     assert info.value.job_id == job_id and info.value.status == "SUBMITTED"
 
