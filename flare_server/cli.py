@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import functools
 import logging
 import signal
@@ -54,6 +55,7 @@ async def _serve(server: Server, ready_file: Path | None) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves a traceback in the log
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

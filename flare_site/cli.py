@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import fcntl
 import logging
 import os
@@ -130,6 +131,7 @@ def _run_once(kit: Kit, settings: SiteSettings) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
+    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves a traceback in the log
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
