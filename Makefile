@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
+	flare_cli flare_job flare_local
 
 .PHONY: demo test coverage bench proto proto-check lint typecheck clean
 
@@ -15,12 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# Stale stubs and lint errors fail the suite too; pytest exits non-zero (5) on no tests.
+# Stale stubs, lint errors, unformatted code and type errors fail the suite too;
+# pytest exits non-zero (5) on no tests.
 # The suite runs in random order (pytest-randomly: the seed is in pytest's header and is
 # repeated after a failure; `pytest --randomly-seed=N` replays that order).
 test: $(STAMP)
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(MYPY)
 	$(PY) -m pytest
 
 # Branch coverage of the suite and of every Python process it starts (servers, sites,
@@ -53,7 +58,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin flare_cli flare_job
+	$(MYPY)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .coverage-data

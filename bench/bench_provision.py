@@ -38,16 +38,28 @@ ROLES = ["project_admin", "org_admin", "lead", "member"]
 
 def project_doc(n: int, name: str = "bench") -> dict[str, Any]:
     """A project of ``n`` participants: one server, 5% admins, the rest sites."""
-    participants: list[dict[str, Any]] = [{
-        "name": "server.bench.example.org", "type": "server", "org": "bench",
-        "fed_learn_port": 8002, "admin_port": 8003, "host_names": ["127.0.0.1"],
-    }]
+    participants: list[dict[str, Any]] = [
+        {
+            "name": "server.bench.example.org",
+            "type": "server",
+            "org": "bench",
+            "fed_learn_port": 8002,
+            "admin_port": 8003,
+            "host_names": ["127.0.0.1"],
+        }
+    ]
     admins = max(1, n // 20)
     for i in range(n - 1 - admins):
         participants.append({"name": f"site-{i:04d}", "type": "client", "org": f"org_{i % 10}"})
     for i in range(admins):
-        participants.append({"name": f"admin{i:03d}@org-{i % 10}.example.org", "type": "admin",
-                             "org": f"org_{i % 10}", "role": ROLES[i % 4]})
+        participants.append(
+            {
+                "name": f"admin{i:03d}@org-{i % 10}.example.org",
+                "type": "admin",
+                "org": f"org_{i % 10}",
+                "role": ROLES[i % 4],
+            }
+        )
     return {"api_version": 3, "name": name, "participants": participants}
 
 
@@ -82,8 +94,11 @@ def _fresh_runs(
 
 
 def _row(benchmark: str, times: list[float], target: str = "", notes: str = "") -> dict[str, Any]:
-    spread = f"median of {len(times)}: min {min(times):.2f}, max {max(times):.2f}" \
-        if len(times) > 1 else ""
+    spread = (
+        f"median of {len(times)}: min {min(times):.2f}, max {max(times):.2f}"
+        if len(times) > 1
+        else ""
+    )
     return {
         "benchmark": benchmark,
         "value": round(statistics.median(times), 3),
@@ -102,16 +117,28 @@ def run(n: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
         # 1. The headline: n participants, EC P-256, default flush (syncfs).
         times, result = _fresh_runs(n, repeats)
         keep.append(result.state_dir.parents[2])
-        rows.append(_row(f"provision {n:,} participants, ec-p256 (first run, syncfs)", times,
-                         "<= 2 s", f"{len(result.kits)} kits written and signed"))
+        rows.append(
+            _row(
+                f"provision {n:,} participants, ec-p256 (first run, syncfs)",
+                times,
+                "<= 2 s",
+                f"{len(result.kits)} kits written and signed",
+            )
+        )
 
         # 2. The same on tmpfs: what is CPU and what is the file system.
         shm = Path("/dev/shm")
         if shm.is_dir() and os.access(shm, os.W_OK):
             times, res = _fresh_runs(n, repeats, root=shm, flush="none")
             shutil.rmtree(res.state_dir.parents[2], ignore_errors=True)
-            rows.append(_row(f"provision {n:,}, ec-p256, on tmpfs, no flush (CPU share)", times,
-                             "", "same work without disk: the rest of row 1 is the disk"))
+            rows.append(
+                _row(
+                    f"provision {n:,}, ec-p256, on tmpfs, no flush (CPU share)",
+                    times,
+                    "",
+                    "same work without disk: the rest of row 1 is the disk",
+                )
+            )
 
         # 3. Flush strategies at full size, one fresh run each.
         for flush, note in [
@@ -130,14 +157,21 @@ def run(n: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
         inc_times = []
         for i in range(repeats):
             doc = yaml.safe_load(project.read_text())
-            doc["participants"].append({"name": f"late-site-{i}", "type": "client",
-                                        "org": "org_late"})
+            doc["participants"].append(
+                {"name": f"late-site-{i}", "type": "client", "org": "org_late"}
+            )
             project.write_text(yaml.safe_dump(doc, sort_keys=False))
             seconds, again = _timed(functools.partial(provision, project, project_dir.parent))
             assert again.issued == [f"late-site-{i}"], again.issued
             inc_times.append(seconds)
-        rows.append(_row(f"re-run with 1 new participant ({n:,} reused)", inc_times, "",
-                         "reuses CA, keys, certificates; writes every kit into the next prod_NN"))
+        rows.append(
+            _row(
+                f"re-run with 1 new participant ({n:,} reused)",
+                inc_times,
+                "",
+                "reuses CA, keys, certificates; writes every kit into the next prod_NN",
+            )
+        )
 
         # 5. verify_kit: it runs on every server/site start and Session open.
         kits = list(again.kits.values())
@@ -145,22 +179,39 @@ def run(n: int | None = None, repeats: int = 3) -> list[dict[str, Any]]:
         for kit in kits:
             verify_kit(kit, again.ca_fingerprint)
         per_kit = (time.perf_counter() - start) / len(kits)
-        rows.append({"benchmark": "verify_kit (with fingerprint), per kit",
-                     "value": round(per_kit * 1e3, 3), "unit": "ms", "target": "<= 5 ms",
-                     "notes": f"mean over {len(kits)} kits"})
+        rows.append(
+            {
+                "benchmark": "verify_kit (with fingerprint), per kit",
+                "value": round(per_kit * 1e3, 3),
+                "unit": "ms",
+                "target": "<= 5 ms",
+                "notes": f"mean over {len(kits)} kits",
+            }
+        )
 
         # 6. Key types: 100 participants (NVIDIA FLARE: 100 clients in 6.5 s with RSA-2048).
         for key_type in ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072"):
             times, res = _fresh_runs(100, 1, key_type=key_type)
             shutil.rmtree(res.state_dir.parents[2], ignore_errors=True)
-            rows.append(_row(f"provision 100 participants, {key_type}", times, "",
-                             "NVIDIA FLARE 2.9 here: 6.5 s (RSA-2048)"
-                             if key_type == "rsa-2048" else ""))
+            rows.append(
+                _row(
+                    f"provision 100 participants, {key_type}",
+                    times,
+                    "",
+                    "NVIDIA FLARE 2.9 here: 6.5 s (RSA-2048)" if key_type == "rsa-2048" else "",
+                )
+            )
         if with_rsa:
             times, res = _fresh_runs(n, 1, key_type="rsa-2048")
             shutil.rmtree(res.state_dir.parents[2], ignore_errors=True)
-            rows.append(_row(f"provision {n:,} participants, rsa-2048", times, "",
-                             "RSA key generation dominates (about 40 ms a key here)"))
+            rows.append(
+                _row(
+                    f"provision {n:,} participants, rsa-2048",
+                    times,
+                    "",
+                    "RSA key generation dominates (about 40 ms a key here)",
+                )
+            )
     finally:
         for folder in keep:
             shutil.rmtree(folder, ignore_errors=True)

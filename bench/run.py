@@ -42,7 +42,7 @@ if str(REPO) not in sys.path:
 
 def discover() -> dict[str, Path]:
     """Benchmark modules by short name (``bench_provision.py`` -> ``provision``)."""
-    return {p.stem[len("bench_"):]: p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
+    return {p.stem[len("bench_") :]: p for p in sorted(BENCH_DIR.glob("bench_*.py"))}
 
 
 def _load(path: Path) -> ModuleType:
@@ -84,7 +84,7 @@ def _sections(text: str) -> dict[str, str]:
     matches = list(_SECTION_RE.finditer(text))
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        found[m.group(1)] = text[m.start():end].rstrip() + "\n"
+        found[m.group(1)] = text[m.start() : end].rstrip() + "\n"
     return found
 
 
@@ -125,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     unknown = [n for n in args.names if n not in available]
     if unknown:
-        print(f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(available)}",
-              file=sys.stderr)
+        print(
+            f"unknown benchmark(s): {', '.join(unknown)}; have: {', '.join(available)}",
+            file=sys.stderr,
+        )
         return 2
     chosen = args.names or list(available)
     sections: dict[str, str] = {}

@@ -139,8 +139,9 @@ def _read_regular(path: Path, limit: int | None = None) -> bytes:
         raise KitTampered(f"{path}: signed file was removed", path=str(path)) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise KitTampered(f"{path}: is a symlink; kit files must be regular files",
-                              path=str(path)) from None
+            raise KitTampered(
+                f"{path}: is a symlink; kit files must be regular files", path=str(path)
+            ) from None
         raise KitTampered(f"{path}: cannot be read: {exc.strerror}", path=str(path)) from None
     try:
         st = os.fstat(fd)
@@ -214,8 +215,9 @@ def verify_kit(kit_dir: str | Path, ca_fingerprint: str | None = None) -> None:
             f"{kit_dir} is not a startup kit: it has no {STARTUP}/ folder", path=str(startup)
         ) from None
     if stat.S_ISLNK(st.st_mode):
-        raise KitTampered(f"{startup}: is a symlink; the signed folder must be a real folder",
-                          path=str(startup))
+        raise KitTampered(
+            f"{startup}: is a symlink; the signed folder must be a real folder", path=str(startup)
+        )
     if not stat.S_ISDIR(st.st_mode):
         raise KitTampered(f"{startup}: is not a folder", path=str(startup))
 
@@ -228,8 +230,9 @@ def verify_kit(kit_dir: str | Path, ca_fingerprint: str | None = None) -> None:
                 continue
             path = startup / entry.name
             if entry.is_symlink():
-                raise KitTampered(f"{path}: is a symlink; kit files must be regular files",
-                                  path=str(path))
+                raise KitTampered(
+                    f"{path}: is a symlink; kit files must be regular files", path=str(path)
+                )
             if entry.name not in files:
                 raise KitTampered(f"{path}: was added after the kit was signed", path=str(path))
             if not entry.is_file(follow_symlinks=False):
@@ -251,8 +254,9 @@ def verify_kit(kit_dir: str | Path, ca_fingerprint: str | None = None) -> None:
 
     root_path = startup / ROOT_CA
     if ROOT_CA not in files:
-        raise KitTampered(f"{root_path}: the root CA is not among the signed files",
-                          path=str(root_path))
+        raise KitTampered(
+            f"{root_path}: the root CA is not among the signed files", path=str(root_path)
+        )
     try:
         root = x509.load_pem_x509_certificate(root_pem)
     except ValueError:

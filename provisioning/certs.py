@@ -77,8 +77,9 @@ def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
         if passphrase
         else serialization.NoEncryption()
     )
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             encryption)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
+    )
 
 
 def _hash_for(key: PrivateKey) -> hashes.SHA256 | hashes.SHA384:
@@ -108,16 +109,21 @@ class CertificateAuthority:
 
 
 def create_ca(
-    project: str, *, key_type: str = "ec-p256", days: int = DEFAULT_CA_DAYS,
+    project: str,
+    *,
+    key_type: str = "ec-p256",
+    days: int = DEFAULT_CA_DAYS,
     now: datetime | None = None,
 ) -> CertificateAuthority:
     """A new self-signed root CA for ``project`` (CA:TRUE, path length 0)."""
     key = generate_key(key_type)
     start = _utc(now) - _BACKDATE
-    name = x509.Name([
-        x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA"),
-        x509.NameAttribute(NameOID.ORGANIZATION_NAME, project),
-    ])
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, f"{project} root CA"),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, project),
+        ]
+    )
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
     cert = (
         x509.CertificateBuilder()
@@ -130,15 +136,22 @@ def create_ca(
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )
         .add_extension(ski, critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
-                       critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
+        )
         .sign(key, _hash_for(key))
     )
     return CertificateAuthority(key=key, cert=cert)
@@ -203,22 +216,33 @@ def issue_leaf(
     is_rsa = isinstance(public_key, rsa.RSAPublicKey)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
-        ]))
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+                ]
+            )
+        )
         .issuer_name(ca.cert.subject)
         .public_key(public_key)
         .serial_number(serial if serial is not None else x509.random_serial_number())
         .not_valid_before(start)
         .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None),
-                       critical=True)
+        .add_extension(
+            x509.BasicConstraints(ca=is_ca, path_length=0 if is_ca else None), critical=True
+        )
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=is_rsa,
-                data_encipherment=False, key_agreement=False, key_cert_sign=is_ca,
-                crl_sign=False, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=is_rsa,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=is_ca,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

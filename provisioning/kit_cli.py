@@ -22,8 +22,11 @@ def _parser() -> argparse.ArgumentParser:
         "that the CA is your project's.",
     )
     verify.add_argument("kit_dir", type=Path, metavar="KIT_DIR")
-    verify.add_argument("--ca-fingerprint", metavar="SHA256",
-                        help="expected root CA SHA-256 fingerprint (colons and case ignored)")
+    verify.add_argument(
+        "--ca-fingerprint",
+        metavar="SHA256",
+        help="expected root CA SHA-256 fingerprint (colons and case ignored)",
+    )
     return ap
 
 

@@ -46,17 +46,34 @@ _ORG = "org"  # jobs submitted by, or sites of, this admin's org
 
 def default_authorization_policy() -> dict[str, Any]:
     """NVIDIA FLARE's default policy as a role x right table of scopes."""
-    rights = ["submit_job", "clone_job", "manage_job", "download_job", "view", "operate",
-              "shell_commands"]
+    rights = [
+        "submit_job",
+        "clone_job",
+        "manage_job",
+        "download_job",
+        "view",
+        "operate",
+        "shell_commands",
+    ]
     table = {
         Role.PROJECT_ADMIN.value: dict.fromkeys(rights, _ALL),
         Role.ORG_ADMIN.value: {
-            "submit_job": _NONE, "clone_job": _NONE, "manage_job": _ORG, "download_job": _ORG,
-            "view": _ALL, "operate": _ORG, "shell_commands": _ORG,
+            "submit_job": _NONE,
+            "clone_job": _NONE,
+            "manage_job": _ORG,
+            "download_job": _ORG,
+            "view": _ALL,
+            "operate": _ORG,
+            "shell_commands": _ORG,
         },
         Role.LEAD.value: {
-            "submit_job": _ALL, "clone_job": _OWN, "manage_job": _OWN, "download_job": _OWN,
-            "view": _ALL, "operate": _ORG, "shell_commands": _NONE,
+            "submit_job": _ALL,
+            "clone_job": _OWN,
+            "manage_job": _OWN,
+            "download_job": _OWN,
+            "view": _ALL,
+            "operate": _ORG,
+            "shell_commands": _NONE,
         },
         Role.MEMBER.value: {**dict.fromkeys(rights, _NONE), "view": _ALL},
     }
@@ -92,22 +109,24 @@ def _participants(project: Project) -> bytes:
 
 def _config(project: Project, p: Participant) -> bytes:
     server = project.server
-    return _json({
-        "format": CONFIG_FORMAT,
-        "project": project.name,
-        "participant": {
-            "name": p.name,
-            "org": p.org,
-            "type": p.type.value,
-            "role": p.role.value if p.role else None,
-        },
-        "server": {
-            "name": server.name,
-            "fed_learn_port": server.fed_learn_port,
-            "admin_port": server.admin_port,
-            "host_names": list(server.host_names),
-        },
-    })
+    return _json(
+        {
+            "format": CONFIG_FORMAT,
+            "project": project.name,
+            "participant": {
+                "name": p.name,
+                "org": p.org,
+                "type": p.type.value,
+                "role": p.role.value if p.role else None,
+            },
+            "server": {
+                "name": server.name,
+                "fed_learn_port": server.fed_learn_port,
+                "admin_port": server.admin_port,
+                "host_names": list(server.host_names),
+            },
+        }
+    )
 
 
 #: The ``flare`` sub-command each kit's launcher runs.
@@ -179,7 +198,9 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
         f"- `{LOCAL}/` (not signed; yours to edit): `{SETTINGS}`"
         + (
             f", `{AUTHORIZATION_DEFAULT}` (default policy; copy to `authorization.json` "
-            "to change it)" if p.type is ParticipantType.SERVER else ""
+            "to change it)"
+            if p.type is ParticipantType.SERVER
+            else ""
         )
         + (f", `{RESOURCES}`" if p.type is ParticipantType.SITE else "")
         + ".",
@@ -196,10 +217,12 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
 #: Default ``local/settings.json`` per type; the keys are the ones the server
 #: (``flare_server.settings``) and the site (``flare_site.settings``) read.
 _SETTINGS: dict[ParticipantType, dict[str, Any]] = {
-    ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout": 30.0,
-                             "grace_period": 5.0},
-    ParticipantType.SITE: {"log_level": "INFO", "heartbeat_interval_s": 5.0,
-                           "connect_timeout_s": 10.0},
+    ParticipantType.SERVER: {"log_level": "INFO", "heartbeat_timeout": 30.0, "grace_period": 5.0},
+    ParticipantType.SITE: {
+        "log_level": "INFO",
+        "heartbeat_interval_s": 5.0,
+        "connect_timeout_s": 10.0,
+    },
     ParticipantType.ADMIN: {"log_level": "INFO"},
 }
 

@@ -108,11 +108,13 @@ def load_project(path: str | Path) -> Project:
             f"{source}: project file not found (pass it with -p PATH)", path=str(source)
         ) from None
     except IsADirectoryError:
-        raise ProjectFileError(f"{source}: is a folder, not a project file",
-                               path=str(source)) from None
+        raise ProjectFileError(
+            f"{source}: is a folder, not a project file", path=str(source)
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProjectFileError(f"{source}: cannot read the project file: {exc}",
-                               path=str(source)) from None
+        raise ProjectFileError(
+            f"{source}: cannot read the project file: {exc}", path=str(source)
+        ) from None
     try:
         # The libyaml-backed safe loader when present: the same safe subset as yaml.safe_load
         # (no tags that construct objects), several times faster on large projects.
@@ -123,8 +125,9 @@ def load_project(path: str | Path) -> Project:
         if mark is not None:
             where = f" at line {mark.line + 1}, column {mark.column + 1}"
         problem = getattr(exc, "problem", None) or "syntax error"
-        raise ProjectFileError(f"{source}: not valid YAML{where}: {problem}",
-                               path=str(source)) from None
+        raise ProjectFileError(
+            f"{source}: not valid YAML{where}: {problem}", path=str(source)
+        ) from None
     return parse_project(data, source)
 
 
@@ -149,8 +152,9 @@ def _check_chars(chk: _Checker, value: str, label: str | None, field: str) -> No
     bad = sorted({ch for ch in value if ch in _FORBIDDEN or ord(ch) < 0x20 or ord(ch) == 0x7F})
     if bad:
         shown = ", ".join(repr(ch) for ch in bad)
-        chk.fail(f"{value!r} contains forbidden character(s) {shown}", participant=label,
-                 field=field)
+        chk.fail(
+            f"{value!r} contains forbidden character(s) {shown}", participant=label, field=field
+        )
     if value != value.strip():
         chk.fail(f"{value!r} has leading or trailing spaces", participant=label, field=field)
 
@@ -194,8 +198,9 @@ def parse_project(data: Any, source: str | Path = "project.yml") -> Project:
         chk.fail(f"{name!r} must be a string", field="name")
     _check_chars(chk, name, None, "name")
     if not _PROJECT_RE.match(name) or len(name) > _MAX_NAME:
-        chk.fail(f"{name!r} must match ^[A-Za-z0-9_-]+$ (at most {_MAX_NAME} characters)",
-                 field="name")
+        chk.fail(
+            f"{name!r} must match ^[A-Za-z0-9_-]+$ (at most {_MAX_NAME} characters)", field="name"
+        )
     description = data.get("description", "") or ""
     if not isinstance(description, str):
         chk.fail("must be a string", field="description")
@@ -218,14 +223,18 @@ def parse_project(data: Any, source: str | Path = "project.yml") -> Project:
         p = participants[-1]
         key = p.name.casefold()
         if key in seen:
-            chk.fail(f"duplicate name: {seen[key]!r} is already a participant",
-                     participant=p.name, field="name")
+            chk.fail(
+                f"duplicate name: {seen[key]!r} is already a participant",
+                participant=p.name,
+                field="name",
+            )
         seen[key] = p.name
 
     servers = [p for p in participants if p.type is ParticipantType.SERVER]
     if not servers:
-        chk.fail("no participant has type 'server'; a project needs exactly one",
-                 field="participants")
+        chk.fail(
+            "no participant has type 'server'; a project needs exactly one", field="participants"
+        )
     if len(servers) > 1:
         chk.fail(
             f"two servers ({servers[0].name!r} and {servers[1].name!r}); a project has exactly one",
@@ -260,8 +269,11 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
     if type_word is None:
         chk.fail("missing (server, client or admin)", participant=label, field="type")
     if not isinstance(type_word, str) or type_word not in TYPE_WORDS:
-        chk.fail(f"unknown type {type_word!r} (use server, client or admin)",
-                 participant=label, field="type")
+        chk.fail(
+            f"unknown type {type_word!r} (use server, client or admin)",
+            participant=label,
+            field="type",
+        )
     ptype = TYPE_WORDS[type_word]
 
     org = raw.get("org")
@@ -274,21 +286,31 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
         chk.fail(f"{org!r} must match ^[A-Za-z0-9_]+$", participant=label, field="org")
 
     if ptype is ParticipantType.SITE and not _SITE_RE.match(name):
-        chk.fail(f"a site name must match ^[A-Za-z0-9-_]+$, got {name!r}",
-                 participant=label, field="name")
+        chk.fail(
+            f"a site name must match ^[A-Za-z0-9-_]+$, got {name!r}",
+            participant=label,
+            field="name",
+        )
     if ptype is ParticipantType.ADMIN and not _EMAIL_RE.match(name):
-        chk.fail(f"an admin name must be an email address, got {name!r}",
-                 participant=label, field="name")
+        chk.fail(
+            f"an admin name must be an email address, got {name!r}", participant=label, field="name"
+        )
     if ptype is ParticipantType.SERVER and not (_is_hostname(name) or _is_ip(name)):
-        chk.fail(f"a server name must be a host name clients can dial, got {name!r}",
-                 participant=label, field="name")
+        chk.fail(
+            f"a server name must be a host name clients can dial, got {name!r}",
+            participant=label,
+            field="name",
+        )
 
     role: Role | None = None
     raw_role = raw.get("role")
     if ptype is ParticipantType.ADMIN:
         if raw_role is None:
-            chk.fail("missing: an admin needs a role (project_admin, org_admin, lead, member)",
-                     participant=label, field="role")
+            chk.fail(
+                "missing: an admin needs a role (project_admin, org_admin, lead, member)",
+                participant=label,
+                field="role",
+            )
         try:
             role = Role(raw_role)
         except ValueError:
@@ -298,8 +320,11 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
                 field="role",
             )
     elif raw_role is not None:
-        chk.fail(f"only admins have a role, this participant is a {type_word}",
-                 participant=label, field="role")
+        chk.fail(
+            f"only admins have a role, this participant is a {type_word}",
+            participant=label,
+            field="role",
+        )
 
     fed_port = admin_port = None
     host_names: list[str] = []
@@ -307,22 +332,29 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
         fed_port = _port(chk, raw, "fed_learn_port", DEFAULT_FED_LEARN_PORT, label)
         admin_port = _port(chk, raw, "admin_port", DEFAULT_ADMIN_PORT, label)
         if fed_port == admin_port:
-            chk.fail(f"admin_port equals fed_learn_port ({fed_port}); use two ports",
-                     participant=label, field="admin_port")
+            chk.fail(
+                f"admin_port equals fed_learn_port ({fed_port}); use two ports",
+                participant=label,
+                field="admin_port",
+            )
         raw_hosts = raw.get("host_names") or []
         if isinstance(raw_hosts, str):
             raw_hosts = [raw_hosts]
         if not isinstance(raw_hosts, list):
-            chk.fail("must be a list of host names or IP addresses", participant=label,
-                     field="host_names")
+            chk.fail(
+                "must be a list of host names or IP addresses",
+                participant=label,
+                field="host_names",
+            )
         default_host = raw.get("default_host")
         if default_host is not None:
             raw_hosts = [*raw_hosts, default_host]
         for host in raw_hosts:
             field = "default_host" if host is default_host else "host_names"
             if not isinstance(host, str) or not (_is_hostname(host) or _is_ip(host)):
-                chk.fail(f"{host!r} is not a host name or IP address", participant=label,
-                         field=field)
+                chk.fail(
+                    f"{host!r} is not a host name or IP address", participant=label, field=field
+                )
             if host != name and host not in host_names:
                 host_names.append(host)
     else:

@@ -101,9 +101,7 @@ def _make_dir(path: Path) -> None:
         )
 
 
-def _record(
-    p: Participant, cert: x509.Certificate, key_type: str, bundle: str
-) -> IssuedRecord:
+def _record(p: Participant, cert: x509.Certificate, key_type: str, bundle: str) -> IssuedRecord:
     return IssuedRecord(
         name=p.name,
         type=p.type.value,
@@ -194,9 +192,16 @@ def provision(
             first_run = not State.exists(state_dir)
             try:
                 return _provision_locked(
-                    project, project_dir, state_dir, key_type=key_type, ca_days=ca_days,
-                    cert_days=cert_days, passphrase=ca_passphrase or None, when=when,
-                    to_revoke=to_revoke, flush=flush,
+                    project,
+                    project_dir,
+                    state_dir,
+                    key_type=key_type,
+                    ca_days=ca_days,
+                    cert_days=cert_days,
+                    passphrase=ca_passphrase or None,
+                    when=when,
+                    to_revoke=to_revoke,
+                    flush=flush,
                 )
             except BaseException:
                 if first_run and not State.exists(state_dir):
@@ -208,8 +213,17 @@ def provision(
 
 
 def _provision_locked(
-    project: Project, project_dir: Path, state_dir: Path, *, key_type: str, ca_days: int,
-    cert_days: int, passphrase: bytes | None, when: datetime, to_revoke: set[str], flush: str,
+    project: Project,
+    project_dir: Path,
+    state_dir: Path,
+    *,
+    key_type: str,
+    ca_days: int,
+    cert_days: int,
+    passphrase: bytes | None,
+    when: datetime,
+    to_revoke: set[str],
+    flush: str,
 ) -> ProvisionResult:
     for stale in project_dir.glob(f"{_TMP_PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)  # a crashed run's half-written kits
@@ -257,8 +271,15 @@ def _provision_locked(
     for p, key in zip(to_issue, new_keys, strict=True):
         issued.append(p.name)
         cert = issue_leaf(
-            ca, key.public_key(), name=p.name, org=p.org, participant_type=p.type, role=p.role,
-            host_names=p.host_names, days=cert_days, now=when,
+            ca,
+            key.public_key(),
+            name=p.name,
+            org=p.org,
+            participant_type=p.type,
+            role=p.role,
+            host_names=p.host_names,
+            days=cert_days,
+            now=when,
         )
         keys[p.name] = state.store_leaf(_record(p, cert, key_type_of(key), bundle), key, cert)
         certs[p.name] = cert.public_bytes(serialization.Encoding.PEM)
@@ -271,15 +292,21 @@ def _provision_locked(
         kits: dict[str, Path] = {}
         for p in project.participants:
             startup, local = kit_files(
-                project, p, ca_pem=ca_pem, cert_pem=certs[p.name], key_pem=keys[p.name],
-                fingerprint=fingerprint, revoked_serials=revoked_serials,
+                project,
+                p,
+                ca_pem=ca_pem,
+                cert_pem=certs[p.name],
+                key_pem=keys[p.name],
+                fingerprint=fingerprint,
+                revoked_serials=revoked_serials,
             )
             write_kit(batch, tmp / p.name, p, startup, local, ca.key)
             kits[p.name] = project_dir / prod_name / p.name
         final = project_dir / prod_name
         if final.exists():  # only if someone made it by hand meanwhile: we hold the lock
-            raise ProvisionError(f"{final}: already exists; it is never overwritten",
-                                 path=str(final))
+            raise ProvisionError(
+                f"{final}: already exists; it is never overwritten", path=str(final)
+            )
         batch.flush(project_dir)
         state.prods.append(prod_name)
         state.save()

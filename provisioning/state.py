@@ -110,8 +110,7 @@ def _load_key(path: Path, passphrase: bytes | None, data: bytes | None = None) -
         try:
             data = path.read_bytes()
         except OSError as exc:
-            raise ProvisionError(f"{path}: cannot read: {exc.strerror}",
-                                 path=str(path)) from None
+            raise ProvisionError(f"{path}: cannot read: {exc.strerror}", path=str(path)) from None
     encrypted = b"ENCRYPTED" in data.split(b"\n", 1)[0]
     if encrypted and not passphrase:
         raise ProvisionError(
@@ -120,8 +119,7 @@ def _load_key(path: Path, passphrase: bytes | None, data: bytes | None = None) -
         )
     if not encrypted and passphrase:
         raise ProvisionError(
-            f"{path}: this state was created without a passphrase; run without "
-            "--ca-passphrase-env",
+            f"{path}: this state was created without a passphrase; run without --ca-passphrase-env",
             path=str(path),
         )
     try:
@@ -140,8 +138,10 @@ def load_ca(state_dir: str | Path, passphrase: bytes | None = None) -> Certifica
     try:
         cert = x509.load_pem_x509_certificate((state_dir / CA_CERT).read_bytes())
     except (OSError, ValueError) as exc:
-        raise ProvisionError(f"{state_dir / CA_CERT}: cannot load the CA certificate: {exc}",
-                             path=str(state_dir / CA_CERT)) from None
+        raise ProvisionError(
+            f"{state_dir / CA_CERT}: cannot load the CA certificate: {exc}",
+            path=str(state_dir / CA_CERT),
+        ) from None
     return CertificateAuthority(key=key, cert=cert)
 
 
@@ -149,7 +149,10 @@ class State:
     """An open state folder. Changes are written by :meth:`save` (call it last)."""
 
     def __init__(
-        self, state_dir: Path, ca: CertificateAuthority, passphrase: bytes | None,
+        self,
+        state_dir: Path,
+        ca: CertificateAuthority,
+        passphrase: bytes | None,
         doc: dict[str, Any],
     ) -> None:
         self.dir = state_dir
@@ -170,8 +173,12 @@ class State:
 
     @classmethod
     def create(
-        cls, state_dir: Path, project: str, ca: CertificateAuthority,
-        passphrase: bytes | None, batch: FileBatch,
+        cls,
+        state_dir: Path,
+        project: str,
+        ca: CertificateAuthority,
+        passphrase: bytes | None,
+        batch: FileBatch,
     ) -> State:
         """A new state for ``project``: writes the CA files (state.json comes with save)."""
         for name in (CA_KEY, CA_CERT, ISSUED):
@@ -200,8 +207,9 @@ class State:
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise ProvisionError(f"{path}: cannot read the provisioning state: {exc}",
-                                 path=str(path)) from None
+            raise ProvisionError(
+                f"{path}: cannot read the provisioning state: {exc}", path=str(path)
+            ) from None
         if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
             raise ProvisionError(f"{path}: unknown state format", path=str(path))
         if doc.get("project") != project:
@@ -218,9 +226,7 @@ class State:
         """The file name this run's newly issued certificates go to."""
         return f"{when.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}.json"
 
-    def store_leaf(
-        self, record: IssuedRecord, key: PrivateKey, cert: x509.Certificate
-    ) -> bytes:
+    def store_leaf(self, record: IssuedRecord, key: PrivateKey, cert: x509.Certificate) -> bytes:
         """Keep a newly issued key and certificate (written by :meth:`write_bundle`).
 
         Returns the key's plain PEM for the kit.
@@ -252,8 +258,9 @@ class State:
             try:
                 bundle = json.loads(path.read_text(encoding="utf-8"))["certificates"]
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ProvisionError(f"{path}: cannot read issued certificates: {exc}",
-                                     path=str(path)) from None
+                raise ProvisionError(
+                    f"{path}: cannot read issued certificates: {exc}", path=str(path)
+                ) from None
             self._bundles[record.bundle] = bundle
         try:
             return bundle[record.serial]
@@ -275,8 +282,9 @@ class State:
 
     def revoke(self, record: IssuedRecord, reason: str, when: datetime) -> None:
         self.revoked.append(
-            RevokedRecord(serial=record.serial, name=record.name, reason=reason,
-                          time=when.isoformat())
+            RevokedRecord(
+                serial=record.serial, name=record.name, reason=reason, time=when.isoformat()
+            )
         )
 
     def revoked_serials(self) -> list[str]:

@@ -70,9 +70,7 @@ def project_yml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def provisioned(
-    project_yml: Path, tmp_path_factory: pytest.TempPathFactory
-) -> ProvisionResult:
+def provisioned(project_yml: Path, tmp_path_factory: pytest.TempPathFactory) -> ProvisionResult:
     """The test project provisioned once by our own provisioning (a ProvisionResult).
 
     Read-only for tests: copy a kit (tests/kit_factory.py) before changing anything.

@@ -116,10 +116,14 @@ def reissued_kit(
         role = Role.MEMBER
     host_names = kit.server.host_names if ptype is ParticipantType.SERVER else ()
     new = issue_leaf(
-        issuer or project_ca(result), cert.public_key(),  # type: ignore[arg-type]
-        name=kit.name, org=kit.org, participant_type=ptype,
+        issuer or project_ca(result),
+        cert.public_key(),  # type: ignore[arg-type]
+        name=kit.name,
+        org=kit.org,
+        participant_type=ptype,
         role=role if ptype is ParticipantType.ADMIN else None,
-        host_names=host_names, **overrides,
+        host_names=host_names,
+        **overrides,
     )
     kit.cert_path.write_bytes(new.public_bytes(serialization.Encoding.PEM))
     resign_kit(kit_dir, project_ca(result))
@@ -133,15 +137,17 @@ def _now() -> datetime:
 def expired_kit(result: ProvisionResult, name: str, dest: Path) -> Path:
     """Certificate valid from 30 days ago until yesterday."""
     now = _now()
-    return reissued_kit(result, name, dest, not_before=now - timedelta(days=30),
-                        not_after=now - timedelta(days=1))
+    return reissued_kit(
+        result, name, dest, not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+    )
 
 
 def not_yet_valid_kit(result: ProvisionResult, name: str, dest: Path) -> Path:
     """Certificate valid from tomorrow for 30 days."""
     now = _now()
-    return reissued_kit(result, name, dest, not_before=now + timedelta(days=1),
-                        not_after=now + timedelta(days=31))
+    return reissued_kit(
+        result, name, dest, not_before=now + timedelta(days=1), not_after=now + timedelta(days=31)
+    )
 
 
 def ca_leaf_kit(result: ProvisionResult, name: str, dest: Path) -> Path:
@@ -227,9 +233,11 @@ def _project_doc(result: ProvisionResult) -> dict[str, Any]:
         if kit.role is not None:
             entry["role"] = kit.role.value
         if kit.type is ParticipantType.SERVER:
-            entry.update(fed_learn_port=kit.server.fed_learn_port,
-                         admin_port=kit.server.admin_port,
-                         host_names=list(kit.server.host_names))
+            entry.update(
+                fed_learn_port=kit.server.fed_learn_port,
+                admin_port=kit.server.admin_port,
+                host_names=list(kit.server.host_names),
+            )
         participants.append(entry)
     return {"api_version": 3, "name": result.project, "participants": participants}
 
@@ -249,7 +257,10 @@ def foreign_project(
 
 
 def revoke_participant(
-    result: ProvisionResult, name: str, *, remove: bool = False,
+    result: ProvisionResult,
+    name: str,
+    *,
+    remove: bool = False,
     project_file: Path | None = None,
 ) -> ProvisionResult:
     """Re-provision the project so that ``name``'s current certificate is revoked.
@@ -271,8 +282,7 @@ def revoke_participant(
     if project_file is None:
         project_file = result.state_dir.parent / f".{result.project}-revoke.yml"
     project_file.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return provision(project_file, result.state_dir.parent.parent,
-                     revoke=() if remove else [name])
+    return provision(project_file, result.state_dir.parent.parent, revoke=() if remove else [name])
 
 
 def sub_ca_kit(result: ProvisionResult, name: str, dest: Path) -> Path:

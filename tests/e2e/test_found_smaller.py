@@ -354,6 +354,7 @@ def test_19_the_demo_removes_its_temporary_folder(tmp_path):
 def test_19_a_killed_sites_ipc_folder_is_removed_when_the_site_starts_again(cluster, tmp_path):
     job_id = cluster.submit(write_job(tmp_path, tmp_path / "out", extra_args=("--hang-round", "1")))
     try:
+
         def ipc_socket() -> str | None:  # a job process's environment, once it has exec'd
             for pid in cluster.site_job_pids("site-1"):
                 with contextlib.suppress(OSError):

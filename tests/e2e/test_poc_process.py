@@ -150,7 +150,10 @@ def test_a_killed_poc_leaves_no_orphans(poc):
 def test_a_temporary_workspace_is_removed_at_the_end(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flare_cli.main", "poc", "-n", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=REPO, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        text=True,
     )
     assert proc.stdout is not None
     lines = []
@@ -191,7 +194,10 @@ def test_a_second_poc_in_the_same_workspace_is_refused_and_the_first_keeps_runni
     first.wait_ready()
     second = subprocess.run(
         [sys.executable, "-m", "flare_cli.main", "poc", "-w", str(tmp_path / "ws")],
-        capture_output=True, text=True, cwd=REPO, timeout=60,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
     )
     assert second.returncode == 2
     assert "another flare poc or simulate" in second.stderr
@@ -219,7 +225,8 @@ def test_a_restarted_server_keeps_its_ports_and_the_sites_come_back(tmp_path):
             time.sleep(0.1)
         again = json.loads(project.ready_file.read_text())
         assert (again["admin_port"], again["fed_learn_port"]) == (
-            ready["admin_port"], ready["fed_learn_port"],
+            ready["admin_port"],
+            ready["fed_learn_port"],
         )
         assert project.dead_children() == {}
 

@@ -30,7 +30,6 @@ HELLO = REPO / "examples" / "hello-numpy"
 SITES = ["site-1", "site-2"]
 
 
-
 def _train_module() -> Any:
     spec = importlib.util.spec_from_file_location("hello_train", HELLO / "app/custom/train.py")
     assert spec is not None and spec.loader is not None
@@ -107,8 +106,9 @@ def test_validation_mse_matches_an_independent_evaluation_of_the_final_model(
     model_path = session.download_model(finished_job, tmp_path)
     with np.load(model_path, allow_pickle=False) as npz:
         params = {k: npz[k] for k in npz.files}
-    last = {r.site: r.metrics["val_mse"] for r in session.get_validations(finished_job)
-            if r.round == 3}
+    last = {
+        r.site: r.metrics["val_mse"] for r in session.get_validations(finished_job) if r.round == 3
+    }
     for site in SITES:
         _, _, x_val, y_val = train.site_data(site)
         assert last[site] == pytest.approx(train.mse(params, x_val, y_val), rel=1e-9)
@@ -122,9 +122,9 @@ def test_download_model_gives_the_results_final_and_round_models(
     assert final.read_bytes() == (result_dir / "global_model.npz").read_bytes()
     second = Path(session.download_model(finished_job, tmp_path / "r2.npz", round=2))
     assert second.read_bytes() == (result_dir / "models" / "round_002.npz").read_bytes()
-    assert hashlib.sha256(second.read_bytes()).digest() != hashlib.sha256(
-        final.read_bytes()
-    ).digest()
+    assert (
+        hashlib.sha256(second.read_bytes()).digest() != hashlib.sha256(final.read_bytes()).digest()
+    )
 
 
 def test_download_model_lands_in_the_kits_transfer_folder_by_default(session, finished_job):
@@ -174,8 +174,11 @@ def test_a_clone_continues_from_the_first_jobs_final_model(session, finished_job
     assert session.wait_for_job(clone, timeout=120).status == "FINISHED:COMPLETED"
     # round 1, step 0 of the clone: the loss of the model it started from, before training
     for site in SITES:
-        step0 = [r for r in session.get_job_metrics(clone, site=site, key="train_loss")
-                 if r.round == 1 and r.step == 0]
+        step0 = [
+            r
+            for r in session.get_job_metrics(clone, site=site, key="train_loss")
+            if r.round == 1 and r.step == 0
+        ]
         x_train, y_train, _, _ = train.site_data(site)
         assert step0 and step0[0].value == pytest.approx(
             train.mse(start, x_train, y_train), rel=1e-9

@@ -23,11 +23,13 @@ REPO = Path(__file__).resolve().parents[2]
 HELLO = REPO / "examples" / "hello-numpy"
 
 
-
 def _simulate(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "flare_cli.main", "simulate", *args],
-        capture_output=True, text=True, cwd=REPO, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
         env={"COLUMNS": "200", **__import__("os").environ},
     )
 
@@ -121,9 +123,18 @@ def test_ctrl_c_stops_the_simulation_and_every_process(tmp_path):
     ws = tmp_path / "ws"
     out = tmp_path / "out.txt"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flare_cli.main", "simulate", str(_hanging_job(tmp_path)),
-         "-w", str(ws)],
-        stdout=open(out, "wb"), stderr=subprocess.STDOUT, cwd=REPO,  # noqa: SIM115
+        [
+            sys.executable,
+            "-m",
+            "flare_cli.main",
+            "simulate",
+            str(_hanging_job(tmp_path)),
+            "-w",
+            str(ws),
+        ],
+        stdout=open(out, "wb"),
+        stderr=subprocess.STDOUT,
+        cwd=REPO,  # noqa: SIM115
     )
     deadline = time.monotonic() + 60
     while sum("train.py" in cmd for cmd in _processes_in(ws)) < 2:  # both scripts run

@@ -17,8 +17,14 @@ def test_fixture_provisions_every_participant(provisioned: ProvisionResult) -> N
     assert provisioned.project == "testproj"
     assert provisioned.prod_dir.name == "prod_00"
     assert set(provisioned.kits) == {
-        "localhost", "site-1", "site-2", "admin@org_a.com", "lead@org_a.com",
-        "lead@org_b.com", "orgadmin@org_a.com", "member@org_b.com",
+        "localhost",
+        "site-1",
+        "site-2",
+        "admin@org_a.com",
+        "lead@org_a.com",
+        "lead@org_b.com",
+        "orgadmin@org_a.com",
+        "member@org_b.com",
     }
     assert provisioned.issued == list(provisioned.kits)
     assert provisioned.reused == [] and provisioned.revoked == []

@@ -148,7 +148,9 @@ def test_admin_certificate_binds_its_role(
 @pytest.mark.parametrize("name", [*SITES, *ADMINS])
 def test_clients_pass_a_webpki_client_verifier(provisioned: ProvisionResult, name: str) -> None:
     verifier = (
-        PolicyBuilder().store(Store([_root(provisioned)])).time(datetime.now(timezone.utc))
+        PolicyBuilder()
+        .store(Store([_root(provisioned)]))
+        .time(datetime.now(timezone.utc))
         .build_client_verifier()
     )
     verified = verifier.verify(_cert(provisioned.kits[name]), [])
@@ -162,7 +164,9 @@ def test_server_passes_a_webpki_server_verifier_for_each_address(
     provisioned: ProvisionResult, address: x509.GeneralName
 ) -> None:
     verifier = (
-        PolicyBuilder().store(Store([_root(provisioned)])).time(datetime.now(timezone.utc))
+        PolicyBuilder()
+        .store(Store([_root(provisioned)]))
+        .time(datetime.now(timezone.utc))
         .build_server_verifier(address)  # type: ignore[arg-type]
     )
     assert verifier.verify(_cert(provisioned.kits["localhost"]), [])[-1] == _root(provisioned)
@@ -170,7 +174,8 @@ def test_server_passes_a_webpki_server_verifier_for_each_address(
 
 def test_server_verifier_refuses_a_name_not_in_the_sans(provisioned: ProvisionResult) -> None:
     verifier = (
-        PolicyBuilder().store(Store([_root(provisioned)]))
+        PolicyBuilder()
+        .store(Store([_root(provisioned)]))
         .build_server_verifier(x509.DNSName("evil.example.org"))
     )
     with pytest.raises(VerificationError):
@@ -179,7 +184,8 @@ def test_server_verifier_refuses_a_name_not_in_the_sans(provisioned: ProvisionRe
 
 def test_a_site_certificate_does_not_verify_as_a_server(provisioned: ProvisionResult) -> None:
     verifier = (
-        PolicyBuilder().store(Store([_root(provisioned)]))
+        PolicyBuilder()
+        .store(Store([_root(provisioned)]))
         .build_server_verifier(x509.DNSName("site-1"))
     )
     with pytest.raises(VerificationError):
@@ -189,8 +195,10 @@ def test_a_site_certificate_does_not_verify_as_a_server(provisioned: ProvisionRe
 @pytest.mark.parametrize(
     ("key_type", "check"),
     [
-        ("ec-p384", lambda k: isinstance(k, ec.EllipticCurvePublicKey)
-         and k.curve.name == "secp384r1"),
+        (
+            "ec-p384",
+            lambda k: isinstance(k, ec.EllipticCurvePublicKey) and k.curve.name == "secp384r1",
+        ),
         ("rsa-2048", lambda k: isinstance(k, rsa.RSAPublicKey) and k.key_size == 2048),
     ],
 )

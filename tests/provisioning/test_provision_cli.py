@@ -45,8 +45,7 @@ def test_nvidia_builders_section_gives_one_notice(
 ) -> None:
     example = Path(__file__).with_name("nvflare-style-project.yml")
     assert cli.main(["-p", str(example), "-w", str(tmp_path)]) == 0
-    notices = [line for line in capsys.readouterr().out.splitlines()
-               if line.startswith("notice:")]
+    notices = [line for line in capsys.readouterr().out.splitlines() if line.startswith("notice:")]
     assert len(notices) == 1 and "builders" in notices[0]
 
 
@@ -69,15 +68,25 @@ def test_missing_project_file_is_one_error_line(
 
 
 def test_passphrase_comes_from_the_environment(
-    tmp_path: Path, project_yml: Path, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    project_yml: Path,
+    monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert cli.main(["-p", str(project_yml), "-w", str(tmp_path),
-                     "--ca-passphrase-env", "FLARE_TEST_PASS"]) == 2
+    assert (
+        cli.main(
+            ["-p", str(project_yml), "-w", str(tmp_path), "--ca-passphrase-env", "FLARE_TEST_PASS"]
+        )
+        == 2
+    )
     assert "FLARE_TEST_PASS" in capsys.readouterr().err
     monkeypatch.setenv("FLARE_TEST_PASS", "s3cret")
-    assert cli.main(["-p", str(project_yml), "-w", str(tmp_path),
-                     "--ca-passphrase-env", "FLARE_TEST_PASS"]) == 0
+    assert (
+        cli.main(
+            ["-p", str(project_yml), "-w", str(tmp_path), "--ca-passphrase-env", "FLARE_TEST_PASS"]
+        )
+        == 0
+    )
     state_key = tmp_path / "testproj" / "state" / "ca.key"
     assert b"ENCRYPTED" in state_key.read_bytes()
 
@@ -103,16 +112,18 @@ def test_kit_verify_names_the_tampered_file_and_exits_1(
 def test_kit_verify_refuses_a_wrong_fingerprint(
     provisioned: ProvisionResult, foreign: ProvisionResult, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = kit_cli.main(["verify", str(provisioned.kits["site-1"]),
-                         "--ca-fingerprint", foreign.ca_fingerprint])
+    code = kit_cli.main(
+        ["verify", str(provisioned.kits["site-1"]), "--ca-fingerprint", foreign.ca_fingerprint]
+    )
     assert code == 1 and "rootCA.pem" in capsys.readouterr().err
 
 
 def test_kit_verify_rejects_a_malformed_fingerprint(
     provisioned: ProvisionResult, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert kit_cli.main(["verify", str(provisioned.kits["site-1"]),
-                         "--ca-fingerprint", "1234"]) == 2
+    assert (
+        kit_cli.main(["verify", str(provisioned.kits["site-1"]), "--ca-fingerprint", "1234"]) == 2
+    )
     assert "64 hex digits" in capsys.readouterr().err
 
 
@@ -128,17 +139,31 @@ def test_flare_provision_as_a_real_process(tmp_path: Path, project_yml: Path) ->
     command = [str(flare_bin)] if flare_bin.exists() else [sys.executable, "-m", "flare_cli.main"]
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
     done = subprocess.run(
-        [*command, "provision", "-p", str(project_yml)], cwd=tmp_path, env=env,
-        capture_output=True, text=True, timeout=60,
+        [*command, "provision", "-p", str(project_yml)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert done.returncode == 0, done.stderr
     assert (tmp_path / "startup_kits" / "testproj" / "prod_00" / "localhost").is_dir()
     fingerprint = FP_RE.search(done.stdout)
     assert fingerprint is not None
     verify = subprocess.run(
-        [*command, "kit", "verify", "startup_kits/testproj/prod_00/site-1",
-         "--ca-fingerprint", fingerprint.group(1)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        [
+            *command,
+            "kit",
+            "verify",
+            "startup_kits/testproj/prod_00/site-1",
+            "--ca-fingerprint",
+            fingerprint.group(1),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert verify.returncode == 0, verify.stderr
 

@@ -52,15 +52,19 @@ def test_rerun_reuses_ca_keys_and_serials_in_the_next_prod(project: Path, tmp_pa
     assert second.issued == [] and second.reused == first.issued
     for name in first.kits:
         assert _serial(second, name) == _serial(first, name)
-        assert (load_kit(second.kits[name]).key_path.read_bytes()
-                == load_kit(first.kits[name]).key_path.read_bytes())
+        assert (
+            load_kit(second.kits[name]).key_path.read_bytes()
+            == load_kit(first.kits[name]).key_path.read_bytes()
+        )
         verify_kit(second.kits[name], first.ca_fingerprint)
 
 
 def test_new_participant_is_the_only_one_issued(project: Path, tmp_path: Path) -> None:
     first = provision(project, tmp_path / "ws")
-    _edit(project, lambda d: d["participants"].append(
-        {"name": "site-3", "type": "client", "org": "org_c"}))
+    _edit(
+        project,
+        lambda d: d["participants"].append({"name": "site-3", "type": "client", "org": "org_c"}),
+    )
     second = provision(project, tmp_path / "ws")
     assert second.issued == ["site-3"]
     assert set(second.reused) == set(first.kits)
@@ -69,8 +73,10 @@ def test_new_participant_is_the_only_one_issued(project: Path, tmp_path: Path) -
 
 def test_removed_participant_is_revoked_in_the_server_kit(project: Path, tmp_path: Path) -> None:
     first = provision(project, tmp_path / "ws")
-    _edit(project, lambda d: d.update(
-        participants=[p for p in d["participants"] if p["name"] != "site-2"]))
+    _edit(
+        project,
+        lambda d: d.update(participants=[p for p in d["participants"] if p["name"] != "site-2"]),
+    )
     second = provision(project, tmp_path / "ws")
     assert second.revoked == ["site-2"] and "site-2" not in second.kits
     assert _revoked_json(second) == [_serial(first, "site-2")]
@@ -90,7 +96,10 @@ def test_removed_participant_is_revoked_in_the_server_kit(project: Path, tmp_pat
     ids=["org", "role", "host_names"],
 )
 def test_changed_participant_gets_a_new_certificate_and_the_old_is_revoked(
-    project: Path, tmp_path: Path, name: str, change  # type: ignore[no-untyped-def]
+    project: Path,
+    tmp_path: Path,
+    name: str,
+    change,  # type: ignore[no-untyped-def]
 ) -> None:
     first = provision(project, tmp_path / "ws")
     _edit(project, lambda d: change(_participant(d, name)))
@@ -101,9 +110,7 @@ def test_changed_participant_gets_a_new_certificate_and_the_old_is_revoked(
     assert second.revoked == []  # superseded, not removed
 
 
-def test_port_change_keeps_certificates_and_updates_configs(
-    project: Path, tmp_path: Path
-) -> None:
+def test_port_change_keeps_certificates_and_updates_configs(project: Path, tmp_path: Path) -> None:
     provision(project, tmp_path / "ws")
     _edit(project, lambda d: _participant(d, "localhost").update(admin_port=9103))
     second = provision(project, tmp_path / "ws")
@@ -116,8 +123,10 @@ def test_revoke_without_removing_issues_a_fresh_key(project: Path, tmp_path: Pat
     second = provision(project, tmp_path / "ws", revoke=["site-1"])
     assert second.revoked == ["site-1"] and second.issued == ["site-1"]
     assert _revoked_json(second) == [_serial(first, "site-1")]
-    assert (load_kit(second.kits["site-1"]).key_path.read_bytes()
-            != load_kit(first.kits["site-1"]).key_path.read_bytes())
+    assert (
+        load_kit(second.kits["site-1"]).key_path.read_bytes()
+        != load_kit(first.kits["site-1"]).key_path.read_bytes()
+    )
     third = provision(project, tmp_path / "ws")
     assert third.issued == [] and _revoked_json(third) == [_serial(first, "site-1")]
 
@@ -161,8 +170,10 @@ def test_failed_run_leaves_no_prod_and_no_state_change(
 
     real = provision_module.write_kit
     monkeypatch.setattr(provision_module, "write_kit", failing_write_kit)
-    _edit(project, lambda d: d["participants"].append(
-        {"name": "site-3", "type": "client", "org": "org_c"}))
+    _edit(
+        project,
+        lambda d: d["participants"].append({"name": "site-3", "type": "client", "org": "org_c"}),
+    )
     with pytest.raises(ProvisionError, match="No space left"):
         provision(project, tmp_path / "ws")
     project_dir = first.prod_dir.parent

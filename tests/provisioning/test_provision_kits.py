@@ -15,8 +15,16 @@ from flare_protocol.identity import ParticipantType, Role
 from flare_protocol.kit import load_kit, project_sites
 from provisioning import ProvisionResult, provision
 
-ALL = ["localhost", "site-1", "site-2", "admin@org_a.com", "lead@org_a.com", "lead@org_b.com",
-       "orgadmin@org_a.com", "member@org_b.com"]
+ALL = [
+    "localhost",
+    "site-1",
+    "site-2",
+    "admin@org_a.com",
+    "lead@org_a.com",
+    "lead@org_b.com",
+    "orgadmin@org_a.com",
+    "member@org_b.com",
+]
 
 
 def _mode(path: Path) -> int:
@@ -42,8 +50,15 @@ def test_server_kit_layout(provisioned: ProvisionResult) -> None:
     assert kit == provisioned.prod_dir / "localhost"
     assert _files(kit) == {"startup", "local", "transfer"}
     assert _files(kit / "startup") == {
-        "rootCA.pem", "server.crt", "server.key", "fed_server.json", "revoked.json",
-        "participants.json", "start.sh", "README.md", "signature.json",
+        "rootCA.pem",
+        "server.crt",
+        "server.key",
+        "fed_server.json",
+        "revoked.json",
+        "participants.json",
+        "start.sh",
+        "README.md",
+        "signature.json",
     }
     assert _files(kit / "local") == {"settings.json", "authorization.json.default"}
     assert _files(kit / "transfer") == set()
@@ -52,7 +67,12 @@ def test_server_kit_layout(provisioned: ProvisionResult) -> None:
 def test_site_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["site-1"]
     assert _files(kit / "startup") == {
-        "rootCA.pem", "client.crt", "client.key", "fed_client.json", "start.sh", "README.md",
+        "rootCA.pem",
+        "client.crt",
+        "client.key",
+        "fed_client.json",
+        "start.sh",
+        "README.md",
         "signature.json",
     }
     assert _files(kit / "local") == {"settings.json", "resources.json"}
@@ -62,7 +82,12 @@ def test_site_kit_layout(provisioned: ProvisionResult) -> None:
 def test_admin_kit_layout(provisioned: ProvisionResult) -> None:
     kit = provisioned.kits["lead@org_b.com"]
     assert _files(kit / "startup") == {
-        "rootCA.pem", "client.crt", "client.key", "fed_admin.json", "fl_admin.sh", "README.md",
+        "rootCA.pem",
+        "client.crt",
+        "client.key",
+        "fed_admin.json",
+        "fl_admin.sh",
+        "README.md",
         "signature.json",
     }
     assert _files(kit / "local") == {"settings.json"}
@@ -109,8 +134,11 @@ def test_first_run_has_an_empty_revocation_list(provisioned: ProvisionResult) ->
 
 @pytest.mark.parametrize(
     ("name", "script", "command"),
-    [("localhost", "start.sh", "server start"), ("site-1", "start.sh", "site start"),
-     ("member@org_b.com", "fl_admin.sh", "admin")],
+    [
+        ("localhost", "start.sh", "server start"),
+        ("site-1", "start.sh", "site start"),
+        ("member@org_b.com", "fl_admin.sh", "admin"),
+    ],
 )
 def test_launcher_runs_flare_on_the_kit(
     provisioned: ProvisionResult, name: str, script: str, command: str
@@ -169,7 +197,8 @@ def test_state_keeps_every_issued_certificate(provisioned: ProvisionResult) -> N
     for name, kit_dir in provisioned.kits.items():
         kit = load_kit(kit_dir)
         serial = format(
-            x509.load_pem_x509_certificate(kit.cert_path.read_bytes()).serial_number, "x")
+            x509.load_pem_x509_certificate(kit.cert_path.read_bytes()).serial_number, "x"
+        )
         assert issued[serial]["cert"].encode() == kit.cert_path.read_bytes()
         assert issued[serial]["name"] == name
 
@@ -207,8 +236,10 @@ def test_no_temporary_folder_is_left_behind(provisioned: ProvisionResult) -> Non
 def test_default_policy_file_is_the_servers_default(provisioned: ProvisionResult) -> None:
     """The .default file parses with the server's loader and equals its built-in table."""
     from flare_server import authz
+
     path = provisioned.kits["localhost"] / "local" / "authorization.json.default"
     policy = authz.Policy.from_mapping(json.loads(path.read_text()), source=str(path))
+
     def plain(table):  # type: ignore[no-untyped-def]
         return {role: dict(row) for role, row in table.items()}
 

@@ -22,8 +22,13 @@ BASE = {
     "api_version": 3,
     "name": "proj",
     "participants": [
-        {"name": "server.example.org", "type": "server", "org": "org_s",
-         "fed_learn_port": 8002, "admin_port": 8003},
+        {
+            "name": "server.example.org",
+            "type": "server",
+            "org": "org_s",
+            "fed_learn_port": 8002,
+            "admin_port": 8003,
+        },
         {"name": "site-1", "type": "client", "org": "org_a"},
         {"name": "admin@org_a.com", "type": "admin", "org": "org_a", "role": "project_admin"},
     ],
@@ -57,7 +62,10 @@ def test_nvidia_flare_fields_are_read(tmp_path: Path) -> None:
     project = load_project(NVFLARE_EXAMPLE)
     server = project.server
     assert (server.name, server.fed_learn_port, server.admin_port) == (
-        "fl.consortium.example.org", 8002, 8003)
+        "fl.consortium.example.org",
+        8002,
+        8003,
+    )
     assert server.host_names == ("localhost", "127.0.0.1")
     roles = {p.name: p.role for p in project.participants if p.type is ParticipantType.ADMIN}
     assert roles["it@hospital-b.example.org"] is Role.ORG_ADMIN
@@ -81,8 +89,9 @@ def test_default_host_and_unknown_keys_are_accepted_with_notices(tmp_path: Path)
 
 
 def test_default_ports_are_nvflares(tmp_path: Path) -> None:
-    doc = _variant(lambda d: [d["participants"][0].pop(k) for k in ("fed_learn_port",
-                                                                       "admin_port")])
+    doc = _variant(
+        lambda d: [d["participants"][0].pop(k) for k in ("fed_learn_port", "admin_port")]
+    )
     path = tmp_path / "p.yml"
     path.write_text(yaml.safe_dump(doc))
     server = load_project(path).server
@@ -104,11 +113,18 @@ BAD = {
     "admin not an email": (_set(2, name="root"), "'root'", "name"),
     "site name with dot": (_set(1, name="site.1"), "'site.1'", "name"),
     "server name not a host": (_set(0, name="-bad-"), "'-bad-'", "name"),
-    "duplicate names": (lambda d: d["participants"].append(
-        {"name": "SITE-1", "type": "client", "org": "org_b"}), "'SITE-1'", "name"),
-    "two servers": (lambda d: d["participants"].append(
-        {"name": "other.example.org", "type": "server", "org": "org_s"}),
-        "'other.example.org'", "type"),
+    "duplicate names": (
+        lambda d: d["participants"].append({"name": "SITE-1", "type": "client", "org": "org_b"}),
+        "'SITE-1'",
+        "name",
+    ),
+    "two servers": (
+        lambda d: d["participants"].append(
+            {"name": "other.example.org", "type": "server", "org": "org_s"}
+        ),
+        "'other.example.org'",
+        "type",
+    ),
     "no server": (lambda d: d["participants"].pop(0), None, "participants"),
     "port zero": (_set(0, fed_learn_port=0), "'server.example.org'", "fed_learn_port"),
     "port too big": (_set(0, admin_port=70000), "'server.example.org'", "admin_port"),
@@ -118,9 +134,17 @@ BAD = {
     "api version": (lambda d: d.update(api_version=9), None, "api_version"),
     **{
         f"name with {label}": (_set(1, name=f"site{ch}1"), None, "name")
-        for label, ch in [("comma", ","), ("equals", "="), ("plus", "+"),
-                          ("backslash", "\\"), ("semicolon", ";"), ("slash", "/"),
-                          ("newline", "\n"), ("NUL", "\x00"), ("escape", "\x1b")]
+        for label, ch in [
+            ("comma", ","),
+            ("equals", "="),
+            ("plus", "+"),
+            ("backslash", "\\"),
+            ("semicolon", ";"),
+            ("slash", "/"),
+            ("newline", "\n"),
+            ("NUL", "\x00"),
+            ("escape", "\x1b"),
+        ]
     },
     "admin with plus": (_set(2, name="a+role=project_admin@org_a.com"), None, "name"),
     "org with comma": (_set(1, org="org_a,CN=x"), "'site-1'", "org"),

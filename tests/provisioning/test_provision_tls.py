@@ -62,8 +62,10 @@ def _handshake(server_kit: Path, client_kit: Path, server_name: str) -> Outcome:
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
-                _client_context(client_kit).wrap_socket(raw, server_hostname=server_name) as tls:
+        with (
+            socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+            _client_context(client_kit).wrap_socket(raw, server_hostname=server_name) as tls,
+        ):
             if tls.recv(2) != b"ok":  # TLS 1.3: a refused client learns it on first read
                 raise ConnectionError("server closed the connection")
     except (OSError, ssl.SSLError) as exc:
