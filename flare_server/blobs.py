@@ -243,15 +243,8 @@ class BlobRegistry:
             await asyncio.to_thread(file_sink.open)
             sink = file_sink
         try:
-            async for message in chunks:
-                data = receiver.feed(message)
-                if data is not None:
-                    await sink.write(data)
-            receiver.finish()
-            final, data_view = await sink.finish()
+            final, data_view = await receive_into(receiver, chunks, sink)
         except BaseException:
-            receiver.cancel()
-            await sink.abandon()
             if isinstance(sink, _MemorySink):
                 self.memory_used -= header.size
             raise
@@ -285,6 +278,34 @@ class BlobRegistry:
             return None
         self.memory_used += size
         return _MemorySink(self._memory.take(size))
+
+
+class Sink(Protocol):
+    """Where a received transfer's bytes go: a pooled buffer or a file."""
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def finish(self) -> tuple[Path, memoryview | None]: ...
+
+    async def abandon(self) -> None: ...
+
+
+async def receive_into(
+    receiver: ChunkReceiver, chunks: AsyncIterator[common_pb2.TransferChunk], sink: Sink
+) -> tuple[Path, memoryview | None]:
+    """Feed the rest of a transfer (its header taken) into ``sink``: whole and checked
+    (size, SHA-256), or abandoned on any failure (nothing partial is left)."""
+    try:
+        async for message in chunks:
+            data = receiver.feed(message)
+            if data is not None:
+                await sink.write(data)
+        receiver.finish()
+        return await sink.finish()
+    except BaseException:
+        receiver.cancel()
+        await sink.abandon()
+        raise
 
 
 class _MemorySink:

@@ -32,7 +32,7 @@ from flare_protocol.job_status import JobStatus, is_finished
 from flare_protocol.models import load_params
 from flare_protocol.transfer import ChunkReceiver, ChunkSender, TransferState
 from flare_server.authz import Policy, Resource, Right
-from flare_server.blobs import FileSink
+from flare_server.blobs import FileSink, receive_into
 from flare_server.calls import Call, StreamTracker
 from flare_server.job_runner.driver import DriverRelay
 from flare_server.job_runner.driver_types import (
@@ -383,17 +383,7 @@ async def _receive_file(
     """The rest of a transfer (its header was taken) into ``target``; checked."""
     sink = FileSink(target.parent, target.name, durable=False)
     await asyncio.to_thread(sink.open)
-    try:
-        async for message in chunks:
-            data = receiver.feed(message)
-            if data is not None:
-                await sink.write(data)
-        receiver.finish()
-        path, _ = await sink.finish()
-    except BaseException:
-        receiver.cancel()
-        await sink.abandon()
-        raise
+    path, _ = await receive_into(receiver, chunks, sink)
     return path
 
 
