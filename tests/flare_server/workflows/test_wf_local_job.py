@@ -21,7 +21,7 @@ from flare_server.workflows import (
 )
 from flare_site.executors import JobContext, TaskSpec, TrainOutcome, create_executor
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 SITES = ["site-1", "site-2"]
 
 
