@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import faulthandler
 import functools
 import logging
 import signal
 import sys
 from pathlib import Path
 
-from flare_protocol import _malloc
+from flare_protocol._daemon import prepare_daemon_process
 from flare_protocol.errors import FlareError
 from flare_protocol.kit_workspace import check_default_workspace
 from flare_server.app import Server
@@ -54,8 +53,7 @@ async def _serve(server: Server, ready_file: Path | None) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
-    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves a traceback in the log
+    prepare_daemon_process()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import faulthandler
 import fcntl
 import logging
 import os
@@ -22,7 +21,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from flare_protocol import _malloc
+from flare_protocol._daemon import prepare_daemon_process
 from flare_protocol.errors import FlareError
 from flare_protocol.identity import ParticipantType
 from flare_protocol.kit import Kit, load_kit
@@ -130,8 +129,7 @@ def _run_once(kit: Kit, settings: SiteSettings) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _malloc.tune()  # reuse transfer buffers instead of faulting in fresh pages (_malloc)
-    faulthandler.enable()  # a native crash (SIGSEGV, SIGABRT) leaves a traceback in the log
+    prepare_daemon_process()
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
     )
