@@ -48,7 +48,10 @@ def cluster(provisioned, tmp_path_factory, wheels: Path, envs: Path):
         # numpy comes from the site's Python; the package's own dependency from the env
         "python_env_system_site_packages": True,
     }
-    with Cluster(provisioned, tmp_path_factory.mktemp("packages"), site_settings=settings) as c:
+    # deploying a package builds its environment (pip): minutes on a loaded machine
+    with Cluster(
+        provisioned, tmp_path_factory.mktemp("packages"), site_settings=settings, deploy_timeout=300
+    ) as c:
         yield c
 
 

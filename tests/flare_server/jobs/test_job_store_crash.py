@@ -43,12 +43,20 @@ def run_writer_until_killed(root: Path, archive: Path, seed: int, rng: random.Ra
     assert proc.stdout is not None
     first = proc.stdout.readline()
     assert first == b"READY\n", proc.stderr.read() if proc.stderr else first
-    time.sleep(rng.uniform(0.05, 0.6))
+    # Work gets done before each kill however slow the machine is: the kill waits for a
+    # number of acknowledged operations, then lands anywhere in the next ones.
+    seen: list[bytes] = []
+    for _ in range(rng.randint(25, 40)):
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+    time.sleep(rng.uniform(0.0, 0.3))
     proc.send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=10)
     assert proc.returncode == -signal.SIGKILL, err.decode()
     # A line without its newline was not fully acknowledged: ignore it.
-    return out.decode().split("\n")[:-1]
+    return (b"".join(seen) + out).decode().split("\n")[:-1]
 
 
 def test_store_survives_sigkill_during_uploads_and_status_changes(tmp_path: Path) -> None:
