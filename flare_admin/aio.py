@@ -479,6 +479,7 @@ class AsyncSession(SessionBase):
 
     async def update_revocations(self, path: str | os.PathLike[str]) -> RevocationUpdate:
         """Send a newer revocation list to the server (see ``Session.update_revocations``)."""
+        self._check_open()
         return await self._unary(_ops.update_revocations(path))
 
     async def get_connected_client_list(self) -> list[SiteInfo]:

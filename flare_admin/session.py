@@ -530,6 +530,7 @@ class Session(SessionBase):
             AuthorizationError: the caller is not a project_admin.
             LocalIOError: ``path`` cannot be read.
         """
+        self._check_open()
         return self._unary(_ops.update_revocations(path))
 
     def get_connected_client_list(self) -> list[SiteInfo]:

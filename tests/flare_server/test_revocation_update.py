@@ -195,10 +195,11 @@ def test_the_shell_command_wraps_update_revocations(runs, server):
     from flare_admin.shell.commands import REGISTRY
     from flare_admin.shell.context import ShellContext
     from flare_admin.shell.dispatch import Dispatcher, ExitCode
+    from flare_admin.shell.theme import THEME
 
     with session(runs, server) as admin:
         out = io.StringIO()
-        ctx = ShellContext(admin, Console(file=out, width=200, color_system=None))
+        ctx = ShellContext(admin, Console(file=out, width=200, color_system=None, theme=THEME))
         code = Dispatcher(ctx, REGISTRY).run_line(f"update_revocations {crl(runs, 2)}")
         assert code is ExitCode.OK
         assert "revocation list 2 in force (was 1): 1 certificate(s) revoked" in out.getvalue()
