@@ -203,3 +203,27 @@ def test_the_shell_command_wraps_update_revocations(runs, server):
         code = Dispatcher(ctx, REGISTRY).run_line(f"update_revocations {crl(runs, 2)}")
         assert code is ExitCode.OK
         assert "revocation list 2 in force (was 1): 1 certificate(s) revoked" in out.getvalue()
+
+
+def test_the_async_session_twin_returns_the_same_typed_result(runs, server):
+    import asyncio
+
+    from flare_admin import RevocationUpdate, new_secure_async_session
+
+    async def main() -> tuple[RevocationUpdate, BaseException]:
+        kit = runs[0].kits[ADMIN]
+        async with await new_secure_async_session(
+            ADMIN, kit, server_address=server.admin_address
+        ) as admin:
+            update = await admin.update_revocations(crl(runs, 2))
+            try:
+                await admin.update_revocations(crl(runs, 2))
+            except RevocationListRejected as exc:
+                return update, exc
+        raise AssertionError("the same list was accepted twice")
+
+    update, refused = asyncio.run(main())
+    assert update == RevocationUpdate(
+        revoked=1, crl_number=2, previous_crl_number=1, streams_dropped=0
+    )
+    assert "CRL number 2 is not newer than 2 in force" in str(refused)

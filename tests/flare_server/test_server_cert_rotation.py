@@ -95,3 +95,26 @@ def test_an_unusable_certificate_is_refused_and_the_old_one_kept(runs, tmp_path)
             lambda: next((ln for ln in log.read_text().splitlines() if "not rotated" in ln), None)
         )
         assert "ERROR" in line and str(kit / STARTUP / "server.key") in line
+
+
+def test_sighup_rotates_the_certificate_of_a_server_process(runs, tmp_path):
+    import os
+    import signal
+
+    from tests.server_harness import ServerProcess
+
+    first, second = runs
+    kit = kit_factory.copy_kit(first, "localhost", tmp_path / "kits")
+    new_serial = serial_of(second.kits["localhost"] / STARTUP / "server.crt")
+    with ServerProcess(kit, tmp_path / "ws") as server:
+        for f in (second.kits["localhost"] / STARTUP).iterdir():
+            shutil.copy2(f, kit / STARTUP / f.name)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGHUP)
+        wait_until(
+            lambda: "server certificate rotated" in (tmp_path / "ws/logs/server.log").read_text(),
+            10,
+        )
+        assert served_serial(server.admin_address, first.kits[ADMIN]) == new_serial
+        with new_secure_session(ADMIN, first.kits[ADMIN], server_address=server.admin_address):
+            pass
