@@ -117,7 +117,6 @@ class Server:
         self.site_checker = IdentityChecker(ParticipantType.SITE, root, revoked)
         #: The certificate new connections get (rotated by :meth:`reload_kit`).
         self.certificate = ServerCertificate(kit, root)
-        self._revocation_lock = asyncio.Lock()
         self.streams = StreamTracker()
         #: The queues of open watch streams (ended when the server stops).
         self.watchers: set[asyncio.Queue[Any]] = set()
@@ -385,13 +384,17 @@ class Server:
                 list in force (``reason``, ``crl_number``, ``in_force`` say which).
         """
         crl = parse_crl(data, self.root, "the revocation list sent" + (f" by {by}" if by else ""))
-        async with self._revocation_lock:
-            revocations = self.revocations
-            revocations.check_newer(crl)
-            previous = revocations.current.number
-            await asyncio.to_thread(revocations.persist, crl)
-            serials = revocations.serials
-            dropped = self._apply_revoked(serials)
+        revocations = self.revocations
+        revocations.check_newer(crl)  # fails fast; accept() checks again under its lock
+        try:
+            previous = await asyncio.to_thread(revocations.accept, crl)
+        except OSError as exc:
+            raise errors.InternalError(
+                f"cannot keep the revocation list in {revocations.path}: {exc.strerror or exc}; "
+                "nothing changed: free the disk or fix the folder's permissions, then send it again"
+            ) from exc
+        serials = revocations.serials
+        dropped = self._apply_revoked(serials)
         log.warning(
             "revocation list updated%s: CRL number %d (was %d), %d revoked serial(s), "
             "%d open stream(s) dropped; kept in %s",

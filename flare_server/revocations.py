@@ -13,6 +13,7 @@ the workspace's and the kit's ``startup/revocations.crl``; the serials of a kit'
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +118,8 @@ class Revocations:
         #: Serials of the kit's ``revoked.json`` (added to every list).
         self.legacy: frozenset[int] = load_revoked(kit.startup / REVOKED)
         self.current: RevocationList = self._initial()
+        #: Orders check-then-write: an update and a SIGHUP reload never interleave.
+        self._lock = threading.Lock()
 
     @property
     def serials(self) -> frozenset[int]:
@@ -151,10 +154,19 @@ class Revocations:
                 in_force=self.current.number,
             )
 
-    def persist(self, crl: RevocationList) -> None:
-        """Keep ``crl`` in the workspace (atomic, durable) and make it the list in force."""
-        replace_file(self.path, crl.pem, mode=0o644, sync_folder=True)
-        self.current = crl
+    def accept(self, crl: RevocationList) -> int:
+        """Keep ``crl`` in the workspace (atomic, durable), then make it the list in force;
+        the number of the list it replaced. Blocks on the disk: call it from a thread.
+
+        Raises:
+            RevocationListRejected: ``crl`` is not newer than the list in force.
+            OSError: the workspace copy cannot be written (nothing changed).
+        """
+        with self._lock:
+            self.check_newer(crl)
+            replace_file(self.path, crl.pem, mode=0o644, sync_folder=True)
+            previous, self.current = self.current.number, crl
+            return previous
 
     def reload_kit(self) -> RevocationList | None:
         """Take the kit's ``startup/`` lists again (SIGHUP): a newer CRL is accepted and
@@ -171,7 +183,10 @@ class Revocations:
         if path.exists():
             crl = parse_crl(path.read_bytes(), self.root, str(path))
             if crl.number > self.current.number:
-                self.persist(crl)
-                accepted = crl
+                try:
+                    self.accept(crl)
+                    accepted = crl
+                except RevocationListRejected:
+                    pass  # a newer list arrived meanwhile
         self.legacy = self.legacy | legacy
         return accepted
