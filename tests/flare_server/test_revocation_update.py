@@ -227,3 +227,22 @@ def test_the_async_session_twin_returns_the_same_typed_result(runs, server):
         revoked=1, crl_number=2, previous_crl_number=1, streams_dropped=0
     )
     assert "CRL number 2 is not newer than 2 in force" in str(refused)
+
+
+def test_a_kit_of_an_earlier_release_keeps_its_revoked_json_and_takes_a_signed_list(runs, tmp_path):
+    from tests import kit_factory
+
+    # The second run's server kit as an earlier release wrote it: revoked.json, no CRL.
+    kit = kit_factory.copy_kit(runs[1], "localhost", tmp_path / "kits")
+    (kit / STARTUP / REVOCATIONS).unlink()
+    kit_factory.resign_kit(kit, kit_factory.project_ca(runs[1]))
+    with ServerThread(kit, tmp_path / "ws") as old:
+        assert old.server.revocations.current.number == 0
+        with pytest.raises(AuthenticationError, match="revoked"):
+            session(runs, old, MEMBER).get_system_info()  # from revoked.json
+        with session(runs, old) as admin:
+            update = admin.update_revocations(crl(runs, 1))  # any signed list is newer than none
+        # CRL 1 revokes nothing, but revoked.json's serials are never dropped.
+        assert (update.crl_number, update.previous_crl_number, update.revoked) == (1, 0, 1)
+        with pytest.raises(AuthenticationError, match="revoked"):
+            session(runs, old, MEMBER).get_system_info()
