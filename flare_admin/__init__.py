@@ -15,7 +15,7 @@ Exception tree (one root, :class:`FlareError`; see :mod:`flare_protocol.errors`)
     └── APIError
         ├── NoConnection, SessionClosed (SessionExpired)
         ├── AuthenticationError (UsernameMismatch), AuthorizationError
-        ├── InvalidArgumentError (InvalidJobDefinition, InvalidTarget)
+        ├── InvalidArgumentError (InvalidJobDefinition, InvalidTarget, RevocationListRejected)
         ├── JobNotFound, JobNotRunning, JobNotDone, JobTimeout
         ├── NoClientsAvailable, ClientsStillRunning
         ├── NoReply, InternalError
@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 # First: keeps grpc's C core quiet, which works only before anything imports grpc.
 from flare_admin import _quiet  # noqa: F401
 from flare_admin.results import (
+    CertificateExpiry,
     ClientInfo,
     ClientJobStatus,
     DirEntry,
@@ -49,6 +50,7 @@ from flare_admin.results import (
     MetricRow,
     MetricsArrived,
     MonitorReturnCode,
+    RevocationUpdate,
     RoundSummary,
     ServerInfo,
     SessionInfo,
@@ -89,6 +91,7 @@ from flare_protocol.errors import (
     NoClientsAvailable,
     NoConnection,
     NoReply,
+    RevocationListRejected,
     SessionClosed,
     SessionExpired,
     UsernameMismatch,
@@ -185,6 +188,7 @@ __all__ = [
     "RecordSet",
     "ServerApp",
     # results
+    "CertificateExpiry",
     "ClientInfo",
     "ClientJobStatus",
     "DirEntry",
@@ -200,6 +204,7 @@ __all__ = [
     "MetricRow",
     "MetricsArrived",
     "MonitorReturnCode",
+    "RevocationUpdate",
     "RoundSummary",
     "ServerInfo",
     "SessionInfo",
@@ -238,6 +243,7 @@ __all__ = [
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
+    "RevocationListRejected",
     "SessionClosed",
     "SessionExpired",
     "UsernameMismatch",

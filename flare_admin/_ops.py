@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import grpc
 
 from flare_admin.results import (
+    CertificateExpiry,
     ClientJobStatus,
     DirEntry,
     DirListing,
@@ -32,6 +35,7 @@ from flare_admin.results import (
     MetaChanged,
     MetricRow,
     MetricsArrived,
+    RevocationUpdate,
     ServerInfo,
     SessionInfo,
     SiteInfo,
@@ -51,6 +55,7 @@ from flare_protocol.errors import (
     InvalidTarget,
     JobNotDone,
     JobTimeout,
+    LocalIOError,
     NoConnection,
 )
 from flare_protocol.job_status import JobStatus, is_job_id, is_job_id_prefix
@@ -235,6 +240,19 @@ def _system_info(reply: Any) -> SystemInfo:
         ),
         client_info=tuple(_site(s) for s in reply.sites),
         job_info=tuple(_summary(j) for j in reply.running_jobs),
+        expiring=tuple(
+            CertificateExpiry(e.what, e.name, e.serial, iso_time(e.not_after))
+            for e in reply.expiring
+        ),
+    )
+
+
+def _revocation_update(reply: Any) -> RevocationUpdate:
+    return RevocationUpdate(
+        revoked=reply.revoked,
+        crl_number=reply.crl_number,
+        previous_crl_number=reply.previous_crl_number,
+        streams_dropped=reply.streams_dropped,
     )
 
 
@@ -323,6 +341,36 @@ def hello() -> Unary[SessionInfo]:
 
 def get_system_info() -> Unary[SystemInfo]:
     return Unary("GetSystemInfo", _EMPTY, _system_info, "get_system_info")
+
+
+#: A revocation list larger than this cannot travel in one message (about 100,000 serials).
+MAX_CRL_BYTES = 3 * 1024 * 1024
+
+
+def update_revocations(path: str | os.PathLike[str]) -> Unary[RevocationUpdate]:
+    """Read the CRL at ``path`` (a local file) into an UpdateRevocations call."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path):
+        raise InvalidArgumentError(
+            f"update_revocations takes the path of a revocation list (a .crl file), got {path!r}"
+        )
+    file = Path(path).expanduser()
+    try:
+        size = file.stat().st_size
+        if size > MAX_CRL_BYTES:
+            raise InvalidArgumentError(
+                f"{file} holds {size} bytes, more than a revocation list of at most "
+                f"{MAX_CRL_BYTES} bytes: is it the revocations.crl flare provision wrote?",
+                path=str(file),
+            )
+        data = file.read_bytes()
+    except IsADirectoryError:
+        raise InvalidArgumentError(
+            f"{file} is a folder; give the revocations.crl file in it", path=str(file)
+        ) from None
+    except OSError as exc:
+        raise LocalIOError.of(exc, "read the revocation list", file) from exc
+    request = admin_pb2.UpdateRevocationsRequest(crl=data)
+    return Unary("UpdateRevocations", request, _revocation_update, "update_revocations")
 
 
 def list_jobs(

@@ -36,6 +36,7 @@ from flare_admin.results import (
     MessageRow,
     MetricRow,
     MonitorReturnCode,
+    RevocationUpdate,
     SiteInfo,
     SystemCommandResult,
     SystemInfo,
@@ -475,6 +476,11 @@ class AsyncSession(SessionBase):
     async def get_system_info(self) -> SystemInfo:
         """The server, its connected sites and running jobs."""
         return await self._unary(_ops.get_system_info())
+
+    async def update_revocations(self, path: str | os.PathLike[str]) -> RevocationUpdate:
+        """Send a newer revocation list to the server (see ``Session.update_revocations``)."""
+        self._check_open()
+        return await self._unary(_ops.update_revocations(path))
 
     async def get_connected_client_list(self) -> list[SiteInfo]:
         """The sites connected now."""

@@ -19,6 +19,7 @@ from typing import Any, ClassVar, TypeAlias, TypeVar
 from flare_protocol.job_status import JobStatus, is_finished
 
 __all__ = [
+    "CertificateExpiry",
     "ClientInfo",
     "ClientJobStatus",
     "DirEntry",
@@ -33,6 +34,7 @@ __all__ = [
     "MetricRow",
     "MetricsArrived",
     "MonitorReturnCode",
+    "RevocationUpdate",
     "RoundSummary",
     "ServerInfo",
     "SessionInfo",
@@ -220,12 +222,57 @@ class JobSummary(_Record):
 
 
 @dataclass(frozen=True, eq=True)
+class CertificateExpiry(_Record):
+    """A certificate that ends within 30 days (``SystemInfo.expiring``)."""
+
+    #: ``server certificate``, ``root CA``, ``site certificate`` or ``admin certificate``.
+    what: str
+    #: The certificate's common name.
+    name: str
+    #: Its serial number, hex.
+    serial: str
+    #: When it ends, ISO 8601 UTC.
+    not_after: str
+
+    @property
+    def days_left(self) -> float:
+        """Days until it ends (negative once it has)."""
+        end = datetime.fromisoformat(self.not_after)
+        return (end - datetime.now(timezone.utc)).total_seconds() / 86400
+
+    def describe(self) -> str:
+        """``server certificate localhost (serial 1a2b) expires 2027-01-01 12:00 UTC (in 9
+        day(s))``; an ended one says ``expired``."""
+        left = self.days_left
+        when = datetime.fromisoformat(self.not_after).strftime("%Y-%m-%d %H:%M UTC")
+        span = f"in {left:.0f} day(s)" if left >= 1 else "in less than a day"
+        verb = f"expires {when} ({span})" if left > 0 else f"expired {when}"
+        return f"{self.what} {self.name} (serial {self.serial}) {verb}"
+
+
+@dataclass(frozen=True, eq=True)
 class SystemInfo(_Record):
-    """``get_system_info``: the server, its connected sites and running jobs (FLARE's shape)."""
+    """``get_system_info``: the server, its connected sites and running jobs (FLARE's
+    shape), and the certificates that end within 30 days (``expiring``, soonest first)."""
 
     server_info: ServerInfo
     client_info: tuple[SiteInfo, ...]
     job_info: tuple[JobSummary, ...]
+    expiring: tuple[CertificateExpiry, ...] = ()
+
+
+@dataclass(frozen=True, eq=True)
+class RevocationUpdate(_Record):
+    """``update_revocations``: the revocation list now in force on the server."""
+
+    #: Certificate serials the server refuses now.
+    revoked: int
+    #: The CRL number of the list now in force.
+    crl_number: int
+    #: The CRL number of the list it replaced (0: none).
+    previous_crl_number: int
+    #: Open streams (watches, monitors, site connections) of revoked certificates ended.
+    streams_dropped: int
 
 
 def _opt_float(value: Any) -> float | None:

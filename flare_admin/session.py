@@ -34,6 +34,7 @@ from flare_admin.results import (
     MessageRow,
     MetricRow,
     MonitorReturnCode,
+    RevocationUpdate,
     SiteInfo,
     SystemCommandResult,
     SystemInfo,
@@ -513,6 +514,24 @@ class Session(SessionBase):
     def get_system_info(self) -> SystemInfo:
         """The server, its connected sites and running jobs."""
         return self._unary(_ops.get_system_info())
+
+    def update_revocations(self, path: str | os.PathLike[str]) -> RevocationUpdate:
+        """Send a newer revocation list to the server; what is in force now.
+
+        ``path``: the CRL ``flare provision`` signed (``<workspace>/<project>/state/
+        revocations.crl``, or the new server kit's ``startup/revocations.crl``). The server
+        keeps it only if the project CA signed it and its CRL number is greater than the
+        one in force; it persists it, refuses the revoked certificates' next calls and ends
+        their open streams and site connections. Only a ``project_admin`` may.
+
+        Raises:
+            RevocationListRejected: not signed by the project CA, not a CRL, or not newer
+                (``reason``, ``crl_number``, ``in_force``).
+            AuthorizationError: the caller is not a project_admin.
+            LocalIOError: ``path`` cannot be read.
+        """
+        self._check_open()
+        return self._unary(_ops.update_revocations(path))
 
     def get_connected_client_list(self) -> list[SiteInfo]:
         """The sites connected now."""

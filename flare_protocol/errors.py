@@ -32,7 +32,8 @@ scripts catch what they caught before::
         ├── AuthorizationError      our role may not do this
         ├── InvalidArgumentError    an argument is malformed (also a ValueError)
         │   ├── InvalidJobDefinition  a job folder or meta.json is invalid
-        │   └── InvalidTarget       an unknown target type or site name
+        │   ├── InvalidTarget       an unknown target type or site name
+        │   └── RevocationListRejected  a CRL is not the project CA's, or not newer
         ├── JobNotFound             no job has this id
         ├── JobNotRunning           the job is not running
         ├── JobNotDone              the job has not finished
@@ -251,6 +252,18 @@ class InvalidTarget(InvalidArgumentError):
     site: str | None = None
 
 
+class RevocationListRejected(InvalidArgumentError):
+    """A revocation list (CRL) was refused: not signed by the project CA, malformed, or
+    not newer than the one in force."""
+
+    #: ``not_signed_by_project_ca`` | ``not_newer`` | ``malformed``.
+    reason: str | None = None
+    #: The refused list's CRL number (when it has one).
+    crl_number: int | None = None
+    #: The CRL number of the list in force.
+    in_force: int | None = None
+
+
 class JobNotFound(APIError):
     """No job has this id."""
 
@@ -337,6 +350,7 @@ WIRE_ERRORS: dict[str, type[APIError]] = {
         InvalidArgumentError,
         InvalidJobDefinition,
         InvalidTarget,
+        RevocationListRejected,
         JobNotFound,
         JobNotRunning,
         JobNotDone,

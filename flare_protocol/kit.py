@@ -5,7 +5,9 @@ A kit is ``<workspace>/<project>/prod_NN/<participant>/`` with:
 * ``startup/`` (signed by the project CA, see :mod:`flare_protocol.signature`):
   ``rootCA.pem``; ``server.crt``/``server.key`` (server) or ``client.crt``/``client.key``
   (sites and admins); one of ``fed_server.json``, ``fed_client.json``, ``fed_admin.json``;
-  ``revoked.json`` and ``participants.json`` (server only); ``start.sh`` (server, sites)
+  ``revocations.crl`` (the CA-signed revocation list), ``revoked.json`` (the same
+  serials as JSON, for servers of earlier releases) and ``participants.json`` (server
+  only); ``start.sh`` (server, sites)
   or ``fl_admin.sh`` (admins);
   ``README.md``; ``signature.json``.
 * ``local/``: settings the participant may edit (not signed): ``settings.json``;
@@ -50,6 +52,8 @@ TRANSFER = "transfer"
 ROOT_CA = "rootCA.pem"
 SIGNATURE = "signature.json"
 REVOKED = "revoked.json"
+#: The project CA's signed revocation list (an X.509 CRL, PEM), server kits only.
+REVOCATIONS = "revocations.crl"
 PARTICIPANTS = "participants.json"
 SETTINGS = "settings.json"
 AUTHORIZATION = "authorization.json"

@@ -21,7 +21,9 @@ from typing import Any
 from flare_protocol import errors, result_format
 from flare_protocol._generated import admin_pb2, admin_pb2_grpc, common_pb2
 from flare_protocol._transfer_aio import file_messages
+from flare_protocol.expiry import Expiry
 from flare_protocol.hashing import sha256_file
+from flare_protocol.identity import Identity
 from flare_protocol.job_status import is_finished
 from flare_protocol.transfer import ChunkSender
 from flare_server.audit import AuditLog
@@ -35,6 +37,7 @@ from flare_server.model_source import check_model_source
 from flare_server.parts import JobWaker, RunControl
 from flare_server.result_stream import files_stream, zip_stream
 from flare_server.results import METRICS, VALIDATIONS, JsonlTail, RowSignals
+from flare_server.revocations import RevocationUpdate
 from flare_server.sites import SiteRegistry
 
 log = logging.getLogger("flare_server.admin")
@@ -98,6 +101,10 @@ class AdminContext:
     receive_job: ReceiveJob
     check_job_sites: Callable[[Mapping[str, Any]], None]
     """Refuses a job naming a site outside the project (a clone's source may)."""
+    update_revocations: Callable[[bytes, str], Awaitable[RevocationUpdate]]
+    """Takes a newer signed revocation list (the CRL bytes, who sent it)."""
+    expiring: Callable[[Identity], list[Expiry]]
+    """Certificates ending within 30 days (the caller's included)."""
     watchers: set[asyncio.Queue[Any]]
     """The queues of open watch streams (each ends on :data:`WATCH_END`)."""
     result_rows: RowSignals
@@ -189,6 +196,15 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             sites=site_infos(self.context.registry),
             running_jobs=[summary_pb(s) for s in running],
             server_version=server_version(),
+            expiring=[
+                admin_pb2.CertificateExpiry(
+                    what=e.what,
+                    name=e.name,
+                    serial=format(e.serial, "x"),
+                    not_after=e.not_after.timestamp(),
+                )
+                for e in self.context.expiring(call.identity)
+            ],
         )
 
     @unary("submit_job")
@@ -551,6 +567,26 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         return admin_pb2.SitesReply(sites=site_infos(self.context.registry))
 
     # -- the Driver API (docs/driver.md; flare_server.driver_service) -------------------------
+    @unary("update_revocations")
+    async def UpdateRevocations(
+        self, call: Call, request: admin_pb2.UpdateRevocationsRequest, context: Any
+    ) -> admin_pb2.UpdateRevocationsReply:
+        self.policy.require_project_admin(call.identity, action="update the revocation list")
+        call.args = {"bytes": len(request.crl)}
+        update = await self.context.update_revocations(request.crl, call.identity.name)
+        call.args.update(
+            crl_number=update.crl_number,
+            previous_crl_number=update.previous,
+            revoked=update.revoked,
+            streams_dropped=update.streams_dropped,
+        )
+        return admin_pb2.UpdateRevocationsReply(
+            revoked=update.revoked,
+            crl_number=update.crl_number,
+            previous_crl_number=update.previous,
+            streams_dropped=update.streams_dropped,
+        )
+
     @unary("driver_connect")
     async def DriverConnect(
         self, call: Call, request: admin_pb2.JobRequest, context: Any

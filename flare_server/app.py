@@ -36,9 +36,9 @@ from cryptography import x509
 from flare_protocol import errors
 from flare_protocol._direct_io import replace_file
 from flare_protocol._generated import admin_pb2_grpc, common_pb2, site_pb2_grpc
-from flare_protocol.credentials import server_credentials
-from flare_protocol.identity import ParticipantType
-from flare_protocol.kit import PARTICIPANTS, REVOKED, Kit
+from flare_protocol.expiry import Expiry, expiring, expiry_of
+from flare_protocol.identity import Identity, ParticipantType
+from flare_protocol.kit import PARTICIPANTS, Kit
 from flare_server.admin_service import (
     RESULT_WAIT_MARGIN,
     WATCH_END,
@@ -50,13 +50,15 @@ from flare_server.authz import Policy
 from flare_server.calls import Call, StreamTracker
 from flare_server.commands import CommandContext, Commands
 from flare_server.endpoints import bind, server_options
-from flare_server.identity_check import IdentityChecker, load_revoked
+from flare_server.identity_check import IdentityChecker
 from flare_server.job_runner import JobRunner
 from flare_server.jobs import ArchiveLimits, JobRepository, JobStore
 from flare_server.model_source import check_model_source
 from flare_server.project_sites import ProjectSites
 from flare_server.results import RowSignals
+from flare_server.revocations import Revocations, RevocationUpdate, parse_crl
 from flare_server.scheduler import JobLauncher, Scheduler
+from flare_server.server_cert import ServerCertificate
 from flare_server.server_kit import check_server_kit, load_server_kit
 from flare_server.server_state import ServerState, check_server_transition
 from flare_server.settings import ServerSettings
@@ -106,10 +108,15 @@ class Server:
             heartbeat_timeout=self.settings.heartbeat_timeout,
         )
         self.project_sites = ProjectSites.for_kit(kit, connected=self.registry.names)
-        revoked = load_revoked(kit.startup / REVOKED)
         root = x509.load_pem_x509_certificate(kit.root_ca_path.read_bytes())
+        self.root = root
+        #: The revocation list in force (the newer of the workspace's and the kit's).
+        self.revocations = Revocations(kit, self.workspace, root)
+        revoked = self.revocations.serials
         self.admin_checker = IdentityChecker(ParticipantType.ADMIN, root, revoked)
         self.site_checker = IdentityChecker(ParticipantType.SITE, root, revoked)
+        #: The certificate new connections get (rotated by :meth:`reload_kit`).
+        self.certificate = ServerCertificate(kit, root)
         self.streams = StreamTracker()
         #: The queues of open watch streams (ended when the server stops).
         self.watchers: set[asyncio.Queue[Any]] = set()
@@ -192,6 +199,15 @@ class Server:
                 ", ".join(self.settings.unknown_keys()),
             )
         log.info("job store recovery: %s", store.recovery)
+        crl = self.revocations.current
+        log.info(
+            "revocation list in force: %s (CRL number %d, %d revoked serial(s))",
+            crl.source,
+            crl.number,
+            len(self.revocations.serials),
+        )
+        for soon in self.expiring():
+            log.warning("%s: provision new certificates and restart in time", soon.describe())
         self.runner = JobRunner(
             store,
             self.registry,
@@ -232,6 +248,8 @@ class Server:
                 commands=self.commands,
                 receive_job=self.receive_job,
                 check_job_sites=self.project_sites.check_job,
+                update_revocations=self.update_revocations,
+                expiring=self.expiring,
                 watchers=self.watchers,
                 result_rows=self.result_rows,
                 project=self.kit.project,
@@ -250,7 +268,6 @@ class Server:
             )
         )
 
-        creds = server_credentials(self.kit)
         options = server_options(s)
         admin = grpc.aio.server(options=options, maximum_concurrent_rpcs=s.max_concurrent_rpcs)
         admin_pb2_grpc.add_AdminServicer_to_server(admin_service, admin)
@@ -260,8 +277,10 @@ class Server:
         site.add_generic_rpc_handlers((WrongEndpoint(ADMIN_SERVICE, self._admin_at_site_port),))
         admin_port = self.kit.server.admin_port if s.admin_port is None else s.admin_port
         site_port = self.kit.server.fed_learn_port if s.fed_learn_port is None else s.fed_learn_port
-        self.admin_port = bind(admin, s.host, admin_port, creds, "admin")
-        self.site_port = bind(site, s.host, site_port, creds, "site")
+        # Dynamic credentials, one per port: reload_kit rotates the certificate that new
+        # connections get, without a restart.
+        self.admin_port = bind(admin, s.host, admin_port, self.certificate.credentials(), "admin")
+        self.site_port = bind(site, s.host, site_port, self.certificate.credentials(), "site")
         parts.push_async_callback(self._stop_grpc, admin, site)
         await admin.start()
         await site.start()
@@ -349,47 +368,101 @@ class Server:
         }
         replace_file(Path(path), json.dumps(data).encode(), mode=0o644)
 
-    # -- revocation --------------------------------------------------------------------
+    # -- revocation and rotation -------------------------------------------------------
     def revoke(self, serials: Iterable[int]) -> int:
-        """Refuse these serials from now on and drop their open streams; streams dropped."""
+        """Refuse these serials from now on and drop their open streams; streams dropped
+        (a test seam: revocations in production come as signed lists)."""
         merged = self.admin_checker.revoked | frozenset(serials)
         return self._apply_revoked(merged)
 
-    def reload_revoked(self) -> int:
-        """Re-read ``startup/revoked.json`` (on SIGHUP, once a re-provisioned server kit's
-        ``startup/`` files were copied over this kit's); streams dropped. Logs the outcome;
-        an unreadable list leaves the one in force."""
+    async def update_revocations(self, data: bytes, by: str = "") -> RevocationUpdate:
+        """Take a newer CRL signed by the project root: persist it in the workspace, then
+        refuse its serials and drop their open streams and site connections.
+
+        Raises:
+            RevocationListRejected: not the project CA's, malformed, or not newer than the
+                list in force (``reason``, ``crl_number``, ``in_force`` say which).
+        """
+        crl = parse_crl(data, self.root, "the revocation list sent" + (f" by {by}" if by else ""))
+        revocations = self.revocations
+        revocations.check_newer(crl)  # fails fast; accept() checks again under its lock
+        try:
+            previous = await asyncio.to_thread(revocations.accept, crl)
+        except OSError as exc:
+            raise errors.InternalError(
+                f"cannot keep the revocation list in {revocations.path}: {exc.strerror or exc}; "
+                "nothing changed: free the disk or fix the folder's permissions, then send it again"
+            ) from exc
+        serials = revocations.serials
+        dropped = self._apply_revoked(serials)
+        log.warning(
+            "revocation list updated%s: CRL number %d (was %d), %d revoked serial(s), "
+            "%d open stream(s) dropped; kept in %s",
+            f" by {by}" if by else "",
+            crl.number,
+            previous,
+            len(serials),
+            dropped,
+            revocations.path,
+        )
+        return RevocationUpdate(
+            revoked=len(serials), crl_number=crl.number, previous=previous, streams_dropped=dropped
+        )
+
+    def reload_kit(self) -> int:
+        """SIGHUP, once a re-provisioned server kit's ``startup/`` files were copied over this
+        kit's: take its revocation list if newer, re-read ``revoked.json`` and
+        ``participants.json``, and serve its certificate to new connections. Logs every
+        outcome; anything unusable leaves what is in force. Streams dropped."""
         from flare_protocol.signature import verify_kit
 
-        path = self.kit.startup / REVOKED
-        try:
-            serials = load_revoked(path)
-        except errors.FlareError as exc:
-            log.error("revocation list not reloaded, the previous one stays in force: %s", exc)
-            return 0
         before = len(self.admin_checker.revoked)
-        dropped = self._apply_revoked(serials)
-        log.info(
-            "revocation list reloaded from %s: %d revoked serial(s) (before: %d), "
-            "%d open stream(s) dropped",
-            path,
-            len(serials),
-            before,
-            dropped,
-        )
+        try:
+            accepted = self.revocations.reload_kit()
+        except errors.FlareError as exc:
+            log.error("revocation list not reloaded, the one in force stays: %s", exc)
+            dropped = 0
+        else:
+            serials = self.revocations.serials
+            dropped = self._apply_revoked(serials)
+            crl = self.revocations.current
+            log.info(
+                "revocation list reloaded from %s: %d revoked serial(s) (before: %d), "
+                "%s, %d open stream(s) dropped",
+                self.kit.startup,
+                len(serials),
+                before,
+                f"CRL number {crl.number} accepted"
+                if accepted
+                else f"CRL number {crl.number} stays in force",
+                dropped,
+            )
+        self.certificate.reload()
         try:
             verify_kit(self.kit.root)
         except errors.KitError as exc:
             log.error(
-                "the kit %s no longer verifies (%s): the list is in force, but the server "
-                "will not start from this kit again; copy every file of the new kit's "
-                "startup/ folder, not only %s",
+                "the kit %s no longer verifies (%s): what was reloaded is in force, but the "
+                "server will not start from this kit again; copy every file of the new kit's "
+                "startup/ folder",
                 self.kit.root,
                 exc,
-                REVOKED,
             )
         self.project_sites.reload(self.kit)
         return dropped
+
+    def expiring(self, caller: Identity | None = None) -> list[Expiry]:
+        """Certificates that end within 30 days: the server's, the root CA, connected
+        sites', and ``caller``'s when given; soonest first."""
+        items = [self.certificate.expiry(), expiry_of("root CA", self.root)]
+        items += self.registry.certificates()
+        if caller is not None:
+            items.append(
+                Expiry(
+                    f"{caller.type.value} certificate", caller.name, caller.serial, caller.not_after
+                )
+            )
+        return expiring(items)
 
     def _apply_revoked(self, serials: frozenset[int]) -> int:
         self.admin_checker.set_revoked(serials)

@@ -241,6 +241,23 @@ class Policy:
             raise fail(f"roles missing: {', '.join(missing_roles)}")
         return cls(MappingProxyType(table), source=source)
 
+    @staticmethod
+    def require_project_admin(identity: Subject, *, action: str) -> None:
+        """Raise AuthorizationError unless ``identity`` is a ``project_admin``.
+
+        For what the policy table cannot hand to another role (revoking certificates):
+        ``authorization.json`` does not change it.
+        """
+        if identity.role is Role.PROJECT_ADMIN:
+            return
+        role = identity.role.value if identity.role else "no role"
+        raise AuthorizationError(
+            f"{identity.name} ({role}, {identity.org}) may not {action}: only a "
+            "project_admin may; ask one of the project's admins",
+            right="project_admin",
+            user=identity.name,
+        )
+
     def scope(self, identity: Subject, right: Right) -> Scope:
         if identity.role is None:
             return Scope.NONE

@@ -47,7 +47,7 @@ async def _serve(server: Server, ready_file: Path | None) -> bool:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, functools.partial(server.request_stop, by=sig.name))
-    loop.add_signal_handler(signal.SIGHUP, server.reload_revoked)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_kit)
     return await server.run(ready_file)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from cryptography import x509
 
 from flare_protocol.errors import IdentityRejected, KitError
+from flare_protocol.expiry import expiring, expiry_of
 from flare_protocol.identity import (
     Identity,
     ParticipantType,
@@ -135,4 +136,7 @@ class IdentityChecker:
             return None, exc.message, 0.0
         except Exception as exc:  # identity_from_certificate is total; this is the backstop
             return None, f"malformed client certificate: {type(exc).__name__}: {exc}", 0.0
+        # Once per certificate (the outcome is cached): a peer whose certificate ends soon.
+        for soon in expiring([expiry_of(f"{self.expected_type.value} certificate", cert)]):
+            log.warning("%s: ask the project admin for a new kit", soon.describe())
         return identity, "", identity.not_after.timestamp()

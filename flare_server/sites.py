@@ -24,10 +24,12 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from flare_protocol._generated import site_pb2
 from flare_protocol.errors import InvalidTarget, MessageError, NoReply, SessionExpired
+from flare_protocol.expiry import Expiry
 from flare_protocol.identity import Identity
 from flare_protocol.site_topics import SiteCommand, SiteReply
 
@@ -57,6 +59,8 @@ class ConnectedSite:
     running_jobs: tuple[str, ...] = ()
     resources: dict[str, str] = field(default_factory=dict)
     channel_open: bool = False
+    #: When the site's certificate ends (for expiry warnings); None when not known.
+    not_after: datetime | None = None
     outbound: asyncio.Queue[site_pb2.ServerMessage | None] = field(default_factory=asyncio.Queue)
 
     def snapshot(self) -> SiteSnapshot:
@@ -147,6 +151,7 @@ class SiteRegistry:
             last_heartbeat=now,
             running_jobs=tuple(running_jobs),
             resources=dict(resources or {}),
+            not_after=identity.not_after,
         )
         self._sites[site.name] = site
         log.info("site %s (%s) connected from %s", site.name, site.org, address)
@@ -205,6 +210,14 @@ class SiteRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._sites)
+
+    def certificates(self) -> list[Expiry]:
+        """When each connected site's certificate ends."""
+        return [
+            Expiry("site certificate", s.name, s.serial, s.not_after)
+            for s in self._sites.values()
+            if s.not_after is not None
+        ]
 
     def snapshots(self) -> list[SiteSnapshot]:
         return [self._sites[n].snapshot() for n in sorted(self._sites)]

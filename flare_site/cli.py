@@ -101,6 +101,18 @@ def _install_logging(settings: SiteSettings) -> logging.Handler:
     return handler
 
 
+def _warn_expiring(kit: Kit) -> None:
+    """Log a warning for the site's certificate and the root CA if they end within 30 days."""
+    from cryptography import x509
+
+    from flare_protocol.expiry import expiring, expiry_of
+
+    certs = [("site certificate", kit.cert_path), ("root CA", kit.root_ca_path)]
+    items = [expiry_of(what, x509.load_pem_x509_certificate(p.read_bytes())) for what, p in certs]
+    for soon in expiring(items):
+        log.warning("%s: ask the project admin for a new kit in time", soon.describe())
+
+
 async def _serve(runtime: SiteRuntime) -> str:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -120,6 +132,7 @@ def _run_once(kit: Kit, settings: SiteSettings) -> str:
             settings.workspace,
             settings.max_jobs,
         )
+        _warn_expiring(kit)
         try:
             return asyncio.run(_serve(SiteRuntime(kit, settings)))
         finally:

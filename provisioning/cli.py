@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         "--cert-days",
         type=int,
         default=DEFAULT_CERT_DAYS,
-        help=f"validity of new certificates in days (default: {DEFAULT_CERT_DAYS})",
+        help=f"validity of new certificates in days (default: {DEFAULT_CERT_DAYS}; a few "
+        "days give short-lived certificates, e.g. to try the 30-day expiry warnings)",
     )
     ap.add_argument(
         "--ca-passphrase-env",
@@ -135,14 +136,20 @@ def revocation_next_step(result: ProvisionResult) -> str:
     running = next((k for k in earlier if (k / WORKSPACE).is_dir()), next(iter(earlier), None))
     source = shlex.quote(str(server / STARTUP))
     target = shlex.quote(str(running / STARTUP)) if running else "<the server's kit>/startup"
+    crl = shlex.quote(str(result.crl_path)) if result.crl_path else "<state>/revocations.crl"
     return "\n".join(
         [
             "next step: the running server still accepts the revoked certificate(s) until it",
-            "  reloads its revocation list. Copy the new server kit's startup files over those",
-            "  of the kit the server runs from (all of them: they are signed together), e.g.",
+            f"  gets the new revocation list (CRL number {result.crl_number}). A project_admin",
+            "  sends it from the admin shell (the server checks the CA's signature, keeps it",
+            "  in its workspace and drops the revoked peers' open streams at once):",
+            f"    update_revocations {crl}",
+            "  Or copy the new server kit's startup files over those of the kit the server runs",
+            "  from (all of them: they are signed together), e.g.",
             f"    cp -p {source}/* {target}/",
             "  then tell the server to reload them (it logs 'revocation list reloaded from ...:",
-            "  N revoked serial(s)' and drops the revoked peers' open streams):",
+            "  N revoked serial(s)', drops the revoked peers' open streams and serves a new",
+            "  server certificate, if the kit has one, to new connections):",
             "    kill -HUP <pid of flare server start>   (the pid is in its 'listening' log line)",
             f"  Or restart the server from {server} with --workspace <its current workspace>.",
         ]

@@ -22,6 +22,7 @@ from flare_protocol.kit import (
     LAUNCHER,
     LOCAL,
     PARTICIPANTS,
+    REVOCATIONS,
     REVOKED,
     ROOT_CA,
     SETTINGS,
@@ -191,7 +192,9 @@ def _readme(p: Participant, project: Project, fingerprint: str) -> bytes:
         f"  private key, mode 0600: keep it secret), `{CONFIG_FILE[p.type]}` (project and server),",
     ]
     if p.type is ParticipantType.SERVER:
-        lines.append(f"  `{REVOKED}` (serial numbers of revoked certificates),")
+        lines.append(
+            f"  `{REVOCATIONS}` (the CA-signed revocation list), `{REVOKED}` (its serials),"
+        )
         lines.append(f"  `{PARTICIPANTS}` (the project's sites: jobs naming others are refused),")
     lines += [
         f"  `{launcher}`, this README and `{SIGNATURE}` (the CA's signature over all of them).",
@@ -242,6 +245,7 @@ def kit_files(
     key_pem: bytes,
     fingerprint: str,
     revoked_serials: list[str],
+    crl_pem: bytes | None = None,
 ) -> tuple[dict[str, bytes], dict[str, bytes]]:
     """The (unsigned) ``startup/`` and ``local/`` files of one kit, by name."""
     startup = {
@@ -255,6 +259,8 @@ def kit_files(
     local = {SETTINGS: _settings_json(p.type)}
     if p.type is ParticipantType.SERVER:
         startup[REVOKED] = _json({"serials": revoked_serials})
+        if crl_pem is not None:
+            startup[REVOCATIONS] = crl_pem
         startup[PARTICIPANTS] = _participants(project)
         local[AUTHORIZATION_DEFAULT] = _json(default_authorization_policy())
     elif p.type is ParticipantType.SITE:

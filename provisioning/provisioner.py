@@ -4,8 +4,10 @@ Theory of operation. A run takes the state folder's lock, then decides for each
 participant of project.yml whether its current certificate can be reused (same type,
 org, role and, for the server, host names; still valid; not asked to be revoked) or a
 new key and certificate must be issued. A superseded certificate, and the certificate
-of a participant no longer in project.yml, are recorded as revoked; the server kit's
-``revoked.json`` lists every revoked serial. New keys and certificates go into the
+of a participant no longer in project.yml, are recorded as revoked; every run signs a
+revocation list with the next CRL number (:mod:`provisioning.crl`), kept as
+``state/revocations.crl`` and put in the server kit next to ``revoked.json`` (the same
+serials, for servers of earlier releases). New keys and certificates go into the
 state folder under their serial, all kits are written into a temporary folder inside
 the project folder, everything is flushed once, then ``state.json`` and the new
 ``prod_NN`` are renamed into place (state first: a crash in between only means the
@@ -29,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 
 from flare_protocol.errors import ProjectFileError, ProvisionError
 from flare_protocol.signature import ca_fingerprint
-from provisioning._fs import FileBatch, fsync_dir
+from provisioning._fs import FileBatch, fsync_dir, write_atomic
 from provisioning.certs import (
     DEFAULT_CA_DAYS,
     DEFAULT_CERT_DAYS,
@@ -40,6 +42,7 @@ from provisioning.certs import (
     issue_leaf,
     key_type_of,
 )
+from provisioning.crl import CRL_FILE, build_crl
 from provisioning.kits import kit_files, write_kit
 from provisioning.project import Participant, Project, load_project
 from provisioning.state import IssuedRecord, State, StateLock, serial_hex
@@ -72,6 +75,10 @@ class ProvisionResult:
     state_dir: Path = field(default=Path())
     #: Serial numbers (hex) in the server kit's ``revoked.json``.
     revoked_serials: list[str] = field(default_factory=list)
+    #: The CRL this run signed: ``state/revocations.crl`` (also in the server kit).
+    crl_path: Path | None = None
+    #: Its CRL number (one more than the previous run's).
+    crl_number: int = 0
     #: Notices about ignored input (e.g. NVIDIA FLARE's ``builders`` section).
     notices: list[str] = field(default_factory=list)
 
@@ -286,6 +293,8 @@ def _provision_locked(
 
     state.write_bundle(batch, bundle)
     revoked_serials = state.revoked_serials()
+    state.crl_number += 1
+    crl_pem = build_crl(ca, state.revoked, number=state.crl_number, now=when)
     prod_name = _next_prod(project_dir)
     tmp = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=project_dir))
     try:
@@ -299,6 +308,7 @@ def _provision_locked(
                 key_pem=keys[p.name],
                 fingerprint=fingerprint,
                 revoked_serials=revoked_serials,
+                crl_pem=crl_pem,
             )
             write_kit(batch, tmp / p.name, p, startup, local, ca.key)
             kits[p.name] = project_dir / prod_name / p.name
@@ -310,6 +320,9 @@ def _provision_locked(
         batch.flush(project_dir)
         state.prods.append(prod_name)
         state.save()
+        # After state.json: a crash in between leaves the previous CRL here and the next
+        # run signs a higher number, so two different lists never share a number.
+        write_atomic(state_dir / CRL_FILE, crl_pem, 0o644)
         os.rename(tmp, final)
         fsync_dir(project_dir)
     except BaseException:
@@ -325,5 +338,7 @@ def _provision_locked(
         revoked=revoked,
         state_dir=state_dir,
         revoked_serials=revoked_serials,
+        crl_path=state_dir / CRL_FILE,
+        crl_number=state.crl_number,
         notices=list(project.notices),
     )

@@ -2,7 +2,10 @@
 
 Layout of ``<workspace>/<project>/state/`` (0700)::
 
-    state.json      who holds which certificate, revocations (replaced atomically)
+    state.json      who holds which certificate, revocations, the last CRL number
+                    (replaced atomically)
+    revocations.crl the newest signed revocation list (an X.509 CRL, PEM; replaced
+                    atomically after state.json; see provisioning.crl)
     ca.key          the root CA key, 0600, PKCS#8 (encrypted when a passphrase is used)
     ca.crt          the root CA certificate
     issued/         0700: one bundle per run that issued something, 0600, written once:
@@ -164,6 +167,8 @@ class State:
         }
         self.revoked: list[RevokedRecord] = [RevokedRecord(**r) for r in doc.get("revoked", [])]
         self.prods: list[str] = list(doc.get("prods", []))
+        #: The number of the last CRL written (0: none yet, a state of an earlier release).
+        self.crl_number: int = int(doc.get("crl_number", 0))
         self._pending: dict[str, dict[str, str]] = {}
         self._bundles: dict[str, dict[str, dict[str, str]]] = {}
 
@@ -302,6 +307,7 @@ class State:
             },
             "revoked": [asdict(r) for r in self.revoked],
             "prods": self.prods,
+            "crl_number": self.crl_number,
         }
         # One participant per line: readable, and still the fast C encoder per entry.
         body = json.dumps(doc)[:-1]

@@ -188,6 +188,30 @@ def _run_script(dispatcher: Dispatcher, lines: Iterable[str]) -> int:
     return ExitCode.OK
 
 
+def expiry_warnings(ctx: ShellContext) -> list[str]:
+    """One line per certificate that ends within 30 days: the admin's own (read from the
+    kit) and the server's and the root CA's (as the server reported them)."""
+    from cryptography import x509
+
+    from flare_protocol.expiry import expiring, expiry_of
+    from flare_protocol.identity import ParticipantType
+    from flare_protocol.kit import CERT_FILE, STARTUP
+
+    lines: list[str] = []
+    cert_path = ctx.kit_dir / STARTUP / CERT_FILE[ParticipantType.ADMIN]
+    try:
+        own = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (OSError, ValueError):
+        own = None  # the pre-flight checked the kit; nothing to say here
+    if own is not None:
+        for soon in expiring([expiry_of("your certificate", own)]):
+            lines.append(f"{soon.describe()}: ask the project admin for a new kit")
+    for entry in ctx.expiring:
+        if entry.what in ("server certificate", "root CA"):
+            lines.append(f"{entry.describe()}: tell the project admin")
+    return lines
+
+
 def banner(ctx: ShellContext) -> None:
     """Who we are, where, and what runs: printed when the shell starts."""
     from rich.text import Text
@@ -205,6 +229,8 @@ def banner(ctx: ShellContext) -> None:
     console.print(
         Text.assemble("signed in as ", (info.name, "key"), f" (org {info.org}, role {info.role})")
     )
+    for line in expiry_warnings(ctx):
+        console.print(Text.assemble(("warning: ", "warning"), line))
     console.print(
         f"{ctx.sites_connected} site(s) connected, {len(ctx.running_jobs)} job(s) running. "
         "Type help for commands, Tab to complete, Ctrl-D to leave.",

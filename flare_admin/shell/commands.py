@@ -539,6 +539,29 @@ def restart(ctx: ShellContext, a: dict[str, Any]) -> Any:
     return ctx.session.restart(a["target_type"], _names(a["sites"]))
 
 
+@command(
+    "update_revocations",
+    "send a newer signed revocation list (CRL) to the server (project_admin)",
+    args=(
+        Arg(
+            "path",
+            Kind.LOCAL_PATH,
+            "the revocations.crl flare provision wrote (state/ or the server kit's startup/)",
+        ),
+    ),
+    group="sites",
+    wraps=("update_revocations",),
+)
+def update_revocations(ctx: ShellContext, a: dict[str, Any]) -> Done:
+    update = ctx.session.update_revocations(os.path.expanduser(a["path"]))
+    return Done(
+        f"revocation list {update.crl_number} in force (was {update.previous_crl_number}): "
+        f"{update.revoked} certificate(s) revoked, {update.streams_dropped} open stream(s) "
+        "dropped",
+        update.to_dict(),
+    )
+
+
 # -- files on a target -----------------------------------------------------------------
 
 REMOTE = Arg("path", Kind.REMOTE_PATH, "a path in the target's workspace")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flare_admin.results import JobMeta
+from flare_admin.results import CertificateExpiry, JobMeta
 from flare_protocol import errors
 from flare_protocol.job_status import is_job_id, is_job_id_prefix
 
@@ -95,6 +95,8 @@ class ShellContext:
         self.last_error = ""
         self.running_jobs: tuple[str, ...] = ()
         self.sites_connected = 0
+        #: Certificates the server says end within 30 days (from the last refresh).
+        self.expiring: tuple[CertificateExpiry, ...] = ()
         self.stop_requested = False
         self._jobs = _Cache(self._fetch_jobs)
         self._sites = _Cache(self._fetch_sites)
@@ -208,6 +210,7 @@ class ShellContext:
         self.mark(True)
         self.running_jobs = tuple(j.job_id for j in info.job_info)
         self.sites_connected = len(info.client_info)
+        self.expiring = info.expiring
 
     # -- completion data ---------------------------------------------------------------
     def job_refs(self) -> list[JobRef]:

@@ -237,6 +237,8 @@ def system_view(info: SystemInfo) -> RenderableType:
         parts += [Text(""), sites_table(info.client_info)]
     if info.job_info:
         parts += [Text(""), jobs_table(info.job_info)]
+    for entry in info.expiring:
+        parts.append(Text.assemble(("warning: ", "warning"), entry.describe()))
     return Group(*parts)
 
 

@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from flare_protocol._generated import common_pb2 as common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61\x64min.proto\x12\x08\x66lare.v1\x1a\x0c\x63ommon.proto\"^\n\nHelloReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"}\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x03 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x14\n\x0crunning_jobs\x18\x05 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\"/\n\nSitesReply\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.flare.v1.SiteInfo\"\x90\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0bsubmit_time\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x16\n\x0esubmitter_name\x18\x06 \x01(\t\x12\x15\n\rsubmitter_org\x18\x07 \x01(\t\"\xb2\x01\n\x0fSystemInfoReply\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x01\x12!\n\x05sites\x18\x04 \x03(\x0b\x32\x12.flare.v1.SiteInfo\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0cModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"?\n\x0f\x43loneJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1c\n\x14initial_model_job_id\x18\x02 \x01(\t\"-\n\x08JobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmeta_json\x18\x02 \x01(\t\"\x82\x01\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0emetrics_offset\x18\x02 \x01(\x03\x12\x1a\n\x12validations_offset\x18\x03 \x01(\x03\x12\x14\n\x0cwant_metrics\x18\x04 \x01(\x08\x12\x18\n\x10want_validations\x18\x05 \x01(\x08\"\\\n\x08JobEvent\x12\x13\n\tmeta_json\x18\x01 \x01(\tH\x00\x12\x16\n\x0cmetrics_json\x18\x02 \x01(\tH\x00\x12\x1a\n\x10validations_json\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent\"k\n\x0fListJobsRequest\x12\x10\n\x08\x64\x65tailed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tid_prefix\x18\x03 \x01(\t\x12\x13\n\x0bname_prefix\x18\x04 \x01(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\"F\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x11\n\tmeta_json\x18\x02 \x03(\t\"4\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"#\n\x0c\x43ommandReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\">\n\nDriverNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\"\xa0\x01\n\nDriverInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05nodes\x18\x02 \x03(\x0b\x32\x14.flare.v1.DriverNode\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x66\x61ult_ttl\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cidle_timeout\x18\x06 \x01(\x01\".\n\x0f\x44riverPushStart\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61\x63k\x18\x02 \x03(\t\"\x88\x01\n\x0e\x44riverPushItem\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.flare.v1.DriverPushStartH\x00\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x17.flare.v1.TransferChunkH\x00\x12\x16\n\x0cmessage_json\x18\x03 \x01(\tH\x00\x42\x06\n\x04item\"&\n\x0f\x44riverPushReply\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"V\n\x14\x44riverRepliesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x0b\n\x03\x61\x63k\x18\x04 \x03(\t\"]\n\x11\x44riverRepliesItem\x12\x14\n\nreply_json\x18\x01 \x01(\tH\x00\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x17.flare.v1.TransferChunkH\x00\x42\x06\n\x04item2\xd9\x08\n\x05\x41\x64min\x12.\n\x05Hello\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.HelloReply\x12;\n\rGetSystemInfo\x12\x0f.flare.v1.Empty\x1a\x19.flare.v1.SystemInfoReply\x12:\n\tSubmitJob\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12\x39\n\x08\x43loneJob\x12\x19.flare.v1.CloneJobRequest\x1a\x12.flare.v1.JobReply\x12>\n\x08ListJobs\x12\x19.flare.v1.ListJobsRequest\x1a\x17.flare.v1.ListJobsReply\x12\x36\n\nGetJobMeta\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x36\n\x08WatchJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply0\x01\x12>\n\x0eWatchJobEvents\x12\x16.flare.v1.WatchRequest\x1a\x12.flare.v1.JobEvent0\x01\x12\x34\n\x08\x41\x62ortJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x32\n\tDeleteJob\x12\x14.flare.v1.JobRequest\x1a\x0f.flare.v1.Empty\x12\x44\n\x11\x44ownloadJobResult\x12\x14.flare.v1.JobRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12\x42\n\rDownloadModel\x12\x16.flare.v1.ModelRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12:\n\x11GetConnectedSites\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.SitesReply\x12;\n\rDriverConnect\x12\x14.flare.v1.JobRequest\x1a\x14.flare.v1.DriverInfo\x12\x43\n\nDriverPush\x12\x18.flare.v1.DriverPushItem\x1a\x19.flare.v1.DriverPushReply(\x01\x12N\n\rDriverReplies\x12\x1e.flare.v1.DriverRepliesRequest\x1a\x1b.flare.v1.DriverRepliesItem0\x01\x12=\n\x0c\x44riverFinish\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12;\n\x07\x43ommand\x12\x18.flare.v1.CommandRequest\x1a\x16.flare.v1.CommandReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0b\x61\x64min.proto\x12\x08\x66lare.v1\x1a\x0c\x63ommon.proto\"^\n\nHelloReply\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x0c\n\x04role\x18\x03 \x01(\t\x12\x0f\n\x07project\x18\x04 \x01(\t\x12\x16\n\x0eserver_version\x18\x05 \x01(\t\"}\n\x08SiteInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03org\x18\x02 \x01(\t\x12\x17\n\x0f\x63onnected_since\x18\x03 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x04 \x01(\x01\x12\x14\n\x0crunning_jobs\x18\x05 \x03(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x06 \x01(\t\"/\n\nSitesReply\x12!\n\x05sites\x18\x01 \x03(\x0b\x32\x12.flare.v1.SiteInfo\"\x90\x01\n\nJobSummary\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0bsubmit_time\x18\x04 \x01(\x01\x12\x10\n\x08\x64uration\x18\x05 \x01(\x01\x12\x16\n\x0esubmitter_name\x18\x06 \x01(\t\x12\x15\n\rsubmitter_org\x18\x07 \x01(\t\"\xe1\x01\n\x0fSystemInfoReply\x12\x13\n\x0bserver_name\x18\x01 \x01(\t\x12\x0f\n\x07project\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\x01\x12!\n\x05sites\x18\x04 \x03(\x0b\x32\x12.flare.v1.SiteInfo\x12*\n\x0crunning_jobs\x18\x05 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x16\n\x0eserver_version\x18\x06 \x01(\t\x12-\n\x08\x65xpiring\x18\x07 \x03(\x0b\x32\x1b.flare.v1.CertificateExpiry\"R\n\x11\x43\x65rtificateExpiry\x12\x0c\n\x04what\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06serial\x18\x03 \x01(\t\x12\x11\n\tnot_after\x18\x04 \x01(\x01\"\'\n\x18UpdateRevocationsRequest\x12\x0b\n\x03\x63rl\x18\x01 \x01(\x0c\"s\n\x16UpdateRevocationsReply\x12\x0f\n\x07revoked\x18\x01 \x01(\x05\x12\x12\n\ncrl_number\x18\x02 \x01(\x03\x12\x1b\n\x13previous_crl_number\x18\x03 \x01(\x03\x12\x17\n\x0fstreams_dropped\x18\x04 \x01(\x05\"\x1c\n\nJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x0cModelRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x05\"?\n\x0f\x43loneJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x1c\n\x14initial_model_job_id\x18\x02 \x01(\t\"-\n\x08JobReply\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmeta_json\x18\x02 \x01(\t\"\x82\x01\n\x0cWatchRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0emetrics_offset\x18\x02 \x01(\x03\x12\x1a\n\x12validations_offset\x18\x03 \x01(\x03\x12\x14\n\x0cwant_metrics\x18\x04 \x01(\x08\x12\x18\n\x10want_validations\x18\x05 \x01(\x08\"\\\n\x08JobEvent\x12\x13\n\tmeta_json\x18\x01 \x01(\tH\x00\x12\x16\n\x0cmetrics_json\x18\x02 \x01(\tH\x00\x12\x1a\n\x10validations_json\x18\x03 \x01(\tH\x00\x42\x07\n\x05\x65vent\"k\n\x0fListJobsRequest\x12\x10\n\x08\x64\x65tailed\x18\x01 \x01(\x08\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x11\n\tid_prefix\x18\x03 \x01(\t\x12\x13\n\x0bname_prefix\x18\x04 \x01(\t\x12\x0f\n\x07reverse\x18\x05 \x01(\x08\"F\n\rListJobsReply\x12\"\n\x04jobs\x18\x01 \x03(\x0b\x32\x14.flare.v1.JobSummary\x12\x11\n\tmeta_json\x18\x02 \x03(\t\"4\n\x0e\x43ommandRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12\x11\n\targs_json\x18\x02 \x01(\t\"#\n\x0c\x43ommandReply\x12\x13\n\x0bresult_json\x18\x01 \x01(\t\">\n\nDriverNode\x12\x0f\n\x07node_id\x18\x01 \x01(\x03\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x11\n\tconnected\x18\x03 \x01(\x08\"\xa0\x01\n\nDriverInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12#\n\x05nodes\x18\x02 \x03(\x0b\x32\x14.flare.v1.DriverNode\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x13\n\x0b\x64\x65\x66\x61ult_ttl\x18\x04 \x01(\x01\x12\x19\n\x11max_message_bytes\x18\x05 \x01(\x03\x12\x14\n\x0cidle_timeout\x18\x06 \x01(\x01\".\n\x0f\x44riverPushStart\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0b\n\x03\x61\x63k\x18\x02 \x03(\t\"\x88\x01\n\x0e\x44riverPushItem\x12*\n\x05start\x18\x01 \x01(\x0b\x32\x19.flare.v1.DriverPushStartH\x00\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x17.flare.v1.TransferChunkH\x00\x12\x16\n\x0cmessage_json\x18\x03 \x01(\tH\x00\x42\x06\n\x04item\"&\n\x0f\x44riverPushReply\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"V\n\x14\x44riverRepliesRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bmessage_ids\x18\x02 \x03(\t\x12\x0c\n\x04wait\x18\x03 \x01(\x08\x12\x0b\n\x03\x61\x63k\x18\x04 \x03(\t\"]\n\x11\x44riverRepliesItem\x12\x14\n\nreply_json\x18\x01 \x01(\tH\x00\x12*\n\x07\x63ontent\x18\x02 \x01(\x0b\x32\x17.flare.v1.TransferChunkH\x00\x42\x06\n\x04item2\xb4\t\n\x05\x41\x64min\x12.\n\x05Hello\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.HelloReply\x12;\n\rGetSystemInfo\x12\x0f.flare.v1.Empty\x1a\x19.flare.v1.SystemInfoReply\x12:\n\tSubmitJob\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12\x39\n\x08\x43loneJob\x12\x19.flare.v1.CloneJobRequest\x1a\x12.flare.v1.JobReply\x12>\n\x08ListJobs\x12\x19.flare.v1.ListJobsRequest\x1a\x17.flare.v1.ListJobsReply\x12\x36\n\nGetJobMeta\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x36\n\x08WatchJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply0\x01\x12>\n\x0eWatchJobEvents\x12\x16.flare.v1.WatchRequest\x1a\x12.flare.v1.JobEvent0\x01\x12\x34\n\x08\x41\x62ortJob\x12\x14.flare.v1.JobRequest\x1a\x12.flare.v1.JobReply\x12\x32\n\tDeleteJob\x12\x14.flare.v1.JobRequest\x1a\x0f.flare.v1.Empty\x12\x44\n\x11\x44ownloadJobResult\x12\x14.flare.v1.JobRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12\x42\n\rDownloadModel\x12\x16.flare.v1.ModelRequest\x1a\x17.flare.v1.TransferChunk0\x01\x12:\n\x11GetConnectedSites\x12\x0f.flare.v1.Empty\x1a\x14.flare.v1.SitesReply\x12Y\n\x11UpdateRevocations\x12\".flare.v1.UpdateRevocationsRequest\x1a .flare.v1.UpdateRevocationsReply\x12;\n\rDriverConnect\x12\x14.flare.v1.JobRequest\x1a\x14.flare.v1.DriverInfo\x12\x43\n\nDriverPush\x12\x18.flare.v1.DriverPushItem\x1a\x19.flare.v1.DriverPushReply(\x01\x12N\n\rDriverReplies\x12\x1e.flare.v1.DriverRepliesRequest\x1a\x1b.flare.v1.DriverRepliesItem0\x01\x12=\n\x0c\x44riverFinish\x12\x17.flare.v1.TransferChunk\x1a\x12.flare.v1.JobReply(\x01\x12;\n\x07\x43ommand\x12\x18.flare.v1.CommandRequest\x1a\x16.flare.v1.CommandReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,41 +42,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_JOBSUMMARY']._serialized_start=312
   _globals['_JOBSUMMARY']._serialized_end=456
   _globals['_SYSTEMINFOREPLY']._serialized_start=459
-  _globals['_SYSTEMINFOREPLY']._serialized_end=637
-  _globals['_JOBREQUEST']._serialized_start=639
-  _globals['_JOBREQUEST']._serialized_end=667
-  _globals['_MODELREQUEST']._serialized_start=669
-  _globals['_MODELREQUEST']._serialized_end=714
-  _globals['_CLONEJOBREQUEST']._serialized_start=716
-  _globals['_CLONEJOBREQUEST']._serialized_end=779
-  _globals['_JOBREPLY']._serialized_start=781
-  _globals['_JOBREPLY']._serialized_end=826
-  _globals['_WATCHREQUEST']._serialized_start=829
-  _globals['_WATCHREQUEST']._serialized_end=959
-  _globals['_JOBEVENT']._serialized_start=961
-  _globals['_JOBEVENT']._serialized_end=1053
-  _globals['_LISTJOBSREQUEST']._serialized_start=1055
-  _globals['_LISTJOBSREQUEST']._serialized_end=1162
-  _globals['_LISTJOBSREPLY']._serialized_start=1164
-  _globals['_LISTJOBSREPLY']._serialized_end=1234
-  _globals['_COMMANDREQUEST']._serialized_start=1236
-  _globals['_COMMANDREQUEST']._serialized_end=1288
-  _globals['_COMMANDREPLY']._serialized_start=1290
-  _globals['_COMMANDREPLY']._serialized_end=1325
-  _globals['_DRIVERNODE']._serialized_start=1327
-  _globals['_DRIVERNODE']._serialized_end=1389
-  _globals['_DRIVERINFO']._serialized_start=1392
-  _globals['_DRIVERINFO']._serialized_end=1552
-  _globals['_DRIVERPUSHSTART']._serialized_start=1554
-  _globals['_DRIVERPUSHSTART']._serialized_end=1600
-  _globals['_DRIVERPUSHITEM']._serialized_start=1603
-  _globals['_DRIVERPUSHITEM']._serialized_end=1739
-  _globals['_DRIVERPUSHREPLY']._serialized_start=1741
-  _globals['_DRIVERPUSHREPLY']._serialized_end=1779
-  _globals['_DRIVERREPLIESREQUEST']._serialized_start=1781
-  _globals['_DRIVERREPLIESREQUEST']._serialized_end=1867
-  _globals['_DRIVERREPLIESITEM']._serialized_start=1869
-  _globals['_DRIVERREPLIESITEM']._serialized_end=1962
-  _globals['_ADMIN']._serialized_start=1965
-  _globals['_ADMIN']._serialized_end=3078
+  _globals['_SYSTEMINFOREPLY']._serialized_end=684
+  _globals['_CERTIFICATEEXPIRY']._serialized_start=686
+  _globals['_CERTIFICATEEXPIRY']._serialized_end=768
+  _globals['_UPDATEREVOCATIONSREQUEST']._serialized_start=770
+  _globals['_UPDATEREVOCATIONSREQUEST']._serialized_end=809
+  _globals['_UPDATEREVOCATIONSREPLY']._serialized_start=811
+  _globals['_UPDATEREVOCATIONSREPLY']._serialized_end=926
+  _globals['_JOBREQUEST']._serialized_start=928
+  _globals['_JOBREQUEST']._serialized_end=956
+  _globals['_MODELREQUEST']._serialized_start=958
+  _globals['_MODELREQUEST']._serialized_end=1003
+  _globals['_CLONEJOBREQUEST']._serialized_start=1005
+  _globals['_CLONEJOBREQUEST']._serialized_end=1068
+  _globals['_JOBREPLY']._serialized_start=1070
+  _globals['_JOBREPLY']._serialized_end=1115
+  _globals['_WATCHREQUEST']._serialized_start=1118
+  _globals['_WATCHREQUEST']._serialized_end=1248
+  _globals['_JOBEVENT']._serialized_start=1250
+  _globals['_JOBEVENT']._serialized_end=1342
+  _globals['_LISTJOBSREQUEST']._serialized_start=1344
+  _globals['_LISTJOBSREQUEST']._serialized_end=1451
+  _globals['_LISTJOBSREPLY']._serialized_start=1453
+  _globals['_LISTJOBSREPLY']._serialized_end=1523
+  _globals['_COMMANDREQUEST']._serialized_start=1525
+  _globals['_COMMANDREQUEST']._serialized_end=1577
+  _globals['_COMMANDREPLY']._serialized_start=1579
+  _globals['_COMMANDREPLY']._serialized_end=1614
+  _globals['_DRIVERNODE']._serialized_start=1616
+  _globals['_DRIVERNODE']._serialized_end=1678
+  _globals['_DRIVERINFO']._serialized_start=1681
+  _globals['_DRIVERINFO']._serialized_end=1841
+  _globals['_DRIVERPUSHSTART']._serialized_start=1843
+  _globals['_DRIVERPUSHSTART']._serialized_end=1889
+  _globals['_DRIVERPUSHITEM']._serialized_start=1892
+  _globals['_DRIVERPUSHITEM']._serialized_end=2028
+  _globals['_DRIVERPUSHREPLY']._serialized_start=2030
+  _globals['_DRIVERPUSHREPLY']._serialized_end=2068
+  _globals['_DRIVERREPLIESREQUEST']._serialized_start=2070
+  _globals['_DRIVERREPLIESREQUEST']._serialized_end=2156
+  _globals['_DRIVERREPLIESITEM']._serialized_start=2158
+  _globals['_DRIVERREPLIESITEM']._serialized_end=2251
+  _globals['_ADMIN']._serialized_start=2254
+  _globals['_ADMIN']._serialized_end=3458
 # @@protoc_insertion_point(module_scope)

@@ -62,20 +62,52 @@ class JobSummary(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., name: _Optional[str] = ..., status: _Optional[str] = ..., submit_time: _Optional[float] = ..., duration: _Optional[float] = ..., submitter_name: _Optional[str] = ..., submitter_org: _Optional[str] = ...) -> None: ...
 
 class SystemInfoReply(_message.Message):
-    __slots__ = ("server_name", "project", "start_time", "sites", "running_jobs", "server_version")
+    __slots__ = ("server_name", "project", "start_time", "sites", "running_jobs", "server_version", "expiring")
     SERVER_NAME_FIELD_NUMBER: _ClassVar[int]
     PROJECT_FIELD_NUMBER: _ClassVar[int]
     START_TIME_FIELD_NUMBER: _ClassVar[int]
     SITES_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     SERVER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EXPIRING_FIELD_NUMBER: _ClassVar[int]
     server_name: str
     project: str
     start_time: float
     sites: _containers.RepeatedCompositeFieldContainer[SiteInfo]
     running_jobs: _containers.RepeatedCompositeFieldContainer[JobSummary]
     server_version: str
-    def __init__(self, server_name: _Optional[str] = ..., project: _Optional[str] = ..., start_time: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., server_version: _Optional[str] = ...) -> None: ...
+    expiring: _containers.RepeatedCompositeFieldContainer[CertificateExpiry]
+    def __init__(self, server_name: _Optional[str] = ..., project: _Optional[str] = ..., start_time: _Optional[float] = ..., sites: _Optional[_Iterable[_Union[SiteInfo, _Mapping]]] = ..., running_jobs: _Optional[_Iterable[_Union[JobSummary, _Mapping]]] = ..., server_version: _Optional[str] = ..., expiring: _Optional[_Iterable[_Union[CertificateExpiry, _Mapping]]] = ...) -> None: ...
+
+class CertificateExpiry(_message.Message):
+    __slots__ = ("what", "name", "serial", "not_after")
+    WHAT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERIAL_FIELD_NUMBER: _ClassVar[int]
+    NOT_AFTER_FIELD_NUMBER: _ClassVar[int]
+    what: str
+    name: str
+    serial: str
+    not_after: float
+    def __init__(self, what: _Optional[str] = ..., name: _Optional[str] = ..., serial: _Optional[str] = ..., not_after: _Optional[float] = ...) -> None: ...
+
+class UpdateRevocationsRequest(_message.Message):
+    __slots__ = ("crl",)
+    CRL_FIELD_NUMBER: _ClassVar[int]
+    crl: bytes
+    def __init__(self, crl: _Optional[bytes] = ...) -> None: ...
+
+class UpdateRevocationsReply(_message.Message):
+    __slots__ = ("revoked", "crl_number", "previous_crl_number", "streams_dropped")
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_CRL_NUMBER_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    revoked: int
+    crl_number: int
+    previous_crl_number: int
+    streams_dropped: int
+    def __init__(self, revoked: _Optional[int] = ..., crl_number: _Optional[int] = ..., previous_crl_number: _Optional[int] = ..., streams_dropped: _Optional[int] = ...) -> None: ...
 
 class JobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -101,6 +101,11 @@ class AdminStub:
                 request_serializer=common__pb2.Empty.SerializeToString,
                 response_deserializer=admin__pb2.SitesReply.FromString,
                 _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/flare.v1.Admin/UpdateRevocations',
+                request_serializer=admin__pb2.UpdateRevocationsRequest.SerializeToString,
+                response_deserializer=admin__pb2.UpdateRevocationsReply.FromString,
+                _registered_method=True)
         self.DriverConnect = channel.unary_unary(
                 '/flare.v1.Admin/DriverConnect',
                 request_serializer=admin__pb2.JobRequest.SerializeToString,
@@ -219,6 +224,16 @@ class AdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRevocations(self, request, context):
+        """A newer revocation list (the X.509 CRL flare provision signs with the project CA):
+        refused unless the project root signed it and its CRL number is greater than the one
+        in force; kept in the server workspace, applied at once (the revoked peers' next calls
+        are refused and their open streams and site connections dropped). project_admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DriverConnect(self, request, context):
         """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
         (its submitter, or a role that may manage it) who sends messages to the job's sites and
@@ -332,6 +347,11 @@ def add_AdminServicer_to_server(servicer, server):
                     servicer.GetConnectedSites,
                     request_deserializer=common__pb2.Empty.FromString,
                     response_serializer=admin__pb2.SitesReply.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=admin__pb2.UpdateRevocationsRequest.FromString,
+                    response_serializer=admin__pb2.UpdateRevocationsReply.SerializeToString,
             ),
             'DriverConnect': grpc.unary_unary_rpc_method_handler(
                     servicer.DriverConnect,
@@ -710,6 +730,33 @@ class Admin:
             '/flare.v1.Admin/GetConnectedSites',
             common__pb2.Empty.SerializeToString,
             admin__pb2.SitesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flare.v1.Admin/UpdateRevocations',
+            admin__pb2.UpdateRevocationsRequest.SerializeToString,
+            admin__pb2.UpdateRevocationsReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -58,6 +58,12 @@ class AdminStub:
     round 0 = the final global_model.npz; round N >= 1 = the model after round N.
     """
     GetConnectedSites: _grpc.UnaryUnaryMultiCallable[_common_pb2.Empty, _admin_pb2.SitesReply]
+    UpdateRevocations: _grpc.UnaryUnaryMultiCallable[_admin_pb2.UpdateRevocationsRequest, _admin_pb2.UpdateRevocationsReply]
+    """A newer revocation list (the X.509 CRL flare provision signs with the project CA):
+    refused unless the project root signed it and its CRL number is greater than the one
+    in force; kept in the server workspace, applied at once (the revoked peers' next calls
+    are refused and their open streams and site connections dropped). project_admin only.
+    """
     DriverConnect: _grpc.UnaryUnaryMultiCallable[_admin_pb2.JobRequest, _admin_pb2.DriverInfo]
     """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
     (its submitter, or a role that may manage it) who sends messages to the job's sites and
@@ -114,6 +120,12 @@ class AdminAsyncStub(AdminStub):
     round 0 = the final global_model.npz; round N >= 1 = the model after round N.
     """
     GetConnectedSites: _aio.UnaryUnaryMultiCallable[_common_pb2.Empty, _admin_pb2.SitesReply]  # type: ignore[assignment]
+    UpdateRevocations: _aio.UnaryUnaryMultiCallable[_admin_pb2.UpdateRevocationsRequest, _admin_pb2.UpdateRevocationsReply]  # type: ignore[assignment]
+    """A newer revocation list (the X.509 CRL flare provision signs with the project CA):
+    refused unless the project root signed it and its CRL number is greater than the one
+    in force; kept in the server workspace, applied at once (the revoked peers' next calls
+    are refused and their open streams and site connections dropped). project_admin only.
+    """
     DriverConnect: _aio.UnaryUnaryMultiCallable[_admin_pb2.JobRequest, _admin_pb2.DriverInfo]  # type: ignore[assignment]
     """The Driver API (docs/driver.md): a job with "workflow": "driver" is driven by an admin
     (its submitter, or a role that may manage it) who sends messages to the job's sites and
@@ -245,6 +257,18 @@ class AdminServicer(metaclass=_abc_1.ABCMeta):
         request: _common_pb2.Empty,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.SitesReply, _abc.Awaitable[_admin_pb2.SitesReply]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateRevocations(
+        self,
+        request: _admin_pb2.UpdateRevocationsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.UpdateRevocationsReply, _abc.Awaitable[_admin_pb2.UpdateRevocationsReply]]:
+        """A newer revocation list (the X.509 CRL flare provision signs with the project CA):
+        refused unless the project root signed it and its CRL number is greater than the one
+        in force; kept in the server workspace, applied at once (the revoked peers' next calls
+        are refused and their open streams and site connections dropped). project_admin only.
+        """
 
     @_abc_1.abstractmethod
     def DriverConnect(

@@ -182,6 +182,7 @@ CALLS = {
     "abort_job": (JOB,),
     "delete_job": (JOB,),
     "get_connected_client_list": (),
+    "update_revocations": ("revocations.crl",),
     "get_client_job_status": (),
     "show_stats": (JOB, "server"),
     "show_errors": (JOB, "server"),

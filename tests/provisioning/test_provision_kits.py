@@ -54,6 +54,7 @@ def test_server_kit_layout(provisioned: ProvisionResult) -> None:
         "server.crt",
         "server.key",
         "fed_server.json",
+        "revocations.crl",
         "revoked.json",
         "participants.json",
         "start.sh",
