@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -32,11 +31,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from flare_protocol._daemon import DIE_WITH_PARENT_ENV
 from flare_protocol._direct_io import replace_file
 from flare_protocol.errors import FlareError
 
@@ -55,7 +55,6 @@ PROJECT_NAME = "poc"
 SERVER_NAME = "localhost"
 ADMIN_NAME = "admin@poc.local"
 _SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-_PR_SET_PDEATHSIG = 1
 
 
 @dataclass(frozen=True)
@@ -161,25 +160,6 @@ def set_server_address(kit_dir: Path, address: str) -> None:
     replace_file(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
 
 
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that has the child get SIGTERM when its parent dies (Linux), or None.
-
-    ``prctl`` is looked up here, in the parent: the child (forked from a process that may
-    run threads) then only calls a function pointer, no dynamic loading.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-    def set_parent_death_signal() -> None:
-        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return set_parent_death_signal
-
-
 class LocalProject:
     """A server and its sites as child processes of this one (a context manager).
 
@@ -226,9 +206,9 @@ class LocalProject:
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.kits.workspace,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            # the child ends with us, even if we are killed (see flare_protocol._daemon)
+            env={**os.environ, "PYTHONUNBUFFERED": "1", DIE_WITH_PARENT_ENV: str(os.getpid())},
             start_new_session=True,
-            preexec_fn=_die_with_parent(),  # noqa: PLW1509
         )
 
     def console_tail(self, name: str, lines: int = 15) -> str:

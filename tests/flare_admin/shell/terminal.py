@@ -15,6 +15,7 @@ import select
 import signal
 import struct
 import subprocess
+import sys
 import termios
 import time
 from collections.abc import Sequence
@@ -28,6 +29,13 @@ _ESCAPES = re.compile(
 def plain(text: str) -> str:
     """``text`` without terminal escape sequences and carriage returns."""
     return _ESCAPES.sub("", text)
+
+
+_TAKE_TERMINAL_THEN_EXEC = (
+    "import fcntl, os, sys, termios; "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execvp(sys.argv[1], sys.argv[1:])"
+)
 
 
 class Terminal:
@@ -45,18 +53,17 @@ class Terminal:
         master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
-        def controlling_terminal() -> None:
-            os.setsid()
-            fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
+        # The pty becomes the controlling terminal in the child after exec, not in a
+        # preexec_fn: Python code between fork and exec in a process running threads
+        # (the in-process test server's grpc) crashed the child now and then.
         self.proc = subprocess.Popen(
-            list(argv),
+            [sys.executable, "-c", _TAKE_TERMINAL_THEN_EXEC, *argv],
             stdin=slave,
             stdout=slave,
             stderr=slave,
             cwd=cwd,
             env={**env, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)},
-            preexec_fn=controlling_terminal,  # noqa: PLW1509 - a test helper, single-threaded
+            start_new_session=True,
         )
         os.close(slave)
         self.master = master
@@ -104,7 +111,10 @@ class Terminal:
             exited = self.proc.poll() is not None
             if remaining <= 0 or (not self._read(min(remaining, 0.2)) and exited):
                 tail = self.screen[self._seen :][-3000:]
-                raise AssertionError(f"{pattern!r} did not appear; the terminal shows:\n{tail}")
+                ended = f" (the program exited with {self.proc.returncode})" if exited else ""
+                raise AssertionError(
+                    f"{pattern!r} did not appear{ended}; the terminal shows:\n{tail}"
+                )
 
     def wait(self, timeout: float = 20.0) -> int:
         """The exit code, once the program ended (reading its last output)."""
