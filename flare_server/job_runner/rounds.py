@@ -292,7 +292,17 @@ class Rounds:
         except errors.InvalidModel as exc:
             return controller.on_task_failed(site, task_id, f"its update is unusable: {exc}")
         loaded = time.perf_counter()
+        ignored = controller.ignored
         actions = controller.on_result(site, task_id, update)
+        if controller.ignored == ignored:
+            run.log.info("job %s: update of %s for task %s taken", run.job_id, site, task_id)
+        else:
+            run.log.info(
+                "job %s: update of %s for task %s ignored: no such task is awaited",
+                run.job_id,
+                site,
+                task_id,
+            )
         run.log.debug(
             "job %s: update of %s: load %.3f s, controller %.3f s",
             run.job_id,
