@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 
 from flare_admin import Session, new_secure_session
+from flare_protocol.app_config import FedOptConfig
 from flare_protocol.models import load_params
-from flare_server.workflows import fedavg
+from flare_server.workflows import ServerOptimizer, fedavg
 from flare_server.workflows.aggregation import ModelUpdate
 from tests.e2e.jobs_helpers import ADMIN, SITES, Relay, kill_pids, sent, write_job
 from tests.flare_site.runtime_helpers import SiteProcess, site_kit
@@ -27,6 +28,7 @@ from tests.server_harness import ServerProcess, wait_until
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(90)]
 
 INITIAL = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.zeros(3)}
+FEDOPT = {"serveropt": "adam", "learning_rate": 0.5, "beta1": 0.9, "beta2": 0.99, "tau": 1e-3}
 
 
 @dataclass
@@ -125,27 +127,41 @@ def cluster(provisioned: Any, tmp_path: Path) -> Iterator[Killable]:
         killable.close()
 
 
-def _expected_model(out: Path, rounds: int) -> dict[str, np.ndarray]:
-    """FedAvg of what each site sent, round after round, from the initial model."""
+def _expected_model(out: Path, rounds: int, fedopt: bool) -> dict[str, np.ndarray]:
+    """What an uninterrupted run makes of what each site sent, round after round."""
     model: dict[str, np.ndarray] = {k: np.asarray(v) for k, v in INITIAL.items()}
+    optimizer = ServerOptimizer(FedOptConfig(**FEDOPT)) if fedopt else None
     for rnd in range(1, rounds + 1):
         updates = {}
         for site in SITES:
             params, n = sent(out, site, rnd)
             updates[site] = ModelUpdate(params, "FULL", n)
-        model = fedavg(model, updates)
+        model = optimizer.aggregate(model, updates) if optimizer else fedavg(model, updates)
     return model
 
 
-def _submit(cluster: Killable, tmp: Path, *extra: str) -> tuple[str, Path]:
+def _submit(
+    cluster: Killable, tmp: Path, *extra: str, fedopt: bool = False, validate: bool = False
+) -> tuple[str, Path]:
     out = tmp / "out"
-    job = write_job(tmp, out, rounds=3, extra_args=extra, initial=INITIAL)
+    job = write_job(
+        tmp,
+        out,
+        rounds=3,
+        extra_args=extra,
+        initial=INITIAL,
+        workflow="fedopt" if fedopt else "fedavg",
+        fedopt=FEDOPT if fedopt else None,
+        validate=validate,
+    )
     with cluster.session() as s:
         wait_until(lambda: len(s.get_connected_client_list()) == 2, 30)
         return s.submit_job(str(job)), out
 
 
-def _check_resumed_and_complete(cluster: Killable, job_id: str, out: Path, tmp: Path) -> None:
+def _check_resumed_and_complete(
+    cluster: Killable, job_id: str, out: Path, tmp: Path, *, fedopt: bool = False
+) -> None:
     with cluster.session() as s:
         wait_until(lambda: s.get_job_meta(job_id)["status"].startswith("FINISHED"), 60)
         meta = s.get_job_meta(job_id)
@@ -166,7 +182,7 @@ def _check_resumed_and_complete(cluster: Killable, job_id: str, out: Path, tmp: 
         model = load_params(s.download_model(job_id, tmp / "final.npz"))
         (tmp / "result").mkdir()
         result = Path(s.download_job_result(job_id, tmp / "result"))
-    expected = _expected_model(out, 3)
+    expected = _expected_model(out, 3, fedopt)
     for name, value in expected.items():
         np.testing.assert_allclose(model[name], value, rtol=1e-6)
     assert (result / "global_model.npz").is_file()
@@ -179,14 +195,24 @@ def _check_resumed_and_complete(cluster: Killable, job_id: str, out: Path, tmp: 
     assert not (job_dir / "checkpoint").exists() and not (job_dir / "work").exists()
 
 
+@pytest.mark.parametrize("workflow", ["fedavg", "fedopt-validated"])
 def test_a_server_killed_between_rounds_resumes_the_job_from_its_last_round(
-    cluster: Killable, tmp_path: Path
+    cluster: Killable, tmp_path: Path, workflow: str
 ) -> None:
-    job_id, out = _submit(cluster, tmp_path, "--hang-round", "2", "--hang-s", "2")
-    # Round 1 is aggregated and checkpointed; the sites work on round 2, none answered.
+    fedopt = workflow != "fedavg"
+    hang = ("--hang-round", "2", "--hang-s", "2")
+    job_id, out = _submit(cluster, tmp_path, *hang, fedopt=fedopt, validate=fedopt)
+    # Round 1 is aggregated and checkpointed; the sites work on round 2 (or validate
+    # round 1's model first), no update of round 2 arrived.
     wait_until(lambda: cluster.checkpoint_round(job_id) == 1, 30, interval=0.05)
     cluster.kill_and_restart()
-    _check_resumed_and_complete(cluster, job_id, out, tmp_path)
+    _check_resumed_and_complete(cluster, job_id, out, tmp_path, fedopt=fedopt)
+    if fedopt:  # FedOpt's m and v went on from round 1's; each validation counted once
+        with cluster.session() as s:
+            rows = s.get_validations(job_id)
+        assert sorted((r.site, r.round) for r in rows) == [
+            (site, rnd) for site in SITES for rnd in (1, 2, 3)
+        ]
 
 
 def test_a_server_killed_mid_round_redoes_that_round_without_counting_an_update_twice(
@@ -197,7 +223,7 @@ def test_a_server_killed_mid_round_redoes_that_round_without_counting_an_update_
     )
     # site-1's update of round 2 is in the server's running sums, site-2's is not yet.
     wait_until(lambda: "task r2-train-site-1 taken" in cluster.server_log(), 30, interval=0.05)
-    assert cluster.checkpoint_round(job_id) == 1
+    wait_until(lambda: cluster.checkpoint_round(job_id) == 1, 10, interval=0.05)
     cluster.kill_and_restart()
     _check_resumed_and_complete(cluster, job_id, out, tmp_path)
     log = cluster.server_log()
@@ -228,7 +254,10 @@ def test_a_job_whose_sites_do_not_come_back_ends_abnormal_after_the_grace(
             summary = s.get_job_summary(job_id)
             assert summary["interruptions"] == meta["interruptions"]
             assert summary["rounds_completed"] == 1 and summary["failed_sites"] == ["site-2"]
-            assert any("did not reconnect" in e["message"] for e in s.show_errors(job_id, "server")["server"])
+            assert any(
+                "did not reconnect" in e["message"]
+                for e in s.show_errors(job_id, "server")["server"]
+            )
         # site-1 came back and was told the job ended: its user code is gone.
         wait_until(lambda: not cluster.job_pids("site-1"), 20)
     finally:
