@@ -111,11 +111,13 @@ class Rounds:
         """Start the workflow and carry it out until it (or something else) ends the job."""
         run, controller = self.run, self.controller
         run.log.info(
-            "job %s: %s, %d round(s), initial model: %s",
+            "job %s: %s, %d round(s), %s",
             run.job_id,
             self.plan.config.workflow,
             self.plan.config.num_rounds,
-            self.plan.initial_source,
+            f"initial model: {self.plan.initial_source}"
+            if self.resume is None
+            else f"resumed after round {self.resume.round} (attempt {run.attempt})",
         )
         if self.resume is None:
             actions = await asyncio.to_thread(controller.start, self.plan.initial_model)
