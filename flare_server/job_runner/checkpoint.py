@@ -36,7 +36,7 @@ from typing import Any
 from flare_protocol._direct_io import replace_file
 from flare_protocol._fsync import fsync_dir
 from flare_protocol.errors import FlareError, InvalidModel
-from flare_protocol.models import Params, dump_params, load_params
+from flare_protocol.models import MAX_MODEL_BYTES, Params, dump_params, load_params
 from flare_server.results import MODELS, round_model_name
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
     "CheckpointWriter",
     "LoadedCheckpoint",
     "load_checkpoint",
-    "dump_optimizer",
+    "copy_optimizer",
     "remove_checkpoint",
     "save_checkpoint",
 ]
@@ -149,7 +149,7 @@ def save_checkpoint(
     job_dir: Path,
     result_dir: Path,
     checkpoint: Checkpoint,
-    optimizer_npz: tuple[bytes, bytes] | None = None,
+    optimizer: tuple[Params, Params] | None = None,
 ) -> None:
     """Save ``checkpoint`` durably (blocking): FedOpt's (m, v) files when given (their
     sha256 go into ``state.json``), then ``state.json``.
@@ -161,10 +161,10 @@ def save_checkpoint(
     if checkpoint.round > 0:
         fsync_dir(result_dir / MODELS)  # the model's rename must outlive a crash too
     files = _optimizer_files(folder, checkpoint.round)
-    if optimizer_npz is not None:
-        m, v = optimizer_npz
+    if optimizer is not None:
+        m, v = dump_params(optimizer[0]), dump_params(optimizer[1])
         checkpoint = replace(checkpoint, optimizer_sha256=(_sha256(m), _sha256(v)))
-        for path, data in zip(files, optimizer_npz, strict=True):
+        for path, data in zip(files, (m, v), strict=True):
             replace_file(path, data, sync_folder=True)
     keep = {path.name for path in files} if checkpoint.optimizer_sha256 is not None else set()
     replace_file(folder / STATE_FILE, checkpoint.to_json(), sync_folder=True)
@@ -197,19 +197,17 @@ def load_checkpoint(job_dir: Path, result_dir: Path) -> LoadedCheckpoint:
     if checkpoint.round == 0:
         return LoadedCheckpoint(checkpoint)
     model_path = result_dir / MODELS / round_model_name(checkpoint.round)
+    # The bytes the server wrote (same sha256); the resumed run reads their arrays.
     model = _read_checked(model_path, checkpoint.model_sha256)
-    try:
-        load_params(model)  # the arrays must be usable, not only the bytes intact
-    except InvalidModel as exc:
-        raise FlareError(f"{model_path}: {exc.message}") from None
     optimizer: tuple[Params, Params] | None = None
     if checkpoint.optimizer_sha256 is not None:
         m_path, v_path = _optimizer_files(folder, checkpoint.round)
         try:
-            optimizer = (
-                load_params(_read_checked(m_path, checkpoint.optimizer_sha256[0])),
-                load_params(_read_checked(v_path, checkpoint.optimizer_sha256[1])),
-            )
+            m = _read_checked(m_path, checkpoint.optimizer_sha256[0])
+            v = _read_checked(v_path, checkpoint.optimizer_sha256[1])
+            # float64 state of a model up to MAX_MODEL_BYTES: up to twice its size
+            cap = max(MAX_MODEL_BYTES, len(m), len(v))
+            optimizer = (load_params(m, max_bytes=cap), load_params(v, max_bytes=cap))
         except InvalidModel as exc:
             raise FlareError(f"FedOpt state of round {checkpoint.round}: {exc}") from None
     return LoadedCheckpoint(checkpoint, model, optimizer)
@@ -230,11 +228,10 @@ def remove_checkpoint(job_dir: Path) -> None:
     shutil.rmtree(job_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
-def dump_optimizer(state: tuple[Params, Params]) -> tuple[bytes, bytes]:
-    """FedOpt's (m, v) as two ``.npz`` files' bytes (blocking; copies, so the arrays may
-    change right after)."""
+def copy_optimizer(state: tuple[Params, Params]) -> tuple[Params, Params]:
+    """A copy of FedOpt's (m, v), which the next round changes in place (blocking)."""
     m, v = state
-    return dump_params(m), dump_params(v)
+    return {k: a.copy() for k, a in m.items()}, {k: a.copy() for k, a in v.items()}
 
 
 class CheckpointWriter:
@@ -251,11 +248,12 @@ class CheckpointWriter:
         checkpoint: Checkpoint,
         *,
         after: asyncio.Task[None] | None = None,
-        optimizer_npz: tuple[bytes, bytes] | None = None,
+        optimizer: tuple[Params, Params] | None = None,
     ) -> asyncio.Task[None]:
-        """Save ``checkpoint`` once ``after`` (its round model's write) and the previous
-        save are done; the task doing it (it never raises: a failure is logged, and a
-        restart would resume from an earlier round)."""
+        """Save ``checkpoint`` (with FedOpt's ``optimizer`` state, a copy nothing changes)
+        once ``after`` (its round model's write) and the previous save are done; the task
+        doing it (it never raises: a failure is logged, and a restart would resume from an
+        earlier round)."""
         previous = self._last
 
         async def write() -> None:
@@ -272,7 +270,7 @@ class CheckpointWriter:
             stamped = replace(checkpoint, saved=time.time())
             try:
                 await asyncio.to_thread(
-                    save_checkpoint, self.job_dir, self.result_dir, stamped, optimizer_npz
+                    save_checkpoint, self.job_dir, self.result_dir, stamped, optimizer
                 )
             except Exception as exc:
                 log.error(

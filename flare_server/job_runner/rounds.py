@@ -47,7 +47,7 @@ from flare_protocol.site_topics import (
     ValidateTask,
 )
 from flare_server.blobs import ServedBlob, UploadedBlob
-from flare_server.job_runner.checkpoint import Checkpoint, dump_optimizer
+from flare_server.job_runner.checkpoint import Checkpoint, copy_optimizer
 from flare_server.job_runner.events import (
     Aborted,
     DriverFinished,
@@ -396,12 +396,12 @@ class Rounds:
         self, number: int, model_sha256: str, written: asyncio.Task[None]
     ) -> None:
         """Save the resume point after round ``number`` once its model is written (in the
-        background; FedOpt's state is serialized now, before the next round changes it)."""
+        background; FedOpt's state is copied now, before the next round changes it)."""
         run, controller = self.run, self.controller
         if run.checkpoints is None:
             return
         state = controller.optimizer_state()
-        optimizer = await asyncio.to_thread(dump_optimizer, state) if state else None
+        optimizer = await asyncio.to_thread(copy_optimizer, state) if state else None
         checkpoint = Checkpoint(
             job_id=run.job_id,
             workflow=self.plan.config.workflow,
@@ -413,7 +413,7 @@ class Rounds:
             deploy_failures=dict(run.deploy_failures),
             started=run.started,
         )
-        run.writes.append(run.checkpoints.save(checkpoint, after=written, optimizer_npz=optimizer))
+        run.writes.append(run.checkpoints.save(checkpoint, after=written, optimizer=optimizer))
 
     async def _model_blob(self, action: SendTasks) -> ServedBlob | None:
         run = self.run

@@ -54,7 +54,7 @@ def test_a_saved_checkpoint_loads_back_with_its_model_and_fedopt_state(tmp_path:
     job_dir, result = tmp_path / "job-a", tmp_path / "job-a" / "result"
     sha = _round_model(result, 1)
     m, v = {"w": np.ones(4)}, {"w": np.full(4, 2.0)}
-    save_checkpoint(job_dir, result, _checkpoint(job_dir, 1, sha), (dump_params(m), dump_params(v)))
+    save_checkpoint(job_dir, result, _checkpoint(job_dir, 1, sha), (m, v))
     loaded = load_checkpoint(job_dir, result)
     assert loaded.checkpoint.round == 1 and loaded.checkpoint.lost == {"site-3": "lost in round 1"}
     assert loaded.checkpoint.rounds == ({"round": 1, "participants": {"site-1": 3}},)
@@ -66,7 +66,7 @@ def test_a_saved_checkpoint_loads_back_with_its_model_and_fedopt_state(tmp_path:
 
 def test_the_next_round_replaces_the_fedopt_state_and_a_resave_keeps_it(tmp_path: Path) -> None:
     job_dir, result = tmp_path / "job-b", tmp_path / "job-b" / "result"
-    state = (dump_params({"w": np.ones(4)}), dump_params({"w": np.ones(4)}))
+    state = ({"w": np.ones(4)}, {"w": np.ones(4)})
     save_checkpoint(job_dir, result, _checkpoint(job_dir, 1, _round_model(result, 1)), state)
     second = _checkpoint(job_dir, 2, _round_model(result, 2))
     save_checkpoint(job_dir, result, second, state)
