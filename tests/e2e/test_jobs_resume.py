@@ -262,3 +262,28 @@ def test_a_job_whose_sites_do_not_come_back_ends_abnormal_after_the_grace(
         wait_until(lambda: not cluster.job_pids("site-1"), 20)
     finally:
         cluster.close()
+
+
+def test_a_driver_job_is_not_resumed_and_ends_abnormal_saying_why(
+    cluster: Killable, tmp_path: Path
+) -> None:
+    job = write_job(tmp_path, tmp_path / "out", name="driven")
+    (job / "app" / "config" / "config_fed_server.json").write_text('{"workflow": "driver"}')
+    with cluster.session() as s:
+        wait_until(lambda: len(s.get_connected_client_list()) == 2, 30)
+        job_id = s.submit_job(str(job))
+        wait_until(lambda: s.get_job_meta(job_id)["status"] == "RUNNING", 30)
+    wait_until(lambda: all(cluster.job_pids(site) for site in SITES), 20)
+    state = cluster.workspace / "jobs" / job_id / "checkpoint" / "state.json"
+    wait_until(state.exists, 10)
+    assert json.loads(state.read_text())["workflow"] == "driver"
+    cluster.kill_and_restart()
+    with cluster.session() as s:
+        meta = s.get_job_meta(job_id)  # decided before the server listened
+        assert meta["status"] == "FINISHED:ABNORMAL"
+        reason = meta["status_history"][-1]["reason"]
+        assert reason.startswith("server restarted while the job was RUNNING; a driver job is")
+        assert "submit the job again" in reason
+    # The sites came back still running it and were told to abort it.
+    wait_until(lambda: not any(cluster.job_pids(site) for site in SITES), 20)
+    assert not (cluster.workspace / "jobs" / job_id / "checkpoint").exists()
