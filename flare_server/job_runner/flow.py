@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
 import time
 
 from flare_server.job_runner.checkpoint import Checkpoint, CheckpointWriter
@@ -88,9 +87,9 @@ async def _resume(run: JobRun) -> JobFinished:
     run.interruptions = list(run.meta.get("interruptions") or [])
     gone = await Reconnect(run, loaded)()
     point = await asyncio.to_thread(resume_point, run, loaded, gone)
-    if loaded.model_npz is not None:  # served to the sites as it is, not serialized again
-        data = memoryview(loaded.model_npz)
-        run.round_model = (checkpoint.round, data, hashlib.sha256(data).hexdigest())
+    if loaded.model_npz is not None and checkpoint.model_sha256 is not None:
+        # Served to the sites as it is (its sha256 checked on loading), not serialized again.
+        run.round_model = (checkpoint.round, memoryview(loaded.model_npz), checkpoint.model_sha256)
     run.checkpoints = CheckpointWriter(run.job_id, run.work.parent, run.results.root)
     # The resume point, now with the sites that did not come back: a second crash
     # resumes from it without waiting for them again.

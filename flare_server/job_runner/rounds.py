@@ -297,7 +297,7 @@ class Rounds:
         ignored = controller.ignored
         actions = controller.on_result(site, task_id, update)
         if controller.ignored == ignored:
-            run.log.info("job %s: update of %s for task %s taken", run.job_id, site, task_id)
+            run.log.debug("job %s: update of %s for task %s taken", run.job_id, site, task_id)
         else:
             run.log.info(
                 "job %s: update of %s for task %s ignored: no such task is awaited",
