@@ -90,9 +90,12 @@ async def _resume(run: JobRun) -> JobFinished:
     if loaded.model_npz is not None and checkpoint.model_sha256 is not None:
         # Served to the sites as it is (its sha256 checked on loading), not serialized again.
         run.round_model = (checkpoint.round, memoryview(loaded.model_npz), checkpoint.model_sha256)
+    run.resumed = dataclasses.replace(loaded, model_npz=None, optimizer=None)  # memory
     run.checkpoints = CheckpointWriter(run.job_id, run.work.parent, run.results.root)
     # The resume point, now with the sites that did not come back: a second crash
     # resumes from it without waiting for them again.
     lost = {**checkpoint.lost, **gone}
     await run.checkpoints.save(dataclasses.replace(checkpoint, lost=lost, saved=time.time()))
-    return await Rounds(run, point)()
+    rounds = Rounds(run, point)
+    del loaded, point  # the controller holds what it needs of them
+    return await rounds()

@@ -110,19 +110,21 @@ class Rounds:
     async def __call__(self) -> JobFinished:
         """Start the workflow and carry it out until it (or something else) ends the job."""
         run, controller = self.run, self.controller
+        point, self.resume = self.resume, None  # its arrays become the controller's
         run.log.info(
             "job %s: %s, %d round(s), %s",
             run.job_id,
             self.plan.config.workflow,
             self.plan.config.num_rounds,
             f"initial model: {self.plan.initial_source}"
-            if self.resume is None
-            else f"resumed after round {self.resume.round} (attempt {run.attempt})",
+            if point is None
+            else f"resumed after round {point.round} (attempt {run.attempt})",
         )
-        if self.resume is None:
+        if point is None:
             actions = await asyncio.to_thread(controller.start, self.plan.initial_model)
         else:
-            actions = await asyncio.to_thread(controller.resume, self.resume)
+            actions = await asyncio.to_thread(controller.resume, point)
+            del point
         await self._apply(actions)
         while not controller.done and run.forced is None:
             event = await run.events.get()
