@@ -105,6 +105,8 @@ SERVER_OWNED_KEYS = frozenset(
         "num_rounds",
         "rounds_completed",
         "errors",
+        # server restarts a running job went through (docs/jobs.md, "Server restarts")
+        "interruptions",
     }
 )
 _MAX_PATH_CHARS = 1024

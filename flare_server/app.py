@@ -52,6 +52,7 @@ from flare_server.commands import CommandContext, Commands
 from flare_server.endpoints import bind, server_options
 from flare_server.identity_check import IdentityChecker
 from flare_server.job_runner import JobRunner
+from flare_server.job_runner.resume import triage
 from flare_server.jobs import ArchiveLimits, JobRepository, JobStore
 from flare_server.model_source import check_model_source
 from flare_server.project_sites import ProjectSites
@@ -181,6 +182,8 @@ class Server:
                 self.workspace / "jobs",
                 limits=limits,
                 definition_check=self.project_sites.check_job,
+                # RUNNING jobs a crash interrupted are resumed (flare_server.job_runner.resume)
+                keep_running=self._launcher is None and s.resume_grace > 0,
             )
         )
         self.store = store
@@ -217,8 +220,12 @@ class Server:
             owns_jobs=self._launcher is None,
         )
         self.launcher = self._launcher or self.runner
-        if store.recovery.jobs_ended:
-            await asyncio.to_thread(self.runner.close_interrupted, store.recovery.jobs_ended)
+        resumable, not_resumed = await asyncio.to_thread(triage, store, store.recovery.jobs_running)
+        ended = [*store.recovery.jobs_ended, *not_resumed]
+        if ended:
+            await asyncio.to_thread(self.runner.close_interrupted, ended)
+        for job_id, loaded in resumable:  # before the site endpoint listens
+            self.runner.resume(job_id, await asyncio.to_thread(store.get, job_id), loaded)
         self.scheduler = Scheduler(store, self.registry, self.launcher)
         self.runner.subscribe_run_ended(self.scheduler.poke)
         self.start_time = time.time()

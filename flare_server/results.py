@@ -54,6 +54,7 @@ __all__ = [
     "ResultFolder",
     "RowSignals",
     "read_rows",
+    "reopen_result_folder",
     "round_model_name",
     "seal_jsonl",
     "write_atomic",
@@ -161,6 +162,39 @@ def seal_jsonl(path: Path) -> None:
         fh.write((b"\n" if torn else b"") + json.dumps(COMPLETE_MARKER).encode() + b"\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def unseal_jsonl(path: Path) -> None:
+    """Make a ``.jsonl`` file a crash left behind appendable again, for a resumed job: a
+    torn last line is ended (it stays a bad line that readers skip) and a completion
+    marker at the end (the crash came while the job was ending) is removed."""
+    marker = (json.dumps(COMPLETE_MARKER) + "\n").encode()
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size and (fh.seek(-1, os.SEEK_END), fh.read(1))[1] != b"\n":
+            fh.write(b"\n")
+            size += 1
+        tail = len(marker) + 1
+        while size >= len(marker):
+            fh.seek(max(0, size - tail))
+            end = fh.read()
+            if not (end == marker or end.endswith(b"\n" + marker)):
+                break
+            size -= len(marker)
+            fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def reopen_result_folder(root: Path) -> None:
+    """Prepare the result folder of a job resumed after a server crash (blocking): its
+    ``.jsonl`` files take rows again (:func:`unseal_jsonl`), and a ``summary.json`` or
+    final model from an end that did not happen is removed (the resumed run writes them)."""
+    for name in (METRICS, VALIDATIONS, PARAMS, MESSAGES):
+        if (root / name).is_file():
+            unseal_jsonl(root / name)
+    for name in (SUMMARY, FINAL_MODEL):
+        (root / name).unlink(missing_ok=True)
 
 
 def _hook(on_rows: Callable[[str], None] | None, kind: str) -> Callable[[], None] | None:

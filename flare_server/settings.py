@@ -56,6 +56,11 @@ class ServerSettings:
     """Seconds a job's sites get to answer ``job.deploy`` before it ends FAILED_TO_RUN."""
     reconnect_grace: float = setting(30.0, seconds=True)
     """Seconds a disconnected site of a running job gets to come back before it is lost."""
+    resume_grace: float = setting(60.0, seconds=True, low=0.0)
+    """Seconds a restarted server waits for the sites of a job that was RUNNING when it
+    died (``kill -9``, a crash) to reconnect still running it; the job resumes from its
+    last completed round with the sites back by then, or ends FINISHED:ABNORMAL when too
+    few came back. 0 turns resuming off: such jobs end FINISHED:ABNORMAL at start-up."""
     log_wait: float = setting(30.0, seconds=True)
     """Seconds the runner waits for the sites' job logs when a job ends."""
     max_blob_bytes: int = setting(4 * 1024**3)

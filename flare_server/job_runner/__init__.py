@@ -31,6 +31,13 @@ coroutine. A run goes through four phases (:mod:`.flow`), each in its own module
    abort is written to the store first (by the Admin service) and cannot be overwritten:
    the lifecycle table refuses any later move.
 
+A job a server crash interrupted (still RUNNING when the server starts again) is resumed
+from its last completed round: the run saves a resume point after deployment and after
+every round (:mod:`.checkpoint`), and at the next start :mod:`.resume` triages the RUNNING
+jobs, waits ``resume_grace`` for a resumed job's sites, and the rounds go on from the
+controller's ``resume`` (driver jobs and jobs without a usable checkpoint end
+``FINISHED:ABNORMAL``).
+
 What sites stream in any phase (metrics, params, logs) is kept by :mod:`.records`. Blobs
 are served and received by :mod:`flare_server.blobs`: a site may fetch only its own job's
 blobs and may upload an update only for a task it was given. Messages travel as the typed

@@ -220,6 +220,7 @@ def _write_summary(run: JobRun, finished: JobFinished, status: str) -> None:
             "initial_model": run.plan.initial_source if run.plan else None,
             "has_final_model": run.results.final_model_path.is_file(),
             "rounds": run.rounds,
+            "interruptions": run.interruptions,
             **({"driver": run.driver.summary()} if isinstance(run.driver, _Summarized) else {}),
             "site_errors": run.site_errors,
             "metrics_dropped": run.results.metrics.dropped,

@@ -12,6 +12,9 @@ current task or, between tasks, ends the job ``FINISHED:EXECUTION_EXCEPTION`` wi
 stderr tail; ``aborted`` counts the site lost. A site that disconnects gets
 ``reconnect_grace`` seconds to come back still running the job (an unanswered task is
 sent again); otherwise the controller decides whether the job can go on without it.
+After each round the run's resume point is saved (:mod:`.checkpoint`) once the round's
+model is on disk; a run resumed after a server crash starts from its
+:class:`~flare_server.workflows.ResumePoint` instead of the initial model.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from flare_protocol.site_topics import (
     ValidateTask,
 )
 from flare_server.blobs import ServedBlob, UploadedBlob
+from flare_server.job_runner.checkpoint import Checkpoint, copy_optimizer
 from flare_server.job_runner.events import (
     Aborted,
     DriverFinished,
@@ -72,6 +76,7 @@ from flare_server.workflows import (
     Action,
     JobFinished,
     ModelUpdate,
+    ResumePoint,
     RoundAggregated,
     RoundController,
     SendTasks,
@@ -90,27 +95,36 @@ def _npz_and_sha256(model: Params, pool: BufferPool) -> tuple[memoryview, str]:
 class Rounds:
     """Runs one job's rounds to the end (see the module doc)."""
 
-    def __init__(self, run: JobRun) -> None:
+    def __init__(self, run: JobRun, resume: ResumePoint | None = None) -> None:
+        """``resume``: where a run resumed after a server crash goes on (None: a new run)."""
         assert run.plan is not None
         self.run = run
         self.plan = run.plan
         self.buffers = run.context.buffers
+        self.resume = resume
         self.controller = RoundController(
-            run.plan.config, run.sites, allocate=run.context.buffers.array
+            run.plan.config, run.sites, allocate=run.context.buffers.array, attempt=run.attempt
         )
         run.controller = self.controller
 
     async def __call__(self) -> JobFinished:
         """Start the workflow and carry it out until it (or something else) ends the job."""
         run, controller = self.run, self.controller
+        point, self.resume = self.resume, None  # its arrays become the controller's
         run.log.info(
-            "job %s: %s, %d round(s), initial model: %s",
+            "job %s: %s, %d round(s), %s",
             run.job_id,
             self.plan.config.workflow,
             self.plan.config.num_rounds,
-            self.plan.initial_source,
+            f"initial model: {self.plan.initial_source}"
+            if point is None
+            else f"resumed after round {point.round} (attempt {run.attempt})",
         )
-        actions = await asyncio.to_thread(controller.start, self.plan.initial_model)
+        if point is None:
+            actions = await asyncio.to_thread(controller.start, self.plan.initial_model)
+        else:
+            actions = await asyncio.to_thread(controller.resume, point)
+            del point
         await self._apply(actions)
         while not controller.done and run.forced is None:
             event = await run.events.get()
@@ -282,7 +296,17 @@ class Rounds:
         except errors.InvalidModel as exc:
             return controller.on_task_failed(site, task_id, f"its update is unusable: {exc}")
         loaded = time.perf_counter()
+        ignored = controller.ignored
         actions = controller.on_result(site, task_id, update)
+        if controller.ignored == ignored:
+            run.log.debug("job %s: update of %s for task %s taken", run.job_id, site, task_id)
+        else:
+            run.log.info(
+                "job %s: update of %s for task %s ignored: no such task is awaited",
+                run.job_id,
+                site,
+                task_id,
+            )
         run.log.debug(
             "job %s: update of %s: load %.3f s, controller %.3f s",
             run.job_id,
@@ -339,9 +363,10 @@ class Rounds:
         data, sha = await asyncio.to_thread(_npz_and_sha256, record.global_model, self.buffers)
         run.round_model = (record.round, data, sha)
         path = run.results.round_model_path(record.round)
-        run.writes.append(
-            asyncio.get_running_loop().create_task(asyncio.to_thread(write_atomic, path, data))
+        written = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(write_atomic, path, data)
         )
+        run.writes.append(written)
         run.log.debug(
             "job %s: round %d model serialized and hashed in %.3f s "
             "(model buffers: %d reused, %d allocated so far)",
@@ -366,7 +391,31 @@ class Rounds:
             record.round,
             ", ".join(f"{s} ({n})" for s, n in record.contributors.items()),
         )
+        await self._checkpoint(record.round, sha, written)
         await asyncio.to_thread(run.store.update, run.job_id, rounds_completed=record.round)
+
+    async def _checkpoint(
+        self, number: int, model_sha256: str, written: asyncio.Task[None]
+    ) -> None:
+        """Save the resume point after round ``number`` once its model is written (in the
+        background; FedOpt's state is copied now, before the next round changes it)."""
+        run, controller = self.run, self.controller
+        if run.checkpoints is None:
+            return
+        state = controller.optimizer_state()
+        optimizer = await asyncio.to_thread(copy_optimizer, state) if state else None
+        checkpoint = Checkpoint(
+            job_id=run.job_id,
+            workflow=self.plan.config.workflow,
+            sites=tuple(controller.sites),
+            round=number,
+            model_sha256=model_sha256,
+            lost=dict(controller.lost),
+            rounds=tuple(dict(r) for r in run.rounds),
+            deploy_failures=dict(run.deploy_failures),
+            started=run.started,
+        )
+        run.writes.append(run.checkpoints.save(checkpoint, after=written, optimizer=optimizer))
 
     async def _model_blob(self, action: SendTasks) -> ServedBlob | None:
         run = self.run

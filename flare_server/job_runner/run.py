@@ -24,6 +24,11 @@ from flare_protocol.job_status import JobStatus
 from flare_protocol.models import BufferPool
 from flare_server.authz import Policy
 from flare_server.blobs import BlobRegistry, ServedBlob, UploadedBlob
+from flare_server.job_runner.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointWriter,
+    LoadedCheckpoint,
+)
 from flare_server.job_runner.events import DRIVER_EVENTS, Event, SiteLost, refuse_driver
 from flare_server.job_runner.plan import Plan
 from flare_server.jobs import JobRepository
@@ -135,6 +140,14 @@ class JobRun:
         #: between tasks, the server stops).
         self.forced: JobFinished | None = None
         self.started = time.time()
+        #: Saves the run's resume points (set once the job is deployed; not for drivers).
+        self.checkpoints: CheckpointWriter | None = None
+        #: The resume point of a run resumed after a server restart (None: a new run).
+        self.resumed: LoadedCheckpoint | None = None
+        #: Server restarts the job went through (meta ``interruptions``, summary.json).
+        self.interruptions: list[dict[str, Any]] = []
+        #: How many times the job was resumed (part of every task id of the controller).
+        self.attempt = 0
 
     def post(self, event: Event) -> None:
         """Queue an event for the run (on the server's loop)."""
@@ -229,3 +242,5 @@ class JobRun:
             self.log_handler.close()
         if self.work != Path():
             shutil.rmtree(self.work, ignore_errors=True)
+            # The job has its final status: nothing will resume it.
+            shutil.rmtree(self.work.parent / CHECKPOINT_DIR, ignore_errors=True)

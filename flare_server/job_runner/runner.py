@@ -21,6 +21,7 @@ from flare_protocol.models import BufferPool
 from flare_protocol.site_topics import JobAbort
 from flare_server.authz import Policy
 from flare_server.blobs import BlobRegistry
+from flare_server.job_runner.checkpoint import LoadedCheckpoint, remove_checkpoint
 from flare_server.job_runner.driver import DriverRelay
 from flare_server.job_runner.events import (
     Aborted,
@@ -140,6 +141,16 @@ class JobRunner:
         self.runs[job_id] = run
         run.task = asyncio.get_running_loop().create_task(run_job(run), name=f"job-{job_id}")
 
+    def resume(self, job_id: str, meta: Mapping[str, Any], loaded: LoadedCheckpoint) -> None:
+        """Resume a job a server crash interrupted (still RUNNING in the store), from its
+        checkpoint: its run waits for its sites, then goes on (:mod:`.resume`). Called at
+        start-up, before the site endpoint listens, so that no returning site is told to
+        abort the job."""
+        run = JobRun(self.context, job_id, dict(meta), loaded.checkpoint.sites)
+        run.resumed = loaded
+        self.runs[job_id] = run
+        run.task = asyncio.get_running_loop().create_task(run_job(run), name=f"job-{job_id}")
+
     def close_interrupted(self, jobs: Iterable[tuple[str, str]]) -> None:
         """Finish the result folders of jobs a crash interrupted (the store ended them
         ABNORMAL on open): mark the logs complete, write summary.json, drop the work area.
@@ -149,6 +160,7 @@ class JobRunner:
                 meta = self.store.get(job_id)
                 job_dir = self.store.job_dir(job_id)
                 shutil.rmtree(job_dir / "work", ignore_errors=True)
+                remove_checkpoint(job_dir)
                 result = self.store.result_dir(job_id)
                 for name in (METRICS, VALIDATIONS, PARAMS, MESSAGES):
                     if (result / name).is_file():

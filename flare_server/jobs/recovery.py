@@ -7,7 +7,10 @@ disk fault) a job whose archive is missing or truncated. On open, a store remove
 first two (:func:`clean_temp`, :func:`remove_orphans`) and applies the verdicts of
 :func:`plan_recovery` in one transaction: in-flight jobs end ``FINISHED:ABNORMAL``
 ("server restarted while the job was RUNNING"), a job with missing files ends
-``FINISHED:ABNORMAL`` unless it already finished, SUBMITTED jobs stay queued. Recovery is
+``FINISHED:ABNORMAL`` unless it already finished, SUBMITTED jobs stay queued. A store
+opened with ``keep_running`` (the server, which resumes them:
+:mod:`flare_server.job_runner.resume`) leaves RUNNING jobs RUNNING and reports them in
+``jobs_running``; their owner must resume or end each one. Recovery is
 the only writer allowed to bypass the lifecycle table (a SUBMITTED job whose archive
 vanished cannot legally reach ABNORMAL, yet must not be served). What it did is the
 store's :class:`RecoveryReport`.
@@ -48,15 +51,18 @@ class RecoveryReport:
     jobs_missing_files: tuple[str, ...] = ()
     #: SUBMITTED jobs that stay queued.
     jobs_queued: tuple[str, ...] = ()
+    #: RUNNING jobs left RUNNING (opened with ``keep_running``): the server resumes or ends them.
+    jobs_running: tuple[str, ...] = ()
 
     @property
     def clean(self) -> bool:
-        """True when nothing had to be removed or ended."""
+        """True when nothing had to be removed, ended or resumed."""
         return not (
             self.temp_files_removed
             or self.orphan_dirs_removed
             or self.jobs_ended
             or self.jobs_missing_files
+            or self.jobs_running
         )
 
 
@@ -76,18 +82,24 @@ class RecoveryPlan:
     endings: tuple[Ending, ...]
     missing_files: tuple[str, ...]
     queued: tuple[str, ...]
+    running: tuple[str, ...] = ()
 
 
 def plan_recovery(
-    jobs: Iterable[tuple[str, str, int]], archive_of: Callable[[str], Path]
+    jobs: Iterable[tuple[str, str, int]],
+    archive_of: Callable[[str], Path],
+    *,
+    keep_running: bool = False,
 ) -> RecoveryPlan:
     """What to do with each stored job ``(job_id, status, archive_size)`` after a restart.
 
-    ``archive_of(job_id)``: where the job's archive should be.
+    ``archive_of(job_id)``: where the job's archive should be. ``keep_running``: leave
+    RUNNING jobs (archive intact) RUNNING, listed in ``running``, for the server to resume.
     """
     endings: list[Ending] = []
     missing: list[str] = []
     queued: list[str] = []
+    running: list[str] = []
     for job_id, status, archive_size in jobs:
         archive = archive_of(job_id)
         try:
@@ -99,11 +111,13 @@ def plan_recovery(
             if not is_finished(status):
                 reason = f"job files missing or incomplete ({archive} on restart)"
                 endings.append(Ending(job_id, status, reason))
+        elif keep_running and status == JobStatus.RUNNING.value:
+            running.append(job_id)
         elif status in (JobStatus.DISPATCHED.value, JobStatus.RUNNING.value):
             endings.append(Ending(job_id, status, f"server restarted while the job was {status}"))
         elif status == JobStatus.SUBMITTED.value:
             queued.append(job_id)
-    return RecoveryPlan(tuple(endings), tuple(missing), tuple(queued))
+    return RecoveryPlan(tuple(endings), tuple(missing), tuple(queued), tuple(running))
 
 
 def clean_temp(tmp: Path) -> tuple[str, ...]:

@@ -19,7 +19,9 @@ What every backend guarantees:
 - **Ids** are checked (:func:`~flare_server.jobs.meta.parse_job_id`) before anything is
   looked up: a malformed id is an ``InvalidArgumentError``, an unknown one ``JobNotFound``.
 - **Recovery on open**: DISPATCHED and RUNNING jobs end ``FINISHED:ABNORMAL``, SUBMITTED
-  jobs stay queued (:mod:`flare_server.jobs.recovery`), reported as ``recovery``.
+  jobs stay queued (:mod:`flare_server.jobs.recovery`), reported as ``recovery``; opened
+  with ``keep_running``, RUNNING jobs stay RUNNING (``recovery.jobs_running``) for the
+  server to resume.
 
 Methods may block (disk, database): call them in a worker thread from an event loop,
 except :meth:`JobRepository.cached` and :meth:`JobRepository.subscribe`.

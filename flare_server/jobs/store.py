@@ -21,9 +21,11 @@ is missing or has the wrong size is reported and ended ``FINISHED:ABNORMAL`` (it
 served). Status changes go through :func:`~flare_server.jobs.lifecycle.check_transition`, are
 committed before the call returns, and only then announced to subscribers. Deleting removes
 the row first (commit), then the folder. On open, jobs that were DISPATCHED or RUNNING end
-``FINISHED:ABNORMAL`` ("server restarted while the job was RUNNING"); SUBMITTED jobs stay queued.
-Recovery is the only writer allowed to bypass the transition table (a SUBMITTED job whose
-archive vanished cannot legally reach ABNORMAL, yet must not be served).
+``FINISHED:ABNORMAL`` ("server restarted while the job was RUNNING"), unless the store is
+opened with ``keep_running`` (the server, which resumes RUNNING jobs: they stay RUNNING and
+are reported in ``recovery.jobs_running``); SUBMITTED jobs stay queued. Recovery is the
+only writer allowed to bypass the transition table (a SUBMITTED job whose archive vanished
+cannot legally reach ABNORMAL, yet must not be served).
 
 Thread-safety: one connection guarded by one re-entrant lock; subscriber callbacks run under
 that lock, in commit order, so they must be quick (e.g. ``loop.call_soon_threadsafe``).
@@ -136,6 +138,7 @@ class JobStore:
         limits: ArchiveLimits,
         lock_fd: int,
         definition_check: Callable[[Mapping[str, Any]], None] | None = None,
+        keep_running: bool = False,
     ) -> None:
         """Use :meth:`open`."""
         self.root = root
@@ -158,6 +161,7 @@ class JobStore:
         #: Called with a new job's checked meta.json before it is stored; may raise
         #: InvalidJobDefinition (the server refuses sites outside its project here).
         self.definition_check = definition_check
+        self._keep_running = keep_running
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -168,12 +172,15 @@ class JobStore:
         *,
         limits: ArchiveLimits = _DEFAULT_LIMITS,
         definition_check: Callable[[Mapping[str, Any]], None] | None = None,
+        keep_running: bool = False,
     ) -> JobStore:
         """Open (creating if needed) the store at ``root`` and run crash recovery.
 
         ``definition_check``: called with each new job's checked meta.json before it is
         stored; may raise InvalidJobDefinition (the server refuses sites outside its
-        project there).
+        project there). ``keep_running``: recovery leaves RUNNING jobs RUNNING (listed in
+        ``recovery.jobs_running``) instead of ending them; the caller must resume or end
+        each one (the server resumes them from their last completed round).
 
         Raises:
             FlareError: another process holds the store open, or the database is unusable.
@@ -191,7 +198,7 @@ class JobStore:
                 path=str(root),
             ) from None
         try:
-            store = cls(root, limits, lock_fd, definition_check)
+            store = cls(root, limits, lock_fd, definition_check, keep_running)
             store.recovery = store._recover()
         except sqlite3.DatabaseError as exc:
             os.close(lock_fd)
@@ -236,7 +243,11 @@ class JobStore:
         with self._lock:
             rows = self._db.execute("SELECT job_id, status, archive_size FROM jobs").fetchall()
             orphans = remove_orphans(self.root, {row[0] for row in rows})
-            plan = plan_recovery(rows, lambda job_id: self.root / job_id / ARCHIVE_FILE)
+            plan = plan_recovery(
+                rows,
+                lambda job_id: self.root / job_id / ARCHIVE_FILE,
+                keep_running=self._keep_running,
+            )
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for ending in plan.endings:
@@ -255,6 +266,7 @@ class JobStore:
             jobs_ended=tuple((e.job_id, e.was) for e in plan.endings),
             jobs_missing_files=plan.missing_files,
             jobs_queued=plan.queued,
+            jobs_running=plan.running,
         )
 
     # -- creating jobs -----------------------------------------------------------------------

@@ -17,14 +17,22 @@ if it already sent one, still counts); when the sites left cannot reach ``min_re
 the job ends ``FINISHED:ABNORMAL`` naming the missing sites. User code failing on a site, or
 an update that does not fit the global model, ends it ``FINISHED:EXECUTION_EXCEPTION``.
 Results are matched by task id, so a late answer to an earlier round is ignored.
+
+Resuming after a server restart: a controller made with ``attempt`` k > 0 goes on from a
+:class:`ResumePoint` (the last completed round, its model, the round records, the sites
+lost, the FedOpt state) with :meth:`RoundController.resume` instead of ``start``. Its task
+ids carry the attempt (``r3.1-train-site-1``), so an answer to a task sent before the
+restart never matches a task of the resumed round: nothing is aggregated twice.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+
+import numpy as np
 
 from flare_protocol.app_config import ServerConfig
 from flare_protocol.errors import InvalidModel
@@ -47,6 +55,7 @@ __all__ = [
     "Action",
     "JobFinished",
     "Phase",
+    "ResumePoint",
     "RoundAggregated",
     "RoundController",
     "SendTasks",
@@ -125,6 +134,24 @@ class JobFinished:
 Action = SendTasks | StartTimer | RoundAggregated | ValidationRecorded | JobFinished
 
 
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a job interrupted by a server restart goes on: after its last completed round."""
+
+    #: The last aggregated round (0: none yet, the job starts over from its initial model).
+    round: int
+    #: The global model after ``round`` (the initial model for round 0; {}: none).
+    global_model: Params = field(repr=False)
+    #: The records of rounds 1..``round``, without their models.
+    history: tuple[RoundRecord, ...] = ()
+    #: site -> why it is gone (lost before the restart, or it did not come back).
+    lost: Mapping[str, str] = field(default_factory=dict)
+    #: Sites whose validation of ``round``'s model is already recorded (not asked again).
+    validated: frozenset[str] = frozenset()
+    #: FedOpt's ``(m, v)`` after ``round`` (None: FedAvg, or no round yet).
+    optimizer: tuple[Params, Params] | None = field(default=None, repr=False)
+
+
 class RoundController:
     """Runs one job's rounds; see the module docstring for the protocol."""
 
@@ -135,6 +162,7 @@ class RoundController:
         *,
         min_responses: int | None = None,
         allocate: Allocator = empty_array,
+        attempt: int = 0,
     ) -> None:
         """
         Args:
@@ -144,6 +172,8 @@ class RoundController:
                 starting site must answer every round.
             allocate: makes the arrays of each new global model (the server passes
                 pooled buffers; see :class:`~flare_protocol.models.BufferPool`).
+            attempt: how many times the job was resumed after a server restart; part of
+                every task id, so that no answer to an earlier attempt's task matches.
         """
         if not sites:
             raise ValueError("a job needs at least one site")
@@ -173,6 +203,7 @@ class RoundController:
         self._mean = RunningMean({}, allocate=allocate)
         self._validated: dict[str, dict[str, float]] = {}
         self._timer = ""
+        self._attempt = f".{attempt}" if attempt else ""
 
     # -- properties ------------------------------------------------------------------
 
@@ -185,6 +216,13 @@ class RoundController:
     def status(self) -> str | None:
         """The final job status, or None while running."""
         return self.finished.status if self.finished else None
+
+    def optimizer_state(self) -> tuple[Params, Params] | None:
+        """FedOpt's ``(m, v)`` state (the live arrays: the next round changes them in
+        place), None for FedAvg or before the optimiser's first step."""
+        if self._optimizer is None or not self._optimizer.m:
+            return None
+        return dict(self._optimizer.m), dict(self._optimizer.v)
 
     def current_task(self, site: str) -> Task | None:
         """The task a site is working on, if any."""
@@ -210,6 +248,43 @@ class RoundController:
                 f"{len(self.sites)} site(s): {', '.join(self.sites)}",
             )
         return self._begin_round(1)
+
+    def resume(self, point: ResumePoint) -> list[Action]:
+        """Go on from ``point`` after a server restart, instead of :meth:`start`.
+
+        The sites of ``point.lost`` leave the active set. When ``validate_every_round``
+        holds and some active site has not validated ``point.round``'s model, it is asked
+        to (only those); otherwise the next round begins, or the job completes when
+        ``point.round`` was the last one.
+        """
+        if self.phase is not Phase.IDLE:
+            raise RuntimeError("the controller was already started")
+        for site, why in point.lost.items():
+            if site in self.active:
+                self.active.discard(site)
+                self.lost[site] = why
+        remaining = point.round < self.config.num_rounds
+        if remaining and len(self.active) < self.min_responses:
+            self.round = point.round
+            return self._abnormal_lost(f"resuming after round {point.round}")
+        if point.round == 0:
+            return self.start(point.global_model)
+        try:
+            self.global_model = check_params(point.global_model)
+        except InvalidModel as exc:
+            return self._finish(ABNORMAL, f"the model of round {point.round} is unusable: {exc}")
+        self.round = point.round
+        self.history = list(point.history)
+        if self._optimizer is not None and point.optimizer is not None:
+            m, v = point.optimizer
+            self._optimizer.m = {name: np.array(a, copy=True) for name, a in m.items()}
+            self._optimizer.v = {name: np.array(a, copy=True) for name, a in v.items()}
+        unvalidated = self.active - point.validated
+        if self.config.validate_every_round and unvalidated:
+            self.phase = Phase.VALIDATE
+            self._validated = {}
+            return self._send("validate", self.round, only=unvalidated)
+        return self._next()
 
     def on_result(self, site: str, task_id: str, update: ModelUpdate) -> list[Action]:
         """A site's training result for ``task_id``."""
@@ -328,11 +403,14 @@ class RoundController:
         self._mean = RunningMean(self.global_model, allocate=self._allocate)
         return self._send("train", self.round - 1)
 
-    def _send(self, kind: str, model_round: int) -> list[Action]:
+    def _send(
+        self, kind: str, model_round: int, only: Collection[str] | None = None
+    ) -> list[Action]:
+        prefix = f"r{self.round}{self._attempt}-{kind}"
         tasks = tuple(
-            Task(f"r{self.round}-{kind}-{site}", site, kind, self.round, self.config.num_rounds)
+            Task(f"{prefix}-{site}", site, kind, self.round, self.config.num_rounds)
             for site in self.sites
-            if site in self.active
+            if site in self.active and (only is None or site in only)
         )
         self._pending = {task.task_id: task for task in tasks}
         self._timer = f"{kind}-{self.round}"

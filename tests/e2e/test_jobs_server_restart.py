@@ -1,4 +1,6 @@
-"""A server killed mid-job: on restart the job ends ABNORMAL and the sites clean up."""
+"""A server killed mid-job with resuming turned off (``resume_grace`` 0): on restart the job
+ends ABNORMAL as it did before resuming existed, and the sites clean up. Resuming (the
+default) is tested in test_jobs_resume.py."""
 
 from __future__ import annotations
 
@@ -30,12 +32,12 @@ def _job_pids(kit):
     return found
 
 
-def test_a_server_killed_mid_job_ends_it_abnormal_on_restart_and_sites_clean_up(
+def test_with_resuming_off_a_server_killed_mid_job_ends_it_abnormal_and_sites_clean_up(
     provisioned, tmp_path
 ):
     server_kit = copy_kit(provisioned, "localhost", tmp_path / "kits")
     (server_kit / "local" / "settings.json").write_text(
-        json.dumps({"heartbeat_interval": 0.2, "heartbeat_timeout": 3.0})
+        json.dumps({"heartbeat_interval": 0.2, "heartbeat_timeout": 3.0, "resume_grace": 0})
     )
     kits = {s: site_kit(provisioned, tmp_path / "kits", s) for s in SITES}
     workspace = tmp_path / "server-ws"

@@ -545,6 +545,27 @@ def test_recovery_after_a_crash_ends_in_flight_jobs_and_keeps_the_queue(
         repo.close()
 
 
+def test_recovery_with_keep_running_leaves_running_jobs_for_the_server_to_resume(
+    backend: Backend, make_zip: Callable[..., Path], submitter: Submitter
+) -> None:
+    repo = backend.open()
+    dispatched = repo.create_job_from_archive(make_zip(), submitter).job_id
+    running = repo.create_job_from_archive(make_zip(), submitter).job_id
+    run_to(repo, dispatched, S.DISPATCHED)
+    run_to(repo, running, S.DISPATCHED, S.RUNNING)
+    repo.close()
+    repo = backend.open(keep_running=True)
+    try:
+        report = repo.recovery
+        assert report.jobs_running == (running,) and not report.clean
+        assert report.jobs_ended == ((dispatched, "DISPATCHED"),)  # being prepared: ended
+        assert repo.get(running).status is S.RUNNING
+        assert repo.get(running)["end_time"] is None
+        repo.set_status(running, S.FINISHED_ABNORMAL, reason="not resumable")  # legal move
+    finally:
+        repo.close()
+
+
 def test_recovery_ends_a_job_whose_archive_is_damaged(
     backend: Backend, make_zip: Callable[..., Path], submitter: Submitter
 ) -> None:

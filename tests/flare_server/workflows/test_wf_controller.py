@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import weakref
 
 import numpy as np
@@ -15,6 +16,7 @@ from flare_server.workflows import (
     EXECUTION_EXCEPTION,
     JobFinished,
     ModelUpdate,
+    ResumePoint,
     RoundAggregated,
     RoundController,
     SendTasks,
@@ -304,3 +306,102 @@ def test_losing_too_many_sites_during_validation_ends_abnormal_before_the_next_r
     _send(_answer(ctrl, send, {"site-1": (1.0, 1), "site-2": (1.0, 1)}))
     done = _finished(ctrl.on_site_lost("site-2", "heartbeat timeout"))
     assert done.status == ABNORMAL and "after round 1" in done.reason
+
+
+# -- resuming after a server restart ---------------------------------------------------
+
+
+def _after_round_one(
+    cfg: ServerConfig, sites=SITES[:2], answers=None
+) -> tuple[RoundController, ResumePoint]:
+    """A controller that ran round 1, and the resume point a checkpoint holds after it."""
+    ctrl = RoundController(cfg, sites)
+    send = _send(ctrl.start(_full(0.0)))
+    answers = answers or {s: (float(i + 1), i + 1) for i, s in enumerate(sites)}
+    actions = _answer(ctrl, send, answers)
+    record = next(a for a in actions if isinstance(a, RoundAggregated)).record
+    point = ResumePoint(
+        round=1,
+        global_model={k: v.copy() for k, v in record.global_model.items()},
+        history=tuple(ctrl.history),
+        optimizer=ctrl.optimizer_state(),
+    )
+    return ctrl, point
+
+
+def test_a_resumed_controller_goes_on_with_the_next_round_and_new_task_ids() -> None:
+    _, point = _after_round_one(_cfg(num_rounds=3))
+    ctrl = RoundController(_cfg(num_rounds=3), SITES[:2], attempt=1)
+    send = _send(ctrl.resume(point))
+    assert [t.task_id for t in send.tasks] == ["r2.1-train-site-1", "r2.1-train-site-2"]
+    assert send.model_round == 1 and {t.round for t in send.tasks} == {2}
+    np.testing.assert_allclose(send.model["w"], point.global_model["w"])
+    assert [r.round for r in ctrl.history] == [1]
+
+
+def test_an_answer_to_a_task_sent_before_the_restart_is_never_counted() -> None:
+    _, point = _after_round_one(_cfg(num_rounds=3))
+    ctrl = RoundController(_cfg(num_rounds=3), SITES[:2], attempt=1)
+    ctrl.resume(point)
+    assert ctrl.on_result("site-1", "r2-train-site-1", ModelUpdate(_full(9.0), "FULL", 5)) == []
+    assert ctrl.ignored == 1 and ctrl.current_task("site-1").task_id == "r2.1-train-site-1"
+
+
+def test_a_resumed_controller_leaves_out_the_sites_that_did_not_come_back() -> None:
+    _, point = _after_round_one(_cfg(num_rounds=3, min_responses=2), SITES)
+    ctrl = RoundController(_cfg(num_rounds=3, min_responses=2), SITES, attempt=1)
+    lost = {"site-3": "did not reconnect within 5 s of the server restart"}
+    send = _send(ctrl.resume(dataclasses.replace(point, lost=lost)))
+    assert [t.site for t in send.tasks] == ["site-1", "site-2"]
+    assert ctrl.lost == lost
+
+
+def test_resuming_with_too_few_sites_back_ends_abnormal_naming_them() -> None:
+    _, point = _after_round_one(_cfg(num_rounds=3))
+    ctrl = RoundController(_cfg(num_rounds=3), SITES[:2], attempt=1)
+    done = _finished(ctrl.resume(dataclasses.replace(point, lost={"site-2": "did not return"})))
+    assert done.status == ABNORMAL and done.failed_sites == ("site-2",)
+    assert "resuming after round 1" in done.reason and "site-2 (did not return)" in done.reason
+
+
+def test_resuming_after_the_last_round_completes_with_its_model() -> None:
+    _, point = _after_round_one(_cfg(num_rounds=1))
+    ctrl = RoundController(_cfg(num_rounds=1), SITES[:2], attempt=1)
+    done = _finished(ctrl.resume(dataclasses.replace(point, lost={"site-2": "gone"})))
+    assert done.status == COMPLETED
+    np.testing.assert_allclose(done.final_model["w"], point.global_model["w"])
+
+
+def test_resuming_at_round_zero_starts_from_the_initial_model() -> None:
+    ctrl = RoundController(_cfg(), SITES[:2], attempt=2)
+    send = _send(ctrl.resume(ResumePoint(round=0, global_model=_full(1.0))))
+    assert [t.task_id for t in send.tasks] == ["r1.2-train-site-1", "r1.2-train-site-2"]
+    assert send.model_round == 0
+
+
+def test_resuming_asks_only_the_sites_that_had_not_validated_the_round() -> None:
+    cfg = _cfg(num_rounds=2, validate_every_round=True)
+    _, point = _after_round_one(cfg)
+    ctrl = RoundController(cfg, SITES[:2], attempt=1)
+    send = _send(ctrl.resume(dataclasses.replace(point, validated=frozenset({"site-1"}))))
+    assert [(t.site, t.kind, t.round) for t in send.tasks] == [("site-2", "validate", 1)]
+    actions = ctrl.on_validation("site-2", send.tasks[0].task_id, {"acc": 0.5})
+    assert isinstance(actions[0], ValidationRecorded)
+    assert _send(actions).tasks[0].round == 2  # then round 2 for every site
+
+
+def test_a_resumed_fedopt_job_reaches_the_model_of_an_uninterrupted_one() -> None:
+    cfg = _cfg(workflow="fedopt", num_rounds=2, fedopt=FedOptConfig("adam", 0.5, 0.9, 0.99, 1e-4))
+    answers = {"site-1": (1.0, 1), "site-2": (4.0, 3)}
+    uninterrupted = RoundController(cfg, SITES[:2])
+    actions = _answer(uninterrupted, _send(uninterrupted.start(_full(0.0))), answers)
+    expected = _finished(_answer(uninterrupted, _send(actions), answers)).final_model
+    _, point = _after_round_one(cfg, answers=answers)
+    assert point.optimizer is not None  # m and v after round 1
+    resumed = RoundController(cfg, SITES[:2], attempt=1)
+    done = _finished(_answer(resumed, _send(resumed.resume(point)), answers))
+    np.testing.assert_allclose(done.final_model["w"], expected["w"])
+    without_state = RoundController(cfg, SITES[:2], attempt=1)
+    other = dataclasses.replace(point, optimizer=None)
+    differs = _finished(_answer(without_state, _send(without_state.resume(other)), answers))
+    assert not np.allclose(differs.final_model["w"], expected["w"])  # the state matters

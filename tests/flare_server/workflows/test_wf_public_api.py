@@ -18,6 +18,7 @@ def test_workflows_exports() -> None:
             "MetricRow",
             "ModelUpdate",
             "Phase",
+            "ResumePoint",
             "RoundAggregated",
             "RoundController",
             "RoundRecord",
