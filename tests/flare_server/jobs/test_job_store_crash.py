@@ -53,7 +53,11 @@ def run_writer_until_killed(root: Path, archive: Path, seed: int, rng: random.Ra
         seen.append(line)
     time.sleep(rng.uniform(0.0, 0.3))
     proc.send_signal(signal.SIGKILL)
-    out, err = proc.communicate(timeout=10)
+    # Read the rest through the same buffered reader: communicate() would read the pipe
+    # itself and miss the lines readline() had already buffered (acknowledgements lost).
+    out = proc.stdout.read()
+    err = proc.stderr.read() if proc.stderr else b""
+    proc.wait(timeout=10)
     assert proc.returncode == -signal.SIGKILL, err.decode()
     # A line without its newline was not fully acknowledged: ignore it.
     return (b"".join(seen) + out).decode().split("\n")[:-1]
