@@ -88,12 +88,15 @@ EXPECTED = {
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LimitExceeded",
     "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
+    "ResourceExhausted",
     "SessionClosed",
     "SessionExpired",
+    "StorageFull",
     "UsernameMismatch",
 }
 
