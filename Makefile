@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test coverage bench proto proto-check lint typecheck clean
+.PHONY: demo test test-soak coverage bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(MYPY)
 	$(PY) -m pytest
+
+# The soak tests only (full-size floods: 1,000 connections, 200 sessions; minutes), which
+# `make test` and a plain pytest leave out (pyproject.toml addopts: -m 'not soak').
+test-soak: $(STAMP)
+	$(PY) -m pytest -m soak -p no:randomly -s
 
 # Branch coverage of the suite and of every Python process it starts (servers, sites,
 # CLIs: pyproject.toml [tool.coverage.run]); the total is printed last, per file in
