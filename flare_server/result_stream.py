@@ -7,8 +7,9 @@ the two, so memory stays bounded whatever the size of the result, and reading th
 block overlaps with sending the previous one. The thread is the stream's own, not one of
 the event loop's shared workers: a client that reads slowly keeps its producer waiting
 for as long as it likes, and must not hold a worker every other call needs (the default
-pool has ``cpu_count + 4`` of them; six slow readers used to stall every store call). Nothing is zipped or hashed: TLS protects
-the bytes in transit and the client checks names and sizes.
+pool has ``cpu_count + 4`` of them; six slow readers used to stall every store call).
+Nothing is zipped or hashed: TLS protects the bytes in transit and the client checks names
+and sizes.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ async def connected(n: int, kit: Path, address: str) -> list[Any]:
     """``n`` stubs, each on its own connection, each past its handshake (a Hello)."""
     pairs = [aio_stub(kit, address) for _ in range(n)]
     for i in range(0, n, 50):  # a few handshakes at a time
-        await asyncio.gather(*(s.Hello(common_pb2.Empty(), timeout=60) for s, _ in pairs[i : i + 50]))
+        batch = pairs[i : i + 50]
+        await asyncio.gather(*(s.Hello(common_pb2.Empty(), timeout=60) for s, _ in batch))
     return pairs
 
 

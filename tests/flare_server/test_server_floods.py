@@ -116,7 +116,9 @@ class FloodServer:
 
 
 @pytest.fixture(scope="module")
-def flood_server(provisioned: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[FloodServer]:
+def flood_server(
+    provisioned: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[FloodServer]:
     """One server process for the module's floods, with a finished job of FLOODER's whose
     result holds one 64 MiB file (for the slow readers)."""
     base = tmp_path_factory.mktemp("floods")
@@ -313,7 +315,5 @@ def test_a_flood_leaves_the_admin_served_and_memory_bounded(flood_server, kind, 
         ("list-jobs", 200),
     ],
 )
-def test_a_full_size_flood_leaves_the_admin_served_and_memory_bounded(
-    flood_server, kind, clients
-):
+def test_a_full_size_flood_leaves_the_admin_served_and_memory_bounded(flood_server, kind, clients):
     FLOODS[kind](flood_server, clients, seconds=15)
