@@ -78,6 +78,9 @@ def test_a_site_result_that_does_not_fit_ends_the_job_naming_the_full_disk(
         job = write_job(tmp_path / "jobs", tmp_path / "out", rounds=2, initial=BIG, extra_args=HANG)
         job_id = c.submit(job)
         wait_until(lambda: running_everywhere(c, job_id), 30)
+        # Round 1's global model reached site-1 (downloaded whole): its user code has the
+        # task, and only the result is still to be written.
+        wait_until(lambda: list(small.rglob("*.global.npz")), 30)
         ballast = fill(small, leave=1 << 20)
 
         meta = c.wait_done(job_id)
