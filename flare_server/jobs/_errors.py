@@ -13,6 +13,14 @@ from flare_server.disk_full import disk_full, is_disk_full
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
+#: What a caller was doing, by method name, for a disk-full message ("cannot <doing>").
+_DOING = {
+    "write": "write the uploaded job archive",
+    "commit": "store the submitted job",
+    "create_job_from_archive": "store the job archive",
+    "clone_job": "store the cloned job",
+}
+
 
 def storage_errors(method: _F) -> _F:
     """Turn a disk or database failure into StorageFull (disk full) or one clear
@@ -27,7 +35,8 @@ def storage_errors(method: _F) -> _F:
             if is_disk_full(exc):
                 owner = args[0] if args else None
                 where = getattr(owner, "root", None) or getattr(owner, "path", None)
-                raise disk_full(exc, f"{what} in the job store", where or "the job store") from exc
+                doing = _DOING.get(method.__name__, f"{what} in the job store")
+                raise disk_full(exc, doing, where or "the job store") from exc
             raise InternalError(
                 f"job store: {what} failed: {exc}; check the server's disk (space, permissions)"
             ) from exc
