@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test check coverage bench proto proto-check lint typecheck clean
+.PHONY: demo test check coverage test-soak bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ coverage: $(STAMP)
 	$(COV) combine -q && $(COV) report > .coverage-data/report.txt && \
 	echo "Branch coverage, server and site processes included: $$($(COV) report --format=total) % (per file: .coverage-data/report.txt)"; \
 	exit $$status
+
+# The soak tests only (full-size floods: 1,000 connections, 200 sessions; minutes), which
+# `make test` and a plain pytest leave out (pyproject.toml addopts: -m 'not soak').
+test-soak: $(STAMP)
+	$(PY) -m pytest -m soak -p no:randomly -s
 
 bench: $(STAMP)
 	$(PY) bench/run.py

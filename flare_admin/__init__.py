@@ -19,6 +19,8 @@ Exception tree (one root, :class:`FlareError`; see :mod:`flare_protocol.errors`)
         ├── JobNotFound, JobNotRunning, JobNotDone, JobTimeout
         ├── NoClientsAvailable, ClientsStillRunning
         ├── NoReply, InternalError
+        ├── ResourceExhausted (LimitExceeded, StorageFull): the server refused to protect
+        │   its resources (a per-identity limit, an idle upload, a full disk)
         └── LocalIOError (a local file could not be read or written; also an OSError)
 
 Importing this package is kept cheap (a command-line tool starts with it): the asyncio
@@ -87,13 +89,16 @@ from flare_protocol.errors import (
     KitError,
     KitIncomplete,
     KitTampered,
+    LimitExceeded,
     LocalIOError,
     NoClientsAvailable,
     NoConnection,
     NoReply,
+    ResourceExhausted,
     RevocationListRejected,
     SessionClosed,
     SessionExpired,
+    StorageFull,
     UsernameMismatch,
 )
 
@@ -239,12 +244,15 @@ __all__ = [
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LimitExceeded",
     "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
+    "ResourceExhausted",
     "RevocationListRejected",
     "SessionClosed",
     "SessionExpired",
+    "StorageFull",
     "UsernameMismatch",
 ]

@@ -42,6 +42,10 @@ scripts catch what they caught before::
         ├── ClientsStillRunning     sites are still running something
         ├── NoReply                 the server did not answer in time
         ├── InternalError           the server failed unexpectedly
+        ├── ResourceExhausted       the server refused a call to protect its resources
+        │   ├── LimitExceeded       a per-identity limit (concurrent calls, uploads) or an
+        │   │                       idle timeout was reached; names the limit and its setting
+        │   └── StorageFull         the server's disk has no room for this (ENOSPC)
         └── LocalIOError            a local file could not be read or written (also an OSError)
 
 Exceptions carry data (``job_id``, ``site``, ``status``, ``path``) as attributes, not
@@ -313,6 +317,32 @@ class InternalError(APIError):
     address: str | None = None
 
 
+class ResourceExhausted(APIError):
+    """The server refused or ended a call to protect a bounded resource (RESOURCE_EXHAUSTED)."""
+
+
+class LimitExceeded(ResourceExhausted):
+    """A server limit was reached: too many concurrent calls or uploads of one identity, or
+    an upload idle for too long; names the limit and the server setting that sets it."""
+
+    #: The limit's value (a count, or seconds for a timeout).
+    limit: int | None = None
+    #: The server setting (``local/settings.json``) that sets the limit.
+    setting: str | None = None
+    #: Whose calls were counted (the certificate's name).
+    identity: str | None = None
+
+
+class StorageFull(ResourceExhausted):
+    """The server (or a site) ran out of disk space writing something; nothing partial was
+    kept, and the call may be retried once space is freed."""
+
+    #: The file or folder that could not be written.
+    path: str | None = None
+    #: What was being written (``store the job archive``, ``write round 2's model`` ...).
+    operation: str | None = None
+
+
 class LocalIOError(APIError, OSError):
     """A local file or folder could not be read or written during a transfer (disk full,
     no permission); names the path and the OS error, which ``errno``/``strerror`` keep."""
@@ -360,5 +390,8 @@ WIRE_ERRORS: dict[str, type[APIError]] = {
         NoReply,
         InternalError,
         NoConnection,
+        ResourceExhausted,
+        LimitExceeded,
+        StorageFull,
     )
 }

@@ -35,6 +35,7 @@ STATUS_CODES: dict[type[errors.APIError], grpc.StatusCode] = {
     errors.NoReply: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.NoConnection: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 
 

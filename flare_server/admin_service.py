@@ -28,6 +28,7 @@ from flare_protocol.job_status import is_finished
 from flare_protocol.transfer import ChunkSender
 from flare_server.audit import AuditLog
 from flare_server.authz import Policy, Resource, Right
+from flare_server.call_limits import CallLimits
 from flare_server.calls import Call, StreamTracker, streaming, unary
 from flare_server.commands import Commands
 from flare_server.driver_service import DriverCalls, DriverContext
@@ -113,6 +114,8 @@ class AdminContext:
     start_time: float
     result_wait: float
     """Seconds a result download waits for a just-ended job's folder."""
+    limits: CallLimits | None = None
+    """Per-identity limits on calls and uploads (None: unlimited)."""
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -126,6 +129,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         self.checker = context.checker
         self.audit = context.audit
         self.streams = context.streams
+        self.limits = context.limits
         self.drivers = DriverCalls(
             DriverContext(
                 store=context.store,
@@ -207,7 +211,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             ],
         )
 
-    @unary("submit_job")
+    @unary("submit_job", upload=True)
     async def SubmitJob(
         self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
     ) -> admin_pb2.JobReply:
@@ -593,7 +597,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     ) -> admin_pb2.DriverInfo:
         return await self.drivers.connect(call, request)
 
-    @unary("driver_push")
+    @unary("driver_push", upload=True)
     async def DriverPush(
         self, call: Call, request_iterator: AsyncIterator[admin_pb2.DriverPushItem], context: Any
     ) -> admin_pb2.DriverPushReply:
@@ -606,7 +610,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         async for item in self.drivers.replies(call, request):
             yield item
 
-    @unary("driver_finish")
+    @unary("driver_finish", upload=True)
     async def DriverFinish(
         self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
     ) -> admin_pb2.JobReply:

@@ -47,6 +47,7 @@ from flare_server.admin_service import (
 )
 from flare_server.audit import AuditLog
 from flare_server.authz import Policy
+from flare_server.call_limits import CallLimits
 from flare_server.calls import Call, StreamTracker
 from flare_server.commands import CommandContext, Commands
 from flare_server.endpoints import bind, server_options
@@ -263,6 +264,7 @@ class Server:
                 server_name=self.kit.name,
                 start_time=self.start_time,
                 result_wait=s.log_wait + RESULT_WAIT_MARGIN,
+                limits=self._limits("admin"),
             )
         )
         site_service = SiteService(
@@ -272,6 +274,7 @@ class Server:
                 registry=self.registry,
                 blobs=self.runner.blobs,
                 project=self.kit.project,
+                limits=self._limits("site"),
             )
         )
 
@@ -506,6 +509,15 @@ class Server:
         await check_model_source(self.store, self.policy, call.identity, model_job)
 
     # -- internals ---------------------------------------------------------------------
+    def _limits(self, endpoint: str) -> CallLimits:
+        s = self.settings
+        return CallLimits(
+            max_calls=s.max_calls_per_identity,
+            max_uploads=s.max_uploads_per_identity,
+            upload_idle_timeout=s.upload_idle_timeout,
+            endpoint=endpoint,
+        )
+
     def _admin_at_site_port(self) -> str:
         return (
             f"this is the site port (fed_learn_port {self.site_port}) of the flare server "

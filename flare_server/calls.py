@@ -5,6 +5,9 @@ generators for server streams) and wrapped by :func:`unary` or :func:`streaming`
 wrapper checks the peer certificate against the endpoint's participant type before the
 handler sees anything, records one audit line per admin call (``ok``, ``denied`` or the
 error type) and turns every exception into a status code plus ``ErrorDetail`` trailer.
+Between authentication and the handler it takes a slot of the caller's per-identity
+limits (:class:`~flare_server.call_limits.CallLimits`), given back when the call ends; an
+upload's request stream is also ended when it stalls (``upload_idle_timeout``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import grpc
 from flare_protocol import errors
 from flare_protocol.identity import Identity
 from flare_server.audit import AuditLog
+from flare_server.call_limits import CallLimits, idle_limited
 from flare_server.errors import abort_with, to_api_error
 from flare_server.identity_check import IdentityChecker
 
@@ -48,6 +52,7 @@ class Endpoint(Protocol):
     checker: IdentityChecker
     audit: AuditLog | None
     streams: StreamTracker
+    limits: CallLimits | None
 
 
 class StreamTracker:
@@ -137,14 +142,40 @@ async def _fail(
     await abort_with(context, exc, where=command)
 
 
-def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..., Awaitable[Rep]]]:
-    """Wrap a handler returning one reply (unary or client-streaming request)."""
+def _enter(endpoint: Endpoint, call: Call, upload: bool) -> Callable[[], None]:
+    """Take the caller's call (and upload) slot; a no-op release without limits."""
+    if endpoint.limits is None:
+        return _nothing
+    return endpoint.limits.enter(call.identity.name, call.command, upload=upload)
+
+
+def _nothing() -> None:
+    pass
+
+
+def unary(
+    command: str, *, upload: bool = False
+) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..., Awaitable[Rep]]]:
+    """Wrap a handler returning one reply (unary or client-streaming request).
+
+    ``upload``: the request is a stream of chunks: it takes an upload slot too, and ends
+    with LimitExceeded when it goes ``upload_idle_timeout`` seconds without a message.
+    """
 
     def deco(fn: Callable[..., Awaitable[Rep]]) -> Callable[..., Awaitable[Rep]]:
         @functools.wraps(fn)
         async def wrapper(self: Endpoint, request: Any, context: grpc.aio.ServicerContext) -> Rep:
             call = await authenticate(self, context, command)
+            release = _nothing
             try:
+                release = _enter(self, call, upload)
+                if upload and self.limits is not None:
+                    request = idle_limited(
+                        request,
+                        timeout=self.limits.upload_idle_timeout,
+                        what=f"the {command} upload",
+                        identity=call.identity.name,
+                    )
                 reply = await fn(self, call, request, context)
             except asyncio.CancelledError:
                 _audit(self, call, "cancelled")
@@ -153,6 +184,8 @@ def unary(command: str) -> Callable[[Callable[..., Awaitable[Rep]]], Callable[..
                 raise
             except Exception as exc:
                 await _fail(self, call, context, command, exc)
+            finally:
+                release()
             _audit(self, call, "ok")
             return reply
 
@@ -172,7 +205,9 @@ def streaming(
             self: Endpoint, request: Any, context: grpc.aio.ServicerContext
         ) -> AsyncIterator[Rep]:
             call = await authenticate(self, context, command)
+            release = _nothing
             try:
+                release = _enter(self, call, False)
                 async for item in fn(self, call, request, context):
                     yield item
             except asyncio.CancelledError:
@@ -184,6 +219,8 @@ def streaming(
                 await _fail(self, call, context, command, exc)
             else:
                 _audit(self, call, "ok")
+            finally:
+                release()
 
         return wrapper
 

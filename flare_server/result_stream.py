@@ -4,13 +4,18 @@ A worker thread lists the folder (regular files only: symlinks and special files
 skipped, never followed), then reads each file in 1 MiB blocks and builds the messages;
 the event loop only forwards them. At most :data:`QUEUE_DEPTH` messages wait between
 the two, so memory stays bounded whatever the size of the result, and reading the next
-block overlaps with sending the previous one. Nothing is zipped or hashed: TLS protects
-the bytes in transit and the client checks names and sizes.
+block overlaps with sending the previous one. The thread is the stream's own, not one of
+the event loop's shared workers: a client that reads slowly keeps its producer waiting
+for as long as it likes, and must not hold a worker every other call needs (the default
+pool has ``cpu_count + 4`` of them; six slow readers used to stall every store call).
+Nothing is zipped or hashed: TLS protects the bytes in transit and the client checks names
+and sizes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import stat
 import threading
@@ -30,6 +35,11 @@ __all__ = ["QUEUE_DEPTH", "files_stream", "list_result_files", "thread_stream", 
 #: Messages (1 MiB each at most) waiting between the reading thread and the event loop.
 QUEUE_DEPTH = 4
 _DONE = object()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class _Stopped(Exception):
@@ -141,7 +151,7 @@ def zip_stream(root: Path) -> AsyncIterator[bytes]:
 async def thread_stream(
     produce: Callable[[Callable[[Any], None]], None], depth: int = QUEUE_DEPTH
 ) -> AsyncIterator[Any]:
-    """What ``produce(put)`` puts, run in a worker thread, with at most ``depth`` queued.
+    """What ``produce(put)`` puts, run in its own thread, with at most ``depth`` queued.
 
     When the consumer stops early (the call ended), the next ``put`` stops the producer;
     a producer's exception is re-raised to the consumer.
@@ -166,7 +176,16 @@ async def thread_stream(
         if not stop.is_set():
             asyncio.run_coroutine_threadsafe(queue.put(_DONE), loop).result()
 
-    producer = loop.run_in_executor(None, run)
+    producer: asyncio.Future[None] = loop.create_future()
+
+    def own_thread() -> None:
+        try:
+            run()
+        finally:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(_resolve, producer)
+
+    threading.Thread(target=own_thread, name="result-stream", daemon=True).start()
     try:
         while True:
             item = await queue.get()

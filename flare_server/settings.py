@@ -88,6 +88,16 @@ class ServerSettings:
     """A connection with no RPC for this long is closed (sites keep a Channel open)."""
     min_ping_interval_ms: int = setting(10_000)
     """Keepalive pings more frequent than this are answered with GOAWAY."""
+    max_calls_per_identity: int = setting(64)
+    """Calls one identity (certificate name) may have in progress at once on one endpoint,
+    open streams included; more are refused at once with LimitExceeded (RESOURCE_EXHAUSTED),
+    so one busy or hostile peer cannot take the slots of ``max_concurrent_rpcs``."""
+    max_uploads_per_identity: int = setting(8)
+    """Of those, uploads (submit_job, a site's model update or log, a driver's push or final
+    model); each holds a temp file and a receive window until it ends."""
+    upload_idle_timeout: float = setting(60.0, seconds=True)
+    """Seconds an upload may go without receiving anything before it is ended with
+    LimitExceeded and its temp file removed (a stalled or abandoned client)."""
     grace_period: float = setting(5.0, seconds=True)
     """Seconds in-flight RPCs get to finish on a graceful stop."""
 

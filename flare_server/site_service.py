@@ -23,6 +23,7 @@ from flare_protocol import errors
 from flare_protocol._generated import common_pb2, site_pb2, site_pb2_grpc
 from flare_protocol.site_topics import Sender, topic_from
 from flare_server.blobs import BlobRegistry, ref_of
+from flare_server.call_limits import CallLimits
 from flare_server.calls import Call, StreamTracker, streaming, unary
 from flare_server.identity_check import IdentityChecker
 from flare_server.sites import CLOSE, SiteRegistry
@@ -43,6 +44,8 @@ class SiteContext:
     blobs: BlobRegistry
     """The running jobs' blobs (the job runner's)."""
     project: str
+    limits: CallLimits | None = None
+    """Per-identity limits on calls and uploads (None: unlimited)."""
 
 
 class SiteService(site_pb2_grpc.SiteServicer):
@@ -55,6 +58,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
         self.checker = context.checker
         self.audit = None  # site traffic goes to the server log, not the admin audit log
         self.streams = context.streams
+        self.limits = context.limits
 
     @unary("register")
     async def Register(
@@ -155,7 +159,7 @@ class SiteService(site_pb2_grpc.SiteServicer):
         async for chunk in self.blobs.stream(blob):
             yield chunk
 
-    @unary("upload")
+    @unary("upload", upload=True)
     async def Upload(
         self, call: Call, request_iterator: AsyncIterator[common_pb2.TransferChunk], context: Any
     ) -> common_pb2.BlobRef:

@@ -22,6 +22,7 @@ reference.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import secrets
 from collections.abc import Mapping
@@ -35,7 +36,7 @@ from flare_protocol._direct_io import DirectWriter
 from flare_protocol._fsync import fsync_dir
 from flare_protocol._generated import common_pb2, site_pb2
 from flare_protocol._transfer_aio import file_messages
-from flare_protocol.errors import BlobError
+from flare_protocol.errors import BlobError, FlareError, LocalIOError
 from flare_protocol.hashing import sha256_file
 from flare_protocol.transfer import ChunkReceiver, ChunkSender
 
@@ -138,13 +139,27 @@ async def download(
         receiver.finish()
         await asyncio.to_thread(writer.finish, fsync=durable)
         await asyncio.to_thread(_finish, tmp, dest, durable)
-    except BaseException:
+    except BaseException as exc:
         receiver.cancel()
         writer.close()
         tmp.unlink(missing_ok=True)
         call.cancel()
+        if isinstance(exc, OSError) and not isinstance(exc, FlareError):
+            raise _not_written(exc, f"blob {blob.blob_id}", dest) from exc
         raise
     return dest
+
+
+def _not_written(exc: OSError, what: str, dest: Path) -> LocalIOError:
+    """The error for a download that could not be written (a full disk, mostly)."""
+    error = LocalIOError.of(exc, f"write {what} to", dest)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        error.message += (
+            "; the site's disk is full: nothing partial was kept; free space on that file "
+            "system (the site's workspace) and run the job again"
+        )
+        error.args = (error.message,)
+    return error
 
 
 async def upload(

@@ -126,8 +126,15 @@ class JobLog:
                 self._fh.flush()
             return
         self._size += len(data)
-        self._fh.write(data)
-        self._fh.flush()
+        try:
+            self._fh.write(data)
+            self._fh.flush()
+        except OSError as exc:
+            # A full disk must not fail the task that is logging (the user code's own
+            # error, kept in stderr_tail, is what the server must hear): stop writing.
+            log.error("cannot write the job log %s (%s): later lines are not kept", self.path, exc)
+            with contextlib.suppress(OSError):
+                self._fh.close()
 
     def output(self, stream: str, line: str) -> None:
         """A line user code wrote (``stream`` is ``stdout`` or ``stderr``)."""

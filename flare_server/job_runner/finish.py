@@ -64,9 +64,13 @@ async def finish(run: JobRun, finished: JobFinished) -> None:
     results = run.results
     if run.writes:  # the round models must be on disk before the job can end
         outcomes = await asyncio.gather(*run.writes, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                run.log.error("job %s: a round model was not saved: %s", run.job_id, outcome)
+        failed = [o for o in outcomes if isinstance(o, BaseException)]
+        for outcome in failed:
+            run.log.error("job %s: a round model was not saved: %s", run.job_id, outcome)
+        if failed and status == COMPLETED:  # its result would lack a model: not COMPLETED
+            status = ABNORMAL
+            reason = f"the server could not save a round's model: {failed[0]}"
+            finished = JobFinished(status, reason, None, finished.failed_sites)
     run.round_model = None
     if results is not None and finished.final_model is not None and status == COMPLETED:
         try:

@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import time
 
+from flare_server.disk_full import disk_full, is_disk_full
 from flare_server.job_runner.checkpoint import Checkpoint, CheckpointWriter
 from flare_server.job_runner.deploy import Deployment
 from flare_server.job_runner.driver import DriverRelay
@@ -44,12 +45,15 @@ async def run_job(run: JobRun) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            run.log.exception("job %s: the server failed running it", run.job_id)
-            finished = JobFinished(
-                ABNORMAL,
-                f"the server failed running the job: {type(exc).__name__}: {exc}",
-                None,
-            )
+            if is_disk_full(exc):  # a result file (metrics, logs) could not be written
+                run.log.error("job %s: the server's disk is full: %s", run.job_id, exc)
+                where = getattr(exc, "filename", None) or getattr(exc, "path", None) or run.work
+                full = disk_full(exc, "write the job's results", where)
+                reason = f"the server could not go on with the job: {full.message}"
+            else:
+                run.log.exception("job %s: the server failed running it", run.job_id)
+                reason = f"the server failed running the job: {type(exc).__name__}: {exc}"
+            finished = JobFinished(ABNORMAL, reason, None)
         try:
             await finish(run, finished)
         except Exception:

@@ -20,6 +20,7 @@ model is on disk; a run resumed after a server crash starts from its
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -47,6 +48,7 @@ from flare_protocol.site_topics import (
     ValidateTask,
 )
 from flare_server.blobs import ServedBlob, UploadedBlob
+from flare_server.disk_full import disk_full, is_disk_full
 from flare_server.job_runner.checkpoint import Checkpoint, copy_optimizer
 from flare_server.job_runner.events import (
     Aborted,
@@ -364,8 +366,9 @@ class Rounds:
         run.round_model = (record.round, data, sha)
         path = run.results.round_model_path(record.round)
         written = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(write_atomic, path, data)
+            asyncio.to_thread(save_round_model, path, data, record.round)
         )
+        written.add_done_callback(functools.partial(_round_model_saved, run))
         run.writes.append(written)
         run.log.debug(
             "job %s: round %d model serialized and hashed in %.3f s "
@@ -493,3 +496,27 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return finite(float(value))
+
+
+def save_round_model(path: Path, data: bytes | memoryview, round: int) -> None:
+    """Write a round's global model atomically (nothing partial on failure).
+
+    Raises:
+        StorageFull: the disk is full (naming the file and the fix).
+    """
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(exc, f"save round {round}'s global model", path) from exc
+        raise
+
+
+def _round_model_saved(run: JobRun, write: asyncio.Task[None]) -> None:
+    """A round model that could not be saved ends the job ABNORMAL at its next event (a
+    job whose models are not on disk cannot complete); finish() says why."""
+    if write.cancelled() or write.exception() is None or run.forced is not None:
+        return
+    run.forced = JobFinished(
+        ABNORMAL, f"the server could not save a round's model: {write.exception()}", None
+    )

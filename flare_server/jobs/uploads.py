@@ -51,6 +51,11 @@ class Upload:
         self._done = False
 
     @property
+    def path(self) -> Path:
+        """The temp file the archive is written to (removed on abort)."""
+        return self._path
+
+    @property
     def size(self) -> int:
         """Bytes written so far."""
         return self._size

@@ -8,6 +8,7 @@ job is over, and the script should then return.
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import threading
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flare_protocol import _malloc
-from flare_protocol.errors import FlareError, InvalidModel, MessageError
+from flare_protocol.errors import FlareError, InvalidModel, LocalIOError, MessageError
 from flare_protocol.message import (
     DRIVER_NODE_ID,
     Error,
@@ -236,12 +237,28 @@ def send(model: FLModel) -> None:
                 f"params_type must be FULL or DIFF, got {model.params_type!r}"
             ) from exc
         # Not fsynced: the site reads it at once, and a crash ends the task anyway.
-        save_params(model.params, Path(task["output_path"]), durable=False, pool=client.buffers)
+        output = Path(task["output_path"])
+        try:
+            save_params(model.params, output, durable=False, pool=client.buffers)
+        except OSError as exc:  # nothing partial is left: save_params writes a temp file
+            raise _result_not_saved(exc, output) from exc
         message.update(params_type=params_type.value, meta=_json_meta(model.meta))
     reply = client.request(message)
     if reply["op"] != "ok":
         raise FlareError(f"the site refused the result: {reply.get('message', reply)}")
     client.current = None
+
+
+def _result_not_saved(exc: OSError, path: Path) -> LocalIOError:
+    """The error for a training result that could not be written (a full disk, mostly)."""
+    error = LocalIOError.of(exc, "save the training result to", path)
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        error.message += (
+            "; the site's disk is full: free space on that file system (the site's workspace, "
+            "where its jobs run) and run the job again"
+        )
+        error.args = (error.message,)
+    return error
 
 
 def _json_meta(meta: dict[str, Any]) -> dict[str, Any]:

@@ -90,13 +90,16 @@ EXPECTED = {
     "KitError",
     "KitIncomplete",
     "KitTampered",
+    "LimitExceeded",
     "LocalIOError",
     "NoClientsAvailable",
     "NoConnection",
     "NoReply",
+    "ResourceExhausted",
     "RevocationListRejected",
     "SessionClosed",
     "SessionExpired",
+    "StorageFull",
     "UsernameMismatch",
 }
 
