@@ -135,6 +135,8 @@ class _Connection:
     call: Any = None
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set before the channel is closed: a transfer on it that ends cancelled was cut off.
+    lost: bool = False
 
     async def write(self, message: site_pb2.SiteMessage) -> None:
         async with self.lock:
@@ -275,6 +277,7 @@ class SiteRuntime:
         channel = grpc.aio.secure_channel(
             s.server_address, self._creds, options=channel_options(self.kit, s.server_address)
         )
+        conn: _Connection | None = None
         try:
             stub = site_pb2_grpc.SiteStub(channel)
             reply = await stub.Register(
@@ -308,6 +311,8 @@ class SiteRuntime:
             await self._serve(conn)
         finally:
             self._connected.clear()
+            if conn is not None:
+                conn.lost = True
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
 
@@ -463,6 +468,16 @@ class SiteRuntime:
                 continue
             try:
                 return await what(self._blob_stub or conn.stub)
+            except asyncio.CancelledError:
+                # grpc.aio cancels the calls of a channel it closes: a transfer on a lost
+                # connection ends cancelled, though nobody cancelled this task. Without a
+                # retry the task would end without a result, and the server's re-sent task
+                # would find it "still running" here: the round would wait for its timeout.
+                if not conn.lost or self._stopping.is_set():
+                    raise
+                if attempt == 2:
+                    raise BlobError("transfers were cut off by three lost connections") from None
+                log.info("transfer cut off with the connection; retrying after the reconnect")
             except BlobError as exc:
                 # Only a transfer cut by a lost connection is worth another try.
                 if attempt == 2 or not exc.details.get("retryable"):
