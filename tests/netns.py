@@ -271,6 +271,16 @@ class NetLab:
                 latency,
             )
 
+    def qdisc_stats(self, site: str) -> str:
+        """``tc -s qdisc show`` of both ends of ``site``'s link (bytes sent, drops)."""
+        return "".join(
+            _tc(ns, "-s", "qdisc", "show", "dev", dev).stdout
+            for ns, dev in (
+                (self.site_ns[site], self.site_end[site]),
+                (self.server_ns, self.server_end[site]),
+            )
+        )
+
     def clear(self, site: str) -> None:
         """Remove any qdisc added to ``site``'s link."""
         _tc(self.site_ns[site], "qdisc", "del", "dev", self.site_end[site], "root", check=False)

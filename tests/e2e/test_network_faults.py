@@ -389,3 +389,35 @@ def test_a_slow_lossy_link_delays_the_job_but_it_completes(
         participants = _check_each_update_once(fed, job_id, out)
         assert participants == [{"site-1": 30, "site-2": 70}] * 3
         assert time.monotonic() - started < 60
+        for site in SITES:  # the job's traffic went through the degraded links
+            stats = lab.qdisc_stats(site)
+            assert kind in stats and re.search(r"Sent [1-9]\d{4,} bytes", stats), stats
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(300)
+def test_flapping_links_over_many_rounds_every_update_counted_once(
+    lab: NetLab, tmp_path: Path
+) -> None:
+    """Both sites' links go down and up, in turn, every few seconds for a 12-round job."""
+    with Federation(lab, tmp_path, reconnect_grace=30) as fed:
+        job, out = _job(tmp_path, rounds=12, min_responses=2, pause=0.5)
+        job_id = fed.session.submit_job(str(job))
+        cuts = 0
+        deadline = time.monotonic() + 240
+        while not str(fed.session.get_job_meta(job_id)["status"]).startswith("FINISHED"):
+            assert time.monotonic() < deadline, "the job did not finish under flapping links"
+            site = SITES[cuts % 2]
+            lab.cut(site)
+            time.sleep(HEARTBEAT_TIMEOUT + 1.0)
+            lab.restore(site)
+            cuts += 1
+            time.sleep(3.0)
+        meta = fed.wait_done(job_id, 5)
+
+        assert meta["status"] == "FINISHED:COMPLETED", meta["reason"]
+        participants = _check_each_update_once(fed, job_id, out)
+        assert participants == [{"site-1": 30, "site-2": 70}] * 12
+        assert cuts >= 3
+        for site in SITES:
+            assert _trained(out, site) == list(range(1, 13))
