@@ -94,6 +94,7 @@ from flare_site.jobs import (
 )
 from flare_site.settings import SiteSettings, load_site_settings
 from flare_site.task_ledger import SentResult, TaskLedger
+from flare_site.user_account import UserAccount
 
 __all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
 
@@ -146,9 +147,18 @@ class _Connection:
 class SiteRuntime:
     """One site's connection to the server and the jobs it runs (see the module doc)."""
 
-    def __init__(self, kit: Kit, settings: SiteSettings, *, blob_stub: Any = None) -> None:
+    def __init__(
+        self,
+        kit: Kit,
+        settings: SiteSettings,
+        *,
+        blob_stub: Any = None,
+        run_as: UserAccount | None = None,
+    ) -> None:
         """``blob_stub``: a ``SiteStub`` for Download/Upload instead of the connection's
-        (a seam for tests until the server serves blobs; None in production)."""
+        (a seam for tests until the server serves blobs; None in production). ``run_as``:
+        the OS user user code runs as (:func:`flare_site.user_account.user_code_account`
+        of the ``run_user_code_as`` setting); None: the site's own."""
         self.kit = kit
         self._blob_stub = blob_stub
         self.settings = settings
@@ -166,7 +176,9 @@ class SiteRuntime:
                 allow_builds=settings.python_env_builds,
                 pip_options=settings.python_env_pip_options,
                 system_site_packages=settings.python_env_system_site_packages,
+                run_as=run_as,
             ),
+            run_as=run_as,
         )
         self.commands = SiteCommands(
             self.workspace,

@@ -37,6 +37,7 @@ from flare_protocol.tracking import MAX_RECORD_CHARS, METRIC, RECORD_KINDS
 from flare_site.client import _ipc
 from flare_site.executors.process import OutputSink, safe_base_env
 from flare_site.update_check import verify_update
+from flare_site.user_account import UserAccount
 
 __all__ = [
     "IPC_RECORD",
@@ -73,10 +74,18 @@ class JobContext:
     #: Load each update on the site to fail fast, naming the problem, before uploading it
     #: (about 0.1-0.3 s per 100 MB). The server checks every update again on receipt.
     verify_updates: bool = True
+    #: The OS user user code runs as (``run_user_code_as``); None: the site's own.
+    run_as: UserAccount | None = None
 
     @property
     def models_dir(self) -> Path:
         return self.workspace / "models"
+
+    def hand_over(self, path: Path) -> None:
+        """Make ``path`` (a file or folder the site made for user code) its own when it
+        runs as another user; nothing otherwise."""
+        if self.run_as is not None:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ def user_env(
     ctx: JobContext, extra: Mapping[str, str], ipc: IpcServer, mode: str
 ) -> dict[str, str]:
     """User code's complete environment: allowlisted, the job's own, then FLARE_* last."""
-    env = safe_base_env(ctx.base_env)
+    env = safe_base_env(ctx.base_env, ctx.run_as)
     env.update(extra)
     custom = ctx.app_dir / "custom"
     env.update(
@@ -174,6 +183,21 @@ def user_env(
         }
     )
     return env
+
+
+def check_written_file(path: Path, where: str) -> None:
+    """A file user code wrote for the site to read is a plain file of its own: not a
+    symlink or a hard link to something else (a site running as root would read that
+    thing for it, a private key say), or ExecutionError."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ExecutionError(f"{where}: no model was written to {path.name}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise ExecutionError(
+            f"{where}: {path.name} is not a plain file (a symlink, a hard link or a special "
+            "file); refused: write the file itself"
+        )
 
 
 def clean_metrics(raw: object, where: str) -> dict[str, float]:
@@ -197,8 +221,7 @@ def check_update_file(path: Path, ctx: JobContext, where: str) -> tuple[str, int
 
     Returns its (SHA-256, size) as read by the check, or None when ``verify_updates`` is off.
     """
-    if not path.is_file():
-        raise ExecutionError(f"{where}: no model was written to {path.name}")
+    check_written_file(path, where)
     if path.stat().st_size > ctx.max_model_bytes:
         raise ExecutionError(
             f"{where}: the model written is {path.stat().st_size} bytes, "
@@ -234,8 +257,13 @@ class IpcServer:
     close finds and removes it.
     """
 
-    def __init__(self, handler: FrameHandler, record: Path | None = None) -> None:
+    def __init__(
+        self, handler: FrameHandler, record: Path | None = None, run_as: UserAccount | None = None
+    ) -> None:
+        """``run_as``: user code's user when it is not the site's: it gets the socket (the
+        folder lets it pass, not list)."""
         self._handler = handler
+        self._run_as = run_as
         self._dir = tempfile.mkdtemp(prefix=_IPC_PREFIX)  # 0700, and short enough for AF_UNIX
         self._record = record
         if record is not None:
@@ -250,6 +278,9 @@ class IpcServer:
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path)
         os.chmod(self.path, 0o600)
+        if self._run_as is not None:
+            os.chown(self.path, self._run_as.uid, self._run_as.gid)
+            os.chmod(self._dir, 0o711)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         current = asyncio.current_task()
@@ -389,6 +420,7 @@ class ExecutorHost(abc.ABC):
         self.on_metric = on_metric
         self.on_output = on_output
         ctx.models_dir.mkdir(parents=True, exist_ok=True)
+        ctx.hand_over(ctx.models_dir)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -445,6 +477,7 @@ class ExecutorHost(abc.ABC):
     def read_json(path: Path, where: str) -> object:
         if not path.is_file():
             raise ExecutionError(f"{where}: {path.name} was not written")
+        check_written_file(path, where)
         if path.stat().st_size > _ipc.MAX_FRAME:
             raise ExecutionError(f"{where}: {path.name} is larger than {_ipc.MAX_FRAME} bytes")
         try:

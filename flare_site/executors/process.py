@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from flare_site.user_account import UserAccount
+
 __all__ = ["OutputSink", "UserProcess", "safe_base_env"]
 
 #: ``on_output(stream, line)`` with stream "stdout" or "stderr".
@@ -32,10 +34,16 @@ TAIL_LINES = 40
 TAIL_CHARS = 8000
 
 
-def safe_base_env(source: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The inherited part of user code's environment."""
+def safe_base_env(
+    source: Mapping[str, str] | None = None, run_as: UserAccount | None = None
+) -> dict[str, str]:
+    """The inherited part of user code's environment (``HOME``, ``USER`` and ``LOGNAME``
+    are ``run_as``'s when user code runs as another user)."""
     env = os.environ if source is None else source
-    return {key: env[key] for key in _INHERITED if key in env}
+    base = {key: env[key] for key in _INHERITED if key in env}
+    if run_as is not None:
+        base.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    return base
 
 
 class UserProcess:
@@ -58,21 +66,39 @@ class UserProcess:
         cwd: Path,
         env: Mapping[str, str],
         on_output: OutputSink | None = None,
+        run_as: UserAccount | None = None,
     ) -> UserProcess:
-        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group.
+        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group, with no
+        descriptor of the site's but its three pipes; as ``run_as`` (its uid, its primary
+        group, no supplementary groups) when given, else as the site's user.
 
         Raises:
-            OSError: the program cannot be started (not found, not executable).
+            OSError: the program cannot be started (not found, not executable, not
+                readable by ``run_as``).
         """
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=str(cwd),
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        who: dict[str, object] = {}
+        if run_as is not None:
+            who = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                cwd=str(cwd),
+                env=dict(env),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                **who,  # type: ignore[arg-type]
+            )
+        except PermissionError as exc:
+            if run_as is None:
+                raise
+            raise PermissionError(
+                exc.errno,
+                f"{exc.strerror} (user code runs as {run_as.name}, 'run_user_code_as': it "
+                f"must be able to read and run {argv[0]} and enter {cwd})",
+            ) from None
         return cls(proc, on_output)
 
     @property

@@ -32,6 +32,7 @@ from flare_site.executors.base import (
     TrainOutcome,
     ValidateOutcome,
     check_update_file,
+    check_written_file,
     clean_metrics,
     user_env,
 )
@@ -68,7 +69,7 @@ class ScriptExecutor(ExecutorHost):
     ) -> None:
         super().__init__(ctx, on_metric=on_metric, on_output=on_output)
         self.config = config
-        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD)
+        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD, run_as=ctx.run_as)
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending: dict[
             str, tuple[TaskSpec, asyncio.Future[TrainOutcome | ValidateOutcome]]
@@ -99,7 +100,11 @@ class ScriptExecutor(ExecutorHost):
         env = user_env(self.ctx, self.config.env, self._ipc, "script")
         try:
             self._proc = await UserProcess.spawn(
-                argv, cwd=self.ctx.app_dir, env=env, on_output=self.on_output
+                argv,
+                cwd=self.ctx.app_dir,
+                env=env,
+                on_output=self.on_output,
+                run_as=self.ctx.run_as,
             )
         except OSError as exc:
             await self._ipc.close()
@@ -214,6 +219,10 @@ class ScriptExecutor(ExecutorHost):
             npz = spec.reply_path
             if not npz.is_file():
                 return {"op": "error", "message": f"no arrays were written to {npz.name}"}
+            try:
+                check_written_file(npz, f"{self.config.script} (message {message_id[:64]})")
+            except ExecutionError as exc:
+                return {"op": "error", "message": exc.message}
             if npz.stat().st_size > self.ctx.max_model_bytes:
                 cap = self.ctx.max_model_bytes
                 return {"op": "error", "message": f"the reply's arrays exceed {cap} bytes"}
