@@ -66,7 +66,7 @@ from flare_site.executors import (
 from flare_site.executors.base import MessageOutcome, MessageSpec, remove_stale_ipc_folders
 from flare_site.executors.python_env import PythonEnvs
 from flare_site.executors.script import describe_exit
-from flare_site.user_account import UserAccount
+from flare_site.user_account import UserAccount, hand_over_tree
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
 
@@ -322,7 +322,7 @@ class JobManager:
         try:
             await asyncio.to_thread(extract_app, app_archive, job.app_dir, self.app_limits)
             if self.run_as is not None:  # user code's working folder: its own
-                await asyncio.to_thread(_hand_over_tree, job.app_dir, self.run_as)
+                await asyncio.to_thread(hand_over_tree, job.app_dir, self.run_as)
             self._check_not_aborted(job)
             config = (
                 parse_client_config(dict(client_config), source=f"{app or 'app'}/{CLIENT_CONFIG}")
@@ -602,14 +602,6 @@ class JobManager:
         job.tasks_done += 1
         job.log.event(f"{kind} task {task_id} (round {round}) done")
         return outcome
-
-
-def _hand_over_tree(root: Path, account: UserAccount) -> None:
-    """Give ``root`` and everything in it to ``account`` (symlinks are not followed)."""
-    os.lchown(root, account.uid, account.gid)
-    for folder, dirs, files in os.walk(root):
-        for name in (*dirs, *files):
-            os.lchown(os.path.join(folder, name), account.uid, account.gid)
 
 
 def task_result_body(

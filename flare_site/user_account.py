@@ -32,6 +32,7 @@ __all__ = [
     "UserAccount",
     "check_key_not_owned",
     "check_reachable",
+    "hand_over_tree",
     "user_code_account",
 ]
 
@@ -137,6 +138,14 @@ def check_key_not_owned(key: Path, account: UserAccount) -> None:
             f"runs ('{SETTING}'); chown root:root {key} && chmod 600 {key}",
             path=str(key),
         )
+
+
+def hand_over_tree(root: Path, account: UserAccount) -> None:
+    """Give ``root`` and everything in it to ``account`` (symlinks are not followed)."""
+    os.lchown(root, account.uid, account.gid)
+    for folder, dirs, files in os.walk(root):
+        for name in (*dirs, *files):
+            os.lchown(os.path.join(folder, name), account.uid, account.gid)
 
 
 def _may_pass(st: os.stat_result, account: UserAccount) -> bool:

@@ -45,7 +45,7 @@ from flare_protocol.compute_package import PythonEnvSpec
 from flare_protocol.errors import ExecutionError
 from flare_site.executors.process import OutputSink, UserProcess, safe_base_env
 from flare_site.executors.script import describe_exit
-from flare_site.user_account import UserAccount
+from flare_site.user_account import UserAccount, hand_over_tree
 
 __all__ = ["MARKER", "OUTPUT_STREAM", "PythonEnv", "PythonEnvs"]
 
@@ -231,15 +231,19 @@ class PythonEnvs:
         started = time.monotonic()
         counts = f"{len(spec.build_dependencies)} + {len(spec.dependencies)} requirements"
         say(f"building environment {path} for {spec.path} ({counts})")
-        if self.run_as is not None:  # venv fills an empty folder that is the user's
-            path.mkdir()
-            os.chown(path, self.run_as.uid, self.run_as.gid)
         venv = [sys.executable, "-m", "venv"]
         if self.system_site_packages:
             venv.append("--system-site-packages")
-        await self._step([*venv, str(path)], "creating the virtualenv", spec, on_output)
+        # As the site (the standard library's venv, no code of the job's), then the
+        # environment is handed to user code's user before pip runs anyone's build code:
+        # the site never writes into a folder user code could have laid links in.
+        await self._step(
+            [*venv, str(path)], "creating the virtualenv", spec, on_output, as_site=True
+        )
         if self.system_site_packages:
             await asyncio.to_thread(_see_site_packages, path)
+        if self.run_as is not None:
+            await asyncio.to_thread(hand_over_tree, path, self.run_as)
         python = str(path / "bin" / "python")
         pip = [python, "-m", "pip", "install", *self.pip_options]
         if spec.build_dependencies:
@@ -263,7 +267,13 @@ class PythonEnvs:
         return PythonEnv(key, path, reused=False)
 
     async def _step(
-        self, argv: list[str], what: str, spec: PythonEnvSpec, on_output: OutputSink | None
+        self,
+        argv: list[str],
+        what: str,
+        spec: PythonEnvSpec,
+        on_output: OutputSink | None,
+        *,
+        as_site: bool = False,
     ) -> None:
         def forward(_stream: str, line: str) -> None:
             if on_output is not None:
@@ -271,7 +281,11 @@ class PythonEnvs:
 
         try:
             proc = await UserProcess.spawn(
-                argv, cwd=self.root, env=self._env, on_output=forward, run_as=self.run_as
+                argv,
+                cwd=self.root,
+                env=self._env,
+                on_output=forward,
+                run_as=None if as_site else self.run_as,
             )
         except OSError as exc:
             raise ExecutionError(f"{spec.path}: {what} could not start: {exc}") from exc
