@@ -41,6 +41,7 @@ from flare_site.user_account import UserAccount
 
 __all__ = [
     "IPC_RECORD",
+    "RECEIVED",
     "ExecutorHost",
     "IpcServer",
     "JobContext",
@@ -52,6 +53,7 @@ __all__ = [
     "TrainOutcome",
     "ValidateOutcome",
     "remove_stale_ipc_folders",
+    "take_written_file",
 ]
 
 
@@ -198,6 +200,34 @@ def check_written_file(path: Path, where: str) -> None:
             f"{where}: {path.name} is not a plain file (a symlink, a hard link or a special "
             "file); refused: write the file itself"
         )
+
+
+#: In a job's folder, when user code runs as another user: what it wrote, taken out of its
+#: reach (the site's, 0700) before the site reads it.
+RECEIVED = "received"
+
+
+def take_written_file(path: Path, ctx: JobContext, where: str) -> Path:
+    """A file user code wrote, checked as :func:`check_written_file`, where the site reads it.
+
+    When user code runs as another user, the file is first moved into the job's
+    ``received/`` folder, which that user cannot enter: what is checked there stays what
+    the site then reads (user code can no longer put a link in its place).
+
+    Raises:
+        ExecutionError: no file, or not a plain file.
+    """
+    if ctx.run_as is not None:
+        folder = ctx.workspace / RECEIVED
+        folder.mkdir(mode=0o700, exist_ok=True)
+        taken = folder / f"{secrets.token_hex(8)}-{path.name}"
+        try:
+            os.rename(path, taken)
+        except FileNotFoundError:
+            raise ExecutionError(f"{where}: no model was written to {path.name}") from None
+        path = taken
+    check_written_file(path, where)
+    return path
 
 
 def clean_metrics(raw: object, where: str) -> dict[str, float]:
@@ -473,14 +503,18 @@ class ExecutorHost(abc.ABC):
     def output_path(self, task: TaskSpec, suffix: str) -> Path:
         return self.ctx.models_dir / f"{task.task_id}{suffix}"
 
-    @staticmethod
-    def read_json(path: Path, where: str) -> object:
+    def read_json(self, path: Path, where: str) -> object:
+        """The JSON user code wrote at ``path`` (taken as :func:`take_written_file`)."""
         if not path.is_file():
             raise ExecutionError(f"{where}: {path.name} was not written")
-        check_written_file(path, where)
-        if path.stat().st_size > _ipc.MAX_FRAME:
-            raise ExecutionError(f"{where}: {path.name} is larger than {_ipc.MAX_FRAME} bytes")
+        name = path.name
+        path = take_written_file(path, self.ctx, where)
         try:
+            if path.stat().st_size > _ipc.MAX_FRAME:
+                raise ExecutionError(f"{where}: {name} is larger than {_ipc.MAX_FRAME} bytes")
             return json.loads(path.read_text("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExecutionError(f"{where}: {path.name} is not valid JSON: {exc}") from exc
+            raise ExecutionError(f"{where}: {name} is not valid JSON: {exc}") from exc
+        finally:
+            if self.ctx.run_as is not None:  # taken: the site's copy, read
+                path.unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from flare_site.executors.base import (
     ValidateOutcome,
     check_update_file,
     clean_metrics,
+    take_written_file,
     user_env,
 )
 from flare_site.executors.process import OutputSink, UserProcess
@@ -167,6 +168,7 @@ class CommandExecutor(ExecutorHost):
         except ValueError as exc:
             raise ExecutionError(f"{where}: metadata 'params_type' must be FULL or DIFF") from exc
         metrics = clean_metrics(metadata.get("metrics", {}), where)
+        model_out = await asyncio.to_thread(take_written_file, model_out, self.ctx, where)
         digest = await asyncio.to_thread(check_update_file, model_out, self.ctx, where)
         meta = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}
         return TrainOutcome(task.task_id, model_out, params_type, num, metrics, meta, digest)

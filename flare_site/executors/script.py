@@ -32,8 +32,8 @@ from flare_site.executors.base import (
     TrainOutcome,
     ValidateOutcome,
     check_update_file,
-    check_written_file,
     clean_metrics,
+    take_written_file,
     user_env,
 )
 from flare_site.executors.process import OutputSink, UserProcess
@@ -220,7 +220,9 @@ class ScriptExecutor(ExecutorHost):
             if not npz.is_file():
                 return {"op": "error", "message": f"no arrays were written to {npz.name}"}
             try:
-                check_written_file(npz, f"{self.config.script} (message {message_id[:64]})")
+                npz = take_written_file(
+                    npz, self.ctx, f"{self.config.script} (message {message_id[:64]})"
+                )
             except ExecutionError as exc:
                 return {"op": "error", "message": exc.message}
             if npz.stat().st_size > self.ctx.max_model_bytes:
@@ -289,7 +291,9 @@ class ScriptExecutor(ExecutorHost):
                     params_type = ParamsType(message.get("params_type"))
                 except ValueError as exc:
                     raise ExecutionError(f"{where}: params_type must be FULL or DIFF") from exc
-                path = self.output_path(task, ".npz")
+                path = await asyncio.to_thread(
+                    take_written_file, self.output_path(task, ".npz"), self.ctx, where
+                )
                 # Off the event loop: it reads the whole update (~0.1 s per 100 MB).
                 digest = await asyncio.to_thread(check_update_file, path, self.ctx, where)
                 outcome = TrainOutcome(task.task_id, path, params_type, num, metrics, meta, digest)

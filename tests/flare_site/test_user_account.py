@@ -13,7 +13,12 @@ import pytest
 import tests.kit_factory as kf
 from flare_protocol.errors import ExecutionError, KitError
 from flare_protocol.kit import load_kit
-from flare_site.executors.base import check_written_file
+from flare_site.executors.base import (
+    RECEIVED,
+    JobContext,
+    check_written_file,
+    take_written_file,
+)
 from flare_site.settings import load_site_settings
 from flare_site.user_account import (
     UserAccount,
@@ -102,3 +107,19 @@ def test_a_file_user_code_wrote_must_be_a_plain_file_of_its_own(tmp_path: Path) 
             check_written_file(path, "train")
     with pytest.raises(ExecutionError, match="no model was written"):
         check_written_file(tmp_path / "missing.npz", "train")
+
+
+def test_a_file_written_by_user_code_of_another_user_is_taken_out_of_its_reach(
+    tmp_path: Path,
+) -> None:
+    ctx = JobContext("job", "site-1", tmp_path / "app", tmp_path, run_as=NOBODY)
+    written = tmp_path / "models" / "r1.npz"
+    written.parent.mkdir()
+    written.write_bytes(b"update")
+    taken = take_written_file(written, ctx, "train")
+    assert taken.parent == tmp_path / RECEIVED and taken.read_bytes() == b"update"
+    assert not written.exists()
+    assert (taken.parent.stat().st_mode & 0o777) == 0o700
+    written.symlink_to(tmp_path / "client.key")
+    with pytest.raises(ExecutionError, match="is not a plain file"):
+        take_written_file(written, ctx, "train")
