@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test coverage bench proto proto-check lint typecheck clean
+.PHONY: demo test test-soak coverage bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(MYPY)
-	$(PY) -m pytest
+	$(PY) -m pytest -m "not soak"
+
+# The tests too slow for CI (pytest -m soak: long fault and load runs).
+test-soak: $(STAMP)
+	$(PY) -m pytest -m soak
 
 # Branch coverage of the suite and of every Python process it starts (servers, sites,
 # CLIs: pyproject.toml [tool.coverage.run]); the total is printed last, per file in
