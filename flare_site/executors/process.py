@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,7 +32,38 @@ OutputSink = Callable[[str, str], None]
 #: explicit (the job's env, FLARE_* variables), so site secrets do not leak into jobs.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 TAIL_LINES = 40
+#: Run before user code when it runs as another user: drop to it (no supplementary
+#: groups), then become the program. Not ``subprocess``'s own ``user=``/``group=``: those
+#: make it fork() instead of vfork(), and a fork() of a process running gRPC's threads runs
+#: gRPC's fork handlers in the child, which sometimes abort it (SIGABRT, "Check failed:
+#: next_worker->state == KICKED"; seen in tests/e2e/test_user_code_isolation.py).
+_DROP = (
+    "import os, sys\n"
+    "uid, gid, name, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]\n"
+    "os.setgroups([]); os.setgid(gid); os.setuid(uid)\n"
+    "try:\n"
+    "    os.execvp(argv[0], argv)\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot run {argv[0]} as {name} (run_user_code_as): {exc.strerror}; '\n"
+    "          f'{name} must be able to read and run it', file=sys.stderr)\n"
+    "    sys.exit(126)\n"
+)
 TAIL_CHARS = 8000
+
+
+def _drop_to(account: UserAccount) -> list[str]:
+    """The argv prefix that runs the rest as ``account`` (see ``_DROP``): the site's own
+    Python, isolated (``-I -S``: no site-packages, no ``PYTHON*`` variables)."""
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _DROP,
+        str(account.uid),
+        str(account.gid),
+        account.name,
+    ]
 
 
 def safe_base_env(
@@ -73,32 +105,21 @@ class UserProcess:
         group, no supplementary groups) when given, else as the site's user.
 
         Raises:
-            OSError: the program cannot be started (not found, not executable, not
-                readable by ``run_as``).
+            OSError: the program cannot be started (not found, not executable); as
+                ``run_as``, that shows as exit code 126 with the reason on stderr.
         """
-        who: dict[str, object] = {}
         if run_as is not None:
-            who = {"user": run_as.uid, "group": run_as.gid, "extra_groups": []}
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=str(cwd),
-                env=dict(env),
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-                **who,  # type: ignore[arg-type]
-            )
-        except PermissionError as exc:
-            if run_as is None:
-                raise
-            raise PermissionError(
-                exc.errno,
-                f"{exc.strerror} (user code runs as {run_as.name}, 'run_user_code_as': it "
-                f"must be able to read and run {argv[0]} and enter {cwd})",
-            ) from None
+            argv = [*_drop_to(run_as), *argv]
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=str(cwd),
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
         return cls(proc, on_output)
 
     @property

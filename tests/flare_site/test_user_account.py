@@ -19,6 +19,7 @@ from flare_site.executors.base import (
     check_written_file,
     take_written_file,
 )
+from flare_site.executors.process import UserProcess
 from flare_site.settings import load_site_settings
 from flare_site.user_account import (
     UserAccount,
@@ -123,3 +124,31 @@ def test_a_file_written_by_user_code_of_another_user_is_taken_out_of_its_reach(
     written.symlink_to(tmp_path / "client.key")
     with pytest.raises(ExecutionError, match="is not a plain file"):
         take_written_file(written, ctx, "train")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+async def test_user_code_of_another_user_runs_as_it_without_the_sites_groups(
+    tmp_path: Path,
+) -> None:
+    lines: list[str] = []
+    proc = await UserProcess.spawn(
+        ["sh", "-c", "id -u; id -G"],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+        on_output=lambda _stream, line: lines.append(line),
+        run_as=NOBODY,
+    )
+    assert await proc.wait() == 0
+    assert lines == [str(NOBODY.uid), str(NOBODY.gid)]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to switch users")
+async def test_a_program_the_user_cannot_run_is_named_with_the_setting(tmp_path: Path) -> None:
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    program = private / "run.sh"
+    program.write_text("#!/bin/sh\necho hi\n")
+    program.chmod(0o700)
+    proc = await UserProcess.spawn([str(program)], cwd=tmp_path, env={}, run_as=NOBODY)
+    assert await proc.wait() == 126
+    assert f"cannot run {program} as nobody (run_user_code_as)" in proc.stderr_tail()
