@@ -40,9 +40,18 @@ TAIL_LINES = 40
 _DROP = (
     "import os, sys\n"
     "uid, gid, name, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]\n"
+    # found before dropping: the site's Python may live where that user cannot read
+    # (lazy imports would fail), and os.execvp imports
+    "program = argv[0]\n"
+    "if '/' not in program:\n"
+    "    for folder in os.environ.get('PATH', os.defpath).split(os.pathsep):\n"
+    "        candidate = os.path.join(folder or '.', program)\n"
+    "        if os.path.isfile(candidate):\n"
+    "            program = candidate\n"
+    "            break\n"
     "os.setgroups([]); os.setgid(gid); os.setuid(uid)\n"
     "try:\n"
-    "    os.execvp(argv[0], argv)\n"
+    "    os.execv(program, argv)\n"
     "except OSError as exc:\n"
     "    print(f'cannot run {argv[0]} as {name} (run_user_code_as): {exc.strerror}; '\n"
     "          f'{name} must be able to read and run it', file=sys.stderr)\n"
