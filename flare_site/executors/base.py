@@ -208,26 +208,26 @@ RECEIVED = "received"
 
 
 def take_written_file(path: Path, ctx: JobContext, where: str) -> Path:
-    """A file user code wrote, checked as :func:`check_written_file`, where the site reads it.
-
-    When user code runs as another user, the file is first moved into the job's
-    ``received/`` folder, which that user cannot enter: what is checked there stays what
-    the site then reads (user code can no longer put a link in its place).
+    """Where the site reads a file user code wrote: ``path`` itself when user code runs as
+    the site's user (it could read anything the site can anyway); when it runs as another
+    user, the file moved into the job's ``received/`` folder, which that user cannot
+    enter, and checked there (:func:`check_written_file`): what is checked stays what the
+    site then reads, as user code can no longer put a link in its place.
 
     Raises:
-        ExecutionError: no file, or not a plain file.
+        ExecutionError: no file, or (another user's) not a plain file.
     """
-    if ctx.run_as is not None:
-        folder = ctx.workspace / RECEIVED
-        folder.mkdir(mode=0o700, exist_ok=True)
-        taken = folder / f"{secrets.token_hex(8)}-{path.name}"
-        try:
-            os.rename(path, taken)
-        except FileNotFoundError:
-            raise ExecutionError(f"{where}: no model was written to {path.name}") from None
-        path = taken
-    check_written_file(path, where)
-    return path
+    if ctx.run_as is None:
+        return path
+    folder = ctx.workspace / RECEIVED
+    folder.mkdir(mode=0o700, exist_ok=True)
+    taken = folder / f"{secrets.token_hex(8)}-{path.name}"
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        raise ExecutionError(f"{where}: no model was written to {path.name}") from None
+    check_written_file(taken, where)
+    return taken
 
 
 def clean_metrics(raw: object, where: str) -> dict[str, float]:
@@ -251,7 +251,8 @@ def check_update_file(path: Path, ctx: JobContext, where: str) -> tuple[str, int
 
     Returns its (SHA-256, size) as read by the check, or None when ``verify_updates`` is off.
     """
-    check_written_file(path, where)
+    if not path.is_file():
+        raise ExecutionError(f"{where}: no model was written to {path.name}")
     if path.stat().st_size > ctx.max_model_bytes:
         raise ExecutionError(
             f"{where}: the model written is {path.stat().st_size} bytes, "
