@@ -42,7 +42,7 @@ coverage: $(STAMP)
 	echo "Branch coverage, server and site processes included: $$($(COV) report --format=total) % (per file: .coverage-data/report.txt)"; \
 	exit $$status
 
-# The soak tests only (full-size floods: 1,000 connections, 200 sessions; minutes), which
+# The soak tests only (full-size floods, flapping links over many rounds; minutes), which
 # `make test` and a plain pytest leave out (pyproject.toml addopts: -m 'not soak').
 test-soak: $(STAMP)
 	$(PY) -m pytest -m soak -p no:randomly -s

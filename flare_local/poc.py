@@ -146,8 +146,9 @@ def provision_local(workspace: str | os.PathLike[str], sites: Sequence[str]) -> 
     )
 
 
-def set_server_address(kit_dir: Path, address: str) -> None:
-    """Put ``server_address`` into a kit's ``local/settings.json`` (other keys kept)."""
+def set_server_address(kit_dir: Path, address: str, **more: Any) -> None:
+    """Put ``server_address`` (and ``more`` settings) into a kit's ``local/settings.json``
+    (other keys kept)."""
     path = kit_dir / "local" / "settings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -157,6 +158,7 @@ def set_server_address(kit_dir: Path, address: str) -> None:
     if not isinstance(data, dict):
         data = {}
     data["server_address"] = address
+    data.update(more)
     replace_file(path, (json.dumps(data, indent=2) + "\n").encode(), mode=0o644)
 
 
@@ -261,8 +263,11 @@ class LocalProject:
             time.sleep(0.02)
         self.ready = json.loads(self.ready_file.read_text(encoding="utf-8"))
         set_server_address(self.kits.admin_kit, self.admin_address)
+        # Run as root, a site must say as whom user code runs: here it is the user's own code
+        # on the user's own machine, so as root, knowingly (docs/security.md).
+        as_root = {"run_user_code_as": "root"} if os.geteuid() == 0 else {}
         for kit in self.kits.site_kits.values():
-            set_server_address(kit, self.site_address)
+            set_server_address(kit, self.site_address, **as_root)
 
     def start_sites(self) -> None:
         """Start one ``flare site start`` per site, dialling the server's site port."""

@@ -28,6 +28,12 @@ from flare_protocol.kit import Kit, load_kit
 from flare_protocol.kit_workspace import check_default_workspace
 from flare_protocol.preflight import check_kit
 from flare_site.runtime import SiteRuntime, SiteSettings, load_site_settings
+from flare_site.user_account import (
+    UserAccount,
+    check_key_not_owned,
+    check_reachable,
+    user_code_account,
+)
 
 log = logging.getLogger("flare_site")
 
@@ -120,8 +126,25 @@ async def _serve(runtime: SiteRuntime) -> str:
     return await runtime.run()
 
 
+def user_code_runs_as(kit: Kit, settings: SiteSettings) -> UserAccount | None:
+    """The user a job's code runs as (``run_user_code_as``; None: the site's own), once
+    checked: it can reach the workspace and cannot read the kit's key.
+
+    Raises:
+        KitError: a root site without the setting, an unknown user, a workspace the user
+            cannot reach, a key the user owns; each names the fix.
+    """
+    account = user_code_account(settings.run_user_code_as, source=str(kit.local / "settings.json"))
+    if account is not None:
+        settings.workspace.mkdir(parents=True, exist_ok=True)
+        check_reachable(settings.workspace / "jobs", account, "the site's workspace")
+        check_key_not_owned(kit.key_path, account)
+    return account
+
+
 def _run_once(kit: Kit, settings: SiteSettings) -> str:
     """One life of the site, from connect to stop: ``"stop"`` or ``"restart"``."""
+    run_as = user_code_runs_as(kit, settings)
     with workspace_lock(settings.workspace):
         handler = _install_logging(settings)
         log.info(
@@ -133,8 +156,11 @@ def _run_once(kit: Kit, settings: SiteSettings) -> str:
             settings.max_jobs,
         )
         _warn_expiring(kit)
+        if os.geteuid() == 0:
+            who = run_as.name if run_as else "root (run_user_code_as: root)"
+            log.info("user code runs as %s", who)
         try:
-            return asyncio.run(_serve(SiteRuntime(kit, settings)))
+            return asyncio.run(_serve(SiteRuntime(kit, settings, run_as=run_as)))
         finally:
             logging.getLogger("flare_site").removeHandler(handler)
             handler.close()

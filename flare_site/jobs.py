@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -65,6 +66,7 @@ from flare_site.executors import (
 from flare_site.executors.base import MessageOutcome, MessageSpec, remove_stale_ipc_folders
 from flare_site.executors.python_env import PythonEnvs
 from flare_site.executors.script import describe_exit
+from flare_site.user_account import UserAccount, hand_over_tree
 
 __all__ = ["JobLog", "JobManager", "JobRecord", "check_job_id"]
 
@@ -223,8 +225,13 @@ class JobManager:
         app_limits: AppLimits | None = None,
         max_log_bytes: int = 64 * 1024 * 1024,
         python_envs: PythonEnvs | None = None,
+        run_as: UserAccount | None = None,
     ) -> None:
+        """``run_as``: the OS user user code runs as (``run_user_code_as``); None: the
+        site's own. Then each job's folder lets it pass but not list, and its ``app/``,
+        ``models/`` and the models handed to it are its own (the rest stays the site's)."""
         self.workspace = Path(workspace)
+        self.run_as = run_as
         self.jobs_dir = self.workspace / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         stale = remove_stale_ipc_folders(self.jobs_dir)  # left by a killed site
@@ -312,12 +319,17 @@ class JobManager:
             )
         folder.mkdir(mode=0o700)
         (folder / "downloads").mkdir(mode=0o700)
+        if self.run_as is not None:  # user code may pass through, not list or write
+            os.chmod(folder, 0o711)
+            os.chmod(folder / "downloads", 0o711)
         job = JobRecord(job_id, folder, app=app, total_rounds=total_rounds)
         job.log = JobLog(job.log_path, self.max_log_bytes)
         self._jobs[job_id] = job
         job.log.event(f"deploying app {app or '?'} of job {job_id}")
         try:
             await asyncio.to_thread(extract_app, app_archive, job.app_dir, self.app_limits)
+            if self.run_as is not None:  # user code's working folder: its own
+                await asyncio.to_thread(hand_over_tree, job.app_dir, self.run_as)
             self._check_not_aborted(job)
             config = (
                 parse_client_config(dict(client_config), source=f"{app or 'app'}/{CLIENT_CONFIG}")
@@ -331,6 +343,7 @@ class JobManager:
                 app_dir=job.app_dir,
                 workspace=folder,
                 base_env=base_env,
+                run_as=self.run_as,
             )
             job.executor = create_executor(
                 config,
@@ -397,6 +410,8 @@ class JobManager:
                 job_id=job_id,
             )
         check_task_id(spec.message_id)
+        if spec.npz_path is not None:
+            job.executor.ctx.hand_over(spec.npz_path)
         assert job.log is not None
         kind = str(spec.message.get("message_type", "?"))[:80]
         job.log.event(f"message {spec.message_id} ({kind}) started")
@@ -574,6 +589,8 @@ class JobManager:
                 job_id=job_id,
             )
         task = TaskSpec(check_task_id(task_id), kind, int(round), int(total_rounds), model_path)
+        if model_path is not None:
+            job.executor.ctx.hand_over(model_path)
         assert job.log is not None
         job.log.event(f"{kind} task {task_id} (round {round}) started")
         job.busy = True

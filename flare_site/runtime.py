@@ -94,6 +94,7 @@ from flare_site.jobs import (
 )
 from flare_site.settings import SiteSettings, load_site_settings
 from flare_site.task_ledger import SentResult, TaskLedger
+from flare_site.user_account import UserAccount
 
 __all__ = ["SERVER_TOPICS", "SiteRuntime", "SiteSettings", "load_site_settings"]
 
@@ -135,6 +136,8 @@ class _Connection:
     call: Any = None
     last_seen: float = field(default_factory=time.monotonic)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: Set before the channel is closed: a transfer on it that ends cancelled was cut off.
+    lost: bool = False
 
     async def write(self, message: site_pb2.SiteMessage) -> None:
         async with self.lock:
@@ -144,9 +147,18 @@ class _Connection:
 class SiteRuntime:
     """One site's connection to the server and the jobs it runs (see the module doc)."""
 
-    def __init__(self, kit: Kit, settings: SiteSettings, *, blob_stub: Any = None) -> None:
+    def __init__(
+        self,
+        kit: Kit,
+        settings: SiteSettings,
+        *,
+        blob_stub: Any = None,
+        run_as: UserAccount | None = None,
+    ) -> None:
         """``blob_stub``: a ``SiteStub`` for Download/Upload instead of the connection's
-        (a seam for tests until the server serves blobs; None in production)."""
+        (a seam for tests until the server serves blobs; None in production). ``run_as``:
+        the OS user user code runs as (:func:`flare_site.user_account.user_code_account`
+        of the ``run_user_code_as`` setting); None: the site's own."""
         self.kit = kit
         self._blob_stub = blob_stub
         self.settings = settings
@@ -164,7 +176,9 @@ class SiteRuntime:
                 allow_builds=settings.python_env_builds,
                 pip_options=settings.python_env_pip_options,
                 system_site_packages=settings.python_env_system_site_packages,
+                run_as=run_as,
             ),
+            run_as=run_as,
         )
         self.commands = SiteCommands(
             self.workspace,
@@ -275,6 +289,7 @@ class SiteRuntime:
         channel = grpc.aio.secure_channel(
             s.server_address, self._creds, options=channel_options(self.kit, s.server_address)
         )
+        conn: _Connection | None = None
         try:
             stub = site_pb2_grpc.SiteStub(channel)
             reply = await stub.Register(
@@ -308,6 +323,8 @@ class SiteRuntime:
             await self._serve(conn)
         finally:
             self._connected.clear()
+            if conn is not None:
+                conn.lost = True
             with contextlib.suppress(Exception):
                 await channel.close(grace=None)
 
@@ -463,6 +480,16 @@ class SiteRuntime:
                 continue
             try:
                 return await what(self._blob_stub or conn.stub)
+            except asyncio.CancelledError:
+                # grpc.aio cancels the calls of a channel it closes: a transfer on a lost
+                # connection ends cancelled, though nobody cancelled this task. Without a
+                # retry the task would end without a result, and the server's re-sent task
+                # would find it "still running" here: the round would wait for its timeout.
+                if not conn.lost or self._stopping.is_set():
+                    raise
+                if attempt == 2:
+                    raise BlobError("transfers were cut off by three lost connections") from None
+                log.info("transfer cut off with the connection; retrying after the reconnect")
             except BlobError as exc:
                 # Only a transfer cut by a lost connection is worth another try.
                 if attempt == 2 or not exc.details.get("retryable"):

@@ -76,6 +76,10 @@ class SiteSettings:
     """Added to every ``pip install`` of an environment (index, find-links, proxy)."""
     python_env_system_site_packages: bool = setting(False)
     """Environments also see the packages installed for the site's own Python."""
+    run_user_code_as: str | None = setting(None)
+    """The OS user (name or uid) a job's user code runs as, for a site running as root:
+    required then (``"root"`` allows root knowingly); otherwise unset, or the site's own
+    user (:mod:`flare_site.user_account`, docs/security.md)."""
 
     def replace(self, **changes: Any) -> SiteSettings:
         """A copy with some fields changed."""

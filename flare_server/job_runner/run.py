@@ -51,6 +51,10 @@ FAILED_TO_RUN = JobStatus.FINISHED_FAILED_TO_RUN.value
 #: The largest job log a site may upload, and how many per site and job.
 LOG_CAP = 256 * 1024 * 1024
 MAX_LOG_UPLOADS = 3
+#: Uploads of one task's update: a site whose upload was cut off with its connection cannot
+#: know whether it was stored, so it sends it again after the reconnect (as often as it
+#: tries a transfer: three times). Only the one its task.result names is aggregated.
+MAX_UPDATE_UPLOADS = 3
 
 
 class Finish(Exception):
@@ -126,7 +130,7 @@ class JobRun:
         self.grace: dict[str, asyncio.TimerHandle] = {}
         self.disconnected: set[str] = set()
         self.outstanding: dict[str, str] = {}  # train task id -> site (may upload)
-        self.uploaded_tasks: set[str] = set()
+        self.uploaded_tasks: dict[str, int] = {}  # train task id -> updates uploaded
         self.log_uploads: dict[str, int] = {}
         self.sent: dict[str, tuple[site_pb2.Envelope, str]] = {}  # task id -> (env, session)
         self.model_blobs: dict[int, ServedBlob] = {}
@@ -158,9 +162,10 @@ class JobRun:
         if site not in self.sites:
             raise errors.AuthorizationError(f"job {self.job_id} does not run on site {site}")
         if kind == "update":
-            if task_id in self.uploaded_tasks:
+            if self.uploaded_tasks.get(task_id, 0) >= MAX_UPDATE_UPLOADS:
                 raise errors.InvalidArgumentError(
-                    f"task {task_id[:128]!r} of job {self.job_id}: its update was already uploaded"
+                    f"task {task_id[:128]!r} of job {self.job_id}: its update was already "
+                    f"uploaded {MAX_UPDATE_UPLOADS} times"
                 )
             if self.outstanding.get(task_id) != site:
                 raise errors.InvalidArgumentError(
@@ -188,7 +193,7 @@ class JobRun:
         if blob.kind == "reply" and self.driver is not None:
             self.driver.on_uploaded(blob)
         elif blob.kind == "update":
-            self.uploaded_tasks.add(blob.task_id)
+            self.uploaded_tasks[blob.task_id] = self.uploaded_tasks.get(blob.task_id, 0) + 1
         else:
             self.log_uploads[blob.site] = self.log_uploads.get(blob.site, 0) + 1
 

@@ -37,9 +37,11 @@ from flare_protocol.tracking import MAX_RECORD_CHARS, METRIC, RECORD_KINDS
 from flare_site.client import _ipc
 from flare_site.executors.process import OutputSink, safe_base_env
 from flare_site.update_check import verify_update
+from flare_site.user_account import UserAccount
 
 __all__ = [
     "IPC_RECORD",
+    "RECEIVED",
     "ExecutorHost",
     "IpcServer",
     "JobContext",
@@ -51,6 +53,7 @@ __all__ = [
     "TrainOutcome",
     "ValidateOutcome",
     "remove_stale_ipc_folders",
+    "take_written_file",
 ]
 
 
@@ -73,10 +76,18 @@ class JobContext:
     #: Load each update on the site to fail fast, naming the problem, before uploading it
     #: (about 0.1-0.3 s per 100 MB). The server checks every update again on receipt.
     verify_updates: bool = True
+    #: The OS user user code runs as (``run_user_code_as``); None: the site's own.
+    run_as: UserAccount | None = None
 
     @property
     def models_dir(self) -> Path:
         return self.workspace / "models"
+
+    def hand_over(self, path: Path) -> None:
+        """Make ``path`` (a file or folder the site made for user code) its own when it
+        runs as another user; nothing otherwise."""
+        if self.run_as is not None:
+            os.chown(path, self.run_as.uid, self.run_as.gid)
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ def user_env(
     ctx: JobContext, extra: Mapping[str, str], ipc: IpcServer, mode: str
 ) -> dict[str, str]:
     """User code's complete environment: allowlisted, the job's own, then FLARE_* last."""
-    env = safe_base_env(ctx.base_env)
+    env = safe_base_env(ctx.base_env, ctx.run_as)
     env.update(extra)
     custom = ctx.app_dir / "custom"
     env.update(
@@ -174,6 +185,49 @@ def user_env(
         }
     )
     return env
+
+
+def check_written_file(path: Path, where: str) -> None:
+    """A file user code wrote for the site to read is a plain file of its own: not a
+    symlink or a hard link to something else (a site running as root would read that
+    thing for it, a private key say), or ExecutionError."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ExecutionError(f"{where}: no model was written to {path.name}") from None
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        raise ExecutionError(
+            f"{where}: {path.name} is not a plain file (a symlink, a hard link or a special "
+            "file); refused: write the file itself"
+        )
+
+
+#: In a job's folder, when user code runs as another user: what it wrote, taken out of its
+#: reach (the site's, 0700) before the site reads it.
+RECEIVED = "received"
+
+
+def take_written_file(path: Path, ctx: JobContext, where: str) -> Path:
+    """Where the site reads a file user code wrote: ``path`` itself when user code runs as
+    the site's user (it could read anything the site can anyway); when it runs as another
+    user, the file moved into the job's ``received/`` folder, which that user cannot
+    enter, and checked there (:func:`check_written_file`): what is checked stays what the
+    site then reads, as user code can no longer put a link in its place.
+
+    Raises:
+        ExecutionError: no file, or (another user's) not a plain file.
+    """
+    if ctx.run_as is None:
+        return path
+    folder = ctx.workspace / RECEIVED
+    folder.mkdir(mode=0o700, exist_ok=True)
+    taken = folder / f"{secrets.token_hex(8)}-{path.name}"
+    try:
+        os.rename(path, taken)
+    except FileNotFoundError:
+        raise ExecutionError(f"{where}: no model was written to {path.name}") from None
+    check_written_file(taken, where)
+    return taken
 
 
 def clean_metrics(raw: object, where: str) -> dict[str, float]:
@@ -234,8 +288,13 @@ class IpcServer:
     close finds and removes it.
     """
 
-    def __init__(self, handler: FrameHandler, record: Path | None = None) -> None:
+    def __init__(
+        self, handler: FrameHandler, record: Path | None = None, run_as: UserAccount | None = None
+    ) -> None:
+        """``run_as``: user code's user when it is not the site's: it gets the socket (the
+        folder lets it pass, not list)."""
         self._handler = handler
+        self._run_as = run_as
         self._dir = tempfile.mkdtemp(prefix=_IPC_PREFIX)  # 0700, and short enough for AF_UNIX
         self._record = record
         if record is not None:
@@ -250,6 +309,9 @@ class IpcServer:
     async def start(self) -> None:
         self._server = await asyncio.start_unix_server(self._serve, path=self.path)
         os.chmod(self.path, 0o600)
+        if self._run_as is not None:
+            os.chown(self.path, self._run_as.uid, self._run_as.gid)
+            os.chmod(self._dir, 0o711)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         current = asyncio.current_task()
@@ -389,6 +451,7 @@ class ExecutorHost(abc.ABC):
         self.on_metric = on_metric
         self.on_output = on_output
         ctx.models_dir.mkdir(parents=True, exist_ok=True)
+        ctx.hand_over(ctx.models_dir)
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -441,13 +504,18 @@ class ExecutorHost(abc.ABC):
     def output_path(self, task: TaskSpec, suffix: str) -> Path:
         return self.ctx.models_dir / f"{task.task_id}{suffix}"
 
-    @staticmethod
-    def read_json(path: Path, where: str) -> object:
+    def read_json(self, path: Path, where: str) -> object:
+        """The JSON user code wrote at ``path`` (taken as :func:`take_written_file`)."""
         if not path.is_file():
             raise ExecutionError(f"{where}: {path.name} was not written")
-        if path.stat().st_size > _ipc.MAX_FRAME:
-            raise ExecutionError(f"{where}: {path.name} is larger than {_ipc.MAX_FRAME} bytes")
+        name = path.name
+        path = take_written_file(path, self.ctx, where)
         try:
+            if path.stat().st_size > _ipc.MAX_FRAME:
+                raise ExecutionError(f"{where}: {name} is larger than {_ipc.MAX_FRAME} bytes")
             return json.loads(path.read_text("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ExecutionError(f"{where}: {path.name} is not valid JSON: {exc}") from exc
+            raise ExecutionError(f"{where}: {name} is not valid JSON: {exc}") from exc
+        finally:
+            if self.ctx.run_as is not None:  # taken: the site's copy, read
+                path.unlink(missing_ok=True)

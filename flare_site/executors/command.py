@@ -30,6 +30,7 @@ from flare_site.executors.base import (
     ValidateOutcome,
     check_update_file,
     clean_metrics,
+    take_written_file,
     user_env,
 )
 from flare_site.executors.process import OutputSink, UserProcess
@@ -54,7 +55,7 @@ class CommandExecutor(ExecutorHost):
     ) -> None:
         super().__init__(ctx, on_metric=on_metric, on_output=on_output)
         self.config = config
-        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD)
+        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD, run_as=ctx.run_as)
         self._current: UserProcess | None = None
         self._pgids: list[int] = []
         self._aborted = False
@@ -86,7 +87,11 @@ class CommandExecutor(ExecutorHost):
         env = user_env(self.ctx, self.config.env, self._ipc, "command")
         try:
             proc = await UserProcess.spawn(
-                argv, cwd=self.ctx.app_dir, env=env, on_output=self.on_output
+                argv,
+                cwd=self.ctx.app_dir,
+                env=env,
+                on_output=self.on_output,
+                run_as=self.ctx.run_as,
             )
         except OSError as exc:
             raise ExecutionError(f"cannot run the {entry} command {argv[0]!r}: {exc}") from exc
@@ -113,6 +118,7 @@ class CommandExecutor(ExecutorHost):
             return task.model_path
         empty = self.output_path(task, ".in.npz")  # no initial model: an empty one
         save_params({}, empty)
+        self.ctx.hand_over(empty)
         return empty
 
     async def run_task(self, task: TaskSpec) -> TrainOutcome | ValidateOutcome:
@@ -162,6 +168,7 @@ class CommandExecutor(ExecutorHost):
         except ValueError as exc:
             raise ExecutionError(f"{where}: metadata 'params_type' must be FULL or DIFF") from exc
         metrics = clean_metrics(metadata.get("metrics", {}), where)
+        model_out = await asyncio.to_thread(take_written_file, model_out, self.ctx, where)
         digest = await asyncio.to_thread(check_update_file, model_out, self.ctx, where)
         meta = {k: v for k, v in metadata.items() if isinstance(v, (str, int, float, bool))}
         return TrainOutcome(task.task_id, model_out, params_type, num, metrics, meta, digest)

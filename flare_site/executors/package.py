@@ -78,7 +78,7 @@ class PackageExecutor(CommandExecutor):
             return
         env = self.python_env = await self._environment(spec)
         self.ctx = replace(self.ctx, python=str(env.python))
-        path = safe_base_env(self.ctx.base_env).get("PATH", os.defpath)
+        path = safe_base_env(self.ctx.base_env, self.ctx.run_as).get("PATH", os.defpath)
         activated = {"VIRTUAL_ENV": str(env.path), "PATH": f"{env.bin_dir}{os.pathsep}{path}"}
         self.config = replace(self.config, env={**self.config.env, **activated})
 

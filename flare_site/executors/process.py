@@ -16,9 +16,12 @@ import asyncio
 import contextlib
 import os
 import signal
+import sys
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+
+from flare_site.user_account import UserAccount
 
 __all__ = ["OutputSink", "UserProcess", "safe_base_env"]
 
@@ -29,13 +32,59 @@ OutputSink = Callable[[str, str], None]
 #: explicit (the job's env, FLARE_* variables), so site secrets do not leak into jobs.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 TAIL_LINES = 40
+#: Run before user code when it runs as another user: drop to it (no supplementary
+#: groups), then become the program. Not ``subprocess``'s own ``user=``/``group=``: those
+#: make it fork() instead of vfork(), and a fork() of a process running gRPC's threads runs
+#: gRPC's fork handlers in the child, which sometimes abort it (SIGABRT, "Check failed:
+#: next_worker->state == KICKED"; seen in tests/e2e/test_user_code_isolation.py).
+_DROP = (
+    "import os, sys\n"
+    "uid, gid, name, argv = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4:]\n"
+    # found before dropping: the site's Python may live where that user cannot read
+    # (lazy imports would fail), and os.execvp imports
+    "program = argv[0]\n"
+    "if '/' not in program:\n"
+    "    for folder in os.environ.get('PATH', os.defpath).split(os.pathsep):\n"
+    "        candidate = os.path.join(folder or '.', program)\n"
+    "        if os.path.isfile(candidate):\n"
+    "            program = candidate\n"
+    "            break\n"
+    "os.setgroups([]); os.setgid(gid); os.setuid(uid)\n"
+    "try:\n"
+    "    os.execv(program, argv)\n"
+    "except OSError as exc:\n"
+    "    print(f'cannot run {argv[0]} as {name} (run_user_code_as): {exc.strerror}; '\n"
+    "          f'{name} must be able to read and run it', file=sys.stderr)\n"
+    "    sys.exit(126)\n"
+)
 TAIL_CHARS = 8000
 
 
-def safe_base_env(source: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The inherited part of user code's environment."""
+def _drop_to(account: UserAccount) -> list[str]:
+    """The argv prefix that runs the rest as ``account`` (see ``_DROP``): the site's own
+    Python, isolated (``-I -S``: no site-packages, no ``PYTHON*`` variables)."""
+    return [
+        sys.executable,
+        "-I",
+        "-S",
+        "-c",
+        _DROP,
+        str(account.uid),
+        str(account.gid),
+        account.name,
+    ]
+
+
+def safe_base_env(
+    source: Mapping[str, str] | None = None, run_as: UserAccount | None = None
+) -> dict[str, str]:
+    """The inherited part of user code's environment (``HOME``, ``USER`` and ``LOGNAME``
+    are ``run_as``'s when user code runs as another user)."""
     env = os.environ if source is None else source
-    return {key: env[key] for key in _INHERITED if key in env}
+    base = {key: env[key] for key in _INHERITED if key in env}
+    if run_as is not None:
+        base.update(HOME=run_as.home, USER=run_as.name, LOGNAME=run_as.name)
+    return base
 
 
 class UserProcess:
@@ -58,12 +107,18 @@ class UserProcess:
         cwd: Path,
         env: Mapping[str, str],
         on_output: OutputSink | None = None,
+        run_as: UserAccount | None = None,
     ) -> UserProcess:
-        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group.
+        """Start ``argv`` in ``cwd`` with exactly ``env``, in a new process group, with no
+        descriptor of the site's but its three pipes; as ``run_as`` (its uid, its primary
+        group, no supplementary groups) when given, else as the site's user.
 
         Raises:
-            OSError: the program cannot be started (not found, not executable).
+            OSError: the program cannot be started (not found, not executable); as
+                ``run_as``, that shows as exit code 126 with the reason on stderr.
         """
+        if run_as is not None:
+            argv = [*_drop_to(run_as), *argv]
         proc = await asyncio.create_subprocess_exec(
             *argv,
             cwd=str(cwd),
@@ -72,6 +127,7 @@ class UserProcess:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            close_fds=True,
         )
         return cls(proc, on_output)
 

@@ -45,6 +45,7 @@ from flare_protocol.compute_package import PythonEnvSpec
 from flare_protocol.errors import ExecutionError
 from flare_site.executors.process import OutputSink, UserProcess, safe_base_env
 from flare_site.executors.script import describe_exit
+from flare_site.user_account import UserAccount, hand_over_tree
 
 __all__ = ["MARKER", "OUTPUT_STREAM", "PythonEnv", "PythonEnvs"]
 
@@ -88,6 +89,7 @@ class PythonEnvs:
         pip_options: Sequence[str] = (),
         system_site_packages: bool = False,
         env: Mapping[str, str] | None = None,
+        run_as: UserAccount | None = None,
     ) -> None:
         """
         Args:
@@ -100,12 +102,16 @@ class PythonEnvs:
                 (those of its virtualenv too, when it runs in one).
             env: the environment pip runs in; None: the allowlist user code gets from the
                 site's (PATH, HOME, LANG ...), so pip reads the site user's pip.conf.
+            run_as: the user user code runs as (``run_user_code_as``), when not the
+                site's: a ``pip install`` runs a package's build code, so it runs as that
+                user too, in an environment folder of its own (``root`` stays the site's).
         """
+        self.run_as = run_as
         self.root = Path(root)
         self.allow_builds = allow_builds
         self.pip_options = tuple(pip_options)
         self.system_site_packages = system_site_packages
-        base = dict(env) if env is not None else safe_base_env()
+        base = dict(env) if env is not None else safe_base_env(run_as=run_as)
         for name in _DROPPED:
             base.pop(name, None)
         base.update(
@@ -228,9 +234,16 @@ class PythonEnvs:
         venv = [sys.executable, "-m", "venv"]
         if self.system_site_packages:
             venv.append("--system-site-packages")
-        await self._step([*venv, str(path)], "creating the virtualenv", spec, on_output)
+        # As the site (the standard library's venv, no code of the job's), then the
+        # environment is handed to user code's user before pip runs anyone's build code:
+        # the site never writes into a folder user code could have laid links in.
+        await self._step(
+            [*venv, str(path)], "creating the virtualenv", spec, on_output, as_site=True
+        )
         if self.system_site_packages:
             await asyncio.to_thread(_see_site_packages, path)
+        if self.run_as is not None:
+            await asyncio.to_thread(hand_over_tree, path, self.run_as)
         python = str(path / "bin" / "python")
         pip = [python, "-m", "pip", "install", *self.pip_options]
         if spec.build_dependencies:
@@ -254,14 +267,26 @@ class PythonEnvs:
         return PythonEnv(key, path, reused=False)
 
     async def _step(
-        self, argv: list[str], what: str, spec: PythonEnvSpec, on_output: OutputSink | None
+        self,
+        argv: list[str],
+        what: str,
+        spec: PythonEnvSpec,
+        on_output: OutputSink | None,
+        *,
+        as_site: bool = False,
     ) -> None:
         def forward(_stream: str, line: str) -> None:
             if on_output is not None:
                 on_output(OUTPUT_STREAM, line)
 
         try:
-            proc = await UserProcess.spawn(argv, cwd=self.root, env=self._env, on_output=forward)
+            proc = await UserProcess.spawn(
+                argv,
+                cwd=self.root,
+                env=self._env,
+                on_output=forward,
+                run_as=None if as_site else self.run_as,
+            )
         except OSError as exc:
             raise ExecutionError(f"{spec.path}: {what} could not start: {exc}") from exc
         try:

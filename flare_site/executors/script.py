@@ -33,6 +33,7 @@ from flare_site.executors.base import (
     ValidateOutcome,
     check_update_file,
     clean_metrics,
+    take_written_file,
     user_env,
 )
 from flare_site.executors.process import OutputSink, UserProcess
@@ -68,7 +69,7 @@ class ScriptExecutor(ExecutorHost):
     ) -> None:
         super().__init__(ctx, on_metric=on_metric, on_output=on_output)
         self.config = config
-        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD)
+        self._ipc = IpcServer(self._on_frame, record=ctx.workspace / IPC_RECORD, run_as=ctx.run_as)
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._pending: dict[
             str, tuple[TaskSpec, asyncio.Future[TrainOutcome | ValidateOutcome]]
@@ -100,7 +101,11 @@ class ScriptExecutor(ExecutorHost):
         env = user_env(self.ctx, self.config.env, self._ipc, "script")
         try:
             self._proc = await UserProcess.spawn(
-                argv, cwd=self.ctx.app_dir, env=env, on_output=self.on_output
+                argv,
+                cwd=self.ctx.app_dir,
+                env=env,
+                on_output=self.on_output,
+                run_as=self.ctx.run_as,
             )
         except OSError as exc:
             await self._ipc.close()
@@ -220,6 +225,12 @@ class ScriptExecutor(ExecutorHost):
             npz = spec.reply_path
             if not npz.is_file():
                 return {"op": "error", "message": f"no arrays were written to {npz.name}"}
+            try:
+                npz = take_written_file(
+                    npz, self.ctx, f"{self.config.script} (message {message_id[:64]})"
+                )
+            except ExecutionError as exc:
+                return {"op": "error", "message": exc.message}
             if npz.stat().st_size > self.ctx.max_model_bytes:
                 cap = self.ctx.max_model_bytes
                 return {"op": "error", "message": f"the reply's arrays exceed {cap} bytes"}
@@ -286,7 +297,9 @@ class ScriptExecutor(ExecutorHost):
                     params_type = ParamsType(message.get("params_type"))
                 except ValueError as exc:
                     raise ExecutionError(f"{where}: params_type must be FULL or DIFF") from exc
-                path = self.output_path(task, ".npz")
+                path = await asyncio.to_thread(
+                    take_written_file, self.output_path(task, ".npz"), self.ctx, where
+                )
                 # Off the event loop: it reads the whole update (~0.1 s per 100 MB).
                 digest = await asyncio.to_thread(check_update_file, path, self.ctx, where)
                 outcome = TrainOutcome(task.task_id, path, params_type, num, metrics, meta, digest)
