@@ -35,7 +35,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.soak.checks import RssSampler, account, check_workspace, rss_summary
+from bench.soak.checks import RssSampler, account, check_workspace, rss_summary, scan_logs
 from bench.soak.cluster import Cluster, job_process_pids, kill_pids
 from bench.soak.faults import FaultInjector
 from bench.soak.ledger import Ledger, OpStats
@@ -64,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
         default=_env("FAULT_EVERY", "10,25"),
         help="seconds between faults, MIN,MAX (uniform)",
     )
+    p.add_argument(
+        "--server-gap",
+        type=float,
+        default=float(_env("SERVER_GAP_S", "150")),
+        help="at least this many seconds between two server kills",
+    )
     p.add_argument("--drain", type=float, default=float(_env("DRAIN_S", "180")))
     p.add_argument(
         "--backlog",
@@ -72,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
         help="unfinished jobs at which submits and clones become lists",
     )
     p.add_argument("--max-jobs", type=int, default=int(_env("SITE_MAX_JOBS", "2")))
-    p.add_argument("--rss-max-mib", type=float, default=float(_env("RSS_MAX_MIB", "512")))
-    p.add_argument("--rss-slope", type=float, default=float(_env("RSS_SLOPE_MIB_MIN", "5")))
+    p.add_argument("--rss-max-mib", type=float, default=float(_env("RSS_MAX_MIB", "256")))
+    p.add_argument("--rss-slope", type=float, default=float(_env("RSS_SLOPE_MIB_MIN", "3")))
     p.add_argument("--rss-warmup", type=float, default=float(_env("RSS_WARMUP_S", "30")))
     p.add_argument("--out", type=Path, help="report file (default bench/results/soak-<date>.md)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
@@ -174,7 +180,12 @@ def run(args: argparse.Namespace) -> int:
         sampler = RssSampler(cluster.server, started)
         low, high = (float(x) for x in args.fault_every.split(","))
         injector = FaultInjector(
-            cluster, cluster.kits.admin_name, started, random.Random(args.seed + 2), (low, high)
+            cluster,
+            cluster.kits.admin_name,
+            started,
+            random.Random(args.seed + 2),
+            (low, high),
+            args.server_gap,
         )
         sampler.start()
         for worker in workers:
@@ -249,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             accounting=accounting,
             integrity=integrity,
             rss=rss,
+            logs=scan_logs(root / "logs"),
             failures=failures,
         )
         out = args.out or RESULTS / f"soak-{stamp.strftime('%Y-%m-%d-%H%M')}.md"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -185,6 +186,37 @@ def _check_file(path: Path, root: Path, out: Integrity) -> None:
                     z[key]
     except Exception as exc:
         out.problems.append(f"{rel}: does not read ({type(exc).__name__}: {exc})")
+
+
+# -- logs ---------------------------------------------------------------------------------
+
+_LEVEL = re.compile(r"\b(ERROR|CRITICAL|WARNING)\b")
+_NOISE = re.compile(r"^\S+ \S+ |[0-9a-f]{8}-[0-9a-f-]{27}|\b\d+(\.\d+)?\b")
+
+
+@dataclass
+class LogScan:
+    tracebacks: Counter[str] = field(default_factory=Counter)  # file -> count
+    errors: Counter[str] = field(default_factory=Counter)  # "file: message shape" -> count
+    warnings: Counter[str] = field(default_factory=Counter)
+
+
+def scan_logs(log_dir: Path) -> LogScan:
+    """ERROR/CRITICAL and WARNING lines (grouped by shape: timestamps, ids, numbers
+    blanked) and tracebacks in the processes' console logs."""
+    out = LogScan()
+    for path in sorted(log_dir.glob("*.console.log")):
+        who = path.name.removesuffix(".console.log")
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("Traceback"):
+                out.tracebacks[who] += 1
+            elif level := _LEVEL.search(line):
+                shape = f"{who}: " + _NOISE.sub("#", line)[:160]
+                if level.group(1) == "WARNING":
+                    out.warnings[shape] += 1
+                else:
+                    out.errors[shape] += 1
+    return out
 
 
 # -- memory -------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ bounds), injects one fault and repairs it: a site is SIGKILLed and restarted aft
 pause; the server is SIGKILLed and restarted on the same workspace and ports; or the
 relay between the sites and the server is cut (every connection closed, new ones refused)
 for a while, then restored. The first faults go through every kind once, in random order,
-so that even a short run injects each kind. After each repair it measures the time until
+so that even a short run injects each kind; two server kills are at least ``server_gap``
+seconds apart, so that the server's memory is watched over long enough stretches. After
+each repair it measures the time until
 every site is connected again (seen through an observer Session of its own, not one of
 the workload's).
 """
@@ -32,6 +34,7 @@ class Fault:
     outage: float  # seconds between the fault and its repair
     recovered_after: float | None  # seconds from the repair until every site was connected
     note: str = ""
+    window: tuple[float, float] = (0.0, 0.0)  # monotonic: the fault until every site was back
 
 
 class FaultInjector(threading.Thread):
@@ -42,6 +45,7 @@ class FaultInjector(threading.Thread):
         started: float,
         rng: random.Random,
         interval: tuple[float, float],
+        server_gap: float,
     ) -> None:
         super().__init__(name="faults", daemon=True)
         self.cluster = cluster
@@ -49,6 +53,8 @@ class FaultInjector(threading.Thread):
         self.started = started
         self.rng = rng
         self.interval = interval
+        self.server_gap = server_gap
+        self._last_server_kill = -server_gap
         self.stop = threading.Event()
         self.faults: list[Fault] = []
         self.crash: BaseException | None = None
@@ -66,7 +72,10 @@ class FaultInjector(threading.Thread):
             self.crash = exc
 
     def _weighted(self) -> str:
-        return self.rng.choices(list(WEIGHTS), list(WEIGHTS.values()))[0]
+        weights = dict(WEIGHTS)
+        if time.monotonic() - self._last_server_kill < self.server_gap:
+            del weights["server_kill"]
+        return self.rng.choices(list(weights), list(weights.values()))[0]
 
     def _inject(self, kind: str) -> Fault:
         at = time.monotonic() - self.started
@@ -81,6 +90,7 @@ class FaultInjector(threading.Thread):
             site.start()
         elif kind == "server_kill":
             target = "server"
+            self._last_server_kill = time.monotonic()
             self.cluster.server.kill()
             time.sleep(self.rng.uniform(0.2, 3.0))
             note = self._restart_server()
@@ -97,7 +107,8 @@ class FaultInjector(threading.Thread):
             recovered = self._connected_after(
                 dict.fromkeys(self.cluster.sites, "last_connect_time"), repaired
             )
-        return Fault(kind, target, at, outage, recovered, note)
+        window = (outage_start, time.monotonic())
+        return Fault(kind, target, at, outage, recovered, note, window)
 
     def _restart_server(self) -> str:
         for attempt in range(5):

@@ -132,6 +132,8 @@ class OpStats:
         self.kinds: dict[str, KindStats] = defaultdict(KindStats)
         self.substituted = 0  # submits/clones turned into lists while the backlog was full
         self.last_ok = 0.0
+        #: (monotonic time, kind, error type) of every expected error
+        self.expected_at: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
 
     def substitute(self) -> None:
@@ -150,6 +152,7 @@ class OpStats:
             stats = self.kinds[kind]
             if expected:
                 stats.expected[name] += 1
+                self.expected_at.append((time.monotonic(), kind, name))
             else:
                 stats.unexpected[name] += 1
                 if len(stats.unexpected_samples) < 5:

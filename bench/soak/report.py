@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from bench.soak.checks import Accounting, Incarnation, Integrity
+from bench.soak.checks import Accounting, Incarnation, Integrity, LogScan
 from bench.soak.faults import Fault
 from bench.soak.ledger import OpStats
 
@@ -42,6 +42,32 @@ def judge_rss(
     return verdict
 
 
+def errors_outside_outages(stats: OpStats, faults: list[Fault], slack: float) -> Counter[str]:
+    """Connection-type errors (NoConnection, NoReply) of admin calls that did not happen
+    during a server kill (from the kill until every site was back, plus ``slack`` s for a
+    call already waiting on its deadline). Site kills and network cuts do not touch the
+    admin path, so these should be none."""
+    windows = [f.window for f in faults if f.kind == "server_kill"]
+    out: Counter[str] = Counter()
+    for t, kind, name in stats.expected_at:
+        if name in ("NoConnection", "NoReply") and not any(a <= t <= b + slack for a, b in windows):
+            out[f"{kind} {name}"] += 1
+    return out
+
+
+def _whole_run(incarnations: list[Incarnation]) -> str:
+    if not incarnations:
+        return "No sample."
+    first, last = incarnations[0].first_mib, incarnations[-1].last_mib
+    peak = max(i.peak_mib for i in incarnations)
+    slopes = [i.slope_mib_per_min for i in incarnations if i.slope_mib_per_min is not None]
+    worst = f"{max(slopes):+.2f} MiB/min" if slopes else "-"
+    return (
+        f"Whole run: first {first:.1f} MiB, peak {peak:.1f} MiB, last {last:.1f} MiB; "
+        f"steepest incarnation slope {worst}."
+    )
+
+
 def _ms(values: list[float], q: float) -> str:
     return f"{np.percentile(values, q) * 1000:.1f}" if values else "-"
 
@@ -58,6 +84,7 @@ def render(
     accounting: Accounting,
     integrity: Integrity,
     rss: RssVerdict,
+    logs: LogScan,
     failures: list[str],
 ) -> str:
     lines = ["# Soak run", ""]
@@ -83,6 +110,11 @@ def render(
         "",
         f"Submits and clones turned into lists while the backlog was full: {stats.substituted}.",
         "`open` is a Session (re)opened by a worker. Latencies are of successful calls.",
+    ]
+    outside = errors_outside_outages(stats, faults, slack=15.0)
+    lines += [
+        "Connection errors (NoConnection, NoReply) outside a server kill (+15 s): "
+        f"{sum(outside.values())}" + (f" ({_counts(outside)})." if outside else "."),
     ]
     samples = [x for s in stats.kinds.values() for x in s.unexpected_samples]
     if samples:
@@ -133,11 +165,27 @@ def render(
     ]
     if i.problems:
         lines += [""] + [f"- {p}" for p in i.problems[:30]]
+    lines += ["", "## Errors in the processes' logs", ""]
+    tb = ", ".join(f"{k} {v}" for k, v in sorted(logs.tracebacks.items())) or "none"
+    lines += [f"Tracebacks: {tb}. ERROR/CRITICAL lines, by shape (most frequent first):", ""]
+    if logs.errors:
+        lines += ["| count | process: line (ids and numbers as #) |", "|---:|---|"]
+        for shape, n in logs.errors.most_common(15):
+            lines.append(f"| {n} | `{shape.replace('|', '/')}` |")
+    else:
+        lines.append("none")
+    if logs.warnings:
+        lines += ["", "WARNING lines, by shape (the most frequent 10):", ""]
+        lines += ["| count | process: line (ids and numbers as #) |", "|---:|---|"]
+        for shape, n in logs.warnings.most_common(10):
+            lines.append(f"| {n} | `{shape.replace('|', '/')}` |")
     lines += ["", "## Server memory (VmRSS)", ""]
     lines += [
         f"Bound: every sample ≤ {rss.max_mib:.0f} MiB, and an incarnation that ran at least "
         f"{rss.min_seconds_for_slope:.0f} s grows at most {rss.max_slope} MiB/min after its "
         "warm-up (least squares). An incarnation is one start of the server process.",
+        "",
+        _whole_run(rss.incarnations),
         "",
         "| incarnation | from s | ran s | first MiB | peak MiB | last MiB | slope MiB/min |",
         "|---:|---:|---:|---:|---:|---:|---:|",
