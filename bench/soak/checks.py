@@ -174,6 +174,7 @@ def _check_file(path: Path, root: Path, out: Integrity) -> None:
             text = path.read_text()
             if text and not text.endswith("\n"):
                 out.problems.append(f"{rel}: last line has no newline (half-written)")
+                return
             for line in text.splitlines():
                 json.loads(line)
         elif name.endswith(".json"):

@@ -87,6 +87,7 @@ class AdminWorker(threading.Thread):
         self.rng = random.Random(workload.seed * 1000 + index)
         self.downloads = Path(tempfile.mkdtemp(prefix=f"soak-dl-{index}-"))
         self.crash: BaseException | None = None
+        self.job_id: str | None = None  # the job the current operation is about
         self._ops: dict[str, Callable[[Session], str | None]] = {
             "submit": self.submit,
             "list": self.list,
@@ -139,6 +140,7 @@ class AdminWorker(threading.Thread):
 
     def _run(self, kind: str, session: Session) -> None:
         job_id: str | None = None
+        self.job_id = None
         start = time.perf_counter()
         try:
             job_id = self._ops[kind](session)
@@ -151,7 +153,10 @@ class AdminWorker(threading.Thread):
         except JobNotRunning as exc:
             self.w.stats.error(kind, "JobNotRunning", expected=kind == "abort", detail=str(exc))
         except Exception as exc:
-            self.w.stats.error(kind, type(exc).__name__, expected=False, detail=str(exc))
+            name = type(exc).__name__
+            if kind != "delete" and self.job_id and self.w.ledger.is_being_deleted(self.job_id):
+                name += " (racing a delete of the job)"  # still a failure: named, not hidden
+            self.w.stats.error(kind, name, expected=False, detail=f"{self.job_id}: {exc}")
         else:
             if job_id != "skipped":
                 self.w.stats.success(kind, time.perf_counter() - start)
@@ -167,6 +172,7 @@ class AdminWorker(threading.Thread):
         record = self.w.ledger.pick()
         if record is None:
             return "skipped"
+        self.job_id = record.job_id
         job_id = s.clone_job(record.job_id)
         self.w.ledger.acked(job_id, "clone")
         return None
@@ -187,6 +193,7 @@ class AdminWorker(threading.Thread):
         record = self.w.ledger.pick(finished=False) or self.w.ledger.pick()
         if record is None:
             return "skipped"
+        self.job_id = record.job_id
 
         def seen(_s: Session, job_id: str, meta: Any) -> bool:
             self.w.ledger.saw(job_id, str(meta["status"]))
@@ -199,6 +206,7 @@ class AdminWorker(threading.Thread):
         record = self.w.ledger.pick(finished=False)
         if record is None:
             return "skipped"
+        self.job_id = record.job_id
         s.abort_job(record.job_id)
         return None
 
@@ -206,6 +214,7 @@ class AdminWorker(threading.Thread):
         record = self.w.ledger.pick(finished=True)
         if record is None:
             return "skipped"
+        self.job_id = record.job_id
         path = s.download_job_result(record.job_id, self.downloads)
         shutil.rmtree(path, ignore_errors=True)
         return None
@@ -214,6 +223,7 @@ class AdminWorker(threading.Thread):
         record = self.w.ledger.claim_for_delete()
         if record is None:
             return "skipped"
+        self.job_id = record.job_id
         try:
             s.delete_job(record.job_id)
         except JobNotFound as exc:  # nobody else deletes it: the job was lost
