@@ -250,7 +250,8 @@ def run(args: argparse.Namespace) -> int:
             "cluster": f"1 server, {args.sites} sites (max {args.max_jobs} jobs each) behind "
             f"a TCP relay, {args.sessions} admin Sessions (threads)",
             "job": "examples/hello-numpy (3 FedAvg rounds, validation every round)",
-            "seed": f"{args.seed} (faults every {args.fault_every} s; backlog cap {args.backlog})",
+            "seed": f"{args.seed} (faults every {args.fault_every} s, server kills at least "
+            f"{args.server_gap:g} s apart; backlog cap {args.backlog})",
             "command": f"SOAK_MINUTES={args.minutes:g} make soak",
         }
         text = render(
