@@ -239,6 +239,11 @@ def run(args: argparse.Namespace) -> int:
             failures.append(f"{len(accounting.stuck)} job(s) still running after the drain")
         if accounting.resurrected:
             failures.append(f"{len(accounting.resurrected)} deleted job(s) still listed")
+        failures += [
+            f"not every site was back within 90 s of the {f.kind} at {f.at:.0f} s"
+            for f in injector.faults
+            if f.recovered_after is None
+        ]
         failures += [f"workspace: {p}" for p in integrity.problems[:10]]
         failures += [f"memory: {p}" for p in rss.problems]
         header = {

@@ -133,6 +133,15 @@ def render(
             rec_text += f" ({never} not within 90 s)"
         out_text = f"{np.mean(out):.1f}, {max(out):.1f}" if out else "-"
         lines.append(f"| {kind} | {len(mine)} | {out_text} | {rec_text} |")
+    if faults:
+        lines += ["", "Timeline (s since the start; back = every site connected again):", ""]
+        lines += ["| at s | fault | target | outage s | back after s | note |"]
+        lines += ["|---:|---|---|---:|---:|---|"]
+        for f in faults:
+            back = "never (90 s)" if f.recovered_after is None else f"{f.recovered_after:.1f}"
+            lines.append(
+                f"| {f.at:.0f} | {f.kind} | {f.target} | {f.outage:.1f} | {back} | {f.note} |"
+            )
     a = accounting
     lines += ["", "## Jobs", ""]
     lines += ["| | count |", "|---|---:|"]
