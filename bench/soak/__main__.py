@@ -77,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         default=int(_env("BACKLOG", "8")),
         help="unfinished jobs at which submits and clones become lists",
     )
+    p.add_argument(
+        "--keep-jobs",
+        type=int,
+        default=int(_env("KEEP_JOBS", "150")),
+        help="jobs on the server at which submits and clones become deletes",
+    )
     p.add_argument("--max-jobs", type=int, default=int(_env("SITE_MAX_JOBS", "2")))
     p.add_argument("--rss-max-mib", type=float, default=float(_env("RSS_MAX_MIB", "256")))
     p.add_argument("--rss-slope", type=float, default=float(_env("RSS_SLOPE_MIB_MIN", "3")))
@@ -137,7 +143,7 @@ def _progress(started: float, stats: OpStats, faults: FaultInjector, ledger: Led
     print(
         f"[soak {time.monotonic() - started:5.0f} s] ops ok {ok}, expected errors {exp}, "
         f"unexpected {stats.unexpected_total()}, faults {len(faults.faults)}, "
-        f"backlog {ledger.backlog()}",
+        f"backlog {ledger.backlog()}, jobs kept {ledger.live()}",
         file=sys.stderr,
         flush=True,
     )
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
             stats=stats,
             seed=args.seed,
             backlog_cap=args.backlog,
+            keep_jobs=args.keep_jobs,
         )
         workers = [AdminWorker(workload, i) for i in range(args.sessions)]
         sampler = RssSampler(cluster.server, started)
@@ -256,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
             f"a TCP relay, {args.sessions} admin Sessions (threads)",
             "job": "examples/hello-numpy (3 FedAvg rounds, validation every round)",
             "seed": f"{args.seed} (faults every {args.fault_every} s, server kills at least "
-            f"{args.server_gap:g} s apart; backlog cap {args.backlog})",
+            f"{args.server_gap:g} s apart; backlog cap {args.backlog}, store target "
+            f"{args.keep_jobs} jobs)",
             "command": f"SOAK_MINUTES={args.minutes:g} make soak",
         }
         text = render(

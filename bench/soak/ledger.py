@@ -111,6 +111,15 @@ class Ledger:
                 if not (r.finished or r.deleted or r.deleting or r.vanished)
             )
 
+    def live(self) -> int:
+        """Jobs on the server as far as the soak knows (not deleted, not being deleted)."""
+        with self._lock:
+            return sum(
+                1
+                for r in self._jobs.values()
+                if not (r.deleted or r.deleting or r.delete_unacknowledged or r.vanished)
+            )
+
     def records(self) -> list[JobRecord]:
         with self._lock:
             return [JobRecord(**vars(r)) for r in self._jobs.values()]
@@ -130,15 +139,16 @@ class OpStats:
 
     def __init__(self) -> None:
         self.kinds: dict[str, KindStats] = defaultdict(KindStats)
-        self.substituted = 0  # submits/clones turned into lists while the backlog was full
+        #: submits/clones turned into another kind: "list" (backlog full), "delete" (store full)
+        self.substituted: Counter[str] = Counter()
         self.last_ok = 0.0
         #: (monotonic time, kind, error type) of every expected error
         self.expected_at: list[tuple[float, str, str]] = []
         self._lock = threading.Lock()
 
-    def substitute(self) -> None:
+    def substitute(self, kind: str) -> None:
         with self._lock:
-            self.substituted += 1
+            self.substituted[kind] += 1
 
     def success(self, kind: str, seconds: float) -> None:
         with self._lock:

@@ -108,7 +108,9 @@ def render(
         )
     lines += [
         "",
-        f"Submits and clones turned into lists while the backlog was full: {stats.substituted}.",
+        "Submits and clones turned into lists while the backlog was full: "
+        f"{stats.substituted['list']}; into deletes while the store held its target of jobs: "
+        f"{stats.substituted['delete']} (counted above as what they became).",
         "`open` is a Session (re)opened by a worker. Latencies are of successful calls.",
     ]
     outside = errors_outside_outages(stats, faults, slack=15.0)

@@ -5,7 +5,10 @@ Each :class:`AdminWorker` opens a ``new_secure_session`` with the project admin'
 picks an operation by weight, runs it against a job the :class:`~bench.soak.ledger.Ledger`
 offers, and records the outcome in :class:`~bench.soak.ledger.OpStats`. Only the public
 ``flare_admin`` API is used. While the backlog of unfinished jobs is at ``backlog_cap``,
-a submit or clone becomes a list (so the queue stays bounded and the mix steady).
+a submit or clone becomes a list (so the queue stays bounded and the mix steady); while
+the server holds ``keep_jobs`` of the soak's jobs, it becomes a delete (so the store's
+size, and with it the memory the server legitimately uses for its jobs, stays steady:
+growth of the server's memory then means a leak, not a bigger store).
 
 Which errors are expected: ``NoConnection`` and ``NoReply`` (a server restarting, a
 stream broken by a kill) from any operation; ``JobNotFound`` about a job the soak is
@@ -61,6 +64,7 @@ class Workload:
         stats: OpStats,
         seed: int,
         backlog_cap: int,
+        keep_jobs: int,
         monitor_timeout: float = 3.0,
     ) -> None:
         self.admin = admin
@@ -71,6 +75,7 @@ class Workload:
         self.stats = stats
         self.seed = seed
         self.backlog_cap = backlog_cap
+        self.keep_jobs = keep_jobs
         self.monitor_timeout = monitor_timeout
         self.stop = threading.Event()
 
@@ -115,9 +120,13 @@ class AdminWorker(threading.Thread):
                 if session is None:
                     continue
             kind = self.rng.choices(kinds, weights)[0]
-            if kind in ("submit", "clone") and self.w.ledger.backlog() >= self.w.backlog_cap:
-                self.w.stats.substitute()
-                kind = "list"
+            if kind in ("submit", "clone"):
+                if self.w.ledger.live() >= self.w.keep_jobs:
+                    kind = "delete"
+                    self.w.stats.substitute(kind)
+                elif self.w.ledger.backlog() >= self.w.backlog_cap:
+                    kind = "list"
+                    self.w.stats.substitute(kind)
             self._run(kind, session)
             self.w.stop.wait(self.rng.uniform(0.05, 0.4))
         if session is not None:
