@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test check coverage test-soak bench proto proto-check lint typecheck clean
+.PHONY: demo test check coverage test-soak soak bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,13 @@ test-soak: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# A real cluster (4 sites, 8 admin Sessions) under load with kill -9 and network cuts for
+# SOAK_MINUTES (default 10), then every acknowledged job accounted for and the workspace
+# checked; report in bench/results/soak-<date>.md (docs/benchmarks.md). Not part of test.
+SOAK_MINUTES ?= 10
+soak: $(STAMP)
+	SOAK_MINUTES=$(SOAK_MINUTES) $(PY) -m bench.soak
 
 # Regenerate the committed gRPC stubs from flare_protocol/proto/*.proto.
 proto: $(STAMP)
