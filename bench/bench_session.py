@@ -370,7 +370,7 @@ def run(
                 for i in range(40):
                     time.sleep(0.02)
                     sent.append(time.perf_counter())
-                    store.update(watched, bench_tick=i)
+                    store.update(watched, schedule_reason=f"bench tick {i}")
                     proc.stdout.readline()
                 sent.append(time.perf_counter())
                 store.set_status(watched, JobStatus.FINISHED_ABORTED)
