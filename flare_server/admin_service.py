@@ -548,7 +548,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             params=params,
         )
         yield sender.header()
-        async for chunk in zip_stream(Path(result_dir)):
+        async for chunk in zip_stream(Path(result_dir), request.job_id):
             yield sender.data(chunk)
 
     @streaming("download_model")

@@ -97,12 +97,25 @@ def _produce(root: Path, job_id: str, put: Any, partial: bool) -> None:
             os.close(fd)
 
 
+def _gone_is_not_found(job_id: str, produce: Callable[[], None]) -> None:
+    """``produce()``, with a result folder deleted meanwhile (the job was deleted while
+    its result was being sent) reported as :class:`JobNotFound`, not an internal error."""
+    try:
+        produce()
+    except FileNotFoundError as exc:
+        raise errors.JobNotFound(
+            f"job {job_id} was deleted while its result was being sent ({exc.filename})"
+        ) from exc
+
+
 def files_stream(
     root: Path, job_id: str, *, partial: bool = False
 ) -> AsyncIterator[common_pb2.TransferChunk]:
     """The messages of a ``files-v1`` stream of folder ``root`` (``partial``: the folder
     is still being written, and the header says so)."""
-    return thread_stream(lambda put: _produce(root, job_id, put, partial))
+    return thread_stream(
+        lambda put: _gone_is_not_found(job_id, lambda: _produce(root, job_id, put, partial))
+    )
 
 
 class _ChunkWriter:
@@ -143,9 +156,9 @@ def _write_zip(root: Path, put: Callable[[Any], None]) -> None:
     out.close_out()
 
 
-def zip_stream(root: Path) -> AsyncIterator[bytes]:
+def zip_stream(root: Path, job_id: str) -> AsyncIterator[bytes]:
     """The folder ``root`` as a zip (for clients that do not ask for ``files-v1``)."""
-    return thread_stream(lambda put: _write_zip(root, put))
+    return thread_stream(lambda put: _gone_is_not_found(job_id, lambda: _write_zip(root, put)))
 
 
 async def thread_stream(

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
 from flare_protocol._generated import admin_pb2
 from flare_protocol.credentials import CHUNK_SIZE
+from flare_protocol.errors import JobNotFound
 from flare_protocol.result_format import FILES, FILES_CONTENT_TYPE, METADATA_KEY
 from flare_server.jobs import JobStatus
+from flare_server.result_stream import files_stream, zip_stream
 from tests.flare_server.conftest import job_zip
 from tests.flare_server.test_server_jobs import ADMIN, submit
 from tests.server_harness import admin_stub
@@ -60,3 +65,19 @@ def test_download_job_result_of_an_empty_folder_is_a_header_alone(admin, server)
     )
     messages = list(stream)
     assert len(messages) == 1 and messages[0].header.params["files"] == "0"
+
+
+@pytest.mark.parametrize("kind", ["files-v1", "zip"])
+async def test_a_result_deleted_while_it_is_sent_ends_as_job_not_found(
+    tmp_path: Path, kind: str
+) -> None:
+    root = tmp_path / "result"
+    root.mkdir()
+    for i in range(20):  # many more chunks than the stream queues ahead
+        (root / f"part-{i:02d}.bin").write_bytes(bytes(CHUNK_SIZE // 2))
+    stream = files_stream(root, "job-1") if kind == "files-v1" else zip_stream(root, "job-1")
+    await anext(stream)  # started: the folder is listed
+    shutil.rmtree(root)  # the job is deleted meanwhile (seen in make soak)
+    with pytest.raises(JobNotFound, match="job job-1 was deleted while its result was being sent"):
+        async for _ in stream:
+            pass
