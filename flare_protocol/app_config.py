@@ -259,6 +259,8 @@ def _decode(data: bytes | str | object, source: str) -> object:
                 f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                 path=source,
             ) from exc
+        except (ValueError, RecursionError) as exc:  # a number of too many digits, deep nesting
+            raise InvalidJobDefinition(f"{source}: not valid JSON: {exc}", path=source) from None
     return data
 
 

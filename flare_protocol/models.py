@@ -489,9 +489,7 @@ _DAMAGED = (
 )
 
 
-def _check_npy_header(
-    stream: IO[bytes], member: zipfile.ZipInfo, name: str, where: str
-) -> None:
+def _check_npy_header(stream: IO[bytes], member: zipfile.ZipInfo, name: str, where: str) -> None:
     """Refuse a member whose ``.npy`` header announces Python objects, or more data than
     the member holds: numpy would allocate what the header announces before reading
     (a 200-byte member could ask for terabytes)."""

@@ -43,9 +43,23 @@ def npy(header: str, data: bytes = b"", version: int = 1) -> bytes:
     text = header.encode("latin1")
     if version == 1:
         pad = -(10 + len(text) + 1) % 64
-        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(text) + pad + 1) + text + b" " * pad + b"\n" + data
+        return (
+            b"\x93NUMPY\x01\x00"
+            + struct.pack("<H", len(text) + pad + 1)
+            + text
+            + b" " * pad
+            + b"\n"
+            + data
+        )
     pad = -(12 + len(text) + 1) % 64
-    return b"\x93NUMPY\x02\x00" + struct.pack("<I", len(text) + pad + 1) + text + b" " * pad + b"\n" + data
+    return (
+        b"\x93NUMPY\x02\x00"
+        + struct.pack("<I", len(text) + pad + 1)
+        + text
+        + b" " * pad
+        + b"\n"
+        + data
+    )
 
 
 def npz(members: list[tuple[str, bytes]], *, compress: int = zipfile.ZIP_STORED) -> bytes:
@@ -87,7 +101,11 @@ _HEADERS = st.sampled_from(
         "{'descr': '<f8', 'fortran_order': False, 'shape': (2,), ",
         "[1, 2]",
         "__import__('os')",
-        "{'descr': '<f8', 'fortran_order': False, 'shape': (" + "(" * 200 + "2" + ")" * 200 + ",), }",
+        "{'descr': '<f8', 'fortran_order': False, 'shape': ("
+        + "(" * 200
+        + "2"
+        + ")" * 200
+        + ",), }",
         "",
     ]
 )
@@ -129,7 +147,9 @@ def hostile_npz(draw: st.DrawFn) -> bytes:
                     at = data.find(signature, at + 4)
         return bytes(data)
     member = npy("{'descr': '<f4', 'fortran_order': False, 'shape': (1,), }", b"\0" * 4)
-    return npz([(f"a{i}.npy", member) for i in range(draw(st.integers(2, 40)))] + [("a0.npy", member)])
+    return npz(
+        [(f"a{i}.npy", member) for i in range(draw(st.integers(2, 40)))] + [("a0.npy", member)]
+    )
 
 
 def _patched(data: bytes, signature: bytes, offset: int, fmt: str, value: int) -> bytes:

@@ -56,7 +56,7 @@ def test_a_saved_model_loads_from_its_file(model: Params) -> None:
         assert _same(load_params(save_params(model, folder / "m.npz", durable=False)), model)
 
 
-def _tmp_dir() -> "_TmpDir":
+def _tmp_dir() -> _TmpDir:
     return _TmpDir()
 
 

@@ -24,7 +24,9 @@ from flare_protocol.records import (
 )
 from tests.fuzzing import hostile_json_texts, json_values, mutated_bytes, mutated_json
 
-names = st.text(st.characters(min_codepoint=32, blacklist_characters="\x7f"), min_size=1, max_size=12)
+names = st.text(
+    st.characters(min_codepoint=32, blacklist_characters="\x7f"), min_size=1, max_size=12
+)
 dtypes = st.one_of(
     hnp.boolean_dtypes(),
     hnp.integer_dtypes(),
