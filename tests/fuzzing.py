@@ -17,9 +17,11 @@ import json
 import struct
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
 
 __all__ = [
+    "fewer_examples",
     "hostile_json_texts",
     "hostile_names",
     "json_values",
@@ -200,3 +202,10 @@ def mutated_json(draw: st.DrawFn, valid: Any, *, max_mutations: int = 2) -> Any:
         else:
             parent[last] = draw(odd_values)
     return doc
+
+
+def fewer_examples(share: int = 4) -> settings:
+    """Settings for a test whose examples do real I/O (folders, threads, event loops): a
+    ``share``-th of the profile's examples (at least 10), so that it stays cheap in CI
+    and still runs long under ``make fuzz``."""
+    return settings(max_examples=max(10, settings().max_examples // share))
