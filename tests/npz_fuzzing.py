@@ -8,15 +8,18 @@ import io
 import struct
 import warnings
 import zipfile
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+from hypothesis import example
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from flare_protocol.models import Params, dump_params
 from tests.fuzzing import hostile_names, mutated_bytes
 
-__all__ = ["REGRESSIONS", "hostile_npz", "npy", "npz", "params"]
+__all__ = ["REGRESSIONS", "hostile_npz", "npy", "npz", "params", "with_regressions"]
 
 array_names = st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,20}", fullmatch=True)
 numeric_dtypes = st.one_of(
@@ -183,3 +186,14 @@ REGRESSIONS: dict[str, bytes] = {
     # tokenize.TokenError out of numpy's header parser (a dict that never closes)
     "open-header": npz([("w.npy", npy(_F8[:-3] % 2))]),
 }
+
+
+_T = TypeVar("_T", bound=Callable[..., None])
+
+
+def with_regressions(test: _T) -> _T:
+    """Every model in :data:`REGRESSIONS`, as an ``@example`` of ``test`` (whose one
+    argument is the model's bytes)."""
+    for data in REGRESSIONS.values():
+        test = example(data)(test)
+    return test

@@ -5,28 +5,18 @@ InvalidModel, never another exception and never a pickle."""
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import numpy as np
-from hypothesis import example, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from flare_protocol.errors import InvalidModel
 from flare_protocol.models import BufferPool, Params, dump_params, load_params, save_params
 from flare_protocol.npz_layout import array_regions, view_params
-from tests.npz_fuzzing import REGRESSIONS, hostile_npz, npy, npz, params
+from tests.npz_fuzzing import hostile_npz, npy, npz, params, with_regressions
 
 _POOL = BufferPool(max_bytes=64 * 1024**2)
-_T = TypeVar("_T", bound=Callable[..., None])
-
-
-def with_regressions(test: _T) -> _T:
-    """Every model that once escaped a reader's checks, as an @example of ``test``."""
-    for data in REGRESSIONS.values():
-        test = example(data)(test)
-    return test
 
 
 def _same(a: Params, b: Params) -> bool:
