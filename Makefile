@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test coverage bench proto proto-check lint typecheck clean
+.PHONY: demo test coverage fuzz bench proto proto-check lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,15 @@ coverage: $(STAMP)
 	$(COV) combine -q && $(COV) report > .coverage-data/report.txt && \
 	echo "Branch coverage, server and site processes included: $$($(COV) report --format=total) % (per file: .coverage-data/report.txt)"; \
 	exit $$status
+
+# The property-based tests (tests/*/test_fuzz_*.py, docs/security.md "Fuzzing") with many
+# more examples than `make test` runs (FUZZ_EXAMPLES per property, default 1000); no
+# per-test timeout, since a property may take minutes at that size. A failure prints the
+# input and a @reproduce_failure line; .hypothesis/ keeps it for the next run.
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:randomly \
+		--timeout=0 $$(find tests -name 'test_fuzz_*.py' | sort)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -56,8 +56,8 @@ participants:
 
 # Property-based tests (tests/*/test_fuzz_*.py, docs/security.md "Fuzzing"). ``ci``, the
 # default, keeps each property to a few dozen examples so that all of them together cost
-# seconds; ``fuzz`` (``make fuzz``) runs many more. No deadline: the 2-core VM shared by
-# several suites makes per-example timing noise, not signal.
+# seconds; ``fuzz`` (``make fuzz``) runs ``FUZZ_EXAMPLES`` (default 1000) per property. No
+# deadline: the 2-core VM shared by several suites makes per-example timing noise.
 settings.register_profile(
     "ci",
     max_examples=60,
@@ -67,7 +67,7 @@ settings.register_profile(
 )
 settings.register_profile(
     "fuzz",
-    max_examples=3000,
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1000")),
     deadline=None,
     print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
