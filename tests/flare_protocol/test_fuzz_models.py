@@ -5,6 +5,7 @@ InvalidModel, never another exception and never a pickle."""
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from flare_protocol.errors import InvalidModel
 from flare_protocol.models import BufferPool, Params, dump_params, load_params, save_params
 from flare_protocol.npz_layout import array_regions, view_params
+from tests.fuzzing import fewer_examples
 from tests.npz_fuzzing import hostile_npz, npy, npz, params, with_regressions
 
 _POOL = BufferPool(max_bytes=64 * 1024**2)
@@ -41,24 +43,12 @@ def test_a_stored_model_is_viewed_as_it_was_written(model: Params) -> None:
 
 
 @given(params)
+@fewer_examples(2)
 def test_a_saved_model_loads_from_its_file(model: Params) -> None:
-    with _tmp_dir() as folder:
-        assert _same(load_params(save_params(model, folder / "m.npz", durable=False)), model)
-
-
-def _tmp_dir() -> _TmpDir:
-    return _TmpDir()
-
-
-class _TmpDir:
-    def __enter__(self) -> Path:
-        import tempfile
-
-        self._dir = tempfile.TemporaryDirectory()
-        return Path(self._dir.name)
-
-    def __exit__(self, *exc: object) -> None:
-        self._dir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="fuzz-model-") as folder:
+        path = save_params(model, Path(folder) / "m.npz", durable=False)
+        assert _same(load_params(path), model)
+        assert _same(load_params(path, pool=_POOL), model)
 
 
 def _load_or_refuse(data: bytes, *, pool: BufferPool | None = None) -> None:
