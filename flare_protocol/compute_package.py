@@ -213,6 +213,8 @@ def _command(value: object, source: str, field_name: str) -> tuple[str, ...]:
         words = shlex.split(value)
     except ValueError as exc:
         raise _refuse(source, field_name, f"cannot be split into words: {exc}") from None
+    if not words or not words[0]:  # '""': quotes around nothing
+        raise _refuse(source, field_name, f"names no program to run, got {value!r}")
     shell = sorted({c for word in words for c in word if c in _SHELL_CHARS})
     if shell or "=" in words[0]:
         what = f"uses {' '.join(shell)}" if shell else f"starts with an assignment {words[0]!r}"

@@ -202,8 +202,14 @@ _ENVS = [f.read_bytes() for f in sorted(EXAMPLES.glob("*/app/python_env.yaml"))]
 @given(st.one_of(_YAML_TRAPS, st.sampled_from(_PACKAGES).flatmap(_mutated_yaml)))
 @example(b"entry_points: {train: {command: python t.py}}\nwhen: 2020-13-45\n")  # bug: ValueError
 @example(b"entry_points: {train: {command: !!int abc}}\n")  # bug: ValueError
+@example(b"entry_points: {train: {command: '\"\"'}}\n")  # bug: an empty program was accepted
 def test_any_compute_package_is_parsed_or_refused(text: bytes) -> None:
-    _parsed_or_refused(lambda data: parse_package_config(data, lambda _: b"name: x\n"), text)
+    try:
+        package = parse_package_config(text, lambda _: b"name: x\n")
+    except InvalidJobDefinition as exc:
+        assert exc.message
+    else:  # every entry point names a program to run
+        assert all(words and words[0] for words in package.entry_points.values())
     _parsed_or_refused(parse_python_env, text)
 
 
