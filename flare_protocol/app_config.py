@@ -317,6 +317,12 @@ def _check_argv(entry: str, argv: Sequence[str], source: str) -> None:
             field=entry,
         )
     program = argv[0]
+    if not program.strip():
+        raise InvalidJobDefinition(
+            f"{source}: field '{entry}[0]' must name the program to run, got {program!r}",
+            path=source,
+            field=f"{entry}[0]",
+        )
     if "/" in program and not program.startswith("{"):
         check_relpath(program, source=source, field_name=f"{entry}[0]")
 

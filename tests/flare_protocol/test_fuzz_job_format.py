@@ -16,7 +16,11 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from flare_protocol.app_config import parse_client_config, parse_server_config
+from flare_protocol.app_config import (
+    CommandExecutorConfig,
+    parse_client_config,
+    parse_server_config,
+)
 from flare_protocol.compute_package import parse_package_config, parse_python_env
 from flare_protocol.errors import InvalidJobDefinition
 from flare_protocol.job_format import JobDefinition, validate_job_files, validate_meta
@@ -190,9 +194,18 @@ def test_a_bent_server_config_is_parsed_or_refused(config: Any) -> None:
 
 
 @given(st.sampled_from(_CLIENT).flatmap(lambda c: mutated_json(c, max_mutations=3)))
+@example(  # bug: an empty program was accepted
+    {"executor": "command", "train": ["", "{model_out}", "{metadata_out}"]}
+)
 def test_a_bent_client_config_is_parsed_or_refused(config: Any) -> None:
-    _parsed_or_refused(parse_client_config, config)
     _parsed_or_refused(parse_client_config, json.dumps(config).encode())
+    try:
+        parsed = parse_client_config(config)
+    except InvalidJobDefinition as exc:
+        assert exc.message
+        return
+    if isinstance(parsed, CommandExecutorConfig):  # every entry point names a program
+        assert all(argv[0] for argv in (parsed.train, parsed.startup, parsed.validate) if argv)
 
 
 _PACKAGES = [f.read_bytes() for f in sorted(EXAMPLES.glob("*/app/scaleout.yaml"))]
