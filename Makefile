@@ -6,7 +6,8 @@ STAMP := $(VENV)/.installed-stamp
 MYPY := $(VENV)/bin/mypy flare_protocol provisioning flare_server flare_site flare_admin \
 	flare_cli flare_job flare_local
 
-.PHONY: demo test check coverage test-soak soak bench proto proto-check lint typecheck clean
+.PHONY: demo test check coverage test-soak soak fuzz bench proto proto-check lint typecheck \
+	clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +47,15 @@ coverage: $(STAMP)
 # `make test` and a plain pytest leave out (pyproject.toml addopts: -m 'not soak').
 test-soak: $(STAMP)
 	$(PY) -m pytest -m soak -p no:randomly -s
+
+# The property-based tests (tests/*/test_fuzz_*.py, docs/security.md "Fuzzing") with many
+# more examples than `make test` runs (FUZZ_EXAMPLES per property, default 1000); no
+# per-test timeout, since a property may take minutes at that size. A failure prints the
+# input and a @reproduce_failure line; .hypothesis/ keeps it for the next run.
+FUZZ_EXAMPLES ?= 1000
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest -p no:randomly \
+		--timeout=0 $$(find tests -name 'test_fuzz_*.py' | sort)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -188,8 +188,9 @@ class FilesFormat:
         self.total = int(header.size)
         self.received = 0
         files = header.params.get("files", "")
-        if not files.isdigit():
-            raise result.malformed(f"its header announces {files!r} files")
+        # ASCII digits only: str.isdigit() also accepts '²' and '٣', which int() refuses.
+        if not (files.isascii() and files.isdigit() and len(files) <= 20):
+            raise result.malformed(f"its header announces {files[:40]!r} files")
         self._expected = int(files)
         if self._expected > limits.max_entries:
             raise result.refuse(f"it has {self._expected} entries (cap {limits.max_entries})")

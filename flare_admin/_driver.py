@@ -63,7 +63,7 @@ class DriverInfo:
     def from_reply(cls, reply: Any) -> DriverInfo:
         try:
             run_config = json.loads(reply.run_config_json or "{}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise InternalError(f"the server sent a malformed run_config: {exc}") from None
         return cls(
             job_id=reply.job_id,
@@ -268,7 +268,7 @@ class ReplyReader:
                 raise InternalError("a reply's arrays were cut short by the next reply")
             try:
                 wrapper = json.loads(item.reply_json)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
                 raise InternalError(f"the server sent a malformed reply: {exc}") from None
             if not isinstance(wrapper, dict):
                 raise InternalError("the server sent a reply that is not a JSON object")

@@ -153,8 +153,8 @@ class JobUpload:
                 f"{meta} is missing: a job folder holds meta.json and its app folders",
                 path=str(meta),
             ) from None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise InvalidJobDefinition(f"{meta} is not valid JSON: {exc}", path=str(meta)) from exc
+        except (OSError, ValueError, RecursionError) as exc:  # also: too many digits, too deep
+            raise InvalidJobDefinition(f"{meta} is not valid JSON: {exc}", path=str(meta)) from None
         if not isinstance(meta_doc, dict):
             raise InvalidJobDefinition(f"{meta} must hold a JSON object", path=str(meta))
         # The server's own meta.json check (keys it owns, unknown keys, the schema): refused

@@ -259,6 +259,8 @@ def _decode(data: bytes | str | object, source: str) -> object:
                 f"{source}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
                 path=source,
             ) from exc
+        except (ValueError, RecursionError) as exc:  # a number of too many digits, deep nesting
+            raise InvalidJobDefinition(f"{source}: not valid JSON: {exc}", path=source) from None
     return data
 
 
@@ -315,6 +317,12 @@ def _check_argv(entry: str, argv: Sequence[str], source: str) -> None:
             field=entry,
         )
     program = argv[0]
+    if not program.strip():
+        raise InvalidJobDefinition(
+            f"{source}: field '{entry}[0]' must name the program to run, got {program!r}",
+            path=source,
+            field=f"{entry}[0]",
+        )
     if "/" in program and not program.startswith("{"):
         check_relpath(program, source=source, field_name=f"{entry}[0]")
 

@@ -288,6 +288,8 @@ def _parse_meta_bytes(raw: bytes | None, source: str) -> object:
     try:
         text = raw.decode("utf-8-sig")
         return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constant)
+    except InvalidJobDefinition:
+        raise
     except UnicodeDecodeError as exc:
         raise InvalidJobDefinition(
             f"{source}: not UTF-8 text ({exc.reason})", path=source
@@ -299,6 +301,8 @@ def _parse_meta_bytes(raw: bytes | None, source: str) -> object:
         ) from None
     except RecursionError:
         raise InvalidJobDefinition(f"{source}: nested too deeply", path=source) from None
+    except ValueError as exc:  # a number of more digits than Python converts
+        raise InvalidJobDefinition(f"{source}: not valid JSON: {exc}", path=source) from None
 
 
 def validate_job_files(

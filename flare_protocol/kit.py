@@ -166,8 +166,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise KitIncomplete(f"missing kit file {path}", path=str(path)) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise KitError(f"cannot read {path}: {exc}", path=str(path)) from exc
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8 or not JSON, or an integer of more digits than Python
+        # converts; RecursionError: nested deeper than the parser's stack.
+        raise KitError(f"cannot read {path}: {exc}", path=str(path)) from None
     if not isinstance(data, dict):
         raise KitError(f"{path} must hold a JSON object", path=str(path))
     return data

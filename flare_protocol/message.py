@@ -403,8 +403,11 @@ def metadata_from(data: Mapping[str, Any], *, where: str) -> Metadata:
     for key in ("src_node_id", "dst_node_id"):
         if _field(data, key, int, where) < 0:
             raise MessageError(f"{where}: '{key}' must be >= 0")
-    ttl = float(_field(data, "ttl", (int, float), where))
-    created = float(_field(data, "created_at", (int, float), where))
+    try:
+        ttl = float(_field(data, "ttl", (int, float), where))
+        created = float(_field(data, "created_at", (int, float), where))
+    except OverflowError:  # an integer beyond any float
+        ttl = created = math.inf
     if not math.isfinite(ttl) or ttl < 0 or not math.isfinite(created):
         raise MessageError(f"{where}: 'ttl' and 'created_at' must be finite, 'ttl' >= 0")
     try:

@@ -31,7 +31,9 @@ import re
 import sys
 import tempfile
 import threading
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
@@ -453,7 +455,7 @@ def open_model_archive(
     """
     try:
         archive = zipfile.ZipFile(fh)
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as exc:
         raise InvalidModel(f"{where} is not an .npz archive: {exc}", path=where) from exc
     members = archive.infolist()
     if len(members) > max_arrays:
@@ -469,6 +471,49 @@ def open_model_archive(
             path=where,
         )
     return archive
+
+
+#: What zipfile, its decompressors and numpy's ``.npy`` reader raise for a damaged or
+#: hostile member (numpy parses the header's dict with ``ast``, and ``tokenize`` on retry).
+_DAMAGED = (
+    ValueError,
+    OSError,
+    EOFError,
+    zipfile.BadZipFile,
+    zlib.error,
+    NotImplementedError,
+    RuntimeError,
+    SyntaxError,
+    tokenize.TokenError,
+    OverflowError,
+)
+
+
+def _check_npy_header(stream: IO[bytes], member: zipfile.ZipInfo, name: str, where: str) -> None:
+    """Refuse a member whose ``.npy`` header announces Python objects, or more data than
+    the member holds: numpy would allocate what the header announces before reading
+    (a 200-byte member could ask for terabytes)."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+    else:
+        raise ValueError(f"unsupported .npy format version {version[0]}.{version[1]}")
+    if dtype.hasobject:
+        raise InvalidModel(
+            f"{where}: array {name!r} cannot be read without pickle: it holds Python objects",
+            path=where,
+            name=name,
+        )
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > member.file_size:
+        raise InvalidModel(
+            f"{where}: array {name!r} is damaged: its header announces {nbytes} bytes of "
+            f"values, the member holds {member.file_size}",
+            path=where,
+            name=name,
+        )
 
 
 def _load_params(
@@ -501,22 +546,20 @@ def _load_params(
                 name = _check_name(member.filename[: -len(".npy")])
                 if name in params:
                     raise InvalidModel(f"{where}: array {name!r} appears twice", path=where)
-                with archive.open(member) as stream:
-                    try:
+                try:
+                    with archive.open(member) as stream:
+                        _check_npy_header(stream, member, name, where)
+                        stream.seek(0)
                         if reader is not None:
                             params[name] = reader(stream)
                         else:
                             params[name] = np.lib.format.read_array(stream, allow_pickle=False)
-                    except ValueError as exc:
-                        raise InvalidModel(
-                            f"{where}: array {name!r} cannot be read without pickle: {exc}",
-                            path=where,
-                            name=name,
-                        ) from exc
-                    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-                        raise InvalidModel(
-                            f"{where}: array {name!r} is damaged: {exc}", path=where
-                        ) from exc
+                except (InvalidModel, _PlainPath):
+                    raise
+                except _DAMAGED as exc:
+                    raise InvalidModel(
+                        f"{where}: array {name!r} is damaged: {exc}", path=where, name=name
+                    ) from exc
     finally:
         handle.close()
         if reader is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tokenize
 import zipfile
 from dataclasses import dataclass
 from typing import IO, cast
@@ -173,7 +174,8 @@ def _array_region(fh: IO[bytes], name: str, start: int, length: int, where: str)
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(head)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(head)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError) as exc:
+        # numpy parses the header's dict with ``ast``, and with ``tokenize`` on retry.
         raise InvalidModel(
             f"{where}: array {name!r} cannot be read without pickle: {exc}", path=where, name=name
         ) from exc

@@ -463,7 +463,8 @@ def decode_content(
         for entry in manifest["records"]:
             if not isinstance(entry, Mapping):
                 raise MessageError(f"{where}: a record must be a JSON object")
-            kind = _KINDS.get(entry.get("type"))  # type: ignore[arg-type]
+            kind_name = entry.get("type")
+            kind = _KINDS.get(kind_name) if isinstance(kind_name, str) else None
             name = _name(entry.get("name"), "record name")
             if kind is None:
                 raise MessageError(

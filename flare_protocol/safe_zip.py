@@ -90,6 +90,8 @@ def entry_problem(info: zipfile.ZipInfo) -> str | None:
             return "is a folder entry whose name does not end with '/'"
         if kind not in (0, stat.S_IFREG, stat.S_IFDIR):
             return "has an unknown file type"
+    if info.header_offset < 0:  # zipfile shifts offsets by the bytes it thinks are missing
+        return "is damaged: the directory places it before the archive's start"
     if info.flag_bits & 0x1:
         return "is encrypted"
     if info.compress_type not in METHODS:

@@ -26,6 +26,7 @@ JSON object of a settings file into checked field values, with these rules on ev
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -224,13 +225,19 @@ def _check(
             what = "an integer" if kind is int else "a number"
             what += " of seconds" if spec.seconds else ""
             raise refuse(what + (" or null" if optional else ""))
-        if spec.low is None and value <= 0:
+        try:
+            number = kind(value)
+        except OverflowError:  # an integer beyond any float
+            raise refuse("a number within the range of a float") from None
+        if kind is float and not math.isfinite(number):  # NaN would pass every bound below
+            raise refuse("a finite number")
+        if spec.low is None and number <= 0:
             raise refuse("positive")
-        if spec.low is not None and value < spec.low:
+        if spec.low is not None and number < spec.low:
             raise refuse(f"at least {spec.low:g}" if spec.high is None else _range(spec))
-        if spec.high is not None and value > spec.high:
+        if spec.high is not None and number > spec.high:
             raise refuse(_range(spec))
-        return kind(value)
+        return number
     if kind is str:
         if not isinstance(value, str):
             raise refuse(_one_of(spec) if spec.choices else "a string")

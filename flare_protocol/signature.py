@@ -168,7 +168,9 @@ def _load_manifest(sig_path: Path) -> tuple[dict[str, Any], dict[str, str], byte
 
     try:
         doc = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8 or not JSON, or an integer of more digits than Python
+        # converts; RecursionError: nested deeper than the parser's stack.
         raise bad(f"is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or set(doc) != {"format", "algorithm", "files", "signature"}:
         raise bad("does not have the signature.json format 1 members")

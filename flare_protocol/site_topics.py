@@ -122,7 +122,9 @@ _MISSING: Any = object()
 def _object(topic: SiteTopic, text: str | bytes) -> dict[str, Any]:
     try:
         data = json.loads(text or "{}")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not JSON, not UTF-8, or an integer of more digits than Python
+        # converts; RecursionError: nested deeper than the parser's stack.
         raise MessageError(
             f"{topic.value}: the body is not JSON: {exc}", topic=topic.value
         ) from None
@@ -193,7 +195,10 @@ class _Reader:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self._fail(key, "a number or null", value)
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float
+            raise self._fail(key, "a number within the range of a float", value) from None
 
     def opt_object(self, key: str) -> dict[str, Any] | None:
         value = self.data.get(key)

@@ -10,6 +10,7 @@ into the type its class declares); without a detail it falls back to the status 
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Mapping
 
@@ -78,6 +79,9 @@ def decode_detail(trailing_metadata: object) -> common_pb2.ErrorDetail | None:
 
 
 _INT_ATTRIBUTES: dict[type, frozenset[str]] = {}
+#: An integer as an attribute crosses the wire (ASCII digits only: ``str.isdigit()`` also
+#: accepts '²', which ``int()`` refuses).
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 def _int_attributes(cls: type[errors.FlareError]) -> frozenset[str]:
@@ -100,6 +104,6 @@ def wire_attributes(cls: type[errors.FlareError], details: Mapping[str, str]) ->
     for name, text in details.items():
         if name not in numbers:
             out[name] = text
-        elif text.lstrip("-").isdigit():
+        elif _INTEGER.fullmatch(text):
             out[name] = int(text)
     return out

@@ -190,7 +190,7 @@ class Commands:
             )
         try:
             args = json.loads(args_json) if args_json else {}
-        except json.JSONDecodeError as exc:
+        except (ValueError, RecursionError) as exc:  # also: too many digits, nested too deeply
             raise errors.InvalidArgumentError(
                 f"arguments of {name!r} are not JSON: {exc}"
             ) from None

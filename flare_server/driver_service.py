@@ -490,7 +490,7 @@ class _Push:
             )
         try:
             item = json.loads(text)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise errors.InvalidArgumentError(f"{where} is not JSON: {exc}") from None
         if not isinstance(item, dict):
             raise errors.InvalidArgumentError(f"{where} must be a JSON object")

@@ -89,7 +89,7 @@ class SiteSettings:
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # also: too many digits, too deep
         raise KitError(f"cannot read {path}: {exc}", path=str(path)) from None
     if not isinstance(data, dict):
         raise KitError(f"{path} must hold a JSON object", path=str(path))

@@ -128,6 +128,12 @@ def load_project(path: str | Path) -> Project:
         raise ProjectFileError(
             f"{source}: not valid YAML{where}: {problem}", path=str(source)
         ) from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # PyYAML's constructors raise these for a value its resolver matched but cannot
+        # build: a date of month 13 (2020-13-45), ``!!int abc``.
+        raise ProjectFileError(
+            f"{source}: not valid YAML: a value cannot be read ({exc})", path=str(source)
+        ) from None
     return parse_project(data, source)
 
 
@@ -209,7 +215,8 @@ def parse_project(data: Any, source: str | Path = "project.yml") -> Project:
         notices.append(
             f"{chk.source}: the 'builders' section is NVIDIA FLARE's; flare provision ignores it"
         )
-    for key in sorted(set(data) - _KNOWN_TOP - {"builders"}):
+    # YAML keys need not be strings (1, null, dates): sorted and shown as text.
+    for key in sorted(set(data) - _KNOWN_TOP - {"builders"}, key=str):
         notices.append(f"{chk.source}: top-level key '{key}' is not used and was ignored")
 
     raw_participants = data.get("participants")
@@ -363,7 +370,7 @@ def _participant(chk: _Checker, raw: Any, index: int, notices: list[str]) -> Par
                 notices.append(
                     f"participant {name!r}: '{key}' applies to the server only and was ignored"
                 )
-    unknown = sorted(set(raw) - _KNOWN_PARTICIPANT)
+    unknown = sorted(map(str, set(raw) - _KNOWN_PARTICIPANT))  # YAML keys need not be text
     if unknown:
         notices.append(
             f"participant {name!r}: key(s) {', '.join(unknown)} are not used and were ignored"

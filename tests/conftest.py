@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 if TYPE_CHECKING:
     from provisioning import ProvisionResult
@@ -51,6 +53,26 @@ participants:
     org: org_b
     role: member
 """
+
+# Property-based tests (tests/*/test_fuzz_*.py, docs/security.md "Fuzzing"). ``ci``, the
+# default, keeps each property to a few dozen examples so that all of them together cost
+# seconds; ``fuzz`` (``make fuzz``) runs ``FUZZ_EXAMPLES`` (default 1000) per property. No
+# deadline: the 2-core VM shared by several suites makes per-example timing noise.
+settings.register_profile(
+    "ci",
+    max_examples=60,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=int(os.environ.get("FUZZ_EXAMPLES", "1000")),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -176,7 +176,11 @@ def check_wire(
                 raise MessageError(f"{where}: 'error' must hold an integer code and a reason")
         else:
             decode_content(content, {n: _PLACEHOLDER for n in names}, where=where)
-        if len(dumps(data)) > MAX_JSON_BYTES:
+        try:
+            size = len(dumps(data))
+        except ValueError as exc:  # NaN or infinity: Python's JSON reader takes them
+            raise MessageError(f"{where}: not plain JSON ({exc})") from None
+        if size > MAX_JSON_BYTES:
             raise MessageError(f"{where}: its JSON is more than {MAX_JSON_BYTES} bytes")
     except MessageError as exc:
         if error is MessageError:

@@ -55,7 +55,7 @@ def _task_id(topic: SiteTopic, text: str) -> str | None:
         return None
     try:
         data = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, too many digits, nested too deeply
         return None
     task_id = data.get("task_id") if isinstance(data, dict) else None
     return task_id[:128] if isinstance(task_id, str) and task_id else None

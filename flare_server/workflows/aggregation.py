@@ -69,9 +69,13 @@ class ModelUpdate:
         for key, value in raw_metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InvalidModel(f"{site}: metric {key!r} must be a number, got {value!r}")
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:  # an integer beyond any float
+                raise InvalidModel(f"{site}: metric {key!r} is beyond any float") from None
+            if not math.isfinite(number):
                 raise InvalidModel(f"{site}: metric {key!r} is {value}")
-            metrics[str(key)] = float(value)
+            metrics[str(key)] = number
         return cls(params, params_type, num, metrics)
 
 

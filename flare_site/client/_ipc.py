@@ -49,8 +49,10 @@ def decode_body(body: bytes) -> dict[str, Any]:
     """Parse a frame body; it must be a JSON object with a string ``op``."""
     try:
         message = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"frame is not UTF-8 JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:
+        # ValueError: not UTF-8 or not JSON, or an integer of more digits than Python
+        # converts; RecursionError: nested deeper than the parser's stack.
+        raise FrameError(f"frame is not UTF-8 JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("op"), str):
         raise FrameError("frame is not a JSON object with an 'op'")
     return message
