@@ -311,7 +311,14 @@ class ZipFormat:
                 write_entries(
                     zf, entries.files, result.staging, refuse, budget=[cap, cap], durable=False
                 )
-        except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as exc:
+        except (
+            zipfile.BadZipFile,
+            zlib.error,
+            EOFError,
+            NotImplementedError,
+            RuntimeError,
+            UnicodeDecodeError,
+        ) as exc:  # UnicodeDecodeError: a name not in its encoding
             raise InternalError(
                 f"{result.what} is not a valid zip archive: {exc}", job_id=result.job_id
             ) from exc

@@ -52,8 +52,17 @@ __all__ = [
 #: Compression methods zipfile can read; anything else is refused up front.
 METHODS = frozenset({zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA})
 _CHUNK = 1024 * 1024
-#: What zipfile and the decompressors raise for a damaged entry.
-CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, RuntimeError, NotImplementedError)
+#: What zipfile and the decompressors raise for a damaged entry (UnicodeDecodeError: a
+#: local header whose name is not in the encoding its flags declare).
+CORRUPT = (
+    zipfile.BadZipFile,
+    zlib.error,
+    EOFError,
+    OSError,
+    RuntimeError,
+    NotImplementedError,
+    UnicodeDecodeError,
+)
 
 #: Builds the caller's exception: ``reject(message, entry_name_or_None)``.
 Reject = Callable[[str, "str | None"], Exception]

@@ -181,7 +181,17 @@ def test_any_files_stream_is_a_result_or_internal_error(
 _VALID_ZIP = zip_bytes({"summary.json": b"{}", "site-1/log.txt": b"log", "global_model.npz": b"x"})
 
 
+def _with_entry_flags(data: bytes, name: bytes, flags: bytes) -> bytes:
+    """``data`` with the general-purpose flags of ``name``'s local header replaced (the
+    first occurrence of a name is in its local header, 30 bytes after the header starts)."""
+    header = data.index(name) - 30
+    assert data[header : header + 4] == b"PK\x03\x04"
+    return data[: header + 6] + flags + data[header + 8 :]
+
+
 @given(hostile_zips(_VALID_ZIP))
+# found: a local header whose flags say UTF-8 for a name that is not (UnicodeDecodeError)
+@example(_with_entry_flags(_VALID_ZIP, b"global_model.npz", b"\xff\xff"))
 def test_any_zipped_result_is_a_result_or_internal_error(data: bytes) -> None:
     _refused_or_inside(_zip_stream(data))
 
