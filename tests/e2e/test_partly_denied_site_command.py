@@ -51,7 +51,6 @@ def _told_to_stop(cluster: Cluster, site: str) -> list[str]:
     return [line for line in log.read_text().splitlines() if "asked by the server" in line]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["restart", "shutdown"])
 @pytest.mark.parametrize(
     "targets", [["site-1", "site-2"], ["site-2", "site-1"]], ids=["allowed-first", "denied-first"]
