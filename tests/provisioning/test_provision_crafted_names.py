@@ -95,3 +95,19 @@ def test_a_crafted_character_in_any_name_is_refused_naming_the_field(
     if participant is not None:
         assert f"participant {participant!r}" in message
     assert not (tmp_path / "ws").exists()  # nothing written
+
+
+def test_flare_provision_prints_the_refusal_in_one_line_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from flare_cli.main import main as flare
+
+    doc = _project()
+    doc["participants"][SITE]["org"] = "org_a,CN=admin"
+    path = tmp_path / "project.yml"
+    path.write_text(yaml.safe_dump(doc))
+    assert flare(["provision", "-p", str(path), "-w", str(tmp_path / "ws")]) == 2
+    err = capsys.readouterr().err
+    assert "participant 'site-1'" in err and "field 'org'" in err and "forbidden" in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "ws").exists()
