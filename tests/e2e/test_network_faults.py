@@ -390,8 +390,8 @@ def test_a_slow_lossy_link_delays_the_job_but_it_completes(
         assert participants == [{"site-1": 30, "site-2": 70}] * 3
         assert time.monotonic() - started < 60
         for site in SITES:  # the job's traffic went through the degraded links
-            stats = lab.qdisc_stats(site)
-            assert kind in stats and re.search(r"Sent [1-9]\d{4,} bytes", stats), stats
+            stats = lab.qdisc_stats(site)  # (about 10 KB each: small app, small models)
+            assert kind in stats and re.search(r"Sent [1-9]\d{3,} bytes", stats), stats
 
 
 @pytest.mark.soak
