@@ -61,8 +61,11 @@ def provision_cluster(root: Path, sites: list[str]) -> PocKits:
     """Provision a project with ``sites`` under ``root``; fast settings in every kit."""
     kits = provision_local(root / "project", sites)
     _merge_settings(kits.server_kit, SERVER_SETTINGS)
+    # A root site must say as whom user code runs; the soak's jobs are ours (and this
+    # venv's interpreter is usually unreadable for an unprivileged user): root, knowingly.
+    as_root = {"run_user_code_as": "root"} if os.geteuid() == 0 else {}
     for kit in kits.site_kits.values():
-        _merge_settings(kit, SITE_SETTINGS)
+        _merge_settings(kit, {**SITE_SETTINGS, **as_root})
     return kits
 
 
