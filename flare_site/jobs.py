@@ -210,6 +210,18 @@ def _headline(error: str) -> str:
     return error.split("\n", 1)[0].removesuffix("; last lines of stderr:")[:500]
 
 
+def _unfinished_deployment(folder: Path) -> bool:
+    """True when a job folder's log never got past its deployment (see ``deploy``): the
+    folder of a deployment its site process did not live to finish."""
+    try:
+        with open(folder / "log.txt", "rb") as f:
+            return b"[site] deployed; executor" not in f.read(1024 * 1024)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
 class JobManager:
     """Deploys, runs, aborts and ends the jobs of one site."""
 
@@ -311,6 +323,13 @@ class JobManager:
                 job_id=job_id,
             )
         folder = self.jobs_dir / job_id
+        if folder.exists() and job_id not in self._jobs and _unfinished_deployment(folder):
+            # An earlier site process was killed while deploying this job: what it left is
+            # no deployment (the server deploys again once the site is back).
+            log.warning(
+                "job %s: removing what an interrupted deployment left in %s", job_id, folder
+            )
+            await asyncio.to_thread(shutil.rmtree, folder, True)
         if folder.exists():
             raise ExecutionError(
                 f"job {job_id} was already deployed on this site before ({folder} exists); "

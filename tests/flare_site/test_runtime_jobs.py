@@ -422,3 +422,32 @@ async def test_a_task_for_a_job_that_is_not_running_here_is_refused(
 ) -> None:
     with pytest.raises(ExecutionError, match="not deployed"):
         await manager.train(new_id(), "t1", round=1, total_rounds=1, model_path=None)
+
+
+async def test_what_a_site_killed_mid_deployment_left_is_replaced_when_the_job_comes_again(
+    manager: JobManager, tmp_path: Path
+) -> None:
+    job_id = new_id()
+    leftover = manager.workspace / "jobs" / job_id  # an earlier site process died extracting
+    (leftover / "app" / "custom").mkdir(parents=True)
+    (leftover / "app" / "custom" / "half-written.py").write_text("import nu")
+    (leftover / "log.txt").write_text("2026-12-02T12:00:00Z [site] deploying app app of job\n")
+    job = await manager.deploy(job_id, script_app(tmp_path), app="app")
+    assert job.state == RUNNING
+    assert not (job.app_dir / "custom" / "half-written.py").exists()
+    assert "deploying app app" in job.log_path.read_text()
+
+
+async def test_a_job_an_earlier_site_process_deployed_is_not_deployed_again(
+    manager: JobManager, tmp_path: Path
+) -> None:
+    job_id = new_id()
+    done = manager.workspace / "jobs" / job_id
+    done.mkdir(parents=True)
+    (done / "log.txt").write_text(
+        "2026-12-02T12:00:00Z [site] deploying app app of job\n"
+        "2026-12-02T12:00:01Z [site] deployed; executor ScriptExecutor started\n"
+    )
+    with pytest.raises(ExecutionError, match="already deployed on this site before"):
+        await manager.deploy(job_id, script_app(tmp_path), app="app")
+    assert (done / "log.txt").is_file()  # its folder is left as it was
