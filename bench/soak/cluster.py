@@ -81,52 +81,27 @@ def _spawn(args: list[str], log: IO[bytes]) -> subprocess.Popen[bytes]:
     )
 
 
-class ServerProc:
-    """``flare server start`` on a fixed workspace; restarts bind the first start's ports."""
+class _Child:
+    """A ``flare`` child process with its console log (reopened on every start)."""
 
-    def __init__(self, kit: Path, workspace: Path, log_dir: Path) -> None:
-        self.kit = kit
-        self.workspace = workspace
-        self.ready_file = log_dir / "server.ready.json"
-        self.log_path = log_dir / "server.console.log"
-        self.admin_port = 0
-        self.site_port = 0
+    def __init__(self, log_path: Path) -> None:
+        self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
         self._log: IO[bytes] | None = None
 
-    @property
-    def admin_address(self) -> str:
-        return f"127.0.0.1:{self.admin_port}"
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
-
-    def start(self, timeout: float = 60.0) -> None:
-        """Start and wait for the ready file (RuntimeError naming the log otherwise)."""
-        self.ready_file.unlink(missing_ok=True)
+    def _spawn(self, args: list[str]) -> subprocess.Popen[bytes]:
         self._close_log()
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed on the next start/stop
-        args = ["server", "start", str(self.kit), "--workspace", str(self.workspace)]
-        args += ["--host", "127.0.0.1", "--admin-port", str(self.admin_port)]
-        args += ["--fed-learn-port", str(self.site_port), "--ready-file", str(self.ready_file)]
         self.proc = _spawn(args, self._log)
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while not self.ready_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                raise RuntimeError(
-                    f"the server did not start (exit {self.proc.returncode}); see {self.log_path}"
-                )
-            time.sleep(0.02)
-        ready = json.loads(self.ready_file.read_text())
-        self.admin_port, self.site_port = int(ready["admin_port"]), int(ready["fed_learn_port"])
+        return self.proc
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: no cleanup of any kind."""
-        if self.proc is not None and self.proc.poll() is None:
+        """SIGKILL the process alone: no cleanup of any kind (as in a crash)."""
+        if self.alive():
+            assert self.proc is not None
             self.proc.kill()
             self.proc.wait(10)
 
@@ -149,51 +124,67 @@ class ServerProc:
             self._log = None
 
 
-class SiteProc:
+class ServerProc(_Child):
+    """``flare server start`` on a fixed workspace; restarts bind the first start's ports."""
+
+    def __init__(self, kit: Path, workspace: Path, log_dir: Path) -> None:
+        super().__init__(log_dir / "server.console.log")
+        self.kit = kit
+        self.workspace = workspace
+        self.ready_file = log_dir / "server.ready.json"
+        self.admin_port = 0
+        self.site_port = 0
+        self.starts = 0
+
+    @property
+    def admin_address(self) -> str:
+        return f"127.0.0.1:{self.admin_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None and self.alive() else None
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Start and wait for the ready file (RuntimeError naming the log otherwise)."""
+        self.ready_file.unlink(missing_ok=True)
+        args = ["server", "start", str(self.kit), "--workspace", str(self.workspace)]
+        args += ["--host", "127.0.0.1", "--admin-port", str(self.admin_port)]
+        args += ["--fed-learn-port", str(self.site_port), "--ready-file", str(self.ready_file)]
+        proc = self._spawn(args)
+        self.starts += 1
+        deadline = time.monotonic() + timeout
+        while not self.ready_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(
+                    f"the server did not start (exit {proc.returncode}); see {self.log_path}"
+                )
+            time.sleep(0.02)
+        ready = json.loads(self.ready_file.read_text())
+        self.admin_port, self.site_port = int(ready["admin_port"]), int(ready["fed_learn_port"])
+
+
+class SiteProc(_Child):
     """``flare site start`` dialling ``server`` (the relay)."""
 
     def __init__(self, name: str, kit: Path, server: str, log_dir: Path, max_jobs: int) -> None:
+        super().__init__(log_dir / f"{name}.console.log")
         self.name = name
         self.kit = kit
         self.server = server
-        self.log_path = log_dir / f"{name}.console.log"
         self.max_jobs = max_jobs
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
 
     @property
     def jobs_dir(self) -> Path:
         return self.kit / "workspace" / "jobs"
 
     def start(self) -> None:
-        if self._log is not None:
-            self._log.close()
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed on the next start/stop
         args = ["site", "start", str(self.kit), "--new-workspace", "--server", self.server]
-        self.proc = _spawn([*args, "--max-jobs", str(self.max_jobs)], self._log)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the site process alone (its jobs' processes are left, as in a crash)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        self._spawn([*args, "--max-jobs", str(self.max_jobs)])
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        code = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                code = self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        code = super().stop(timeout)
         remove_stale_ipc_folders(self.jobs_dir)  # what its next start would do
-        if self._log is not None:
-            self._log.close()
-            self._log = None
         return code
 
 
